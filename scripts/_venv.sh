@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create or reuse .venv at the repo root and install graphthrift with the extras the
+# tests and benchmarks use. Re-installs only when pyproject.toml changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${GRAPHTHRIFT_EXTRAS:-dev,agents,llamaindex,lingua}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+STAMP=".venv/.graphthrift-installed"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is pinned in the lingua extra; installing it first keeps pip on the CPU build.
+  if [[ ",$EXTRAS," == *",lingua,"* ]]; then
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  fi
+  .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+  echo "$WANT" > "$STAMP"
+fi

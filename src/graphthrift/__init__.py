@@ -1,0 +1,58 @@
+"""graphthrift: make LLM agent graphs cheap without making them worse.
+
+The core (this package minus ``langgraph``, ``middleware``, ``langchain``, ``llamaindex`` and
+``cli``) imports no agent framework. Public names are imported lazily so that
+``import graphthrift`` is fast and optional extras stay optional.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphthrift._lazy import lazy_getattr
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Store": ".store",
+    "StoreUnavailable": ".errors",
+    "UnknownModelPrice": ".errors",
+    "MissingExtra": ".errors",
+    "Ledger": ".ledger",
+    "LedgerRecord": ".records",
+    "CostTagger": ".langchain.callbacks",
+    "PriceBook": ".prices",
+    "set_price": ".prices",
+    "count_messages": ".tokens",
+    "count_text": ".tokens",
+    "TokenCount": ".tokens",
+    "Embedder": ".embed",
+    "MiniLMEmbedder": ".embed",
+    "ExactCache": ".cache",
+    "SemanticCache": ".cache",
+    "Compressor": ".compress",
+    "ExtractiveCompressor": ".compress",
+    "LLMLinguaCompressor": ".lingua",
+    "Summarizer": ".summarize",
+    "ExtractiveSummarizer": ".summarize",
+    "ChatModelSummarizer": ".summarize",
+    "HistoryPruner": ".history",
+    "Budget": ".budget",
+    "BudgetExceeded": ".errors",
+    "Router": ".route",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import MissingExtra as MissingExtra
+    from .errors import StoreUnavailable as StoreUnavailable
+    from .errors import UnknownModelPrice as UnknownModelPrice
+    from .ledger import Ledger as Ledger
+    from .prices import PriceBook as PriceBook
+    from .prices import set_price as set_price
+    from .records import LedgerRecord as LedgerRecord
+    from .store import Store as Store
+    from .tokens import TokenCount as TokenCount
+    from .tokens import count_messages as count_messages
+    from .tokens import count_text as count_text

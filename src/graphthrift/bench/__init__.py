@@ -1,0 +1,16 @@
+"""Benchmarks behind ``graphthrift bench <name>``; ``benchmarks/`` holds thin scripts over them.
+
+Each module exposes ``add_arguments(parser)`` and ``run(args, console) -> dict`` returning the
+JSON figures that DESIGN.md fixes for it.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS: dict[str, str] = {
+    "ledger": "graphthrift.bench.ledger",
+    "history": "graphthrift.bench.history",
+    "compress": "graphthrift.bench.compress",
+    "cache": "graphthrift.bench.cache",
+    "route": "graphthrift.bench.route",
+    "budget": "graphthrift.bench.budget",
+}

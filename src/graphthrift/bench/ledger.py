@@ -1,0 +1,295 @@
+"""``graphthrift bench ledger``: what cost tagging costs, and how fast the ledger is.
+
+Figures (all in one run, on a scratch database of the store's server):
+- ``tagger_overhead_us``: CostTagger's callback work per LLM call (start + end), median and
+  p95, beside langchain_core's ``UsageMetadataCallbackHandler`` measured the same way, and
+  the ratio. ``invoke_overhead_us`` is the same comparison end to end through a fake model.
+- ``write``: records per second from ``record()`` to a committed ``flush()``, and the
+  writer's peak Python memory.
+- ``report``: seconds for ``Ledger.report`` over ``report_rows`` records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import resource
+import statistics
+import time
+import tracemalloc
+import uuid
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import text
+
+from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
+from graphthrift.ledger import Ledger
+from graphthrift.records import LedgerRecord
+from graphthrift.store import Store
+
+TARGETS = {"tagger_median_us": 50.0, "tagger_ratio": 2.0, "records_per_s": 20_000, "report_s": 1.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calls", type=int, default=20_000, help="LLM calls timed for tagger overhead"
+    )
+    parser.add_argument(
+        "--records", type=int, default=200_000, help="records written for throughput"
+    )
+    parser.add_argument(
+        "--report-rows", type=int, default=1_000_000, help="rows in the report benchmark"
+    )
+
+
+def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
+    from langchain_core.callbacks import CallbackManager, UsageMetadataCallbackHandler
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
+
+    from graphthrift.langchain.callbacks import CostTagger
+
+    messages: list[list[BaseMessage]] = [
+        [HumanMessage("What is the refund policy for damaged items?")]
+    ]
+    usage = {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
+    message = AIMessage(
+        "Refunds are issued within 14 days.",
+        usage_metadata=usage,
+        response_metadata={"model_name": "gpt-4o-mini"},
+    )
+    result = LLMResult(generations=[[ChatGeneration(message=message)]])
+    metadata = {
+        "tenant_id": "bench",
+        "feature": "faq",
+        "langgraph_node": "agent",
+        "thread_id": "t1",
+        "ls_model_name": "gpt-4o-mini",
+    }
+
+    def time_manager(handlers: list[Any]) -> list[float]:
+        """Per-call µs through LangChain's own CallbackManager, as a real model call runs it."""
+        manager = CallbackManager(
+            handlers=handlers, inheritable_handlers=handlers, metadata=metadata
+        )
+        samples: list[float] = []
+        run_ids = [uuid.uuid4() for _ in range(calls)]
+        gc.disable()
+        try:
+            for run_id in run_ids:
+                t0 = time.perf_counter_ns()
+                (run_manager,) = manager.on_chat_model_start(
+                    {}, messages, run_id=run_id, invocation_params={}
+                )
+                run_manager.on_llm_end(result)
+                samples.append((time.perf_counter_ns() - t0) / 1000)
+        finally:
+            gc.enable()
+        return samples
+
+    time_manager([])  # warm up
+    bare = statistics.median(time_manager([]))
+    ours = time_manager([CostTagger(ledger)])
+    peer = time_manager([UsageMetadataCallbackHandler()])
+    ledger.flush()
+    ours_p = {k: round(v - bare, 2) for k, v in percentiles(ours, 50, 95).items()}
+    peer_p = {k: round(v - bare, 2) for k, v in percentiles(peer, 50, 95).items()}
+    return {
+        "calls": calls,
+        "method": "µs per call through CallbackManager.on_chat_model_start + on_llm_end, minus the same with no handler",
+        "bare_manager_us": round(bare, 2),
+        "cost_tagger": ours_p,
+        "usage_metadata_handler": peer_p,
+        "ratio_median": round(ours_p["p50"] / max(peer_p["p50"], 0.01), 2),
+        "ratio_p95": round(ours_p["p95"] / max(peer_p["p95"], 0.01), 2),
+    }
+
+
+def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    from graphthrift.langchain.callbacks import CostTagger
+
+    usage = {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
+    message = AIMessage(
+        "Refunds are issued within 14 days.",
+        usage_metadata=usage,
+        response_metadata={"model_name": "gpt-4o-mini"},
+    )
+    model = GenericFakeChatModel(messages=itertools.repeat(message))
+
+    def time_invoke(callbacks: list[Any]) -> float:
+        config: Any = {"callbacks": callbacks, "metadata": {"tenant_id": "bench"}}
+        samples = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            model.invoke("What is the refund policy?", config=config)
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+        return statistics.median(samples)
+
+    time_invoke([])  # warm up
+    bare = time_invoke([])
+    ours = time_invoke([CostTagger(ledger)])
+    peer = time_invoke([UsageMetadataCallbackHandler()])
+    ledger.flush()
+    return {
+        "calls": calls,
+        "bare_invoke_us": round(bare, 2),
+        "cost_tagger_us": round(ours - bare, 2),
+        "usage_metadata_handler_us": round(peer - bare, 2),
+    }
+
+
+def _make_records(n: int) -> list[LedgerRecord]:
+    return [
+        LedgerRecord(
+            model="gpt-4o-mini",
+            tenant_id=f"tenant-{i % 50}",
+            feature="faq",
+            node="agent",
+            thread_id=f"th-{i % 997}",
+            input_tokens=900 + i % 300,
+            output_tokens=80 + i % 40,
+            latency_ms=250.0,
+        )
+        for i in range(n)
+    ]
+
+
+def _write_throughput(store: Store, n: int) -> dict[str, Any]:
+    records = _make_records(n)
+    ledger = Ledger(store)
+    t0 = time.perf_counter()
+    for record in records:
+        ledger.record(record)
+    enqueue_s = time.perf_counter() - t0
+    ledger.flush(timeout=600)
+    total_s = time.perf_counter() - t0
+    ledger.close()
+    # memory: a second, traced run, so tracing does not slow the timed one
+    records = _make_records(min(n, 50_000))
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    traced = Ledger(store)
+    traced.record_many(records)
+    traced.flush(timeout=600)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    traced.close()
+    return {
+        "records": n,
+        "records_per_s": round(n / total_s),
+        "enqueue_us_per_record": round(enqueue_s / n * 1e6, 3),
+        "seconds": round(total_s, 3),
+        "writer_peak_mb_per_50k": round(peak / 2**20, 2),
+        "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _report_speed(store: Store, rows: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with store.connect() as conn:
+        conn.execute(
+            text(
+                """
+            INSERT INTO graphthrift_ledger (ts, kind, tenant_id, feature, route, model, node, thread_id,
+                input_tokens, output_tokens, cached_tokens, cost_usd, latency_ms, success, saved_tokens)
+            SELECT now() - (g % 30) * interval '1 day', CASE WHEN g % 10 = 0 THEN 'cache_hit' ELSE 'llm' END,
+                   'tenant-' || (g % 200), 'feature-' || (g % 7), 'route-' || (g % 3),
+                   CASE WHEN g % 4 = 0 THEN 'gpt-4o' ELSE 'gpt-4o-mini' END, 'node-' || (g % 12),
+                   'thread-' || (g % 5000), 500 + g % 1500, 50 + g % 300, g % 200, (g % 1000) / 1e6,
+                   200 + g % 900, g % 50 <> 0, 0
+            FROM generate_series(1, :n) AS g
+            """
+            ),
+            {"n": rows},
+        )
+        conn.execute(text("ANALYZE graphthrift_ledger"))
+    load_s = time.perf_counter() - t0
+    ledger = Ledger(store)
+    timings: dict[str, float] = {}
+    for by in (["tenant_id"], ["model", "day"], ["node", "feature", "route"]):
+        ledger.report(by)  # warm the buffer cache
+        samples = []
+        for _ in range(3):
+            t1 = time.perf_counter()
+            ledger.report(by)
+            samples.append(time.perf_counter() - t1)
+        timings[",".join(by)] = round(statistics.median(samples), 4)
+    ledger.close()
+    return {
+        "rows": rows,
+        "load_s": round(load_s, 2),
+        "seconds_by": timings,
+        "max_s": max(timings.values()),
+    }
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    quick = bool(getattr(args, "quick", False))
+    calls = min(args.calls, 2_000) if quick else args.calls
+    n_records = min(args.records, 20_000) if quick else args.records
+    report_rows = min(args.report_rows, 100_000) if quick else args.report_rows
+    base = Store(getattr(args, "url", None))
+    with scratch_store(base) as store:
+        with console.status("tagger overhead"):
+            ledger = Ledger(store)
+            overhead = _tagger_overhead(ledger, calls)
+            invoke = _invoke_overhead(ledger, max(200, calls // 10))
+            ledger.close()
+        with console.status(f"writing {n_records:,} records"):
+            write = _write_throughput(store, n_records)
+        with console.status(f"report over {report_rows:,} rows"):
+            report = _report_speed(store, report_rows)
+    base.close()
+    figures = {
+        "benchmark": "ledger",
+        "quick": quick,
+        "machine": machine(),
+        "tagger_overhead_us": overhead,
+        "invoke_overhead_us": invoke,
+        "write": write,
+        "report": report,
+        "targets": TARGETS,
+        "meets_targets": {
+            "tagger_median_us": overhead["cost_tagger"]["p50"] <= TARGETS["tagger_median_us"],
+            "tagger_ratio": overhead["ratio_median"] <= TARGETS["tagger_ratio"],
+            "records_per_s": write["records_per_s"] >= TARGETS["records_per_s"],
+            "report_s": report["max_s"] <= TARGETS["report_s"],
+        },
+    }
+    table = Table(title="graphthrift bench ledger")
+    for col in ("figure", "graphthrift", "peer / target"):
+        table.add_column(col)
+    table.add_row(
+        "CostTagger µs/call p50",
+        f"{overhead['cost_tagger']['p50']:.1f}",
+        f"UsageMetadataCallbackHandler {overhead['usage_metadata_handler']['p50']:.1f} (ratio {overhead['ratio_median']})",
+    )
+    table.add_row(
+        "CostTagger µs/call p95",
+        f"{overhead['cost_tagger']['p95']:.1f}",
+        f"{overhead['usage_metadata_handler']['p95']:.1f} (ratio {overhead['ratio_p95']})",
+    )
+    table.add_row(
+        "invoke overhead µs",
+        f"{invoke['cost_tagger_us']:.1f}",
+        f"{invoke['usage_metadata_handler_us']:.1f}",
+    )
+    table.add_row(
+        "ledger writes/s", f"{write['records_per_s']:,}", f">= {TARGETS['records_per_s']:,}"
+    )
+    table.add_row(
+        f"report over {report['rows']:,} rows (s)",
+        f"{report['max_s']:.3f}",
+        f"< {TARGETS['report_s']}",
+    )
+    table.add_row("writer peak MB per 50k records", f"{write['writer_peak_mb_per_50k']}", "")
+    console.print(table)
+    write_json(figures, getattr(args, "json", None))
+    return figures

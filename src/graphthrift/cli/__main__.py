@@ -1,0 +1,7 @@
+"""``python -m graphthrift.cli``."""
+
+import sys
+
+from graphthrift.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""Error types. Each carries the values a user needs to act, not just a message."""
+
+from __future__ import annotations
+
+
+class GraphthriftError(Exception):
+    """Base class for every error graphthrift raises on purpose."""
+
+
+class StoreUnavailable(GraphthriftError):
+    """The database could not be reached or set up.
+
+    Carries the URL with its password hidden, so logs never leak credentials.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"graphthrift store unavailable at {url}: {reason}. "
+            "Check that PostgreSQL with pgvector is running there, or unset "
+            "GRAPHTHRIFT_DATABASE_URL to use the embedded server."
+        )
+
+
+class UnknownModelPrice(GraphthriftError):
+    """No price is known for a model, so no cost can be computed for it."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(
+            f"no price is known for model {model!r}; add one with "
+            "graphthrift.prices.set_price(model, input_per_mtok=..., output_per_mtok=...)"
+        )
+
+
+class MissingExtra(GraphthriftError, ImportError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+    def __init__(self, extra: str, package: str) -> None:
+        self.extra = extra
+        self.package = package
+        super().__init__(f"{package} is not installed; run: pip install 'graphthrift[{extra}]'")
+
+
+class BudgetExceeded(GraphthriftError):
+    """A budget refused a call: names the limit, what was spent and the scope."""
+
+    def __init__(
+        self, limit_name: str, limit: float, spent: float, scope: str, requested: float = 0.0
+    ) -> None:
+        self.limit_name = limit_name
+        self.limit = limit
+        self.spent = spent
+        self.scope = scope
+        self.requested = requested
+        super().__init__(
+            f"budget {limit_name} for {scope} exceeded: limit {limit:g}, spent {spent:g}"
+            + (f", this call needs {requested:g}" if requested else "")
+        )
+
+
+_STATUS_KINDS = ((429, "rate_limit"), (408, "timeout"), (504, "timeout"))
+
+
+def classify_error(exc: BaseException) -> str:
+    """Map a provider or client exception to timeout, rate_limit, bad_request, upstream or other.
+
+    Works from the exception's class names (OpenAI, Anthropic, httpx, Google clients all name
+    them alike) and any HTTP status it carries, without importing any client library.
+    """
+    names = " ".join(cls.__name__.lower() for cls in type(exc).__mro__)
+    status = (
+        getattr(exc, "status_code", None)
+        or getattr(exc, "status", None)
+        or getattr(getattr(exc, "response", None), "status_code", None)
+    )
+    status = status if isinstance(status, int) else None
+    for code, kind in _STATUS_KINDS:
+        if status == code:
+            return kind
+    if "timeout" in names or "deadlineexceeded" in names:
+        return "timeout"
+    if "ratelimit" in names or "resourceexhausted" in names or "toomanyrequests" in names:
+        return "rate_limit"
+    if status is not None and 400 <= status < 500:
+        return "bad_request"
+    if any(
+        k in names
+        for k in (
+            "badrequest",
+            "invalidrequest",
+            "unprocessable",
+            "notfounderror",
+            "contextwindow",
+            "invalidargument",
+        )
+    ):
+        return "bad_request"
+    if status is not None and status >= 500:
+        return "upstream"
+    if any(
+        k in names
+        for k in (
+            "internalserver",
+            "serviceunavailable",
+            "apiconnection",
+            "overloaded",
+            "connectionerror",
+            "apierror",
+            "servererror",
+        )
+    ):
+        return "upstream"
+    return "other"

@@ -1,0 +1,14 @@
+"""LangChain adapters: the cost-tagging callback, ``BaseCache`` and document compressor."""
+
+from __future__ import annotations
+
+from graphthrift._lazy import lazy_getattr
+
+_EXPORTS = {
+    "CostTagger": ".callbacks",
+    "GraphthriftLangChainCache": ".cache",
+    "ExtractiveDocumentCompressor": ".compress",
+    "CompressorDocumentCompressor": ".compress",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,0 +1,191 @@
+"""``CostTagger``: a LangChain callback handler that writes one ledger record per LLM call.
+
+It reads tenant_id, feature, route and prompt_version from the run's ``config["metadata"]``
+(falling back to the tagger's defaults), the node name and thread_id from LangGraph's
+metadata, and usage from the response. When usage is missing (streaming without
+``stream_usage``, fake or custom models) it estimates with tiktoken and marks the record
+``usage_source="estimated"`` instead of recording zero, which is what LangChain's
+``UsageMetadataCallbackHandler`` does in those cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import ChatGeneration, LLMResult
+
+from graphthrift.calls import CALL_TAGS, CallRecorder
+from graphthrift.ledger import Ledger
+from graphthrift.usage import Usage, read_usage
+
+_MODEL_KEYS = ("model_name", "model", "model_id", "deployment_name")
+
+
+class CostTagger(BaseCallbackHandler):
+    """Record every chat-model and LLM call of a runnable or graph in the ledger.
+
+    Args:
+        ledger: the ``Ledger`` to write to.
+        model: model name to use when a call does not name one (e.g. fake models).
+        **default_tags: tenant_id, feature, route or prompt_version used when the run's
+            metadata has none.
+
+    Example:
+        ```python
+        tagger = CostTagger(ledger, feature="support")
+        graph.invoke(state, config={"callbacks": [tagger],
+                                    "metadata": {"tenant_id": "acme"}})
+        ```
+    """
+
+    run_inline = True  # cheap and thread-safe: never hop to an executor in async runs
+    raise_error = False
+
+    def __init__(self, ledger: Ledger, *, model: str | None = None, **default_tags: Any) -> None:
+        unknown = set(default_tags) - set(CALL_TAGS)
+        if unknown:
+            raise TypeError(
+                f"CostTagger got unknown tags {sorted(unknown)}; known tags are {CALL_TAGS}"
+            )
+        super().__init__()
+        self.ledger = ledger
+        self._recorder = CallRecorder(
+            ledger, defaults=default_tags, model=model, aliases={"node": "langgraph_node"}
+        )
+        self._parents: dict[UUID, UUID | None] = {}
+
+    # -- chains: only to find each call's root run ------------------------------------------
+
+    def on_chain_start(
+        self,
+        serialized: Any,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._parents[run_id] = parent_run_id
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._parents.pop(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._parents.pop(run_id, None)
+
+    def _root(self, run_id: UUID, parent: UUID | None) -> UUID:
+        root = run_id
+        while parent is not None:
+            root = parent
+            parent = self._parents.get(parent)
+        return root
+
+    # -- model calls ------------------------------------------------------------------------
+
+    def _start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: dict[str, Any] | None,
+        prompt: Any,
+        invocation_params: dict[str, Any] | None,
+    ) -> None:
+        meta = metadata or {}
+        model = meta.get("ls_model_name")
+        if not model and invocation_params:
+            model = next(
+                (
+                    invocation_params[k]
+                    for k in _MODEL_KEYS
+                    if isinstance(invocation_params.get(k), str)
+                ),
+                None,
+            )
+        root = self._root(run_id, parent_run_id)
+        self._recorder.start(
+            run_id,
+            model=model,
+            tags=meta,
+            prompt=prompt,
+            parent_id=parent_run_id,
+            extra_tags={"run_id": root},
+        )
+
+    def on_chat_model_start(
+        self,
+        serialized: Any,
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(
+            run_id, parent_run_id, metadata, messages[0] if messages else None, invocation_params
+        )
+
+    def on_llm_start(
+        self,
+        serialized: Any,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(run_id, parent_run_id, metadata, "\n".join(prompts), invocation_params)
+
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._recorder.token(run_id)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._recorder.end_with(run_id, lambda: _read_result(response))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._recorder.error(run_id, error)
+
+
+def _read_result(response: LLMResult) -> tuple[Usage | None, str, str | None]:
+    """Usage (summed over choices), output text and model name from an ``LLMResult``."""
+    usage: Usage | None = None
+    texts: list[str] = []
+    model: str | None = None
+    for generation in response.generations[0] if response.generations else ():
+        texts.append(generation.text)
+        if isinstance(generation, ChatGeneration):
+            message = generation.message
+            meta = message.response_metadata or {}
+            model = model or next(
+                (meta[k] for k in _MODEL_KEYS if isinstance(meta.get(k), str)), None
+            )
+            found = read_usage(getattr(message, "usage_metadata", None))
+            if found is not None:
+                usage = (
+                    found
+                    if usage is None
+                    else Usage(
+                        usage.input_tokens,  # choices share one prompt
+                        usage.output_tokens + found.output_tokens,
+                        usage.cached_tokens,
+                        usage.reasoning_tokens + found.reasoning_tokens,
+                    )
+                )
+    if usage is None and response.llm_output:
+        usage = read_usage(
+            response.llm_output.get("token_usage") or response.llm_output.get("usage")
+        )
+        model = model or next(
+            (
+                response.llm_output[k]
+                for k in _MODEL_KEYS
+                if isinstance(response.llm_output.get(k), str)
+            ),
+            None,
+        )
+    return usage, "".join(texts), model

@@ -1,0 +1,15 @@
+"""LlamaIndex adapters (needs the ``llamaindex`` extra): instrumentation, postprocessors, memory."""
+
+from __future__ import annotations
+
+from graphthrift._lazy import lazy_getattr
+
+_EXPORTS = {
+    "CostEventHandler": ".instrumentation",
+    "instrument": ".instrumentation",
+    "CompressionPostprocessor": ".postprocessor",
+    "HistoryMemoryBlock": ".memory",
+    "PrunedChatMemory": ".memory",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

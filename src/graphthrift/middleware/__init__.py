@@ -1,0 +1,15 @@
+"""``langchain.agents`` AgentMiddleware classes for ``create_agent`` (needs the ``agents`` extra)."""
+
+from __future__ import annotations
+
+from graphthrift._lazy import lazy_getattr
+
+_EXPORTS = {
+    "HistoryPruningMiddleware": ".history",
+    "SemanticCacheMiddleware": ".cache",
+    "BudgetMiddleware": ".budget",
+    "ToolBudgetMiddleware": ".budget",
+    "RouterMiddleware": ".route",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,0 +1,92 @@
+"""Token usage as providers report it, read into one shape.
+
+Providers and frameworks spell usage differently: LangChain's ``usage_metadata``, OpenAI's
+``prompt_tokens``/``completion_tokens`` with ``*_details``, Anthropic's
+``cache_read_input_tokens``, Gemini's ``prompt_token_count``. ``read_usage`` accepts any of
+them (or an object carrying one) and returns ``Usage`` in LangChain's convention: input
+includes the cached prefix, output includes reasoning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphthrift.records import plausible_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one call."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _get(mapping: Mapping[str, Any] | Any, *keys: str) -> Any:
+    for key in keys:
+        value = mapping.get(key) if isinstance(mapping, Mapping) else getattr(mapping, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _details(mapping: Mapping[str, Any] | Any, *keys: str) -> Mapping[str, Any]:
+    value = _get(mapping, *keys)
+    if isinstance(value, Mapping):
+        return value
+    if value is not None and hasattr(value, "__dict__"):
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    return {}
+
+
+def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
+    """Read a usage mapping in any known spelling; None when absent or implausible.
+
+    Implausible values (negative, fractional, absurdly large) count a ``bad_usage`` warning
+    and yield None, so the caller falls back to an estimate instead of recording garbage.
+    """
+    if raw is None:
+        return None
+    inp = _get(raw, "input_tokens", "prompt_tokens", "prompt_token_count", "promptTokenCount")
+    out = _get(
+        raw, "output_tokens", "completion_tokens", "candidates_token_count", "candidatesTokenCount"
+    )
+    if inp is None and out is None:
+        return None
+    input_tokens = plausible_tokens("input_tokens", inp if inp is not None else 0)
+    output_tokens = plausible_tokens("output_tokens", out if out is not None else 0)
+    if input_tokens is None or output_tokens is None:
+        return None
+    in_details = _details(raw, "input_token_details", "prompt_tokens_details")
+    out_details = _details(raw, "output_token_details", "completion_tokens_details")
+    cached_raw = _get(in_details, "cache_read", "cached_tokens")
+    if cached_raw is None:
+        cached_raw = _get(
+            raw, "cache_read_input_tokens", "cached_content_token_count", "cached_tokens"
+        )
+    reasoning_raw = _get(out_details, "reasoning", "reasoning_tokens")
+    if reasoning_raw is None:
+        reasoning_raw = _get(raw, "thoughts_token_count", "reasoning_tokens")
+    cached = plausible_tokens("cached_tokens", cached_raw) or 0
+    reasoning = plausible_tokens("reasoning_tokens", reasoning_raw) or 0
+    if (
+        _get(raw, "cache_read_input_tokens") is not None
+        and _get(raw, "input_token_details") is None
+    ):
+        # Anthropic's raw usage counts cached and cache-write tokens outside input_tokens.
+        created = (
+            plausible_tokens(
+                "cache_creation_input_tokens", _get(raw, "cache_creation_input_tokens")
+            )
+            or 0
+        )
+        input_tokens += cached + created
+    if _get(raw, "thoughts_token_count") is not None and _get(raw, "output_token_details") is None:
+        output_tokens += reasoning  # Gemini reports thoughts outside candidates
+    return Usage(
+        input_tokens, output_tokens, min(cached, input_tokens), min(reasoning, output_tokens)
+    )

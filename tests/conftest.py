@@ -1,0 +1,69 @@
+"""Shared fixtures: one embedded PostgreSQL for the whole session, isolation by tenant."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# onnxruntime and tiktoken write caches under HOME; keep the real one clean.
+_HOME = Path(tempfile.mkdtemp(prefix="graphthrift-test-home-"))
+os.environ.setdefault("GRAPHTHRIFT_TEST_HOME", str(_HOME))
+os.environ["HOME"] = str(_HOME)
+os.environ.setdefault("MPLBACKEND", "Agg")
+# One embedded server for the session; notebooks run by nbmake inherit it through this.
+# Never the user's own home or database: GRAPHTHRIFT_TEST_DATABASE_URL selects a server.
+os.environ["GRAPHTHRIFT_HOME"] = str(_HOME / "graphthrift")
+os.environ.pop("GRAPHTHRIFT_DATABASE_URL", None)
+if os.environ.get("GRAPHTHRIFT_TEST_DATABASE_URL"):
+    os.environ["GRAPHTHRIFT_DATABASE_URL"] = os.environ["GRAPHTHRIFT_TEST_DATABASE_URL"]
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GRAPHTHRIFT_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def store_home() -> Path:
+    """The directory of the session's embedded server (``GRAPHTHRIFT_HOME``)."""
+    home = Path(os.environ["GRAPHTHRIFT_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def store(store_home: Path) -> Iterator[object]:
+    """The session's ``Store``: embedded PostgreSQL + pgvector, or the URL in
+    ``GRAPHTHRIFT_TEST_DATABASE_URL`` when CI provides a server."""
+    from graphthrift import Store
+
+    s = Store(os.environ.get("GRAPHTHRIFT_TEST_DATABASE_URL"), home=store_home)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ledger(store: object) -> Iterator[object]:
+    """A ``Ledger`` on the session store; closed (and flushed) after the test."""
+    from graphthrift import Ledger
+
+    led = Ledger(store, flush_interval=0.05)  # type: ignore[arg-type]
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant id no other test uses, so tests share one database without interfering."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

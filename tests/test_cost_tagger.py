@@ -1,0 +1,248 @@
+"""CostTagger: one correct record per LLM call, for every way LangChain and LangGraph run."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import UsageMetadataCallbackHandler
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+
+from graphthrift import CostTagger, Ledger, diagnostics
+from graphthrift.prices import cost_usd
+
+from fakes import RateLimitError, UpstreamError, flaky_model, usage_model
+
+
+def _records(ledger: Ledger, tenant: str) -> list[dict[str, Any]]:
+    ledger.flush()
+    return ledger.records(tenant_id=tenant)
+
+
+def _config(tagger: CostTagger, tenant: str, **meta: Any) -> Any:
+    return {"callbacks": [tagger], "metadata": {"tenant_id": tenant, **meta}}
+
+
+def test_langgraph_nodes_threads_and_tags(ledger: Ledger, tenant: str) -> None:
+    cheap = usage_model("triage done", input_tokens=300, output_tokens=20, model_name="gpt-4o-mini")
+    strong = usage_model(
+        "final answer", input_tokens=1500, output_tokens=400, cached=1024, model_name="gpt-4o"
+    )
+
+    def triage(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [cheap.invoke(state["messages"])]}
+
+    def answer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [strong.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("triage", triage)
+    graph.add_node("answer", answer)
+    graph.add_edge(START, "triage")
+    graph.add_edge("triage", "answer")
+    app = graph.compile(checkpointer=InMemorySaver())
+    tagger = CostTagger(ledger, feature="support", prompt_version="v1")
+    config = {
+        **_config(tagger, tenant, prompt_version="v2"),
+        "configurable": {"thread_id": "thread-7"},
+    }
+    app.invoke({"messages": [("user", "my card was declined")]}, config=config)
+
+    rows = {r["node"]: r for r in _records(ledger, tenant)}
+    assert set(rows) == {"triage", "answer"}
+    assert rows["answer"]["model"] == "gpt-4o" and rows["triage"]["model"] == "gpt-4o-mini"
+    assert rows["answer"]["cached_tokens"] == 1024
+    assert rows["answer"]["cost_usd"] == pytest.approx(cost_usd("gpt-4o", 1500, 400, 1024))
+    for row in rows.values():
+        assert row["thread_id"] == "thread-7"
+        assert row["feature"] == "support"  # default tag
+        assert row["prompt_version"] == "v2"  # run metadata beats the default
+        assert row["usage_source"] == "provider" and row["success"]
+        assert row["latency_ms"] is not None and row["latency_ms"] >= 0
+    assert rows["triage"]["run_id"] == rows["answer"]["run_id"]  # one graph run
+    report = {r["node"]: r for r in ledger.report(["node"], tenant_id=tenant)}
+    assert report["answer"]["cost_usd"] > report["triage"]["cost_usd"]
+
+
+@pytest.mark.parametrize(
+    "mode", ["invoke", "batch", "stream", "astream", "ainvoke", "astream_events", "abatch"]
+)
+def test_every_invocation_mode_records_provider_usage(
+    ledger: Ledger, tenant: str, mode: str
+) -> None:
+    model = usage_model(input_tokens=250, output_tokens=30, reasoning=12, model_name="o3-mini")
+    config = _config(CostTagger(ledger), tenant)
+    if mode == "invoke":
+        model.invoke("q", config=config)
+    elif mode == "batch":
+        model.batch(["q1", "q2", "q3"], config=config)
+    elif mode == "stream":
+        assert (
+            "".join(str(c.content) for c in model.stream("q", config=config)) == "The answer is 42."
+        )
+    else:
+
+        async def run() -> None:
+            if mode == "astream":
+                async for _ in model.astream("q", config=config):
+                    pass
+            elif mode == "ainvoke":
+                await model.ainvoke("q", config=config)
+            elif mode == "abatch":
+                await model.abatch(["q1", "q2"], config=config)
+            else:
+                async for _ in model.astream_events("q", config=config, version="v2"):
+                    pass
+
+        asyncio.run(run())
+    rows = _records(ledger, tenant)
+    expected_calls = {"batch": 3, "abatch": 2}.get(mode, 1)
+    assert len(rows) == expected_calls
+    for row in rows:
+        assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (250, 30, 12)
+        assert row["usage_source"] == "provider"
+        assert row["model"] == "o3-mini"
+        assert row["cost_usd"] == pytest.approx(cost_usd("o3-mini", 250, 30))
+        assert row["streamed"] == (mode in ("stream", "astream", "astream_events"))
+
+
+def test_stream_without_usage_is_estimated_where_langchain_reports_nothing(
+    ledger: Ledger, tenant: str
+) -> None:
+    message = AIMessage(
+        "A fairly long answer about refunds and chargebacks.",
+        response_metadata={"model_name": "gpt-4o-mini"},
+    )
+    model = GenericFakeChatModel(messages=itertools.repeat(message))
+    peer = UsageMetadataCallbackHandler()
+    config = _config(CostTagger(ledger), tenant)
+    config["callbacks"].append(peer)
+    for _ in model.stream("How do chargebacks work for card payments?", config=config):
+        pass
+    (row,) = _records(ledger, tenant)
+    assert peer.usage_metadata == {}  # the peer saw zero tokens
+    assert row["usage_source"] == "estimated"
+    assert row["input_tokens"] > 5 and row["output_tokens"] > 5
+    assert row["streamed"]
+
+
+def test_retries_are_extra_records_with_the_retry_flag(ledger: Ledger, tenant: str) -> None:
+    model = flaky_model(
+        RateLimitError("slow down"), UpstreamError("overloaded"), input_tokens=100, output_tokens=10
+    )
+    retrying = model.with_retry(stop_after_attempt=3, wait_exponential_jitter=False)
+    retrying.invoke("hello", config=_config(CostTagger(ledger), tenant))
+    rows = sorted(_records(ledger, tenant), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["retry"], r["success"], r["error_type"]) for r in rows] == [
+        (1, False, False, "rate_limit"),
+        (2, True, False, "upstream"),
+        (3, True, True, None),
+    ]
+    assert rows[2]["cost_usd"] > 0 and rows[0]["cost_usd"] == 0
+    retry_cost = sum(r["cost_usd"] for r in rows if r["retry"])
+    assert retry_cost == pytest.approx(rows[2]["cost_usd"])
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (TimeoutError("t"), "timeout"),
+        (ValueError("bad"), "other"),
+        (UpstreamError("x"), "upstream"),
+    ],
+)
+def test_failed_calls_are_classified(
+    ledger: Ledger, tenant: str, error: Exception, kind: str
+) -> None:
+    with pytest.raises(type(error)):
+        flaky_model(error).invoke("x", config=_config(CostTagger(ledger), tenant))
+    (row,) = _records(ledger, tenant)
+    assert not row["success"] and row["error_type"] == kind
+
+
+def test_bad_provider_usage_is_estimated_and_counted(ledger: Ledger, tenant: str) -> None:
+    before = diagnostics.get("bad_usage")
+    config = _config(CostTagger(ledger), tenant)
+    usage_model(input_tokens=-40, output_tokens=7).invoke("how many tokens?", config=config)
+    usage_model(input_tokens=10**11, output_tokens=7).invoke("how many tokens?", config=config)
+    usage_model(input_tokens=50, output_tokens=7).invoke("a fine call", config=config)
+    rows = _records(ledger, tenant)
+    assert len(rows) == 3  # no record lost
+    sources = sorted(r["usage_source"] for r in rows)
+    assert sources == ["estimated", "estimated", "provider"]
+    assert all(0 < r["input_tokens"] < 1000 for r in rows)
+    assert diagnostics.get("bad_usage") >= before + 2
+
+
+def test_metadata_of_the_wrong_type_is_coerced_or_dropped(ledger: Ledger, tenant: str) -> None:
+    before = diagnostics.get("bad_tag_type")
+    config = {
+        "callbacks": [CostTagger(ledger)],
+        "metadata": {"tenant_id": tenant, "feature": {"nested": 1}, "prompt_version": 3},
+    }
+    usage_model().invoke("x", config=config)
+    (row,) = _records(ledger, tenant)
+    assert row["feature"] is None and row["prompt_version"] == "3"
+    assert diagnostics.get("bad_tag_type") == before + 1
+
+
+def test_unknown_model_and_empty_content(ledger: Ledger, tenant: str) -> None:
+    before = diagnostics.get("unknown_model_price")
+    model = usage_model("", input_tokens=12, output_tokens=0, model_name="acme-internal-llm")
+    model.invoke("", config=_config(CostTagger(ledger), tenant))
+    (row,) = _records(ledger, tenant)
+    assert row["cost_usd"] is None and row["model"] == "acme-internal-llm"
+    assert diagnostics.get("unknown_model_price") > before
+
+
+def test_default_model_prices_fake_models(ledger: Ledger, tenant: str) -> None:
+    model = GenericFakeChatModel(messages=itertools.repeat(AIMessage("ok")))
+    model.invoke("hello", config=_config(CostTagger(ledger, model="gpt-4o-mini"), tenant))
+    (row,) = _records(ledger, tenant)
+    assert (
+        row["model"] == "gpt-4o-mini" and row["cost_usd"] > 0 and row["usage_source"] == "estimated"
+    )
+
+
+def test_unknown_default_tag_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(TypeError, match="colour"):
+        CostTagger(ledger, colour="blue")
+
+
+def test_graph_astream_events_in_concurrent_tasks(ledger: Ledger, tenant: str) -> None:
+    model = usage_model(input_tokens=90, output_tokens=9)
+
+    async def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_edge(START, "agent")
+    app = graph.compile()
+    tagger = CostTagger(ledger)
+
+    async def one(i: int) -> None:
+        config = {
+            "callbacks": [tagger],
+            "metadata": {"tenant_id": tenant, "feature": f"f{i % 2}"},
+            "configurable": {"thread_id": f"th{i}"},
+        }
+        async for _ in app.astream_events(
+            {"messages": [("user", f"q{i}")]}, config=config, version="v2"
+        ):
+            pass
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(8)))
+
+    asyncio.run(main())
+    rows = _records(ledger, tenant)
+    assert len(rows) == 8
+    assert {r["thread_id"] for r in rows} == {f"th{i}" for i in range(8)}
+    assert len({r["run_id"] for r in rows}) == 8
+    assert {r["node"] for r in rows} == {"agent"}
