@@ -246,3 +246,13 @@ def test_graph_astream_events_in_concurrent_tasks(ledger: Ledger, tenant: str) -
     assert {r["thread_id"] for r in rows} == {f"th{i}" for i in range(8)}
     assert len({r["run_id"] for r in rows}) == 8
     assert {r["node"] for r in rows} == {"agent"}
+
+
+def test_a_bad_tag_falls_back_to_the_default(ledger: Ledger, tenant: str) -> None:
+    config = {
+        "callbacks": [CostTagger(ledger, feature="billing")],
+        "metadata": {"tenant_id": tenant, "feature": ["a", "list"]},
+    }
+    usage_model().invoke("x", config=config)
+    (row,) = _records(ledger, tenant)
+    assert row["feature"] == "billing"

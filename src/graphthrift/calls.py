@@ -28,6 +28,8 @@ from graphthrift.usage import Usage
 CALL_TAGS: tuple[str, ...] = ("tenant_id", "feature", "route", "prompt_version")
 RECORD_TAGS: tuple[str, ...] = (*CALL_TAGS, "node", "thread_id", "run_id")
 _MAX_TRACKED_PARENTS = 10_000
+# Calls that start and never end (an abandoned stream) must not grow memory without bound.
+_MAX_PENDING = 100_000
 
 #: What an adapter hands over at the end of a call: usage (or None), output text, model.
 CallResult = tuple[Usage | None, str, str | None]
@@ -83,11 +85,22 @@ class CallRecorder:
         parent_id: Hashable | None = None,
         extra_tags: Mapping[str, Any] | None = None,
     ) -> None:
-        """A call began. ``tags`` may be the framework's raw metadata; it is read later."""
+        """A call began. ``tags`` may be the framework's raw metadata; it is read later.
+
+        A call started under a parent whose previous call failed is numbered as a retry
+        (``attempt`` 2, 3, ...): that is how ``Runnable.with_retry`` and retry loops look.
+        """
         attempt = 1
         if parent_id is not None and self._failures:
             with self._lock:
                 attempt = self._failures.get(parent_id, 0) + 1
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)), None)
+            diagnostics.count(
+                "abandoned_call",
+                "graphthrift: dropped the oldest of %d unfinished calls",
+                _MAX_PENDING,
+            )
         self._pending[call_id] = _Pending(
             time.perf_counter(),
             datetime.now(UTC),
@@ -98,6 +111,10 @@ class CallRecorder:
             parent_id,
             attempt,
         )
+
+    def discard(self, call_id: Hashable) -> None:
+        """Forget a started call without recording it (an adapter saw it was a duplicate)."""
+        self._pending.pop(call_id, None)
 
     def token(self, call_id: Hashable) -> None:
         """A streamed token arrived."""
@@ -169,7 +186,7 @@ class CallRecorder:
         if model is None:
             diagnostics.count(
                 "missing_model",
-                "graphthrift: an LLM call named no model; pass model= to the tagger to price it",
+                "graphthrift: an LLM call named no model; pass model= to the graphthrift handler to price it",
             )
         if (
             usage is not None
@@ -204,7 +221,8 @@ class CallRecorder:
             value = pending.tags.get(key)
             if value is None and pending.extra_tags is not None:
                 value = pending.extra_tags.get(tag)
-            tags[tag] = clean_tag(tag, value) if value is not None else self.defaults.get(tag)
+            cleaned = clean_tag(tag, value) if value is not None else None
+            tags[tag] = cleaned if cleaned is not None else self.defaults.get(tag)
         return LedgerRecord(
             kind="llm",
             ts=pending.ts,

@@ -149,7 +149,7 @@ def clean_tag(name: str, value: Any) -> str | None:
     return None
 
 
-def plausible_tokens(name: str, value: Any) -> int | None:
+def plausible_tokens(name: str, value: Any, *, fallback: str = "estimating instead") -> int | None:
     """A provider's token count if it is a sane integer, else None with a counted warning."""
     if value is None:
         return None
@@ -159,13 +159,13 @@ def plausible_tokens(name: str, value: Any) -> int | None:
         or (isinstance(value, float) and not value.is_integer())
     ):
         diagnostics.count(
-            "bad_usage", "graphthrift: provider reported %s=%r; estimating instead", name, value
+            "bad_usage", "graphthrift: provider reported %s=%r; %s", name, value, fallback
         )
         return None
     number = int(value)
     if number < 0 or number > MAX_PLAUSIBLE_TOKENS:
         diagnostics.count(
-            "bad_usage", "graphthrift: provider reported %s=%r; estimating instead", name, value
+            "bad_usage", "graphthrift: provider reported %s=%r; %s", name, value, fallback
         )
         return None
     return number

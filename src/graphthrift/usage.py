@@ -43,6 +43,30 @@ def _details(mapping: Mapping[str, Any] | Any, *keys: str) -> Mapping[str, Any]:
     return {}
 
 
+_INPUT_KEYS = (
+    "input_tokens",
+    "prompt_tokens",
+    "prompt_token_count",
+    "promptTokenCount",
+    "inputTokens",
+    "prompt_eval_count",
+)
+_OUTPUT_KEYS = (
+    "output_tokens",
+    "completion_tokens",
+    "candidates_token_count",
+    "candidatesTokenCount",
+    "outputTokens",
+    "eval_count",
+)
+_CACHED_KEYS = (
+    "cache_read_input_tokens",
+    "cached_content_token_count",
+    "cached_tokens",
+    "cacheReadInputTokens",
+)
+
+
 def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
     """Read a usage mapping in any known spelling; None when absent or implausible.
 
@@ -51,40 +75,36 @@ def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
     """
     if raw is None:
         return None
-    inp = _get(raw, "input_tokens", "prompt_tokens", "prompt_token_count", "promptTokenCount")
-    out = _get(
-        raw, "output_tokens", "completion_tokens", "candidates_token_count", "candidatesTokenCount"
-    )
+    inp = _get(raw, *_INPUT_KEYS)
+    out = _get(raw, *_OUTPUT_KEYS)
     if inp is None and out is None:
         return None
     input_tokens = plausible_tokens("input_tokens", inp if inp is not None else 0)
     output_tokens = plausible_tokens("output_tokens", out if out is not None else 0)
     if input_tokens is None or output_tokens is None:
         return None
-    in_details = _details(raw, "input_token_details", "prompt_tokens_details")
-    out_details = _details(raw, "output_token_details", "completion_tokens_details")
+    in_details = _details(
+        raw, "input_token_details", "prompt_tokens_details", "input_tokens_details"
+    )
+    out_details = _details(
+        raw, "output_token_details", "completion_tokens_details", "output_tokens_details"
+    )
     cached_raw = _get(in_details, "cache_read", "cached_tokens")
     if cached_raw is None:
-        cached_raw = _get(
-            raw, "cache_read_input_tokens", "cached_content_token_count", "cached_tokens"
-        )
+        cached_raw = _get(raw, *_CACHED_KEYS)
     reasoning_raw = _get(out_details, "reasoning", "reasoning_tokens")
     if reasoning_raw is None:
         reasoning_raw = _get(raw, "thoughts_token_count", "reasoning_tokens")
-    cached = plausible_tokens("cached_tokens", cached_raw) or 0
-    reasoning = plausible_tokens("reasoning_tokens", reasoning_raw) or 0
-    if (
-        _get(raw, "cache_read_input_tokens") is not None
-        and _get(raw, "input_token_details") is None
-    ):
+    cached = plausible_tokens("cached_tokens", cached_raw, fallback="ignoring it") or 0
+    reasoning = plausible_tokens("reasoning_tokens", reasoning_raw, fallback="ignoring it") or 0
+    anthropic = _get(raw, "cache_read_input_tokens", "cache_creation_input_tokens") is not None
+    if anthropic and _get(raw, "input_token_details") is None:
         # Anthropic's raw usage counts cached and cache-write tokens outside input_tokens.
-        created = (
-            plausible_tokens(
-                "cache_creation_input_tokens", _get(raw, "cache_creation_input_tokens")
-            )
-            or 0
+        created_raw = _get(raw, "cache_creation_input_tokens")
+        created = plausible_tokens(
+            "cache_creation_input_tokens", created_raw, fallback="ignoring it"
         )
-        input_tokens += cached + created
+        input_tokens += cached + (created or 0)
     if _get(raw, "thoughts_token_count") is not None and _get(raw, "output_token_details") is None:
         output_tokens += reasoning  # Gemini reports thoughts outside candidates
     return Usage(

@@ -7,6 +7,8 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "CostEventHandler": ".instrumentation",
     "instrument": ".instrumentation",
+    "uninstrument": ".instrumentation",
+    "tags": ".instrumentation",
     "CompressionPostprocessor": ".postprocessor",
     "HistoryMemoryBlock": ".memory",
     "PrunedChatMemory": ".memory",
