@@ -70,7 +70,7 @@ class Migration:
     statements: tuple[str, ...]
 
 
-MIGRATIONS: tuple[Migration, ...] = (
+LEDGER_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "ledger",
@@ -112,3 +112,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+
+
+def all_migrations() -> tuple[Migration, ...]:
+    """Every component's migrations, in version order (ledger 1-9, cache 10-19, budget 20-29)."""
+    from graphthrift._schema_budget import BUDGET_MIGRATIONS
+    from graphthrift._schema_cache import CACHE_MIGRATIONS
+
+    found = (*LEDGER_MIGRATIONS, *CACHE_MIGRATIONS, *BUDGET_MIGRATIONS)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate schema migration versions: {sorted(versions)}")
+    return tuple(sorted(found, key=lambda m: m.version))
+
+
+MIGRATIONS: tuple[Migration, ...] = all_migrations()
