@@ -12,7 +12,14 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), 
 
 
 def _title(block: str) -> str:
-    first = next((line for line in block.splitlines() if line.strip() and not line.startswith(("import", "from"))), "block")
+    first = next(
+        (
+            line
+            for line in block.splitlines()
+            if line.strip() and not line.startswith(("import", "from"))
+        ),
+        "block",
+    )
     return first.strip()[:40]
 
 
@@ -21,6 +28,8 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[_title(b) for b in BLOCKS])
-def test_readme_block_runs(block: str, store: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_block_runs(
+    block: str, store: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
