@@ -30,6 +30,7 @@ _EXPORTS = {
     "MiniLMEmbedder": ".embed",
     "ExactCache": ".cache",
     "SemanticCache": ".cache",
+    "CacheHit": ".cache",
     "Compressor": ".compress",
     "ExtractiveCompressor": ".compress",
     "LLMLinguaCompressor": ".lingua",

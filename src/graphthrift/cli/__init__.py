@@ -19,6 +19,7 @@ from rich.table import Table
 
 from graphthrift.bench import BENCHMARKS
 from graphthrift.bench._common import write_json
+from graphthrift.cli import cache as cache_cli
 from graphthrift.errors import GraphthriftError
 
 
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--feature", help="only this feature")
     report.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
+    cache_cli.add_parser(sub)
+
     bench = sub.add_parser("bench", help="run a benchmark (all of them when no name is given)")
     bench.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     bench.add_argument("--quick", action="store_true", help="a small sample, for CI")
@@ -81,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in _bench_modules().items():
         doc = (module.__doc__ or name).strip().splitlines()[0]
         one = bench_sub.add_parser(
-            name, help=doc.split(":", 1)[-1].strip(), description=module.__doc__
+            name,
+            help=doc.split(":", 1)[-1].strip(),
+            description=module.__doc__,
+            conflict_handler="resolve",  # a benchmark may refine --quick or --json
         )
         one.add_argument(
             "--json", metavar="PATH", default=argparse.SUPPRESS, help="write the figures as JSON"
@@ -166,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             _report(args, console)
+        elif args.command == "cache":
+            cache_cli.run(args, console)
         elif args.command == "bench":
             if args.bench:
                 _bench_modules()[args.bench].run(args, console)

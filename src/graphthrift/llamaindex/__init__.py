@@ -10,6 +10,7 @@ _EXPORTS = {
     "uninstrument": ".instrumentation",
     "tags": ".instrumentation",
     "CompressionPostprocessor": ".postprocessor",
+    "CachedQueryEngine": ".cache",
     "HistoryMemoryBlock": ".memory",
     "PrunedChatMemory": ".memory",
 }

@@ -1,0 +1,154 @@
+"""What a cache entry is keyed on: the scope it belongs to and the query it answers.
+
+The default key is what users expect: the latest user question, plus a short fingerprint
+of the context the answer depends on (system prompt, retrieved evidence, anything the
+caller passes as ``context``), never the whole serialized history. Two conversations that
+end with the same question under the same instructions share an entry; a different system
+prompt or a different set of retrieved documents does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from graphthrift.messages import Message, to_messages
+
+__all__ = [
+    "CacheQuery",
+    "CacheScope",
+    "KeyFunction",
+    "default_key",
+    "fingerprint",
+    "normalize_query",
+]
+
+_SPACES = re.compile(r"\s+")
+_TRAILING = re.compile(r"[\s?!.。？！]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    """Who may be served an entry, and what it was produced with.
+
+    A lookup only ever sees entries whose every field equals the request's.
+
+    Attributes:
+        tenant_id: the customer the entry belongs to.
+        scope: a narrower audience inside the tenant (a user id, a role); "" for tenant-wide.
+        namespace: the feature or cache area; TTL and size caps are set per namespace.
+        prompt_version, model_version, corpus_version: what produced the answer; bump any of
+            them and old entries are never served again (they age out by TTL or eviction).
+    """
+
+    tenant_id: str = ""
+    scope: str = ""
+    namespace: str = "default"
+    prompt_version: str = ""
+    model_version: str = ""
+    corpus_version: str = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str):
+                raise TypeError(f"CacheScope.{f.name} must be a str, got {type(value).__name__}")
+        if not self.namespace:
+            raise ValueError("CacheScope.namespace must not be empty")
+
+    def merged(self, overrides: Mapping[str, Any]) -> CacheScope:
+        """This scope with the non-None ``overrides`` applied (ints and UUIDs become text)."""
+        changes = {k: str(v) for k, v in overrides.items() if v is not None}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown cache scope fields {sorted(unknown)}")
+        return replace(self, **changes) if changes else self
+
+
+@dataclass(frozen=True, slots=True)
+class CacheQuery:
+    """The text a lookup matches on, and a fingerprint of the context it depends on.
+
+    ``text`` is embedded by the semantic layer and normalized then hashed by the exact one.
+    ``context`` must match exactly (it is a filter column, never mixed into the embedding).
+    """
+
+    text: str
+    context: str = ""
+
+    @property
+    def normalized(self) -> str:
+        return normalize_query(self.text)
+
+
+KeyFunction = Callable[[Any], CacheQuery]
+"""Maps what the caller looked up (a string, a list of messages) to a ``CacheQuery``."""
+
+
+def normalize_query(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace collapsed, trailing punctuation dropped.
+
+    Example:
+        >>> normalize_query("  How do I  reset my PASSWORD?? ")
+        'how do i reset my password'
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _TRAILING.sub("", _SPACES.sub(" ", folded).strip())
+
+
+def fingerprint(parts: Iterable[str], length: int = 16) -> str:
+    """A short stable hash of some texts ("" when there are none)."""
+    items = [p for p in parts if p]
+    if not items:
+        return ""
+    digest = hashlib.sha256("\x1f".join(items).encode("utf-8")).hexdigest()
+    return digest[:length]
+
+
+def _context_texts(context: Any) -> list[str]:
+    if context is None:
+        return []
+    if isinstance(context, str):
+        return [context]
+    if isinstance(context, Mapping):
+        return [json.dumps(context, sort_keys=True, default=str)]
+    return [str(c) for c in context]
+
+
+def default_key(query: Any, context: Any = None) -> CacheQuery:
+    """The default key: the latest user message plus a fingerprint of what it depends on.
+
+    ``query`` is a string or a list of messages (LangChain, LlamaIndex, OpenAI dicts). For
+    messages, the context fingerprint covers the system messages; ``context`` (evidence
+    ids, retrieved passages, a dict of settings) is added to it. Earlier turns are not part
+    of the key: a follow-up that depends on them should pass them as ``context``.
+
+    Raises:
+        ValueError: the messages hold no user message to key on.
+    """
+    extra = _context_texts(context)
+    if isinstance(query, str):
+        return CacheQuery(query, fingerprint(extra))
+    if isinstance(query, CacheQuery):
+        return CacheQuery(query.text, fingerprint([query.context, *extra]))
+    messages: list[Message] = to_messages(query)
+    users = [m for m in messages if m.role == "user"]
+    if not users:
+        raise ValueError(
+            f"cannot key a cache lookup on {len(messages)} messages without a user message; "
+            "pass the question as a string or supply key_fn="
+        )
+    system = [m.text for m in messages if m.role == "system"]
+    return CacheQuery(users[-1].text, fingerprint([*system, *extra]))
+
+
+def key_hash(layer: str, scope: CacheScope, embedding_model: str, query: CacheQuery) -> str:
+    """The exact key: a hash of the layer, every scope field, the model and the normalized text."""
+    parts = [layer, *(getattr(scope, f.name) for f in fields(scope))]
+    parts += [embedding_model, query.context, query.normalized]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()

@@ -1,0 +1,117 @@
+"""``graphthrift cache tune``: pick a semantic-cache threshold from labelled pairs.
+
+    graphthrift cache tune --pairs pairs.csv --target-precision 0.97 [--plot curve.png]
+
+Embeds both sides of each pair (MiniLM by default), computes the precision/recall curve
+of "same meaning when cosine >= t", picks the lowest t meeting the target, prints it, saves
+the curve as a PNG and, with ``--json``, writes ``threshold``, ``precision``, ``recall``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from graphthrift._cache_policy import CurvePoint, precision_recall_curve, tune_threshold
+from graphthrift.bench._common import write_json
+from graphthrift.embed import default_embedder
+
+__all__ = ["add_parser", "plot_curve", "run", "tune"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``cache`` (with its ``tune`` subcommand) to the CLI's subparsers."""
+    cache: argparse.ArgumentParser = subparsers.add_parser(
+        "cache", help="semantic cache tools (tune a threshold)"
+    )
+    sub = cache.add_subparsers(dest="cache_command", metavar="COMMAND")
+    tune_p = sub.add_parser(
+        "tune", help="pick a threshold from labelled pairs", description=__doc__
+    )
+    tune_p.add_argument("--pairs", required=True, help="CSV/JSONL with text_a, text_b, label")
+    tune_p.add_argument("--target-precision", type=float, default=0.97)
+    tune_p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.0,
+        help="require the target at this confidence (Wilson bound), e.g. 0.95; 0 = plain",
+    )
+    tune_p.add_argument("--plot", default="cache-curve.png", help="where to save the PNG")
+    tune_p.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    return cache
+
+
+def tune(
+    pairs: list[tuple[str, str, int]], target_precision: float, *, confidence: float = 0.0
+) -> tuple[CurvePoint, list[CurvePoint]]:
+    """Embed the pairs, build the curve and pick the threshold."""
+    embedder = default_embedder()
+    a = embedder.embed([p[0] for p in pairs])
+    b = embedder.embed([p[1] for p in pairs])
+    sims = (a * b).sum(axis=1)
+    labels = np.array([bool(p[2]) for p in pairs])
+    curve = precision_recall_curve(sims, labels)
+    return tune_threshold(curve, target_precision, confidence=confidence), curve
+
+
+def plot_curve(
+    curve: list[CurvePoint], chosen: CurvePoint | None, path: str | Path, title: str = ""
+) -> Path:
+    """Save precision, recall and hit rate against the threshold as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p.threshold for p in curve]
+    ax.plot(xs, [p.precision for p in curve], label="precision")
+    ax.plot(xs, [p.recall for p in curve], label="recall")
+    ax.plot(xs, [p.hit_rate for p in curve], label="hit rate", linestyle=":")
+    if chosen is not None:
+        ax.axvline(
+            chosen.threshold, color="grey", linestyle="--", label=f"t = {chosen.threshold:.3f}"
+        )
+    ax.set_xlabel("cosine similarity threshold")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "semantic cache: precision / recall")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Run ``graphthrift cache <command>``; returns the JSON figures."""
+    if getattr(args, "cache_command", None) != "tune":
+        raise ValueError("usage: graphthrift cache tune --pairs P --target-precision X")
+    from graphthrift.bench.cache import load_pairs
+
+    pairs = load_pairs(args.pairs)
+    if not pairs:
+        raise ValueError(f"{args.pairs} holds no pairs")
+    chosen, curve = tune(pairs, args.target_precision, confidence=args.confidence)
+    plot = plot_curve(curve, chosen, args.plot, f"{Path(args.pairs).name}: {len(pairs)} pairs")
+    figures = {
+        "threshold": round(chosen.threshold, 4),
+        "precision": round(chosen.precision, 4),
+        "recall": round(chosen.recall, 4),
+        "hit_rate": round(chosen.hit_rate, 4),
+        "n_pairs": len(pairs),
+        "target_precision": args.target_precision,
+        "plot": str(plot),
+        "curve": [p.as_dict() for p in curve if round(p.threshold, 2) == p.threshold],
+    }
+    console.print(
+        f"threshold [bold]{figures['threshold']}[/]: precision {figures['precision']}, "
+        f"recall {figures['recall']} on {len(pairs)} pairs; curve saved to {plot}"
+    )
+    write_json(figures, args.json)
+    return figures
