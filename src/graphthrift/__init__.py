@@ -41,6 +41,9 @@ _EXPORTS = {
     "Budget": ".budget",
     "BudgetExceeded": ".errors",
     "Router": ".route",
+    "DifficultyClassifier": ".route",
+    "JsonSchemaValidator": ".route",
+    "ToolArgsValidator": ".route",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

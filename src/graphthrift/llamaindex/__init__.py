@@ -11,6 +11,7 @@ _EXPORTS = {
     "tags": ".instrumentation",
     "CompressionPostprocessor": ".postprocessor",
     "CachedQueryEngine": ".cache",
+    "BudgetedLLM": ".budget",
     "HistoryMemoryBlock": ".memory",
     "PrunedChatMemory": ".memory",
 }

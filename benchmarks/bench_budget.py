@@ -1,0 +1,16 @@
+"""Budget benchmark: same as ``graphthrift bench budget``; writes benchmarks/results/budget.json.
+
+python benchmarks/bench_budget.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from graphthrift.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--json" not in args:
+        args += ["--json", "benchmarks/results/budget.json"]
+    sys.exit(main(["bench", "budget", *args]))

@@ -1,0 +1,276 @@
+"""``graphthrift bench route``: cheap-first routing on a labelled workload, through LangGraph.
+
+Workload (from ``../shared/data``, labels from how each request was built):
+- ``faq`` (easy): banking77 customer queries, as asked;
+- ``extract`` (easy): one xquad_en question with its paragraph;
+- ``multihop`` (hard): two questions about two different xquad_en paragraphs, composed
+  into one request that needs both.
+Without the data folder a small built-in workload is used.
+
+Two fake chat models answer through a LangGraph graph (``route_model`` with ``models``).
+Their per-call quality is simulated from the labels (deterministic per request): the cheap
+model is right on most easy requests and few hard ones, and hedges on part of its misses;
+the strong model is right on most of both. Figures: ``cheap_fraction`` (answers served by
+the cheap model), ``escalation_rate`` (requests whose cheap answer was rejected),
+``quality`` (correct answers relative to always-strong), ``cost_fraction`` (cost relative to
+always-strong), ``overhead_ms`` (the routing decision alone, p50/p95) and the same with
+the optional classifier (trained on a disjoint split) under ``classifier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from graphthrift.bench._common import data_dir, machine, percentiles
+from graphthrift.prices import default_price_book
+from graphthrift.route import DifficultyClassifier, Router
+
+CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
+# P(correct) per label, and P(hedge | wrong) for the cheap model
+QUALITY = {
+    CHEAP: {"faq": 0.95, "extract": 0.85, "multihop": 0.30},
+    STRONG: {"faq": 0.97, "extract": 0.93, "multihop": 0.88},
+}
+HEDGE_WHEN_WRONG = 0.6
+HARD = {"multihop"}
+TARGETS = {"overhead_p95_ms": 1.0, "classifier_overhead_p95_ms": 5.0}
+_TEMPLATES = (
+    "Context A: {c1}\n\nContext B: {c2}\n\nFirst, {q1} And then, using the second passage, {q2}",
+    "{c1}\n\n{c2}\n\nAnswer both: (1) {q1} (2) {q2}",
+    "Read these two passages.\n{c1}\n---\n{c2}\nWhich is true, and why: {q1} Also {q2}",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=1500, help="requests in the workload")
+    parser.add_argument("--threshold", type=float, default=0.5, help="router threshold")
+    parser.add_argument("--no-classifier", action="store_true", help="skip the classifier run")
+    parser.add_argument("--seed", type=int, default=13)
+
+
+def build_workload(n: int, seed: int = 13) -> list[tuple[str, str]]:
+    """``n`` (request, label) pairs: a third each of faq, extract and multihop."""
+    rng = random.Random(seed)
+    base = data_dir()
+    faq: list[str] = []
+    paras: list[tuple[str, list[str]]] = []
+    if base is not None and (base / "banking77" / "test.csv").is_file():
+        with (base / "banking77" / "test.csv").open(encoding="utf-8") as fh:
+            faq = [row["text"] for row in csv.DictReader(fh)]
+    if base is not None and (base / "xquad_en" / "xquad.en.json").is_file():
+        data = json.loads((base / "xquad_en" / "xquad.en.json").read_text(encoding="utf-8"))
+        for article in data["data"]:
+            for p in article["paragraphs"]:
+                paras.append((p["context"], [q["question"] for q in p["qas"]]))
+    if not faq:
+        faq = ["How do I activate my card?", "Where is my refund?", "Can I change my PIN?"]
+    if not paras:
+        paras = [
+            ("The bridge opened in 1932 and spans 1,149 metres.", ["When did it open?"]),
+            ("The river is 300 km long and flows north.", ["How long is the river?"]),
+        ]
+    out: list[tuple[str, str]] = []
+    for i in range(n):
+        kind = ("faq", "extract", "multihop")[i % 3]
+        if kind == "faq":
+            out.append((rng.choice(faq), kind))
+        elif kind == "extract":
+            context, questions = rng.choice(paras)
+            out.append((f"{context[:500]}\n\nQuestion: {rng.choice(questions)}", kind))
+        else:
+            (c1, q1s), (c2, q2s) = rng.sample(paras, 2)
+            template = _TEMPLATES[i % len(_TEMPLATES)]
+            out.append(
+                (
+                    template.format(
+                        c1=c1[:400], c2=c2[:400], q1=rng.choice(q1s), q2=rng.choice(q2s)
+                    ),
+                    kind,
+                )
+            )
+    rng.shuffle(out)
+    return out
+
+
+def _draw(text: str, model: str, salt: str) -> float:
+    digest = hashlib.blake2b(f"{model}|{salt}|{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def simulate(text: str, label: str, model: str) -> tuple[str, bool]:
+    """The simulated answer of ``model`` and whether it is correct."""
+    correct = _draw(text, model, "ok") < QUALITY[model][label]
+    if correct:
+        return "The answer is in the passage: it is the one stated.", True
+    if model == CHEAP and _draw(text, model, "hedge") < HEDGE_WHEN_WRONG:
+        return "I'm not sure; there is not enough information.", False
+    return "The answer is something else entirely.", False
+
+
+def _models(labels: dict[str, str]) -> dict[str, Any]:
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage, BaseMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    from graphthrift.tokens import count_text
+
+    class SimulatedModel(BaseChatModel):
+        model_name: str
+
+        @property
+        def _llm_type(self) -> str:
+            return "graphthrift-simulated"
+
+        def _generate(
+            self,
+            messages: list[BaseMessage],
+            stop: Any = None,
+            run_manager: Any = None,
+            **kwargs: Any,
+        ) -> ChatResult:
+            text = str(messages[-1].content)
+            answer, correct = simulate(text, labels[text], self.model_name)
+            usage = {
+                "input_tokens": count_text(text),
+                "output_tokens": 12,
+                "total_tokens": count_text(text) + 12,
+            }
+            message = AIMessage(
+                answer,
+                usage_metadata=usage,
+                response_metadata={"model_name": self.model_name, "correct": correct},
+            )
+            return ChatResult(generations=[ChatGeneration(message=message)])
+
+    return {CHEAP: SimulatedModel(model_name=CHEAP), STRONG: SimulatedModel(model_name=STRONG)}
+
+
+def _graph(router: Router, models: dict[str, Any]) -> Any:
+    from langchain_core.messages import AnyMessage
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.graph.message import add_messages
+    from typing_extensions import TypedDict
+
+    from graphthrift.langgraph.route import route_model
+
+    # functional form: class syntax in a function would leave string annotations unresolved
+    state = TypedDict(  # type: ignore[name-match]  # noqa: UP013
+        "RouteBenchState",
+        {
+            "messages": Annotated[list[AnyMessage], add_messages],
+            "route": str,
+            "route_model": str,
+            "route_reason": str | None,
+            "route_next": str,
+        },
+        total=False,
+    )
+
+    builder = StateGraph(state)
+    builder.add_node("route", route_model(router, models=models))
+    builder.add_edge(START, "route")
+    builder.add_edge("route", END)
+    return builder.compile()
+
+
+def _evaluate(router: Router, work: list[tuple[str, str]]) -> dict[str, Any]:
+    from langchain_core.messages import HumanMessage
+
+    labels = {text: label for text, label in work}
+    graph = _graph(router, _models(labels))
+    prices = default_price_book()
+    correct = strong_correct = 0
+    cost = strong_cost = 0.0
+    for text, label in work:
+        out = graph.invoke({"messages": [HumanMessage(text)]})
+        answer = out["messages"][-1]
+        correct += bool(answer.response_metadata.get("correct"))
+        tokens_in = answer.usage_metadata["input_tokens"]
+        calls = [out["route_model"]]
+        if out["route_reason"] in ("confidence", "validator", "error"):
+            calls.insert(0, CHEAP)
+        cost += sum(prices.cost(m, tokens_in, 12) or 0.0 for m in calls)
+        strong_correct += simulate(text, label, STRONG)[1]
+        strong_cost += prices.cost(STRONG, tokens_in, 12) or 0.0
+    samples: list[float] = []
+    for text, _ in work:
+        t0 = time.perf_counter()
+        router.route(text)
+        samples.append((time.perf_counter() - t0) * 1000)
+    stats = router.stats
+    n = len(work)
+    return {
+        "n": n,
+        "cheap_fraction": round(stats["cheap"] / n, 4),
+        "escalation_rate": round(stats["cascaded"] / n, 4),
+        "quality": round(correct / strong_correct, 4) if strong_correct else float("nan"),
+        "accuracy": round(correct / n, 4),
+        "always_strong_accuracy": round(strong_correct / n, 4),
+        "cost_fraction": round(cost / strong_cost, 4) if strong_cost else float("nan"),
+        "overhead_ms": percentiles(samples, 50, 95),
+    }
+
+
+def _split(work: list[tuple[str, str]], seed: int) -> Iterator[list[tuple[str, str]]]:
+    train = build_workload(max(90, len(work) // 3), seed + 1)
+    seen = {text for text, _ in work}
+    yield [(t, label) for t, label in train if t not in seen]
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    n = min(args.n, 150) if getattr(args, "quick", False) else args.n
+    work = build_workload(n, args.seed)
+    figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
+    figures["data"] = str(data_dir()) if data_dir() else "built-in sample"
+    figures["labels"] = {"easy": ["faq", "extract"], "hard": sorted(HARD)}
+    figures["simulated_quality"] = QUALITY
+    if not args.no_classifier:
+        train = next(_split(work, args.seed))
+        t0 = time.perf_counter()
+        clf = DifficultyClassifier().fit(
+            [t for t, _ in train], [label in HARD for _, label in train]
+        )
+        train_s = time.perf_counter() - t0
+        clf.predict_proba(["warm up"])
+        sub = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold, classifier=clf), work)
+        sub["train_examples"] = len(train)
+        sub["train_s"] = round(train_s, 3)
+        figures["classifier"] = sub
+    figures["targets"] = TARGETS
+    figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    table = Table(title=f"graphthrift bench route (n={n})")
+    for col in (
+        "router",
+        "cheap_fraction",
+        "escalation_rate",
+        "quality",
+        "cost_fraction",
+        "overhead p50/p95 ms",
+    ):
+        table.add_column(col)
+    for name, row in (("features", figures), ("classifier", figures.get("classifier"))):
+        if row:
+            table.add_row(
+                name,
+                str(row["cheap_fraction"]),
+                str(row["escalation_rate"]),
+                str(row["quality"]),
+                str(row["cost_fraction"]),
+                f"{row['overhead_ms']['p50']}/{row['overhead_ms']['p95']}",
+            )
+    console.print(table)
+    return figures
+
+
+__all__ = ["add_arguments", "build_workload", "run", "simulate"]

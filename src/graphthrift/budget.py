@@ -1,0 +1,958 @@
+"""Pre-flight budgets: reserve a call's worst-case cost before it runs, settle it after.
+
+A ``Budget`` combines limits of three kinds:
+
+- per step (checked in process): ``max_tool_calls_per_step``, ``max_input_tokens`` and
+  ``max_output_tokens`` (which is also the output reserved for each call);
+- per request: ``max_request_usd``, the estimated cost of one call;
+- per scope: ``max_usd`` and ``max_tokens``, dicts keyed by ``"tenant"``, ``"feature"``,
+  ``"thread"`` or ``"run"``. Tenant, feature and thread counters are per **UTC day** (the
+  day starts at 00:00 UTC whatever the server's or the user's time zone); run counters last
+  for the run.
+
+Before a model call, ``reserve`` estimates it (counted input tokens plus the maximum output
+tokens, at the model's price) and reserves that amount on every scope in one PostgreSQL
+transaction, with a conditional upsert per scope. Concurrent runs of one tenant therefore
+cannot together pass its limit: they overspend only by what actual usage exceeds the
+reservations (at most one call's reservation in practice, none when calls stay within their
+``max_output_tokens``). ``settle`` moves the reservation to spent with the actual usage (a
+``LedgerRecord`` or token counts) and releases the rest. Counters live in the database, so
+budgets survive restarts; a reservation left by a crashed process expires after
+``reservation_ttl`` seconds and is reclaimed.
+
+When a reservation is refused, ``next_step`` picks the next applicable rung of the
+degradation ladder (``compress``, ``cheaper_model``, ``summarize``, ``interrupt``, ``end``);
+the adapters carry it out. When no rung is left, the call raises ``BudgetExceeded``.
+
+If the database is unreachable the budget fails open by default (the call proceeds and
+``diagnostics`` counter ``budget_store_failure`` is incremented); ``fail_closed=True``
+raises ``StoreUnavailable`` instead.
+
+Environment: ``GRAPHTHRIFT_BUDGET_FAIL_CLOSED`` (``1``/``true``),
+``GRAPHTHRIFT_BUDGET_RESERVATION_TTL`` (seconds, default 600),
+``GRAPHTHRIFT_BUDGET_OUTPUT_TOKENS`` (output reserved when no max is known, default 1024).
+
+Example:
+    >>> budget = Budget(store, max_usd={"tenant": 5.0}, max_output_tokens=512)
+    >>> r = budget.reserve("gpt-4o-mini", [{"role": "user", "content": "hi"}],
+    ...                    tags={"tenant_id": "acme"})
+    >>> budget.settle(r, input_tokens=9, output_tokens=40)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from graphthrift import diagnostics
+from graphthrift._budget_store import (
+    RUN_DAY,
+    Refusal,
+    ScopeRef,
+    ScopeUsage,
+    read_program,
+    reclaim_program,
+    reserve_program,
+    run_async,
+    run_sync,
+    settle_program,
+)
+from graphthrift.errors import BudgetExceeded, StoreUnavailable, UnknownModelPrice
+from graphthrift.prices import PriceBook, default_price_book
+from graphthrift.records import LedgerRecord
+from graphthrift.store import Store
+from graphthrift.tokens import count_messages
+
+__all__ = [
+    "DEFAULT_LADDER",
+    "LADDER_STEPS",
+    "SCOPE_KINDS",
+    "Budget",
+    "BudgetExceeded",
+    "Estimate",
+    "Preflight",
+    "Reservation",
+    "ScopeUsage",
+    "Shortfall",
+    "Step",
+    "tags_from_metadata",
+]
+
+Step = Literal["compress", "cheaper_model", "summarize", "interrupt", "end"]
+LADDER_STEPS: tuple[Step, ...] = ("compress", "cheaper_model", "summarize", "interrupt", "end")
+DEFAULT_LADDER: tuple[Step, ...] = ("compress", "cheaper_model", "summarize", "end")
+SCOPE_KINDS: tuple[str, ...] = ("run", "thread", "tenant", "feature")
+_TAG_OF_SCOPE = {
+    "run": "run_id",
+    "thread": "thread_id",
+    "tenant": "tenant_id",
+    "feature": "feature",
+}
+UNTAGGED = "(none)"
+_INPUT_SHRINKERS = ("compress", "summarize")
+_TOKEN_LIMITS = ("max_tokens", "max_input_tokens")
+
+
+def tags_from_metadata(*sources: Mapping[str, Any] | None) -> dict[str, str]:
+    """tenant_id, feature, thread_id and run_id from config metadata/configurable dicts.
+
+    Later sources win; values are kept as text. LangGraph puts ``thread_id`` in
+    ``config["configurable"]``; pass both ``metadata`` and ``configurable``.
+    """
+    out: dict[str, str] = {}
+    for source in sources:
+        if not source:
+            continue
+        for name in _TAG_OF_SCOPE.values():
+            value = source.get(name)
+            if value is not None and not isinstance(value, dict | list):
+                out[name] = str(value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The worst case of one call: counted input plus the maximum output, priced."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    usd: float | None
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Why a reservation was refused: the limit, what its scope holds, what was asked."""
+
+    limit_name: str
+    scope: str
+    limit: float
+    spent: float
+    requested: float
+    scope_kind: str = "step"
+
+    @property
+    def remaining(self) -> float:
+        return max(self.limit - self.spent, 0.0)
+
+    def error(self) -> BudgetExceeded:
+        """The ``BudgetExceeded`` to raise for this shortfall."""
+        return BudgetExceeded(self.limit_name, self.limit, self.spent, self.scope, self.requested)
+
+    def message(self) -> str:
+        """A sentence for the user when the run ends on this shortfall."""
+        return (
+            f"I have to stop here: the {self.limit_name} budget for {self.scope} is used up "
+            f"(limit {self.limit:g}, spent {self.spent:g}, this step needs {self.requested:g})."
+        )
+
+
+@dataclass(slots=True)
+class Reservation:
+    """An amount held on each scope until ``settle`` or ``release``.
+
+    ``backed`` is False when the database was unreachable and the budget failed open.
+    """
+
+    id: str
+    estimate: Estimate
+    scopes: tuple[ScopeRef, ...]
+    usd: float
+    tokens: int
+    backed: bool = True
+    forced: bool = False
+    settled: bool = False
+    actual_usd: float | None = None
+    actual_tokens: int | None = None
+    created: float = field(default_factory=time.monotonic)
+
+    def as_state(self) -> dict[str, Any]:
+        """A JSON-safe dict (for graph state), readable by ``Budget.reservation_from_state``."""
+        return {
+            "id": self.id,
+            "model": self.estimate.model,
+            "input_tokens": self.estimate.input_tokens,
+            "output_tokens": self.estimate.output_tokens,
+            "estimate_usd": self.estimate.usd,
+            "scopes": [[s.kind, s.key, s.day.isoformat()] for s in self.scopes],
+            "usd": self.usd,
+            "tokens": self.tokens,
+            "backed": self.backed,
+            "forced": self.forced,
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Reservation:
+        est = Estimate(
+            data["model"], data["input_tokens"], data["output_tokens"], data["estimate_usd"]
+        )
+        scopes = tuple(ScopeRef(k, key, date.fromisoformat(d)) for k, key, d in data["scopes"])
+        return cls(
+            data["id"], est, scopes, data["usd"], data["tokens"], data["backed"], data["forced"]
+        )
+
+
+@dataclass(slots=True)
+class Preflight:
+    """What ``Budget.preflight`` decided for one call.
+
+    ``outcome`` is ``"proceed"`` (call ``model`` with ``messages``, then settle
+    ``reservation``) or ``"end"`` (stop cleanly; ``shortfall`` says why). ``steps`` lists
+    the ladder rungs carried out, in order.
+    """
+
+    outcome: Literal["proceed", "end"]
+    model: str
+    messages: list[Any]
+    steps: list[str]
+    reservation: Reservation | None
+    shortfall: Shortfall | None
+
+
+def _positive(name: str, value: Any, *, integer: bool) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"Budget {name} must be a number, got {type(value).__name__} {value!r}")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"Budget {name} must be a whole number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"Budget {name} must be > 0, got {value!r}; leave it out (None) for no limit"
+        )
+    return int(value) if integer else float(value)
+
+
+def _scope_limits(name: str, value: Mapping[str, Any] | None, *, integer: bool) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"Budget {name} must be a dict keyed by scope {SCOPE_KINDS}, got {value!r}")
+    out: dict[str, Any] = {}
+    for kind, limit in value.items():
+        if kind not in SCOPE_KINDS:
+            raise ValueError(f"Budget {name} has unknown scope {kind!r}; use one of {SCOPE_KINDS}")
+        out[kind] = _positive(f"{name}[{kind!r}]", limit, integer=integer)
+    return out
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def utc_day(moment: datetime) -> date:
+    """The UTC calendar day of ``moment`` (a naive datetime is taken as UTC)."""
+    if moment.tzinfo is None:
+        return moment.date()
+    return moment.astimezone(UTC).date()
+
+
+class Budget:
+    """Pre-flight token, tool and cost limits with a degradation ladder.
+
+    Args:
+        store: the shared ``Store``; needed for ``max_usd``/``max_tokens`` (scope limits).
+        max_usd: USD per scope, e.g. ``{"tenant": 5.0, "run": 0.25}`` (per UTC day; per run
+            for ``"run"``).
+        max_tokens: tokens (input + output) per scope, keyed the same way.
+        max_request_usd: the most one call may be estimated to cost.
+        max_input_tokens: the most input tokens one call (step) may send.
+        max_output_tokens: the most output tokens one call may produce; reserved per call.
+        max_tool_calls_per_step: the most tool calls one model turn may run.
+        ladder: degradation rungs tried in order before a stop (subset of ``LADDER_STEPS``).
+        fail_closed: raise ``StoreUnavailable`` when the database is unreachable (default:
+            proceed and count ``budget_store_failure``).
+        reservation_ttl: seconds before an unsettled reservation is reclaimed.
+        default_output_tokens: output reserved when neither the call nor the budget caps it.
+        prices: the ``PriceBook`` (default: the process-wide one the ledger uses).
+        clock: returns the current time (UTC days are taken from it); for tests.
+
+    Raises:
+        ValueError / TypeError: a limit that is zero, negative, not finite or of a wrong type.
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        max_usd: Mapping[str, float] | None = None,
+        max_tokens: Mapping[str, int] | None = None,
+        max_request_usd: float | None = None,
+        max_input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        max_tool_calls_per_step: int | None = None,
+        ladder: Sequence[str] | None = None,
+        fail_closed: bool | None = None,
+        reservation_ttl: float | None = None,
+        default_output_tokens: int | None = None,
+        prices: PriceBook | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.max_usd: dict[str, float] = _scope_limits("max_usd", max_usd, integer=False)
+        self.max_tokens: dict[str, int] = _scope_limits("max_tokens", max_tokens, integer=True)
+        self.max_request_usd: float | None = _positive(
+            "max_request_usd", max_request_usd, integer=False
+        )
+        self.max_input_tokens: int | None = _positive(
+            "max_input_tokens", max_input_tokens, integer=True
+        )
+        self.max_output_tokens: int | None = _positive(
+            "max_output_tokens", max_output_tokens, integer=True
+        )
+        self.max_tool_calls_per_step: int | None = _positive(
+            "max_tool_calls_per_step", max_tool_calls_per_step, integer=True
+        )
+        steps = tuple(DEFAULT_LADDER if ladder is None else ladder)
+        for step in steps:
+            if step not in LADDER_STEPS:
+                raise ValueError(f"unknown ladder step {step!r}; use some of {LADDER_STEPS}")
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"ladder steps must not repeat, got {steps}")
+        self.ladder: tuple[Step, ...] = steps  # type: ignore[assignment]
+        if (self.max_usd or self.max_tokens) and store is None:
+            raise ValueError(
+                "Budget scope limits (max_usd / max_tokens) need a store: Budget(Store(), ...)"
+            )
+        self.store = store
+        self.fail_closed = (
+            _env_flag("GRAPHTHRIFT_BUDGET_FAIL_CLOSED") if fail_closed is None else fail_closed
+        )
+        ttl = reservation_ttl
+        if ttl is None:
+            ttl = _env_number("GRAPHTHRIFT_BUDGET_RESERVATION_TTL", 600.0)
+        self.reservation_ttl = float(_positive("reservation_ttl", ttl, integer=False))
+        out_default = default_output_tokens
+        if out_default is None:
+            out_default = int(_env_number("GRAPHTHRIFT_BUDGET_OUTPUT_TOKENS", 1024))
+        self.default_output_tokens = int(
+            _positive("default_output_tokens", out_default, integer=True)
+        )
+        self.prices = prices or default_price_book()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._last_reclaim = 0.0
+
+    # -- estimates --------------------------------------------------------------------------
+
+    @property
+    def has_cost_limits(self) -> bool:
+        return bool(self.max_usd) or self.max_request_usd is not None
+
+    def check_model(self, model: str) -> None:
+        """Refuse, with ``UnknownModelPrice``, a cost-limited budget on an unpriced model."""
+        if self.has_cost_limits and not self.prices.is_known(model):
+            raise UnknownModelPrice(model)
+
+    def estimate(
+        self,
+        model: str,
+        messages: Iterable[Any] | None = None,
+        *,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+    ) -> Estimate:
+        """The worst case of one call: ``messages`` counted (or ``input_tokens``) plus max output.
+
+        Raises:
+            UnknownModelPrice: the budget has cost limits and ``model`` has no price.
+        """
+        self.check_model(model)
+        if input_tokens is None:
+            input_tokens = int(count_messages(messages or (), model)) if messages else 0
+        output = max_output_tokens or self.max_output_tokens or self.default_output_tokens
+        if self.max_output_tokens is not None:
+            output = min(output, self.max_output_tokens)
+        usd = self.prices.cost(model, input_tokens, output) if self.prices.is_known(model) else None
+        return Estimate(model, input_tokens, output, usd)
+
+    def _scopes(self, tags: Mapping[str, Any]) -> list[tuple[ScopeRef, float | None, int | None]]:
+        day = utc_day(self.clock())
+        out = []
+        for kind in SCOPE_KINDS:
+            if kind not in self.max_usd and kind not in self.max_tokens:
+                continue
+            key = tags.get(_TAG_OF_SCOPE[kind])
+            key = UNTAGGED if key is None else str(key)
+            ref = ScopeRef(kind, key, RUN_DAY if kind == "run" else day)
+            out.append((ref, self.max_usd.get(kind), self.max_tokens.get(kind)))
+        return out
+
+    def _local_shortfall(self, est: Estimate) -> Shortfall | None:
+        if self.max_input_tokens is not None and est.input_tokens > self.max_input_tokens:
+            return Shortfall(
+                "max_input_tokens", "step", self.max_input_tokens, 0.0, est.input_tokens
+            )
+        if (
+            self.max_request_usd is not None
+            and est.usd is not None
+            and est.usd > self.max_request_usd
+        ):
+            return Shortfall("max_request_usd", "request", self.max_request_usd, 0.0, est.usd)
+        return None
+
+    def _shortfall_of(self, refusal: Refusal, est: Estimate) -> Shortfall:
+        kind, usage = refusal.scope.kind, refusal.usage
+        limit_usd = self.max_usd.get(kind)
+        usd = est.usd or 0.0
+        if limit_usd is not None and usage.spent_usd + usage.reserved_usd + usd > limit_usd:
+            return Shortfall(
+                "max_usd",
+                refusal.scope.label(),
+                limit_usd,
+                usage.spent_usd + usage.reserved_usd,
+                usd,
+                kind,
+            )
+        limit_tokens = self.max_tokens.get(kind, 0)
+        return Shortfall(
+            "max_tokens",
+            refusal.scope.label(),
+            float(limit_tokens),
+            float(usage.spent_tokens + usage.reserved_tokens),
+            float(est.tokens),
+            kind,
+        )
+
+    # -- reserve ----------------------------------------------------------------------------
+
+    def _new(
+        self, est: Estimate, scopes: Sequence[ScopeRef], *, backed: bool, forced: bool
+    ) -> Reservation:
+        return Reservation(
+            uuid.uuid4().hex, est, tuple(scopes), est.usd or 0.0, est.tokens, backed, forced
+        )
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        if self.fail_closed:
+            raise exc
+        diagnostics.count(
+            "budget_store_failure",
+            "graphthrift: budget store unreachable (%s); failing open",
+            exc.reason,
+        )
+
+    def _should_reclaim(self) -> bool:
+        return time.monotonic() - self._last_reclaim > min(self.reservation_ttl, 60.0)
+
+    def try_reserve(
+        self,
+        model: str,
+        messages: Iterable[Any] | None = None,
+        *,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        tags: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> Reservation | Shortfall:
+        """Reserve one call's worst case on every scope, or return why it cannot be done.
+
+        ``force=True`` reserves even past the limits (a human approved the call).
+        """
+        est = self.estimate(
+            model, messages, input_tokens=input_tokens, max_output_tokens=max_output_tokens
+        )
+        return self._reserve_estimate(est, tags or {}, force)
+
+    def _reserve_estimate(
+        self, est: Estimate, tags: Mapping[str, Any], force: bool
+    ) -> Reservation | Shortfall:
+        short = None if force else self._local_shortfall(est)
+        if short is not None:
+            return short
+        scopes = self._scopes(tags)
+        refs = [s for s, _, _ in scopes]
+        if not scopes or self.store is None:
+            return self._new(est, refs, backed=False, forced=force)
+        reservation = self._new(est, refs, backed=True, forced=force)
+        try:
+            if self._should_reclaim():
+                self.reclaim()
+            refusal = self._run(reservation, scopes, force)
+            if isinstance(refusal, Refusal) and self.reclaim():
+                refusal = self._run(reservation, scopes, force)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return self._new(est, refs, backed=False, forced=force)
+        if isinstance(refusal, Refusal):
+            return self._shortfall_of(refusal, est)
+        return reservation
+
+    def _run(self, r: Reservation, scopes: Any, force: bool) -> Refusal | None:
+        assert self.store is not None
+        program = reserve_program(
+            r.id,
+            scopes,
+            r.usd,
+            r.tokens,
+            model=r.estimate.model,
+            ttl_s=self.reservation_ttl,
+            force=force,
+        )
+        result: Refusal | None = run_sync(self.store, program, rollback_if=Refusal)
+        return result
+
+    async def atry_reserve(
+        self,
+        model: str,
+        messages: Iterable[Any] | None = None,
+        *,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        tags: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> Reservation | Shortfall:
+        """Async twin of ``try_reserve``."""
+        est = self.estimate(
+            model, messages, input_tokens=input_tokens, max_output_tokens=max_output_tokens
+        )
+        return await self._areserve_estimate(est, tags or {}, force)
+
+    async def _areserve_estimate(
+        self, est: Estimate, tags: Mapping[str, Any], force: bool
+    ) -> Reservation | Shortfall:
+        short = None if force else self._local_shortfall(est)
+        if short is not None:
+            return short
+        scopes = self._scopes(tags)
+        refs = [s for s, _, _ in scopes]
+        if not scopes or self.store is None:
+            return self._new(est, refs, backed=False, forced=force)
+        r = self._new(est, refs, backed=True, forced=force)
+
+        async def attempt() -> Refusal | None:
+            assert self.store is not None
+            program = reserve_program(
+                r.id,
+                scopes,
+                r.usd,
+                r.tokens,
+                model=est.model,
+                ttl_s=self.reservation_ttl,
+                force=force,
+            )
+            result: Refusal | None = await run_async(self.store, program, rollback_if=Refusal)
+            return result
+
+        try:
+            if self._should_reclaim():
+                await self.areclaim()
+            refusal = await attempt()
+            if isinstance(refusal, Refusal) and await self.areclaim():
+                refusal = await attempt()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return self._new(est, refs, backed=False, forced=force)
+        if isinstance(refusal, Refusal):
+            return self._shortfall_of(refusal, est)
+        return r
+
+    def reserve(
+        self, model: str, messages: Iterable[Any] | None = None, **kwargs: Any
+    ) -> Reservation:
+        """``try_reserve`` that raises ``BudgetExceeded`` instead of returning a shortfall."""
+        result = self.try_reserve(model, messages, **kwargs)
+        if isinstance(result, Shortfall):
+            raise result.error()
+        return result
+
+    async def areserve(
+        self, model: str, messages: Iterable[Any] | None = None, **kwargs: Any
+    ) -> Reservation:
+        """Async twin of ``reserve``."""
+        result = await self.atry_reserve(model, messages, **kwargs)
+        if isinstance(result, Shortfall):
+            raise result.error()
+        return result
+
+    # -- settle -----------------------------------------------------------------------------
+
+    def _actual(
+        self,
+        r: Reservation,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached_tokens: int,
+        cost_usd: float | None,
+        record: LedgerRecord | None,
+    ) -> tuple[float, int]:
+        model = r.estimate.model
+        if record is not None:
+            input_tokens, output_tokens = record.input_tokens, record.output_tokens
+            cached_tokens, cost_usd = record.cached_tokens, record.cost_usd
+            model = record.model or model
+        if input_tokens is None:
+            input_tokens = r.estimate.input_tokens
+        if output_tokens is None:
+            output_tokens = r.estimate.output_tokens
+        for label, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"settle {label} must be an int >= 0, got {value!r}")
+        if cost_usd is None:
+            cost_usd = self.prices.cost(model, input_tokens, output_tokens, cached_tokens)
+        return float(cost_usd or 0.0), input_tokens + output_tokens
+
+    def settle(
+        self,
+        reservation: Reservation,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_tokens: int = 0,
+        cost_usd: float | None = None,
+        record: LedgerRecord | None = None,
+    ) -> None:
+        """Book the call's actual usage and release the rest of its reservation.
+
+        Pass a ``LedgerRecord`` (the ledger's view of the call) or token counts; missing
+        counts fall back to the estimate. Settling twice is a no-op.
+        """
+        if reservation.settled:
+            return
+        usd, tokens = self._actual(
+            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record
+        )
+        self._apply(reservation, usd, tokens)
+
+    async def asettle(
+        self,
+        reservation: Reservation,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_tokens: int = 0,
+        cost_usd: float | None = None,
+        record: LedgerRecord | None = None,
+    ) -> None:
+        """Async twin of ``settle``."""
+        if reservation.settled:
+            return
+        usd, tokens = self._actual(
+            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record
+        )
+        await self._aapply(reservation, usd, tokens)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back unused (the call did not run)."""
+        if not reservation.settled:
+            self._apply(reservation, 0.0, 0)
+
+    async def arelease(self, reservation: Reservation) -> None:
+        """Async twin of ``release``."""
+        if not reservation.settled:
+            await self._aapply(reservation, 0.0, 0)
+
+    def _settle_program(self, r: Reservation, usd: float, tokens: int) -> Any:
+        return settle_program(r.id, r.scopes, r.usd, r.tokens, usd, tokens)
+
+    def _apply(self, r: Reservation, usd: float, tokens: int) -> None:
+        r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
+        if not r.backed or self.store is None:
+            return
+        try:
+            run_sync(self.store, self._settle_program(r, usd, tokens))
+        except StoreUnavailable as exc:
+            diagnostics.count(
+                "budget_store_failure",
+                "graphthrift: could not settle budget reservation %s (%s)",
+                r.id,
+                exc.reason,
+            )
+
+    async def _aapply(self, r: Reservation, usd: float, tokens: int) -> None:
+        r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
+        if not r.backed or self.store is None:
+            return
+        try:
+            await run_async(self.store, self._settle_program(r, usd, tokens))
+        except StoreUnavailable as exc:
+            diagnostics.count(
+                "budget_store_failure",
+                "graphthrift: could not settle budget reservation %s (%s)",
+                r.id,
+                exc.reason,
+            )
+
+    # -- maintenance and reading ------------------------------------------------------------
+
+    def reclaim(self) -> int:
+        """Release expired reservations (left by crashed processes); return how many."""
+        if self.store is None:
+            return 0
+        self._last_reclaim = time.monotonic()
+        found: int = run_sync(self.store, reclaim_program())
+        return found
+
+    async def areclaim(self) -> int:
+        """Async twin of ``reclaim``."""
+        if self.store is None:
+            return 0
+        self._last_reclaim = time.monotonic()
+        found: int = await run_async(self.store, reclaim_program())
+        return found
+
+    def usage(
+        self, tags: Mapping[str, Any] | None = None, *, day: date | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Spent, reserved and limit of every limited scope the ``tags`` fall in.
+
+        ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``.
+        """
+        scopes = self._scopes(tags or {})
+        if day is not None:
+            scopes = [
+                (ScopeRef(s.kind, s.key, s.day if s.kind == "run" else day), u, t)
+                for s, u, t in scopes
+            ]
+        if self.store is None or not scopes:
+            return {}
+        found: dict[ScopeRef, ScopeUsage] = run_sync(
+            self.store, read_program([s for s, _, _ in scopes])
+        )
+        return {
+            ref.kind: {
+                "scope": ref.label(),
+                "spent_usd": use.spent_usd,
+                "spent_tokens": use.spent_tokens,
+                "reserved_usd": use.reserved_usd,
+                "reserved_tokens": use.reserved_tokens,
+                "calls": use.calls,
+                "limit_usd": lim_usd,
+                "limit_tokens": lim_tokens,
+            }
+            for (ref, lim_usd, lim_tokens) in scopes
+            for use in (found[ref],)
+        }
+
+    # -- degradation ------------------------------------------------------------------------
+
+    def next_step(
+        self,
+        shortfall: Shortfall,
+        *,
+        tried: Iterable[str] = (),
+        available: Iterable[str] = ("end",),
+        estimate: Estimate | None = None,
+        cheaper: Estimate | None = None,
+    ) -> Step | None:
+        """The next ladder rung that could make this call fit, or None for a hard stop.
+
+        Args:
+            shortfall: why the reservation was refused.
+            tried: rungs already carried out for this call.
+            available: rungs the adapter can carry out (it has a compressor, a cheaper
+                model, a summarizer, a checkpointer for interrupts).
+            estimate: the refused call's estimate; lets compress/summarize be skipped when
+                even an empty prompt would not fit.
+            cheaper: the cheaper model's estimate of the same call.
+        """
+        done, can = set(tried), set(available)
+        for step in self.ladder:
+            if step in done or step not in can:
+                continue
+            if step in _INPUT_SHRINKERS and not self._input_helps(shortfall, estimate):
+                continue
+            if step == "cheaper_model" and not self._cheaper_helps(shortfall, estimate, cheaper):
+                continue
+            return step
+        return None
+
+    def _input_helps(self, short: Shortfall, est: Estimate | None) -> bool:
+        if short.limit_name == "max_input_tokens":
+            return True
+        if est is None:
+            return True
+        if short.limit_name in ("max_tokens",):
+            return est.output_tokens <= short.remaining and est.input_tokens > 0
+        if short.limit_name in ("max_usd", "max_request_usd"):
+            floor = self.prices.cost(est.model, 0, est.output_tokens) or 0.0
+            return floor <= short.remaining and est.input_tokens > 0
+        return False
+
+    def _cheaper_helps(
+        self, short: Shortfall, est: Estimate | None, cheaper: Estimate | None
+    ) -> bool:
+        if short.limit_name not in ("max_usd", "max_request_usd") or cheaper is None:
+            return False
+        if cheaper.usd is None:
+            return False
+        if est is not None and est.usd is not None and cheaper.usd >= est.usd:
+            return False
+        return cheaper.usd <= short.remaining
+
+    def _ladder(
+        self,
+        model: str,
+        messages: list[Any],
+        tags: Mapping[str, Any],
+        cheaper_model: str | None,
+        can: set[str],
+        max_output_tokens: int | None,
+    ) -> Generator[tuple[str, Any], Any, Preflight]:
+        """The degradation loop, written once: yields actions, receives their results."""
+        taken: list[str] = []
+        force = False
+        while True:
+            est = self.estimate(model, messages, max_output_tokens=max_output_tokens)
+            result = yield "reserve", (est, force)
+            if isinstance(result, Reservation):
+                return Preflight("proceed", model, messages, taken, result, None)
+            cheaper = None
+            if cheaper_model is not None and cheaper_model != model and "cheaper_model" in can:
+                cheaper = self.estimate(
+                    cheaper_model,
+                    messages,
+                    input_tokens=est.input_tokens,
+                    max_output_tokens=max_output_tokens,
+                )
+            step = self.next_step(result, tried=taken, available=can, estimate=est, cheaper=cheaper)
+            if step is None:
+                raise result.error()
+            taken.append(step)
+            if step == "end":
+                return Preflight("end", model, messages, taken, None, result)
+            if step == "cheaper_model":
+                assert cheaper_model is not None
+                model = cheaper_model
+            elif step == "interrupt":
+                force = bool((yield "interrupt", result))
+            else:
+                messages = list((yield step, messages))
+
+    def preflight(
+        self,
+        model: str,
+        messages: Sequence[Any],
+        *,
+        tags: Mapping[str, Any] | None = None,
+        cheaper_model: str | None = None,
+        compress: Callable[[list[Any]], Sequence[Any]] | None = None,
+        summarize: Callable[[list[Any]], Sequence[Any]] | None = None,
+        interrupt: Callable[[Shortfall], Any] | None = None,
+        max_output_tokens: int | None = None,
+    ) -> Preflight:
+        """Reserve for one call, walking the ladder when refused; what adapters call.
+
+        Args:
+            model, messages: the call (messages of any framework; counted by the core).
+            tags: tenant_id, feature, thread_id, run_id.
+            cheaper_model: the model the ``cheaper_model`` rung switches to.
+            compress, summarize: ``messages -> messages`` callables for those rungs (e.g. an
+                ``ExtractiveCompressor`` or ``HistoryPruner`` wrapped by the adapter).
+            interrupt: asks a human; returns truthy to approve the call past the limit.
+            max_output_tokens: the call's own output cap, if it has one.
+
+        Returns:
+            A ``Preflight``: ``outcome="proceed"`` with the reservation and the (possibly
+            compressed) messages and model, or ``outcome="end"`` with the shortfall.
+
+        Raises:
+            BudgetExceeded: the ladder is used up (the hard stop).
+        """
+        can = self._available(cheaper_model, compress, summarize, interrupt)
+        program = self._ladder(
+            model, list(messages), tags or {}, cheaper_model, can, max_output_tokens
+        )
+        try:
+            action, payload = next(program)
+            while True:
+                if action == "reserve":
+                    reply: Any = self._reserve_estimate(payload[0], tags or {}, payload[1])
+                elif action == "compress":
+                    assert compress is not None
+                    reply = compress(payload)
+                elif action == "summarize":
+                    assert summarize is not None
+                    reply = summarize(payload)
+                else:
+                    assert interrupt is not None
+                    reply = interrupt(payload)
+                action, payload = program.send(reply)
+        except StopIteration as stop:
+            done: Preflight = stop.value
+            return done
+
+    async def apreflight(
+        self,
+        model: str,
+        messages: Sequence[Any],
+        *,
+        tags: Mapping[str, Any] | None = None,
+        cheaper_model: str | None = None,
+        compress: Callable[[list[Any]], Any] | None = None,
+        summarize: Callable[[list[Any]], Any] | None = None,
+        interrupt: Callable[[Shortfall], Any] | None = None,
+        max_output_tokens: int | None = None,
+    ) -> Preflight:
+        """Async twin of ``preflight``; the callables may be sync or async."""
+        can = self._available(cheaper_model, compress, summarize, interrupt)
+        program = self._ladder(
+            model, list(messages), tags or {}, cheaper_model, can, max_output_tokens
+        )
+        try:
+            action, payload = next(program)
+            while True:
+                if action == "reserve":
+                    reply: Any = await self._areserve_estimate(payload[0], tags or {}, payload[1])
+                else:
+                    fn = {"compress": compress, "summarize": summarize}.get(action, interrupt)
+                    assert fn is not None
+                    reply = fn(payload)
+                    if inspect.isawaitable(reply):
+                        reply = await reply
+                action, payload = program.send(reply)
+        except StopIteration as stop:
+            done: Preflight = stop.value
+            return done
+
+    def _available(self, cheaper: Any, compress: Any, summarize: Any, interrupt: Any) -> set[str]:
+        can = {"end"}
+        for step, tool in (
+            ("cheaper_model", cheaper),
+            ("compress", compress),
+            ("summarize", summarize),
+            ("interrupt", interrupt),
+        ):
+            if tool is not None:
+                can.add(step)
+        return can
+
+    def allowed_tool_calls(self, requested: int) -> int:
+        """How many of ``requested`` tool calls in one step the budget lets run."""
+        if self.max_tool_calls_per_step is None:
+            return requested
+        return min(requested, self.max_tool_calls_per_step)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{k}={v!r}"
+            for k, v in (
+                ("max_usd", self.max_usd),
+                ("max_tokens", self.max_tokens),
+                ("max_request_usd", self.max_request_usd),
+                ("max_input_tokens", self.max_input_tokens),
+                ("max_output_tokens", self.max_output_tokens),
+                ("max_tool_calls_per_step", self.max_tool_calls_per_step),
+            )
+            if v
+        ]
+        return f"Budget({', '.join(parts)})"

@@ -1,0 +1,241 @@
+"""``BudgetedLLM``: a LlamaIndex LLM that reserves each call's cost before it runs.
+
+LlamaIndex's ``TokenCountingHandler`` counts after the fact, and instrumentation handlers
+cannot stop a call (the dispatcher swallows their exceptions), so the budget hook wraps
+the LLM: ``chat``/``complete`` (sync, async, streaming) reserve the worst case through
+``graphthrift.Budget``, raise ``BudgetExceeded`` when refused (``compress``/``summarize``
+rungs apply when their callables are given), call the wrapped LLM and settle with the
+usage it reports (``raw["usage"]``) or, failing that, the counted tokens of the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.llms import LLM
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from graphthrift.budget import Budget, Reservation
+from graphthrift.tokens import count_text
+from graphthrift.usage import read_usage
+
+__all__ = ["BudgetedLLM"]
+
+
+class BudgetedLLM(LLM):
+    """Wraps any LlamaIndex ``LLM`` with a pre-flight ``Budget``.
+
+    Args:
+        llm: the LLM to call.
+        budget: the ``graphthrift.Budget``.
+        model_name: the priced model name (default: ``llm.metadata.model_name``).
+        tags: tenant_id, feature, thread_id, run_id for the budget's scopes.
+        compressor, summarizer: ``messages -> messages`` callables for those ladder rungs.
+
+    Example:
+        >>> llm = BudgetedLLM(llm=OpenAI(model="gpt-4o-mini"), budget=budget,
+        ...                   tags={"tenant_id": "acme"})
+        >>> llm.chat([ChatMessage(role="user", content="hi")])
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    llm: LLM
+    budget: Any
+    model_name: str | None = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+    compressor: Callable[[list[Any]], Sequence[Any]] | None = None
+    summarizer: Callable[[list[Any]], Sequence[Any]] | None = None
+    _name: str = PrivateAttr(default="")
+
+    def model_post_init(self, __context: Any) -> None:
+        if not isinstance(self.budget, Budget):
+            raise TypeError(f"BudgetedLLM needs a graphthrift.Budget, got {self.budget!r}")
+        self._name = self.model_name or self.llm.metadata.model_name
+        self.budget.check_model(self._name)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BudgetedLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return self.llm.metadata
+
+    # -- shared steps ---------------------------------------------------------------------
+
+    def _cap(self) -> int | None:
+        cap = getattr(self.llm, "max_tokens", None) or self.llm.metadata.num_output
+        return cap if isinstance(cap, int) and cap > 0 else None
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "tags": self.tags,
+            "compress": self.compressor,
+            "summarize": self.summarizer,
+            "max_output_tokens": self._cap(),
+        }
+
+    def _reserve(self, messages: Sequence[Any]) -> tuple[Reservation, list[Any]]:
+        done = self.budget.preflight(self._name, list(messages), **self._kwargs())
+        return self._accept(done)
+
+    async def _areserve(self, messages: Sequence[Any]) -> tuple[Reservation, list[Any]]:
+        done = await self.budget.apreflight(self._name, list(messages), **self._kwargs())
+        return self._accept(done)
+
+    @staticmethod
+    def _accept(done: Any) -> tuple[Reservation, list[Any]]:
+        if done.outcome == "end":  # no LangGraph to end cleanly in: a hard stop
+            raise done.shortfall.error()
+        return done.reservation, done.messages
+
+    def _usage(self, response: Any) -> dict[str, Any]:
+        raw = getattr(response, "raw", None)
+        found = None
+        if isinstance(raw, Mapping):
+            found = read_usage(raw.get("usage"))
+        elif raw is not None:
+            found = read_usage(getattr(raw, "usage", None))
+        if found is not None:
+            return {
+                "input_tokens": found.input_tokens,
+                "output_tokens": found.output_tokens,
+                "cached_tokens": found.cached_tokens,
+            }
+        message = getattr(response, "message", None)
+        text = getattr(response, "text", None)
+        if text is None and message is not None:
+            text = message.content
+        return {"output_tokens": count_text(str(text or ""), self._name)}
+
+    @staticmethod
+    def _prompt(prompt: str) -> list[ChatMessage]:
+        return [ChatMessage(role=MessageRole.USER, content=prompt)]
+
+    @staticmethod
+    def _prompt_back(messages: list[Any], prompt: str) -> str:
+        return str(messages[-1].content) if messages else prompt
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        reservation, sent = self._reserve(messages)
+        try:
+            response = self.llm.chat(sent, **kwargs)
+        except BaseException:
+            self.budget.release(reservation)
+            raise
+        self.budget.settle(reservation, **self._usage(response))
+        return response
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        reservation, sent = await self._areserve(messages)
+        try:
+            response = await self.llm.achat(sent, **kwargs)
+        except BaseException:
+            await self.budget.arelease(reservation)
+            raise
+        await self.budget.asettle(reservation, **self._usage(response))
+        return response
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        reservation, sent = self._reserve(self._prompt(prompt))
+        try:
+            response = self.llm.complete(self._prompt_back(sent, prompt), formatted, **kwargs)
+        except BaseException:
+            self.budget.release(reservation)
+            raise
+        self.budget.settle(reservation, **self._usage(response))
+        return response
+
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        reservation, sent = await self._areserve(self._prompt(prompt))
+        try:
+            response = await self.llm.acomplete(
+                self._prompt_back(sent, prompt), formatted, **kwargs
+            )
+        except BaseException:
+            await self.budget.arelease(reservation)
+            raise
+        await self.budget.asettle(reservation, **self._usage(response))
+        return response
+
+    # -- streaming: reserve before the first chunk, settle after the last ------------------
+
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        reservation, sent = self._reserve(messages)
+
+        def gen() -> Generator[ChatResponse, None, None]:
+            last = None
+            try:
+                for last in self.llm.stream_chat(sent, **kwargs):
+                    yield last
+            finally:
+                self.budget.settle(reservation, **self._usage(last))
+
+        return gen()
+
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        reservation, sent = self._reserve(self._prompt(prompt))
+
+        def gen() -> Generator[CompletionResponse, None, None]:
+            last = None
+            try:
+                for last in self.llm.stream_complete(
+                    self._prompt_back(sent, prompt), formatted, **kwargs
+                ):
+                    yield last
+            finally:
+                self.budget.settle(reservation, **self._usage(last))
+
+        return gen()
+
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        reservation, sent = await self._areserve(messages)
+        inner = await self.llm.astream_chat(sent, **kwargs)
+
+        async def gen() -> AsyncGenerator[ChatResponse, None]:
+            last = None
+            try:
+                async for last in inner:
+                    yield last
+            finally:
+                await self.budget.asettle(reservation, **self._usage(last))
+
+        return gen()
+
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        reservation, sent = await self._areserve(self._prompt(prompt))
+        inner = await self.llm.astream_complete(
+            self._prompt_back(sent, prompt), formatted, **kwargs
+        )
+
+        async def gen() -> AsyncGenerator[CompletionResponse, None]:
+            last = None
+            try:
+                async for last in inner:
+                    yield last
+            finally:
+                await self.budget.asettle(reservation, **self._usage(last))
+
+        return gen()

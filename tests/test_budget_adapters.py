@@ -1,0 +1,195 @@
+"""Budget adapters on real frameworks: LangGraph nodes, create_agent middleware, LlamaIndex."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.types import Command
+from typing_extensions import TypedDict
+
+from graphthrift.budget import Budget
+from graphthrift.errors import BudgetExceeded, UnknownModelPrice
+from graphthrift.langgraph.budget import budget_guard, route_on_budget
+from graphthrift.middleware.budget import BudgetMiddleware, ToolBudgetMiddleware
+
+from fakes import usage_model
+
+MODEL = "gpt-4o-mini"
+
+
+class State(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    budget_model: str
+    budget_status: str
+    budget_steps: list[str]
+    budget_reservation: dict[str, Any] | None
+
+
+def _graph(budget: Budget, checkpointer: Any = None, **kwargs: Any) -> Any:
+    guard = budget_guard(budget, model=MODEL, **kwargs)
+    llm = usage_model("Here you go.", input_tokens=40, output_tokens=20)
+    builder = StateGraph(State)
+    builder.add_node("guard", guard.guard)
+    builder.add_node("model", lambda s: {"messages": [llm.invoke(s["messages"])]})
+    builder.add_node("settle", guard.settle)
+    builder.add_edge(START, "guard")
+    builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": END})
+    builder.add_edge("model", "settle")
+    builder.add_edge("settle", END)
+    return builder.compile(checkpointer=checkpointer)
+
+
+def _spend(budget: Budget, tags: dict[str, str], tokens: int) -> None:
+    r = budget.reserve(MODEL, input_tokens=1, max_output_tokens=1, tags=tags)
+    budget.settle(r, input_tokens=tokens, output_tokens=0)
+
+
+def test_langgraph_guard_reserves_and_settles(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=200)
+    graph = _graph(budget)
+    out = graph.invoke({"messages": [HumanMessage("hello")]}, {"metadata": {"tenant_id": tenant}})
+    assert out["budget_status"] == "ok" and out["budget_reservation"] is None
+    held = budget.usage({"tenant_id": tenant})["tenant"]
+    assert held["spent_tokens"] == 60 and held["reserved_tokens"] == 0
+
+
+def test_langgraph_guard_compresses_then_ends(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_tokens={"tenant": 1_000}, max_output_tokens=200)
+    tags = {"tenant_id": tenant}
+    _spend(budget, tags, 600)
+    graph = _graph(budget, compressor=lambda msgs: msgs[-1:])
+    history = [HumanMessage("old " * 300), AIMessage("ok"), HumanMessage("new question")]
+    out = graph.invoke({"messages": history}, {"metadata": tags})
+    assert out["budget_steps"] == ["compress"]
+    assert [m.content for m in out["messages"]][:1] == ["new question"]
+    _spend(budget, tags, 400)
+    ended = graph.invoke({"messages": [HumanMessage("more")]}, {"metadata": tags})
+    assert ended["budget_status"] == "ended"
+    assert "max_tokens" in ended["messages"][-1].content
+
+
+def test_langgraph_interrupt_asks_a_human(store: Any, tenant: str) -> None:
+    budget = Budget(
+        store, max_tokens={"tenant": 500}, max_output_tokens=200, ladder=("interrupt", "end")
+    )
+    tags = {"tenant_id": tenant}
+    _spend(budget, tags, 400)
+    graph = _graph(budget, checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": tenant}, "metadata": tags}
+    first = graph.invoke({"messages": [HumanMessage("hi")]}, config)
+    assert first["__interrupt__"][0].value["limit_name"] == "max_tokens"
+    resumed = graph.invoke(Command(resume=True), config)
+    assert resumed["messages"][-1].content == "Here you go."
+    assert budget.usage(tags)["tenant"]["spent_tokens"] == 460
+
+
+def test_langgraph_guard_async_and_unknown_model(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_usd={"tenant": 1.0})
+    with pytest.raises(UnknownModelPrice):
+        budget_guard(budget, model="no-such-model-anywhere")
+    graph = _graph(budget)
+
+    async def go() -> Any:
+        try:
+            return await graph.ainvoke(
+                {"messages": [HumanMessage("hi")]}, {"metadata": {"tenant_id": tenant}}
+            )
+        finally:
+            await store.async_engine.dispose()
+
+    out = asyncio.run(go())
+    assert out["budget_status"] == "ok"
+    assert budget.usage({"tenant_id": tenant})["tenant"]["spent_usd"] > 0
+
+
+class ToolFake(type(usage_model())):  # type: ignore[misc]
+    """The fake chat model, able to ``bind_tools`` (create_agent binds the agent's tools)."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+
+def test_budget_middleware_ends_agent_cleanly(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_tokens={"tenant": 600}, max_output_tokens=200)
+    tags = {"tenant_id": tenant}
+    model = usage_model("Sure.", input_tokens=30, output_tokens=10)
+    agent = create_agent(model, middleware=[BudgetMiddleware(budget)])
+    out = agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+    assert out["messages"][-1].content == "Sure."
+    assert budget.usage(tags)["tenant"]["spent_tokens"] == 40
+    _spend(budget, tags, 500)
+    out = agent.invoke({"messages": [HumanMessage("again")]}, {"metadata": tags})
+    assert out["messages"][-1].response_metadata["graphthrift_budget"] == "max_tokens"
+    hard = create_agent(
+        model,
+        middleware=[
+            BudgetMiddleware(
+                Budget(store, max_tokens={"tenant": 600}, max_output_tokens=200, ladder=())
+            )
+        ],
+    )
+    with pytest.raises(BudgetExceeded):
+        hard.invoke({"messages": [HumanMessage("again")]}, {"metadata": tags})
+
+
+def test_budget_middleware_switches_to_cheaper_model(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_usd={"tenant": 0.004}, max_output_tokens=300)
+    tags = {"tenant_id": tenant}
+    r = budget.reserve("gpt-4o", input_tokens=1, max_output_tokens=1, tags=tags)
+    budget.settle(r, input_tokens=1000, output_tokens=0)  # 0.0025 of 0.004 spent
+    strong = usage_model("strong", model_name="gpt-4o")
+    cheap = usage_model("cheap", model_name=MODEL, input_tokens=20, output_tokens=5)
+    agent = create_agent(strong, middleware=[BudgetMiddleware(budget, cheaper_model=cheap)])
+    out = agent.invoke({"messages": [HumanMessage("x " * 200)]}, {"metadata": tags})
+    assert out["messages"][-1].content == "cheap"
+
+
+def test_tool_budget_caps_calls_per_step() -> None:
+    calls: list[str] = []
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        calls.append(q)
+        return f"found {q}"
+
+    first = AIMessage(
+        "", tool_calls=[{"name": "lookup", "args": {"q": str(i)}, "id": f"c{i}"} for i in range(4)]
+    )
+    model = ToolFake(messages=iter([first, AIMessage("done")]))
+    agent = create_agent(
+        model, tools=[lookup], middleware=[ToolBudgetMiddleware(max_tool_calls_per_step=2)]
+    )
+    out = agent.invoke({"messages": [HumanMessage("go")]})
+    assert sorted(calls) == ["0", "1"]
+    refused = [m for m in out["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
+    assert len(refused) == 2 and "2 tool calls per step" in refused[0].content
+    with pytest.raises(ValueError):
+        ToolBudgetMiddleware(max_tool_calls_per_step=0)
+
+
+def test_llamaindex_budgeted_llm(store: Any, tenant: str) -> None:
+    from llama_index.core.llms import ChatMessage, MockLLM
+
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    budget = Budget(store, max_tokens={"tenant": 400})
+    llm = BudgetedLLM(
+        llm=MockLLM(max_tokens=50), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+    )
+    reply = llm.chat([ChatMessage(role="user", content="hello there")])
+    assert reply.message.content
+    assert budget.usage({"tenant_id": tenant})["tenant"]["spent_tokens"] > 0
+    assert llm.complete("hi").text is not None
+    _spend(budget, {"tenant_id": tenant}, 350)
+    with pytest.raises(BudgetExceeded):
+        llm.chat([ChatMessage(role="user", content="more")])
+    assert budget.usage({"tenant_id": tenant})["tenant"]["reserved_tokens"] == 0
