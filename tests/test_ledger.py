@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -273,3 +274,21 @@ def test_closed_ledger_refuses_records(store: Store) -> None:
         led.record(LedgerRecord())
     with pytest.raises(TypeError, match="LedgerRecord"):
         Ledger(store).record({"kind": "llm"})  # type: ignore[arg-type]
+
+
+def test_listeners_see_committed_priced_records_and_may_fail(ledger: Ledger, tenant: str) -> None:
+    seen: list[LedgerRecord] = []
+    ledger.add_listener(seen.extend)
+    ledger.add_listener(lambda records: 1 / 0)
+    before = diagnostics.get("ledger_listener_failure")
+    ledger.record(
+        LedgerRecord(tenant_id=tenant, model="gpt-4o-mini", input_tokens=100, output_tokens=10)
+    )
+    ledger.flush()
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.tenant_id for r in seen] == [tenant]
+    assert seen[0].cost_usd is not None and seen[0].cost_usd > 0
+    assert diagnostics.get("ledger_listener_failure") == before + 1
+    ledger.remove_listener(seen.extend)

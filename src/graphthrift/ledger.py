@@ -119,6 +119,7 @@ class Ledger:
         self._last_error: str | None = None
         self._closed = False
         self._spilled_files: list[tuple[Path, int]] = []
+        self._listeners: list[Callable[[Sequence[LedgerRecord]], None]] = []
         self._load_spill()
         self._thread = threading.Thread(target=self._run, name="graphthrift-ledger", daemon=True)
         self._thread.start()
@@ -267,6 +268,28 @@ class Ledger:
                 self._written += len(batch)
                 self._cond.notify_all()
             self._forget_replayed_spills()
+            self._notify([r for r in batch if isinstance(r, LedgerRecord)])
+
+    def add_listener(self, listener: Callable[[Sequence[LedgerRecord]], None]) -> None:
+        """Call ``listener(records)`` on the writer thread after each committed batch.
+
+        Metrics and trace exporters hang off this, so they see exactly what was recorded,
+        priced, and never slow the user's call. A listener that raises is counted and logged.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Sequence[LedgerRecord]], None]) -> None:
+        """Stop calling ``listener``."""
+        self._listeners = [fn for fn in self._listeners if fn is not listener]
+
+    def _notify(self, records: Sequence[LedgerRecord]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(records)
+            except Exception as exc:
+                diagnostics.count(
+                    "ledger_listener_failure", "graphthrift: a ledger listener failed: %r", exc
+                )
 
     def _price(self, record: LedgerRecord) -> None:
         if not record.model:
