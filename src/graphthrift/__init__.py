@@ -41,6 +41,8 @@ _EXPORTS = {
     "Budget": ".budget",
     "BudgetExceeded": ".errors",
     "Router": ".route",
+    "PrometheusMetrics": ".metrics",
+    "OtelExporter": ".otel",
     "DifficultyClassifier": ".route",
     "JsonSchemaValidator": ".route",
     "ToolArgsValidator": ".route",

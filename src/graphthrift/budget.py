@@ -142,6 +142,10 @@ class Shortfall:
     requested: float
     scope_kind: str = "step"
 
+    def __post_init__(self) -> None:
+        # Every refusal is observable (Prometheus graphthrift_budget_violations_total).
+        diagnostics.count(f"budget_refusal_{self.limit_name}")
+
     @property
     def remaining(self) -> float:
         return max(self.limit - self.spent, 0.0)

@@ -264,11 +264,12 @@ class Ledger:
                     return
                 time.sleep(self.retry_interval)
                 continue
+            # Listeners run before flush() can return, so "flushed" also means "observed".
+            self._notify([r for r in batch if isinstance(r, LedgerRecord)])
             with self._cond:
                 self._written += len(batch)
                 self._cond.notify_all()
             self._forget_replayed_spills()
-            self._notify([r for r in batch if isinstance(r, LedgerRecord)])
 
     def add_listener(self, listener: Callable[[Sequence[LedgerRecord]], None]) -> None:
         """Call ``listener(records)`` on the writer thread after each committed batch.
