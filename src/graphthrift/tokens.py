@@ -136,7 +136,9 @@ def seed_tiktoken_cache(names: Iterable[str] = ("o200k_base", "cl100k_base")) ->
 def get_encoding(name: str) -> tiktoken.Encoding:
     """A tiktoken encoding by name, loaded offline when the packaged files allow it."""
     if name in _EXPECTED_SHA256:
-        seed_tiktoken_cache((name,))
+        # Seed every packaged encoding: once we set TIKTOKEN_CACHE_DIR for the process, other
+        # libraries (LlamaIndex bundles cl100k_base) look there too.
+        seed_tiktoken_cache(tuple(_EXPECTED_SHA256))
     return tiktoken.get_encoding(name)
 
 

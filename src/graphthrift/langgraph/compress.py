@@ -1,0 +1,187 @@
+"""``compress_context``: a LangGraph node that shrinks retrieved documents before the model.
+
+A thin translation over a ``graphthrift.compress.Compressor``: documents and the question
+out of the state, the core's query-aware compression, the kept documents back in. Each
+compression writes what it removed to the ledger (``kind="compression"``), tagged with
+the run's ``tenant_id``/``feature``/... metadata, the node name and the thread id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+
+from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.messages import to_messages
+from graphthrift.records import TAG_FIELDS
+
+__all__ = ["compress_context", "config_tags"]
+
+
+def config_tags(config: RunnableConfig | None) -> dict[str, Any]:
+    """Ledger tags from a run's config: metadata tags, the LangGraph node, the thread id."""
+    if not config:
+        return {}
+    metadata = dict(config.get("metadata") or {})
+    tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
+    if metadata.get("langgraph_node") and "node" not in tags:
+        tags["node"] = metadata["langgraph_node"]
+    thread = (config.get("configurable") or {}).get("thread_id")
+    if thread is not None and "thread_id" not in tags:
+        tags["thread_id"] = thread
+    return tags
+
+
+def _read(state: Any, key: str) -> Any:
+    if isinstance(state, Mapping):
+        return state.get(key)
+    return getattr(state, key, None)
+
+
+def _text(item: Any, key: str, index: int) -> str:
+    """The text of one state item: a Document, a str, or a dict with ``page_content``."""
+    if isinstance(item, Document):
+        return item.page_content
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping) and isinstance(item.get("page_content"), str):
+        return str(item["page_content"])
+    raise TypeError(
+        f"compress_context: {key}[{index}] is {type(item).__name__}; expected a langchain "
+        "Document, a str or a dict with 'page_content'"
+    )
+
+
+def _question(value: Any, key: str) -> str:
+    """A str, or the last user message of a message list (e.g. ``messages``)."""
+    if value is None:
+        raise KeyError(f"compress_context: the state has no {key!r} key (the question)")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence):
+        for message in reversed(to_messages(value)):
+            if message.role == "user":
+                return message.text
+        return ""
+    raise TypeError(
+        f"compress_context: {key!r} must be a str or a list of messages, got {type(value).__name__}"
+    )
+
+
+def _rebuild(items: list[Any], result: CompressionResult) -> list[Any]:
+    """The kept items, same type and metadata as the inputs, dropped ones left out."""
+    out: list[Any] = []
+    for item, text in zip(items, result.texts, strict=True):
+        if not text:
+            continue
+        if isinstance(item, Document):
+            out.append(item.model_copy(update={"page_content": text}))
+        elif isinstance(item, str):
+            out.append(text)
+        else:
+            out.append({**item, "page_content": text})
+    return out
+
+
+def _stats(result: CompressionResult) -> dict[str, Any]:
+    return {
+        "original_tokens": result.original_tokens,
+        "kept_tokens": result.kept_tokens,
+        "removed_tokens": result.removed_tokens,
+        "kept_fraction": round(result.kept_fraction, 4),
+        "compressor": result.compressor,
+    }
+
+
+def compress_context(
+    compressor: Compressor | None = None,
+    *,
+    documents_key: str = "documents",
+    question_key: str = "question",
+    output_key: str | None = None,
+    stats_key: str | None = None,
+    target_ratio: float | None = None,
+    max_tokens: int | None = None,
+    model: str | None = None,
+    ledger: Any = None,
+    tags: Mapping[str, Any] | None = None,
+    name: str = "compress_context",
+) -> RunnableLambda[Any, dict[str, Any]]:
+    """A node that keeps only what answers the question from the retrieved documents.
+
+    State keys:
+        reads ``documents_key`` (default ``documents``): a list of LangChain ``Document``,
+            str, or dicts with ``page_content``, best first.
+        reads ``question_key`` (default ``question``): a str, or a message list (e.g.
+            ``"messages"``) whose last user message is the question.
+        writes ``output_key`` (default: ``documents_key`` itself): the kept items, same
+            types, metadata and ids as the inputs, in input order; items with nothing
+            relevant are dropped. Give ``documents_key`` no appending reducer, or write
+            to another key.
+        writes ``stats_key`` (only if given): ``{original_tokens, kept_tokens,
+            removed_tokens, kept_fraction, compressor}``.
+
+    Args:
+        compressor: any ``Compressor``; default an ``ExtractiveCompressor`` built from
+            ``target_ratio`` (kept fraction in (0, 1]), ``max_tokens`` and ``model``.
+        ledger: where the saving is recorded (default: the compressor's own ledger, if any).
+        tags: fixed ledger tags; the run's metadata (tenant_id, feature, ...), the node
+            name and the thread id are added per call.
+        name: the runnable's name (shown in traces).
+
+    Returns:
+        A runnable (sync and async) to pass to ``StateGraph.add_node``.
+
+    Example:
+        >>> from typing_extensions import TypedDict
+        >>> from langgraph.graph import StateGraph, START
+        >>> class State(TypedDict):
+        ...     question: str
+        ...     documents: list[str]
+        >>> builder = StateGraph(State)
+        >>> builder.add_node("compress", compress_context(max_tokens=300))  # doctest: +ELLIPSIS
+        <langgraph.graph.state.StateGraph object at ...>
+    """
+    core: Compressor = compressor or ExtractiveCompressor(
+        target_ratio=target_ratio, max_tokens=max_tokens, model=model
+    )
+    if compressor is not None and (target_ratio is not None or max_tokens is not None):
+        budget: dict[str, Any] = {"target_ratio": target_ratio, "max_tokens": max_tokens}
+    else:
+        budget = {}
+    fixed = dict(tags or {})
+    target_key = output_key or documents_key
+
+    def inputs(
+        state: Any, config: RunnableConfig | None
+    ) -> tuple[str, list[Any], list[str], dict[str, Any]]:
+        raw = _read(state, documents_key)
+        items = [] if raw is None else list(raw)
+        texts = [_text(item, documents_key, i) for i, item in enumerate(items)]
+        return (
+            _question(_read(state, question_key), question_key),
+            items,
+            texts,
+            {**fixed, **config_tags(config)},
+        )
+
+    def update(items: list[Any], result: CompressionResult) -> dict[str, Any]:
+        out: dict[str, Any] = {target_key: _rebuild(items, result)}
+        if stats_key:
+            out[stats_key] = _stats(result)
+        return out
+
+    def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        question, items, texts, call_tags = inputs(state, config)
+        result = core.compress(question, texts, ledger=ledger, tags=call_tags, **budget)
+        return update(items, result)
+
+    async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        question, items, texts, call_tags = inputs(state, config)
+        result = await core.acompress(question, texts, ledger=ledger, tags=call_tags, **budget)
+        return update(items, result)
+
+    return RunnableLambda(node, afunc=anode, name=name)
