@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,8 @@ import pytest
 
 # onnxruntime and tiktoken write caches under HOME; keep the real one clean.
 _HOME = Path(tempfile.mkdtemp(prefix="graphthrift-test-home-"))
+# Registered before any Store starts its server, so it runs after the server has stopped.
+atexit.register(shutil.rmtree, _HOME, True)
 os.environ.setdefault("GRAPHTHRIFT_TEST_HOME", str(_HOME))
 os.environ["HOME"] = str(_HOME)
 os.environ.setdefault("MPLBACKEND", "Agg")

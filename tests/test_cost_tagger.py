@@ -256,3 +256,19 @@ def test_a_bad_tag_falls_back_to_the_default(ledger: Ledger, tenant: str) -> Non
     usage_model().invoke("x", config=config)
     (row,) = _records(ledger, tenant)
     assert row["feature"] == "billing"
+
+
+def test_calls_booked_by_graphthrift_itself_are_not_counted_twice(
+    ledger: Ledger, tenant: str
+) -> None:
+    from graphthrift.summarize import ChatModelSummarizer
+
+    model = usage_model("Summary: order A-1 ships Friday.", input_tokens=300, output_tokens=12)
+    summarizer = ChatModelSummarizer(model, max_output_tokens=64, ledger=ledger, tenant_id=tenant)
+    from graphthrift.messages import Message
+
+    # A tagger on the same model (e.g. through global callbacks) must skip the summary call.
+    model.callbacks = [CostTagger(ledger, tenant_id=tenant)]
+    summarizer.summarize([Message("user", "Order A-1 ships Friday.")], "", 64)
+    rows = _records(ledger, tenant)
+    assert len(rows) == 1 and rows[0]["route"] == "summary"

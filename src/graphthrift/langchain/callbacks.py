@@ -21,6 +21,8 @@ from graphthrift.ledger import Ledger
 from graphthrift.usage import Usage, read_usage
 
 _MODEL_KEYS = ("model_name", "model", "model_id", "deployment_name")
+#: Run metadata set by graphthrift components that write their own ledger record.
+RECORDED_FLAG = "graphthrift_ledger_recorded"
 
 
 class CostTagger(BaseCallbackHandler):
@@ -93,6 +95,8 @@ class CostTagger(BaseCallbackHandler):
         invocation_params: dict[str, Any] | None,
     ) -> None:
         meta = metadata or {}
+        if meta.get(RECORDED_FLAG):
+            return  # a graphthrift component books this call itself (e.g. ChatModelSummarizer)
         model = meta.get("ls_model_name")
         if not model and invocation_params:
             model = next(

@@ -6,6 +6,7 @@ from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
     "HistoryPruningMiddleware": ".history",
+    "HistoryPruningState": ".history",
     "SemanticCacheMiddleware": ".cache",
     "BudgetMiddleware": ".budget",
     "ToolBudgetMiddleware": ".budget",

@@ -1,0 +1,19 @@
+"""History pruning benchmark: tokens sent, fact retention and prefix stability turn by turn,
+ours against the full history, trim_messages and langmem's SummarizationNode at the same
+budget. Same as ``graphthrift bench history``; writes benchmarks/results/history.json.
+
+    python benchmarks/bench_history.py [--quick] [--conversations PATH] [--max-tokens 256]
+                                       [--budgets 192,256,384] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from graphthrift.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--json" not in args:
+        args += ["--json", "benchmarks/results/history.json"]
+    sys.exit(main(["bench", "history", *args]))

@@ -1,0 +1,163 @@
+"""Conversations for ``graphthrift bench history``: the shared data sets and the JSONL format.
+
+Three readers, one shape. ``topical_chat`` (Alexa Topical-Chat, agent_1 as the user),
+``sgd_test`` (Schema-Guided Dialogue test dialogues, with the slot values each turn states
+as its facts) and the generic conversations JSONL of ``../shared/data/README.md``. Facts
+count only when the turn states them literally: SGD lists values such as ``False`` for a
+yes/no slot that no utterance contains, and a fact never said cannot be retained.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graphthrift.errors import GraphthriftError
+
+__all__ = [
+    "Conversation",
+    "ConversationFormatError",
+    "Turn",
+    "load_conversations_jsonl",
+    "load_default_sets",
+    "load_sgd",
+    "load_topical_chat",
+]
+
+TOPICAL_CHAT = Path("topical_chat") / "valid_freq.json"
+SGD_TEST = Path("sgd_test") / "sgd_test_compact.jsonl.gz"
+
+
+class ConversationFormatError(GraphthriftError, ValueError):
+    """A conversations file does not follow the format; carries the file, line and field."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(
+            f"{path}:{line}: {problem}. Expected one JSON object a line: "
+            '{"id": str, "turns": [{"role": "user"|"assistant", "content": str, "facts": [str, ...]}]}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation and the facts it states."""
+
+    role: str
+    content: str
+    facts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A conversation to replay; ``has_facts`` says whether fact retention is measurable."""
+
+    id: str
+    source: str
+    turns: tuple[Turn, ...]
+    has_facts: bool = False
+
+
+def _stated(values: list[Any], utterance: str) -> list[str]:
+    low = utterance.lower()
+    return [v for v in (str(x).strip() for x in values) if v and v.lower() in low]
+
+
+def load_topical_chat(path: Path, limit: int | None = None, stride: int = 1) -> list[Conversation]:
+    """Topical-Chat conversations; agent_1 speaks as the user, agent_2 as the assistant."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out: list[Conversation] = []
+    for k, (conv_id, conv) in enumerate(data.items()):
+        if k % stride:
+            continue
+        turns = tuple(
+            Turn("user" if m.get("agent") == "agent_1" else "assistant", str(m.get("message", "")))
+            for m in conv.get("content", [])
+        )
+        out.append(Conversation(str(conv_id), "topical_chat", turns))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def load_sgd(path: Path, limit: int | None = None, stride: int = 1) -> list[Conversation]:
+    """SGD test dialogues; each turn's facts are the slot values its utterance states."""
+    out: list[Conversation] = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for k, line in enumerate(fh):
+            if k % stride:
+                continue
+            d = json.loads(line)
+            turns = []
+            for t in d["turns"]:
+                values = [v for f in t.get("facts", []) for v in f.get("values", [])]
+                facts = tuple(dict.fromkeys(_stated(values, t["utterance"])))
+                turns.append(
+                    Turn("user" if t["speaker"] == "USER" else "assistant", t["utterance"], facts)
+                )
+            out.append(
+                Conversation(str(d["dialogue_id"]), "sgd_test", tuple(turns), has_facts=True)
+            )
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                yield number, line
+
+
+def load_conversations_jsonl(path: Path, limit: int | None = None) -> list[Conversation]:
+    """The generic format: one ``{"id", "turns": [{"role", "content", "facts"?}]}`` a line."""
+    out: list[Conversation] = []
+    for number, line in _jsonl_lines(path):
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConversationFormatError(path, number, f"not JSON ({exc.msg})") from None
+        if not isinstance(d, dict) or not isinstance(d.get("turns"), list):
+            raise ConversationFormatError(path, number, "missing the 'turns' list")
+        turns = []
+        has_facts = False
+        for k, t in enumerate(d["turns"]):
+            if not isinstance(t, dict) or t.get("role") not in ("user", "assistant", "system"):
+                raise ConversationFormatError(
+                    path, number, f"turn {k} needs role 'user' or 'assistant'"
+                )
+            content = t.get("content")
+            if not isinstance(content, str):
+                raise ConversationFormatError(path, number, f"turn {k} content must be a string")
+            facts = t.get("facts") or []
+            if not isinstance(facts, list) or not all(isinstance(f, str) for f in facts):
+                raise ConversationFormatError(
+                    path, number, f"turn {k} facts must be a list of strings"
+                )
+            has_facts = has_facts or bool(facts)
+            turns.append(Turn(t["role"], content, tuple(_stated(facts, content))))
+        out.append(Conversation(str(d.get("id", number)), path.stem, tuple(turns), has_facts))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def load_default_sets(
+    data_dir: Path, limit: int | None = None, stride: int = 1
+) -> dict[str, list[Conversation]]:
+    """The shared sets found under ``data_dir`` (a missing one is left out); ``stride`` keeps
+    every n-th conversation, a sample that keeps the sets' proportions."""
+    sets: dict[str, list[Conversation]] = {}
+    if (data_dir / TOPICAL_CHAT).exists():
+        sets["topical_chat"] = load_topical_chat(data_dir / TOPICAL_CHAT, limit, stride)
+    if (data_dir / SGD_TEST).exists():
+        sets["sgd_test"] = load_sgd(data_dir / SGD_TEST, limit, stride)
+    return sets

@@ -1,0 +1,889 @@
+"""History pruning that keeps tool pairs whole and the provider's prompt cache warm.
+
+Long agent threads are pruned so each model call stays under a token budget. The peers
+(``trim_messages``, langmem's SummarizationNode, langchain's SummarizationMiddleware)
+have three failure modes this module is built against:
+
+- a cut between an AI message's tool calls and their ToolMessages, which providers reject.
+  Here the window only ever starts at a cut point that no tool pair spans and that is not
+  a ToolMessage;
+- a summary rewritten from scratch on every fold, which drifts and loses facts. Here the
+  summary only grows by appending a section, and is compacted once it passes its own cap;
+- a boundary that moves every turn, so the prompt prefix changes and the prompt cache
+  never hits. Here the boundary is sticky: nothing moves until the prompt passes the high
+  watermark (``max_tokens``), then older turns are folded down to the low watermark
+  (``target_tokens``) in one go. Between two folds every prompt extends the previous one.
+
+The prompt is ``[system messages] [summary] [verbatim window]``. The state that makes the
+boundary sticky is ``HistoryState``, a small JSON-serialisable dataclass that adapters keep
+in LangGraph state, agent state or a LlamaIndex memory.
+
+Example:
+    >>> from graphthrift.messages import Message
+    >>> pruner = HistoryPruner(max_tokens=44, target_tokens=36, max_summary_tokens=30, keep_turns=1)
+    >>> chat = [Message("user", "My order id is A-1234."), Message("assistant", "Noted."),
+    ...         Message("user", "Ship it to 5 Elm St, Boston."), Message("assistant", "Done."),
+    ...         Message("user", "When does it arrive?")]
+    >>> result = pruner.prune(chat)
+    >>> [m.role for m in result.messages], result.folded
+    (['system', 'user'], (0, 1, 2, 3))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
+
+from graphthrift import diagnostics
+from graphthrift.errors import GraphthriftError
+from graphthrift.messages import Message, ToolCall, to_message
+from graphthrift.summarize import SECTION_NAME, ExtractiveSummarizer, Summarizer
+from graphthrift.tokens import (
+    TOKENS_REPLY_PRIMING,
+    count_message,
+    count_text,
+    encoding_name_for,
+    get_encoding,
+)
+
+__all__ = [
+    "SUMMARY_ID",
+    "HistoryConfigError",
+    "HistoryPruner",
+    "HistoryState",
+    "HistoryStateError",
+    "PruneResult",
+    "UnsupportedMessage",
+    "prune_history",
+    "truncate_text",
+]
+
+SUMMARY_ID = "graphthrift-history-summary"
+DEFAULT_SUMMARY_PREFIX = "Summary of the earlier conversation:"
+TRUNCATION_MARKER = "[graphthrift: {n} tokens truncated]"
+DEFAULT_MAX_TOKENS = 8000
+DEFAULT_KEEP_TURNS = 1
+_MIN_TRUNCATED_TOKENS = 16
+_JOIN_SLACK = 2  # tokens a section may add where it joins the summary (merges at the seam)
+_T = TypeVar("_T")
+_O = TypeVar("_O")
+
+
+class HistoryConfigError(GraphthriftError, ValueError):
+    """A pruning setting is out of range; carries the setting, its value and the rule."""
+
+    def __init__(self, name: str, value: object, rule: str) -> None:
+        self.name = name
+        self.value = value
+        self.rule = rule
+        super().__init__(f"HistoryPruner {name}={value!r} is invalid: {rule}")
+
+
+class UnsupportedMessage(GraphthriftError, TypeError):
+    """An item of the history is not a chat message; carries its position and type."""
+
+    def __init__(self, index: int, type_name: str, reason: str) -> None:
+        self.index = index
+        self.type_name = type_name
+        super().__init__(f"history item {index} ({type_name}) is not a chat message: {reason}")
+
+
+class HistoryStateError(GraphthriftError, ValueError):
+    """A stored ``HistoryState`` could not be read; carries the offending field."""
+
+    def __init__(self, field_name: str, value: object) -> None:
+        self.field_name = field_name
+        self.value = value
+        super().__init__(
+            f"history state field {field_name!r} has an invalid value {value!r}; "
+            "drop the stored state to start a fresh summary"
+        )
+
+
+@dataclass(slots=True)
+class HistoryState:
+    """Where the sticky boundary sits and what the running summary says.
+
+    Attributes:
+        sections: the summary, one appended section per fold (one after a compaction).
+        folded: how many messages of the list the pruner sees next (stale summary
+            renders excluded) lie behind the boundary.
+        folded_through_id: id of the last message behind the boundary, to re-find the
+            boundary when the list is not the one expected; None when messages carry no id.
+        summarizations: folds so far.
+        compactions: summary compactions so far.
+        folded_total: messages ever folded, also across destructive rewrites.
+    """
+
+    sections: list[str] = field(default_factory=list)
+    folded: int = 0
+    folded_through_id: str | None = None
+    summarizations: int = 0
+    compactions: int = 0
+    folded_total: int = 0
+    version: int = 1
+
+    @property
+    def summary(self) -> str:
+        """The running summary as one text."""
+        return "\n".join(s for s in self.sections if s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, for LangGraph state and checkpointers."""
+        return {
+            f.name: (list(getattr(self, f.name)) if f.name == "sections" else getattr(self, f.name))
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | HistoryState | None) -> HistoryState:
+        """Read a stored state; unknown keys are ignored, wrong types raise HistoryStateError."""
+        if data is None:
+            return cls()
+        if isinstance(data, HistoryState):
+            return replace(data, sections=list(data.sections))
+        if not isinstance(data, Mapping):
+            raise HistoryStateError("<state>", data)
+        sections = data.get("sections", [])
+        if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
+            raise HistoryStateError("sections", sections)
+        out = cls(sections=list(sections))
+        for name in ("folded", "summarizations", "compactions", "folded_total", "version"):
+            value = data.get(name, getattr(out, name))
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise HistoryStateError(name, value)
+            setattr(out, name, value)
+        through = data.get("folded_through_id")
+        if through is not None and not isinstance(through, str):
+            raise HistoryStateError("folded_through_id", through)
+        out.folded_through_id = through
+        return out
+
+    def rebased(self) -> HistoryState:
+        """The state for a list whose folded messages were deleted (destructive mode)."""
+        return replace(self, sections=list(self.sections), folded=0, folded_through_id=None)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What to send, and how it maps back to the input list.
+
+    Attributes:
+        messages: the prompt: system messages, the summary (if any), the verbatim window.
+        origin: for each prompt message, its index in the input list (None for the summary).
+        state: the state to store for the next call.
+        folded: input indices folded into the summary by this call.
+        hidden: every input index not sent (folded now or before, or a stale summary render).
+        truncated: input indices sent with their content shortened (with a marker).
+        tokens_in: tokens of the whole input, as if sent unpruned.
+        tokens_out: tokens of ``messages``.
+        summarized: whether this call folded turns (the prefix changed).
+        compacted: whether this call compacted the summary.
+        over_budget: the prompt still exceeds ``max_tokens`` after every remedy.
+    """
+
+    messages: list[Message]
+    origin: tuple[int | None, ...]
+    state: HistoryState
+    folded: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = ()
+    truncated: tuple[int, ...] = ()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    summarized: bool = False
+    compacted: bool = False
+    over_budget: bool = False
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """Input indices sent, in prompt order."""
+        return tuple(i for i in self.origin if i is not None)
+
+    @property
+    def summary(self) -> Message | None:
+        """The summary message of the prompt, if there is one."""
+        for i, m in zip(self.origin, self.messages, strict=True):
+            if i is None:
+                return m
+        return None
+
+    def materialize(
+        self,
+        make_summary: Callable[[Message], _O],
+        copy_truncated: Callable[[Any, Message], _O],
+    ) -> list[_O | Any]:
+        """The prompt in the caller's own message types, for adapters.
+
+        Kept messages come back as the very objects passed in (``Message.source``); the
+        summary is built by ``make_summary``; a truncated message by
+        ``copy_truncated(original, shortened)``.
+        """
+        truncated = set(self.truncated)
+        out: list[_O | Any] = []
+        for i, m in zip(self.origin, self.messages, strict=True):
+            if i is None:
+                out.append(make_summary(m))
+            elif m.source is None:
+                out.append(m)
+            elif i in truncated:
+                out.append(copy_truncated(m.source, m))
+            else:
+                out.append(m.source)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """A summarizer call the pruning steps need answered."""
+
+    messages: list[Message]
+    previous_summary: str
+    max_tokens: int
+
+
+# ---------------------------------------------------------------- token helpers
+
+
+@lru_cache(maxsize=65536)
+def _count_text_message(
+    model: str | None,
+    role: str,
+    text: str,
+    name: str | None,
+    tool_call_id: str | None,
+    calls: tuple[ToolCall, ...],
+) -> int:
+    return count_message(Message(role, text, calls, tool_call_id, name), model).tokens  # type: ignore[arg-type]
+
+
+def _tokens(message: Message, model: str | None) -> int:
+    if isinstance(message.content, str):
+        return _count_text_message(
+            model,
+            message.role,
+            message.content,
+            message.name,
+            message.tool_call_id,
+            message.tool_calls,
+        )
+    return count_message(message, model).tokens
+
+
+def truncate_text(text: str, max_tokens: int, model: str | None = None) -> str:
+    """``text`` cut to about ``max_tokens`` tokens, head and tail kept, with a visible marker."""
+    encoding = get_encoding(encoding_name_for(model)[0])
+    ids = encoding.encode(text, disallowed_special=())
+    if len(ids) <= max_tokens:
+        return text
+    room = max(max_tokens - 12, 2)  # the marker and its line breaks take about 12 tokens
+    head, tail = (room * 2) // 3, room - (room * 2) // 3
+    marker = TRUNCATION_MARKER.format(n=len(ids) - head - tail)
+    return (
+        f"{encoding.decode(ids[:head])}\n{marker}\n{encoding.decode(ids[-tail:]) if tail else ''}"
+    )
+
+
+def _shrink_args(args: str, keep: int, model: str | None) -> str:
+    """Tool-call arguments cut to about ``keep`` tokens by shortening their longest strings,
+    so they stay valid JSON."""
+    try:
+        value = json.loads(args)
+    except ValueError:
+        return truncate_text(args, keep, model)
+    leaves: list[tuple[Any, Any]] = []
+
+    def collect(node: Any) -> None:
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for key, child in items:
+            if isinstance(child, str):
+                leaves.append((node, key))
+            else:
+                collect(child)
+
+    collect(value)
+    encoding = get_encoding(encoding_name_for(model)[0])
+    changed = False
+    for _ in range(len(leaves) * 2):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        excess = len(encoding.encode(text, disallowed_special=())) - keep
+        if excess <= 0 or not leaves:
+            break
+        node, key = max(leaves, key=lambda nk: len(nk[0][nk[1]]))
+        size = len(encoding.encode(node[key], disallowed_special=()))
+        if size <= _MIN_TRUNCATED_TOKENS:
+            break
+        node[key] = truncate_text(node[key], max(size - excess, _MIN_TRUNCATED_TOKENS), model)
+        changed = True
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if changed else args
+
+
+def _truncate(message: Message, limit: int, model: str | None) -> Message:
+    """A copy of ``message`` that fits about ``limit`` tokens, marked where it was cut.
+
+    Text and tool-call arguments give up tokens in proportion to their size; arguments stay
+    valid JSON. Non-text blocks (images, files) are kept whole.
+    """
+    bare = replace(
+        message, content="", tool_calls=tuple(replace(c, args="{}") for c in message.tool_calls)
+    )
+    room = max(limit - _tokens(bare, model), _MIN_TRUNCATED_TOKENS)
+    text_size = count_text(message.text, model)
+    arg_sizes = [count_text(c.args, model) for c in message.tool_calls]
+    total = max(text_size + sum(arg_sizes), 1)
+    calls = tuple(
+        replace(
+            c, args=_shrink_args(c.args, max(room * size // total, _MIN_TRUNCATED_TOKENS), model)
+        )
+        if size > room * size // total
+        else c
+        for c, size in zip(message.tool_calls, arg_sizes, strict=True)
+    )
+    keep = max(room * text_size // total, _MIN_TRUNCATED_TOKENS)
+    if isinstance(message.content, str):
+        content: str | tuple[Mapping[str, Any], ...] = truncate_text(message.content, keep, model)
+    else:
+        blocks = list(message.content)
+        text_idx = [
+            i
+            for i, b in enumerate(blocks)
+            if b.get("type", "text") in ("text", "input_text", "output_text")
+        ]
+        sizes = {i: max(1, count_text(str(blocks[i].get("text", "")), model)) for i in text_idx}
+        all_text = sum(sizes.values()) or 1
+        for i in text_idx:
+            share = max(_MIN_TRUNCATED_TOKENS, keep * sizes[i] // all_text)
+            blocks[i] = {
+                **blocks[i],
+                "text": truncate_text(str(blocks[i].get("text", "")), share, model),
+            }
+        content = tuple(blocks)
+    return replace(message, content=content, tool_calls=calls)
+
+
+# ---------------------------------------------------------------- the pruner
+
+
+def _setting(value: int | None, env: str | None, default: int) -> int:
+    """Keyword first, then the ``GRAPHTHRIFT_`` environment variable, then the default."""
+    if value is None and env and os.environ.get(env, "").strip():
+        raw = os.environ[env]
+        try:
+            value = int(raw)
+        except ValueError:
+            raise HistoryConfigError(env, raw, "must be an integer") from None
+    return default if value is None else value
+
+
+def _check(name: str, value: object, low: int, high: int | None, rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HistoryConfigError(name, value, rule)
+    if value < low or (high is not None and value > high):
+        raise HistoryConfigError(name, value, rule)
+
+
+@dataclass(slots=True)
+class _Work:
+    """The input list, read once: messages, their origin, tokens and cut points."""
+
+    messages: list[Message]
+    origin: list[int]
+    tokens: list[int]
+    truncated: list[bool]
+    cut_ok: list[bool]  # a window may start here: not a ToolMessage, no tool pair spans it
+    stale: list[int]  # input indices of summary renders, never sent again
+    tokens_in: int
+
+    @property
+    def n(self) -> int:
+        return len(self.messages)
+
+
+class HistoryPruner:
+    """Tool-pair-safe sliding-window pruning with a sticky boundary and a running summary.
+
+    Args:
+        summarizer: writes summary sections (default ``ExtractiveSummarizer()``, no LLM).
+        max_tokens: high watermark and hard budget of the prompt (env
+            ``GRAPHTHRIFT_HISTORY_MAX_TOKENS``, default 8000). Passing it triggers a fold.
+        target_tokens: low watermark a fold prunes down to (env
+            ``GRAPHTHRIFT_HISTORY_TARGET_TOKENS``, default half of ``max_tokens``).
+        keep_turns: last turns (a user message and everything after it) always kept
+            verbatim, unless they alone break ``max_tokens`` (env
+            ``GRAPHTHRIFT_HISTORY_KEEP_TURNS``, default 1: the current turn, tool calls
+            included). A fold keeps as many more recent turns as ``target_tokens`` allows.
+        max_summary_tokens: the summary's cap; past it the summary is compacted
+            (env ``GRAPHTHRIFT_HISTORY_MAX_SUMMARY_TOKENS``, default 40% of ``max_tokens``).
+        section_tokens: least budget of the section one fold appends; a section may use
+            all the room left under the cap (default a quarter of the cap).
+        compact_tokens: size a compaction brings the summary down to (default three
+            quarters of the cap: compaction drops the least, and runs only past the cap).
+        max_message_tokens: a longer message is sent truncated with a marker, the same way
+            every turn (default half of ``max_tokens``).
+        summary_role: role of the summary message, ``"system"`` (after the system
+            messages) or ``"user"``.
+        summary_prefix: first line of the summary message.
+        model: model name for token counting (``None``: o200k_base, an estimate).
+
+    Example:
+        >>> pruner = HistoryPruner(max_tokens=4000)
+        >>> state = None
+        >>> history = [{"role": "system", "content": "You book tables."}]
+        >>> for text in ["Table for 2 at Nopa, 8 pm.", "Make it 4 people."]:
+        ...     history.append({"role": "user", "content": text})
+        ...     result = pruner.prune(history, state)  # result.messages go to the model
+        ...     state = result.state  # keep it with the thread (JSON: state.to_dict())
+        ...     history.append({"role": "assistant", "content": "Done."})
+        >>> result.tokens_out == result.tokens_in, state.summarizations
+        (True, 0)
+    """
+
+    def __init__(
+        self,
+        *,
+        summarizer: Summarizer | None = None,
+        max_tokens: int | None = None,
+        target_tokens: int | None = None,
+        keep_turns: int | None = None,
+        max_summary_tokens: int | None = None,
+        section_tokens: int | None = None,
+        compact_tokens: int | None = None,
+        max_message_tokens: int | None = None,
+        summary_role: Literal["system", "user"] = "system",
+        summary_prefix: str = DEFAULT_SUMMARY_PREFIX,
+        model: str | None = None,
+    ) -> None:
+        high = _setting(max_tokens, "GRAPHTHRIFT_HISTORY_MAX_TOKENS", DEFAULT_MAX_TOKENS)
+        _check("max_tokens", high, 32, None, "must be an integer >= 32")
+        low = _setting(target_tokens, "GRAPHTHRIFT_HISTORY_TARGET_TOKENS", high // 2)
+        _check("target_tokens", low, 1, high, f"must be in (0, max_tokens={high}]")
+        keep = _setting(keep_turns, "GRAPHTHRIFT_HISTORY_KEEP_TURNS", DEFAULT_KEEP_TURNS)
+        _check("keep_turns", keep, 1, None, "must be >= 1 (the current turn is always kept)")
+        default_cap = min(max(high * 2 // 5, 16), low - 1)
+        cap = _setting(max_summary_tokens, "GRAPHTHRIFT_HISTORY_MAX_SUMMARY_TOKENS", default_cap)
+        _check("max_summary_tokens", cap, 1, low - 1, f"must be in (0, target_tokens={low})")
+        section = _setting(section_tokens, None, min(max(cap // 4, 8), cap))
+        _check("section_tokens", section, 1, cap, f"must be in (0, {cap}]")
+        compact = _setting(compact_tokens, None, max(cap * 3 // 4, 1))
+        _check("compact_tokens", compact, 1, cap - 1, f"must be in (0, {cap})")
+        per_message = _setting(max_message_tokens, None, max(high // 2, 32))
+        _check("max_message_tokens", per_message, 32, high, f"must be in [32, {high}]")
+        if summary_role not in ("system", "user"):
+            raise HistoryConfigError("summary_role", summary_role, "must be 'system' or 'user'")
+        self.summarizer: Summarizer = (
+            summarizer if summarizer is not None else ExtractiveSummarizer(model=model)
+        )
+        if not hasattr(self.summarizer, "summarize") or not hasattr(self.summarizer, "asummarize"):
+            raise HistoryConfigError(
+                "summarizer", summarizer, "must implement summarize() and asummarize()"
+            )
+        self.max_tokens = high
+        self.target_tokens = low
+        self.keep_turns = keep
+        self.max_summary_tokens = cap
+        self.section_tokens = section
+        self.compact_tokens = compact
+        self.max_message_tokens = per_message
+        self.summary_role: Literal["system", "user"] = summary_role
+        self.summary_prefix = summary_prefix
+        self.model = model
+
+    # ------------------------------------------------------------ public API
+
+    def prune(
+        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+    ) -> PruneResult:
+        """Prune ``messages`` for the next model call, folding turns if the budget demands."""
+        return self._drive(self._steps(messages, state, fold=True))
+
+    async def aprune(
+        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+    ) -> PruneResult:
+        """Async twin of ``prune``: the same steps, with the summarizer awaited."""
+        return await self._adrive(self._steps(messages, state, fold=True))
+
+    def view(
+        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+    ) -> PruneResult:
+        """The prompt for the current boundary and summary, without folding (no summarizer call)."""
+        return self._drive(self._steps(messages, state, fold=False))
+
+    def fold(
+        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+    ) -> HistoryState:
+        """Fold ``messages`` into the summary unconditionally (for memories that evict by themselves)."""
+        return self._drive(self._fold_steps(self._plain(messages), HistoryState.from_dict(state)))
+
+    async def afold(
+        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+    ) -> HistoryState:
+        """Async twin of ``fold``."""
+        return await self._adrive(
+            self._fold_steps(self._plain(messages), HistoryState.from_dict(state))
+        )
+
+    def _drive(self, steps: Generator[_Ask, str, _T]) -> _T:
+        try:
+            ask = next(steps)
+            while True:
+                ask = steps.send(
+                    self.summarizer.summarize(ask.messages, ask.previous_summary, ask.max_tokens)
+                )
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _adrive(self, steps: Generator[_Ask, str, _T]) -> _T:
+        try:
+            ask = next(steps)
+            while True:
+                ask = steps.send(
+                    await self.summarizer.asummarize(
+                        ask.messages, ask.previous_summary, ask.max_tokens
+                    )
+                )
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _plain(self, messages: Iterable[Any]) -> list[Message]:
+        work = self._read(messages)
+        return [m for m in work.messages if m.role != "system"]
+
+    def summary_message(self, state: HistoryState) -> Message | None:
+        """The message that carries the summary, or None while there is none."""
+        text = state.summary
+        if not text:
+            return None
+        return Message(self.summary_role, f"{self.summary_prefix}\n{text}", id=SUMMARY_ID)
+
+    # ------------------------------------------------------------ the steps
+
+    def _read(self, messages: Iterable[Any]) -> _Work:
+        if isinstance(messages, str | bytes):
+            raise UnsupportedMessage(
+                0, type(messages).__name__, "pass a list of messages, not a string"
+            )
+        msgs: list[Message] = []
+        origin: list[int] = []
+        stale: list[int] = []
+        tokens_in = 0
+        for i, raw in enumerate(messages):
+            if raw is None:
+                raise UnsupportedMessage(i, "NoneType", "None is not a message")
+            try:
+                m = to_message(raw)
+            except TypeError as exc:
+                raise UnsupportedMessage(i, type(raw).__name__, str(exc)) from None
+            if m.id is not None and m.id.startswith(SUMMARY_ID):
+                stale.append(i)
+                continue
+            msgs.append(m)
+            origin.append(i)
+        tokens = [_tokens(m, self.model) for m in msgs]
+        tokens_in = sum(tokens) + (TOKENS_REPLY_PRIMING if msgs else 0)
+        truncated = [False] * len(msgs)
+        for j, t in enumerate(tokens):
+            if t > self.max_message_tokens:
+                cut = _truncate(msgs[j], self.max_message_tokens, self.model)
+                cut_tokens = _tokens(cut, self.model)
+                if cut_tokens < t:
+                    msgs[j], tokens[j], truncated[j] = cut, cut_tokens, True
+                    diagnostics.count("history_message_truncated")
+        return _Work(msgs, origin, tokens, truncated, self._cut_points(msgs), stale, tokens_in)
+
+    @staticmethod
+    def _cut_points(msgs: Sequence[Message]) -> list[bool]:
+        """Where a window may start: not on a ToolMessage and not inside a tool pair."""
+        n = len(msgs)
+        issued: dict[str, int] = {}
+        spans = [0] * (n + 2)
+        for k, m in enumerate(msgs):
+            for call in m.tool_calls:
+                if call.id:
+                    issued[call.id] = k
+            if m.role == "tool" and m.tool_call_id in issued:
+                j = issued[m.tool_call_id]
+                spans[j + 1] += 1
+                spans[k + 1] -= 1
+        ok = [False] * (n + 1)
+        depth = 0
+        for p in range(n + 1):
+            depth += spans[p]
+            ok[p] = depth == 0 and (p == n or msgs[p].role != "tool")
+        return ok
+
+    def _resolve(self, work: _Work, state: HistoryState) -> int:
+        """Find the sticky boundary in this list; step back to a cut point if needed."""
+        b = state.folded
+        if b:
+            through = state.folded_through_id
+            if through is not None:
+                if not (b <= work.n and work.messages[b - 1].id == through):
+                    found = next(
+                        (i for i in range(work.n - 1, -1, -1) if work.messages[i].id == through),
+                        None,
+                    )
+                    b = 0 if found is None else found + 1
+                    if found is None:
+                        diagnostics.count(
+                            "history_boundary_lost",
+                            "graphthrift: the folded message %s is no longer in the history; the summary is kept and the boundary restarts at 0",
+                            through,
+                        )
+            elif b > work.n:
+                diagnostics.count(
+                    "history_boundary_lost",
+                    "graphthrift: the history is shorter (%d) than the folded count (%d); the boundary restarts at 0",
+                    work.n,
+                    b,
+                )
+                b = 0
+        while b > 0 and not work.cut_ok[b]:
+            b -= 1  # show more rather than hide something never summarized
+        return b
+
+    def _layout(self, work: _Work, b: int) -> tuple[list[int], list[int], list[int]]:
+        """Positions of pinned systems, the window's leading systems, and the rest."""
+        pinned = [i for i in range(b) if work.messages[i].role == "system"]
+        lead_end = b
+        while lead_end < work.n and work.messages[lead_end].role == "system":
+            lead_end += 1
+        return pinned, list(range(b, lead_end)), list(range(lead_end, work.n))
+
+    def _summary_tokens(self, sections: Sequence[str]) -> int:
+        text = "\n".join(s for s in sections if s)
+        if not text:
+            return 0
+        return _tokens(Message(self.summary_role, f"{self.summary_prefix}\n{text}"), self.model)
+
+    def _steps(
+        self,
+        messages: Iterable[Any],
+        state_in: HistoryState | Mapping[str, Any] | None,
+        *,
+        fold: bool,
+    ) -> Generator[_Ask, str, PruneResult]:
+        state = HistoryState.from_dict(state_in)
+        work = self._read(messages)
+        n = work.n
+        b = self._resolve(work, state)
+        sys_prefix = [0] * (n + 1)
+        suffix = [0] * (n + 1)
+        for i in range(n):
+            sys_prefix[i + 1] = sys_prefix[i] + (
+                work.tokens[i] if work.messages[i].role == "system" else 0
+            )
+        for i in range(n - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + work.tokens[i]
+        base = TOKENS_REPLY_PRIMING
+
+        def total(p: int, summary_tokens: int) -> int:
+            return base + sys_prefix[p] + suffix[p] + summary_tokens
+
+        summary_now = self._summary_tokens(state.sections)
+        forced = b < n and not work.cut_ok[b]  # an orphan ToolMessage would open the window
+        over = total(b, summary_now) > self.max_tokens
+        new_b, compacted = b, False
+        folded_now: tuple[int, ...] = ()
+        if fold and n and (forced or over):
+            summary_text = count_text(state.summary, self.model)
+            new_b = self._choose(work, b, summary_now, summary_text, total, over)
+        if new_b > b:
+            to_fold = [
+                work.messages[i] for i in range(b, new_b) if work.messages[i].role != "system"
+            ]
+            folded_now = tuple(
+                work.origin[i] for i in range(b, new_b) if work.messages[i].role != "system"
+            )
+            compactions_before = state.compactions
+            state = yield from self._fold_steps(to_fold, state)
+            compacted = state.compactions > compactions_before
+        b = new_b
+        state = replace(state, folded=b, folded_through_id=work.messages[b - 1].id if b else None)
+        return self._render(work, b, state, folded_now, compacted)
+
+    def _fold_steps(
+        self, to_fold: list[Message], state: HistoryState
+    ) -> Generator[_Ask, str, HistoryState]:
+        """Append a section for ``to_fold``; compact the summary once it passes its cap."""
+        sections = list(state.sections)
+        if to_fold:
+            # A section may use whatever room the cap has left, and at least section_tokens.
+            room = self.max_summary_tokens - count_text(state.summary, self.model)
+            budget = max(self.section_tokens, room)
+            section = yield _Ask(to_fold, state.summary, budget)
+            section = self._bounded(section, budget, "history_section_over_budget")
+            if section:
+                sections.append(section)
+        compacted = False
+        if count_text("\n".join(sections), self.model) > self.max_summary_tokens:
+            asked = [Message("system", s, name=SECTION_NAME) for s in sections]
+            compact = yield _Ask(asked, "", self.compact_tokens)
+            sections = [
+                self._bounded(compact, self.compact_tokens, "history_compaction_over_budget")
+            ]
+            compacted = True
+        return replace(
+            state,
+            sections=[s for s in sections if s],
+            summarizations=state.summarizations + 1,
+            compactions=state.compactions + int(compacted),
+            folded_total=state.folded_total + len(to_fold),
+        )
+
+    def _choose(
+        self,
+        work: _Work,
+        b: int,
+        summary_now: int,
+        summary_text_tokens: int,
+        total: Callable[[int, int], int],
+        over: bool,
+    ) -> int:
+        """The new boundary: fold whole turns down to the low watermark, keeping the last turns."""
+        n = work.n
+        if not over:  # only an orphan ToolMessage to move out of the window's first place
+            return next(q for q in range(b + 1, n + 1) if work.cut_ok[q])
+        conv = [0] * (n + 1)
+        for i in range(n):
+            conv[i + 1] = conv[i] + (0 if work.messages[i].role == "system" else work.tokens[i])
+        starts = [q for q in range(b, n) if work.cut_ok[q] and work.messages[q].role == "user"]
+        limit = starts[-self.keep_turns] if len(starts) > self.keep_turns else b
+        overhead = summary_now or self._summary_tokens(["x"])
+        section = max(self.section_tokens, self.max_summary_tokens - summary_text_tokens)
+
+        def predicted(q: int) -> int:  # the worst case: the new section fills its budget
+            return total(q, overhead + min(section, conv[q] - conv[b]) + _JOIN_SLACK)
+
+        chosen = b
+        for q in starts:
+            if q <= b or q > limit:
+                continue
+            chosen = q
+            if predicted(q) <= self.target_tokens:
+                break
+        if chosen == b and not work.cut_ok[b]:
+            chosen = next(q for q in range(b + 1, n + 1) if work.cut_ok[q])
+        if chosen > b and predicted(chosen) <= self.max_tokens:
+            return chosen
+        # The last turns alone break the hard budget: fold further, turn starts first,
+        # then any cut point, and never the last message.
+        later = [q for q in starts if q > chosen] + [
+            q for q in range(chosen + 1, n) if work.cut_ok[q]
+        ]
+        for q in later:
+            if predicted(q) <= self.max_tokens:
+                return q
+        return max([chosen, *later])
+
+    def _bounded(self, text: str, limit: int, counter: str) -> str:
+        text = (text or "").strip()
+        if text and count_text(text, self.model) > limit:
+            diagnostics.count(
+                counter,
+                "graphthrift: the summarizer returned more than %d tokens; truncated",
+                limit,
+            )
+            text = truncate_text(text, limit, self.model)
+        return text
+
+    def _render(
+        self, work: _Work, b: int, state: HistoryState, folded_now: tuple[int, ...], compacted: bool
+    ) -> PruneResult:
+        pinned, lead, rest = self._layout(work, b)
+        summary = self.summary_message(state)
+        order: list[int | None] = [*pinned, *lead, *([None] if summary else []), *rest]
+        msgs: list[Message] = []
+        sizes: list[int] = []
+        for p in order:
+            if p is None:
+                assert summary is not None
+                msgs.append(summary)
+                sizes.append(self._summary_tokens(state.sections))
+            else:
+                msgs.append(work.messages[p])
+                sizes.append(work.tokens[p])
+        truncated = {p for p in order if p is not None and work.truncated[p]}
+        tokens_out = sum(sizes) + (TOKENS_REPLY_PRIMING if msgs else 0)
+        over = False
+        if tokens_out > self.max_tokens:
+            msgs, sizes, fitted = self._fit(msgs, sizes, order)
+            truncated |= fitted
+            tokens_out = sum(sizes) + TOKENS_REPLY_PRIMING
+            over = tokens_out > self.max_tokens
+            if over:
+                diagnostics.count(
+                    "history_over_budget",
+                    "graphthrift: prompt of %d tokens still exceeds max_tokens=%d after pruning",
+                    tokens_out,
+                    self.max_tokens,
+                )
+        sent = {p for p in order if p is not None}
+        hidden = sorted([work.origin[i] for i in range(work.n) if i not in sent] + work.stale)
+        return PruneResult(
+            messages=msgs,
+            origin=tuple(None if p is None else work.origin[p] for p in order),
+            state=state,
+            folded=folded_now,
+            hidden=tuple(hidden),
+            truncated=tuple(sorted(work.origin[p] for p in truncated)),
+            tokens_in=work.tokens_in,
+            tokens_out=tokens_out,
+            summarized=bool(folded_now) or compacted,
+            compacted=compacted,
+            over_budget=over,
+        )
+
+    def _fit(
+        self, msgs: list[Message], sizes: list[int], order: list[int | None]
+    ) -> tuple[list[Message], list[int], set[int]]:
+        """Shrink the largest messages until the prompt fits; rare, and never drops one.
+
+        The summary is left whole: it lives in the state, so a cut made here would differ
+        from turn to turn (and from a destructive rewrite of it).
+        """
+        msgs, sizes = list(msgs), list(sizes)
+        fitted: set[int] = set()
+        stuck: set[int] = {k for k, p in enumerate(order) if p is None}
+        for _ in range(len(msgs) * 3):
+            excess = sum(sizes) + TOKENS_REPLY_PRIMING - self.max_tokens
+            candidates = [
+                k
+                for k in range(len(sizes))
+                if k not in stuck and sizes[k] > _MIN_TRUNCATED_TOKENS * 2
+            ]
+            if excess <= 0 or not candidates:
+                break
+            k = max(candidates, key=sizes.__getitem__)
+            cut = _truncate(msgs[k], max(sizes[k] - excess, _MIN_TRUNCATED_TOKENS * 2), self.model)
+            new_size = _tokens(cut, self.model)
+            if new_size >= sizes[k]:
+                stuck.add(k)
+                continue
+            msgs[k], sizes[k] = cut, new_size
+            p = order[k]
+            if p is not None:
+                fitted.add(p)
+        return msgs, sizes, fitted
+
+
+def prune_history(
+    messages: Iterable[Any],
+    state: HistoryState | Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> PruneResult:
+    """One-shot ``HistoryPruner(**settings).prune(messages, state)``.
+
+    Example:
+        >>> prune_history([{"role": "user", "content": "hi"}], max_tokens=100).tokens_out
+        7
+    """
+    return HistoryPruner(**settings).prune(messages, state)

@@ -1,0 +1,191 @@
+"""``HistoryPruningMiddleware``: tool-pair-safe, cache-friendly history pruning for ``create_agent``.
+
+Modelled on langchain's ``SummarizationMiddleware`` (``before_model``, a summary message in
+place of the folded turns), with the three differences that ``graphthrift.history`` exists
+for: the kept window never starts inside a tool-call/ToolMessage pair, the boundary is
+sticky between folds so the provider's prompt cache keeps hitting, and the summary grows by
+appended sections instead of being rewritten each time.
+
+Two modes:
+
+- ``"view"`` (default): ``before_model`` folds and stores the summary in agent state;
+  ``wrap_model_call`` sends the pruned view. ``messages`` keeps the whole thread.
+- ``"replace"``: like ``SummarizationMiddleware``, ``before_model`` rewrites ``messages``
+  (``RemoveMessage(REMOVE_ALL_MESSAGES)`` + the pruned prompt) when it folds.
+
+``max_tokens`` counts the messages in state; the agent's system prompt and tool schemas
+come on top, so leave room for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, NotRequired
+
+from langchain.agents.middleware.types import (
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+    PrivateStateAttr,
+)
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+)
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.runtime import Runtime
+
+from graphthrift.history import HistoryPruner, HistoryState, PruneResult
+from graphthrift.messages import Message
+from graphthrift.summarize import Summarizer
+
+__all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
+
+
+class HistoryPruningState(AgentState[Any]):
+    """Agent state plus the running summary and sticky boundary (private to the middleware)."""
+
+    history_state: NotRequired[Annotated[dict[str, Any] | None, PrivateStateAttr]]
+
+
+def _content(message: Message) -> str | list[Any]:
+    return (
+        message.content if isinstance(message.content, str) else [dict(b) for b in message.content]
+    )
+
+
+def _copy(original: BaseMessage, m: Message) -> BaseMessage:
+    """``original`` with the shortened content (and tool-call arguments) of ``m``."""
+    update: dict[str, Any] = {"content": _content(m)}
+    if m.tool_calls and getattr(original, "tool_calls", None):
+        update["tool_calls"] = [
+            {"name": c.name, "args": json.loads(c.args), "id": c.id, "type": "tool_call"}
+            for c in m.tool_calls
+        ]
+    return original.model_copy(update=update)
+
+
+class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
+    """Prunes the agent's history before each model call, keeping tool pairs and the cache.
+
+    Args:
+        pruner: a configured ``HistoryPruner``; otherwise one is built from the settings
+            below (see ``HistoryPruner``; env ``GRAPHTHRIFT_HISTORY_*``).
+        summarizer: writes the summary (default ``ExtractiveSummarizer``; use
+            ``ChatModelSummarizer(model, ledger=...)`` for an LLM summary booked in the ledger).
+        max_tokens, target_tokens, keep_turns, max_summary_tokens, model: the pruner's
+            high watermark, low watermark, verbatim turns, summary cap and token model.
+        summary_role: ``"user"`` (default, as ``SummarizationMiddleware``) or ``"system"``.
+        mode: ``"view"`` (non-destructive) or ``"replace"`` (rewrites ``messages``).
+
+    Example:
+        >>> from langchain.agents import create_agent
+        >>> from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+        >>> agent = create_agent(
+        ...     GenericFakeChatModel(messages=iter(["ok"])),
+        ...     middleware=[HistoryPruningMiddleware(max_tokens=4000)],
+        ... )
+        >>> agent.invoke({"messages": [{"role": "user", "content": "hi"}]})["messages"][-1].content
+        'ok'
+    """
+
+    state_schema = HistoryPruningState
+
+    def __init__(
+        self,
+        *,
+        pruner: HistoryPruner | None = None,
+        summarizer: Summarizer | None = None,
+        max_tokens: int | None = None,
+        target_tokens: int | None = None,
+        keep_turns: int | None = None,
+        max_summary_tokens: int | None = None,
+        summary_role: Literal["system", "user"] = "user",
+        model: str | None = None,
+        mode: Literal["view", "replace"] = "view",
+    ) -> None:
+        super().__init__()
+        if mode not in ("view", "replace"):
+            raise ValueError(
+                f"HistoryPruningMiddleware mode must be 'view' or 'replace', got {mode!r}"
+            )
+        self.pruner = pruner or HistoryPruner(
+            summarizer=summarizer,
+            max_tokens=max_tokens,
+            target_tokens=target_tokens,
+            keep_turns=keep_turns,
+            max_summary_tokens=max_summary_tokens,
+            summary_role=summary_role,
+            model=model,
+        )
+        self.mode = mode
+
+    # ------------------------------------------------------------ translation
+
+    def _to_langchain(self, result: PruneResult) -> list[BaseMessage]:
+        summary_cls = SystemMessage if self.pruner.summary_role == "system" else HumanMessage
+
+        def make_summary(m: Message) -> BaseMessage:
+            return summary_cls(
+                content=_content(m), id=m.id, additional_kwargs={"lc_source": "summarization"}
+            )
+
+        def copy_truncated(original: Any, m: Message) -> BaseMessage:
+            return _copy(original, m)
+
+        return list(result.materialize(make_summary, copy_truncated))
+
+    def _update(self, result: PruneResult, stored: Any) -> dict[str, Any] | None:
+        if self.mode == "replace" and (result.summarized or result.truncated):
+            return {
+                "messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *self._to_langchain(result)],
+                "history_state": result.state.rebased().to_dict(),
+            }
+        new = result.state.to_dict()
+        if stored is not None and HistoryState.from_dict(stored).to_dict() == new:
+            return None
+        return {"history_state": new}
+
+    # ------------------------------------------------------------ hooks
+
+    def before_model(
+        self, state: HistoryPruningState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Fold old turns into the summary once the history passes ``max_tokens``."""
+        stored = state.get("history_state")
+        return self._update(self.pruner.prune(state["messages"], stored), stored)
+
+    async def abefore_model(
+        self, state: HistoryPruningState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async twin of ``before_model`` (the summarizer is awaited)."""
+        stored = state.get("history_state")
+        return self._update(await self.pruner.aprune(state["messages"], stored), stored)
+
+    def _view(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
+        if self.mode != "view" or not request.messages:
+            return request
+        stored: Any = request.state.get("history_state") if request.state else None
+        view = self._to_langchain(self.pruner.view(request.messages, stored))
+        return request.override(messages=view)  # type: ignore[arg-type]
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any] | AIMessage:
+        """In ``"view"`` mode, send the pruned view instead of the whole thread."""
+        return handler(self._view(request))
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any] | AIMessage:
+        """Async twin of ``wrap_model_call``."""
+        return await handler(self._view(request))

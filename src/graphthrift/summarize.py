@@ -1,0 +1,627 @@
+"""Summarizers for history pruning: one protocol, an extractive one and a chat-model one.
+
+The pruner folds old turns into a running summary, but it does not care who writes it.
+``Summarizer`` is the seam: ``ExtractiveSummarizer`` needs no LLM and keeps the sentences
+that carry facts (names, numbers, dates, places, ids) and decisions, so it is free and
+deterministic; ``ChatModelSummarizer`` wraps any LangChain chat model (duck-typed, so this
+module imports no framework), caps its output and books the call in the ledger under
+route ``summary`` so the cost of pruning is never hidden.
+
+Contract: ``summarize(messages, previous_summary, max_tokens)`` returns a *new section*
+covering ``messages`` only (``previous_summary`` is context, not to be repeated), in at
+most ``max_tokens`` tokens. When every message is a summary section (role ``system``,
+name ``SECTION_NAME``) the pruner is asking for a compaction: rewrite those sections into
+one shorter summary.
+
+Example:
+    >>> from graphthrift.messages import Message
+    >>> s = ExtractiveSummarizer()
+    >>> s.summarize([Message("user", "Hi! Book a table at Nopa for 4 on May 3rd.")], "", 40)
+    'User: Book a table at Nopa for 4 on May 3rd.'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, Protocol, runtime_checkable
+
+from graphthrift import diagnostics
+from graphthrift.messages import Message, content_text, to_messages
+from graphthrift.records import LedgerRecord, clean_tag, plausible_tokens
+from graphthrift.tokens import count_messages, count_text, get_encoding
+
+__all__ = [
+    "SECTION_NAME",
+    "ChatModelSummarizer",
+    "ExtractiveSummarizer",
+    "Summarizer",
+    "is_compaction",
+    "render_transcript",
+]
+
+SECTION_NAME = "graphthrift_summary_section"
+_ROLE_LABEL = {"user": "User", "assistant": "Assistant", "tool": "Tool", "system": "System"}
+_LABELS = frozenset(_ROLE_LABEL.values())
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """Writes the section of the running summary that covers ``messages``."""
+
+    def summarize(
+        self, messages: Sequence[Message], previous_summary: str, max_tokens: int
+    ) -> str: ...
+
+    async def asummarize(
+        self, messages: Sequence[Message], previous_summary: str, max_tokens: int
+    ) -> str: ...
+
+
+def is_compaction(messages: Sequence[Message]) -> bool:
+    """Whether the pruner is asking to compact the summary rather than to fold turns."""
+    return bool(messages) and all(m.role == "system" and m.name == SECTION_NAME for m in messages)
+
+
+def _tool_call_text(message: Message, limit: int = 200) -> str:
+    calls = []
+    for call in message.tool_calls:
+        args = call.args if len(call.args) <= limit else call.args[:limit] + "…"
+        calls.append(f"{call.name}({args})")
+    return "called " + ", ".join(calls) if calls else ""
+
+
+def render_transcript(messages: Sequence[Message]) -> str:
+    """Messages as ``Role: text`` lines, tool calls included, for a summarizer prompt."""
+    lines = []
+    for m in messages:
+        label = _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
+        text = " ".join(p for p in (m.text.strip(), _tool_call_text(m)) if p)
+        if text:
+            lines.append(f"{label}: {text}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- extractive
+
+# A sentence ends at . ! ? before a capital, but not after a title or an initial ("Dr. K. Lee").
+_SENTENCE_SPLIT = re.compile(
+    r"(?<=[.!?])(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bJr\.)"
+    r"(?<!\bvs\.)(?<!\b[A-Z]\.)\s+(?=[\"'(\[]?[A-Z0-9])|\n+"
+)
+_WORD = re.compile(r"[\w$€£@#'./:-]+")
+_DIGIT = re.compile(r"\d")
+_DATE = re.compile(
+    r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|monday|tuesday|wednesday|"
+    r"thursday|friday|saturday|sunday|today|tomorrow|tonight|yesterday|weekend|noon|midnight|"
+    r"morning|afternoon|evening|next week|this week|o'clock|\d+(?:st|nd|rd|th))\b",
+    re.IGNORECASE,
+)
+_MONEY = re.compile(r"[$€£¥]|\b(?:dollars?|euros?|pounds?|usd|eur|gbp|price|cost|fee)\b", re.I)
+_IDENT = re.compile(
+    r"\b(?=[\w-]*[A-Za-z])(?=[\w-]*\d)[\w-]{3,}\b|[\w.+-]+@[\w-]+\.[\w.]+|https?://\S+|#\w+"
+)
+_QUOTED = re.compile(r"\"[^\"]{2,}\"|“[^”]{2,}”")
+_DECISION = re.compile(
+    r"\b(?:decid\w*|agree\w*|chose|choose|confirm\w*|book\w*|reserv\w*|schedul\w*|cancel\w*|"
+    r"prefer\w*|want\w*|need\w*|will|won't|let's|plan\w*|must|should|deadline|instead|"
+    r"final\w*|approv\w*|select\w*|buy|order\w*|pay\w*|address|located|rating|only|not|never)\b",
+    re.IGNORECASE,
+)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_LEADING_FILLER = re.compile(
+    r"^(?:(?:ok(?:ay)?|sure(?: thing)?|yes|yeah|yep|alright|all right|great|perfect|cool|"
+    r"well|so|hi|hello|hey|thanks|thank you(?: so much| very much)?|awesome|nice|oh|"
+    r"absolutely|certainly|of course|no problem)\b[\s,.!]*)+",
+    re.IGNORECASE,
+)
+_FILLER_WORDS = _words(
+    "ok okay sure yes yeah yep no nope alright all right great perfect cool well so hi "
+    "hello hey thanks thank you very much a lot awesome nice oh good bye goodbye have day "
+    "that's that is it sounds fine wonderful excellent lol haha anything else can i help "
+    "with something for today appreciate really indeed too me please correct true exactly"
+)
+_PROPER_SKIP = frozenset({"I", "I'm", "I'll", "I'd", "I've", "OK", "Okay"})
+# A capitalised first word is a name unless it is one of these common sentence openers.
+_OPENERS = _words(
+    "a about add after all also an and any anything are as at be book but by can cancel "
+    "confirm check could did do does done find for from get give go great had has have "
+    "hello help hey hi how i i'd i'll i'm i've if in is it it's just keep let let's look "
+    "make maybe move like my need no not now of ok okay on one only or our perfect pick "
+    "please put reserve send set shall should show so some sounds sure tell thank thanks "
+    "that that's the then there these they this those to try unfortunately want was we "
+    "we'd we'll we're well were what when where which who why will with would yeah yes "
+    "you you're your"
+)
+# Words that carry no fact: dropped from kept sentences ("telegraphic" style), unless they
+# sit inside a fact ("6 am", "11th of this month") or are written as part of a name.
+_LOW_INFO = _words(
+    "i me my mine you your yours we us our it its they them their he him his she her this "
+    "that these those there here is are was were be been being am do does did would could "
+    "can will shall should may might have has had i'm i'd i'll i've you're you'd you'll "
+    "you've we're we'd we'll it's that's there's they're please kindly just also really "
+    "actually very so well okay ok oh um sure"
+)
+_TIME_WORDS = _words("month week weekend year day morning afternoon evening night noon time date")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sentence:
+    """A candidate sentence: the unit the selection keeps or drops."""
+
+    order: int
+    label: str
+    text: str
+    score: float
+    facts: frozenset[str]
+    tokens: int
+
+
+@lru_cache(maxsize=65536)
+def _features(text: str) -> tuple[float, frozenset[str]]:
+    """Score a sentence by the facts and decisions it carries; return its fact keys."""
+    words = _WORD.findall(text)
+    facts: set[str] = set()
+    score = 0.0
+    for i, w in enumerate(words):
+        bare = w.strip(".:'-")
+        if not bare:
+            continue
+        if (
+            _DIGIT.search(bare)
+            or (
+                bare[0].isupper()
+                and bare not in _PROPER_SKIP
+                and (i > 0 or bare.lower() not in _OPENERS)
+            )
+            or (len(bare) > 1 and bare.isupper() and bare not in _PROPER_SKIP)
+        ):
+            facts.add(bare.lower())
+    facts.update(m.group(0).lower() for m in _DATE.finditer(text))
+    facts.update(m.group(0).lower() for m in _IDENT.finditer(text))
+    facts.update(m.group(0).lower() for m in _QUOTED.finditer(text))
+    score += 2.0 * min(len(facts), 6)
+    score += 1.0 * bool(_MONEY.search(text))
+    score += 1.5 * min(len(_DECISION.findall(text)), 2)
+    return score, frozenset(facts)
+
+
+def _is_filler(text: str) -> bool:
+    words = [w.strip(".,!?;:'\"").lower() for w in text.split()]
+    return all(not w or w in _FILLER_WORDS for w in words)
+
+
+def _telegraphic(sentence: str) -> str:
+    """Drop the words that carry no fact, keeping those inside facts and names."""
+    words = sentence.split()
+    kept: list[str] = []
+    for i, word in enumerate(words):
+        bare = word.strip('.,!?;:"()')
+        low = bare.lower()
+        if (
+            low in _LOW_INFO
+            and not (bare.isupper() and len(bare) > 1)
+            and (i == 0 or bare in (low, "I"))
+        ):
+            nxt = words[i + 1].strip('.,!?;:"()').lower() if i + 1 < len(words) else ""
+            prev = words[i - 1] if i else ""
+            if not (_DIGIT.search(prev) or _DIGIT.search(nxt) or nxt in _TIME_WORDS):
+                if word[-1:] in ".,!?;:" and kept:
+                    kept[-1] = kept[-1].rstrip(".,!?;:") + word[-1]
+                continue
+        kept.append(word)
+    text = " ".join(kept).strip(" ,;:")
+    return text[:1].upper() + text[1:] if text else ""
+
+
+def _clean(sentence: str, telegraphic: bool) -> str:
+    stripped = _LEADING_FILLER.sub("", sentence.strip()).strip()
+    if telegraphic and stripped:
+        stripped = _telegraphic(stripped)
+    elif stripped and stripped != sentence.strip():
+        stripped = stripped[0].upper() + stripped[1:]
+    return stripped
+
+
+def _flatten_json(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, Mapping):
+        out: list[str] = []
+        for k, v in value.items():
+            out.extend(_flatten_json(v, f"{prefix}{k}="))
+        return out
+    if isinstance(value, list):
+        return [item for v in value[:50] for item in _flatten_json(v, prefix)]
+    return [f"{prefix}{value}"] if value not in (None, "") else []
+
+
+def _sentences_of(message: Message) -> list[str]:
+    text = message.text.strip()
+    if message.role == "tool" and text[:1] in "[{":
+        try:
+            return _flatten_json(json.loads(text))
+        except ValueError:
+            pass
+    parts = [p for p in _SENTENCE_SPLIT.split(text) if p and p.strip()]
+    tool_calls = _tool_call_text(message)
+    return [*parts, tool_calls] if tool_calls else parts
+
+
+def _truncate_tokens(text: str, max_tokens: int) -> str:
+    encoding = get_encoding("o200k_base")
+    ids = encoding.encode(text, disallowed_special=())
+    if len(ids) <= max_tokens:
+        return text
+    return encoding.decode(ids[: max(1, max_tokens - 1)]).rstrip() + "…"
+
+
+class ExtractiveSummarizer:
+    """A summarizer without an LLM: keeps the sentences that carry facts and decisions.
+
+    Each sentence of the folded messages is scored by the facts it states (numbers, dates,
+    times, money, ids, proper names, quoted strings) and the decisions it records
+    (book, confirm, cancel, want, instead, ...). Pleasantries are dropped, sentences
+    already in the summary are skipped, and when the budget is short the sentences with
+    the most fact per token win, kept in their original order under a ``Role:`` label.
+    Compaction reruns the same selection over the summary, preferring recent sentences
+    and sentences whose facts no other kept sentence states.
+
+    Args:
+        min_score: sentences scoring below this are kept only while the budget has room
+            for them after every scoring sentence (0 keeps any non-filler sentence).
+        telegraphic: drop pronouns, auxiliaries and politeness from kept sentences
+            ("Could you book Nopa for 4?" -> "Book Nopa for 4?"), about a fifth fewer tokens.
+        model: model name for token counting (``None``: o200k_base).
+    """
+
+    def __init__(
+        self, *, min_score: float = 0.0, telegraphic: bool = True, model: str | None = None
+    ) -> None:
+        if min_score < 0:
+            raise ValueError(f"ExtractiveSummarizer min_score must be >= 0, got {min_score}")
+        self.min_score = min_score
+        self.telegraphic = telegraphic
+        self.model = model
+
+    def summarize(self, messages: Sequence[Message], previous_summary: str, max_tokens: int) -> str:
+        """A section covering ``messages``, in at most ``max_tokens`` tokens."""
+        if max_tokens <= 0:
+            return ""
+        messages = to_messages(messages)
+        compaction = is_compaction(messages)
+        candidates = self._candidates(messages, "" if compaction else previous_summary, compaction)
+        return self._select(candidates, max_tokens, compaction)
+
+    async def asummarize(
+        self, messages: Sequence[Message], previous_summary: str, max_tokens: int
+    ) -> str:
+        """Same as ``summarize``: there is no I/O to await."""
+        return self.summarize(messages, previous_summary, max_tokens)
+
+    def _candidates(
+        self, messages: Sequence[Message], previous_summary: str, compaction: bool
+    ) -> list[_Sentence]:
+        known = previous_summary.lower()
+        seen: set[str] = set()
+        out: list[_Sentence] = []
+        for m in messages:
+            if compaction:
+                # A summary line is "Label: sentences"; keep the label with each sentence.
+                pairs: list[tuple[str, str]] = []
+                for line in m.text.splitlines():
+                    label, sep, body = line.partition(": ")
+                    if not sep or not (label in _LABELS or label.startswith("Tool ")):
+                        label, body = "", line
+                    pairs.extend((label, s) for s in _SENTENCE_SPLIT.split(body) if s.strip())
+            else:
+                label = _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
+                pairs = [(label, s) for s in _sentences_of(m)]
+            for label, raw in pairs:
+                text = raw.strip() if compaction else _clean(raw, self.telegraphic)
+                key = text.lower()
+                if len(text) < 2 or key in seen or _is_filler(text) or (known and key in known):
+                    continue
+                seen.add(key)
+                score, facts = _features(text)
+                tokens = count_text(text, self.model) + 1
+                out.append(_Sentence(len(out), label, text, score, facts, tokens))
+        return out
+
+    def _select(self, candidates: list[_Sentence], max_tokens: int, compaction: bool) -> str:
+        """Everything if it fits; else the most fact per token, then plain sentences."""
+        if sum(c.tokens + 2 for c in candidates) <= max_tokens:
+            return self._render(candidates, max_tokens)
+        budget = max_tokens
+        n = max(len(candidates), 1)
+        scoring = [c for c in candidates if c.score > 0 and c.score >= self.min_score]
+        chosen: list[_Sentence] = []
+        covered: set[str] = set()
+
+        def value(c: _Sentence) -> float:
+            repeated = len(c.facts & covered)  # facts a kept sentence already states
+            recency = 1.5 * c.order / n if compaction else 0.0
+            return (c.score - 2.0 * repeated + recency) / (c.tokens + 2)
+
+        while scoring and budget > 2:
+            best = max(scoring, key=value)
+            scoring.remove(best)
+            if best.tokens + 2 <= budget:
+                chosen.append(best)
+                covered |= best.facts
+                budget -= best.tokens + 2
+            elif not chosen and budget > 8:  # one long sentence: keep its head
+                text = _truncate_tokens(best.text, budget - 3)
+                chosen.append(replace(best, text=text, tokens=budget - 2))
+                budget = 0
+        plain = sorted(
+            (c for c in candidates if c not in chosen and c.score <= 0), key=lambda c: -c.order
+        )
+        for c in plain:  # the most recent plain sentences, while room is left
+            if c.tokens + 2 <= budget:
+                chosen.append(c)
+                budget -= c.tokens + 2
+        chosen.sort(key=lambda c: c.order)
+        return self._render(chosen, max_tokens)
+
+    def _render(self, chosen: list[_Sentence], max_tokens: int) -> str:
+        lines: list[str] = []
+        last_label: str | None = None
+        for c in chosen:
+            if c.label == last_label and lines:
+                lines[-1] += " " + c.text
+            else:
+                lines.append(f"{c.label}: {c.text}" if c.label else c.text)
+                last_label = c.label
+        text = "\n".join(lines)
+        if count_text(text, self.model) > max_tokens:  # labels and joins can overshoot
+            text = _truncate_tokens(text, max_tokens)
+        return text
+
+
+# ---------------------------------------------------------------- chat model
+
+DEFAULT_SECTION_PROMPT = (
+    "You maintain the running summary of a conversation for an AI assistant. Your text "
+    "replaces the new messages below in the assistant's context, so keep every fact a later "
+    "turn may need: names, numbers, dates, times, places, ids, amounts, and every decision, "
+    "request and open task. Write terse lines. Do not repeat anything the existing summary "
+    "already says. Use at most {max_tokens} tokens and reply with the summary text only."
+)
+DEFAULT_COMPACTION_PROMPT = (
+    "Rewrite the conversation summary below into at most {max_tokens} tokens. Keep every "
+    "name, number, date, time, place, id, amount and decision that is still relevant; drop "
+    "repetition and superseded details. Reply with the summary text only."
+)
+
+
+def _model_name(model: Any) -> str | None:
+    for attr in ("model_name", "model", "model_id", "deployment_name"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    source: str
+
+
+class ChatModelSummarizer:
+    """A summarizer backed by any LangChain chat model, with capped output and a ledger row.
+
+    The model is duck-typed (``invoke``/``ainvoke``, optional ``bind``), so this module
+    does not import LangChain. Output is capped by binding ``max_tokens`` (or
+    ``max_tokens_param``) to ``min(max_output_tokens, the pruner's section budget)``. With a
+    ledger, every call, failed ones included, is recorded as ``LedgerRecord(kind="llm",
+    route="summary")`` with the provider's usage, or an estimate from graphthrift.tokens
+    (``usage_source="estimated"``) when the model reports none. The call's metadata carries
+    ``graphthrift_ledger_recorded=True`` so a cost-tagging callback can skip it.
+
+    Args:
+        model: a LangChain chat model (or any Runnable that takes a list of role/content
+            dicts and returns a message with ``content``).
+        max_output_tokens: hard cap on the summary's length (env
+            ``GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS``; default: the pruner's section budget).
+        ledger: where to record the call (anything with ``record(LedgerRecord)``).
+        model_name: the name to record; default read from the model's attributes.
+        max_tokens_param: the keyword the model takes for its output cap.
+        prompt, compaction_prompt: system prompts; ``{max_tokens}`` is filled in.
+        tenant_id, feature, prompt_version, node, thread_id, run_id: ledger tags.
+
+    Example:
+        >>> from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+        >>> fake = GenericFakeChatModel(messages=iter(["User booked Nopa for 4."]))
+        >>> ChatModelSummarizer(fake).summarize([Message("user", "Book Nopa for 4")], "", 64)
+        'User booked Nopa for 4.'
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_output_tokens: int | None = None,
+        ledger: Any | None = None,
+        model_name: str | None = None,
+        max_tokens_param: str = "max_tokens",
+        prompt: str = DEFAULT_SECTION_PROMPT,
+        compaction_prompt: str = DEFAULT_COMPACTION_PROMPT,
+        tenant_id: str | None = None,
+        feature: str | None = None,
+        prompt_version: str | None = None,
+        node: str | None = None,
+        thread_id: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if not (hasattr(model, "invoke") or hasattr(model, "ainvoke")):
+            raise TypeError(
+                f"ChatModelSummarizer needs a LangChain chat model with invoke/ainvoke, "
+                f"got {type(model).__name__!r}"
+            )
+        if max_output_tokens is None and os.environ.get("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"):
+            max_output_tokens = int(os.environ["GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"])
+        if max_output_tokens is not None and max_output_tokens <= 0:
+            raise ValueError(f"max_output_tokens must be > 0, got {max_output_tokens}")
+        if ledger is not None and not hasattr(ledger, "record"):
+            raise TypeError(
+                f"ledger must have a record(LedgerRecord) method, got {type(ledger).__name__!r}"
+            )
+        self.model = model
+        self.max_output_tokens = max_output_tokens
+        self.ledger = ledger
+        self.model_name = model_name or _model_name(model)
+        self.max_tokens_param = max_tokens_param
+        self.prompt = prompt
+        self.compaction_prompt = compaction_prompt
+        self.tags = {
+            "tenant_id": tenant_id,
+            "feature": feature,
+            "prompt_version": prompt_version,
+            "node": node,
+            "thread_id": thread_id,
+            "run_id": run_id,
+        }
+        self._bound: dict[int, Any] = {}
+
+    # One implementation for both paths: build the request, then finish from the response.
+    def _request(
+        self, messages: Sequence[Message], previous_summary: str, max_tokens: int
+    ) -> tuple[Any, list[dict[str, str]], int]:
+        cap = (
+            max_tokens
+            if self.max_output_tokens is None
+            else min(max_tokens, self.max_output_tokens)
+        )
+        cap = max(cap, 1)
+        messages = to_messages(messages)
+        if is_compaction(messages):
+            system = self.compaction_prompt.format(max_tokens=cap)
+            user = "\n\n".join(m.text for m in messages)
+        else:
+            system = self.prompt.format(max_tokens=cap)
+            user = (
+                f"Existing summary:\n{previous_summary.strip() or '(none)'}\n\n"
+                f"New messages:\n{render_transcript(messages)}"
+            )
+        request = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self._runnable(cap), request, cap
+
+    def _runnable(self, cap: int) -> Any:
+        if cap not in self._bound:
+            bind = getattr(self.model, "bind", None)
+            self._bound[cap] = (
+                bind(**{self.max_tokens_param: cap}) if callable(bind) else self.model
+            )
+        return self._bound[cap]
+
+    @staticmethod
+    def _config() -> dict[str, Any]:
+        return {
+            "run_name": "graphthrift_summary",
+            "tags": ["graphthrift:summary"],
+            "metadata": {
+                "route": "summary",
+                "lc_source": "summarization",
+                "graphthrift_ledger_recorded": True,
+            },
+        }
+
+    def _usage(self, response: Any, request: list[dict[str, str]], text: str) -> _Usage:
+        meta = getattr(response, "usage_metadata", None)
+        if isinstance(meta, Mapping):
+            inp = plausible_tokens("input_tokens", meta.get("input_tokens"))
+            out = plausible_tokens("output_tokens", meta.get("output_tokens"))
+            if inp is not None and out is not None and (inp or out):
+                details = meta.get("input_token_details") or {}
+                cached = (
+                    plausible_tokens("cached_tokens", details.get("cache_read"))
+                    if isinstance(details, Mapping)
+                    else None
+                )
+                return _Usage(inp, out, cached or 0, "provider")
+        estimate_in = count_messages(request, self.model_name).tokens
+        return _Usage(estimate_in, count_text(text, self.model_name), 0, "estimated")
+
+    def _record(self, usage: _Usage | None, started: float, error: BaseException | None) -> None:
+        if self.ledger is None:
+            return
+        tags = {k: clean_tag(k, v) for k, v in self.tags.items()}
+        record = LedgerRecord(
+            tenant_id=tags["tenant_id"],
+            feature=tags["feature"],
+            prompt_version=tags["prompt_version"],
+            node=tags["node"],
+            thread_id=tags["thread_id"],
+            run_id=tags["run_id"],
+            kind="llm",
+            route="summary",
+            model=self.model_name,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            usage_source=usage.source if usage else "none",
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            success=error is None,
+            error_type=None if error is None else _error_type(error),
+            layer="history",
+        )
+        try:
+            self.ledger.record(record)
+        except Exception as exc:  # the ledger must never break the user's turn
+            diagnostics.count(
+                "ledger_record_failed", "graphthrift: summary ledger record failed: %s", exc
+            )
+
+    def _finish(self, response: Any, request: list[dict[str, str]], started: float) -> str:
+        raw = getattr(response, "content", response)
+        text = content_text(raw).strip() if not isinstance(raw, str) else raw.strip()
+        self._record(self._usage(response, request, text), started, None)
+        return text
+
+    def summarize(self, messages: Sequence[Message], previous_summary: str, max_tokens: int) -> str:
+        """Ask the model for the section covering ``messages``; record the call."""
+        runnable, request, _ = self._request(messages, previous_summary, max_tokens)
+        started = time.perf_counter()
+        try:
+            response = runnable.invoke(request, config=self._config())
+        except Exception as exc:
+            self._record(None, started, exc)
+            raise
+        return self._finish(response, request, started)
+
+    async def asummarize(
+        self, messages: Sequence[Message], previous_summary: str, max_tokens: int
+    ) -> str:
+        """Async twin of ``summarize``."""
+        runnable, request, _ = self._request(messages, previous_summary, max_tokens)
+        started = time.perf_counter()
+        try:
+            response = await runnable.ainvoke(request, config=self._config())
+        except Exception as exc:
+            self._record(None, started, exc)
+            raise
+        return self._finish(response, request, started)
+
+
+def _error_type(error: BaseException) -> str:
+    name = type(error).__name__.lower()
+    if "timeout" in name:
+        return "timeout"
+    if "ratelimit" in name or "rate_limit" in name:
+        return "rate_limit"
+    if "badrequest" in name or "invalid" in name:
+        return "bad_request"
+    return "other"
