@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -32,4 +34,7 @@ def test_readme_block_runs(
     block: str, store: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
+    # A real module, so libraries that resolve annotations (TypedDict states) can find names.
+    module = types.ModuleType("readme_block")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(block, str(README), "exec"), module.__dict__)
