@@ -7,8 +7,8 @@ indexed columns, and serves the nearest entry when the policy accepts its simila
 
 - ``policy="static"`` with ``threshold`` (tune it with ``graphthrift cache tune``);
 - ``policy="adaptive"`` with ``max_error=δ``: per-entry thresholds learned from observed
-  reuse, serving only when P(correct) >= 1 - δ at the lower confidence bound (see
-  ``graphthrift._cache_policy``).
+  reuse (verified misses and ``feedback``), serving when the entry's posterior P(correct)
+  keeps served hits wrong with probability at most δ (see ``graphthrift._cache_policy``).
 
 Guarantees:
 

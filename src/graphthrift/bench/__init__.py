@@ -13,4 +13,5 @@ BENCHMARKS: dict[str, str] = {
     "cache": "graphthrift.bench.cache",
     "route": "graphthrift.bench.route",
     "budget": "graphthrift.bench.budget",
+    "stack": "graphthrift.bench.stack",
 }

@@ -9,6 +9,8 @@ _EXPORTS = {
     "GraphthriftLangChainCache": ".cache",
     "ExtractiveDocumentCompressor": ".compress",
     "CompressorDocumentCompressor": ".compress",
+    "SimulatedChatModel": ".sim",
+    "chat_model_from_env": ".sim",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
