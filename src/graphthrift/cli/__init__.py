@@ -145,18 +145,29 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 def _bench_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """Run every benchmark with its defaults; one JSON object per layer."""
+    """Run every layer's benchmark, then the savings stack; one JSON object per layer.
+
+    The result holds each benchmark's figures under its name, and ``stack`` as DESIGN.md
+    fixes it (a list of {layer, cost_usd, saved_fraction, quality}), with the stack's full
+    detail under ``stack_detail``.
+    """
     parser = build_parser()
+    modules = _bench_modules()
     results: dict[str, Any] = {}
-    for name in _bench_modules():
-        console.rule(f"bench {name}")
+    for name, module in modules.items():
+        console.rule(f"graphthrift bench {name}")
         argv = ["bench", name] + (["--quick"] if args.quick else [])
         if args.url:
             argv = ["--url", args.url, *argv]
         sub_args = parser.parse_args(argv)
         sub_args.json = None
-        results[name] = _bench_modules()[name].run(sub_args, console)
+        results[name] = module.run(sub_args, console)
+    if "stack" in results:
+        detail = results.pop("stack")
+        results["stack"] = detail.get("stack", [])
+        results["stack_detail"] = detail
     write_json(results, args.json or "bench-results/bench.json")
+    console.print(f"figures written to {args.json or 'bench-results/bench.json'}")
     return results
 
 
