@@ -575,3 +575,65 @@ def test_conversations_jsonl_reader_keeps_stated_facts_and_names_bad_lines(tmp_p
     with pytest.raises(ConversationFormatError) as err:
         load_conversations_jsonl(path)
     assert err.value.line == 2 and "role" in str(err.value)
+
+
+def test_extractive_facts_style_keeps_values_exact_and_dense() -> None:
+    text = (
+        "Sure, please confirm: booking a table for 2 people at Bird Dog in Palo Alto at "
+        "11:30 AM on March 1st. The address is 7 Mount Lassen Drive # D110, call 707-782-1948, "
+        "and the fee is $25.00 per day."
+    )
+    out = ExtractiveSummarizer().summarize([Message("assistant", text)], "", 200)
+    for fact in (
+        "2 people",
+        "Bird Dog in Palo Alto",
+        "11:30 AM",
+        "March 1st",
+        "7 Mount Lassen Drive # D110",
+        "707-782-1948",
+        "$25.00",
+    ):
+        assert fact in out, (fact, out)
+    assert count_text(out) < count_text(text) * 0.8  # denser than the message itself
+    assert out.startswith("Assistant: ")
+
+
+def test_extractive_facts_style_keeps_titles_and_addresses_whole() -> None:
+    msgs = [
+        Message("assistant", "What about Close Encounters of the Third Kind? It is rated 4.6."),
+        Message("assistant", "It is at 1003 Coast Boulevard, La Jolla, California 92037."),
+        Message("user", "I want the car till the 2nd, at six in the evening."),
+    ]
+    out = ExtractiveSummarizer().summarize(msgs, "", 200)
+    for fact in (
+        "Close Encounters of the Third Kind",
+        "4.6",
+        "1003 Coast Boulevard, La Jolla, California 92037",
+        "the 2nd",
+        "six in the evening",
+    ):
+        assert fact in out, (fact, out)
+
+
+def test_extractive_facts_style_drops_superseded_values_first() -> None:
+    msgs = [Message("user", f"Book it for {h} pm.") for h in range(1, 10)]
+    msgs.append(Message("user", "Address: Nopa, 560 Divisadero Street, San Francisco."))
+    out = ExtractiveSummarizer().summarize(msgs, "", 24)
+    assert count_text(out) <= 24
+    assert "9 pm" in out and "560 Divisadero Street" in out
+    assert "1 pm" not in out  # the earliest time, superseded by later ones, goes first
+
+
+def test_extractive_facts_style_skips_values_the_summary_has() -> None:
+    s = ExtractiveSummarizer()
+    msg = Message("user", "Please fly on May 3rd. My seat is 14C.")
+    out = s.summarize([msg], "User: May 3rd", 50)
+    assert "May 3rd" not in out and "14C" in out
+
+
+def test_extractive_sentences_style_is_still_available() -> None:
+    s = ExtractiveSummarizer(style="sentences")
+    out = s.summarize([Message("user", "Hi! Book a table at Nopa for 4 on May 3rd.")], "", 40)
+    assert out.startswith("User: Book") and "Nopa for 4 on May 3rd." in out and "Hi" not in out
+    with pytest.raises(ValueError):
+        ExtractiveSummarizer(style="bullets")  # type: ignore[arg-type]
