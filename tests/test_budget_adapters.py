@@ -13,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from graphthrift.budget import Budget
@@ -192,4 +193,117 @@ def test_llamaindex_budgeted_llm(store: Any, tenant: str) -> None:
     _spend(budget, {"tenant_id": tenant}, 350)
     with pytest.raises(BudgetExceeded):
         llm.chat([ChatMessage(role="user", content="more")])
+    assert budget.usage({"tenant_id": tenant})["tenant"]["reserved_tokens"] == 0
+
+
+class CapFake(type(usage_model())):  # type: ignore[misc]
+    """The fake chat model, recording the max_tokens each call was sent with."""
+
+    seen: list[Any] = Field(default_factory=list)
+    max_tokens: int | None = None
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        self.seen.append(kw.get("max_tokens"))
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kw)
+
+    async def _agenerate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> Any:
+        return self._generate(messages, stop=stop, **kw)
+
+
+def _cap_fake(text: str = "Capped.") -> Any:
+    base = usage_model(text, input_tokens=30, output_tokens=10)
+    return CapFake(messages=base.messages, usage=base.usage, model_name=MODEL, seen=[])
+
+
+def test_budget_middleware_caps_output_at_the_reservation(store: Any, tenant: str) -> None:
+    budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=77)
+    tags = {"tenant_id": tenant}
+    model = _cap_fake()
+    agent = create_agent(model, middleware=[BudgetMiddleware(budget)])
+    agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+    assert model.seen == [77]
+    # a smaller cap of the model's own is kept (and is what gets reserved)
+    model.max_tokens = 20
+
+    async def go() -> Any:
+        try:
+            return await agent.ainvoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+        finally:
+            await store.async_engine.dispose()
+
+    asyncio.run(go())
+    assert model.seen == [77, 20]
+    free = create_agent(model, middleware=[BudgetMiddleware(budget, max_tokens_param=None)])
+    free.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+    assert model.seen[-1] is None
+
+
+class CapState(State, total=False):
+    budget_max_tokens: int | None
+
+
+def test_langgraph_guard_caps_the_model_node(store: Any, tenant: str) -> None:
+    from graphthrift.langgraph.budget import budget_max_tokens
+
+    budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=64)
+    guard = budget_guard(budget, model=MODEL)
+    model = _cap_fake()
+    seen_state: list[int | None] = []
+
+    def own_node(state: Any) -> dict[str, Any]:
+        seen_state.append(budget_max_tokens(state))
+        return {"messages": [guard.capped(model, state).invoke(state["messages"])]}
+
+    for node in (guard.model_node(model), own_node):
+        builder = StateGraph(CapState)
+        builder.add_node("guard", guard.guard)
+        builder.add_node("model", node)
+        builder.add_node("settle", guard.settle)
+        builder.add_edge(START, "guard")
+        builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": END})
+        builder.add_edge("model", "settle")
+        builder.add_edge("settle", END)
+        out = builder.compile().invoke(
+            {"messages": [HumanMessage("hello")]}, {"metadata": {"tenant_id": tenant}}
+        )
+        assert out["messages"][-1].content == "Capped."
+        assert out["budget_max_tokens"] is None  # cleared by settle
+    assert model.seen == [64, 64] and seen_state == [64]
+    assert budget_max_tokens({"budget_reservation": {"output_tokens": 9}}) == 9
+    assert guard.capped(model, {}) is model
+
+
+def test_llamaindex_budgeted_llm_caps_output(store: Any, tenant: str) -> None:
+    from llama_index.core.llms import ChatMessage, CompletionResponse, CustomLLM, LLMMetadata
+    from llama_index.core.llms.callbacks import llm_completion_callback
+
+    class CapLLM(CustomLLM):
+        max_tokens: int | None = None
+        seen: list[Any] = Field(default_factory=list)
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(model_name=MODEL)
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kw: Any) -> Any:
+            self.seen.append(kw.get("max_tokens"))
+            return CompletionResponse(text="ok")
+
+        @llm_completion_callback()
+        def stream_complete(self, prompt: str, formatted: bool = False, **kw: Any) -> Any:
+            self.seen.append(kw.get("max_tokens"))
+            yield CompletionResponse(text="ok", delta="ok")
+
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    inner = CapLLM(seen=[])
+    budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=50)
+    llm = BudgetedLLM(llm=inner, budget=budget, tags={"tenant_id": tenant})
+    llm.chat([ChatMessage(role="user", content="hello")])
+    llm.complete("hi", max_tokens=10)
+    list(llm.stream_complete("hi"))
+    assert inner.seen == [50, 10, 50]
     assert budget.usage({"tenant_id": tenant})["tenant"]["reserved_tokens"] == 0

@@ -153,3 +153,54 @@ def test_classifier_learns_labels(tmp_path: Any) -> None:
     assert router.route("How do I unblock my card?").tier == "cheap"
     with pytest.raises(ValueError):
         DifficultyClassifier().fit(easy, [0] * 5)
+
+
+class CountingEmbedder:
+    """A deterministic bag-of-characters embedder that counts what it is asked to embed."""
+
+    model_id = "counting"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def embed(self, texts: Any) -> Any:
+        import numpy as np
+
+        self.seen.extend(texts)
+        out = np.zeros((len(texts), 8))
+        for i, text in enumerate(texts):
+            for ch in text:
+                out[i, ord(ch) % 8] += 1.0
+        return out
+
+
+def test_classifier_embeds_a_short_window_once(tmp_path: Any) -> None:
+    embedder = CountingEmbedder()
+    easy = ["How do I reset my pin?", "Where is my card?", "What is my balance?"]
+    hard = ["Compare A and B, then explain why.", "Derive the equation step by step."] * 2
+    clf = DifficultyClassifier(embedder, embed_chars=16, cache_size=2).fit(
+        easy + hard, [0] * 3 + [1] * 4
+    )
+    embedder.seen.clear()
+    long_text = "context " * 200 + "\nCompare X and Y and then explain why?"
+    batch = clf.predict_proba([long_text, "Where is my card?"])
+    assert all(len(t) <= 16 for t in embedder.seen)
+    one = clf.predict_one(long_text)
+    assert (
+        abs(one - batch[0]) < 1e-9 and abs(clf.predict_one("Where is my card?") - batch[1]) < 1e-9
+    )
+    embedder.seen.clear()
+    for _ in range(3):
+        clf.predict_one(long_text)
+    assert embedder.seen == []  # served from the LRU
+    clf.predict_one("a")
+    clf.predict_one("b")  # evicts long_text's window (cache_size=2)
+    clf.predict_one(long_text)
+    assert embedder.seen == ["a", "b", long_text[-16:]]
+    clf.cache_clear()
+    clf.predict_one(long_text)
+    assert embedder.seen[-1] == long_text[-16:] and len(embedder.seen) == 4
+    path = tmp_path / "w.npz"
+    clf.save(path)
+    loaded = DifficultyClassifier.load(path, embedder)
+    assert loaded.embed_chars == 16 and abs(loaded.predict_one(long_text) - one) < 1e-9

@@ -181,6 +181,15 @@ class Reservation:
     actual_tokens: int | None = None
     created: float = field(default_factory=time.monotonic)
 
+    @property
+    def max_output_tokens(self) -> int:
+        """The output tokens this reservation holds: cap the model call's output at this.
+
+        A call that produces more than it reserved could push concurrent runs past the
+        limit by more than one reservation, so adapters pass it as the call's max_tokens.
+        """
+        return self.estimate.output_tokens
+
     def as_state(self) -> dict[str, Any]:
         """A JSON-safe dict (for graph state), readable by ``Budget.reservation_from_state``."""
         return {

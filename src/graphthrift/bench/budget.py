@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import machine, percentiles, scratch_store
+from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
 from graphthrift.budget import Budget, Shortfall
 from graphthrift.store import Store
 
@@ -111,4 +111,5 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "reserve_ms p50/p95", f"{figures['reserve_ms']['p50']}/{figures['reserve_ms']['p95']}"
     )
     console.print(table)
+    write_json(figures, getattr(args, "json", None))
     return figures

@@ -20,7 +20,7 @@ from langgraph.types import interrupt
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall, tags_from_metadata
 from graphthrift.usage import read_usage
 
-__all__ = ["BudgetGuard", "budget_guard", "route_on_budget"]
+__all__ = ["BudgetGuard", "budget_guard", "budget_max_tokens", "route_on_budget"]
 
 MessagesFn = Callable[[list[Any]], Sequence[Any]]
 
@@ -52,6 +52,24 @@ def _ask_human(shortfall: Shortfall) -> bool:
         }
     )
     return answer is True or (isinstance(answer, str) and answer.lower() in ("approve", "yes"))
+
+
+def budget_max_tokens(state: Any) -> int | None:
+    """The output tokens the open reservation holds (``budget_max_tokens``), or None.
+
+    The model node should cap its call at this (``model.bind(max_tokens=...)``, or
+    ``BudgetGuard.capped``): a call that writes more than it reserved breaks the bound on
+    what concurrent runs of one tenant can overspend.
+    """
+    value = _read(state, "budget_max_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raw = _read(state, "budget_reservation")
+    if isinstance(raw, Mapping):
+        out = raw.get("output_tokens")
+        if isinstance(out, int) and out > 0:
+            return out
+    return None
 
 
 def route_on_budget(state: Any) -> Literal["continue", "end"]:
@@ -95,6 +113,34 @@ class BudgetGuard:
             self._settle, afunc=self._asettle, name="budget_settle"
         )
 
+    def capped(self, model: Any, state: Any, *, param: str = "max_tokens") -> Any:
+        """``model`` bound so its output cannot exceed what the guard reserved.
+
+        For the model node between ``guard`` and ``settle``:
+        ``guard.capped(llm, state).invoke(state["messages"])``. ``param`` is the model's
+        output-cap keyword (``max_tokens`` for OpenAI, Anthropic and most chat models).
+        Without an open reservation the model is returned unchanged.
+        """
+        cap = budget_max_tokens(state)
+        return model if cap is None else model.bind(**{param: cap})
+
+    def model_node(
+        self, model: Any, *, param: str = "max_tokens"
+    ) -> RunnableLambda[Any, dict[str, Any]]:
+        """A model node that calls ``model`` on the messages, capped at the reservation."""
+        key = self.messages_key
+
+        def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
+            messages = list(_read(state, key) or [])
+            return {key: [self.capped(model, state, param=param).invoke(messages, config)]}
+
+        async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
+            messages = list(_read(state, key) or [])
+            bound = self.capped(model, state, param=param)
+            return {key: [await bound.ainvoke(messages, config)]}
+
+        return RunnableLambda(node, afunc=anode, name="budget_capped_model")
+
     def _kwargs(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
         return {
             "tags": _tags(config, self.tags),
@@ -113,6 +159,7 @@ class BudgetGuard:
             assert done.shortfall is not None
             out["budget_status"] = "ended"
             out["budget_reservation"] = None
+            out["budget_max_tokens"] = None
             out[self.messages_key] = [
                 AIMessage(
                     done.shortfall.message(),
@@ -123,6 +170,7 @@ class BudgetGuard:
         assert done.reservation is not None
         out["budget_status"] = "ok" if not done.steps else "degraded"
         out["budget_reservation"] = done.reservation.as_state()
+        out["budget_max_tokens"] = done.reservation.max_output_tokens
         if done.messages is not before and any(s in ("compress", "summarize") for s in done.steps):
             out[self.messages_key] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *done.messages]
         return out
@@ -161,13 +209,13 @@ class BudgetGuard:
         reservation, usage = self._usage(state)
         if reservation is not None:
             self.budget.settle(reservation, **usage)
-        return {"budget_reservation": None}
+        return {"budget_reservation": None, "budget_max_tokens": None}
 
     async def _asettle(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
         reservation, usage = self._usage(state)
         if reservation is not None:
             await self.budget.asettle(reservation, **usage)
-        return {"budget_reservation": None}
+        return {"budget_reservation": None, "budget_max_tokens": None}
 
 
 def budget_guard(
@@ -190,6 +238,10 @@ def budget_guard(
         writes ``budget_status``: ``"ok"``, ``"degraded"`` (a rung ran) or ``"ended"``.
         writes ``budget_steps``: the rungs carried out; ``budget_reservation``: the open
             reservation (a dict), cleared by ``settle``.
+        writes ``budget_max_tokens``: the output tokens reserved; the model node must cap
+            its call at it (``guard.capped(llm, state)``, or ``guard.model_node(llm)`` as
+            the model node), else one call can spend more than it held. Read it with
+            ``budget_max_tokens(state)`` (it falls back to ``budget_reservation``).
         writes ``messages_key``: after compress/summarize, the whole list is replaced
             (``RemoveMessage(REMOVE_ALL_MESSAGES)`` + the new list); on ``end`` an
             ``AIMessage`` explaining the stop is appended.
@@ -205,7 +257,8 @@ def budget_guard(
 
     Returns:
         A ``BudgetGuard``: add ``.guard`` before the model node, ``.settle`` after it, and
-        ``route_on_budget`` as the conditional edge out of the guard.
+        ``route_on_budget`` as the conditional edge out of the guard. ``.model_node(llm)``
+        is a model node that honours the reserved output cap.
 
     Raises:
         UnknownModelPrice: the budget has cost limits and a model has no price.
@@ -213,6 +266,7 @@ def budget_guard(
     Example:
         >>> g = budget_guard(Budget(store, max_usd={"tenant": 1.0}), model="gpt-4o-mini")
         >>> builder.add_node("guard", g.guard)
+        >>> builder.add_node("model", g.model_node(llm))
         >>> builder.add_node("settle", g.settle)
         >>> builder.add_conditional_edges("guard", route_on_budget,
         ...                               {"continue": "model", "end": END})

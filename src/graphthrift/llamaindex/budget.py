@@ -43,6 +43,10 @@ class BudgetedLLM(LLM):
         model_name: the priced model name (default: ``llm.metadata.model_name``).
         tags: tenant_id, feature, thread_id, run_id for the budget's scopes.
         compressor, summarizer: ``messages -> messages`` callables for those ladder rungs.
+        max_tokens_param: the per-call output cap keyword. When the wrapped LLM has that
+            field (OpenAI, Anthropic and most hosted LLMs have ``max_tokens``), each call is
+            sent with it set to the output tokens reserved, so a call cannot spend more
+            than it held. ``None`` never passes it.
 
     Example:
         >>> llm = BudgetedLLM(llm=OpenAI(model="gpt-4o-mini"), budget=budget,
@@ -57,6 +61,7 @@ class BudgetedLLM(LLM):
     tags: dict[str, Any] = Field(default_factory=dict)
     compressor: Callable[[list[Any]], Sequence[Any]] | None = None
     summarizer: Callable[[list[Any]], Sequence[Any]] | None = None
+    max_tokens_param: str | None = "max_tokens"
     _name: str = PrivateAttr(default="")
 
     def model_post_init(self, __context: Any) -> None:
@@ -75,31 +80,49 @@ class BudgetedLLM(LLM):
 
     # -- shared steps ---------------------------------------------------------------------
 
-    def _cap(self) -> int | None:
-        cap = getattr(self.llm, "max_tokens", None) or self.llm.metadata.num_output
+    def _supports_cap(self) -> bool:
+        """Whether the wrapped LLM takes a per-call ``max_tokens`` (OpenAI, Anthropic, ...)."""
+        if self.max_tokens_param is None:
+            return False
+        fields = getattr(type(self.llm), "model_fields", {})
+        return self.max_tokens_param in fields
+
+    def _cap(self, call: Mapping[str, Any]) -> int | None:
+        key = self.max_tokens_param or "max_tokens"
+        cap = call.get(key) or getattr(self.llm, key, None) or self.llm.metadata.num_output
         return cap if isinstance(cap, int) and cap > 0 else None
 
-    def _kwargs(self) -> dict[str, Any]:
+    def _kwargs(self, call: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "tags": self.tags,
             "compress": self.compressor,
             "summarize": self.summarizer,
-            "max_output_tokens": self._cap(),
+            "max_output_tokens": self._cap(call),
         }
 
-    def _reserve(self, messages: Sequence[Any]) -> tuple[Reservation, list[Any]]:
-        done = self.budget.preflight(self._name, list(messages), **self._kwargs())
-        return self._accept(done)
+    def _reserve(
+        self, messages: Sequence[Any], call: dict[str, Any]
+    ) -> tuple[Reservation, list[Any], dict[str, Any]]:
+        done = self.budget.preflight(self._name, list(messages), **self._kwargs(call))
+        return self._accept(done, call)
 
-    async def _areserve(self, messages: Sequence[Any]) -> tuple[Reservation, list[Any]]:
-        done = await self.budget.apreflight(self._name, list(messages), **self._kwargs())
-        return self._accept(done)
+    async def _areserve(
+        self, messages: Sequence[Any], call: dict[str, Any]
+    ) -> tuple[Reservation, list[Any], dict[str, Any]]:
+        done = await self.budget.apreflight(self._name, list(messages), **self._kwargs(call))
+        return self._accept(done, call)
 
-    @staticmethod
-    def _accept(done: Any) -> tuple[Reservation, list[Any]]:
+    def _accept(
+        self, done: Any, call: dict[str, Any]
+    ) -> tuple[Reservation, list[Any], dict[str, Any]]:
         if done.outcome == "end":  # no LangGraph to end cleanly in: a hard stop
             raise done.shortfall.error()
-        return done.reservation, done.messages
+        reservation: Reservation = done.reservation
+        if self._supports_cap():
+            # the call may write at most what it reserved (the concurrency bound)
+            assert self.max_tokens_param is not None
+            call = {**call, self.max_tokens_param: reservation.max_output_tokens}
+        return reservation, done.messages, call
 
     def _usage(self, response: Any) -> dict[str, Any]:
         raw = getattr(response, "raw", None)
@@ -131,7 +154,7 @@ class BudgetedLLM(LLM):
     # -- chat -----------------------------------------------------------------------------
 
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        reservation, sent = self._reserve(messages)
+        reservation, sent, kwargs = self._reserve(messages, kwargs)
         try:
             response = self.llm.chat(sent, **kwargs)
         except BaseException:
@@ -141,7 +164,7 @@ class BudgetedLLM(LLM):
         return response
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        reservation, sent = await self._areserve(messages)
+        reservation, sent, kwargs = await self._areserve(messages, kwargs)
         try:
             response = await self.llm.achat(sent, **kwargs)
         except BaseException:
@@ -151,7 +174,7 @@ class BudgetedLLM(LLM):
         return response
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        reservation, sent = self._reserve(self._prompt(prompt))
+        reservation, sent, kwargs = self._reserve(self._prompt(prompt), kwargs)
         try:
             response = self.llm.complete(self._prompt_back(sent, prompt), formatted, **kwargs)
         except BaseException:
@@ -163,7 +186,7 @@ class BudgetedLLM(LLM):
     async def acomplete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponse:
-        reservation, sent = await self._areserve(self._prompt(prompt))
+        reservation, sent, kwargs = await self._areserve(self._prompt(prompt), kwargs)
         try:
             response = await self.llm.acomplete(
                 self._prompt_back(sent, prompt), formatted, **kwargs
@@ -177,7 +200,7 @@ class BudgetedLLM(LLM):
     # -- streaming: reserve before the first chunk, settle after the last ------------------
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        reservation, sent = self._reserve(messages)
+        reservation, sent, kwargs = self._reserve(messages, kwargs)
 
         def gen() -> Generator[ChatResponse, None, None]:
             last = None
@@ -192,7 +215,7 @@ class BudgetedLLM(LLM):
     def stream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
-        reservation, sent = self._reserve(self._prompt(prompt))
+        reservation, sent, kwargs = self._reserve(self._prompt(prompt), kwargs)
 
         def gen() -> Generator[CompletionResponse, None, None]:
             last = None
@@ -209,7 +232,7 @@ class BudgetedLLM(LLM):
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any
     ) -> ChatResponseAsyncGen:
-        reservation, sent = await self._areserve(messages)
+        reservation, sent, kwargs = await self._areserve(messages, kwargs)
         inner = await self.llm.astream_chat(sent, **kwargs)
 
         async def gen() -> AsyncGenerator[ChatResponse, None]:
@@ -225,7 +248,7 @@ class BudgetedLLM(LLM):
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        reservation, sent = await self._areserve(self._prompt(prompt))
+        reservation, sent, kwargs = await self._areserve(self._prompt(prompt), kwargs)
         inner = await self.llm.astream_complete(
             self._prompt_back(sent, prompt), formatted, **kwargs
         )

@@ -99,6 +99,11 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         model_name: the priced name of the agent's model (default: read from the model).
         allow_interrupt: enable the ``interrupt`` rung (default: when in the ladder).
         tags: fixed tags; the run's metadata and ``thread_id`` are added per call.
+        max_tokens_param: the model setting that caps a call's output (``max_tokens`` for
+            OpenAI, Anthropic and most chat models); each call is sent with it set to the
+            output tokens it reserved, so it cannot spend more than it held. ``None``
+            leaves the model's settings alone (the reservation then assumes the model
+            keeps to the budget's ``max_output_tokens``).
 
     Example:
         >>> agent = create_agent(model, tools, middleware=[
@@ -116,6 +121,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         model_name: str | None = None,
         allow_interrupt: bool | None = None,
         tags: Mapping[str, Any] | None = None,
+        max_tokens_param: str | None = "max_tokens",
     ) -> None:
         super().__init__()
         if not isinstance(budget, Budget):
@@ -134,6 +140,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             "interrupt" in budget.ladder if allow_interrupt is None else allow_interrupt
         )
         self.tags = dict(tags or {})
+        self.max_tokens_param = max_tokens_param
 
     def _inputs(self, request: ModelRequest[Any]) -> tuple[str, list[Any], dict[str, Any]]:
         name = self.model_name or model_name_of(request.model)
@@ -141,7 +148,8 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         if request.system_message is not None:
             messages.insert(0, request.system_message)
         settings = request.model_settings or {}
-        cap = settings.get("max_tokens") or getattr(request.model, "max_tokens", None)
+        key = self.max_tokens_param or "max_tokens"
+        cap = settings.get(key) or getattr(request.model, key, None)
         kwargs: dict[str, Any] = {
             "tags": _tags(self.tags),
             "cheaper_model": self.cheaper_name,
@@ -161,6 +169,11 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             if messages and messages[0] is request.system_message:
                 messages = messages[1:]
             overrides["messages"] = messages
+        if self.max_tokens_param is not None and done.reservation is not None:
+            # the call may produce at most what it reserved (the concurrency bound)
+            settings = dict(request.model_settings or {})
+            settings[self.max_tokens_param] = done.reservation.max_output_tokens
+            overrides["model_settings"] = settings
         return request.override(**overrides) if overrides else request
 
     @staticmethod

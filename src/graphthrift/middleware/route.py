@@ -8,7 +8,8 @@ agent's own tools declare) or errors. The logic is ``graphthrift.Router``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from langchain.agents.middleware.types import (
@@ -18,6 +19,8 @@ from langchain.agents.middleware.types import (
     ModelResponse,
 )
 from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
 
@@ -34,6 +37,24 @@ def _config() -> Mapping[str, Any]:
         return {}
 
 
+@contextmanager
+def _route_metadata(route: str) -> Iterator[None]:
+    """Run the model call with ``metadata["route"]`` set, so ``CostTagger`` records it.
+
+    ``create_agent`` invokes the bound model with no config, so the call inherits the
+    node's config from LangChain's context variable; a copy of it with the route added is
+    set for the duration of the call (``with_config`` would be lost in ``bind_tools``).
+    """
+    current = var_child_runnable_config.get()
+    config: RunnableConfig = {**(current or {})}
+    config["metadata"] = {**(config.get("metadata") or {}), "route": route}
+    token = var_child_runnable_config.set(config)
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
+
+
 class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Sends each model call to the cheapest adequate model, escalating when needed.
 
@@ -43,6 +64,9 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         validate_tool_args: also escalate when a cheap tool call's arguments do not match
             the tool's schema (or name an unknown tool).
         tags: fixed ledger tags; the run's metadata and ``thread_id`` are added per call.
+
+    Each model call runs with ``metadata["route"]`` set to ``cheap`` (the cheap model) or
+    ``escalated`` (the strong one), so ``CostTagger``'s llm rows carry the route too.
 
     Example:
         >>> router = Router(cheap="gpt-4o-mini", strong="gpt-4o", ledger=ledger)
@@ -84,6 +108,9 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         validator = self._tool_validator(request)
         return () if validator is None else (validator,)
 
+    def _route_of(self, name: str) -> str:
+        return "cheap" if name == self.router.cheap else "escalated"
+
     def _context(self, request: ModelRequest[Any]) -> tuple[str | None, dict[str, Any]]:
         config = _config()
         thread = (config.get("configurable") or {}).get("thread_id")
@@ -99,7 +126,8 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         thread, tags = self._context(request)
 
         def call(name: str) -> ModelResponse[Any]:
-            return handler(request.override(model=self.models[name]))
+            with _route_metadata(self._route_of(name)):
+                return handler(request.override(model=self.models[name]))
 
         result = self.router.run(
             request.messages,
@@ -121,7 +149,8 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         thread, tags = self._context(request)
 
         async def call(name: str) -> ModelResponse[Any]:
-            return await handler(request.override(model=self.models[name]))
+            with _route_metadata(self._route_of(name)):
+                return await handler(request.override(model=self.models[name]))
 
         result = await self.router.arun(
             request.messages,
