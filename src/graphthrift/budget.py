@@ -154,6 +154,23 @@ class Shortfall:
         """The ``BudgetExceeded`` to raise for this shortfall."""
         return BudgetExceeded(self.limit_name, self.limit, self.spent, self.scope, self.requested)
 
+    def interrupt_payload(self) -> dict[str, Any]:
+        """What a human is shown when a run pauses on this shortfall (LangGraph ``interrupt``)."""
+        return {
+            "type": "budget",
+            "limit_name": self.limit_name,
+            "scope": self.scope,
+            "limit": self.limit,
+            "spent": self.spent,
+            "requested": self.requested,
+            "question": "Approve this model call past the budget? Resume with True to approve.",
+        }
+
+    @staticmethod
+    def approved(answer: Any) -> bool:
+        """Whether a human's resume value approves the call (True, "approve" or "yes")."""
+        return answer is True or (isinstance(answer, str) and answer.lower() in ("approve", "yes"))
+
     def message(self) -> str:
         """A sentence for the user when the run ends on this shortfall."""
         return (

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Date as SADate
 from sqlalchemy import and_, case, cast, func, select
@@ -34,24 +34,12 @@ from graphthrift import diagnostics
 from graphthrift._schema import LEDGER_TABLE, ledger_table
 from graphthrift.errors import GraphthriftError
 from graphthrift.prices import PriceBook, default_price_book
-from graphthrift.records import RECORD_COLUMNS, LedgerRecord
+from graphthrift.records import RECORD_COLUMNS, TAG_FIELDS, LedgerRecord
 from graphthrift.store import Store
 
 logger = logging.getLogger("graphthrift.ledger")
 
-REPORT_KEYS: tuple[str, ...] = (
-    "tenant_id",
-    "feature",
-    "route",
-    "prompt_version",
-    "model",
-    "node",
-    "thread_id",
-    "run_id",
-    "day",
-    "kind",
-    "layer",
-)
+REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
 _FILTERABLE = frozenset(RECORD_COLUMNS) - {"extra"}
 _COPY_SQL = f"COPY {LEDGER_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
 _JSON_FIELDS = {f.name for f in fields(LedgerRecord) if f.name == "extra"}
@@ -281,7 +269,7 @@ class Ledger:
 
     def remove_listener(self, listener: Callable[[Sequence[LedgerRecord]], None]) -> None:
         """Stop calling ``listener``."""
-        self._listeners = [fn for fn in self._listeners if fn is not listener]
+        self._listeners = [fn for fn in self._listeners if fn != listener]  # bound methods: ==
 
     def _notify(self, records: Sequence[LedgerRecord]) -> None:
         for listener in self._listeners:
@@ -493,6 +481,40 @@ def _materialise(batch: list[Any]) -> list[Any]:
 
 class _Skipped:
     """Placeholder for a deferred record that produced nothing: counted as handled."""
+
+
+class LedgerObserver:
+    """Base for what watches committed ledger batches: metrics, trace exporters.
+
+    Subclasses implement ``observe(records)``; it runs on the ledger's writer thread after each
+    committed batch, so the user's call never pays for it. ``attach`` is idempotent.
+    """
+
+    _ledgers: list[Ledger]
+
+    def observe(self, records: Sequence[LedgerRecord]) -> None:
+        raise NotImplementedError
+
+    def _attached(self) -> list[Ledger]:
+        if "_ledgers" not in self.__dict__:
+            self._ledgers = []
+        return self._ledgers
+
+    def attach(self, ledger: Ledger) -> Self:
+        """Start observing ``ledger``'s committed batches; returns ``self``."""
+        attached = self._attached()
+        if not any(existing is ledger for existing in attached):
+            ledger.add_listener(self.observe)
+            attached.append(ledger)
+        return self
+
+    def detach(self, ledger: Ledger | None = None) -> None:
+        """Stop observing ``ledger`` (every attached ledger when None)."""
+        attached = self._attached()
+        targets = list(attached) if ledger is None else [ledger]
+        for target in targets:
+            target.remove_listener(self.observe)
+        self._ledgers = [led for led in attached if not any(led is t for t in targets)]
 
 
 def _conditions(

@@ -200,3 +200,26 @@ def to_messages(objs: Iterable[Any]) -> list[Message]:
     if isinstance(objs, str):
         return [Message("user", objs)]
     return [to_message(o) for o in objs]
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """``content`` and ``tool_calls`` of ``message`` as plain data, in LangChain's shape.
+
+    Adapters use it to copy a shortened core message back onto their own message object
+    (``original.model_copy(update=message_fields(m))``) without each rebuilding the shape.
+    """
+    content: str | list[Any] = (
+        message.content if isinstance(message.content, str) else [dict(b) for b in message.content]
+    )
+    fields: dict[str, Any] = {"content": content}
+    if message.tool_calls:
+        fields["tool_calls"] = [
+            {
+                "name": c.name,
+                "args": json.loads(c.args) if c.args else {},
+                "id": c.id,
+                "type": "tool_call",
+            }
+            for c in message.tool_calls
+        ]
+    return fields

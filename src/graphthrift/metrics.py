@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING
 
 from graphthrift import diagnostics
 from graphthrift.errors import MissingExtra
+from graphthrift.ledger import LedgerObserver
 from graphthrift.records import LedgerRecord
 
 try:
@@ -151,7 +152,7 @@ class LabelLimiter:
             return frozenset(self._seen.get(label, ()))
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(LedgerObserver):
     """Ledger-fed Prometheus metrics: cost, savings, tokens, latency, cache, routes, failures.
 
     Args:
@@ -199,8 +200,6 @@ class PrometheusMetrics:
         self._servers: list[WSGIServer] = []
         self._observed = 0
         self._count_lock = threading.Lock()
-        # One bound method, so remove_listener (which compares by identity) finds it again.
-        self._listener = self.observe
 
         def counter(name: str, doc: str, extra: Sequence[str] = ()) -> Counter:
             return Counter(
@@ -247,20 +246,6 @@ class PrometheusMetrics:
             self.attach(ledger)
 
     # -- wiring ------------------------------------------------------------------------------
-
-    def attach(self, ledger: Ledger) -> PrometheusMetrics:
-        """Listen to ``ledger``'s committed batches (idempotent); returns ``self``."""
-        if not any(existing is ledger for existing in self._ledgers):
-            ledger.add_listener(self._listener)
-            self._ledgers.append(ledger)
-        return self
-
-    def detach(self, ledger: Ledger | None = None) -> None:
-        """Stop listening to ``ledger`` (every attached ledger when None)."""
-        targets = list(self._ledgers) if ledger is None else [ledger]
-        for target in targets:
-            target.remove_listener(self._listener)
-        self._ledgers = [led for led in self._ledgers if not any(led is t for t in targets)]
 
     def serve(self, port: int | None = None, addr: str | None = None) -> WSGIServer:
         """Serve ``/metrics`` over HTTP on a daemon thread and return the server.

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from graphthrift import __version__, diagnostics
 from graphthrift.errors import MissingExtra
+from graphthrift.ledger import LedgerObserver
 from graphthrift.prices import split_model_ref
 from graphthrift.records import LedgerRecord
 
@@ -150,7 +151,7 @@ def _parse_traceparent(value: Any) -> tuple[int, int, int] | None:
     return trace_id, span_id, flags
 
 
-class OtelExporter:
+class OtelExporter(LedgerObserver):
     """Emits OpenTelemetry spans for the ledger's LLM calls and cache hits.
 
     Args:
@@ -182,23 +183,8 @@ class OtelExporter:
         self._tracer: Tracer = provider.get_tracer("graphthrift", __version__)
         self.cache_hits = cache_hits
         self._ledgers: list[Ledger] = []
-        self._listener = self.observe  # one bound method, so remove_listener finds it
         if ledger is not None:
             self.attach(ledger)
-
-    def attach(self, ledger: Ledger) -> OtelExporter:
-        """Emit spans for ``ledger``'s committed records (idempotent); returns ``self``."""
-        if not any(existing is ledger for existing in self._ledgers):
-            ledger.add_listener(self._listener)
-            self._ledgers.append(ledger)
-        return self
-
-    def detach(self, ledger: Ledger | None = None) -> None:
-        """Stop emitting for ``ledger`` (every attached ledger when None)."""
-        targets = list(self._ledgers) if ledger is None else [ledger]
-        for target in targets:
-            target.remove_listener(self._listener)
-        self._ledgers = [led for led in self._ledgers if not any(led is t for t in targets)]
 
     def observe(self, records: Iterable[LedgerRecord]) -> None:
         """Emit the spans of ``records``; what the ledger calls after each batch.

@@ -40,18 +40,7 @@ def _tags(config: RunnableConfig | None, fixed: Mapping[str, Any]) -> dict[str, 
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
-    answer = interrupt(
-        {
-            "type": "budget",
-            "limit_name": shortfall.limit_name,
-            "scope": shortfall.scope,
-            "limit": shortfall.limit,
-            "spent": shortfall.spent,
-            "requested": shortfall.requested,
-            "question": "Approve this model call past the budget? Resume with True to approve.",
-        }
-    )
-    return answer is True or (isinstance(answer, str) and answer.lower() in ("approve", "yes"))
+    return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
 
 
 def budget_max_tokens(state: Any) -> int | None:

@@ -16,7 +16,6 @@ checkpointer stores them and a resumed thread keeps a warm prompt cache.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -32,7 +31,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
 from graphthrift.history import HistoryPruner, PruneResult
-from graphthrift.messages import Message
+from graphthrift.messages import Message, message_fields
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryMessagesState", "summarize_history", "to_langchain"]
@@ -48,20 +47,11 @@ class HistoryMessagesState(TypedDict):
     history_state: NotRequired[dict[str, Any] | None]
 
 
-def _content(message: Message) -> str | list[Any]:
-    return (
-        message.content if isinstance(message.content, str) else [dict(b) for b in message.content]
-    )
-
-
 def _copy(original: BaseMessage, m: Message) -> BaseMessage:
     """``original`` with the shortened content (and tool-call arguments) of ``m``."""
-    update: dict[str, Any] = {"content": _content(m)}
-    if m.tool_calls and getattr(original, "tool_calls", None):
-        update["tool_calls"] = [
-            {"name": c.name, "args": json.loads(c.args), "id": c.id, "type": "tool_call"}
-            for c in m.tool_calls
-        ]
+    update = message_fields(m)
+    if not getattr(original, "tool_calls", None):
+        update.pop("tool_calls", None)
     return original.model_copy(update=update)
 
 
@@ -71,7 +61,9 @@ def to_langchain(result: PruneResult, summary_role: str = "system") -> list[Base
 
     def make_summary(m: Message) -> BaseMessage:
         return summary_cls(
-            content=_content(m), id=m.id, additional_kwargs={"lc_source": "summarization"}
+            content=message_fields(m)["content"],
+            id=m.id,
+            additional_kwargs={"lc_source": "summarization"},
         )
 
     def copy_truncated(original: Any, m: Message) -> BaseMessage:

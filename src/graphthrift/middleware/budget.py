@@ -55,17 +55,7 @@ def _tags(fixed: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
-    answer = interrupt(
-        {
-            "type": "budget",
-            "limit_name": shortfall.limit_name,
-            "scope": shortfall.scope,
-            "limit": shortfall.limit,
-            "spent": shortfall.spent,
-            "requested": shortfall.requested,
-        }
-    )
-    return answer is True or (isinstance(answer, str) and answer.lower() in ("approve", "yes"))
+    return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
 
 
 def _usage_of(response: Any) -> dict[str, Any]:

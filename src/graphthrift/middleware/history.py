@@ -19,7 +19,6 @@ come on top, so leave room for them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -41,7 +40,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
 from graphthrift.history import HistoryPruner, HistoryState, PruneResult
-from graphthrift.messages import Message
+from graphthrift.messages import Message, message_fields
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
@@ -53,20 +52,11 @@ class HistoryPruningState(AgentState[Any]):
     history_state: NotRequired[Annotated[dict[str, Any] | None, PrivateStateAttr]]
 
 
-def _content(message: Message) -> str | list[Any]:
-    return (
-        message.content if isinstance(message.content, str) else [dict(b) for b in message.content]
-    )
-
-
 def _copy(original: BaseMessage, m: Message) -> BaseMessage:
     """``original`` with the shortened content (and tool-call arguments) of ``m``."""
-    update: dict[str, Any] = {"content": _content(m)}
-    if m.tool_calls and getattr(original, "tool_calls", None):
-        update["tool_calls"] = [
-            {"name": c.name, "args": json.loads(c.args), "id": c.id, "type": "tool_call"}
-            for c in m.tool_calls
-        ]
+    update = message_fields(m)
+    if not getattr(original, "tool_calls", None):
+        update.pop("tool_calls", None)
     return original.model_copy(update=update)
 
 
@@ -132,7 +122,9 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
 
         def make_summary(m: Message) -> BaseMessage:
             return summary_cls(
-                content=_content(m), id=m.id, additional_kwargs={"lc_source": "summarization"}
+                content=message_fields(m)["content"],
+                id=m.id,
+                additional_kwargs={"lc_source": "summarization"},
             )
 
         def copy_truncated(original: Any, m: Message) -> BaseMessage:
