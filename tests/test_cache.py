@@ -104,6 +104,58 @@ def test_size_cap_evicts_least_recently_used(store: Store, tenant: str) -> None:
     assert cache.lookup("q0") is not None
 
 
+def test_hits_are_counted_in_batches_and_a_write_flushes_them_first(
+    store: Store, tenant: str
+) -> None:
+    cache = ExactCache(store, tenant_id=tenant, max_entries=2)
+    first = cache.update("q0", "a0")
+    cache.update("q1", "a1")
+    assert cache.lookup("q0") is not None and cache.lookup("q0") is not None
+
+    def hits() -> int:
+        with store.connect() as conn:
+            return int(
+                conn.execute(
+                    text("SELECT hits FROM graphthrift_cache_entries WHERE id = :i"), {"i": first}
+                ).scalar_one()
+            )
+
+    assert hits() == 0  # no write on the lookup's path
+    cache.update("q2", "a2")  # flushes the two hits before evicting: q1 goes, not q0
+    assert hits() == 2
+    assert cache.lookup("q1") is None and cache.lookup("q0") is not None
+    cache._flush_touches()
+    assert hits() == 3
+
+
+def test_concurrent_hit_flushes_on_the_same_entries_do_not_deadlock(
+    store: Store, tenant: str
+) -> None:
+    import threading
+
+    from graphthrift import diagnostics
+
+    writer = ExactCache(store, tenant_id=tenant)
+    ids = [writer.update(f"q{i}", f"a{i}") for i in range(40)]
+    caches = [ExactCache(store, tenant_id=tenant) for _ in range(3)]
+    before = diagnostics.get("cache_touch_failure")
+    for round_ in range(3):
+        for k, cache in enumerate(caches):  # each cache touches the entries in its own order
+            for i in range(40) if (k + round_) % 2 else reversed(range(40)):
+                cache._touch(ids[i])  # type: ignore[arg-type]
+        threads = [threading.Thread(target=c._flush_touches) for c in caches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert diagnostics.get("cache_touch_failure") == before
+    with store.connect() as conn:
+        total = conn.execute(
+            text("SELECT sum(hits) FROM graphthrift_cache_entries WHERE id = ANY(:i)"), {"i": ids}
+        ).scalar_one()
+    assert total == 3 * 3 * 40
+
+
 def test_semantic_cache_with_minilm_serves_paraphrases_only(store: Store, tenant: str) -> None:
     cache = SemanticCache(store, tenant_id=tenant, threshold=0.8)
     cache.update("How do I reset my password?", "Use the 'Forgot password' link.")
@@ -198,11 +250,30 @@ def test_curve_and_tuning_pick_the_lowest_threshold_meeting_the_target() -> None
     sims = [0.99, 0.97, 0.95, 0.93, 0.91, 0.89, 0.80]
     labels = [True, True, True, False, True, False, False]
     curve = precision_recall_curve(sims, labels)
-    chosen = tune_threshold(curve, 1.0)
+    chosen = tune_threshold(curve, 1.0, confidence=0.0)
     assert 0.93 < chosen.threshold <= 0.95 and chosen.recall == 0.75
-    assert 0.89 < tune_threshold(curve, 0.8).threshold <= 0.91
+    assert 0.89 < tune_threshold(curve, 0.8, confidence=0.0).threshold <= 0.91
     with pytest.raises(ValueError, match="no threshold reaches"):
-        tune_threshold(precision_recall_curve([0.9], [False]), 0.9)
+        tune_threshold(precision_recall_curve([0.9], [False]), 0.9, confidence=0.0)
+
+
+def test_tuning_requires_the_target_at_95_percent_confidence_by_default() -> None:
+    # 1000 hits at 0.99..0.95 with 1 % wrong, then a band at 0.90 that keeps the pooled
+    # precision at 0.97: the plain precision accepts 0.90, the Wilson bound does not
+    sims = [0.99 - 0.04 * i / 1000 for i in range(1000)] + [0.90] * 200
+    labels = [i % 100 != 0 for i in range(1000)] + [i % 20 >= 2 for i in range(200)]
+    curve = precision_recall_curve(sims, labels, thresholds=[0.90, 0.95])
+    plain = tune_threshold(curve, 0.97, confidence=0.0)
+    assert plain.threshold == 0.90 and plain.precision >= 0.97
+    robust = tune_threshold(curve, 0.97)  # Wilson lower bound at 95 %
+    assert robust.threshold == 0.95 and robust == tune_threshold(curve, 0.97, confidence=0.95)
+    # fewer hits, a wider bound: 49/50 right meets 0.97 plainly but not with confidence
+    small = precision_recall_curve([0.95] * 50, [i != 0 for i in range(50)])
+    assert tune_threshold(small, 0.97, confidence=0.0).threshold <= 0.95
+    with pytest.raises(ValueError, match="no threshold reaches"):
+        tune_threshold(small, 0.97)
+    with pytest.raises(ValueError, match="confidence"):
+        tune_threshold(small, 0.9, confidence=1.0)
 
 
 async def test_async_paths_share_the_logic(store: Store, tenant: str) -> None:

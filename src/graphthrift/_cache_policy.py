@@ -552,16 +552,26 @@ def _wilson_lower(good: int, n: int, z: float) -> float:
 
 
 def tune_threshold(
-    curve: Sequence[CurvePoint], target_precision: float, *, confidence: float = 0.0
+    curve: Sequence[CurvePoint], target_precision: float, *, confidence: float = 0.95
 ) -> CurvePoint:
-    """The lowest threshold whose precision meets ``target_precision``.
+    """The lowest threshold whose precision meets ``target_precision`` with ``confidence``.
 
-    With ``confidence`` > 0, precision must meet the target at that confidence (the
-    Wilson lower bound over the hits at that threshold), which carries better to new data.
+    A threshold qualifies when the one-sided Wilson lower bound of its precision, over the
+    hits it serves on the calibration data, is at least the target: with ``confidence=0.95``
+    (the default), the chance that the true precision of that threshold is below the target
+    while the calibration sample says otherwise is about 5 % per threshold. The bound grows
+    stricter as hits get fewer, so thresholds backed by a handful of pairs are not chosen on
+    luck, and it carries to new data better than the raw calibration precision. It covers
+    sampling noise only: a shift between calibration and live traffic (other phrasings, a
+    denser cache) can still lower precision, which ``AdaptivePolicy`` corrects online.
+    ``confidence`` below 0.5 (e.g. 0) uses the plain calibration precision (the behaviour
+    before 0.95 was the default). A target of 1.0 is unreachable with confidence > 0.
 
     Raises:
         ValueError: no threshold on the curve reaches the target; the message says the best.
     """
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1), got {confidence}")
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must be in (0, 1], got {target_precision}")
     z = _normal_quantile(confidence) if confidence >= 0.5 else 0.0

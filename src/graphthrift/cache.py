@@ -32,7 +32,8 @@ Guarantees:
 
 Settings: keyword arguments, then ``GRAPHTHRIFT_CACHE_TIMEOUT`` (seconds, default 0.1),
 ``GRAPHTHRIFT_CACHE_THRESHOLD`` (default 0.92) and ``GRAPHTHRIFT_CACHE_EF_SEARCH``
-(default 64).
+(default 40: at 100,000 entries it finds the exact nearest entry of the scope for 99.1 % of
+banking77 queries, against 99.3 % at 64, and searches about a quarter faster).
 
 Example:
     >>> cache = SemanticCache(store, namespace="faq", ttl=86400, tenant_id="acme")
@@ -122,6 +123,8 @@ _SCOPE_FIELDS = (
 )
 _PENDING_MAX = 10_000
 _MAX_OBSERVATIONS = 256
+_EF_SEARCH = 40
+_TOUCH_DELAY = 1.0  # seconds between batched hit-count writes
 _COLUMNS = (
     "id, query, answer, payload, evidence_ids, model, input_tokens, output_tokens, obs_sim, obs_ok"
 )
@@ -190,8 +193,16 @@ def _env_float(name: str, value: float | None, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
+_VECTOR_FORMATS: dict[int, str] = {}
+
+
 def _vector_literal(vector: np.ndarray[Any, Any]) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in vector) + "]"
+    """pgvector's text form, 7 significant digits (one %-format: ~3x faster than a join)."""
+    values = tuple(np.asarray(vector, dtype=np.float64).ravel().tolist())
+    fmt = _VECTOR_FORMATS.get(len(values))
+    if fmt is None:
+        fmt = _VECTOR_FORMATS[len(values)] = "[" + ",".join(["%.7g"] * len(values)) + "]"
+    return fmt % values
 
 
 def _default_verify(cached: str, fresh: str) -> bool:
@@ -253,7 +264,7 @@ class _BaseCache:
             (lambda q, ctx: _apply_context(key_fn(q), ctx)) if key_fn else default_key
         )
         self.cache_tool_calls = cache_tool_calls
-        ef = int(_env_float("GRAPHTHRIFT_CACHE_EF_SEARCH", ef_search, 64))
+        ef = int(_env_float("GRAPHTHRIFT_CACHE_EF_SEARCH", ef_search, _EF_SEARCH))
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, ef))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._pending_lock = threading.Lock()
@@ -287,7 +298,9 @@ class _BaseCache:
 
     # -- the lookup plan ---------------------------------------------------------------------
 
-    def _candidate_sql(self, scope: CacheScope, query: CacheQuery, vector: str | None) -> list[Sql]:
+    def _candidate_sql(
+        self, scope: CacheScope, query: CacheQuery, vector: str | None, kh: str
+    ) -> list[Sql]:
         raise NotImplementedError
 
     def _policy_serves(self, similarity: float, row: Mapping[str, Any]) -> bool:
@@ -301,12 +314,12 @@ class _BaseCache:
         self, scope: CacheScope, query: CacheQuery, vector: str | None
     ) -> Plan[_Decision]:
         row: dict[str, Any] | None = None
-        for statement in self._candidate_sql(scope, query, vector):
+        pkey = key_hash(self.layer, scope, self.embedding_model, query)
+        for statement in self._candidate_sql(scope, query, vector, pkey):
             rows = yield statement
             if rows:
                 row = rows[0]
                 break
-        pkey = key_hash(self.layer, scope, self.embedding_model, query)
         if row is None:
             return _Decision(None)
         similarity = float(row.get("similarity", 1.0))
@@ -354,29 +367,37 @@ class _BaseCache:
         return _Decision(hit)
 
     def _touch(self, entry_id: int) -> None:
-        """Count a hit and mark the entry recently used, batched off the caller's path."""
+        """Count a hit and mark the entry recently used, batched off the caller's path.
+
+        Hits are written at most every ``_TOUCH_DELAY`` seconds, in one UPDATE from a timer
+        thread, so that a burst of lookups never competes with its own bookkeeping (a write
+        per lookup, run in another thread, cost each lookup about half a millisecond in GIL
+        and database contention). A write flushes the pending touches first, in its own
+        transaction, so eviction always sees them.
+        """
         with self._pending_lock:
             self._touched[entry_id] = self._touched.get(entry_id, 0) + 1
             if self._touch_scheduled:
                 return
             self._touch_scheduled = True
-        self._engines.executor.submit(self._flush_touches)
+        timer = threading.Timer(_TOUCH_DELAY, self._flush_touches)
+        timer.daemon = True
+        timer.start()
 
-    def _flush_touches(self) -> None:
+    def _take_touches(self) -> dict[int, int]:
         with self._pending_lock:
             touched, self._touched = self._touched, {}
             self._touch_scheduled = False
+        return touched
+
+    def _flush_touches(self) -> None:
+        """Write the pending hit counts and recency now (tests and shutdown call it)."""
+        touched = self._take_touches()
         if not touched:
             return
 
         def plan() -> Plan[None]:
-            yield Sql(
-                f"UPDATE {ENTRIES_TABLE} AS e SET hits = e.hits + t.n, last_used_at = now()"
-                " FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS bigint[])) AS t(id, n)"
-                " WHERE e.id = t.id",
-                {"ids": list(touched), "ns": list(touched.values())},
-                fetch=False,
-            )
+            yield _touch_sql(touched)
             return None
 
         try:
@@ -483,6 +504,9 @@ class _BaseCache:
         output_tokens: int,
         judged: tuple[_Pending, bool] | None,
     ) -> Plan[int]:
+        touched = self._take_touches()
+        if touched:  # recency first, so that this write's eviction sees recent hits
+            yield _touch_sql(touched)
         ttl = self._ttl_for(scope.namespace)
         expires = datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None
         params: dict[str, Any] = {f"s_{k}": getattr(scope, k) for k in _SCOPE_FIELDS}
@@ -678,6 +702,24 @@ class _BaseCache:
         return run_sync(self._engines.engine, plan(), self.write_timeout)
 
 
+def _touch_sql(touched: Mapping[int, int]) -> Sql:
+    """Add hit counts and mark entries used, locking rows in id order.
+
+    Caches of one process, or of several, flush overlapping sets of entries at the same
+    time; locking in a fixed order keeps two flushes from deadlocking each other.
+    """
+    ids = sorted(touched)
+    return Sql(
+        f"UPDATE {ENTRIES_TABLE} AS e SET hits = e.hits + t.n, last_used_at = now()"
+        f" FROM (SELECT l.id, u.n FROM {ENTRIES_TABLE} AS l"
+        " JOIN unnest(CAST(:ids AS bigint[]), CAST(:ns AS bigint[])) AS u(id, n)"
+        " ON l.id = u.id ORDER BY l.id FOR UPDATE OF l) AS t"
+        " WHERE e.id = t.id",
+        {"ids": ids, "ns": [touched[i] for i in ids]},
+        fetch=False,
+    )
+
+
 def _observation_sql(entry_id: int, similarity: float, correct: bool) -> Sql:
     return Sql(
         f"UPDATE {ENTRIES_TABLE} SET"
@@ -736,9 +778,11 @@ class ExactCache(_BaseCache):
 
     layer: Layer = "exact"
 
-    def _candidate_sql(self, scope: CacheScope, query: CacheQuery, vector: str | None) -> list[Sql]:
+    def _candidate_sql(
+        self, scope: CacheScope, query: CacheQuery, vector: str | None, kh: str
+    ) -> list[Sql]:
         clause, params = self._filters(scope, query)
-        params["kh"] = key_hash(self.layer, scope, self.embedding_model, query)
+        params["kh"] = kh
         return [
             Sql(
                 f"SELECT {_COLUMNS}, 1.0 AS similarity FROM {ENTRIES_TABLE}"
@@ -882,7 +926,7 @@ class SemanticCache(ExactCache):
 
     Search is a pgvector HNSW (cosine) index scan with the scope filters applied inside the
     scan (``hnsw.iterative_scan = strict_order``), falling back to an exact filtered scan
-    when the index finds nothing; ``hnsw.ef_search`` is ``ef_search`` (default 64).
+    when the index finds nothing; ``hnsw.ef_search`` is ``ef_search`` (default 40).
 
     Args:
         store: the shared ``Store``.
@@ -942,7 +986,9 @@ class SemanticCache(ExactCache):
         policy = self.policy
         return isinstance(policy, AdaptivePolicy) and similarity >= policy.min_similarity
 
-    def _candidate_sql(self, scope: CacheScope, query: CacheQuery, vector: str | None) -> list[Sql]:
+    def _candidate_sql(
+        self, scope: CacheScope, query: CacheQuery, vector: str | None, kh: str
+    ) -> list[Sql]:
         assert vector is not None and self._dim is not None
         dim = self._dim
         clause, params = self._filters(scope, query)

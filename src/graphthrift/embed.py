@@ -110,6 +110,8 @@ class MiniLMEmbedder:
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed `texts`; similar lengths are batched together so little padding is run."""
         items = _check_texts(texts)
+        if len(items) == 1:  # a lookup's query: no sorting, batching or padding
+            return self._run_one(items[0])
         out = np.empty((len(items), self.dim), dtype=np.float32)
         order = sorted(range(len(items)), key=lambda i: len(items[i]))
         for start in range(0, len(order), self.batch_size):
@@ -131,6 +133,18 @@ class MiniLMEmbedder:
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
         return _normalise(pooled)
+
+    def _run_one(self, text: str) -> Vectors:
+        session, tokenizer = self._load()
+        encoding = tokenizer.encode(text)
+        ids = np.array([encoding.ids], dtype=np.int64)
+        mask = np.array([encoding.attention_mask], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden: npt.NDArray[np.float32] = session.run(["last_hidden_state"], feed)[0]
+        if mask.all():  # one text is never padded: a plain mean
+            return _normalise(hidden.mean(axis=1))
+        weights = mask[:, :, None].astype(np.float32)
+        return _normalise((hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
