@@ -263,10 +263,15 @@ def test_tuning_requires_the_target_at_95_percent_confidence_by_default() -> Non
     sims = [0.99 - 0.04 * i / 1000 for i in range(1000)] + [0.90] * 200
     labels = [i % 100 != 0 for i in range(1000)] + [i % 20 >= 2 for i in range(200)]
     curve = precision_recall_curve(sims, labels, thresholds=[0.90, 0.95])
-    plain = tune_threshold(curve, 0.97, confidence=0.0)
+    plain = tune_threshold(curve, 0.97, rule="cumulative", confidence=0.0)
     assert plain.threshold == 0.90 and plain.precision >= 0.97
-    robust = tune_threshold(curve, 0.97)  # Wilson lower bound at 95 %
-    assert robust.threshold == 0.95 and robust == tune_threshold(curve, 0.97, confidence=0.95)
+    robust = tune_threshold(curve, 0.97, rule="cumulative")  # Wilson lower bound at 95 %
+    assert robust.threshold == 0.95 and robust == tune_threshold(
+        curve, 0.97, rule="cumulative", confidence=0.95
+    )
+    # the local rule (the default) rejects the 90 %-right band even without the bound
+    assert tune_threshold(curve, 0.97, confidence=0.0).threshold == 0.95
+    assert tune_threshold(curve, 0.97) == robust
     # fewer hits, a wider bound: 49/50 right meets 0.97 plainly but not with confidence
     small = precision_recall_curve([0.95] * 50, [i != 0 for i in range(50)])
     assert tune_threshold(small, 0.97, confidence=0.0).threshold <= 0.95

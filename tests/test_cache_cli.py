@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from graphthrift.bench.cache import SAMPLE, load_pairs
@@ -23,10 +24,38 @@ def test_cache_tune_writes_threshold_json_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "tune.json"
     args = parser.parse_args(
         ["cache", "tune", "--pairs", str(pairs), "--target-precision", "1.0",
-         "--plot", str(tmp_path / "curve.png"), "--json", str(out)]
+         "--confidence", "0", "--plot", str(tmp_path / "curve.png"), "--json", str(out)]
     )  # fmt: skip
     figures = run(args, Console(file=open(tmp_path / "log.txt", "w")))  # noqa: SIM115
     saved = json.loads(out.read_text())
     assert {"threshold", "precision", "recall"} <= set(saved)
     assert saved["precision"] == 1.0 and figures["threshold"] == saved["threshold"]
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_cache_tune_accepts_rule_band_and_confidence(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"text_a": a, "text_b": b, "label": y}) + "\n" for a, b, y in SAMPLE)
+    )
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    defaults = parser.parse_args(["cache", "tune", "--pairs", str(pairs)])
+    assert (defaults.rule, defaults.band, defaults.confidence) == ("local", 0.02, 0.95)
+    log = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
+    saved = {}
+    for rule in ("cumulative", "local"):
+        out = tmp_path / f"{rule}.json"
+        args = parser.parse_args(
+            ["cache", "tune", "--pairs", str(pairs), "--target-precision", "1.0",
+             "--rule", rule, "--band", "0.05", "--confidence", "0",
+             "--plot", str(tmp_path / "curve.png"), "--json", str(out)]
+        )  # fmt: skip
+        run(args, log)
+        saved[rule] = json.loads(out.read_text())
+        assert saved[rule]["rule"] == rule and saved[rule]["band"] == 0.05
+        assert saved[rule]["confidence"] == 0.0 and saved[rule]["precision"] == 1.0
+    # six pairs: too few for any band to stand alone, so both rules agree here
+    assert saved["local"]["threshold"] == saved["cumulative"]["threshold"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["cache", "tune", "--pairs", str(pairs), "--rule", "median"])

@@ -14,7 +14,9 @@ Method (every quality figure on held-out data):
   normalisation. ``--quick``: 800 / 300 stsb pairs. When no threshold reaches the target
   on calibration, ``tuned`` serves only identical questions (threshold 1.0).
 - Policies side by side: ``static_0.92`` (the common default), ``tuned`` (lowest threshold
-  whose calibration precision meets ``--target-precision`` at 95 % confidence) and
+  whose calibration precision meets ``--target-precision`` at 95 % confidence under
+  ``--rule``, default ``local``: every 0.02 band above it meets the target too), ``tuned_<other
+  rule>`` (the same with the other rule, e.g. ``tuned_cumulative``) and
   ``adaptive`` (``AdaptivePolicy(max_error=1-target)``, its prior fitted on the calibration
   split, then replaying the test queries in order: each miss is judged by ``verify`` on its
   fresh answer and each served hit by ``feedback``, with the ground truth).
@@ -48,7 +50,12 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift._cache_keys import CacheQuery, CacheScope, key_hash
-from graphthrift._cache_policy import AdaptivePolicy, precision_recall_curve, tune_threshold
+from graphthrift._cache_policy import (
+    RULES,
+    AdaptivePolicy,
+    precision_recall_curve,
+    tune_threshold,
+)
 from graphthrift._schema_cache import ENTRIES_TABLE, hnsw_index_sql
 from graphthrift.bench._common import data_dir, machine, percentiles, scratch_store, write_json
 from graphthrift.embed import as_embedder, default_embedder
@@ -71,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", help="a pairs file (CSV/JSONL: text_a, text_b, label)")
     parser.add_argument("--threshold", type=float, help="report this threshold as 'tuned'")
     parser.add_argument("--target-precision", type=float, default=0.97)
+    parser.add_argument(
+        "--rule", choices=RULES, default="local", help="tuning rule of the 'tuned' row"
+    )
     parser.add_argument("--entries", type=int, default=100_000, help="rows for the speed test")
     parser.add_argument("--datasets", default="banking77,stsb", help="comma-separated")
 
@@ -260,22 +270,30 @@ def _calibration_pairs(
     return best, sims, groups[best] == groups
 
 
+def _rules(args: argparse.Namespace) -> tuple[str, str]:
+    """(the 'tuned' row's rule, the other rule)."""
+    rule = str(getattr(args, "rule", None) or "local")
+    return rule, next(r for r in RULES if r != rule)
+
+
 def _calibrate(
     calib: Task, embedder: Any, args: argparse.Namespace, memo: dict[str, Any]
-) -> tuple[list[Any], float | None, AdaptivePolicy]:
-    """The calibration curve, the tuned threshold (None: target unreachable) and the
-    adaptive policy warm-started on the same observations."""
+) -> tuple[list[Any], dict[str, float | None], AdaptivePolicy]:
+    """The calibration curve, the tuned threshold per rule (None: target unreachable) and
+    the adaptive policy warm-started on the same observations."""
     best, sims, ok = _calibration_pairs(calib, embedder, memo)
     answerable = sum(1 for g in calib.query_groups if g in set(calib.entry_groups))
     curve = precision_recall_curve(sims, ok, answerable=answerable)
-    tuned: float | None
-    if args.threshold is not None:
-        tuned = float(args.threshold)
-    else:
+    tuned: dict[str, float | None] = {}
+    for rule in RULES:
+        if args.threshold is not None:
+            tuned[rule] = float(args.threshold)
+            continue
         try:
-            tuned = tune_threshold(curve, args.target_precision, confidence=0.95).threshold
+            chosen = tune_threshold(curve, args.target_precision, rule=rule, confidence=0.95)
+            tuned[rule] = chosen.threshold
         except ValueError:
-            tuned = None
+            tuned[rule] = None
     adaptive = AdaptivePolicy(max_error=round(1 - args.target_precision, 6))
     adaptive.observe_many(sims.tolist(), ok.tolist(), entries=best.tolist())
     return curve, tuned, adaptive
@@ -390,9 +408,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         with scratch_store(base) as store:
             for k, (calib, test, _) in enumerate(tasks):
                 console.print(f"[bold]{test.name}[/]: calibrating on {len(calib.queries)} queries")
-                curve, tuned_or_none, adaptive = _calibrate(calib, embedder, args, memo)
+                curve, tuned_by_rule, adaptive = _calibrate(calib, embedder, args, memo)
+                rule, other = _rules(args)
+                tuned_or_none, other_or_none = tuned_by_rule[rule], tuned_by_rule[other]
                 # with no threshold reaching the target, serve only identical questions
                 tuned = 1.0 if tuned_or_none is None else tuned_or_none
+                tuned_other = 1.0 if other_or_none is None else other_or_none
 
                 # the test cache: real entries of tenant "bench" (+ filler of other tenants
                 # the first time, so that the table holds at least `entries` rows)
@@ -437,6 +458,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 policies = {
                     f"static_{STATIC_DEFAULT}": _evaluate(qs, correct, qs >= STATIC_DEFAULT),
                     "tuned": _evaluate(qs, correct, qs >= tuned),
+                    f"tuned_{other}": _evaluate(qs, correct, qs >= tuned_other),
                 }
                 prior, cold = adaptive.prior, adaptive.threshold()
                 served, decide_ms = _replay_adaptive(
@@ -445,6 +467,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 policies["adaptive"] = _evaluate(qs, correct, served)
                 policies["tuned"]["threshold"] = round(tuned, 4)
                 policies["tuned"]["target_reached_on_calibration"] = tuned_or_none is not None
+                policies["tuned"]["rule"] = rule
+                policies[f"tuned_{other}"].update(
+                    threshold=round(tuned_other, 4),
+                    target_reached_on_calibration=other_or_none is not None,
+                    rule=other,
+                )
                 policies[f"static_{STATIC_DEFAULT}"]["threshold"] = STATIC_DEFAULT
                 policies["adaptive"].update(
                     max_error=adaptive.max_error,
