@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import and_, case, cast, func, select
+from sqlalchemy import and_, case, cast, func, literal_column, select
 
 from graphthrift import diagnostics
 from graphthrift._schema import LEDGER_TABLE, ledger_table
@@ -400,7 +400,9 @@ class Ledger:
             raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
         c = ledger_table.c
         groups = [
-            cast(func.timezone("UTC", c.ts), SADate).label("day") if k == "day" else c[k].label(k)
+            cast(func.timezone(literal_column("'UTC'"), c.ts), SADate).label("day")
+            if k == "day"
+            else c[k].label(k)
             for k in by
         ]
         is_llm = c.kind == "llm"
