@@ -311,18 +311,19 @@ _ROUTING_LOCK = threading.Lock()
 
 
 def _routing_embedder(max_length: int) -> Any:
-    """The process-wide MiniLM for routing: one ONNX thread, at most ``max_length`` tokens.
+    """The process-wide MiniLM for routing, at most ``max_length`` tokens.
 
-    A single short text gains nothing from a second onnxruntime thread, and on a loaded
-    machine the second thread only waits for a core (measured: 18 ms with one thread,
-    40 ms with two, at load 3.9 on two cores).
+    Threads follow the embedder's default (``GRAPHTHRIFT_EMBED_THREADS``, 2): on an idle
+    2-core machine two onnxruntime threads embed a short text in p95 4.8 ms against 6.1 ms
+    with one; on a loaded machine one thread is better (18 ms against 40 ms at load 3.9),
+    so set ``GRAPHTHRIFT_EMBED_THREADS=1`` there.
     """
     with _ROUTING_LOCK:
         embedder = _ROUTING_EMBEDDERS.get(max_length)
         if embedder is None:
             from graphthrift.embed import MiniLMEmbedder
 
-            embedder = MiniLMEmbedder(intra_op_threads=1, max_length=max_length)
+            embedder = MiniLMEmbedder(max_length=max_length)
             _ROUTING_EMBEDDERS[max_length] = embedder
         return embedder
 
@@ -355,8 +356,8 @@ class DifficultyClassifier:
         embedder: Any = None,
         *,
         l2: float = 1e-3,
-        embed_chars: int = 256,
-        embed_tokens: int = 64,
+        embed_chars: int = 160,
+        embed_tokens: int = 40,
         cache_size: int = 1024,
     ) -> None:
         if embed_chars < 1 or embed_tokens < 1 or cache_size < 0:
