@@ -138,3 +138,17 @@ def test_bench_ledger_quick_writes_the_figures(store: Store, tmp_path: Path) -> 
         figures["tagger_overhead_us"]
     )
     assert figures["report"]["rows"] == 5000 and figures["report"]["max_s"] > 0
+
+
+def test_bench_route_quick_compares_both_classifier_embedders(tmp_path: Path) -> None:
+    out = tmp_path / "route.json"
+    assert main(["bench", "route", "--quick", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert {"n", "cheap_fraction", "escalation_rate", "quality", "overhead_ms"} <= set(figures)
+    static, transformer = figures["classifier"], figures["classifier_transformer"]
+    assert static["embedder"] == "all-MiniLM-L6-v2-onnx-int8-static"
+    assert transformer["embedder"] == "all-MiniLM-L6-v2-onnx-int8"
+    for row in (static, transformer):
+        assert row["n"] == figures["n"] and row["quality"] > 0.5  # relative to always-strong
+        assert 0.0 <= row["cheap_fraction"] <= 1.0 and row["overhead_ms"]["p95"] > 0
+    assert static["overhead_p95_vs_transformer"] is not None

@@ -28,6 +28,7 @@ _EXPORTS = {
     "TokenCount": ".tokens",
     "Embedder": ".embed",
     "MiniLMEmbedder": ".embed",
+    "StaticEmbedder": ".static_embed",
     "ExactCache": ".cache",
     "SemanticCache": ".cache",
     "CacheHit": ".cache",

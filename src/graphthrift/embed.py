@@ -38,6 +38,7 @@ EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]
 AsyncEmbedFn = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 
 TOKENIZER_PATH = Path(__file__).with_name("data") / "minilm_tokenizer.json"
+_CLS_ID, _SEP_ID = 101, 102  # MiniLM's (BERT's) [CLS] and [SEP] ids
 
 
 class Embedder(Protocol):
@@ -145,6 +146,30 @@ class MiniLMEmbedder:
             return _normalise(hidden.mean(axis=1))
         weights = mask[:, :, None].astype(np.float32)
         return _normalise((hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's vocabulary ids, truncated to ``max_length``, without [CLS] and [SEP]."""
+        _, tokenizer = self._load()
+        return [
+            [i for i, special in zip(e.ids, e.special_tokens_mask, strict=True) if not special]
+            for e in tokenizer.encode_batch(_check_texts(texts))
+        ]
+
+    def token_vectors(self, ids: Sequence[int]) -> Vectors:
+        """The model's output for each vocabulary id on its own (``[CLS] id [SEP]``).
+
+        ``StaticEmbedder`` distils these into a lookup table, as Model2Vec does.
+        """
+        session, _ = self._load()
+        column = np.asarray(ids, dtype=np.int64)[:, None]
+        seq = np.hstack([np.full_like(column, _CLS_ID), column, np.full_like(column, _SEP_ID)])
+        feed = {
+            "input_ids": seq,
+            "attention_mask": np.ones_like(seq),
+            "token_type_ids": np.zeros_like(seq),
+        }
+        hidden: Vectors = session.run(["last_hidden_state"], feed)[0][:, 1, :]
+        return hidden
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:

@@ -311,19 +311,18 @@ _ROUTING_LOCK = threading.Lock()
 
 
 def _routing_embedder(max_length: int) -> Any:
-    """The process-wide MiniLM for routing, at most ``max_length`` tokens.
+    """The process-wide embedder for routing: MiniLM distilled to static token vectors.
 
-    Threads follow the embedder's default (``GRAPHTHRIFT_EMBED_THREADS``, 2): on an idle
-    2-core machine two onnxruntime threads embed a short text in p95 4.8 ms against 6.1 ms
-    with one; on a loaded machine one thread is better (18 ms against 40 ms at load 3.9),
-    so set ``GRAPHTHRIFT_EMBED_THREADS=1`` there.
+    A MiniLM pass over a 40-token window costs p95 about 8 ms on an idle 2-core machine, more
+    than the router's 5 ms allowance; the distilled `StaticEmbedder` costs well under a
+    millisecond once its tokens are known, for the same routing quality on the route bench.
     """
     with _ROUTING_LOCK:
         embedder = _ROUTING_EMBEDDERS.get(max_length)
         if embedder is None:
-            from graphthrift.embed import MiniLMEmbedder
+            from graphthrift.static_embed import StaticEmbedder
 
-            embedder = MiniLMEmbedder(max_length=max_length)
+            embedder = StaticEmbedder(max_length=max_length)
             _ROUTING_EMBEDDERS[max_length] = embedder
         return embedder
 
@@ -342,8 +341,8 @@ class DifficultyClassifier:
     (``cache_size``), and the standardisation is folded into the weights once.
 
     Args:
-        embedder: any ``graphthrift.embed.Embedder`` (default: MiniLM with one ONNX thread
-            and ``max_length=embed_tokens``, shared by all classifiers in the process).
+        embedder: any ``graphthrift.embed.Embedder`` (default: a ``StaticEmbedder``
+            distilled from MiniLM, ``max_length=embed_tokens``, shared in the process).
         l2: weight decay.
         embed_chars: only the last ``embed_chars`` characters are embedded (the fast
             features still see the whole text).

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.embed import MiniLMEmbedder
 from graphthrift.prices import default_price_book
 from graphthrift.route import DifficultyClassifier, Router
 
@@ -260,7 +261,22 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         sub = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold, classifier=clf), work)
         sub["train_examples"] = len(train)
         sub["train_s"] = round(train_s, 3)
+        sub["embedder"] = clf.embedder.model_id
         figures["classifier"] = sub
+        # the same classifier on the full transformer, for the quality/overhead trade
+        minilm = MiniLMEmbedder(max_length=clf.embed_tokens)
+        full = DifficultyClassifier(minilm).fit(
+            [t for t, _ in train], [label in HARD for _, label in train]
+        )
+        full.predict_proba(["warm up"])
+        peer = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold, classifier=full), work)
+        peer["embedder"] = minilm.model_id
+        figures["classifier_transformer"] = peer
+        figures["classifier"]["overhead_p95_vs_transformer"] = (
+            round(sub["overhead_ms"]["p95"] / peer["overhead_ms"]["p95"], 3)
+            if peer["overhead_ms"]["p95"]
+            else None
+        )
     figures["targets"] = TARGETS
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     table = Table(title=f"graphthrift bench route (n={n})")
@@ -273,7 +289,12 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "overhead p50/p95 ms",
     ):
         table.add_column(col)
-    for name, row in (("features", figures), ("classifier", figures.get("classifier"))):
+    rows = (
+        ("features", figures),
+        ("classifier (static)", figures.get("classifier")),
+        ("classifier (MiniLM)", figures.get("classifier_transformer")),
+    )
+    for name, row in rows:
         if row:
             table.add_row(
                 name,
