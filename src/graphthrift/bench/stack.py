@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-usd", type=float, default=RUN_LIMIT_USD, help="budget per agent run")
     parser.add_argument("--png", help="waterfall chart path (default: next to --json)")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated steps to run")
+    parser.add_argument(
+        "--history-max-tokens",
+        type=int,
+        default=HISTORY_MAX_TOKENS,
+        help=f"history pruning's token budget per prompt (default {HISTORY_MAX_TOKENS})",
+    )
 
 
 # -- state schemas (functional TypedDicts: resolved at runtime inside functions) -------------
@@ -151,6 +157,7 @@ class _Ctx:
     threshold: float
     run_usd: float
     simulated: bool
+    history_max_tokens: int = HISTORY_MAX_TOKENS
     stats: dict[str, Any] = field(default_factory=dict)
 
     def config(self, feature: str, **extra: Any) -> RunnableConfig:
@@ -320,7 +327,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
 
     builder = StateGraph(_states()["chat"])
     if "history" in ctx.layers:
-        builder.add_node("prune", summarize_history(max_tokens=HISTORY_MAX_TOKENS))
+        builder.add_node("prune", summarize_history(max_tokens=ctx.history_max_tokens))
     else:
         builder.add_node("prune", lambda state: {"llm_input_messages": list(state["messages"])})
     if "routing" in ctx.layers:
@@ -537,6 +544,7 @@ def run_stack(
     steps: Sequence[str] = STEPS,
     threshold: float = SEMANTIC_THRESHOLD,
     run_usd: float = RUN_LIMIT_USD,
+    history_max_tokens: int = HISTORY_MAX_TOKENS,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``steps`` (cumulative layers) on ``work``; one detail dict per step."""
@@ -565,6 +573,7 @@ def run_stack(
                 threshold,
                 run_usd,
                 simulated,
+                history_max_tokens,
             )
             task = progress.add_task(step, total=total) if progress is not None else None
 
@@ -728,6 +737,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 steps=steps,
                 threshold=float(getattr(args, "threshold", SEMANTIC_THRESHOLD)),
                 run_usd=float(getattr(args, "run_usd", RUN_LIMIT_USD)),
+                history_max_tokens=int(getattr(args, "history_max_tokens", HISTORY_MAX_TOKENS)),
                 progress=progress,
             )
     finally:
