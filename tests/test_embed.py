@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,14 +24,6 @@ TEXTS = [
     "graph nodes, edges and checkpoints",
     "SELECT * FROM ledger WHERE tenant_id = 'acme';",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _writable_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """onnxruntime keeps a telemetry id under ~/.cache; keep it out of the real HOME."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -615,6 +615,18 @@ def test_extractive_facts_style_keeps_titles_and_addresses_whole() -> None:
         assert fact in out, (fact, out)
 
 
+def test_extractive_facts_style_keeps_lower_case_names_after_a_naming_cue() -> None:
+    msgs = [
+        Message("assistant", "There is an alarm for 4:30 pm titled piano time."),
+        Message("assistant", "Creating an alarm at 8 am with the name Shuttle to work."),
+        Message("user", "Add one called leave for home, and I called the bank already."),
+    ]
+    out = ExtractiveSummarizer().summarize(msgs, "", 200)
+    for fact in ("4:30 pm", "piano time", "8 am", "Shuttle to work", "leave for home"):
+        assert fact in out, (fact, out)
+    assert "the bank" not in out  # "called the ..." is a verb, not a name
+
+
 def test_extractive_facts_style_drops_superseded_values_first() -> None:
     msgs = [Message("user", f"Book it for {h} pm.") for h in range(1, 10)]
     msgs.append(Message("user", "Address: Nopa, 560 Divisadero Street, San Francisco."))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,13 +10,6 @@ import pytest
 from graphthrift.embed import MiniLMEmbedder
 from graphthrift.route import DifficultyClassifier
 from graphthrift.static_embed import StaticEmbedder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _writable_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        yield
 
 
 @pytest.fixture(scope="module")

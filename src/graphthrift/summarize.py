@@ -205,6 +205,13 @@ _YES = _words("yes yeah yep yup sure correct ok okay absolutely definitely right
 _NO = _words("no nope nah")
 _KIND_TIME = re.compile(r"^(?:\d{1,2}(?::\d\d)?\s*(?:am|pm|a\.m\.|p\.m\.)|noon|midnight)$", re.I)
 _KIND_MONEY = re.compile(r"[$€£¥]")
+# "called X", "named X", "titled X", "with the name X": X runs to the clause's end, 1-6 words
+_NAMED_AFTER = re.compile(
+    r"\b(?:named|called|titled|entitled|labell?ed|with (?:the )?(?:name|title|label))\s+"
+    r"(?!(?:a|an|the|it|me|you|him|her|them|us|for|to|in|on|at|by)\b)"
+    r"([^\s.,!?;:()\"]+(?: (?!and\b|but\b|which\b|who\b|that\b)[^\s.,!?;:()\"]+){0,5})",
+    re.I,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +386,22 @@ def _fact_spans(text: str) -> tuple[_Span, ...]:
         if piece:
             spans.append(_Span(start, end, piece, _span_kind(piece, lead)))
         i = last + 1
+    return _with_named(text, spans)
+
+
+def _with_named(text: str, spans: list[_Span]) -> tuple[_Span, ...]:
+    """Add what a naming cue introduces ("an alarm called leave for home"), capitals or not.
+
+    A name given in lower case has no other mark, and it is exactly what a later turn
+    refers back to. Spans inside a named one are dropped; the rest are kept in order.
+    """
+    for m in _NAMED_AFTER.finditer(text):
+        start, end = m.span(1)
+        if any(sp.start <= start and end <= sp.end for sp in spans):
+            continue
+        spans = [sp for sp in spans if not (start <= sp.start and sp.end <= end)]
+        spans.append(_Span(start, end, text[start:end], "name_given"))
+    spans.sort(key=lambda sp: sp.start)
     return tuple(spans)
 
 

@@ -38,7 +38,7 @@ __all__ = ["AgentTask", "ChatItem", "FaqItem", "RagItem", "Workload", "build_wor
 
 SEED = 7
 SIZES = {  # segment sizes: full run, --quick
-    "full": {"faq": 240, "faq_intents": 12, "rag": 60, "chat": 40, "agent": 20},
+    "full": {"faq": 240, "faq_intents": 12, "rag": 60, "chat": 60, "agent": 20},
     "quick": {"faq": 60, "faq_intents": 6, "rag": 16, "chat": 4, "agent": 6},
 }
 REPEAT_SHARE = 0.4  # FAQ requests that repeat an earlier question verbatim
@@ -226,7 +226,7 @@ def _rag_articles(base: Path | None) -> list[tuple[str, list[tuple[str, str, lis
 def _conversations(base: Path | None, n: int, rng: random.Random) -> list[Conversation]:
     sets: dict[str, list[Conversation]] = {}
     if base is not None:
-        sets = load_default_sets(base, limit=400)
+        sets = load_default_sets(base)
     if not sets:
         convs = []
         for i, c in enumerate(_sample_file()["chat"]):

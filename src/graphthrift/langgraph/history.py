@@ -21,17 +21,14 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import (
     AnyMessage,
-    BaseMessage,
-    HumanMessage,
     RemoveMessage,
-    SystemMessage,
 )
 from langchain_core.runnables import RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
 from graphthrift.history import HistoryPruner, PruneResult
-from graphthrift.messages import Message, message_fields
+from graphthrift.langchain.history import to_langchain
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryMessagesState", "summarize_history", "to_langchain"]
@@ -45,31 +42,6 @@ class HistoryMessagesState(TypedDict):
     messages: Annotated[list[AnyMessage], add_messages]
     llm_input_messages: NotRequired[list[AnyMessage]]
     history_state: NotRequired[dict[str, Any] | None]
-
-
-def _copy(original: BaseMessage, m: Message) -> BaseMessage:
-    """``original`` with the shortened content (and tool-call arguments) of ``m``."""
-    update = message_fields(m)
-    if not getattr(original, "tool_calls", None):
-        update.pop("tool_calls", None)
-    return original.model_copy(update=update)
-
-
-def to_langchain(result: PruneResult, summary_role: str = "system") -> list[BaseMessage]:
-    """The pruned prompt as LangChain messages: the originals, the summary, truncated copies."""
-    summary_cls = SystemMessage if summary_role == "system" else HumanMessage
-
-    def make_summary(m: Message) -> BaseMessage:
-        return summary_cls(
-            content=message_fields(m)["content"],
-            id=m.id,
-            additional_kwargs={"lc_source": "summarization"},
-        )
-
-    def copy_truncated(original: Any, m: Message) -> BaseMessage:
-        return _copy(original, m)
-
-    return list(result.materialize(make_summary, copy_truncated))
 
 
 def _read(state: Any, key: str) -> Any:

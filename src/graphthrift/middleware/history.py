@@ -32,15 +32,13 @@ from langchain.agents.middleware.types import (
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
-    HumanMessage,
     RemoveMessage,
-    SystemMessage,
 )
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
 from graphthrift.history import HistoryPruner, HistoryState, PruneResult
-from graphthrift.messages import Message, message_fields
+from graphthrift.langchain.history import to_langchain
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
@@ -50,14 +48,6 @@ class HistoryPruningState(AgentState[Any]):
     """Agent state plus the running summary and sticky boundary (private to the middleware)."""
 
     history_state: NotRequired[Annotated[dict[str, Any] | None, PrivateStateAttr]]
-
-
-def _copy(original: BaseMessage, m: Message) -> BaseMessage:
-    """``original`` with the shortened content (and tool-call arguments) of ``m``."""
-    update = message_fields(m)
-    if not getattr(original, "tool_calls", None):
-        update.pop("tool_calls", None)
-    return original.model_copy(update=update)
 
 
 class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
@@ -118,19 +108,7 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
     # ------------------------------------------------------------ translation
 
     def _to_langchain(self, result: PruneResult) -> list[BaseMessage]:
-        summary_cls = SystemMessage if self.pruner.summary_role == "system" else HumanMessage
-
-        def make_summary(m: Message) -> BaseMessage:
-            return summary_cls(
-                content=message_fields(m)["content"],
-                id=m.id,
-                additional_kwargs={"lc_source": "summarization"},
-            )
-
-        def copy_truncated(original: Any, m: Message) -> BaseMessage:
-            return _copy(original, m)
-
-        return list(result.materialize(make_summary, copy_truncated))
+        return to_langchain(result, self.pruner.summary_role)
 
     def _update(self, result: PruneResult, stored: Any) -> dict[str, Any] | None:
         if self.mode == "replace" and (result.summarized or result.truncated):
