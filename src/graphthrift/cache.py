@@ -791,6 +791,16 @@ class ExactCache(_BaseCache):
             )
         ]
 
+    _dim: int | None = None  # the vector size; the exact layer stores none
+
+    def _vector(self, text: str) -> str | None:
+        """The query's vector literal for the SQL; the exact layer matches on the key alone."""
+        return None
+
+    async def _avector(self, text: str) -> str | None:
+        """Async twin of ``_vector`` (the semantic layer embeds off the event loop)."""
+        return None
+
     def lookup(
         self,
         query: Any,
@@ -808,7 +818,7 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope), key, None)
+        plan = self._lookup_plan(self._scope(scope), key, self._vector(key.text))
         try:
             decision = with_deadline(self._engines, plan, self.timeout)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -829,7 +839,7 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope), key, None)
+        plan = self._lookup_plan(self._scope(scope), key, await self._avector(key.text))
         try:
             decision = await awith_deadline(self._engines, plan, self.timeout)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -872,9 +882,10 @@ class ExactCache(_BaseCache):
         if prepared is None:
             return None
         resolved, key = prepared
+        vector = self._vector(key.text)
         judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
         plan = self._update_plan(
-            resolved, key, answer, None, None, payload, evidence_ids, model,
+            resolved, key, answer, vector, self._dim, payload, evidence_ids, model,
             input_tokens, output_tokens, judged,
         )  # fmt: skip
         try:
@@ -903,9 +914,10 @@ class ExactCache(_BaseCache):
         if prepared is None:
             return None
         resolved, key = prepared
+        vector = await self._avector(key.text)
         judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
         plan = self._update_plan(
-            resolved, key, answer, None, None, payload, evidence_ids, model,
+            resolved, key, answer, vector, self._dim, payload, evidence_ids, model,
             input_tokens, output_tokens, judged,
         )  # fmt: skip
         try:
@@ -1006,12 +1018,12 @@ class SemanticCache(ExactCache):
             ),
         ]
 
-    def _embed_one(self, text: str) -> str:
+    def _vector(self, text: str) -> str | None:
         vector = self.embedder.embed([text])[0]
         self._note_dim(len(vector))
         return _vector_literal(vector)
 
-    async def _aembed_one(self, text: str) -> str:
+    async def _avector(self, text: str) -> str | None:
         vector = (await self.embedder.aembed([text]))[0]
         self._note_dim(len(vector))
         return _vector_literal(vector)
@@ -1032,112 +1044,6 @@ class SemanticCache(ExactCache):
                 diagnostics.count(
                     "cache_index_failure", "graphthrift: HNSW index for dim %d: %r", dim, exc
                 )
-
-    def lookup(
-        self,
-        query: Any,
-        *,
-        context: Any = None,
-        feature: str | None = None,
-        node: str | None = None,
-        **scope: Any,
-    ) -> CacheHit | None:
-        key = self._key(query, context)
-        if key is None:
-            return None
-        vector = self._embed_one(key.text)
-        plan = self._lookup_plan(self._scope(scope), key, vector)
-        try:
-            decision = with_deadline(self._engines, plan, self.timeout)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            self._fail_open("lookup", exc)
-            return None
-        return self._finish_lookup(decision, feature, node)
-
-    lookup.__doc__ = ExactCache.lookup.__doc__
-
-    async def alookup(
-        self,
-        query: Any,
-        *,
-        context: Any = None,
-        feature: str | None = None,
-        node: str | None = None,
-        **scope: Any,
-    ) -> CacheHit | None:
-        key = self._key(query, context)
-        if key is None:
-            return None
-        vector = await self._aembed_one(key.text)
-        plan = self._lookup_plan(self._scope(scope), key, vector)
-        try:
-            decision = await awith_deadline(self._engines, plan, self.timeout)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            self._fail_open("lookup", exc)
-            return None
-        return self._finish_lookup(decision, feature, node)
-
-    def update(
-        self,
-        query: Any,
-        answer: str,
-        *,
-        context: Any = None,
-        payload: Any = None,
-        evidence_ids: Sequence[str] = (),
-        model: str | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        tool_calls: bool = False,
-        structured: bool = False,
-        **scope: Any,
-    ) -> int | None:
-        prepared = self._prepare_update(query, context, tool_calls, structured, scope)
-        if prepared is None:
-            return None
-        resolved, key = prepared
-        vector = self._embed_one(key.text)
-        judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
-        plan = self._update_plan(
-            resolved, key, answer, vector, self._dim, payload, evidence_ids, model,
-            input_tokens, output_tokens, judged,
-        )  # fmt: skip
-        try:
-            return run_sync(self._engines.engine, plan, self.write_timeout)
-        except (SQLAlchemyError, OSError) as exc:
-            self._fail_open("store", exc)
-            return None
-
-    async def aupdate(
-        self,
-        query: Any,
-        answer: str,
-        *,
-        context: Any = None,
-        payload: Any = None,
-        evidence_ids: Sequence[str] = (),
-        model: str | None = None,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        tool_calls: bool = False,
-        structured: bool = False,
-        **scope: Any,
-    ) -> int | None:
-        prepared = self._prepare_update(query, context, tool_calls, structured, scope)
-        if prepared is None:
-            return None
-        resolved, key = prepared
-        vector = await self._aembed_one(key.text)
-        judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
-        plan = self._update_plan(
-            resolved, key, answer, vector, self._dim, payload, evidence_ids, model,
-            input_tokens, output_tokens, judged,
-        )  # fmt: skip
-        try:
-            return await run_async(self._engines.async_engine, plan, self.write_timeout)
-        except (SQLAlchemyError, OSError) as exc:
-            self._fail_open("store", exc)
-            return None
 
     def update_many(
         self,
