@@ -13,6 +13,8 @@ appears in the prompt), ``prefix_stability`` (share of prompts that start with t
 previous prompt) and ``summary_tokens`` (mean final summary length). Also
 ``cacheable_fraction`` (share of sent tokens a prefix cache could serve),
 ``ms_per_turn`` (policy overhead, summarizer time excluded) and the tracemalloc peak.
+``bound`` is the most any fold schedule could save at the stability target
+(``_history_bound``), which shows whether the targets can be met together on the data.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from graphthrift.bench._data_history import (
     load_conversations_jsonl,
     load_default_sets,
 )
+from graphthrift.bench._history_bound import fold_bound
 from graphthrift.history import HistoryPruner, HistoryState
 from graphthrift.messages import Message, to_message
 from graphthrift.summarize import ExtractiveSummarizer, Summarizer
@@ -573,6 +576,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["ratios"] = _ratios(ours, figures)
     result["targets"] = _targets(result)
+    result["bound"] = fold_bound(
+        [
+            (c, prompt_points(c), [_msg_tokens(t.role, t.content) for t in c.turns])
+            for items in prepared.values()
+            for c, _ in items
+        ],
+        stability=TARGETS["prefix_stability"],
+    )
     if args.budgets:
         result["curve"] = _curve(args, console, prepared)
     result["machine"] = machine()
@@ -703,3 +714,13 @@ def _print(result: dict[str, Any], console: Console) -> None:
             {True: "yes", False: "NO", None: "-"}[t["met"]],
         )
     console.print(targets)
+    bound = result.get("bound")
+    if bound:
+        ceiling = ", ".join(
+            f"{p['saved_fraction_20plus']:.3f} with a {p['summary_tokens']}-token summary"
+            for p in bound["points"]
+        )
+        console.print(
+            f"ceiling for any fold schedule at prefix stability {bound['prefix_stability']}"
+            f" (saved on 20+ turns, folds chosen knowing the future): {ceiling}"
+        )
