@@ -503,43 +503,59 @@ class Budget:
         )
         return self._reserve_estimate(est, tags or {}, force)
 
+    def _begin(
+        self, est: Estimate, tags: Mapping[str, Any], force: bool
+    ) -> tuple[Reservation | Shortfall, Any]:
+        """The local part of a reservation: a final answer, or one to back with ``scopes``.
+
+        Returns (shortfall or unbacked reservation, None) when the store has no say, else
+        (a reservation to back, its scopes).
+        """
+        short = None if force else self._local_shortfall(est)
+        if short is not None:
+            return short, None
+        scopes = self._scopes(tags)
+        refs = [s for s, _, _ in scopes]
+        backed = bool(scopes) and self.store is not None
+        return self._new(est, refs, backed=backed, forced=force), scopes if backed else None
+
+    def _program(self, r: Reservation, scopes: Any, force: bool) -> Any:
+        return reserve_program(
+            r.id, scopes, r.usd, r.tokens,
+            model=r.estimate.model, ttl_s=self.reservation_ttl, force=force,
+        )  # fmt: skip
+
+    def _unbacked(self, r: Reservation, exc: StoreUnavailable) -> Reservation:
+        """The store failed: fail open with an unbacked reservation (or raise, fail closed)."""
+        self._store_failed(exc)
+        return self._new(r.estimate, r.scopes, backed=False, forced=r.forced)
+
+    def _outcome(self, r: Reservation, refusal: Refusal | None) -> Reservation | Shortfall:
+        return self._shortfall_of(refusal, r.estimate) if isinstance(refusal, Refusal) else r
+
     def _reserve_estimate(
         self, est: Estimate, tags: Mapping[str, Any], force: bool
     ) -> Reservation | Shortfall:
-        short = None if force else self._local_shortfall(est)
-        if short is not None:
-            return short
-        scopes = self._scopes(tags)
-        refs = [s for s, _, _ in scopes]
-        if not scopes or self.store is None:
-            return self._new(est, refs, backed=False, forced=force)
-        reservation = self._new(est, refs, backed=True, forced=force)
+        r, scopes = self._begin(est, tags, force)
+        if scopes is None or not isinstance(r, Reservation):
+            return r
+
+        def attempt() -> Refusal | None:
+            assert self.store is not None
+            result: Refusal | None = run_sync(
+                self.store, self._program(r, scopes, force), rollback_if=Refusal
+            )
+            return result
+
         try:
             if self._should_reclaim():
                 self.reclaim()
-            refusal = self._run(reservation, scopes, force)
+            refusal = attempt()
             if isinstance(refusal, Refusal) and self.reclaim():
-                refusal = self._run(reservation, scopes, force)
+                refusal = attempt()
         except StoreUnavailable as exc:
-            self._store_failed(exc)
-            return self._new(est, refs, backed=False, forced=force)
-        if isinstance(refusal, Refusal):
-            return self._shortfall_of(refusal, est)
-        return reservation
-
-    def _run(self, r: Reservation, scopes: Any, force: bool) -> Refusal | None:
-        assert self.store is not None
-        program = reserve_program(
-            r.id,
-            scopes,
-            r.usd,
-            r.tokens,
-            model=r.estimate.model,
-            ttl_s=self.reservation_ttl,
-            force=force,
-        )
-        result: Refusal | None = run_sync(self.store, program, rollback_if=Refusal)
-        return result
+            return self._unbacked(r, exc)
+        return self._outcome(r, refusal)
 
     async def atry_reserve(
         self,
@@ -560,27 +576,15 @@ class Budget:
     async def _areserve_estimate(
         self, est: Estimate, tags: Mapping[str, Any], force: bool
     ) -> Reservation | Shortfall:
-        short = None if force else self._local_shortfall(est)
-        if short is not None:
-            return short
-        scopes = self._scopes(tags)
-        refs = [s for s, _, _ in scopes]
-        if not scopes or self.store is None:
-            return self._new(est, refs, backed=False, forced=force)
-        r = self._new(est, refs, backed=True, forced=force)
+        r, scopes = self._begin(est, tags, force)
+        if scopes is None or not isinstance(r, Reservation):
+            return r
 
         async def attempt() -> Refusal | None:
             assert self.store is not None
-            program = reserve_program(
-                r.id,
-                scopes,
-                r.usd,
-                r.tokens,
-                model=est.model,
-                ttl_s=self.reservation_ttl,
-                force=force,
+            result: Refusal | None = await run_async(
+                self.store, self._program(r, scopes, force), rollback_if=Refusal
             )
-            result: Refusal | None = await run_async(self.store, program, rollback_if=Refusal)
             return result
 
         try:
@@ -590,11 +594,8 @@ class Budget:
             if isinstance(refusal, Refusal) and await self.areclaim():
                 refusal = await attempt()
         except StoreUnavailable as exc:
-            self._store_failed(exc)
-            return self._new(est, refs, backed=False, forced=force)
-        if isinstance(refusal, Refusal):
-            return self._shortfall_of(refusal, est)
-        return r
+            return self._unbacked(r, exc)
+        return self._outcome(r, refusal)
 
     def reserve(
         self, model: str, messages: Iterable[Any] | None = None, **kwargs: Any
