@@ -627,6 +627,22 @@ def test_extractive_facts_style_keeps_lower_case_names_after_a_naming_cue() -> N
     assert "the bank" not in out  # "called the ..." is a verb, not a name
 
 
+def test_extractive_facts_style_fills_its_budget_and_skips_restated_values() -> None:
+    names = ["Nopa", "Zuni", "Tartine", "Delfina", "Oakland", "Berkeley", "Fremont", "Napa",
+             "Sonoma", "Davis", "Fresno", "Modesto", "Salinas", "Monterey"]  # fmt: skip
+    out = ExtractiveSummarizer().summarize(
+        [Message("user", f"What about {name}?") for name in names], "", 30
+    )
+    assert 27 <= count_text(out) <= 30  # the rendered text fills it, not per-unit estimates
+    booked = [
+        Message("user", "What about Nopa?"),
+        Message("assistant", "Booked: Nopa in San Francisco on March 1st at 8 pm."),
+    ]
+    out = ExtractiveSummarizer().summarize(booked, "", 24)
+    assert "March 1st at 8 pm" in out
+    assert out.lower().count("nopa") == 1  # "Nopa" alone is restated by the booking
+
+
 def test_extractive_facts_style_drops_superseded_values_first() -> None:
     msgs = [Message("user", f"Book it for {h} pm.") for h in range(1, 10)]
     msgs.append(Message("user", "Address: Nopa, 560 Divisadero Street, San Francisco."))

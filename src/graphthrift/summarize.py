@@ -662,25 +662,38 @@ class ExtractiveSummarizer:
         return out
 
     def _select_facts(self, units: list[_Unit], max_tokens: int, compaction: bool) -> str:
-        """Every unit if it fits; else facts first (recent and not superseded first), then gists."""
+        """Every unit if it fits; else facts first (recent and not superseded first), then gists.
+
+        A value another fact restates whole ("Nopa" beside "Nopa on March 1st at 8 pm") is
+        dropped first: the longer one carries it.
+        """
+        n = len(units)  # orders run over all units, restated ones included
+        lows = [u.text.lower() for u in units]
+        facts = [(u, low) for u, low in zip(units, lows, strict=True) if u.fact]
+        units = [
+            u
+            for u, low in zip(units, lows, strict=True)
+            if not any(v is not u and low in other for v, other in facts)
+        ]
         if not units:
             return ""
         text = self._render_units(units)
         if count_text(text, self.model) <= max_tokens:
             return text
-        n = len(units)
         latest: dict[str, int] = {}
         for u in units:
             if u.kind and not u.kind.startswith("name"):
                 latest[u.kind] = u.order
 
+        def superseded(u: _Unit) -> bool:  # a later value of its kind replaces it
+            return bool(u.kind) and latest.get(u.kind, u.order) > u.order
+
         def value(u: _Unit) -> float:
-            superseded = bool(u.kind) and latest.get(u.kind, u.order) > u.order
             recency = u.order / n
             # A section is written once, so it has no reason to prefer its recent turns;
             # a compaction keeps the recent ones, the older being likelier superseded.
             keep_recent = 1.5 * recency if compaction else 0.0
-            return (2.0 if u.fact else 0.0) + keep_recent - 1.5 * superseded
+            return (2.0 if u.fact else 0.0) + keep_recent - 1.5 * superseded(u)
 
         ranked = sorted(units, key=lambda u: (-value(u), u.tokens, u.order))
         chosen: list[_Unit] = []
@@ -700,6 +713,17 @@ class ExtractiveSummarizer:
         while chosen and count_text(text, self.model) > max_tokens:
             chosen.remove(min(chosen, key=value))
             text = self._render_units(chosen)
+        # Per-unit costs overestimate (units of one speaker share a label): fill what is left
+        # with the next facts, counting the rendered text itself; superseded values last,
+        # the most recent first, as the older ones were replaced earlier.
+        fill = sorted(ranked, key=lambda u: (superseded(u), -u.order if superseded(u) else 0))
+        for u in fill:
+            if not u.fact or u in chosen:
+                continue
+            trial = sorted([*chosen, u], key=lambda c: c.order)
+            rendered = self._render_units(trial)
+            if count_text(rendered, self.model) <= max_tokens:
+                chosen, text = trial, rendered
         if not chosen and units:  # one long unit: keep its head
             text = _truncate_tokens(self._render_units(units[:1]), max_tokens)
         return text
