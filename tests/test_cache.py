@@ -95,7 +95,7 @@ def test_size_cap_evicts_least_recently_used(store: Store, tenant: str) -> None:
     for i in range(3):
         cache.update(f"q{i}", f"a{i}")
     assert cache.lookup("q0") is not None  # q0 is now the most recently used
-    cache._flush_touches()
+    cache.flush()
     cache.update("q3", "a3")
     assert cache.lookup("q1") is None  # the least recently used went
     assert all(cache.lookup(q) is not None for q in ("q0", "q2", "q3"))
@@ -124,7 +124,7 @@ def test_hits_are_counted_in_batches_and_a_write_flushes_them_first(
     cache.update("q2", "a2")  # flushes the two hits before evicting: q1 goes, not q0
     assert hits() == 2
     assert cache.lookup("q1") is None and cache.lookup("q0") is not None
-    cache._flush_touches()
+    cache.flush()
     assert hits() == 3
 
 
@@ -143,7 +143,7 @@ def test_concurrent_hit_flushes_on_the_same_entries_do_not_deadlock(
         for k, cache in enumerate(caches):  # each cache touches the entries in its own order
             for i in range(40) if (k + round_) % 2 else reversed(range(40)):
                 cache._touch(ids[i])  # type: ignore[arg-type]
-        threads = [threading.Thread(target=c._flush_touches) for c in caches]
+        threads = [threading.Thread(target=c.flush) for c in caches]
         for t in threads:
             t.start()
         for t in threads:

@@ -268,6 +268,7 @@ class _BaseCache:
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, ef))
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._touched: dict[int, int] = {}
         self._touch_scheduled = False
 
@@ -380,7 +381,7 @@ class _BaseCache:
             if self._touch_scheduled:
                 return
             self._touch_scheduled = True
-        timer = threading.Timer(_TOUCH_DELAY, self._flush_touches)
+        timer = threading.Timer(_TOUCH_DELAY, self.flush)
         timer.daemon = True
         timer.start()
 
@@ -390,20 +391,24 @@ class _BaseCache:
             self._touch_scheduled = False
         return touched
 
-    def _flush_touches(self) -> None:
-        """Write the pending hit counts and recency now (tests and shutdown call it)."""
-        touched = self._take_touches()
-        if not touched:
-            return
+    def flush(self) -> None:
+        """Write the pending hit counts and recency now; returns once no write is in flight.
 
-        def plan() -> Plan[None]:
-            yield _touch_sql(touched)
-            return None
+        Hits are batched off the lookup path; call this before the store goes away.
+        """
+        with self._flush_lock:  # a timer's flush in progress finishes first
+            touched = self._take_touches()
+            if not touched:
+                return
 
-        try:
-            run_sync(self._engines.engine, plan(), self.write_timeout)
-        except (SQLAlchemyError, OSError) as exc:
-            self._fail_open("touch", exc)
+            def plan() -> Plan[None]:
+                yield _touch_sql(touched)
+                return None
+
+            try:
+                run_sync(self._engines.engine, plan(), self.write_timeout)
+            except (SQLAlchemyError, OSError) as exc:
+                self._fail_open("touch", exc)
 
     def _price(self, hit: CacheHit) -> float | None:
         if not hit.model:

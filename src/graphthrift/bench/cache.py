@@ -385,7 +385,7 @@ def _exact_speed(store: Store, name: str, texts: list[str], n: int) -> dict[str,
         s = time.perf_counter()
         exact.lookup(t)
         times.append((time.perf_counter() - s) * 1000)
-    exact._flush_touches()  # the batched hit counts, before the scratch database goes away
+    exact.flush()  # the batched hit counts, before the scratch database goes away
     return percentiles(times, 50, 95)
 
 
@@ -521,7 +521,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     ],
                 }
                 console.print(_table(test.name, policies))
-                cache._flush_touches()  # batched hit counts, before the database goes away
+                cache.flush()  # batched hit counts, before the database goes away
     finally:
         base.close()
     primary = results[tasks[0][1].name]
