@@ -7,8 +7,6 @@ and truncated copies of oversized messages.
 
 from __future__ import annotations
 
-from typing import Any
-
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from graphthrift.history import PruneResult
@@ -36,7 +34,4 @@ def to_langchain(result: PruneResult, summary_role: str = "system") -> list[Base
             additional_kwargs={"lc_source": "summarization"},
         )
 
-    def copy_truncated(original: Any, m: Message) -> BaseMessage:
-        return _copy(original, m)
-
-    return list(result.materialize(make_summary, copy_truncated))
+    return list(result.materialize(make_summary, _copy))
