@@ -44,6 +44,7 @@ from rich.table import Table
 
 from graphthrift.bench._common import machine, scratch_store, write_json
 from graphthrift.bench._workload import Workload, build_workload
+from graphthrift.bench.history import DEFAULT_MAX_TOKENS as HISTORY_BENCH_BUDGET
 from graphthrift.sim import Expected, SimulatedProvider
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ TARGETS = {
     "routing": None,  # reported; the route bench reached about 0.996
     "budgets": 1.0,
 }
-HISTORY_MAX_TOKENS = 384  # bench history's default budget
+HISTORY_MAX_TOKENS = HISTORY_BENCH_BUDGET  # the same budget as `bench history`
 COMPRESS_KEPT = 1 / 3  # ratio 3
 SEMANTIC_THRESHOLD = 0.92
 RUN_LIMIT_USD = 0.05
