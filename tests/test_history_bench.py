@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from graphthrift.bench._data_history import load_conversations_jsonl
-from graphthrift.bench._history_bound import fold_bound
-from graphthrift.bench.history import _msg_tokens, prompt_points
+from graphthrift.bench.history import fold_ceiling
 from graphthrift.cli import main
 
 PLACES = ["Nopa", "Little Hunan", "The Foundry", "Zuni Cafe", "State Bird"]
@@ -79,13 +78,8 @@ def test_bench_history_writes_the_design_figures(tmp_path: Path) -> None:
     assert 0.0 < figures["fact_retention"] <= 1.0
     assert figures["baselines"]["full_history"]["saved_fraction"] == 0.0
     # our saving can never beat the ceiling of any fold schedule at our own stability
-    ceiling = fold_bound(
-        [
-            (c, prompt_points(c), [_msg_tokens(t.role, t.content) for t in c.turns])
-            for c in load_conversations_jsonl(data)
-        ],
-        summary_tokens=(0,),
-        stability=figures["prefix_stability"],
+    ceiling = fold_ceiling(
+        load_conversations_jsonl(data), summary_tokens=(0,), stability=figures["prefix_stability"]
     )["points"][0]
     assert ceiling["prefix_stability"] >= figures["prefix_stability"]
     assert figures["saved_fraction"] <= ceiling["saved_fraction"] + 1e-9
@@ -94,12 +88,9 @@ def test_bench_history_writes_the_design_figures(tmp_path: Path) -> None:
 
 def test_fold_bound_trades_savings_for_stability(tmp_path: Path) -> None:
     convs = load_conversations_jsonl(_conversations(tmp_path / "c.jsonl", n=8))
-    items = [
-        (c, prompt_points(c), [_msg_tokens(t.role, t.content) for t in c.turns]) for c in convs
-    ]
-    loose = fold_bound(items, summary_tokens=(0, 60), stability=0.5)["points"]
-    strict = fold_bound(items, summary_tokens=(0, 60), stability=0.95)["points"]
-    never = fold_bound(items, summary_tokens=(0,), stability=1.0)["points"][0]
+    loose = fold_ceiling(convs, summary_tokens=(0, 60), stability=0.5)["points"]
+    strict = fold_ceiling(convs, summary_tokens=(0, 60), stability=0.95)["points"]
+    never = fold_ceiling(convs, summary_tokens=(0,), stability=1.0)["points"][0]
     assert never["saved_fraction"] == pytest.approx(0.0) and never["prefix_stability"] == 1.0
     for a, b in zip(loose, strict, strict=True):
         assert a["prefix_stability"] >= 0.5 and b["prefix_stability"] >= 0.95

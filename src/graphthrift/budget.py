@@ -506,23 +506,23 @@ class Budget:
     def _begin(
         self, est: Estimate, tags: Mapping[str, Any], force: bool
     ) -> tuple[Reservation | Shortfall, Any]:
-        """The local part of a reservation: a final answer, or one to back with ``scopes``.
+        """The local part of a reservation, and the scopes it covers.
 
-        Returns (shortfall or unbacked reservation, None) when the store has no say, else
-        (a reservation to back, its scopes).
+        A shortfall or an unbacked reservation (no scopes, or no store) is already the
+        answer; a backed reservation still has to be made in the store.
         """
         short = None if force else self._local_shortfall(est)
         if short is not None:
-            return short, None
+            return short, []
         scopes = self._scopes(tags)
         refs = [s for s, _, _ in scopes]
         backed = bool(scopes) and self.store is not None
-        return self._new(est, refs, backed=backed, forced=force), scopes if backed else None
+        return self._new(est, refs, backed=backed, forced=force), scopes
 
-    def _program(self, r: Reservation, scopes: Any, force: bool) -> Any:
+    def _program(self, r: Reservation, scopes: Any) -> Any:
         return reserve_program(
             r.id, scopes, r.usd, r.tokens,
-            model=r.estimate.model, ttl_s=self.reservation_ttl, force=force,
+            model=r.estimate.model, ttl_s=self.reservation_ttl, force=r.forced,
         )  # fmt: skip
 
     def _unbacked(self, r: Reservation, exc: StoreUnavailable) -> Reservation:
@@ -537,13 +537,13 @@ class Budget:
         self, est: Estimate, tags: Mapping[str, Any], force: bool
     ) -> Reservation | Shortfall:
         r, scopes = self._begin(est, tags, force)
-        if scopes is None or not isinstance(r, Reservation):
+        if not isinstance(r, Reservation) or not r.backed:
             return r
 
         def attempt() -> Refusal | None:
             assert self.store is not None
             result: Refusal | None = run_sync(
-                self.store, self._program(r, scopes, force), rollback_if=Refusal
+                self.store, self._program(r, scopes), rollback_if=Refusal
             )
             return result
 
@@ -577,13 +577,13 @@ class Budget:
         self, est: Estimate, tags: Mapping[str, Any], force: bool
     ) -> Reservation | Shortfall:
         r, scopes = self._begin(est, tags, force)
-        if scopes is None or not isinstance(r, Reservation):
+        if not isinstance(r, Reservation) or not r.backed:
             return r
 
         async def attempt() -> Refusal | None:
             assert self.store is not None
             result: Refusal | None = await run_async(
-                self.store, self._program(r, scopes, force), rollback_if=Refusal
+                self.store, self._program(r, scopes), rollback_if=Refusal
             )
             return result
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from graphthrift.embed import MiniLMEmbedder, Vectors, _check_texts, _normalise
+from graphthrift.embed import MiniLMEmbedder, Vectors, _normalise
 
 __all__ = ["StaticEmbedder"]
 
@@ -56,7 +56,7 @@ class StaticEmbedder:
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Unit-length mean token vectors; a text without tokens gives a zero row."""
-        ids = self.source.token_ids(_check_texts(texts))
+        ids = self.source.token_ids(texts)  # checks the texts
         self._distil({i for row in ids for i in row})
         table = self._table
         out = np.zeros((len(ids), self.dim), dtype=np.float32)

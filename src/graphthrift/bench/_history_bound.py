@@ -27,6 +27,7 @@ class _Replay:
     ends: tuple[int, ...]  # history length at each prompt
     starts: tuple[int, ...]  # where that prompt's latest run of user messages begins
     cumulative: tuple[int, ...]  # tokens of the first k messages
+    full: int  # tokens the full history sends over the conversation
 
 
 def _replay(conv: Conversation, ends: Sequence[int], tokens: Sequence[int]) -> _Replay:
@@ -39,7 +40,8 @@ def _replay(conv: Conversation, ends: Sequence[int], tokens: Sequence[int]) -> _
     cumulative = [0]
     for t in tokens:
         cumulative.append(cumulative[-1] + t)
-    return _Replay(len(conv.turns) >= 20, tuple(ends), tuple(starts), tuple(cumulative))
+    full = sum(cumulative[e] + TOKENS_REPLY_PRIMING for e in ends)
+    return _Replay(len(conv.turns) >= 20, tuple(ends), tuple(starts), tuple(cumulative), full)
 
 
 def _best(r: _Replay, summary: int, price: float) -> tuple[int, int]:
@@ -70,13 +72,12 @@ def _totals(replays: Sequence[_Replay], summary: int, price: float) -> dict[str,
     full = sent = full20 = sent20 = transitions = folds = 0
     for r in replays:
         tokens, n_folds = _best(r, summary, price)
-        whole = sum(r.cumulative[e] + TOKENS_REPLY_PRIMING for e in r.ends)
-        full += whole
+        full += r.full
         sent += tokens
         transitions += len(r.ends) - 1
         folds += n_folds
         if r.long:
-            full20 += whole
+            full20 += r.full
             sent20 += tokens
     return {
         "saved_fraction": round(1 - sent / full, 4) if full else 0.0,

@@ -23,7 +23,7 @@ import argparse
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +44,7 @@ from graphthrift.messages import Message, to_message
 from graphthrift.summarize import ExtractiveSummarizer, Summarizer
 from graphthrift.tokens import TOKENS_REPLY_PRIMING, count_message, count_text
 
-__all__ = ["add_arguments", "as_langchain", "prompt_points", "run"]
+__all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "run"]
 
 # the smallest budget of the sweep where fact retention and stability clear 0.9 with margin
 DEFAULT_MAX_TOKENS = 384
@@ -389,6 +389,23 @@ def prompt_points(conv: Conversation) -> list[int]:
     ]
 
 
+def fold_ceiling(
+    conversations: Iterable[Conversation],
+    *,
+    summary_tokens: Sequence[int] = (0, 40, 80),
+    stability: float = TARGETS["prefix_stability"],
+) -> dict[str, Any]:
+    """``fold_bound`` over ``conversations``, with this bench's prompt points and token counts."""
+    return fold_bound(
+        [
+            (c, prompt_points(c), [_msg_tokens(t.role, t.content) for t in c.turns])
+            for c in conversations
+        ],
+        summary_tokens=summary_tokens,
+        stability=stability,
+    )
+
+
 def _replay(
     policy: _Policy,
     conv: Conversation,
@@ -577,14 +594,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["ratios"] = _ratios(ours, figures)
     result["targets"] = _targets(result)
-    result["bound"] = fold_bound(
-        [
-            (c, prompt_points(c), [_msg_tokens(t.role, t.content) for t in c.turns])
-            for items in prepared.values()
-            for c, _ in items
-        ],
-        stability=TARGETS["prefix_stability"],
-    )
+    result["bound"] = fold_ceiling(c for items in prepared.values() for c, _ in items)
     if args.budgets:
         result["curve"] = _curve(args, console, prepared)
     result["machine"] = machine()

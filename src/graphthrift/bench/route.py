@@ -243,6 +243,24 @@ def _split(work: list[tuple[str, str]], seed: int) -> Iterator[list[tuple[str, s
     yield [(t, label) for t, label in train if t not in seen]
 
 
+def _classifier_figures(
+    clf: DifficultyClassifier,
+    train: list[tuple[str, str]],
+    work: list[tuple[str, str]],
+    threshold: float,
+) -> dict[str, Any]:
+    """Train ``clf`` on ``train`` and route ``work`` with it; figures, training time, embedder."""
+    t0 = time.perf_counter()
+    clf.fit([t for t, _ in train], [label in HARD for _, label in train])
+    train_s = time.perf_counter() - t0
+    clf.predict_proba(["warm up"])
+    figures = _evaluate(Router(CHEAP, STRONG, threshold=threshold, classifier=clf), work)
+    figures["train_examples"] = len(train)
+    figures["train_s"] = round(train_s, 3)
+    figures["embedder"] = clf.embedder.model_id
+    return figures
+
+
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     n = min(args.n, 150) if getattr(args, "quick", False) else args.n
     work = build_workload(n, args.seed)
@@ -252,31 +270,16 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     figures["simulated_quality"] = QUALITY
     if not args.no_classifier:
         train = next(_split(work, args.seed))
-        t0 = time.perf_counter()
-        clf = DifficultyClassifier().fit(
-            [t for t, _ in train], [label in HARD for _, label in train]
-        )
-        train_s = time.perf_counter() - t0
-        clf.predict_proba(["warm up"])
-        sub = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold, classifier=clf), work)
-        sub["train_examples"] = len(train)
-        sub["train_s"] = round(train_s, 3)
-        sub["embedder"] = clf.embedder.model_id
-        figures["classifier"] = sub
+        default = DifficultyClassifier()
+        static = _classifier_figures(default, train, work, args.threshold)
         # the same classifier on the full transformer, for the quality/overhead trade
-        minilm = MiniLMEmbedder(max_length=clf.embed_tokens)
-        full = DifficultyClassifier(minilm).fit(
-            [t for t, _ in train], [label in HARD for _, label in train]
+        minilm = MiniLMEmbedder(max_length=default.embed_tokens)
+        peer = _classifier_figures(DifficultyClassifier(minilm), train, work, args.threshold)
+        p95 = peer["overhead_ms"]["p95"]
+        static["overhead_p95_vs_transformer"] = (
+            round(static["overhead_ms"]["p95"] / p95, 3) if p95 else None
         )
-        full.predict_proba(["warm up"])
-        peer = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold, classifier=full), work)
-        peer["embedder"] = minilm.model_id
-        figures["classifier_transformer"] = peer
-        figures["classifier"]["overhead_p95_vs_transformer"] = (
-            round(sub["overhead_ms"]["p95"] / peer["overhead_ms"]["p95"], 3)
-            if peer["overhead_ms"]["p95"]
-            else None
-        )
+        figures["classifier"], figures["classifier_transformer"] = static, peer
     figures["targets"] = TARGETS
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     table = Table(title=f"graphthrift bench route (n={n})")
