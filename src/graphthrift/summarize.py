@@ -80,7 +80,7 @@ def render_transcript(messages: Sequence[Message]) -> str:
     """Messages as ``Role: text`` lines, tool calls included, for a summarizer prompt."""
     lines = []
     for m in messages:
-        label = _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
+        label = _label_of(m)
         text = " ".join(p for p in (m.text.strip(), _tool_call_text(m)) if p)
         if text:
             lines.append(f"{label}: {text}")
@@ -518,6 +518,22 @@ def _sentences_of(message: Message) -> list[str]:
     return [*parts, tool_calls] if tool_calls else parts
 
 
+def _label_of(m: Message) -> str:
+    """How a summary line names the speaker: "User", "Assistant", "Tool search", ..."""
+    return _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
+
+
+def _summary_lines(text: str) -> list[tuple[str, str]]:
+    """A summary's lines as (speaker label, body); a line without a known label has ""."""
+    out = []
+    for line in text.splitlines():
+        label, sep, body = line.partition(": ")
+        if not sep or not (label in _LABELS or label.startswith("Tool ")):
+            label, body = "", line
+        out.append((label, body))
+    return out
+
+
 def _truncate_tokens(text: str, max_tokens: int) -> str:
     encoding = get_encoding("o200k_base")
     ids = encoding.encode(text, disallowed_special=())
@@ -619,10 +635,7 @@ class ExtractiveSummarizer:
 
         for m in messages:
             if compaction:
-                for line in m.text.splitlines():
-                    label, sep, body = line.partition(": ")
-                    if not sep or not (label in _LABELS or label.startswith("Tool ")):
-                        label, body = "", line
+                for label, body in _summary_lines(m.text):
                     for item in body.split("; "):
                         item = item.strip()
                         if item:
@@ -630,7 +643,7 @@ class ExtractiveSummarizer:
                             kind = spans[-1].kind if len(spans) == 1 else ""
                             add(label, item, kind, bool(spans) or item.lower() in ("yes", "no"))
                 continue
-            label = _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
+            label = _label_of(m)
             text = m.text.strip()
             if m.role == "tool" and text[:1] in "[{":
                 try:
@@ -757,15 +770,14 @@ class ExtractiveSummarizer:
         for m in messages:
             if compaction:
                 # A summary line is "Label: sentences"; keep the label with each sentence.
-                pairs: list[tuple[str, str]] = []
-                for line in m.text.splitlines():
-                    label, sep, body = line.partition(": ")
-                    if not sep or not (label in _LABELS or label.startswith("Tool ")):
-                        label, body = "", line
-                    pairs.extend((label, s) for s in _SENTENCE_SPLIT.split(body) if s.strip())
+                pairs = [
+                    (label, s)
+                    for label, body in _summary_lines(m.text)
+                    for s in _SENTENCE_SPLIT.split(body)
+                    if s.strip()
+                ]
             else:
-                label = _ROLE_LABEL[m.role] + (f" {m.name}" if m.role == "tool" and m.name else "")
-                pairs = [(label, s) for s in _sentences_of(m)]
+                pairs = [(_label_of(m), s) for s in _sentences_of(m)]
             for label, raw in pairs:
                 text = raw.strip() if compaction else _clean(raw, self.telegraphic)
                 key = text.lower()
