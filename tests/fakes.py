@@ -106,3 +106,29 @@ def flaky_model(*errors: Exception, **kwargs: Any) -> FlakyChatModel:
     return FlakyChatModel(
         messages=base.messages, usage=base.usage, model_name=base.model_name, errors=list(errors)
     )
+
+
+def triage_answer_graph(checkpointer: Any = None) -> Any:
+    """A compiled two-node LangGraph graph: a cheap triage call, then a strong answer.
+
+    triage: gpt-4o-mini, 300 in / 20 out; answer: gpt-4o, 1500 in (1024 cached) / 400 out.
+    """
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    cheap = usage_model("triage done", input_tokens=300, output_tokens=20, model_name="gpt-4o-mini")
+    strong = usage_model(
+        "final answer", input_tokens=1500, output_tokens=400, cached=1024, model_name="gpt-4o"
+    )
+
+    def triage(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [cheap.invoke(state["messages"])]}
+
+    def answer(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [strong.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("triage", triage)
+    graph.add_node("answer", answer)
+    graph.add_edge(START, "triage")
+    graph.add_edge("triage", "answer")
+    return graph.compile(checkpointer=checkpointer)

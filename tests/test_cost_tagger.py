@@ -16,7 +16,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from graphthrift import CostTagger, Ledger, diagnostics
 from graphthrift.prices import cost_usd
 
-from fakes import RateLimitError, UpstreamError, flaky_model, usage_model
+from fakes import RateLimitError, UpstreamError, flaky_model, triage_answer_graph, usage_model
 
 
 def _records(ledger: Ledger, tenant: str) -> list[dict[str, Any]]:
@@ -29,23 +29,7 @@ def _config(tagger: CostTagger, tenant: str, **meta: Any) -> Any:
 
 
 def test_langgraph_nodes_threads_and_tags(ledger: Ledger, tenant: str) -> None:
-    cheap = usage_model("triage done", input_tokens=300, output_tokens=20, model_name="gpt-4o-mini")
-    strong = usage_model(
-        "final answer", input_tokens=1500, output_tokens=400, cached=1024, model_name="gpt-4o"
-    )
-
-    def triage(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [cheap.invoke(state["messages"])]}
-
-    def answer(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [strong.invoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("triage", triage)
-    graph.add_node("answer", answer)
-    graph.add_edge(START, "triage")
-    graph.add_edge("triage", "answer")
-    app = graph.compile(checkpointer=InMemorySaver())
+    app = triage_answer_graph(checkpointer=InMemorySaver())
     tagger = CostTagger(ledger, feature="support", prompt_version="v1")
     config = {
         **_config(tagger, tenant, prompt_version="v2"),

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from langgraph.graph import START, MessagesState, StateGraph
 from prometheus_client.parser import text_string_to_metric_families
 
 from graphthrift import CostTagger, Ledger, LedgerRecord, Router, diagnostics
 from graphthrift.metrics import OTHER, PrometheusMetrics
 
-from fakes import RateLimitError, flaky_model, usage_model
+from fakes import RateLimitError, flaky_model, triage_answer_graph
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -60,27 +59,11 @@ def metrics(ledger: Ledger) -> Iterator[PrometheusMetrics]:
 
 def _graph_run(ledger: Ledger, tenant: str) -> None:
     """Two nodes of a LangGraph graph, each calling a fake chat model that reports usage."""
-    cheap = usage_model("triage done", input_tokens=300, output_tokens=20, model_name="gpt-4o-mini")
-    strong = usage_model(
-        "final answer", input_tokens=1500, output_tokens=400, cached=1024, model_name="gpt-4o"
-    )
-
-    def triage(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [cheap.invoke(state["messages"])]}
-
-    def answer(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [strong.invoke(state["messages"])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("triage", triage)
-    graph.add_node("answer", answer)
-    graph.add_edge(START, "triage")
-    graph.add_edge("triage", "answer")
     config: Any = {
         "callbacks": [CostTagger(ledger, feature="support")],
         "metadata": {"tenant_id": tenant},
     }
-    graph.compile().invoke({"messages": [("user", "my card was declined")]}, config=config)
+    triage_answer_graph().invoke({"messages": [("user", "my card was declined")]}, config=config)
 
 
 def test_scraped_metrics_match_the_ledger(
