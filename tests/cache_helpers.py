@@ -36,7 +36,7 @@ def bow_embedder() -> Embedder:
 def scratch_database(url: str) -> Iterator[tuple[str, Callable[[bool], None]]]:
     """A database of its own (so locks and outages touch no other test), and a switch
     that takes it away (renamed) and brings it back."""
-    name = f"gt_cache_{uuid.uuid4().hex[:8]}"
+    name = f"gt_scratch_{uuid.uuid4().hex[:8]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

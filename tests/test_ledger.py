@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, text
 
+from cache_helpers import scratch_database
 from graphthrift import Ledger, LedgerRecord, Store, diagnostics
 from graphthrift.ledger import LedgerFlushTimeout
 
@@ -197,27 +197,10 @@ def test_deferred_builder_failure_loses_no_other_record(ledger: Ledger, tenant: 
 
 
 @pytest.fixture
-def outage_db(store: Store) -> Iterator[tuple[str, callable]]:  # type: ignore[valid-type]
+def outage_db(store: Store) -> Iterator[tuple[str, Callable[[bool], None]]]:
     """A database that a test can take away and bring back (by renaming it)."""
-    name = f"gt_outage_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(store.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def set_down(down: bool) -> None:
-        old, new = (name, f"{name}_away") if down else (f"{name}_away", name)
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
-                {"d": old},
-            )
-            conn.execute(text(f'ALTER DATABASE "{old}" RENAME TO "{new}"'))
-
-    yield make_url(store.url).set(database=name).render_as_string(hide_password=False), set_down
-    with admin.connect() as conn:
-        for db in (name, f"{name}_away"):
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(store.url) as db:
+        yield db
 
 
 def test_database_outage_keeps_records_queued_until_it_returns(
