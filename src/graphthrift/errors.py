@@ -113,3 +113,23 @@ def classify_error(exc: BaseException) -> str:
     ):
         return "upstream"
     return "other"
+
+
+class StateSchemaError(GraphthriftError, KeyError):
+    """A node was given a graph state without a key it reads or writes.
+
+    Names the node, the missing key and the state schema to extend, so that the node never
+    fails silently on a plain ``MessagesState`` (LangGraph drops writes to undeclared keys).
+    """
+
+    def __init__(self, *, node: str, key: str, schema: str) -> None:
+        self.node = node
+        self.key = key
+        self.schema = schema
+        super().__init__(
+            f"{node}: the graph state has no {key!r} key; build the graph on "
+            f"graphthrift.langgraph.{schema} (or a state that extends it)"
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])

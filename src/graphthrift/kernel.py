@@ -1,0 +1,169 @@
+"""The adapter kernel: the one place every adapter reads run tags, scope, usage and state.
+
+LangGraph nodes, ``create_agent`` middleware, LangChain callbacks and ``BaseCache``, and the
+LlamaIndex components all translate their framework's run into the same few values: who is
+asking (tenant, user), what for (feature, route, prompt version), where (thread, run, node),
+and what the provider reported (usage). Reading them six ways let the adapters drift apart
+(issue 11, item 3): this module reads them one way, and is framework-free so the core may
+use it too.
+
+Rules, documented in the README ("Scope and tags"):
+
+- ``tenant_id``, ``user_id``, ``feature``, ``route``, ``prompt_version``, ``namespace`` and
+  the ``*_version`` keys come from ``config["metadata"]``; ``None`` and empty strings mean
+  "not set" (never a truthiness test on other values: ``0`` is a valid id).
+- ``thread_id`` comes from the metadata, else ``config["configurable"]["thread_id"]``.
+- ``run_id`` comes from the metadata, else ``config["run_id"]`` (LangGraph's own run id when
+  the caller set one), else the run scope an adapter set for this run (``run_scope``).
+- ``node`` is LangGraph's ``langgraph_node``.
+- A cache's per-user ``scope`` is ``metadata["scope"]``, else ``metadata["user_id"]``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from graphthrift.usage import Usage, read_usage
+
+__all__ = [
+    "CACHE_SCOPE_KEYS",
+    "RUN_TAG_KEYS",
+    "bound_run_tags",
+    "cache_scope",
+    "current_run_tags",
+    "read_state",
+    "read_usage",
+    "run_tags",
+]
+
+#: Tags an adapter reads from a run's config, in the order they are documented.
+RUN_TAG_KEYS: tuple[str, ...] = (
+    "tenant_id",
+    "user_id",
+    "feature",
+    "route",
+    "prompt_version",
+    "thread_id",
+    "run_id",
+    "node",
+)
+#: Keys of a cache scope that come straight from the metadata.
+CACHE_SCOPE_KEYS: tuple[str, ...] = (
+    "tenant_id",
+    "scope",
+    "namespace",
+    "prompt_version",
+    "model_version",
+    "corpus_version",
+)
+
+_RUN_TAGS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "graphthrift_run_tags", default=None
+)
+
+
+def _set(value: Any) -> bool:
+    return value is not None and value != "" and not isinstance(value, dict | list)
+
+
+def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
+    """The run's tags (``RUN_TAG_KEYS``) from a LangChain/LangGraph config.
+
+    ``fixed`` values (an adapter's constructor tags) are the defaults; the run's own
+    metadata wins over them. Tags bound with ``bound_run_tags`` fill what the config lacks.
+    """
+    config = config or {}
+    metadata: Mapping[str, Any] = config.get("metadata") or {}
+    configurable: Mapping[str, Any] = config.get("configurable") or {}
+    out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
+    bound = _RUN_TAGS.get() or {}
+    for key in RUN_TAG_KEYS:
+        if _set(bound.get(key)) and key not in out:
+            out[key] = bound[key]
+    for key in RUN_TAG_KEYS:
+        if _set(metadata.get(key)):
+            out[key] = metadata[key]
+    if not _set(metadata.get("thread_id")) and _set(configurable.get("thread_id")):
+        out["thread_id"] = configurable["thread_id"]
+    if not _set(metadata.get("run_id")) and _set(config.get("run_id")):
+        out["run_id"] = config["run_id"]
+    if _set(metadata.get("langgraph_node")):
+        out["node"] = metadata["langgraph_node"]
+    for key in ("thread_id", "run_id"):
+        if key in out:
+            out[key] = str(out[key])
+    return out
+
+
+def cache_scope(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
+    """A cache's scope keywords from a run's config: ``CACHE_SCOPE_KEYS``, with ``scope``
+    falling back to ``user_id``. ``fixed`` values are defaults the metadata overrides."""
+    metadata: Mapping[str, Any] = (config or {}).get("metadata") or {}
+    out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
+    bound = _RUN_TAGS.get() or {}
+    if "tenant_id" not in out and _set(bound.get("tenant_id")):
+        out["tenant_id"] = bound["tenant_id"]
+    if "scope" not in out and _set(bound.get("user_id")):
+        out["scope"] = bound["user_id"]
+    for key in CACHE_SCOPE_KEYS:
+        if _set(metadata.get(key)):
+            out[key] = metadata[key]
+    if not _set(metadata.get("scope")) and _set(metadata.get("user_id")):
+        out["scope"] = metadata["user_id"]
+    return out
+
+
+@contextmanager
+def bound_run_tags(tags: Mapping[str, Any]) -> Iterator[None]:
+    """Make ``tags`` the current run's tags for code that cannot see the run's config.
+
+    LangChain's ``BaseCache.lookup(prompt, llm_string)`` is such code: our callbacks and
+    middleware bind the run's tags here, and the cache adapter reads them back with
+    ``current_run_tags``. Context variables follow asyncio tasks and copied contexts, so
+    concurrent runs never see each other's tags.
+    """
+    token = _RUN_TAGS.set(dict(tags))
+    try:
+        yield
+    finally:
+        _RUN_TAGS.reset(token)
+
+
+def current_run_tags() -> Mapping[str, Any] | None:
+    """The tags bound by ``bound_run_tags`` for the current context, or None."""
+    return _RUN_TAGS.get()
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def read_state(state: Any, key: str, *, schema: str, node: str, default: Any = _MISSING) -> Any:
+    """``state[key]`` from a mapping or an attribute-style state.
+
+    A state without the key raises ``StateSchemaError`` naming the schema to extend,
+    unless a ``default`` is given: a node must never fail silently on a state that lacks
+    its keys (issue 11, item 7).
+    """
+    from graphthrift.errors import StateSchemaError
+
+    if isinstance(state, Mapping):
+        if key in state:
+            return state[key]
+    elif hasattr(state, key):
+        return getattr(state, key)
+    if default is not _MISSING:
+        return default
+    raise StateSchemaError(node=node, key=key, schema=schema)
+
+
+def usage_of(raw: Any) -> Usage | None:
+    """Provider usage in any spelling, validated (``read_usage``): adapters never ``int()``
+    a provider's numbers themselves."""
+    return read_usage(raw)
