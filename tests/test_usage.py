@@ -45,7 +45,7 @@ from graphthrift.usage import Usage, read_usage
                 "cache_read_input_tokens": 500,
                 "cache_creation_input_tokens": 200,
             },
-            Usage(710, 20, 500, 0),
+            Usage(710, 20, 500, 0, 200),
         ),
         (
             {
@@ -54,7 +54,7 @@ from graphthrift.usage import Usage, read_usage
                 "cache_read_input_tokens": None,
                 "cache_creation_input_tokens": 2000,
             },
-            Usage(2010, 20, 0, 0),
+            Usage(2010, 20, 0, 0, 2000),
         ),
         (
             {
@@ -94,3 +94,44 @@ def test_absent_and_implausible_usage() -> None:
     assert read_usage(
         {"input_tokens": 10, "output_tokens": 3, "input_token_details": {"cache_read": 99}}
     ) == Usage(10, 3, 10, 0)
+
+
+def test_anthropic_cache_writes_are_kept_with_their_lifetimes() -> None:
+    """Anthropic bills writes at 1.25x (5 min) and 2x (1 h): both counts must survive."""
+    raw = {
+        "input_tokens": 12,
+        "output_tokens": 30,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 700,
+        "cache_creation": {"ephemeral_5m_input_tokens": 300, "ephemeral_1h_input_tokens": 400},
+    }
+    assert read_usage(raw) == Usage(812, 30, 100, 0, 700, 400)
+
+
+def test_langchain_anthropic_usage_metadata_keeps_the_split() -> None:
+    """langchain-anthropic zeroes ``cache_creation`` when it gives the 5m/1h split."""
+    meta = {
+        "input_tokens": 812,
+        "output_tokens": 30,
+        "total_tokens": 842,
+        "input_token_details": {
+            "cache_read": 100,
+            "cache_creation": 0,
+            "ephemeral_5m_input_tokens": 300,
+            "ephemeral_1h_input_tokens": 400,
+        },
+    }
+    assert read_usage(meta) == Usage(812, 30, 100, 0, 700, 400)
+    plain = {
+        "input_tokens": 812,
+        "output_tokens": 30,
+        "input_token_details": {"cache_read": 100, "cache_creation": 700},
+    }
+    assert read_usage(plain) == Usage(812, 30, 100, 0, 700, 0)
+
+
+def test_negative_cache_write_is_ignored_with_a_warning() -> None:
+    before = diagnostics.get("bad_usage")
+    raw = {"input_tokens": 10, "output_tokens": 3, "cache_creation_input_tokens": -5}
+    assert read_usage(raw) == Usage(10, 3, 0, 0, 0, 0)
+    assert diagnostics.get("bad_usage") == before + 1

@@ -58,6 +58,9 @@ ledger_table = Table(
     Column("saved_tokens", BigInteger, nullable=False),
     Column("layer", Text),
     Column("extra", JSONB),
+    # added in migration 3: prompt-cache writes and what the provider's cache saved
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("cache_savings_usd", Float),
 )
 
 
@@ -109,6 +112,14 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS layer text",
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS extra jsonb",
             f"CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_kind_ts ON {LEDGER_TABLE} (kind, ts)",
+        ),
+    ),
+    Migration(
+        3,
+        "ledger prompt-cache write columns",
+        (
+            f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0",
+            f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_savings_usd double precision",
         ),
     ),
 )

@@ -232,6 +232,7 @@ class CallRecorder:
             output_tokens=usage.output_tokens,
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
             latency_ms=latency,
             success=success,
             error_type=error_type,
@@ -239,6 +240,9 @@ class CallRecorder:
             retry=pending.attempt > 1,
             attempt=pending.attempt,
             streamed=pending.streamed,
+            extra={"cache_write_1h_tokens": usage.cache_write_1h_tokens}
+            if usage.cache_write_1h_tokens
+            else None,
             **tags,
         )
 

@@ -284,9 +284,7 @@ class Ledger:
         if not record.model:
             return
         if record.kind == "llm" and record.cost_usd is None:
-            record.cost_usd = self.prices.cost(
-                record.model, record.input_tokens, record.output_tokens, record.cached_tokens
-            )
+            record.cost_usd, record.cache_savings_usd = _llm_cost(self.prices, record)
         elif record.kind == "cache_hit" and record.saved_usd is None:
             record.saved_usd = self.prices.cost(
                 record.model, record.input_tokens, record.output_tokens, record.cached_tokens
@@ -390,7 +388,8 @@ class Ledger:
         """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
 
         Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
-        ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cost_usd``,
+        ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
+        ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
         ``success_rate``, ``cache_hits``, ``saved_usd`` and ``saved_tokens``.
         """
         if isinstance(by, str):
@@ -415,6 +414,8 @@ class Ledger:
                 func.sum(case((is_llm, c.output_tokens), else_=0)).label("output_tokens"),
                 func.sum(case((is_llm, c.cached_tokens), else_=0)).label("cached_tokens"),
                 func.sum(case((is_llm, c.reasoning_tokens), else_=0)).label("reasoning_tokens"),
+                func.sum(case((is_llm, c.cache_write_tokens), else_=0)).label("cache_write_tokens"),
+                func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
                 func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"),
                 func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
                 (
@@ -439,6 +440,7 @@ class Ledger:
                 "output_tokens",
                 "cached_tokens",
                 "reasoning_tokens",
+                "cache_write_tokens",
                 "unpriced",
                 "cache_hits",
                 "saved_tokens",
@@ -460,6 +462,31 @@ class Ledger:
     ) -> list[dict[str, Any]]:
         """``report`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.report(by, **kwargs))
+
+
+def _llm_cost(prices: PriceBook, record: LedgerRecord) -> tuple[float | None, float | None]:
+    """The call's cost with its cache reads and writes, and what prompt caching saved.
+
+    ``extra`` may carry ``cache_write_1h_tokens`` (the 1-hour part of the cache writes) and
+    ``batch`` (a Batch API call). The saving is the list price of the same call with no
+    prompt cache minus the cost; it is negative for a call that only wrote the cache.
+    """
+    extra = record.extra or {}
+    hour = extra.get("cache_write_1h_tokens")
+    batch = extra.get("batch") is True
+    cost = prices.cost(
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_tokens,
+        cache_write_tokens=record.cache_write_tokens,
+        cache_write_1h_tokens=hour if isinstance(hour, int) else 0,
+        batch=batch,
+    )
+    if cost is None or not (record.cached_tokens or record.cache_write_tokens):
+        return cost, None if cost is None else 0.0
+    listed = prices.cost(record.model, record.input_tokens, record.output_tokens, batch=batch)
+    return cost, None if listed is None else listed - cost
 
 
 def _materialise(batch: list[Any]) -> list[Any]:

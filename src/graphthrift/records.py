@@ -37,6 +37,7 @@ TOKEN_FIELDS: tuple[str, ...] = (
     "output_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "cache_write_tokens",
 )
 # A single call above this is not plausible from any provider today; such a number is
 # treated as a reporting bug, not as spend.
@@ -63,7 +64,11 @@ class LedgerRecord:
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    #: input tokens written to the provider's prompt cache (1-hour part in extra, see calls)
+    cache_write_tokens: int = 0
     cost_usd: float | None = None
+    #: list price of the call minus cost_usd: what the provider's prompt cache saved
+    cache_savings_usd: float | None = None
     saved_usd: float | None = None
     saved_tokens: int = 0
     latency_ms: float | None = None
@@ -93,7 +98,7 @@ class LedgerRecord:
                 raise ValueError(f"LedgerRecord.{name} must be >= 0, got {value}")
             if value > MAX_PLAUSIBLE_TOKENS:
                 raise ValueError(f"LedgerRecord.{name}={value} is not a plausible token count")
-        for name in ("cost_usd", "saved_usd", "latency_ms"):
+        for name in ("cost_usd", "saved_usd", "cache_savings_usd", "latency_ms"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -105,7 +110,7 @@ class LedgerRecord:
                 raise ValueError(
                     f"LedgerRecord.{name} must be a finite number or None, got {value!r}"
                 )
-            if name != "saved_usd" and value < 0:
+            if name in ("cost_usd", "latency_ms") and value < 0:
                 raise ValueError(f"LedgerRecord.{name} must be >= 0, got {value}")
         if self.error_type is not None and self.error_type not in ERROR_TYPES:
             raise ValueError(

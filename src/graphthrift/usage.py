@@ -4,7 +4,9 @@ Providers and frameworks spell usage differently: LangChain's ``usage_metadata``
 ``prompt_tokens``/``completion_tokens`` with ``*_details``, Anthropic's
 ``cache_read_input_tokens``, Gemini's ``prompt_token_count``. ``read_usage`` accepts any of
 them (or an object carrying one) and returns ``Usage`` in LangChain's convention: input
-includes the cached prefix, output includes reasoning.
+includes the cached prefix and the tokens written to the prompt cache, output includes
+reasoning. Cache writes are kept (Anthropic bills them at 1.25x input for a 5-minute
+cache and 2x for a 1-hour one), with the 1-hour part counted separately.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class Usage:
     output_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    #: Input tokens written to the provider's prompt cache (part of ``input_tokens``).
+    cache_write_tokens: int = 0
+    #: The part of ``cache_write_tokens`` written with a 1-hour lifetime.
+    cache_write_1h_tokens: int = 0
 
 
 def _get(mapping: Mapping[str, Any] | Any, *keys: str) -> Any:
@@ -97,16 +103,47 @@ def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
         reasoning_raw = _get(raw, "thoughts_token_count", "reasoning_tokens")
     cached = plausible_tokens("cached_tokens", cached_raw, fallback="ignoring it") or 0
     reasoning = plausible_tokens("reasoning_tokens", reasoning_raw, fallback="ignoring it") or 0
+    written, written_1h = _cache_writes(raw, in_details)
     anthropic = _get(raw, "cache_read_input_tokens", "cache_creation_input_tokens") is not None
     if anthropic and _get(raw, "input_token_details") is None:
         # Anthropic's raw usage counts cached and cache-write tokens outside input_tokens.
-        created_raw = _get(raw, "cache_creation_input_tokens")
-        created = plausible_tokens(
-            "cache_creation_input_tokens", created_raw, fallback="ignoring it"
-        )
-        input_tokens += cached + (created or 0)
+        input_tokens += cached + written
     if _get(raw, "thoughts_token_count") is not None and _get(raw, "output_token_details") is None:
         output_tokens += reasoning  # Gemini reports thoughts outside candidates
+    cached = min(cached, input_tokens)
+    written = min(written, input_tokens - cached)
     return Usage(
-        input_tokens, output_tokens, min(cached, input_tokens), min(reasoning, output_tokens)
+        input_tokens,
+        output_tokens,
+        cached,
+        min(reasoning, output_tokens),
+        written,
+        min(written_1h, written),
     )
+
+
+def _cache_writes(raw: Mapping[str, Any] | Any, in_details: Mapping[str, Any]) -> tuple[int, int]:
+    """Tokens written to the prompt cache, and the 1-hour part of them.
+
+    Anthropic's raw usage has ``cache_creation_input_tokens`` plus a ``cache_creation``
+    object split into ``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``.
+    LangChain's ``input_token_details`` carries ``cache_creation`` and the same two keys,
+    zeroing ``cache_creation`` when the split is given, so the split wins when present.
+    """
+    split = _details(raw, "cache_creation")
+
+    def part(key: str) -> int:
+        value = _get(in_details, key)
+        return (
+            plausible_tokens(
+                key, value if value is not None else _get(split, key), fallback="ignoring it"
+            )
+            or 0
+        )
+
+    five, hour = part("ephemeral_5m_input_tokens"), part("ephemeral_1h_input_tokens")
+    total_raw = _get(in_details, "cache_creation")
+    if total_raw is None:
+        total_raw = _get(raw, "cache_creation_input_tokens")
+    total = plausible_tokens("cache_creation_input_tokens", total_raw, fallback="ignoring it")
+    return max(total or 0, five + hour), hour

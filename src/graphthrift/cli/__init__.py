@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from graphthrift.bench import BENCHMARKS
@@ -119,7 +120,9 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "input_tokens",
         "output_tokens",
         "cached_tokens",
+        "cache_write_tokens",
         "cost_usd",
+        "cache_savings_usd",
         "saved_usd",
         "success_rate",
     ]
@@ -129,7 +132,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         cells = []
         for col in columns:
             value = row.get(col)
-            if col in ("cost_usd", "saved_usd"):
+            if col in ("cost_usd", "cache_savings_usd", "saved_usd"):
                 cells.append(f"{value:.6f}")
             elif col == "success_rate":
                 cells.append("-" if value is None else f"{value:.1%}")
@@ -138,7 +141,14 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             else:
                 cells.append("∅" if value is None else str(value))
         table.add_row(*cells)
-    console.print(table)
+    # Print every figure in full rather than cut to the terminal: a report is read, not skimmed.
+    wide = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    narrow = console.width
+    console.width = max(narrow, wide)
+    try:
+        console.print(table)
+    finally:
+        console.width = narrow
     figures = {"by": by, "rows": rows}
     write_json(figures, args.json)
     return figures
