@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,6 +197,14 @@ class CallRecorder:
             diagnostics.count("zero_usage")  # e.g. streaming without usage reports zeros
             usage = None
         source = "provider"
+        if usage is not None and usage.input_tokens == 0 and usage.output_tokens and pending.prompt:
+            # A stream whose input counts never reached us (langchain-anthropic reads usage
+            # only from message_delta, which the streaming guide's shape fills with output
+            # alone): estimate the prompt instead of booking it as free.
+            diagnostics.count("partial_usage")
+            estimate = _estimate(pending.prompt, "", model)
+            usage = replace(usage, input_tokens=estimate.input_tokens)
+            source = "estimated"
         if usage is None:
             usage = _estimate(pending.prompt, output_text, model)
             source = "estimated"
