@@ -118,7 +118,9 @@ def test_llm_calls_and_cache_hits_become_genai_spans(
     assert attrs["gen_ai.provider.name"] == attrs["gen_ai.system"] == "openai"
     assert attrs["gen_ai.usage.input_tokens"] == 1500
     assert attrs["gen_ai.usage.output_tokens"] == 400
-    assert attrs["gen_ai.usage.cache_read_input_tokens"] == 1024
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == 1024
+    assert attrs["gen_ai.usage.cache_creation.input_tokens"] == 0
+    assert attrs["gen_ai.usage.reasoning.output_tokens"] == 64
     assert attrs["gen_ai.conversation.id"] == "thread-1"
     assert attrs["graphthrift.cost_usd"] == pytest.approx(cost_usd("gpt-4o", 1500, 400, 1024))
     assert attrs["graphthrift.cached_tokens"] == 1024

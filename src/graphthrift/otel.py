@@ -4,10 +4,12 @@
 'graphthrift[otel]'``). For each committed ``llm`` record it emits one span named
 ``chat {model}`` carrying ``gen_ai.operation.name``, ``gen_ai.request.model``,
 ``gen_ai.response.model``, ``gen_ai.provider.name`` (and the older ``gen_ai.system``) when the
-provider can be told from the model name, ``gen_ai.usage.input_tokens``,
-``gen_ai.usage.output_tokens``, ``gen_ai.usage.cache_read_input_tokens``,
-``gen_ai.usage.reasoning_output_tokens`` and ``gen_ai.conversation.id`` (the thread), plus
-``graphthrift.*`` attributes: ``cost_usd``, ``cached_tokens``, ``reasoning_tokens``, the tags
+provider can be told from the model name, ``gen_ai.usage.input_tokens`` (the whole prompt,
+cached and cache-written tokens included, as the conventions ask),
+``gen_ai.usage.output_tokens``, ``gen_ai.usage.cache_read.input_tokens``,
+``gen_ai.usage.cache_creation.input_tokens``, ``gen_ai.usage.reasoning.output_tokens`` and
+``gen_ai.conversation.id`` (the thread), plus ``graphthrift.*`` attributes: ``cost_usd``,
+``cached_tokens``, ``cache_write_tokens``, ``cache_savings_usd``, ``reasoning_tokens``, the tags
 (``tenant_id``, ``feature``, ``node``, ``route``, ``prompt_version``, ``thread_id``,
 ``run_id``), ``usage_source``, ``retry``, ``attempt`` and ``streamed``. The span starts at
 the record's ``ts`` and lasts ``latency_ms``; a failed call has status ERROR and
@@ -260,14 +262,18 @@ class OtelExporter(LedgerObserver):
             "gen_ai.system": provider,
             "gen_ai.usage.input_tokens": record.input_tokens,
             "gen_ai.usage.output_tokens": record.output_tokens,
-            "gen_ai.usage.cache_read_input_tokens": record.cached_tokens,
-            "gen_ai.usage.reasoning_output_tokens": record.reasoning_tokens,
+            # the semconv's current names (the underscore spellings are deprecated)
+            "gen_ai.usage.cache_read.input_tokens": record.cached_tokens,
+            "gen_ai.usage.cache_creation.input_tokens": record.cache_write_tokens,
+            "gen_ai.usage.reasoning.output_tokens": record.reasoning_tokens,
             "gen_ai.conversation.id": record.thread_id,
             "gen_ai.request.stream": record.streamed,
             "error.type": None if record.success else (record.error_type or "other"),
             "graphthrift.model": model,
             "graphthrift.cost_usd": record.cost_usd,
             "graphthrift.cached_tokens": record.cached_tokens,
+            "graphthrift.cache_write_tokens": record.cache_write_tokens,
+            "graphthrift.cache_savings_usd": record.cache_savings_usd,
             "graphthrift.reasoning_tokens": record.reasoning_tokens,
             "graphthrift.usage_source": record.usage_source,
             "graphthrift.retry": record.retry,
