@@ -22,6 +22,7 @@ Rules, documented in the README ("Scope and tags"):
 from __future__ import annotations
 
 import contextvars
+import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -167,3 +168,20 @@ def usage_of(raw: Any) -> Usage | None:
     """Provider usage in any spelling, validated (``read_usage``): adapters never ``int()``
     a provider's numbers themselves."""
     return read_usage(raw)
+
+
+def prompt_cache_key(config: Mapping[str, Any] | None, **fixed: Any) -> str | None:
+    """OpenAI's ``prompt_cache_key`` for a run: a hash of its tenant and thread.
+
+    OpenAI routes requests with the same key and prefix to the same cache, so each thread
+    of a tenant keeps hitting its warm prefix, and one tenant's key never names another's.
+    None when the run has no tenant (nothing stable to key on). The hash keeps tenant and
+    thread ids out of the provider's logs.
+    """
+    tags = run_tags(config, **fixed)
+    tenant = tags.get("tenant_id")
+    if tenant is None:
+        return None
+    thread = tags.get("thread_id")
+    digest = hashlib.sha256(f"{tenant}\x1f{thread or ''}".encode()).hexdigest()
+    return f"gt-{digest[:32]}"
