@@ -88,6 +88,8 @@ class WireServer:
         default_factory=lambda: HTTPServer(host="127.0.0.1", port=0, threaded=True)
     )
     queue: deque[Reply] = field(default_factory=deque)
+    #: the answer when nothing is queued
+    default: Reply = field(default_factory=Reply)
     requests: list[Captured] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -149,7 +151,7 @@ class WireServer:
         body = json.loads(request.get_data() or b"{}")
         with self._lock:
             self.requests.append(Captured(request.path, dict(request.headers), body))
-            answer = self.queue.popleft() if self.queue else Reply()
+            answer = self.queue.popleft() if self.queue else self.default
         return answer, body
 
     # -- OpenAI Chat Completions -----------------------------------------------------------
