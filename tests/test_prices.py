@@ -337,3 +337,36 @@ def test_report_command_shows_cache_writes_and_savings(
     assert row["cost_usd"] == pytest.approx(cost, abs=1e-6)
     listed = _calc("claude-haiku-4-5", input_tokens=3_000, output_tokens=40)
     assert row["cache_savings_usd"] == pytest.approx(listed - cost, abs=1e-6)
+
+
+def test_ledger_prices_a_batch_call_at_the_batch_rate(ledger: Any, tenant: str) -> None:
+    """The batch hook: a row marked ``extra["batch"]`` is priced at genai-prices' batch rate."""
+    from graphthrift.records import LedgerRecord
+
+    for batch in (False, True):
+        ledger.record(
+            LedgerRecord(
+                tenant_id=tenant,
+                model="claude-haiku-4-5",
+                input_tokens=20_000,
+                output_tokens=1_000,
+                cached_tokens=5_000,
+                cache_write_tokens=10_000,
+                extra={"batch": True} if batch else None,
+            )
+        )
+    ledger.flush()
+    standard, batched = ledger.records(tenant_id=tenant)
+    usage = Usage(
+        input_tokens=20_000, output_tokens=1_000, cache_read_tokens=5_000, cache_write_tokens=10_000
+    )
+    assert standard["cost_usd"] == pytest.approx(
+        float(calc_price(usage, "claude-haiku-4-5").total_price), abs=1e-6
+    )
+    assert batched["cost_usd"] == pytest.approx(
+        float(
+            calc_price(usage, "claude-haiku-4-5", price_context={"processing": "batch"}).total_price
+        ),
+        abs=1e-6,
+    )
+    assert batched["cost_usd"] < standard["cost_usd"]
