@@ -135,3 +135,15 @@ def test_negative_cache_write_is_ignored_with_a_warning() -> None:
     raw = {"input_tokens": 10, "output_tokens": 3, "cache_creation_input_tokens": -5}
     assert read_usage(raw) == Usage(10, 3, 0, 0, 0, 0)
     assert diagnostics.get("bad_usage") == before + 1
+
+
+def test_bedrock_converse_cache_counts_are_outside_input() -> None:
+    """Bedrock Converse: totalTokens = inputTokens + outputTokens + cache reads + writes."""
+    raw = {
+        "inputTokens": 20,
+        "outputTokens": 7,
+        "cacheReadInputTokens": 1_000,
+        "cacheWriteInputTokens": 300,
+        "totalTokens": 1_327,
+    }
+    assert read_usage(raw) == Usage(1_320, 7, 1_000, 0, 300, 0)

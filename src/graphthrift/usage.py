@@ -73,6 +73,15 @@ _CACHED_KEYS = (
 )
 
 
+#: Raw usage spellings whose input count excludes cache reads and writes.
+_APART_KEYS = (
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cacheReadInputTokens",
+    "cacheWriteInputTokens",
+)
+
+
 def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
     """Read a usage mapping in any known spelling; None when absent or implausible.
 
@@ -104,9 +113,10 @@ def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
     cached = plausible_tokens("cached_tokens", cached_raw, fallback="ignoring it") or 0
     reasoning = plausible_tokens("reasoning_tokens", reasoning_raw, fallback="ignoring it") or 0
     written, written_1h = _cache_writes(raw, in_details)
-    anthropic = _get(raw, "cache_read_input_tokens", "cache_creation_input_tokens") is not None
-    if anthropic and _get(raw, "input_token_details") is None:
-        # Anthropic's raw usage counts cached and cache-write tokens outside input_tokens.
+    apart = _get(raw, *_APART_KEYS) is not None
+    if apart and _get(raw, "input_token_details") is None:
+        # Anthropic's and Bedrock Converse's raw usage count cache reads and writes outside
+        # their input tokens.
         input_tokens += cached + written
     if _get(raw, "thoughts_token_count") is not None and _get(raw, "output_token_details") is None:
         output_tokens += reasoning  # Gemini reports thoughts outside candidates
@@ -144,6 +154,6 @@ def _cache_writes(raw: Mapping[str, Any] | Any, in_details: Mapping[str, Any]) -
     five, hour = part("ephemeral_5m_input_tokens"), part("ephemeral_1h_input_tokens")
     total_raw = _get(in_details, "cache_creation")
     if total_raw is None:
-        total_raw = _get(raw, "cache_creation_input_tokens")
+        total_raw = _get(raw, "cache_creation_input_tokens", "cacheWriteInputTokens")
     total = plausible_tokens("cache_creation_input_tokens", total_raw, fallback="ignoring it")
     return max(total or 0, five + hour), hour
