@@ -247,3 +247,29 @@ def test_llamaindex_openai_is_booked(wire: WireServer, ledger: Ledger, tenant: s
         assert row["cost_usd"] == pytest.approx(expected_cost("gpt-4o-mini", reply), abs=1e-6)
     assert rows[1]["streamed"]
     assert wire.bodies()[1].get("stream_options") == {"include_usage": True}
+
+
+def test_llamaindex_errors_and_streams_without_usage(
+    wire: WireServer, ledger: Ledger, tenant: str
+) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai import OpenAI
+
+    from graphthrift.llamaindex import instrument, uninstrument
+
+    llm = OpenAI(model="gpt-4o-mini", api_base=wire.openai_url, api_key="sk-test", max_retries=0)
+    handler = instrument(ledger, tenant_id=tenant)
+    try:
+        wire.reply(text="streamed with no usage block")
+        for _ in llm.stream_chat([ChatMessage(role="user", content="hi")]):
+            pass
+        wire.reply(status=429, retry_after="3")
+        with pytest.raises(Exception) as info:
+            llm.chat([ChatMessage(role="user", content="hi")])
+        assert getattr(info.value, "status_code", None) == 429
+    finally:
+        uninstrument(handler)
+    streamed, failed = records(ledger, tenant)
+    assert "stream_options" not in wire.bodies()[0]
+    assert streamed["usage_source"] == "estimated" and streamed["output_tokens"] > 0
+    assert not failed["success"] and failed["error_type"] == "rate_limit"
