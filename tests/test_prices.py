@@ -204,6 +204,9 @@ def test_override_with_cache_write_price() -> None:
         "my-claude", 3_000_000, 0, cache_write_tokens=2_000_000, cache_write_1h_tokens=1_000_000
     )
     assert got == pytest.approx(2.0 + 2.5 + 4.0)
+    # an override named with its provider gets that provider's batch discount
+    book.set_price("openai:my-ft", input_per_mtok=1.0, output_per_mtok=1.0)
+    assert book.cost("openai:my-ft", 1_000_000, 0, batch=True) == pytest.approx(0.5)
 
 
 def test_ledger_prices_cache_writes_and_reports_cache_savings(ledger: Any, tenant: str) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from genai_prices import Usage, calc_price, data_snapshot
@@ -69,14 +70,9 @@ _PROVIDER_IDS = {
 #: Published Batch API discounts (fraction off the whole bill) where genai-prices has no
 #: batch rate: OpenAI Batch API, Anthropic Message Batches, Gemini and Vertex batch
 #: prediction, Azure OpenAI global batch, Bedrock batch inference, Mistral batch: all 50%.
-BATCH_DISCOUNTS: Mapping[str, float] = {
-    "openai": 0.5,
-    "anthropic": 0.5,
-    "google": 0.5,
-    "azure": 0.5,
-    "aws": 0.5,
-    "mistral": 0.5,
-}
+BATCH_DISCOUNTS: Mapping[str, float] = MappingProxyType(
+    {"openai": 0.5, "anthropic": 0.5, "google": 0.5, "azure": 0.5, "aws": 0.5, "mistral": 0.5}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +349,9 @@ class PriceBook:
         counts = (input_tokens, output_tokens, cached, written, hour)
         if isinstance(resolved, Price):
             total = resolved.cost(*counts)
-            return total * (1 - self._batch_discount(None)) if batch else total
+            if not batch:
+                return total
+            return total * (1 - self._batch_discount(split_model_ref(model or "")[0]))
         if batch and resolved.batch is not None:
             return self._listed_cost(resolved, resolved.batch, *counts)
         total = self._listed_cost(resolved, resolved.standard, *counts)
