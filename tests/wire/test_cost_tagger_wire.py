@@ -380,3 +380,33 @@ def test_stream_without_usage_option_is_estimated(
     [row] = records(ledger, tenant)
     assert "stream_options" not in wire.bodies()[0]
     assert row["usage_source"] == "estimated" and row["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_cost_equals_genai_prices_own_reading_of_the_payload(
+    wire: WireServer, ledger: Ledger, tenant: str, client: str
+) -> None:
+    """genai-prices' extract_usage on the very usage block the server sent agrees with us."""
+    from genai_prices import extract_usage
+    from wire_server import Reply, _anthropic_usage, _openai_chat_usage, _responses_usage
+
+    reply = USAGE[client]
+    wire.reply(**reply)
+    run(
+        CLIENTS[client](wire),
+        "invoke",
+        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
+    )
+    [row] = records(ledger, tenant)
+    sent = Reply(**reply)
+    if client == "anthropic":
+        payload, flavor = _anthropic_usage(sent), "default"
+    elif client == "openai":
+        payload, flavor = _openai_chat_usage(sent), "chat"
+    else:
+        payload, flavor = _responses_usage(sent), "responses"
+    provider = "anthropic" if client == "anthropic" else "openai"
+    extracted = extract_usage(
+        {"model": row["model"], "usage": payload}, provider_id=provider, api_flavor=flavor
+    )
+    assert row["cost_usd"] == pytest.approx(float(extracted.calc_price().total_price), abs=1e-6)
