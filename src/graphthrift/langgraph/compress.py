@@ -9,36 +9,44 @@ the run's ``tenant_id``/``feature``/... metadata, the node name and the thread i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
 from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.kernel import read_state, run_tags
 from graphthrift.messages import to_messages
 from graphthrift.records import TAG_FIELDS
 
-__all__ = ["compress_context", "config_tags"]
+__all__ = ["CompressState", "compress_context", "config_tags"]
+
+
+class CompressState(TypedDict):
+    """The state ``compress_context`` reads and writes by default; extend it.
+
+    ``question`` is a str (or read the question from ``messages`` with
+    ``question_key="messages"``); ``documents`` are the retrieved documents, replaced by
+    the kept ones. A node given a state without its keys raises ``StateSchemaError``.
+    """
+
+    question: str
+    documents: list[Any]
 
 
 def config_tags(config: RunnableConfig | None) -> dict[str, Any]:
-    """Ledger tags from a run's config: metadata tags, the LangGraph node, the thread id."""
+    """Ledger tags from a run's config (``graphthrift.kernel.run_tags``): metadata tags,
+    the LangGraph node, the thread id."""
     if not config:
         return {}
     metadata = dict(config.get("metadata") or {})
     tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    if metadata.get("langgraph_node") and "node" not in tags:
-        tags["node"] = metadata["langgraph_node"]
-    thread = (config.get("configurable") or {}).get("thread_id")
-    if thread is not None and "thread_id" not in tags:
-        tags["thread_id"] = thread
+    tags.update({k: v for k, v in run_tags(config).items() if k in TAG_FIELDS})
     return tags
 
 
 def _read(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+    return read_state(state, key, schema="CompressState", node="compress_context")
 
 
 def _text(item: Any, key: str, index: int) -> str:
@@ -57,8 +65,6 @@ def _text(item: Any, key: str, index: int) -> str:
 
 def _question(value: Any, key: str) -> str:
     """A str, or the last user message of a message list (e.g. ``messages``)."""
-    if value is None:
-        raise KeyError(f"compress_context: the state has no {key!r} key (the question)")
     if isinstance(value, str):
         return value
     if isinstance(value, Sequence):
@@ -112,7 +118,7 @@ def compress_context(
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that keeps only what answers the question from the retrieved documents.
 
-    State keys:
+    State keys (``CompressState``; a state without them raises ``StateSchemaError``):
         reads ``documents_key`` (default ``documents``): a list of LangChain ``Document``,
             str, or dicts with ``page_content``, best first.
         reads ``question_key`` (default ``question``): a str, or a message list (e.g.
