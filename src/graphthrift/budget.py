@@ -494,11 +494,17 @@ class Budget:
         usd = self.prices.cost(model, input_tokens, output) if self.prices.is_known(model) else None
         return Estimate(model, input_tokens, output, usd)
 
-    def _scopes(self, tags: Mapping[str, Any]) -> list[tuple[ScopeRef, float | None, int | None]]:
+    def _scopes(
+        self, tags: Mapping[str, Any], *, strict: bool = True
+    ) -> list[tuple[ScopeRef, float | None, int | None]]:
+        """The limited scopes ``tags`` fall in; ``strict=False`` skips an untagged scope
+        (for reading) instead of raising ``BudgetScopeMissing``."""
         day = utc_day(self.clock())
         out = []
         for kind in SCOPE_KINDS:
             if kind not in self.max_usd and kind not in self.max_tokens:
+                continue
+            if not strict and tags.get(_TAG_OF_SCOPE[kind]) in (None, ""):
                 continue
             key = _scope_key(kind, tags.get(_TAG_OF_SCOPE[kind]))
             ref = ScopeRef(kind, key, RUN_DAY if kind == "run" else day)
@@ -972,9 +978,10 @@ class Budget:
     ) -> dict[str, dict[str, Any]]:
         """Spent, reserved and limit of every limited scope the ``tags`` fall in.
 
-        ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``.
+        ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``; scopes whose tag
+        is not given are left out.
         """
-        scopes = self._scopes(tags or {})
+        scopes = self._scopes(tags or {}, strict=False)
         if day is not None:
             scopes = [
                 (ScopeRef(s.kind, s.key, s.day if s.kind == "run" else day), u, t)
