@@ -299,3 +299,22 @@ def test_llamaindex_budgeted_llm_caps_output(store: Any, tenant: str) -> None:
     list(llm.stream_complete("hi"))
     assert inner.seen == [50, 10, 50]
     assert budget.usage({"tenant_id": tenant})["tenant"]["reserved_tokens"] == 0
+
+
+def test_llamaindex_budgeted_llm_takes_the_bound_run(store: Any, tenant: str) -> None:
+    """Issue 11, item 1: a per-run limit uses the run's own id, never a shared bucket."""
+    from llama_index.core.llms import ChatMessage, MockLLM
+
+    from graphthrift.budget import BudgetScopeMissing
+    from graphthrift.kernel import bound_run_tags
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    budget = Budget(store, max_tokens={"run": 400})
+    llm = BudgetedLLM(
+        llm=MockLLM(max_tokens=20), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+    )
+    with bound_run_tags({"run_id": f"{tenant}-run"}):
+        llm.chat([ChatMessage(role="user", content="hello there")])
+    assert budget.usage({"run_id": f"{tenant}-run"})["run"]["spent_tokens"] > 0
+    with pytest.raises(BudgetScopeMissing):
+        llm.chat([ChatMessage(role="user", content="no run here")])
