@@ -31,6 +31,7 @@ from langgraph.types import interrupt
 
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.kernel import read_state, run_tags
+from graphthrift.langgraph.compress import resolve_compression_savings
 
 __all__ = [
     "BudgetGuard",
@@ -312,9 +313,14 @@ class BudgetGuard:
             return reservation, None
         return reservation, {}
 
-    def _settled(self, state: Any) -> dict[str, Any]:
+    def _settled(self, state: Any, how: dict[str, Any] | None) -> dict[str, Any]:
+        """Clear the step, and book (or drop, after a cached answer) held compression savings
+        at the model that answered."""
         out: dict[str, Any] = {"budget_reservation": None, "budget_max_tokens": None}
-        return {**out, **self._clear_route(state)}
+        calls = (how or {}).get("calls") or []
+        model = calls[-1][0] if calls else self._model_now(state)
+        savings = resolve_compression_savings(state, model, served=how is not None)
+        return {**out, **self._clear_route(state), **savings}
 
     def _settle(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
         reservation, how = self._usage(state)
@@ -323,7 +329,7 @@ class BudgetGuard:
                 self.budget.release(reservation)
             else:
                 self.budget.settle(reservation, **how)
-        return self._settled(state)
+        return self._settled(state, how)
 
     async def _asettle(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
         reservation, how = self._usage(state)
@@ -332,7 +338,7 @@ class BudgetGuard:
                 await self.budget.arelease(reservation)
             else:
                 await self.budget.asettle(reservation, **how)
-        return self._settled(state)
+        return self._settled(state, how)
 
 
 def _with_id(message: Any) -> Any:

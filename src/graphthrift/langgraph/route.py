@@ -29,6 +29,7 @@ from langgraph.graph import END, MessagesState
 
 from graphthrift.kernel import read_state, run_tags
 from graphthrift.langgraph.budget import budget_max_tokens, call_model_name
+from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.route import RouteDecision, Router, RouteResult
 
 __all__ = ["RouteState", "route_by_model", "route_model"]
@@ -183,7 +184,11 @@ def route_model(
                 thread_id=_thread(config),
                 tags=call_tags(config),
             )
-            return messages, {"route_next": END}
+            served = call_model_name(last, router.strong)
+            return messages, {
+                "route_next": END,
+                **resolve_compression_savings(state, served, served=True),
+            }
         verdict = router.check(last)
         if verdict is None:
             router.record(
@@ -191,7 +196,11 @@ def route_model(
                 thread_id=_thread(config),
                 tags=call_tags(config),
             )
-            return messages, {"route_next": END}
+            served = call_model_name(last, router.cheap)
+            return messages, {
+                "route_next": END,
+                **resolve_compression_savings(state, served, served=True),
+            }
         remove = [RemoveMessage(id=last.id)] if last.id else []
         return messages, {
             "route_calls": [*previous, _unserved(router.cheap, last)],
@@ -219,6 +228,7 @@ def route_model(
         result = router.run(messages, call, thread_id=thread, tags=call_tags(config))
         return {
             **_result_update(result, router),
+            **resolve_compression_savings(state, result.model, served=True),
             messages_key: [result.answer],
         }
 
@@ -240,6 +250,7 @@ def route_model(
         result = await router.arun(messages, call, thread_id=thread, tags=call_tags(config))
         return {
             **_result_update(result, router),
+            **resolve_compression_savings(state, result.model, served=True),
             messages_key: [result.answer],
         }
 
