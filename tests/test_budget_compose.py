@@ -317,3 +317,18 @@ def test_tool_budget_per_run_async() -> None:
     )
     asyncio.run(agent.ainvoke({"messages": [HumanMessage("go")]}))
     assert sorted(calls) == ["0", "1"]
+
+
+def test_budget_middleware_on_a_model_without_a_name(store: Any, tenant: str) -> None:
+    """Issue 11, item 10: a token budget needs no model name; a cost budget says what to pass."""
+    model = fresh_model("Sure.", 40, 10)
+    model.model_name = ""
+    tags = {"tenant_id": tenant}
+    tokens = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=50)
+    agent = create_agent(model, middleware=[BudgetMiddleware(tokens)])
+    assert agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+    assert tokens.usage(tags)["tenant"]["spent_tokens"] == 50
+    cost = Budget(store, max_usd={"tenant": 1.0})
+    agent = create_agent(model, middleware=[BudgetMiddleware(cost)])
+    with pytest.raises(ValueError, match="model_name="):
+        agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})

@@ -48,6 +48,9 @@ __all__ = [
 MessagesFn = Callable[[list[Any]], Sequence[Any]]
 
 
+UNNAMED_MODEL = "unnamed-model"  # counted with the default tokenizer, never priced
+
+
 class BudgetAgentState(AgentState[Any]):
     """``BudgetMiddleware``'s state: the run scope it minted for this invocation."""
 
@@ -200,8 +203,25 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         """Async twin of ``before_agent``."""
         return self.before_agent(state, runtime)
 
+    def _name(self, request: ModelRequest[Any]) -> str:
+        """The priced name of this call's model: the request's model, else ``model_name``.
+
+        A token-only budget needs no price, so a model that tells no name is counted with
+        the default tokenizer; a cost budget needs the name and says so.
+        """
+        fallback = self.model_name
+        if fallback is None and not self.budget.has_cost_limits:
+            fallback = UNNAMED_MODEL
+        try:
+            return model_name_of(request.model, fallback)
+        except ValueError:
+            raise ValueError(
+                f"BudgetMiddleware: cannot tell the model name of {type(request.model).__name__}"
+                " to price it for a cost budget; pass BudgetMiddleware(model_name=...)"
+            ) from None
+
     def _inputs(self, request: ModelRequest[Any]) -> tuple[str, list[Any], dict[str, Any]]:
-        name = model_name_of(request.model, self.model_name)
+        name = self._name(request)
         messages = list(request.messages)
         if request.system_message is not None:
             messages.insert(0, request.system_message)
