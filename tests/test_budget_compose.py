@@ -332,3 +332,26 @@ def test_budget_middleware_on_a_model_without_a_name(store: Any, tenant: str) ->
     agent = create_agent(model, middleware=[BudgetMiddleware(cost)])
     with pytest.raises(ValueError, match="model_name="):
         agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
+
+
+def test_nul_in_a_tenant_id_through_budget_guard_is_a_clear_error(store: Any) -> None:
+    """Issue 12, item 8: not a raw DataError from the database."""
+    graph = _looping_graph(Budget(store, max_usd={"tenant": 1.0}), calls_per_run=1)
+    with pytest.raises(ValueError, match="tenant_id contains a NUL"):
+        graph.invoke({"messages": [HumanMessage("go")]}, {"metadata": {"tenant_id": "a\x00b"}})
+
+
+def test_router_middleware_route_rows_carry_the_node(ledger: Any, tenant: str) -> None:
+    """Issue 11, item 10: route rows had node=None."""
+    cheap = usage_model("There are 12 months.")
+    strong = usage_model("12.", model_name=STRONG)
+    router = Router(CHEAP, STRONG, ledger=ledger)
+    agent = create_agent(
+        cheap, middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)]
+    )
+    agent.invoke(
+        {"messages": [HumanMessage("Months in a year?")]}, {"metadata": {"tenant_id": tenant}}
+    )
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant, kind="route")
+    assert rows and {r["node"] for r in rows} == {"model"}

@@ -14,9 +14,17 @@ Before a model call, ``reserve`` estimates it (counted input tokens plus the max
 tokens, at the model's price) and reserves that amount on every scope in one PostgreSQL
 transaction, with a conditional upsert per scope. Concurrent runs of one tenant therefore
 cannot together pass its limit: they overspend only by what actual usage exceeds the
-reservations (at most one call's reservation in practice, none when calls stay within their
-``max_output_tokens``). ``settle`` moves the reservation to spent with the actual usage (a
-``LedgerRecord`` or token counts) and releases the rest. Counters live in the database, so
+reservations (none when calls stay within their ``max_output_tokens``). ``settle`` moves the
+reservation to spent with the actual usage (a ``LedgerRecord``, token counts, or every
+``(model, usage)`` call it covered), priced at the model actually called, and releases the
+rest. Real cost is settled even past the limit, so the next reservation is refused: with a
+model that ignores its cap, spend stays below ``limit + concurrency x (the most one call
+cost)`` (counted as ``budget_output_overrun``).
+
+Every limited scope needs its tag (``run_id`` for ``"run"``...): a call without it raises
+``BudgetScopeMissing`` rather than share one ``(none)`` bucket with every untagged run. The
+adapters derive the run scope from the run itself. Spend settled while the store was down
+is kept (bounded, ``max_pending``) and charged when the store answers again. Counters live in the database, so
 budgets survive restarts; a reservation left by a crashed process expires after
 ``reservation_ttl`` seconds and is reclaimed.
 
