@@ -230,3 +230,45 @@ def test_tool_calls_per_run(store: Store) -> None:
     assert budget.allowed_tool_calls(2, used_in_run=5) == 0
     with pytest.raises(ValueError):
         Budget(max_tool_calls_per_run=0)
+
+
+# -- bad input, property-based (issue 12: a clear error or a correct booking, nothing else) ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY_NUMBER = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**12), 10**12),
+    st.booleans(),
+    st.text(max_size=5),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cost=_ANY_NUMBER, out=_ANY_NUMBER, tenant_id=st.text(max_size=12))
+def test_settle_and_tags_never_corrupt_spend(
+    store: Store, cost: Any, out: Any, tenant_id: str
+) -> None:
+    budget = Budget(store, max_usd={"tenant": 10.0}, max_output_tokens=50)
+    tags = {"tenant_id": f"p-{uuid.uuid4().hex[:6]}-{tenant_id}"}
+    try:
+        r = budget.reserve(MODEL, msgs(), tags=tags)
+    except ValueError as exc:  # a NUL or a lone surrogate: named, before any database call
+        assert "tenant_id" in str(exc)
+        return
+    try:
+        budget.settle(r, cost_usd=cost, output_tokens=out)
+    except (ValueError, TypeError) as exc:
+        assert "cost_usd" in str(exc) or "tokens" in str(exc)
+        assert not r.settled
+        held = budget.usage(tags)["tenant"]
+        assert held["spent_usd"] == 0.0
+        budget.release(r)
+        return
+    held = budget.usage(tags)["tenant"]
+    assert math.isfinite(held["spent_usd"]) and held["spent_usd"] >= 0.0
+    assert held["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
