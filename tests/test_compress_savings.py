@@ -126,3 +126,20 @@ def test_cache_hit_after_compression_books_no_compression_saving(ledger: Any, te
     assert run["compression_rows"] == 0 and run["spend"] == 0.0
     assert diagnostics.get("compression_saving_superseded") == before + 1
     assert run["budget"] == 0.0  # the reservation was released, not settled
+
+
+def test_held_saving_without_a_booking_node_is_flushed(ledger: Any, tenant: str) -> None:
+    from graphthrift.compress import flush_savings
+
+    compressor = ExtractiveCompressor(target_ratio=0.4, embedder=False, model=CHEAP)
+    builder = StateGraph(CompressState)
+    builder.add_node("compress", compress_context(compressor, ledger=ledger, defer_saving=True))
+    builder.add_edge(START, "compress")
+    out = builder.compile().invoke(
+        {"question": QUESTION, "documents": DOCS}, {"metadata": {"tenant_id": tenant}}
+    )
+    assert len(out["compression_pending"]) == 1
+    assert flush_savings() >= 1
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant, kind="compression")
+    assert len(rows) == 1 and rows[0]["model"] == CHEAP and rows[0]["saved_usd"] > 0

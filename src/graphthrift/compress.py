@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import re
@@ -60,6 +61,7 @@ __all__ = [
     "compression_record",
     "defer_saving",
     "drop_savings",
+    "flush_savings",
     "normalise_answer_text",
     "resolve_budget",
     "split_sentences",
@@ -288,6 +290,7 @@ _PENDING_MAX = 10_000
 _PENDING_TTL_S = 3600.0
 _PENDING: OrderedDict[str, tuple[Any, LedgerRecord, float]] = OrderedDict()
 _PENDING_LOCK = threading.Lock()
+_AT_EXIT: list[bool] = []
 
 
 def _write_saving(ledger: Any, record: LedgerRecord) -> None:
@@ -314,6 +317,9 @@ def defer_saving(record: LedgerRecord, ledger: Any) -> str:
     """Hold a compression's ledger row until the call it shrank is known; return its key."""
     key = f"cs-{id(record):x}-{time.monotonic_ns():x}"
     now = time.monotonic()
+    if not _AT_EXIT:  # registered after the ledger's own hook, so it runs before it closes
+        _AT_EXIT.append(True)
+        atexit.register(flush_savings)
     with _PENDING_LOCK:
         _PENDING[key] = (ledger, record, now)
         stale = _expire(now)
@@ -336,6 +342,17 @@ def book_savings(keys: Iterable[str], model: str | None) -> int:
             record.saved_usd = None  # the ledger prices it at this model
         _write_saving(ledger, record)
     return len(found)
+
+
+def flush_savings() -> int:
+    """Book every held saving at its compressor's model (no call was seen for it); at exit
+    too, so a graph without a booking node loses nothing."""
+    with _PENDING_LOCK:
+        items = list(_PENDING.values())
+        _PENDING.clear()
+    for ledger, record, _ in items:
+        _write_saving(ledger, record)
+    return len(items)
 
 
 def drop_savings(keys: Iterable[str]) -> int:
