@@ -355,3 +355,54 @@ def test_router_middleware_route_rows_carry_the_node(ledger: Any, tenant: str) -
     ledger.flush()
     rows = ledger.records(tenant_id=tenant, kind="route")
     assert rows and {r["node"] for r in rows} == {"model"}
+
+
+class CapIgnoringFake(CapFake):
+    """Writes 20x the max_tokens it is sent (a provider that does not enforce the cap)."""
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        self.seen.append(kw.get("max_tokens"))
+        cap = kw.get("max_tokens") or 50
+        usage = {"input_tokens": 40, "output_tokens": cap * 20, "total_tokens": 40 + cap * 20}
+        answer = AIMessage(
+            "long answer", usage_metadata=usage, response_metadata={"model_name": CHEAP}
+        )  # type: ignore[arg-type]
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+def test_agents_with_a_cap_ignoring_model_under_16_way_concurrency(store: Any, tenant: str) -> None:
+    """Issue 12, item 9, through create_agent: the documented bound holds and, once spend
+    passed the limit, every further call is refused."""
+    limit = 0.004
+    budget = Budget(store, max_usd={"tenant": limit}, max_output_tokens=50)
+    model = CapIgnoringFake(messages=iter([]), seen=[])
+    agent = create_agent(model, middleware=[BudgetMiddleware(budget)])
+    tags = {"tenant_id": tenant}
+    one_call = PRICES.cost(CHEAP, 40, 50 * 20)
+
+    async def main() -> list[Any]:
+        gate = asyncio.Semaphore(16)  # 16 runs in flight at any time
+
+        async def one(i: int) -> Any:
+            async with gate:
+                return await agent.ainvoke(
+                    {"messages": [HumanMessage(f"q{i}")]}, {"metadata": tags}
+                )
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(48)))
+        finally:
+            await store.async_engine.dispose()
+
+    outs = asyncio.run(main())
+    answered = sum(o["messages"][-1].content == "long answer" for o in outs)
+    stopped = sum("graphthrift_budget" in o["messages"][-1].response_metadata for o in outs)
+    assert answered + stopped == 48 and answered > 0 and stopped > 0
+    held = budget.usage(tags)["tenant"]
+    assert held["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
+    assert held["spent_usd"] <= limit + 16 * one_call + 1e-12  # type: ignore[operator]
+    assert model.seen and set(model.seen) == {50}  # every call was sent its reserved cap
+    late = agent.invoke({"messages": [HumanMessage("one more")]}, {"metadata": tags})
+    assert "graphthrift_budget" in late["messages"][-1].response_metadata
