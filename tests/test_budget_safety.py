@@ -272,3 +272,34 @@ def test_settle_and_tags_never_corrupt_spend(
     held = budget.usage(tags)["tenant"]
     assert math.isfinite(held["spent_usd"]) and held["spent_usd"] >= 0.0
     assert held["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_async_outage_spend_is_charged_after_recovery(store: Store, tenant: str) -> None:
+    with scratch_database(store.url) as (url, set_down):
+        scratch = Store(url, home=store.home / f"budget_{uuid.uuid4().hex[:6]}")
+        tags = {"tenant_id": tenant}
+        budget = Budget(scratch, max_usd={"tenant": 1.0}, max_output_tokens=50)
+
+        async def go() -> None:
+            try:
+                warm = await budget.areserve(MODEL, msgs(), tags=tags)
+                await budget.asettle(warm, cost_usd=0.001)
+                await scratch.async_engine.dispose()
+                set_down(True)
+                r = await budget.areserve(MODEL, msgs(), tags=tags)
+                assert not r.backed
+                await budget.asettle(r, cost_usd=0.004)
+                set_down(False)
+                after = await budget.areserve(MODEL, msgs(), tags=tags)
+                assert after.backed and budget.pending_charges == 0
+                await budget.arelease(after)
+            finally:
+                await scratch.async_engine.dispose()
+
+        try:
+            asyncio.run(go())
+            held = budget.usage(tags)["tenant"]
+            assert held["spent_usd"] == pytest.approx(0.005)
+            assert held["reserved_usd"] == pytest.approx(0.0)
+        finally:
+            scratch.close()
