@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.types import Command
 from pydantic import Field
-from typing_extensions import TypedDict
 
 from graphthrift.budget import Budget
 from graphthrift.errors import BudgetExceeded, UnknownModelPrice
-from graphthrift.langgraph.budget import budget_guard, route_on_budget
+from graphthrift.langgraph.budget import BudgetState, budget_guard, route_on_budget
 from graphthrift.middleware.budget import BudgetMiddleware, ToolBudgetMiddleware
 
 from fakes import usage_model
@@ -26,12 +24,7 @@ from fakes import usage_model
 MODEL = "gpt-4o-mini"
 
 
-class State(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    budget_model: str
-    budget_status: str
-    budget_steps: list[str]
-    budget_reservation: dict[str, Any] | None
+State = BudgetState  # the declared schema the guard needs (issue 11, item 7)
 
 
 def _graph(budget: Budget, checkpointer: Any = None, **kwargs: Any) -> Any:
@@ -240,8 +233,7 @@ def test_budget_middleware_caps_output_at_the_reservation(store: Any, tenant: st
     assert model.seen[-1] is None
 
 
-class CapState(State, total=False):
-    budget_max_tokens: int | None
+CapState = BudgetState
 
 
 def test_langgraph_guard_caps_the_model_node(store: Any, tenant: str) -> None:
@@ -307,3 +299,22 @@ def test_llamaindex_budgeted_llm_caps_output(store: Any, tenant: str) -> None:
     list(llm.stream_complete("hi"))
     assert inner.seen == [50, 10, 50]
     assert budget.usage({"tenant_id": tenant})["tenant"]["reserved_tokens"] == 0
+
+
+def test_llamaindex_budgeted_llm_takes_the_bound_run(store: Any, tenant: str) -> None:
+    """Issue 11, item 1: a per-run limit uses the run's own id, never a shared bucket."""
+    from llama_index.core.llms import ChatMessage, MockLLM
+
+    from graphthrift.budget import BudgetScopeMissing
+    from graphthrift.kernel import bound_run_tags
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    budget = Budget(store, max_tokens={"run": 400})
+    llm = BudgetedLLM(
+        llm=MockLLM(max_tokens=20), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+    )
+    with bound_run_tags({"run_id": f"{tenant}-run"}):
+        llm.chat([ChatMessage(role="user", content="hello there")])
+    assert budget.usage({"run_id": f"{tenant}-run"})["run"]["spent_tokens"] > 0
+    with pytest.raises(BudgetScopeMissing):
+        llm.chat([ChatMessage(role="user", content="no run here")])

@@ -286,3 +286,17 @@ def test_llamaindex_non_text_nodes_pass_through(ledger: Any, tenant: str) -> Non
     ledger.flush()
     rows = ledger.records(tenant_id=tenant)
     assert len(rows) == 1 and rows[0]["saved_tokens"] > 0 and rows[0]["kind"] == "compression"
+
+
+def test_langgraph_node_on_a_state_without_its_keys_names_compress_state() -> None:
+    """Issue 11, item 7: on plain MessagesState the node used to compress nothing, silently."""
+    from langgraph.graph import MessagesState
+
+    from graphthrift.errors import StateSchemaError
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("compress", compress_context(max_tokens=50, question_key="messages"))
+    builder.add_edge(START, "compress")
+    with pytest.raises(StateSchemaError, match="CompressState") as info:
+        builder.compile().invoke({"messages": [HumanMessage(QUESTION)]})
+    assert info.value.key == "documents" and info.value.node == "compress_context"

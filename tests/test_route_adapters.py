@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
-from typing_extensions import TypedDict
 
-from graphthrift.langgraph.route import route_by_model, route_model
+from graphthrift.langgraph.route import RouteState, route_by_model, route_model
 from graphthrift.middleware.route import RouterMiddleware
 from graphthrift.route import Router
 
@@ -20,13 +18,7 @@ from fakes import usage_model
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 
 
-class State(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    route: str
-    route_model: str
-    route_reason: str | None
-    route_difficulty: float
-    route_next: str
+State = RouteState  # the declared schema route_model needs (issue 11, item 7)
 
 
 def test_route_model_runs_the_cascade_in_one_node() -> None:

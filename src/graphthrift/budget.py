@@ -14,9 +14,17 @@ Before a model call, ``reserve`` estimates it (counted input tokens plus the max
 tokens, at the model's price) and reserves that amount on every scope in one PostgreSQL
 transaction, with a conditional upsert per scope. Concurrent runs of one tenant therefore
 cannot together pass its limit: they overspend only by what actual usage exceeds the
-reservations (at most one call's reservation in practice, none when calls stay within their
-``max_output_tokens``). ``settle`` moves the reservation to spent with the actual usage (a
-``LedgerRecord`` or token counts) and releases the rest. Counters live in the database, so
+reservations (none when calls stay within their ``max_output_tokens``). ``settle`` moves the
+reservation to spent with the actual usage (a ``LedgerRecord``, token counts, or every
+``(model, usage)`` call it covered), priced at the model actually called, and releases the
+rest. Real cost is settled even past the limit, so the next reservation is refused: with a
+model that ignores its cap, spend stays below ``limit + concurrency x (the most one call
+cost)`` (counted as ``budget_output_overrun``).
+
+Every limited scope needs its tag (``run_id`` for ``"run"``...): a call without it raises
+``BudgetScopeMissing`` rather than share one ``(none)`` bucket with every untagged run. The
+adapters derive the run scope from the run itself. Spend settled while the store was down
+is kept (bounded, ``max_pending``) and charged when the store answers again. Counters live in the database, so
 budgets survive restarts; a reservation left by a crashed process expires after
 ``reservation_ttl`` seconds and is reclaimed.
 
@@ -44,8 +52,10 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -64,7 +74,12 @@ from graphthrift._budget_store import (
     run_sync,
     settle_program,
 )
-from graphthrift.errors import BudgetExceeded, StoreUnavailable, UnknownModelPrice
+from graphthrift.errors import (
+    BudgetExceeded,
+    GraphthriftError,
+    StoreUnavailable,
+    UnknownModelPrice,
+)
 from graphthrift.prices import PriceBook, default_price_book
 from graphthrift.records import LedgerRecord
 from graphthrift.store import Store
@@ -76,6 +91,7 @@ __all__ = [
     "SCOPE_KINDS",
     "Budget",
     "BudgetExceeded",
+    "BudgetScopeMissing",
     "Estimate",
     "Preflight",
     "Reservation",
@@ -95,7 +111,6 @@ _TAG_OF_SCOPE = {
     "tenant": "tenant_id",
     "feature": "feature",
 }
-UNTAGGED = "(none)"
 _INPUT_SHRINKERS = ("compress", "summarize")
 _TOKEN_LIMITS = ("max_tokens", "max_input_tokens")
 
@@ -103,18 +118,72 @@ _TOKEN_LIMITS = ("max_tokens", "max_input_tokens")
 def tags_from_metadata(*sources: Mapping[str, Any] | None) -> dict[str, str]:
     """tenant_id, feature, thread_id and run_id from config metadata/configurable dicts.
 
-    Later sources win; values are kept as text. LangGraph puts ``thread_id`` in
-    ``config["configurable"]``; pass both ``metadata`` and ``configurable``.
+    Later sources win; values are kept as text. Reads through the adapter kernel
+    (``graphthrift.kernel.run_tags``), so every adapter agrees on what a tag is.
     """
+    from graphthrift.kernel import run_tags
+
     out: dict[str, str] = {}
     for source in sources:
         if not source:
             continue
+        found = run_tags({"metadata": source})
         for name in _TAG_OF_SCOPE.values():
-            value = source.get(name)
-            if value is not None and not isinstance(value, dict | list):
-                out[name] = str(value)
+            if name in found:
+                out[name] = str(found[name])
     return out
+
+
+class BudgetScopeMissing(GraphthriftError, ValueError):
+    """A budget limits a scope (e.g. ``max_usd={"run": ...}``) but the call has no tag for it.
+
+    A call without its scope's tag must never fall into one bucket shared by every untagged
+    run, tenant or process (issue 11, item 1), so it is refused instead. The adapters always
+    find a run scope (``Budget`` docs, "Run scope"); core callers pass ``tags={"run_id": ...}``.
+    """
+
+    def __init__(self, scope_kind: str, tag: str) -> None:
+        self.scope_kind = scope_kind
+        self.tag = tag
+        super().__init__(
+            f"the budget limits the {scope_kind!r} scope but this call has no {tag!r} tag; "
+            f"pass tags={{{tag!r}: ...}} (the adapters derive run_id from the run itself)"
+        )
+
+
+def _scope_key(kind: str, value: Any) -> str:
+    """A scope's key as text; a missing tag or a character PostgreSQL cannot store is refused
+    with a clear error (never a shared ``(none)`` bucket, never a raw ``DataError``)."""
+    tag = _TAG_OF_SCOPE[kind]
+    if value is None or value == "":
+        raise BudgetScopeMissing(kind, tag)
+    key = str(value)
+    if "\x00" in key:
+        raise ValueError(
+            f"budget tag {tag} contains a NUL character at {key.index(chr(0))}: {key!r}"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"budget tag {tag} contains a lone surrogate at {exc.start}: {key!r}"
+        ) from None
+    return key
+
+
+def _check_settle_cost(value: Any) -> float | None:
+    """A settle's ``cost_usd``: a finite number >= 0, else a clear, counted error.
+
+    A negative cost would let a tenant spend past its limit, a NaN or inf would lock it out
+    for the day (issue 12, item 8); the reservation stays open (and expires) instead.
+    """
+    if value is None:
+        return None
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if not bad and math.isfinite(value) and value >= 0:
+        return float(value)
+    diagnostics.count("budget_bad_settle")
+    raise ValueError(f"settle cost_usd must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +379,8 @@ class Budget:
         max_input_tokens: the most input tokens one call (step) may send.
         max_output_tokens: the most output tokens one call may produce; reserved per call.
         max_tool_calls_per_step: the most tool calls one model turn may run.
+        max_tool_calls_per_run: the most tool calls one run (agent invocation) may run;
+            ``ToolBudgetMiddleware`` enforces it (``allowed_tool_calls``).
         ladder: degradation rungs tried in order before a stop (subset of ``LADDER_STEPS``).
         fail_closed: raise ``StoreUnavailable`` when the database is unreachable (default:
             proceed and count ``budget_store_failure``).
@@ -317,6 +388,8 @@ class Budget:
         default_output_tokens: output reserved when neither the call nor the budget caps it.
         prices: the ``PriceBook`` (default: the process-wide one the ledger uses).
         clock: returns the current time (UTC days are taken from it); for tests.
+        max_pending: settlements kept in process while the store is unreachable, charged
+            when it answers again (default 10,000; older ones are dropped and counted).
 
     Raises:
         ValueError / TypeError: a limit that is zero, negative, not finite or of a wrong type.
@@ -338,6 +411,8 @@ class Budget:
         default_output_tokens: int | None = None,
         prices: PriceBook | None = None,
         clock: Callable[[], datetime] | None = None,
+        max_pending: int | None = None,
+        max_tool_calls_per_run: int | None = None,
     ) -> None:
         self.max_usd: dict[str, float] = _scope_limits("max_usd", max_usd, integer=False)
         self.max_tokens: dict[str, int] = _scope_limits("max_tokens", max_tokens, integer=True)
@@ -352,6 +427,9 @@ class Budget:
         )
         self.max_tool_calls_per_step: int | None = _positive(
             "max_tool_calls_per_step", max_tool_calls_per_step, integer=True
+        )
+        self.max_tool_calls_per_run: int | None = _positive(
+            "max_tool_calls_per_run", max_tool_calls_per_run, integer=True
         )
         steps = tuple(DEFAULT_LADDER if ladder is None else ladder)
         for step in steps:
@@ -381,6 +459,15 @@ class Budget:
         self.prices = prices or default_price_book()
         self.clock = clock or (lambda: datetime.now(UTC))
         self._last_reclaim = 0.0
+        self.max_pending = int(
+            _positive(
+                "max_pending",
+                max_pending if max_pending is not None else 10_000,
+                integer=True,
+            )
+        )
+        self._pending: deque[tuple[Reservation, float, int]] = deque()
+        self._pending_lock = threading.Lock()
 
     # -- estimates --------------------------------------------------------------------------
 
@@ -415,14 +502,19 @@ class Budget:
         usd = self.prices.cost(model, input_tokens, output) if self.prices.is_known(model) else None
         return Estimate(model, input_tokens, output, usd)
 
-    def _scopes(self, tags: Mapping[str, Any]) -> list[tuple[ScopeRef, float | None, int | None]]:
+    def _scopes(
+        self, tags: Mapping[str, Any], *, strict: bool = True
+    ) -> list[tuple[ScopeRef, float | None, int | None]]:
+        """The limited scopes ``tags`` fall in; ``strict=False`` skips an untagged scope
+        (for reading) instead of raising ``BudgetScopeMissing``."""
         day = utc_day(self.clock())
         out = []
         for kind in SCOPE_KINDS:
             if kind not in self.max_usd and kind not in self.max_tokens:
                 continue
-            key = tags.get(_TAG_OF_SCOPE[kind])
-            key = UNTAGGED if key is None else str(key)
+            if not strict and tags.get(_TAG_OF_SCOPE[kind]) in (None, ""):
+                continue
+            key = _scope_key(kind, tags.get(_TAG_OF_SCOPE[kind]))
             ref = ScopeRef(kind, key, RUN_DAY if kind == "run" else day)
             out.append((ref, self.max_usd.get(kind), self.max_tokens.get(kind)))
         return out
@@ -548,6 +640,7 @@ class Budget:
             return result
 
         try:
+            self.flush_pending()
             if self._should_reclaim():
                 self.reclaim()
             refusal = attempt()
@@ -588,6 +681,7 @@ class Budget:
             return result
 
         try:
+            await self.aflush_pending()
             if self._should_reclaim():
                 await self.areclaim()
             refusal = await attempt()
@@ -625,22 +719,81 @@ class Budget:
         cached_tokens: int,
         cost_usd: float | None,
         record: LedgerRecord | None,
+        model: str | None = None,
+        calls: Sequence[tuple[str | None, Any]] | None = None,
     ) -> tuple[float, int]:
-        model = r.estimate.model
+        """The call's actual cost and tokens, priced at the model that was actually called."""
+        cost_usd = _check_settle_cost(cost_usd)
+        if calls is not None:
+            return self._actual_calls(r, calls)
+        model = model or r.estimate.model
         if record is not None:
             input_tokens, output_tokens = record.input_tokens, record.output_tokens
-            cached_tokens, cost_usd = record.cached_tokens, record.cost_usd
+            cached_tokens, cost_usd = record.cached_tokens, _check_settle_cost(record.cost_usd)
             model = record.model or model
         if input_tokens is None:
             input_tokens = r.estimate.input_tokens
         if output_tokens is None:
             output_tokens = r.estimate.output_tokens
-        for label, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        for label, value in (
+            ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+            ("cached_tokens", cached_tokens),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                diagnostics.count("budget_bad_settle")
                 raise ValueError(f"settle {label} must be an int >= 0, got {value!r}")
+        self._check_overrun(r, output_tokens)
         if cost_usd is None:
-            cost_usd = self.prices.cost(model, input_tokens, output_tokens, cached_tokens)
-        return float(cost_usd or 0.0), input_tokens + output_tokens
+            cost_usd = self._price(model, r, input_tokens, output_tokens, cached_tokens)
+        return cost_usd, input_tokens + output_tokens
+
+    @staticmethod
+    def _check_overrun(r: Reservation, output_tokens: int) -> None:
+        """Count a call that wrote more than it reserved (a model that ignores its cap).
+
+        Its real cost is settled all the same, so the next reservation sees it and is
+        refused; the bound on overspend then depends on the calls in flight (README).
+        """
+        if output_tokens > r.estimate.output_tokens:
+            diagnostics.count(
+                "budget_output_overrun",
+                "graphthrift: a call wrote %d output tokens, %d were reserved (%s)",
+                output_tokens,
+                r.estimate.output_tokens,
+                r.estimate.model,
+            )
+
+    def _price(self, model: str, r: Reservation, inp: int, out: int, cached: int) -> float:
+        """``model``'s price of the usage; an unpriced model falls back to the reserved one's."""
+        cost = self.prices.cost(model, inp, out, cached) if self.prices.is_known(model) else None
+        if cost is None and model != r.estimate.model:
+            diagnostics.count(
+                "budget_unpriced_settle",
+                "graphthrift: no price for %r; settling at %r's price",
+                model,
+                r.estimate.model,
+            )
+            cost = self.prices.cost(r.estimate.model, inp, out, cached)
+        return float(cost or 0.0)
+
+    def _actual_calls(
+        self, r: Reservation, calls: Sequence[tuple[str | None, Any]]
+    ) -> tuple[float, int]:
+        """Sum the calls one reservation covered (a cascade: the cheap call and the strong one)."""
+        from graphthrift.usage import read_usage
+
+        usd, tokens = 0.0, 0
+        for name, raw in calls:
+            usage = read_usage(raw)
+            if usage is None:  # no usage reported: the reserved worst case
+                inp, out, cached = r.estimate.input_tokens, r.estimate.output_tokens, 0
+            else:
+                inp, out, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+                self._check_overrun(r, out)
+            usd += self._price(name or r.estimate.model, r, inp, out, cached)
+            tokens += inp + out
+        return usd, tokens
 
     def settle(
         self,
@@ -651,16 +804,26 @@ class Budget:
         cached_tokens: int = 0,
         cost_usd: float | None = None,
         record: LedgerRecord | None = None,
+        model: str | None = None,
+        calls: Sequence[tuple[str | None, Any]] | None = None,
     ) -> None:
         """Book the call's actual usage and release the rest of its reservation.
 
-        Pass a ``LedgerRecord`` (the ledger's view of the call) or token counts; missing
-        counts fall back to the estimate. Settling twice is a no-op.
+        Pass a ``LedgerRecord`` (the ledger's view of the call), token counts, or ``calls``
+        (``(model, usage)`` pairs: every model call the reservation covered, e.g. the cheap
+        and the strong call of an escalation). ``model`` is the model actually called
+        (default: the reserved one); the usage is priced at it. Missing counts fall back to
+        the estimate. Settling twice is a no-op.
+
+        Raises:
+            ValueError: a negative, NaN or infinite ``cost_usd`` or a negative token count
+                (counted as ``budget_bad_settle``; nothing is booked, the reservation stays
+                open until it is settled properly or expires).
         """
         if reservation.settled:
             return
         usd, tokens = self._actual(
-            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record
+            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record, model, calls
         )
         self._apply(reservation, usd, tokens)
 
@@ -673,12 +836,14 @@ class Budget:
         cached_tokens: int = 0,
         cost_usd: float | None = None,
         record: LedgerRecord | None = None,
+        model: str | None = None,
+        calls: Sequence[tuple[str | None, Any]] | None = None,
     ) -> None:
         """Async twin of ``settle``."""
         if reservation.settled:
             return
         usd, tokens = self._actual(
-            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record
+            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record, model, calls
         )
         await self._aapply(reservation, usd, tokens)
 
@@ -692,36 +857,111 @@ class Budget:
         if not reservation.settled:
             await self._aapply(reservation, 0.0, 0)
 
+    # -- settlement, and spend that waits for the store ----------------------------------------
+
     def _settle_program(self, r: Reservation, usd: float, tokens: int) -> Any:
         return settle_program(r.id, r.scopes, r.usd, r.tokens, usd, tokens)
 
+    def _defer(self, r: Reservation, usd: float, tokens: int) -> None:
+        """Keep a settlement the store could not take, to charge it when the store answers.
+
+        Spend that happened while the budget failed open is real spend (issue 12, item 8);
+        the queue is bounded (``max_pending``), and what falls off it is counted.
+        """
+        if not r.scopes or (usd == 0.0 and tokens == 0 and not r.backed):
+            return
+        with self._pending_lock:
+            if len(self._pending) >= self.max_pending:
+                self._pending.popleft()
+                diagnostics.count(
+                    "budget_pending_dropped",
+                    "graphthrift: budget pending queue full (%d); oldest charge dropped",
+                    self.max_pending,
+                )
+            self._pending.append((r, usd, tokens))
+
+    @property
+    def pending_charges(self) -> int:
+        """Settlements waiting for the store (made while it was unreachable)."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def _next_pending(self) -> tuple[Reservation, float, int] | None:
+        with self._pending_lock:
+            return self._pending.popleft() if self._pending else None
+
+    def _requeue(self, item: tuple[Reservation, float, int]) -> None:
+        with self._pending_lock:
+            self._pending.appendleft(item)
+
+    def flush_pending(self) -> int:
+        """Charge the settlements kept while the store was down; return how many were charged.
+
+        Called before every backed reservation and settlement, so spend made during an
+        outage is charged as soon as the store answers again.
+        """
+        if self.store is None:
+            return 0
+        done = 0
+        while (item := self._next_pending()) is not None:
+            try:
+                run_sync(self.store, self._settle_program(*item))
+            except StoreUnavailable:
+                self._requeue(item)
+                break
+            done += 1
+        return done
+
+    async def aflush_pending(self) -> int:
+        """Async twin of ``flush_pending``."""
+        if self.store is None:
+            return 0
+        done = 0
+        while (item := self._next_pending()) is not None:
+            try:
+                await run_async(self.store, self._settle_program(*item))
+            except StoreUnavailable:
+                self._requeue(item)
+                break
+            done += 1
+        return done
+
+    def _settle_failed(
+        self, r: Reservation, usd: float, tokens: int, exc: StoreUnavailable
+    ) -> None:
+        diagnostics.count(
+            "budget_store_failure",
+            "graphthrift: could not settle budget reservation %s (%s); kept to charge later",
+            r.id,
+            exc.reason,
+        )
+        self._defer(r, usd, tokens)
+
     def _apply(self, r: Reservation, usd: float, tokens: int) -> None:
         r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
-        if not r.backed or self.store is None:
+        if self.store is None:
+            return
+        if not r.backed:
+            self._defer(r, usd, tokens)
             return
         try:
+            self.flush_pending()
             run_sync(self.store, self._settle_program(r, usd, tokens))
         except StoreUnavailable as exc:
-            diagnostics.count(
-                "budget_store_failure",
-                "graphthrift: could not settle budget reservation %s (%s)",
-                r.id,
-                exc.reason,
-            )
+            self._settle_failed(r, usd, tokens, exc)
 
     async def _aapply(self, r: Reservation, usd: float, tokens: int) -> None:
         r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
-        if not r.backed or self.store is None:
+        if self.store is None:
+            return
+        if not r.backed:
+            self._defer(r, usd, tokens)
             return
         try:
+            await self.aflush_pending()
             await run_async(self.store, self._settle_program(r, usd, tokens))
         except StoreUnavailable as exc:
-            diagnostics.count(
-                "budget_store_failure",
-                "graphthrift: could not settle budget reservation %s (%s)",
-                r.id,
-                exc.reason,
-            )
+            self._settle_failed(r, usd, tokens, exc)
 
     # -- maintenance and reading ------------------------------------------------------------
 
@@ -746,9 +986,10 @@ class Budget:
     ) -> dict[str, dict[str, Any]]:
         """Spent, reserved and limit of every limited scope the ``tags`` fall in.
 
-        ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``.
+        ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``; scopes whose tag
+        is not given are left out.
         """
-        scopes = self._scopes(tags or {})
+        scopes = self._scopes(tags or {}, strict=False)
         if day is not None:
             scopes = [
                 (ScopeRef(s.kind, s.key, s.day if s.kind == "run" else day), u, t)
@@ -967,11 +1208,18 @@ class Budget:
                 can.add(step)
         return can
 
-    def allowed_tool_calls(self, requested: int) -> int:
-        """How many of ``requested`` tool calls in one step the budget lets run."""
-        if self.max_tool_calls_per_step is None:
-            return requested
-        return min(requested, self.max_tool_calls_per_step)
+    def allowed_tool_calls(self, requested: int, *, used_in_run: int = 0) -> int:
+        """How many of ``requested`` tool calls in one step the budget lets run.
+
+        ``used_in_run`` is how many tool calls the run already made; with
+        ``max_tool_calls_per_run`` the step gets at most what the run has left.
+        """
+        allowed = requested
+        if self.max_tool_calls_per_step is not None:
+            allowed = min(allowed, self.max_tool_calls_per_step)
+        if self.max_tool_calls_per_run is not None:
+            allowed = min(allowed, max(self.max_tool_calls_per_run - used_in_run, 0))
+        return allowed
 
     def __repr__(self) -> str:
         parts = [
@@ -983,6 +1231,7 @@ class Budget:
                 ("max_input_tokens", self.max_input_tokens),
                 ("max_output_tokens", self.max_output_tokens),
                 ("max_tool_calls_per_step", self.max_tool_calls_per_step),
+                ("max_tool_calls_per_run", self.max_tool_calls_per_run),
             )
             if v
         ]

@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -59,6 +61,8 @@ __all__ = [
     "ToolArgsValidator",
     "Validator",
     "answer_confidence",
+    "answer_usage",
+    "collect_calls",
     "difficulty_features",
 ]
 
@@ -504,6 +508,53 @@ class DifficultyClassifier:
         return clf
 
 
+# -- calls made inside a cascade -------------------------------------------------------------
+
+_CALLS: contextvars.ContextVar[list[tuple[str, Any]] | None] = contextvars.ContextVar(
+    "graphthrift_route_calls", default=None
+)
+
+
+def answer_usage(answer: Any) -> Any:
+    """The usage a provider reported with an answer (AIMessage, ModelResponse, dict), or None."""
+    result = getattr(answer, "result", None)  # langchain.agents ModelResponse
+    if isinstance(result, list):
+        for item in reversed(result):
+            usage = getattr(item, "usage_metadata", None)
+            if usage:
+                return usage
+        return None
+    if isinstance(answer, Mapping):
+        return answer.get("usage_metadata") or answer.get("usage")
+    raw = getattr(answer, "raw", None)  # LlamaIndex ChatResponse
+    usage = getattr(answer, "usage_metadata", None)
+    if usage is None and isinstance(raw, Mapping):
+        usage = raw.get("usage")
+    return usage
+
+
+@contextmanager
+def collect_calls() -> Iterator[list[tuple[str, Any]]]:
+    """Collect ``(model, usage)`` of every model call a ``Router`` makes inside the block.
+
+    A budget that wraps a whole cascade settles each call at its own model with this: the
+    cheap call of an escalation is paid for even though its answer is not served.
+    """
+    calls: list[tuple[str, Any]] = []
+    token = _CALLS.set(calls)
+    try:
+        yield calls
+    finally:
+        _CALLS.reset(token)
+
+
+def _report(model: str, answer: Any) -> Any:
+    sink = _CALLS.get()
+    if sink is not None:
+        sink.append((model, answer_usage(answer)))
+    return answer
+
+
 # -- router ----------------------------------------------------------------------------------
 
 
@@ -684,23 +735,27 @@ class Router:
         ``validators`` apply to this request only, after the router's own.
         """
         decision = self.route(request, thread_id=thread_id, has_tools=has_tools)
+
+        def ask(name: str) -> Any:
+            return _report(name, call(name))
+
         if decision.tier == "strong":
             return self._finish(
-                call(self.strong), decision, decision.reason, None, 1, None, thread_id, tags
+                ask(self.strong), decision, decision.reason, None, 1, None, thread_id, tags
             )
         try:
-            cheap_answer = call(self.cheap)
+            cheap_answer = ask(self.cheap)
         except Exception as exc:
             if not self.escalate_on_error:
                 raise
             return self._finish(
-                call(self.strong), decision, "error", repr(exc), 2, None, thread_id, tags
+                ask(self.strong), decision, "error", repr(exc), 2, None, thread_id, tags
             )
         verdict = self.check(cheap_answer, validators)
         if verdict is None:
             return self._finish(cheap_answer, decision, None, None, 1, None, thread_id, tags)
         return self._finish(
-            call(self.strong), decision, verdict[0], verdict[1], 2, cheap_answer, thread_id, tags
+            ask(self.strong), decision, verdict[0], verdict[1], 2, cheap_answer, thread_id, tags
         )
 
     async def arun(
@@ -715,23 +770,27 @@ class Router:
     ) -> RouteResult:
         """Async twin of ``run``: ``call(model_name)`` is awaited."""
         decision = self.route(request, thread_id=thread_id, has_tools=has_tools)
+
+        async def ask(name: str) -> Any:
+            return _report(name, await call(name))
+
         if decision.tier == "strong":
             return self._finish(
-                await call(self.strong), decision, decision.reason, None, 1, None, thread_id, tags
+                await ask(self.strong), decision, decision.reason, None, 1, None, thread_id, tags
             )
         try:
-            cheap_answer = await call(self.cheap)
+            cheap_answer = await ask(self.cheap)
         except Exception as exc:
             if not self.escalate_on_error:
                 raise
             return self._finish(
-                await call(self.strong), decision, "error", repr(exc), 2, None, thread_id, tags
+                await ask(self.strong), decision, "error", repr(exc), 2, None, thread_id, tags
             )
         verdict = self.check(cheap_answer, validators)
         if verdict is None:
             return self._finish(cheap_answer, decision, None, None, 1, None, thread_id, tags)
         return self._finish(
-            await call(self.strong),
+            await ask(self.strong),
             decision,
             verdict[0],
             verdict[1],

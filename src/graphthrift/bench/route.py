@@ -30,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -161,26 +161,11 @@ def _models(labels: dict[str, str]) -> dict[str, Any]:
 
 
 def _graph(router: Router, models: dict[str, Any]) -> Any:
-    from langchain_core.messages import AnyMessage
     from langgraph.graph import END, START, StateGraph
-    from langgraph.graph.message import add_messages
-    from typing_extensions import TypedDict
 
-    from graphthrift.langgraph.route import route_model
+    from graphthrift.langgraph.route import RouteState, route_model
 
-    # functional form: class syntax in a function would leave string annotations unresolved
-    state = TypedDict(  # type: ignore[name-match]  # noqa: UP013
-        "RouteBenchState",
-        {
-            "messages": Annotated[list[AnyMessage], add_messages],
-            "route": str,
-            "route_model": str,
-            "route_reason": str | None,
-            "route_next": str,
-        },
-        total=False,
-    )
-
+    state = RouteState  # the declared schema route_model checks
     builder = StateGraph(state)
     builder.add_node("route", route_model(router, models=models))
     builder.add_edge(START, "route")

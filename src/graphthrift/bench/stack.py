@@ -99,8 +99,12 @@ def _states() -> dict[str, Any]:
     from langgraph.graph.message import add_messages
     from typing_extensions import TypedDict
 
+    def last(_old: Any, new: Any) -> Any:
+        return new
+
     messages = Annotated[list[AnyMessage], add_messages]
     route = {
+        "route_calls": Annotated[list[dict[str, Any]], last],  # RouteState's declared key
         "route": str,
         "route_model": str,
         "route_reason": Any,
@@ -133,8 +137,10 @@ def _states() -> dict[str, Any]:
                 "messages": messages,
                 "budget_model": str,
                 "budget_status": str,
-                "budget_steps": list[str],
+                "budget_steps": Annotated[list[str], last],  # BudgetState's declared keys
+                "budget_run": Annotated[dict[str, Any], last],
                 "budget_reservation": Any,
+                "budget_max_tokens": Any,
             },
             total=False,
         ),

@@ -17,13 +17,15 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
 from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.kernel import run_tags
 from graphthrift.records import TAG_FIELDS
 
 __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "callback_tags"]
 
 
 def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
-    """Ledger tags from the callback manager LangChain hands a compressor (its metadata)."""
+    """Ledger tags from the callback manager LangChain hands a compressor (its metadata),
+    read through ``graphthrift.kernel.run_tags``."""
     metadata: Mapping[str, Any] = {}
     if callbacks is not None and not isinstance(callbacks, list):
         metadata = (
@@ -32,8 +34,8 @@ def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
             or {}
         )
     tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    if metadata.get("langgraph_node") and "node" not in tags:
-        tags["node"] = metadata["langgraph_node"]
+    # run_id, thread_id and the LangGraph node read the one way every adapter does
+    tags.update({k: v for k, v in run_tags({"metadata": metadata}).items() if k in TAG_FIELDS})
     return tags
 
 

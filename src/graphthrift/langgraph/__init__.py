@@ -19,6 +19,9 @@ _EXPORTS = {
     "route_on_budget": ".budget",
     "route_model": ".route",
     "route_by_model": ".route",
+    "BudgetState": ".budget",
+    "RouteState": ".route",
+    "CompressState": ".compress",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

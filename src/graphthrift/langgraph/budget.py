@@ -5,24 +5,67 @@ state and config, the core's reservation and degradation ladder, a partial updat
 ``interrupt`` rungs use ``langgraph.types.interrupt`` (the graph needs a checkpointer);
 resume with ``Command(resume=True)`` to approve the call past the limit, anything else to
 continue down the ladder.
+
+The graph's state must extend ``BudgetState`` (LangGraph silently drops writes to keys a
+state does not declare, so a guard on plain ``MessagesState`` could never settle); the
+nodes raise ``StateSchemaError`` naming it otherwise.
+
+Run scope: LangGraph gives a node no id of the invocation it runs in. The run's id is the
+metadata's ``run_id``, else ``config["run_id"]``, else one the guard mints on the first
+entry of an invocation and keeps in ``budget_run``, anchored to the id of the latest human
+message: a new human turn starts a new run, the tool loop and an interrupt's resume stay in
+the same one.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from langchain_core.messages import AIMessage, RemoveMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langgraph.graph import MessagesState
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import interrupt
 
-from graphthrift.budget import Budget, Preflight, Reservation, Shortfall, tags_from_metadata
-from graphthrift.usage import read_usage
+from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
+from graphthrift.kernel import read_state, run_tags
+from graphthrift.langgraph.compress import resolve_compression_savings
 
-__all__ = ["BudgetGuard", "budget_guard", "budget_max_tokens", "route_on_budget"]
+__all__ = [
+    "BudgetGuard",
+    "BudgetState",
+    "budget_guard",
+    "budget_max_tokens",
+    "call_model_name",
+    "route_on_budget",
+    "step_calls",
+]
 
 MessagesFn = Callable[[list[Any]], Sequence[Any]]
+_SCHEMA = "BudgetState"
+
+
+def _last(_old: Any, new: Any) -> Any:
+    """Reducer: the latest write wins (a reducer gives the key a value from the start, so a
+    state that declares it can be told from one that does not)."""
+    return new
+
+
+class BudgetState(MessagesState):
+    """The state ``budget_guard`` reads and writes; extend it with your graph's own keys.
+
+    ``budget_steps`` and ``budget_run`` always have a value (``[]`` and ``{}``) in a graph
+    built on this schema, which is how the nodes check that the graph declares their keys.
+    """
+
+    budget_steps: Annotated[list[str], _last]
+    budget_run: Annotated[dict[str, Any], _last]
+    budget_model: NotRequired[str | None]
+    budget_status: NotRequired[str | None]
+    budget_reservation: NotRequired[dict[str, Any] | None]
+    budget_max_tokens: NotRequired[int | None]
 
 
 def _read(state: Any, key: str) -> Any:
@@ -31,12 +74,58 @@ def _read(state: Any, key: str) -> Any:
     return getattr(state, key, None)
 
 
-def _tags(config: RunnableConfig | None, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    config = config or {}
-    return {
-        **fixed,
-        **tags_from_metadata(config.get("metadata"), config.get("configurable")),
-    }
+def _fabricated(message: Any) -> bool:
+    """An answer graphthrift produced itself (a cache hit, a budget stop): no model call."""
+    meta = getattr(message, "response_metadata", None) or {}
+    return any(str(key).startswith("graphthrift") for key in meta)
+
+
+def call_model_name(message: Any, default: str | None = None) -> str | None:
+    """The model a provider says answered (``response_metadata`` ``model_name``/``model``)."""
+    meta = getattr(message, "response_metadata", None) or {}
+    for key in ("model_name", "model", "model_id"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def step_calls(state: Any, messages_key: str = "messages") -> tuple[list[Any], bool]:
+    """The model calls of the current step: ``(model, usage)`` pairs, and whether an answer
+    was fabricated (a cache hit) instead.
+
+    The step's answers are the AI messages after the guard's mark (the last message when it
+    reserved), else those at the end of the list; ``route_calls`` (``RouteState``) adds the calls whose answers were not
+    served, such as the cheap answer of an escalation.
+    """
+    messages = list(_read(state, messages_key) or [])
+    default = _read(state, "budget_model") or _read(state, "route_model")
+    reservation = _read(state, "budget_reservation")
+    mark = reservation.get("mark") if isinstance(reservation, Mapping) else None
+    ids = [getattr(m, "id", None) for m in messages]
+    if mark is not None and mark in ids:  # the step's messages: those after the guard's mark
+        messages = messages[ids.index(mark) + 1 :]
+    calls: list[Any] = []
+    fabricated = False
+    for message in reversed(messages):
+        if not isinstance(message, AIMessage):
+            break
+        if _fabricated(message):
+            fabricated = True
+            continue
+        calls.append((call_model_name(message, default), message.usage_metadata))
+    calls.reverse()
+    for extra in _read(state, "route_calls") or []:
+        if isinstance(extra, Mapping):
+            calls.insert(0, (extra.get("model"), extra.get("usage")))
+    return calls, fabricated
+
+
+def _latest_human_id(messages: Sequence[Any]) -> str | None:
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return message.id
+    return None
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
@@ -130,9 +219,26 @@ class BudgetGuard:
 
         return RunnableLambda(node, afunc=anode, name="budget_capped_model")
 
-    def _kwargs(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
+    def _check(self, state: Any, node: str) -> None:
+        read_state(state, "budget_steps", schema=_SCHEMA, node=node)
+
+    def _run(self, state: Any, config: RunnableConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The call's tags, with a run scope that comes from the run itself (module docs)."""
+        tags = run_tags(config, **self.tags)
+        if "run_id" in tags:
+            return tags, {}
+        messages = list(read_state(state, self.messages_key, schema=_SCHEMA, node="budget_guard"))
+        anchor = _latest_human_id(messages)
+        kept = read_state(state, "budget_run", schema=_SCHEMA, node="budget_guard") or {}
+        run_id = kept.get("run_id")
+        if not run_id or kept.get("anchor") != anchor:
+            run_id = f"lg-{uuid.uuid4().hex}"
+        tags["run_id"] = run_id
+        return tags, {"run_id": run_id, "anchor": anchor}
+
+    def _kwargs(self, tags: dict[str, Any]) -> dict[str, Any]:
         return {
-            "tags": _tags(config, self.tags),
+            "tags": tags,
             "cheaper_model": self.cheaper_model,
             "compress": self.compressor,
             "summarize": self.summarizer,
@@ -142,8 +248,10 @@ class BudgetGuard:
     def _model_now(self, state: Any) -> str:
         return str(_read(state, "budget_model") or self.model)
 
-    def _update(self, before: list[Any], done: Preflight) -> dict[str, Any]:
+    def _update(self, before: list[Any], done: Preflight, run: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"budget_model": done.model, "budget_steps": done.steps}
+        if run:
+            out["budget_run"] = run
         if done.outcome == "end":
             assert done.shortfall is not None
             out["budget_status"] = "ended"
@@ -158,53 +266,86 @@ class BudgetGuard:
             return out
         assert done.reservation is not None
         out["budget_status"] = "ok" if not done.steps else "degraded"
-        out["budget_reservation"] = done.reservation.as_state()
         out["budget_max_tokens"] = done.reservation.max_output_tokens
+        messages = before
         if done.messages is not before and any(s in ("compress", "summarize") for s in done.steps):
-            out[self.messages_key] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *done.messages]
+            messages = [_with_id(m) for m in done.messages]
+            out[self.messages_key] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages]
+            if run:  # the rewritten messages carry the run's anchor from now on
+                out["budget_run"] = {**run, "anchor": _latest_human_id(messages)}
+        mark = getattr(messages[-1], "id", None) if messages else None
+        out["budget_reservation"] = {**done.reservation.as_state(), "mark": mark}
         return out
 
-    def _guard(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
+    def _begin(self, state: Any, config: RunnableConfig) -> tuple[list[Any], dict[str, Any], Any]:
+        self._check(state, "budget_guard")
         messages = list(_read(state, self.messages_key) or [])
-        done = self.budget.preflight(
-            self._model_now(state), messages, **self._kwargs(state, config)
-        )
-        return self._update(messages, done)
+        tags, run = self._run(state, config)
+        return messages, run, self._kwargs(tags)
+
+    def _guard(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
+        messages, run, kwargs = self._begin(state, config)
+        done = self.budget.preflight(self._model_now(state), messages, **kwargs)
+        return {**self._update(messages, done, run), **self._clear_route(state)}
 
     async def _aguard(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
-        messages = list(_read(state, self.messages_key) or [])
-        done = await self.budget.apreflight(
-            self._model_now(state), messages, **self._kwargs(state, config)
-        )
-        return self._update(messages, done)
+        messages, run, kwargs = self._begin(state, config)
+        done = await self.budget.apreflight(self._model_now(state), messages, **kwargs)
+        return {**self._update(messages, done, run), **self._clear_route(state)}
 
-    def _usage(self, state: Any) -> tuple[Reservation | None, dict[str, Any]]:
+    @staticmethod
+    def _clear_route(state: Any) -> dict[str, Any]:
+        """A new step starts with no unserved route calls (when the state routes too)."""
+        return {"route_calls": []} if _read(state, "route_calls") else {}
+
+    def _usage(self, state: Any) -> tuple[Reservation | None, dict[str, Any] | None]:
+        """The open reservation and how to settle it: every call of the step, priced at the
+        model that answered; ``None`` releases it (the answer came from a cache)."""
+        self._check(state, "budget_settle")
         raw = _read(state, "budget_reservation")
         if not raw:
             return None, {}
         reservation = Reservation.from_state(raw)
-        messages = _read(state, self.messages_key) or []
-        last = messages[-1] if messages else None
-        usage = read_usage(getattr(last, "usage_metadata", None)) if last is not None else None
-        if usage is None:
-            return reservation, {}
-        return reservation, {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cached_tokens": usage.cached_tokens,
-        }
+        calls, fabricated = step_calls(state, self.messages_key)
+        if calls:
+            return reservation, {"calls": calls}
+        if fabricated:
+            return reservation, None
+        return reservation, {}
+
+    def _settled(self, state: Any, how: dict[str, Any] | None) -> dict[str, Any]:
+        """Clear the step, and book (or drop, after a cached answer) held compression savings
+        at the model that answered."""
+        out: dict[str, Any] = {"budget_reservation": None, "budget_max_tokens": None}
+        calls = (how or {}).get("calls") or []
+        model = calls[-1][0] if calls else self._model_now(state)
+        savings = resolve_compression_savings(state, model, served=how is not None)
+        return {**out, **self._clear_route(state), **savings}
 
     def _settle(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
-        reservation, usage = self._usage(state)
+        reservation, how = self._usage(state)
         if reservation is not None:
-            self.budget.settle(reservation, **usage)
-        return {"budget_reservation": None, "budget_max_tokens": None}
+            if how is None:
+                self.budget.release(reservation)
+            else:
+                self.budget.settle(reservation, **how)
+        return self._settled(state, how)
 
     async def _asettle(self, state: Any, config: RunnableConfig) -> dict[str, Any]:
-        reservation, usage = self._usage(state)
+        reservation, how = self._usage(state)
         if reservation is not None:
-            await self.budget.asettle(reservation, **usage)
-        return {"budget_reservation": None, "budget_max_tokens": None}
+            if how is None:
+                await self.budget.arelease(reservation)
+            else:
+                await self.budget.asettle(reservation, **how)
+        return self._settled(state, how)
+
+
+def _with_id(message: Any) -> Any:
+    """``message`` with an id, so the guard knows the ids its rewritten messages will carry."""
+    if isinstance(message, BaseMessage) and not message.id:
+        return message.model_copy(update={"id": str(uuid.uuid4())})
+    return message
 
 
 def budget_guard(
@@ -220,13 +361,15 @@ def budget_guard(
 ) -> BudgetGuard:
     """Nodes that reserve a model call's cost before it runs and settle it after.
 
-    State keys:
+    State keys (build the graph on ``BudgetState`` or a state that extends it; the nodes
+    raise ``StateSchemaError`` otherwise):
         reads ``messages_key`` (default ``messages``): the prompt to estimate.
         reads/writes ``budget_model``: the model to call (``cheaper_model`` after that rung);
             the model node should call it.
         writes ``budget_status``: ``"ok"``, ``"degraded"`` (a rung ran) or ``"ended"``.
         writes ``budget_steps``: the rungs carried out; ``budget_reservation``: the open
             reservation (a dict), cleared by ``settle``.
+        reads/writes ``budget_run``: the run scope the guard minted (see the module docs).
         writes ``budget_max_tokens``: the output tokens reserved; the model node must cap
             its call at it (``guard.capped(llm, state)``, or ``guard.model_node(llm)`` as
             the model node), else one call can spend more than it held. Read it with
@@ -242,7 +385,12 @@ def budget_guard(
         compressor, summarizer: ``messages -> messages`` callables for those rungs.
         allow_interrupt: enable the ``interrupt`` rung (default: when it is in the ladder).
         tags: fixed tags; the config's metadata (tenant_id, feature, run_id) and
-            ``configurable.thread_id`` are added per call.
+            ``configurable.thread_id`` are added per call (``graphthrift.kernel.run_tags``).
+
+    ``settle`` books every model call of the step at the model that answered
+    (``response_metadata["model_name"]``) and its reported usage, including a rejected
+    cheap answer a ``route_model`` node left in ``route_calls``; a cached answer releases
+    the reservation. Behind a router, give ``model`` the strong model (the worst case).
 
     Returns:
         A ``BudgetGuard``: add ``.guard`` before the model node, ``.settle`` after it, and

@@ -9,36 +9,89 @@ the run's ``tenant_id``/``feature``/... metadata, the node name and the thread i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
+from typing_extensions import TypedDict  # LangGraph's own states (MessagesState) use it
 
-from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress import (
+    CompressionResult,
+    Compressor,
+    ExtractiveCompressor,
+    book_savings,
+    drop_savings,
+)
+from graphthrift.compress import defer_saving as defer_saving_of
+from graphthrift.kernel import read_state, run_tags
 from graphthrift.messages import to_messages
-from graphthrift.records import TAG_FIELDS
+from graphthrift.records import TAG_FIELDS, LedgerRecord
 
-__all__ = ["compress_context", "config_tags"]
+__all__ = [
+    "CompressState",
+    "compress_context",
+    "config_tags",
+    "resolve_compression_savings",
+]
+
+
+def _pending(old: list[str] | None, new: list[str] | None) -> list[str]:
+    """Reducer of ``compression_pending``: writes add keys, a ``None`` write clears them."""
+    return [] if new is None else [*(old or []), *new]
+
+
+class CompressState(TypedDict):
+    """The state ``compress_context`` reads and writes by default; extend it.
+
+    ``question`` is a str (or read the question from ``messages`` with
+    ``question_key="messages"``); ``documents`` are the retrieved documents, replaced by
+    the kept ones. ``compression_pending`` holds the savings of ``defer_saving=True``
+    compressions until the model call they shrank (``budget_guard``'s settle or
+    ``route_model`` books them at the model called; a cached answer drops them). A node
+    given a state without its keys raises ``StateSchemaError``.
+    """
+
+    question: str
+    documents: list[Any]
+    compression_pending: Annotated[list[str], _pending]
+
+
+def resolve_compression_savings(state: Any, model: str | None, *, served: bool) -> dict[str, Any]:
+    """Book (``served``: a model answered) or drop (a cache answered) the state's held
+    compression savings; the state update that clears them (``{}`` when none are held)."""
+    keys = state.get("compression_pending") if isinstance(state, Mapping) else None
+    if not keys:
+        return {}
+    if served:
+        book_savings(keys, model)
+    else:
+        drop_savings(keys)
+    return {"compression_pending": None}
+
+
+class _Collect:
+    """A ledger stand-in that keeps the compression's row, to be held until the call."""
+
+    def __init__(self) -> None:
+        self.records: list[LedgerRecord] = []
+
+    def record(self, record: LedgerRecord) -> None:
+        self.records.append(record)
 
 
 def config_tags(config: RunnableConfig | None) -> dict[str, Any]:
-    """Ledger tags from a run's config: metadata tags, the LangGraph node, the thread id."""
+    """Ledger tags from a run's config (``graphthrift.kernel.run_tags``): metadata tags,
+    the LangGraph node, the thread id."""
     if not config:
         return {}
     metadata = dict(config.get("metadata") or {})
     tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    if metadata.get("langgraph_node") and "node" not in tags:
-        tags["node"] = metadata["langgraph_node"]
-    thread = (config.get("configurable") or {}).get("thread_id")
-    if thread is not None and "thread_id" not in tags:
-        tags["thread_id"] = thread
+    tags.update({k: v for k, v in run_tags(config).items() if k in TAG_FIELDS})
     return tags
 
 
 def _read(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+    return read_state(state, key, schema="CompressState", node="compress_context")
 
 
 def _text(item: Any, key: str, index: int) -> str:
@@ -57,8 +110,6 @@ def _text(item: Any, key: str, index: int) -> str:
 
 def _question(value: Any, key: str) -> str:
     """A str, or the last user message of a message list (e.g. ``messages``)."""
-    if value is None:
-        raise KeyError(f"compress_context: the state has no {key!r} key (the question)")
     if isinstance(value, str):
         return value
     if isinstance(value, Sequence):
@@ -109,10 +160,11 @@ def compress_context(
     ledger: Any = None,
     tags: Mapping[str, Any] | None = None,
     name: str = "compress_context",
+    defer_saving: bool = False,
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that keeps only what answers the question from the retrieved documents.
 
-    State keys:
+    State keys (``CompressState``; a state without them raises ``StateSchemaError``):
         reads ``documents_key`` (default ``documents``): a list of LangChain ``Document``,
             str, or dicts with ``page_content``, best first.
         reads ``question_key`` (default ``question``): a str, or a message list (e.g.
@@ -131,6 +183,11 @@ def compress_context(
         tags: fixed ledger tags; the run's metadata (tenant_id, feature, ...), the node
             name and the thread id are added per call.
         name: the runnable's name (shown in traces).
+        defer_saving: hold the saving in ``compression_pending`` until the model call it
+            shrank: a ``budget_guard`` settle or ``route_model`` downstream books it at the
+            model actually called, and a cached answer drops it (the cache books the whole
+            call, so the saving is booked once). Without it the saving is booked at once,
+            at ``model``.
 
     Returns:
         A runnable (sync and async) to pass to ``StateGraph.add_node``.
@@ -168,20 +225,34 @@ def compress_context(
             {**fixed, **config_tags(config)},
         )
 
-    def update(items: list[Any], result: CompressionResult) -> dict[str, Any]:
+    held = defer_saving
+
+    def target(state: Any) -> Any:
+        """Where the saving goes now: the ledger, or a collector when it is held."""
+        if not held:
+            return ledger
+        read_state(state, "compression_pending", schema="CompressState", node="compress_context")
+        return _Collect()
+
+    def update(items: list[Any], result: CompressionResult, sink: Any) -> dict[str, Any]:
         out: dict[str, Any] = {target_key: _rebuild(items, result)}
         if stats_key:
             out[stats_key] = _stats(result)
+        final = ledger if ledger is not None else getattr(core, "ledger", None)
+        if isinstance(sink, _Collect) and sink.records and final is not None:
+            out["compression_pending"] = [defer_saving_of(sink.records[0], final)]
         return out
 
     def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
         question, items, texts, call_tags = inputs(state, config)
-        result = core.compress(question, texts, ledger=ledger, tags=call_tags, **budget)
-        return update(items, result)
+        sink = target(state)
+        result = core.compress(question, texts, ledger=sink, tags=call_tags, **budget)
+        return update(items, result, sink)
 
     async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
         question, items, texts, call_tags = inputs(state, config)
-        result = await core.acompress(question, texts, ledger=ledger, tags=call_tags, **budget)
-        return update(items, result)
+        sink = target(state)
+        result = await core.acompress(question, texts, ledger=sink, tags=call_tags, **budget)
+        return update(items, result, sink)
 
     return RunnableLambda(node, afunc=anode, name=name)

@@ -10,21 +10,50 @@ Two ways to use it:
   the node of the chosen model. Loop that model node back to ``route_model``: on re-entry
   it checks the cheap answer, and either accepts it (``route_by_model`` returns ``END``)
   or removes it and sends the request to the strong model.
+
+The graph's state must extend ``RouteState`` (LangGraph drops writes to undeclared keys);
+the node raises ``StateSchemaError`` naming it otherwise. A rejected cheap answer is not
+served, but it was paid for: the node keeps its usage in ``route_calls`` so that a
+``budget_guard``'s settle books it too. Route rows carry the run's tags and the node
+(``graphthrift.kernel.run_tags``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.graph import END
+from langgraph.graph import END, MessagesState
 
-from graphthrift.budget import tags_from_metadata
+from graphthrift.kernel import read_state, run_tags
+from graphthrift.langgraph.budget import budget_max_tokens, call_model_name
+from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.route import RouteDecision, Router, RouteResult
 
-__all__ = ["route_by_model", "route_model"]
+__all__ = ["RouteState", "route_by_model", "route_model"]
+
+_SCHEMA = "RouteState"
+
+
+def _last(_old: Any, new: Any) -> Any:
+    return new
+
+
+class RouteState(MessagesState):
+    """The state ``route_model`` reads and writes; extend it with your graph's own keys.
+
+    ``route_calls`` always has a value (``[]``): the calls of this step whose answers were
+    not served (a rejected cheap answer), as ``{"model", "usage"}`` dicts for the budget.
+    """
+
+    route_calls: Annotated[list[dict[str, Any]], _last]
+    route: NotRequired[str | None]
+    route_model: NotRequired[str | None]
+    route_reason: NotRequired[str | None]
+    route_difficulty: NotRequired[float | None]
+    route_next: NotRequired[str | None]
 
 
 def _read(state: Any, key: str) -> Any:
@@ -34,8 +63,14 @@ def _read(state: Any, key: str) -> Any:
 
 
 def _thread(config: RunnableConfig | None) -> str | None:
-    value = ((config or {}).get("configurable") or {}).get("thread_id")
+    value = run_tags(config).get("thread_id")
     return None if value is None else str(value)
+
+
+def _unserved(model: str, answer: Any) -> dict[str, Any]:
+    """A paid-for call whose answer was not served, for ``route_calls``."""
+    usage = getattr(answer, "usage_metadata", None)
+    return {"model": call_model_name(answer, model), "usage": dict(usage) if usage else None}
 
 
 def _call_config(config: RunnableConfig | None, route: str) -> RunnableConfig:
@@ -44,17 +79,22 @@ def _call_config(config: RunnableConfig | None, route: str) -> RunnableConfig:
     return {"metadata": metadata}
 
 
-def _result_update(result: RouteResult) -> dict[str, Any]:
+def _result_update(result: RouteResult, router: Router) -> dict[str, Any]:
+    calls = []
+    if result.cheap_answer is not None:
+        calls.append(_unserved(router.cheap, result.cheap_answer))
     return {
         "route": result.route,
         "route_model": result.model,
         "route_reason": result.reason,
         "route_next": END,
+        "route_calls": calls,
     }
 
 
 def _decision_update(decision: RouteDecision) -> dict[str, Any]:
     return {
+        "route_calls": [],
         "route": decision.route,
         "route_model": decision.model,
         "route_reason": decision.reason,
@@ -75,6 +115,7 @@ def route_model(
     models: Mapping[str, Any] | None = None,
     messages_key: str = "messages",
     tags: Mapping[str, Any] | None = None,
+    max_tokens_param: str = "max_tokens",
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that routes the latest request to the cheapest adequate model.
 
@@ -85,11 +126,16 @@ def route_model(
             ``route_by_model``: a model name, or ``END`` once answered).
         writes ``messages_key``: with ``models``, the served answer is appended; without,
             a rejected cheap answer is removed (``RemoveMessage``) before escalating.
+        writes ``route_calls``: the rejected cheap answers' usage (see ``RouteState``).
+        reads ``budget_max_tokens`` (``BudgetState``), when a ``budget_guard`` runs first:
+            each model call is capped at the output the guard reserved.
 
     Args:
         router: the ``Router`` (cheap and strong model names, validators, sticky threads).
         models: model name -> chat model, to run the cascade inside this node.
-        tags: fixed ledger tags for the router's ``kind="route"`` rows.
+        tags: fixed ledger tags for the router's ``kind="route"`` rows; the run's tags and
+            the node name are added per call.
+        max_tokens_param: the models' output-cap keyword, bound to the reserved cap.
 
     Example:
         >>> builder.add_node("route", route_model(router))
@@ -104,13 +150,22 @@ def route_model(
     fixed = dict(tags or {})
 
     def call_tags(config: RunnableConfig | None) -> dict[str, Any]:
-        config = config or {}
-        return {**fixed, **tags_from_metadata(config.get("metadata"))}
+        return run_tags(config, **fixed)
+
+    def model_for(name: str, state: Any) -> Any:
+        """The chat model, capped at the output a budget guard reserved (if one did)."""
+        cap = budget_max_tokens(state)
+        model = models[name] if models is not None else None
+        return model if cap is None or model is None else model.bind(**{max_tokens_param: cap})
+
+    def previous_calls(state: Any) -> list[Any]:
+        return list(read_state(state, "route_calls", schema=_SCHEMA, node="route_model") or [])
 
     def escalation_state(
         state: Any, config: RunnableConfig
     ) -> tuple[list[Any], dict[str, Any] | None]:
         """On re-entry after the cheap model answered: accept or escalate."""
+        previous = previous_calls(state)
         messages = list(_read(state, messages_key) or [])
         pending = _read(state, "route_next")
         if pending in (None, END) or not messages:
@@ -129,7 +184,11 @@ def route_model(
                 thread_id=_thread(config),
                 tags=call_tags(config),
             )
-            return messages, {"route_next": END}
+            served = call_model_name(last, router.strong)
+            return messages, {
+                "route_next": END,
+                **resolve_compression_savings(state, served, served=True),
+            }
         verdict = router.check(last)
         if verdict is None:
             router.record(
@@ -137,9 +196,14 @@ def route_model(
                 thread_id=_thread(config),
                 tags=call_tags(config),
             )
-            return messages, {"route_next": END}
+            served = call_model_name(last, router.cheap)
+            return messages, {
+                "route_next": END,
+                **resolve_compression_savings(state, served, served=True),
+            }
         remove = [RemoveMessage(id=last.id)] if last.id else []
         return messages, {
+            "route_calls": [*previous, _unserved(router.cheap, last)],
             "route": "escalated",
             "route_model": router.strong,
             "route_reason": verdict[0],
@@ -158,11 +222,15 @@ def route_model(
 
         def call(name: str) -> BaseMessage:
             route = "cheap" if name == router.cheap else "escalated"
-            out: BaseMessage = models[name].invoke(messages, _call_config(config, route))
+            out: BaseMessage = model_for(name, state).invoke(messages, _call_config(config, route))
             return out
 
         result = router.run(messages, call, thread_id=thread, tags=call_tags(config))
-        return {**_result_update(result), messages_key: [result.answer]}
+        return {
+            **_result_update(result, router),
+            **resolve_compression_savings(state, result.model, served=True),
+            messages_key: [result.answer],
+        }
 
     async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
         messages, update = escalation_state(state, config)
@@ -174,10 +242,16 @@ def route_model(
 
         async def call(name: str) -> BaseMessage:
             route = "cheap" if name == router.cheap else "escalated"
-            out: BaseMessage = await models[name].ainvoke(messages, _call_config(config, route))
+            out: BaseMessage = await model_for(name, state).ainvoke(
+                messages, _call_config(config, route)
+            )
             return out
 
         result = await router.arun(messages, call, thread_id=thread, tags=call_tags(config))
-        return {**_result_update(result), messages_key: [result.answer]}
+        return {
+            **_result_update(result, router),
+            **resolve_compression_savings(state, result.model, served=True),
+            messages_key: [result.answer],
+        }
 
     return RunnableLambda(node, afunc=anode, name="route_model")

@@ -28,8 +28,8 @@ from llama_index.core.llms import LLM
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from graphthrift.budget import Budget, Reservation
+from graphthrift.kernel import read_usage, run_tags
 from graphthrift.tokens import count_text
-from graphthrift.usage import read_usage
 
 __all__ = ["BudgetedLLM"]
 
@@ -41,7 +41,9 @@ class BudgetedLLM(LLM):
         llm: the LLM to call.
         budget: the ``graphthrift.Budget``.
         model_name: the priced model name (default: ``llm.metadata.model_name``).
-        tags: tenant_id, feature, thread_id, run_id for the budget's scopes.
+        tags: tenant_id, feature, thread_id, run_id for the budget's scopes; tags bound for
+            the current run (``graphthrift.kernel.bound_run_tags``) fill what these lack. A
+            per-run limit needs a ``run_id`` there (else ``BudgetScopeMissing``).
         compressor, summarizer: ``messages -> messages`` callables for those ladder rungs.
         max_tokens_param: the per-call output cap keyword. When the wrapped LLM has that
             field (OpenAI, Anthropic and most hosted LLMs have ``max_tokens``), each call is
@@ -94,7 +96,7 @@ class BudgetedLLM(LLM):
 
     def _kwargs(self, call: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            "tags": self.tags,
+            "tags": run_tags(None, **self.tags),
             "compress": self.compressor,
             "summarize": self.summarizer,
             "max_output_tokens": self._cap(call),
@@ -125,18 +127,25 @@ class BudgetedLLM(LLM):
         return reservation, done.messages, call
 
     def _usage(self, response: Any) -> dict[str, Any]:
+        """The call's usage, priced at the model the provider says answered (``raw.model``)."""
         raw = getattr(response, "raw", None)
         found = None
+        model: Any = None
         if isinstance(raw, Mapping):
             found = read_usage(raw.get("usage"))
+            model = raw.get("model")
         elif raw is not None:
             found = read_usage(getattr(raw, "usage", None))
+            model = getattr(raw, "model", None)
         if found is not None:
-            return {
+            out: dict[str, Any] = {
                 "input_tokens": found.input_tokens,
                 "output_tokens": found.output_tokens,
                 "cached_tokens": found.cached_tokens,
             }
+            if isinstance(model, str) and model:
+                out["model"] = model
+            return out
         message = getattr(response, "message", None)
         text = getattr(response, "text", None)
         if text is None and message is not None:

@@ -4,42 +4,95 @@
 what a call may cost (tokens and USD, per tenant, feature, thread and run, per UTC day)
 before it runs, degrade gracefully when the budget is short, and settle the actual usage
 after. The logic is ``graphthrift.Budget``; this module only translates.
+
+Run scope: the run's id is the metadata's ``run_id``, else ``config["run_id"]``, else one
+``BudgetMiddleware`` mints in ``before_agent`` for every invocation and keeps in its state
+(``graphthrift_run_id``); a resume after an interrupt stays in the same run. Every model
+call is priced at the model the request carries (``ModelRequest.model``, so behind
+``RouterMiddleware`` each call at its own model) and settled at the model and usage the
+provider reported; a router inside the budget reports each call of its cascade.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
     AgentState,
     ModelRequest,
     ModelResponse,
+    PrivateStateAttr,
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.config import get_config
+from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
-from graphthrift.budget import Budget, Preflight, Reservation, Shortfall, tags_from_metadata
+from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.errors import BudgetExceeded
-from graphthrift.usage import read_usage
+from graphthrift.kernel import run_tags
+from graphthrift.route import collect_calls
 
-__all__ = ["BudgetMiddleware", "ToolBudgetMiddleware", "model_name_of"]
+__all__ = [
+    "BudgetAgentState",
+    "BudgetMiddleware",
+    "ToolBudgetAgentState",
+    "ToolBudgetMiddleware",
+    "model_name_of",
+]
 
 MessagesFn = Callable[[list[Any]], Sequence[Any]]
 
 
-def model_name_of(model: Any) -> str:
-    """The priced name of a LangChain chat model (``model_name``, ``model`` or ``model_id``)."""
+UNNAMED_MODEL = "unnamed-model"  # counted with the default tokenizer, never priced
+
+
+class BudgetAgentState(AgentState[Any]):
+    """``BudgetMiddleware``'s state: the run scope it minted for this invocation."""
+
+    graphthrift_run_id: NotRequired[Annotated[str | None, PrivateStateAttr]]
+
+
+class ToolBudgetAgentState(AgentState[Any]):
+    """``ToolBudgetMiddleware``'s state: tool calls allowed so far in this invocation, and
+    before the current step."""
+
+    graphthrift_run_tool_calls: NotRequired[Annotated[int, PrivateStateAttr]]
+    graphthrift_step_tool_calls_before: NotRequired[Annotated[int, PrivateStateAttr]]
+
+
+def model_name_of(model: Any, default: str | None = None) -> str:
+    """The priced name of a LangChain chat model (``model_name``, ``model`` or ``model_id``).
+
+    A model bound with ``bind``/``bind_tools`` is read through to the bound model.
+    """
+    target = getattr(model, "bound", model)
     for attr in ("model_name", "model", "model_id"):
-        value = getattr(model, attr, None)
+        value = getattr(target, attr, None)
         if isinstance(value, str) and value:
             return value
+    if default is not None:
+        return default
     raise ValueError(
-        f"cannot tell the model name of {type(model).__name__}; pass model_name= explicitly"
+        f"cannot tell the model name of {type(target).__name__}; pass model_name= explicitly"
     )
+
+
+def _answer_model(response: Any, default: str) -> str:
+    """The model the provider says answered, else ``default``."""
+    messages = response.result if isinstance(response, ModelResponse) else [response]
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            meta = message.response_metadata or {}
+            for key in ("model_name", "model"):
+                value = meta.get(key)
+                if isinstance(value, str) and value:
+                    return value
+    return default
 
 
 def _run_config() -> Mapping[str, Any]:
@@ -49,27 +102,34 @@ def _run_config() -> Mapping[str, Any]:
         return {}
 
 
-def _tags(fixed: Mapping[str, Any]) -> dict[str, Any]:
-    config = _run_config()
-    return {**fixed, **tags_from_metadata(config.get("metadata"), config.get("configurable"))}
+def _tags(fixed: Mapping[str, Any], state: Any) -> dict[str, Any]:
+    """The run's tags (``graphthrift.kernel.run_tags``), with the run scope minted for this
+    invocation when the run has no id of its own."""
+    tags = run_tags(_run_config(), **fixed)
+    minted = state.get("graphthrift_run_id") if isinstance(state, Mapping) else None
+    if "run_id" not in tags and minted:
+        tags["run_id"] = minted
+    return tags
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
     return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
 
 
-def _usage_of(response: Any) -> dict[str, Any]:
+def _settlement(response: Any, name: str, calls: list[tuple[str, Any]]) -> dict[str, Any]:
+    """How to settle one wrapped call: each model call a router inside made, else the
+    response's own usage at the model that answered. A fabricated answer (a cache hit or a
+    budget stop) made no call: it settles at zero."""
+    if calls:
+        return {"calls": calls}
     messages = response.result if isinstance(response, ModelResponse) else [response]
-    for message in reversed(messages):
-        if isinstance(message, AIMessage):
-            usage = read_usage(message.usage_metadata)
-            if usage is not None:
-                return {
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cached_tokens": usage.cached_tokens,
-                }
-    return {}
+    answers = [m for m in messages if isinstance(m, AIMessage)]
+    if answers and all(
+        any(str(k).startswith("graphthrift") for k in (m.response_metadata or {})) for m in answers
+    ):
+        return {"calls": []}
+    usage = next((m.usage_metadata for m in reversed(answers) if m.usage_metadata), None)
+    return {"calls": [(_answer_model(response, name), usage)]}
 
 
 class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
@@ -86,7 +146,8 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         cheaper_model: a chat model for the ``cheaper_model`` rung.
         compressor, summarizer: ``messages -> messages`` callables; they receive the
             system message first when there is one.
-        model_name: the priced name of the agent's model (default: read from the model).
+        model_name: the priced name used when a request's model does not tell its own
+            (each call is priced at ``ModelRequest.model``'s name first).
         allow_interrupt: enable the ``interrupt`` rung (default: when in the ladder).
         tags: fixed tags; the run's metadata and ``thread_id`` are added per call.
         max_tokens_param: the model setting that caps a call's output (``max_tokens`` for
@@ -100,6 +161,8 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         ...     BudgetMiddleware(Budget(store, max_usd={"tenant": 2.0}))])
         >>> agent.invoke({"messages": [...]}, {"metadata": {"tenant_id": "acme"}})
     """
+
+    state_schema = BudgetAgentState
 
     def __init__(
         self,
@@ -132,8 +195,33 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.tags = dict(tags or {})
         self.max_tokens_param = max_tokens_param
 
+    def before_agent(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Mint this invocation's run scope (used when the run has no ``run_id``)."""
+        return {"graphthrift_run_id": f"agent-{uuid.uuid4().hex}"}
+
+    async def abefore_agent(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Async twin of ``before_agent``."""
+        return self.before_agent(state, runtime)
+
+    def _name(self, request: ModelRequest[Any]) -> str:
+        """The priced name of this call's model: the request's model, else ``model_name``.
+
+        A token-only budget needs no price, so a model that tells no name is counted with
+        the default tokenizer; a cost budget needs the name and says so.
+        """
+        fallback = self.model_name
+        if fallback is None and not self.budget.has_cost_limits:
+            fallback = UNNAMED_MODEL
+        try:
+            return model_name_of(request.model, fallback)
+        except ValueError:
+            raise ValueError(
+                f"BudgetMiddleware: cannot tell the model name of {type(request.model).__name__}"
+                " to price it for a cost budget; pass BudgetMiddleware(model_name=...)"
+            ) from None
+
     def _inputs(self, request: ModelRequest[Any]) -> tuple[str, list[Any], dict[str, Any]]:
-        name = self.model_name or model_name_of(request.model)
+        name = self._name(request)
         messages = list(request.messages)
         if request.system_message is not None:
             messages.insert(0, request.system_message)
@@ -141,7 +229,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         key = self.max_tokens_param or "max_tokens"
         cap = settings.get(key) or getattr(request.model, key, None)
         kwargs: dict[str, Any] = {
-            "tags": _tags(self.tags),
+            "tags": _tags(self.tags, request.state),
             "cheaper_model": self.cheaper_name,
             "compress": self.compressor,
             "summarize": self.summarizer,
@@ -187,11 +275,12 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         reservation: Reservation | None = done.reservation
         assert reservation is not None
         try:
-            response = handler(self._apply(request, done))
+            with collect_calls() as calls:
+                response = handler(self._apply(request, done))
         except BaseException:
             self.budget.release(reservation)
             raise
-        self.budget.settle(reservation, **_usage_of(response))
+        self.budget.settle(reservation, **_settlement(response, done.model, calls))
         return response
 
     async def awrap_model_call(
@@ -207,52 +296,92 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         reservation = done.reservation
         assert reservation is not None
         try:
-            response = await handler(self._apply(request, done))
+            with collect_calls() as calls:
+                response = await handler(self._apply(request, done))
         except BaseException:
             await self.budget.arelease(reservation)
             raise
-        await self.budget.asettle(reservation, **_usage_of(response))
+        await self.budget.asettle(reservation, **_settlement(response, done.model, calls))
         return response
 
 
-class ToolBudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
-    """Caps the tool calls one model turn (step) may run, through ``wrap_tool_call``.
+class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
+    """Caps the tool calls one model turn (step) and one run (invocation) may run.
 
-    The calls of one ``AIMessage`` past ``max_tool_calls_per_step`` are not run: each gets
-    an error ``ToolMessage`` (``exit_behavior="continue"``, the default, so the model sees
-    why) or raises ``BudgetExceeded`` (``exit_behavior="error"``).
+    The calls of one ``AIMessage`` past ``max_tool_calls_per_step``, and every call past
+    ``max_tool_calls_per_run`` in the invocation, are not run: each gets an error
+    ``ToolMessage`` (``exit_behavior="continue"``, the default, so the model sees why) or
+    raises ``BudgetExceeded`` (``exit_behavior="error"``). The run's count lives in the
+    agent's state (``before_agent`` resets it, ``after_model`` adds the step's allowed
+    calls), so parallel tool calls of one step are counted by their position.
 
     Args:
-        max_tool_calls_per_step: the cap (default: the ``budget``'s).
-        budget: a ``Budget`` whose ``max_tool_calls_per_step`` is used.
+        max_tool_calls_per_step: the cap per model turn (default: the ``budget``'s).
+        max_tool_calls_per_run: the cap per invocation (default: the ``budget``'s).
+        budget: a ``Budget`` whose ``max_tool_calls_per_step``/``_per_run`` are used.
         exit_behavior: ``"continue"`` or ``"error"``.
 
     Example:
-        >>> agent = create_agent(model, tools,
-        ...                      middleware=[ToolBudgetMiddleware(max_tool_calls_per_step=3)])
+        >>> agent = create_agent(model, tools, middleware=[
+        ...     ToolBudgetMiddleware(max_tool_calls_per_step=3, max_tool_calls_per_run=10)])
     """
+
+    state_schema = ToolBudgetAgentState
 
     def __init__(
         self,
         max_tool_calls_per_step: int | None = None,
         *,
+        max_tool_calls_per_run: int | None = None,
         budget: Budget | None = None,
         exit_behavior: Literal["continue", "error"] = "continue",
     ) -> None:
         super().__init__()
         if exit_behavior not in ("continue", "error"):
             raise ValueError(f"exit_behavior must be 'continue' or 'error', got {exit_behavior!r}")
-        limit = max_tool_calls_per_step
-        if limit is None and budget is not None:
-            limit = budget.max_tool_calls_per_step
-        if limit is None:
+        step, run = max_tool_calls_per_step, max_tool_calls_per_run
+        if budget is not None:
+            step = budget.max_tool_calls_per_step if step is None else step
+            run = budget.max_tool_calls_per_run if run is None else run
+        if step is None and run is None:
             raise ValueError(
-                "ToolBudgetMiddleware needs max_tool_calls_per_step (or a budget with it)"
+                "ToolBudgetMiddleware needs max_tool_calls_per_step or max_tool_calls_per_run "
+                "(or a budget with them)"
             )
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_tool_calls_per_step must be an int >= 1, got {limit!r}")
-        self.max_tool_calls_per_step = limit
+        for label, limit in (("max_tool_calls_per_step", step), ("max_tool_calls_per_run", run)):
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            ):
+                raise ValueError(f"{label} must be an int >= 1, got {limit!r}")
+        self.max_tool_calls_per_step = step
+        self.max_tool_calls_per_run = run
+        self._limits = Budget(max_tool_calls_per_step=step, max_tool_calls_per_run=run)
         self.exit_behavior = exit_behavior
+
+    def before_agent(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """A new invocation starts with the run's whole allowance."""
+        return {"graphthrift_run_tool_calls": 0, "graphthrift_step_tool_calls_before": 0}
+
+    async def abefore_agent(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Async twin of ``before_agent``."""
+        return self.before_agent(state, runtime)
+
+    def after_model(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Count the calls of the model's turn that the budget lets run."""
+        messages = state.get("messages") or []
+        last = messages[-1] if messages else None
+        if not isinstance(last, AIMessage) or not last.tool_calls:
+            return None
+        used = int(state.get("graphthrift_run_tool_calls") or 0)
+        allowed = self._limits.allowed_tool_calls(len(last.tool_calls), used_in_run=used)
+        return {
+            "graphthrift_step_tool_calls_before": used,
+            "graphthrift_run_tool_calls": used + allowed,
+        }
+
+    async def aafter_model(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Async twin of ``after_model``."""
+        return self.after_model(state, runtime)
 
     def _position(self, request: Any) -> int:
         """This call's index among the tool calls of the AIMessage that made it."""
@@ -265,15 +394,29 @@ class ToolBudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                     return ids.index(call_id)
         return 0
 
-    def _refuse(self, request: Any, position: int) -> ToolMessage:
+    def _verdict(self, request: Any) -> tuple[str, int, int] | None:
+        """Why this call may not run: the limit's name, the limit, the call's number."""
+        position = self._position(request)
+        step = self.max_tool_calls_per_step
+        if step is not None and position >= step:
+            return "max_tool_calls_per_step", step, position
+        run = self.max_tool_calls_per_run
+        state = request.state if isinstance(request.state, Mapping) else {}
+        before = int(state.get("graphthrift_step_tool_calls_before") or 0)
+        if run is not None and before + position >= run:
+            return "max_tool_calls_per_run", run, before + position
+        return None
+
+    def _refuse(self, request: Any, verdict: tuple[str, int, int]) -> ToolMessage:
+        name, limit, index = verdict
+        scope = "step" if name.endswith("step") else "run"
         if self.exit_behavior == "error":
-            raise BudgetExceeded(
-                "max_tool_calls_per_step", self.max_tool_calls_per_step, position, "step", 1
-            )
+            raise BudgetExceeded(name, limit, index, scope, 1)
         return ToolMessage(
             content=(
-                f"Tool call not run: the budget allows {self.max_tool_calls_per_step} tool "
-                f"calls per step and this was call {position + 1}. Use fewer tools per step."
+                f"Tool call not run: the budget allows {limit} tool calls per {scope} and "
+                f"this was call {index + 1}. Use fewer tools"
+                + (" per step." if scope == "step" else "; answer with what you have.")
             ),
             tool_call_id=request.tool_call.get("id") or "",
             name=request.tool_call.get("name"),
@@ -283,17 +426,17 @@ class ToolBudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def wrap_tool_call(
         self, request: Any, handler: Callable[[Any], ToolMessage | Command[Any]]
     ) -> ToolMessage | Command[Any]:
-        """Run the call only if it is within the step's allowance."""
-        position = self._position(request)
-        if position >= self.max_tool_calls_per_step:
-            return self._refuse(request, position)
+        """Run the call only if it is within the step's and the run's allowance."""
+        verdict = self._verdict(request)
+        if verdict is not None:
+            return self._refuse(request, verdict)
         return handler(request)
 
     async def awrap_tool_call(
         self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command[Any]]]
     ) -> ToolMessage | Command[Any]:
         """Async twin of ``wrap_tool_call``."""
-        position = self._position(request)
-        if position >= self.max_tool_calls_per_step:
-            return self._refuse(request, position)
+        verdict = self._verdict(request)
+        if verdict is not None:
+            return self._refuse(request, verdict)
         return await handler(request)

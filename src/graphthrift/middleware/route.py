@@ -24,7 +24,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
 
-from graphthrift.budget import tags_from_metadata
+from graphthrift.kernel import run_tags
 from graphthrift.route import Router, ToolArgsValidator
 
 __all__ = ["RouterMiddleware"]
@@ -112,9 +112,8 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return "cheap" if name == self.router.cheap else "escalated"
 
     def _context(self, request: ModelRequest[Any]) -> tuple[str | None, dict[str, Any]]:
-        config = _config()
-        thread = (config.get("configurable") or {}).get("thread_id")
-        tags = {**self.tags, **tags_from_metadata(config.get("metadata"))}
+        tags = run_tags(_config(), **self.tags)
+        thread = tags.get("thread_id")
         return (None if thread is None else str(thread)), tags
 
     def wrap_model_call(
