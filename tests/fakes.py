@@ -287,3 +287,15 @@ def _run_metadata(run_manager: Any) -> dict[str, Any]:
     if thread is not None:
         metadata.setdefault("thread_id", thread)
     return metadata
+
+
+def fake_usage_text(prompt: str, text: str) -> dict[str, int]:
+    """OpenAI-style usage (``prompt_tokens``/``completion_tokens``) for a text prompt, about
+    one token per four characters: what ``RecordingLlamaLLM``-style fakes report."""
+    prompt_tokens = 8 + len(prompt) // 4
+    completion_tokens = 3 + len(text) // 4
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -58,7 +58,7 @@ from graphthrift.langgraph import (
 
 from fakes import CallLog, RecordingChatModel
 
-TURNS = 16
+TURNS = 20
 THREADS = 2
 THREAD_TOKEN_LIMIT = 1_500
 MODES = ("invoke", "stream", "astream")
