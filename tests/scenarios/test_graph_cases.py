@@ -9,7 +9,6 @@ import pytest
 from langgraph.graph import END, START, MessagesState, StateGraph
 from scenario_kit import CHEAP, STRONG, World
 
-from fakes import CallLog, RecordingChatModel
 from graphthrift import Budget, CostTagger, ExactCache, Ledger, Router
 from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import (
@@ -21,6 +20,8 @@ from graphthrift.langgraph import (
     route_on_budget,
     route_on_cache_hit,
 )
+
+from fakes import CallLog, RecordingChatModel
 
 
 def _reply(messages: Any, model: str) -> Any:
