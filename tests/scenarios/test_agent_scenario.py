@@ -47,7 +47,7 @@ from scenario_kit import (
     written_by_graphthrift,
 )
 
-from graphthrift import Budget, CostTagger, Ledger, Router, SemanticCache
+from graphthrift import Budget, CostTagger, Ledger, Router, SemanticCache, diagnostics
 from graphthrift.middleware import (
     BudgetMiddleware,
     HistoryPruningMiddleware,
@@ -319,7 +319,8 @@ def test_every_reservation_settles(agent_run: Run) -> None:
         for scope, row in usage.items():
             if row["reserved_tokens"] or row["reserved_usd"]:
                 problems.append(f"{t.thread} {scope}: still reserved {row}")
-    assert not problems, first(problems)
+    failures = {k: v for k, v in diagnostics.counters().items() if k.startswith("budget")}
+    assert not problems, first(problems) + f"\nbudget counters: {failures}"
 
 
 def test_no_budget_exceeded_by_more_than_one_call(agent_run: Run) -> None:
