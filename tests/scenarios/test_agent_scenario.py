@@ -1,6 +1,6 @@
 """Composed scenario: a ``create_agent`` support agent with the whole graphthrift stack.
 
-Two tenants x two users x two threads, 30 seeded turns each, over ``invoke``,
+Two tenants x three users x two threads, 30 seeded turns each, over ``invoke``,
 ``stream(stream_mode="messages")`` and ``astream`` on one ``InMemorySaver``. The stack, in
 the README's order (outermost first):
 
@@ -177,7 +177,7 @@ def _finish(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def agent_run(store: Any) -> AsyncIterator[Run]:
-    world = World.make(n_users=2)
+    world = World.make(n_users=3)
     log = CallLog()
     ledger = Ledger(store, flush_interval=0.05)
     agent, budget = build_agent(world, store, ledger, log)
