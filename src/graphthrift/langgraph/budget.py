@@ -18,6 +18,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import interrupt
 
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall, tags_from_metadata
+from graphthrift.provenance import OWN_MESSAGE_KEY
 from graphthrift.usage import read_usage
 
 __all__ = ["BudgetGuard", "budget_guard", "budget_max_tokens", "route_on_budget"]
@@ -152,7 +153,10 @@ class BudgetGuard:
             out[self.messages_key] = [
                 AIMessage(
                     done.shortfall.message(),
-                    response_metadata={"graphthrift_budget": done.shortfall.limit_name},
+                    response_metadata={
+                        "graphthrift_budget": done.shortfall.limit_name,
+                        OWN_MESSAGE_KEY: "budget",  # never cached (issue 11, item 2)
+                    },
                 )
             ]
             return out

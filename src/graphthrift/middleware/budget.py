@@ -24,6 +24,7 @@ from langgraph.types import Command, interrupt
 
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall, tags_from_metadata
 from graphthrift.errors import BudgetExceeded
+from graphthrift.provenance import OWN_MESSAGE_KEY
 from graphthrift.usage import read_usage
 
 __all__ = ["BudgetMiddleware", "ToolBudgetMiddleware", "model_name_of"]
@@ -56,6 +57,14 @@ def _tags(fixed: Mapping[str, Any]) -> dict[str, Any]:
 
 def _ask_human(shortfall: Shortfall) -> bool:
     return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
+
+
+def _mark_degraded(response: Any, done: Preflight) -> None:
+    """Mark an answer a budget rung degraded, so that no cache stores it (issue 11.2)."""
+    if done.steps:
+        for message in getattr(response, "result", None) or [response]:
+            if isinstance(message, AIMessage):
+                message.response_metadata[OWN_MESSAGE_KEY] = "budget_degraded"
 
 
 def _usage_of(response: Any) -> dict[str, Any]:
@@ -171,7 +180,10 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         assert done.shortfall is not None
         return AIMessage(
             done.shortfall.message(),
-            response_metadata={"graphthrift_budget": done.shortfall.limit_name},
+            response_metadata={
+                "graphthrift_budget": done.shortfall.limit_name,
+                OWN_MESSAGE_KEY: "budget",  # never cached (issue 11, item 2)
+            },
         )
 
     def wrap_model_call(
@@ -192,6 +204,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             self.budget.release(reservation)
             raise
         self.budget.settle(reservation, **_usage_of(response))
+        _mark_degraded(response, done)
         return response
 
     async def awrap_model_call(
@@ -212,6 +225,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             await self.budget.arelease(reservation)
             raise
         await self.budget.asettle(reservation, **_usage_of(response))
+        _mark_degraded(response, done)
         return response
 
 
