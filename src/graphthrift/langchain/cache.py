@@ -69,6 +69,18 @@ def _run_scope() -> dict[str, Any]:
     return scope
 
 
+def _clean(generation: Generation) -> Generation:
+    """The generation as stored: usage a provider garbled (NaN, inf, text) is dropped, so
+    that LangChain's serializer can read the entry back (issue 12, item 7)."""
+    if not isinstance(generation, ChatGeneration):
+        return generation
+    raw = getattr(generation.message, "usage_metadata", None)
+    if raw is None or read_usage(raw) is not None:
+        return generation
+    message = generation.message.model_copy(update={"usage_metadata": None})
+    return generation.model_copy(update={"message": message})
+
+
 class GraphthriftLangChainCache(BaseCache):
     """LangChain's cache interface on an ``ExactCache`` or ``SemanticCache``.
 
@@ -167,7 +179,7 @@ class GraphthriftLangChainCache(BaseCache):
             found = _MODEL_RE.search(llm_string)
             model = found.group(1) if found else None
         return {
-            "payload": {"generations": [dumps(g) for g in return_val]},
+            "payload": {"generations": [dumps(_clean(g)) for g in return_val]},
             "model": model,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,

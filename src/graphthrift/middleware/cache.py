@@ -117,7 +117,11 @@ class CacheMiddleware(AgentMiddleware):
             "structured": response.structured_response is not None,
             "source": answer,
             # a tool-call answer is replayed as the message itself, tool calls included
-            "payload": {"message": dumps(answer)} if tool_calls else None,
+            "payload": (
+                {"message": dumps(answer.model_copy(update={"usage_metadata": None}))}
+                if tool_calls
+                else None
+            ),
         }
 
     def wrap_model_call(
