@@ -454,3 +454,25 @@ def test_bad_usage_never_crashes_a_store(store: Store, tenant: str, bad: Any) ->
     lc = cache.as_langchain_cache(single_tenant=True)
     lc.update("bad usage", "llm", [ChatGeneration(message=answer)])
     assert lc.lookup("bad usage", "llm") is not None
+
+
+# -- 11.7 / 11.10: the README quickstart holds when run twice ---------------------------------
+
+
+def test_readme_quickstart_passes_when_run_twice(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        module = types.ModuleType("readme_quickstart")
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        exec(compile(block.group(1), "README.md", "exec"), module.__dict__)
