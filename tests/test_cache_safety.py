@@ -476,3 +476,22 @@ def test_readme_quickstart_passes_when_run_twice(
         module = types.ModuleType("readme_quickstart")
         monkeypatch.setitem(sys.modules, module.__name__, module)
         exec(compile(block.group(1), "README.md", "exec"), module.__dict__)
+
+
+async def test_async_langchain_cache_scopes_by_the_tagged_run(
+    store: Store, tenant: str, ledger: Any
+) -> None:
+    cache = ExactCache(store, namespace=_ns(), ledger=ledger)
+    acme_model = usage_model("acme: $5,000.")
+    globex_model = usage_model("globex: $12.")
+    acme_model.cache = globex_model.cache = cache.as_langchain_cache()
+
+    def config(who: str) -> dict[str, Any]:
+        return {"metadata": {"tenant_id": tenant + who}, "callbacks": [CostTagger(ledger)]}
+
+    assert (await acme_model.ainvoke("balance?", config(""))).content == "acme: $5,000."
+    assert (await globex_model.ainvoke("balance?", config("-g"))).content == "globex: $12."
+    assert (await globex_model.ainvoke("balance?", config(""))).content == "acme: $5,000."
+    ledger.flush()
+    assert len(ledger.records(tenant_id=tenant, kind="llm")) == 1
+    assert len(ledger.records(tenant_id=tenant, kind="cache_hit")) == 1

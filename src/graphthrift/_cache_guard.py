@@ -7,7 +7,9 @@ directly and rejects a semantic hit when the cached question and the new one dif
 
 - numbers (``2``, ``3.5``, ``2³``), identifiers (``A-101``, ``SKU42``, ``IBAN``),
 - dates: weekdays, months, relative days (today, tomorrow, ...),
-- negation (not, no, never, n't, without, ...),
+- negation (not, no, never, n't, without, ...), when the rest of the two questions is
+  nearly the same ("I can log in" / "I cannot log in"; but "When will my card arrive?" and
+  "My card has not arrived yet" ask the same thing),
 - named entities (capitalised words that do not start a sentence).
 
 It is cheap (a few regular expressions per hit) and lexical, so it only ever turns a hit
@@ -64,6 +66,16 @@ _NOT_ENTITIES = frozenset(
     }
 )  # fmt: skip
 _SENTENCE_END = frozenset(".!?:;\n")
+_STOPWORDS = frozenset(
+    {
+        "a", "an", "the", "i", "me", "my", "you", "your", "we", "our", "it", "is", "are", "was",
+        "were", "be", "been", "do", "does", "did", "can", "could", "will", "would", "should",
+        "to", "of", "in", "on", "at", "for", "with", "and", "or", "this", "that", "has", "have",
+        "had", "yet", "still", "please", "why", "how", "what", "when", "where", "who", "which",
+    }
+)  # fmt: skip
+#: Share of content words two questions must have in common for a negation to matter.
+_NEGATION_OVERLAP = 0.6
 
 
 def _fold(text: str) -> str:
@@ -91,10 +103,41 @@ def _dates(words: list[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _is_negation(word: str) -> bool:
+    return word.replace("'", "") in _NEGATIONS or word.endswith("n't")
+
+
 def _negated(text: str, words: list[str]) -> bool:
-    if "n't" in text.lower():
+    """Whether the text negates something. "not ... yet" (still waiting: "my card has not
+    arrived yet") is not a negation of the question, so it does not count."""
+    for i, word in enumerate(words):
+        if _is_negation(word) and "yet" not in words[i + 1 : i + 5]:
+            return True
+    return False
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _content(words: list[str]) -> set[str]:
+    """Words that carry the question's content: no stopwords, no negations, crude stems."""
+    out = set()
+    for w in words:
+        if w in _STOPWORDS or _is_negation(w):
+            continue
+        out.add(_stem(w))
+    return out
+
+
+def _same_content(wa: list[str], wb: list[str]) -> bool:
+    a, b = _content(wa), _content(wb)
+    if not a or not b:
         return True
-    return any(w.replace("'", "") in _NEGATIONS for w in words)
+    return len(a & b) / len(a | b) >= _NEGATION_OVERLAP
 
 
 def _entities(text: str) -> frozenset[str]:
@@ -132,7 +175,7 @@ def lexical_conflict(cached: str, query: str) -> str | None:
     wa, wb = _words(a), _words(b)
     if _dates(wa) != _dates(wb):
         return "dates"
-    if _negated(a, wa) != _negated(b, wb):
+    if _negated(a, wa) != _negated(b, wb) and _same_content(wa, wb):
         return "negation"
     # an entity of one question must appear (in any case) in the other
     ea, eb = _entities(a), _entities(b)

@@ -32,6 +32,7 @@ _MODEL_KEYS = ("model_name", "model", "model_id", "deployment_name")
 RECORDED_FLAG = "graphthrift_ledger_recorded"
 #: ``response_metadata`` key of a generation our ``BaseCache`` served (booked by the cache).
 CACHE_HIT_KEY = "graphthrift_cache"
+_MAX_BOUND = 10_000
 
 
 class CostTagger(BaseCallbackHandler):
@@ -177,6 +178,8 @@ class CostTagger(BaseCallbackHandler):
         tags = run_tags({"metadata": meta}, **self._defaults)
         if meta.get("scope") not in (None, ""):
             tags["scope"] = meta["scope"]
+        if len(self._bound) >= _MAX_BOUND:  # calls that never ended (abandoned streams)
+            self._bound.pop(next(iter(self._bound)))
         self._bound[run_id] = bind_run_tags(tags)
 
     def _unbind(self, run_id: UUID) -> None:
