@@ -26,6 +26,15 @@ Guarantees:
 - Shadow mode (``shadow=True``) serves nothing but logs what would have hit; when the
   fresh answer is then stored, ``verify(cached, fresh)`` judges the would-be hit, and
   ``shadow_report()`` shows would-be hit rate, precision and savings.
+- Keys (``default_key``): the question, folded for case and spaces only, plus a fingerprint
+  of the system prompt, the earlier turns and ``context``; an answer that depends on earlier
+  turns is kept to the asking user (``user_id``), a first-turn answer is tenant-wide.
+- Never stored: graphthrift's own messages, errors, refusals (``storable``; pass the
+  answer's message as ``source=``).
+- Lexical guard (``SemanticCache``, on by default): a hit whose question differs from the
+  query in numbers, identifiers, dates, negation or named entities is a miss.
+- Durability: writes use ``synchronous_commit=off``; entries written just before a
+  PostgreSQL server crash may be lost (a cache miss later, never a wrong answer).
 - Every served hit writes a ``cache_hit`` ledger record (``layer`` = ``exact`` or
   ``semantic``) with the tokens the avoided call would have used, so
   ``ledger.report(by=["layer"])`` shows savings per layer.
@@ -806,7 +815,7 @@ class ExactCache(_BaseCache):
     """Serves an answer when the same normalized question was answered in the same scope.
 
     The key is a SHA-256 of the tenant, scope, namespace, the three versions, the context
-    fingerprint and the normalized question (NFKC, case-folded, whitespace collapsed,
+    fingerprint and the normalized question (NFC, case-folded, whitespace collapsed,
     trailing punctuation dropped). Lookups take one indexed round trip.
 
     Args:

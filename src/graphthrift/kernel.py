@@ -17,6 +17,8 @@ Rules, documented in the README ("Scope and tags"):
   the caller set one), else the run scope an adapter set for this run (``run_scope``).
 - ``node`` is LangGraph's ``langgraph_node``.
 - A cache's per-user ``scope`` is ``metadata["scope"]``, else ``metadata["user_id"]``.
+  Cache adapters pass the latter as ``user_id`` (``cache_request``): the cache applies it
+  to answers that depend on earlier turns, and shares first-turn answers in the tenant.
 """
 
 from __future__ import annotations
