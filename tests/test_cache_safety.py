@@ -495,3 +495,67 @@ async def test_async_langchain_cache_scopes_by_the_tagged_run(
     ledger.flush()
     assert len(ledger.records(tenant_id=tenant, kind="llm")) == 1
     assert len(ledger.records(tenant_id=tenant, kind="cache_hit")) == 1
+
+
+# -- composed: a create_agent agent with a checkpointer, 2 tenants x 2 users ------------------
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "astream"])
+async def test_composed_agent_never_serves_foreign_or_own_answers(
+    store: Store, tenant: str, mode: str
+) -> None:
+    import itertools
+    import random
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from fakes import UsageFakeChatModel
+
+    usage = {"input_tokens": 100, "output_tokens": 10, "total_tokens": 110}
+    answers = (
+        AIMessage(
+            f"answer#{i}", usage_metadata=usage, response_metadata={"model_name": "gpt-4o-mini"}
+        )
+        for i in itertools.count()
+    )
+    model = UsageFakeChatModel(messages=answers, usage=usage, model_name="gpt-4o-mini")
+    cache = SemanticCache(store, bow_embedder(), namespace=_ns(), threshold=0.9, timeout=5.0)
+    budget = Budget(store, max_tokens={"tenant": 1500}, max_output_tokens=50)
+    agent = create_agent(
+        model,
+        middleware=[SemanticCacheMiddleware(cache), BudgetMiddleware(budget)],
+        checkpointer=InMemorySaver(),
+    )
+    questions = ["What are your opening hours?", "What was my first question?", "Any fees?"]
+    produced: dict[str, tuple[str, str]] = {}  # answer -> (tenant, user) it was produced for
+    rng = random.Random(11)
+    served = served_follow_ups = 0
+    for conversation in range(16):
+        who = (tenant + rng.choice(["-a", "-b"]), rng.choice(["alice", "bob"]))
+        config = {
+            "configurable": {"thread_id": f"{tenant}:{conversation}"},
+            "metadata": {"tenant_id": who[0], "user_id": who[1]},
+        }
+        for turn in range(rng.choice([1, 2, 2])):
+            state = {"messages": [HumanMessage(rng.choice(questions))]}
+            if mode == "invoke":
+                agent.invoke(state, config)
+            elif mode == "stream":
+                for _chunk in agent.stream(state, config, stream_mode="messages"):
+                    pass
+            else:
+                async for _chunk in agent.astream(state, config):
+                    pass
+            last = agent.get_state(config).values["messages"][-1]
+            text = str(last.content)
+            if "graphthrift_cache" in last.response_metadata:
+                served += 1
+                assert not text.startswith("I have to stop"), "a budget refusal was served"
+                producer = produced[text]
+                assert producer[0] == who[0], f"{text} crossed tenants"
+                if turn > 0:  # a follow-up: it may depend on who asks
+                    served_follow_ups += 1
+                    assert producer[1] == who[1], f"{text} crossed users in a follow-up"
+            elif text.startswith("answer#"):
+                produced[text] = who
+    assert served > 0 and served_follow_ups > 0  # the invariants were exercised
