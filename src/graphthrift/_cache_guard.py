@@ -10,7 +10,8 @@ directly and rejects a semantic hit when the cached question and the new one dif
 - negation (not, no, never, n't, without, ...), when the rest of the two questions is
   nearly the same ("I can log in" / "I cannot log in"; but "When will my card arrive?" and
   "My card has not arrived yet" ask the same thing),
-- named entities (capitalised words that do not start a sentence).
+- named entities swapped for others (capitalised words that do not start a sentence, and
+  acronyms, present in each question and absent from the other).
 
 It is cheap (a few regular expressions per hit) and lexical, so it only ever turns a hit
 into a miss: it can cost recall, never precision. ``SemanticCache(lexical_guard=False)``
@@ -177,8 +178,9 @@ def lexical_conflict(cached: str, query: str) -> str | None:
         return "dates"
     if _negated(a, wa) != _negated(b, wb) and _same_content(wa, wb):
         return "negation"
-    # an entity of one question must appear (in any case) in the other
+    # a named entity swapped for another (Paris / London); one question naming more than
+    # the other ("an Amtrak train" / "a train") is a narrower question, not another one
     ea, eb = _entities(a), _entities(b)
-    if not ea <= set(wb) or not eb <= set(wa):
+    if ea - set(wb) and eb - set(wa):
         return "entities"
     return None
