@@ -559,3 +559,17 @@ async def test_composed_agent_never_serves_foreign_or_own_answers(
             elif text.startswith("answer#"):
                 produced[text] = who
     assert served > 0 and served_follow_ups > 0  # the invariants were exercised
+
+
+def test_cache_request_keeps_the_user_apart_unless_a_scope_is_explicit() -> None:
+    from graphthrift.kernel import cache_request, current_run_tags
+
+    meta = {"metadata": {"tenant_id": "acme", "user_id": "alice", "corpus_version": "v2"}}
+    assert cache_request(meta) == {"tenant_id": "acme", "user_id": "alice", "corpus_version": "v2"}
+    explicit = {"metadata": {"tenant_id": "acme", "user_id": "alice", "scope": "admins"}}
+    assert cache_request(explicit) == {"tenant_id": "acme", "scope": "admins"}
+    with graphthrift.scoped(tenant_id="acme", user_id="bob"):
+        with graphthrift.scoped(user_id="carol"):
+            assert cache_request(None) == {"tenant_id": "acme", "user_id": "carol"}
+        assert (current_run_tags() or {})["user_id"] == "bob"
+    assert current_run_tags() is None
