@@ -350,6 +350,18 @@ def test_llamaindex_engine_scopes_and_books_hits_by_tags(
     assert row["feature"] == "balance" and row["saved_usd"] > 0
 
 
+def test_llamaindex_engine_never_stores_an_empty_response(store: Store, tenant: str) -> None:
+    from llama_index.core.base.response.schema import Response
+
+    from graphthrift.llamaindex.cache import CachedQueryEngine
+
+    inner = _engine()
+    inner._query = lambda query_bundle: Response(response="Empty Response")  # type: ignore[method-assign]
+    cache = ExactCache(store, namespace=_ns(), tenant_id=tenant)
+    CachedQueryEngine(inner, cache).query("What is in the empty index?")
+    assert cache.lookup("What is in the empty index?") is None
+
+
 def test_compression_postprocessor_rows_carry_the_tags(tenant: str, ledger: Any) -> None:
     from llama_index.core.schema import NodeWithScore, TextNode
 

@@ -29,6 +29,7 @@ from graphthrift.provenance import own_marker
 from graphthrift.tokens import count_text
 
 _UNNAMED = frozenset({"", "unknown"})
+_NO_ANSWER = frozenset({"", "Empty Response", "None"})
 
 
 def _engine_model(engine: Any) -> str | None:
@@ -101,8 +102,10 @@ class CachedQueryEngine(BaseQueryEngine):
 
     def _store_args(self, question: str, response: Any) -> tuple[str, dict[str, Any]] | None:
         text = getattr(response, "response", None)
-        if not isinstance(text, str):
-            return None  # streaming or empty responses are not stored
+        if not isinstance(text, str) or text.strip() in _NO_ANSWER:
+            # streaming responses, and LlamaIndex's "Empty Response" when nothing was
+            # retrieved, are not answers to keep
+            return None
         nodes = getattr(response, "source_nodes", None) or []
         evidence = [n.node.node_id for n in nodes]
         model = self.model or _engine_model(self.query_engine)
