@@ -34,7 +34,7 @@ def test_exact_cache_round_trip_normalizes_the_question(store: Store, tenant: st
     assert cache.lookup("what are your opening hours today") is None
 
 
-def test_default_key_is_latest_user_question_plus_system_fingerprint() -> None:
+def test_default_key_is_latest_user_question_plus_context_fingerprint() -> None:
     history = [
         {"role": "system", "content": "You are a bank assistant."},
         {"role": "user", "content": "hi"},
@@ -43,10 +43,12 @@ def test_default_key_is_latest_user_question_plus_system_fingerprint() -> None:
     ]
     other_history = [history[0], {"role": "user", "content": "How do I close my account?"}]
     key = default_key(history)
-    assert key.text == "How do I close my account?"
-    assert key == default_key(other_history)  # earlier turns are not part of the key
+    first_turn = default_key(other_history)
+    assert key.text == first_turn.text == "How do I close my account?"
+    # earlier turns are part of the key (issue 11, item 3), and mark it as history-bound
+    assert key.context != first_turn.context and key.history and not first_turn.history
     assert (
-        key.context
+        first_turn.context
         != default_key([{"role": "system", "content": "Pirate mode."}, history[-1]]).context
     )
     assert default_key("q", context=["doc-1"]).context != default_key("q").context

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import pytest
 from langchain_core.caches import BaseCache
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 
 from cache_helpers import bow_embedder
 from graphthrift.cache import ExactCache, SemanticCache
-from graphthrift.langgraph.cache import cache_lookup, cache_store, route_on_cache_hit
+from graphthrift.langgraph.cache import (
+    CacheState,
+    cache_lookup,
+    cache_store,
+    route_on_cache_hit,
+)
 from graphthrift.store import Store
 
 from fakes import usage_model
@@ -35,19 +39,19 @@ def _namespace() -> str:
 class TestSemanticLangChainCache(SyncCacheTestSuite):
     @pytest.fixture
     def cache(self, store: Store) -> BaseCache:
-        return SemanticCache(store, namespace=_namespace()).as_langchain_cache()
+        return SemanticCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
 
 
 class TestExactLangChainCache(SyncCacheTestSuite):
     @pytest.fixture
     def cache(self, store: Store) -> BaseCache:
-        return ExactCache(store, namespace=_namespace()).as_langchain_cache()
+        return ExactCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
 
 
 class TestAsyncSemanticLangChainCache(AsyncCacheTestSuite):
     @pytest.fixture
     async def cache(self, store: Store) -> BaseCache:
-        return SemanticCache(store, namespace=_namespace()).as_langchain_cache()
+        return SemanticCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
 
 
 def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
@@ -55,7 +59,7 @@ def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
 ) -> None:
     cache = SemanticCache(store, bow_embedder(), tenant_id=tenant, ledger=ledger, threshold=0.9)
     model = usage_model("Refunds take 14 days.", input_tokens=300, output_tokens=20)
-    model.cache = cache.as_langchain_cache()
+    model.cache = cache.as_langchain_cache(single_tenant=True)
     first = model.invoke([HumanMessage("How long do refunds take?")])
     second = model.invoke([HumanMessage("how long do refunds take")])
     assert first.content == second.content == "Refunds take 14 days."
@@ -67,7 +71,7 @@ def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
 def test_langchain_cache_scopes_by_llm_string_and_skips_tool_calls(
     store: Store, tenant: str
 ) -> None:
-    lc = ExactCache(store, tenant_id=tenant).as_langchain_cache()
+    lc = ExactCache(store, tenant_id=tenant).as_langchain_cache(single_tenant=True)
     from langchain_core.outputs import ChatGeneration, Generation
 
     lc.update("hello", "model-a", [Generation(text="hi")])
@@ -78,19 +82,14 @@ def test_langchain_cache_scopes_by_llm_string_and_skips_tool_calls(
     assert lc.lookup("search x", "model-a") is None
 
 
-class State(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    cache_hit: dict[str, Any] | None
-
-
 def _graph(cache: ExactCache, calls: list[int]) -> Any:
     model = usage_model("We open at 9.", input_tokens=100, output_tokens=5)
 
-    def call_model(state: State) -> dict[str, Any]:
+    def call_model(state: CacheState) -> dict[str, Any]:
         calls.append(1)
         return {"messages": [model.invoke(state["messages"])]}
 
-    builder = StateGraph(State)
+    builder = StateGraph(CacheState)
     builder.add_node("cache_lookup", cache_lookup(cache))
     builder.add_node("model", call_model)
     builder.add_node("cache_store", cache_store(cache))
@@ -147,7 +146,7 @@ async def test_agent_middleware_does_not_store_tool_calls(store: Store, tenant: 
     from langchain.agents import create_agent
     from langchain_core.tools import tool
 
-    from graphthrift.middleware.cache import SemanticCacheMiddleware
+    from graphthrift.middleware.cache import CacheMiddleware
 
     @tool
     def rate(currency: str) -> str:
@@ -157,7 +156,7 @@ async def test_agent_middleware_does_not_store_tool_calls(store: Store, tenant: 
     cache = ExactCache(store)
     call = AIMessage("", tool_calls=[{"name": "rate", "args": {"currency": "EUR"}, "id": "c1"}])
     model = ToolFakeChatModel(messages=iter([call, AIMessage("1 EUR = 1.1 USD")]))
-    agent = create_agent(model, tools=[rate], middleware=[SemanticCacheMiddleware(cache)])
+    agent = create_agent(model, tools=[rate], middleware=[CacheMiddleware(cache)])
     config = {"metadata": {"tenant_id": tenant}}
     out = await agent.ainvoke({"messages": [HumanMessage("EUR rate?")]}, config)
     assert out["messages"][-1].content == "1 EUR = 1.1 USD"

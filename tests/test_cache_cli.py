@@ -59,3 +59,31 @@ def test_cache_tune_accepts_rule_band_and_confidence(tmp_path: Path) -> None:
     assert saved["local"]["threshold"] == saved["cumulative"]["threshold"]
     with pytest.raises(SystemExit):
         parser.parse_args(["cache", "tune", "--pairs", str(pairs), "--rule", "median"])
+
+
+def test_cache_tune_shows_what_the_lexical_guard_rejects(tmp_path: Path) -> None:
+    rows = [
+        *SAMPLE,
+        ("Is the store open on Sunday?", "Is the store open on Monday?", 0),
+        ("Can I send 50 euros?", "Can I send 500 euros?", 0),
+        ("My card works abroad", "My card does not work abroad", 0),
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"text_a": a, "text_b": b, "label": y}) + "\n" for a, b, y in rows)
+    )
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["cache", "tune", "--pairs", str(pairs), "--target-precision", "0.5",
+         "--confidence", "0", "--rule", "cumulative", "--plot", str(tmp_path / "c.png")]
+    )  # fmt: skip
+    figures = run(args, Console(file=open(tmp_path / "log.txt", "w")))  # noqa: SIM115
+    guard = figures["lexical_guard"]
+    assert guard["threshold"] == figures["threshold"]
+    assert guard["without_guard"]["precision"] == figures["precision"]
+    # the three meaning-changing pairs are served without the guard, refused with it
+    assert guard["without_guard"]["hits"] - guard["with_guard"]["hits"] == guard["rejected_hits"]
+    assert guard["rejected_wrong"] == 3
+    assert {"dates", "numbers", "negation"} <= set(guard["rejected_by_reason"])
+    assert guard["with_guard"]["precision"] > guard["without_guard"]["precision"]

@@ -40,7 +40,13 @@ def test_a_lookup_serves_only_entries_of_its_exact_scope_and_versions(
     run = uuid.uuid4().hex[:8]  # isolates examples from each other
     tag = lambda s: {k: f"{run}-{v}" for k, v in s.items()}  # noqa: E731
     cache: ExactCache = (
-        SemanticCache(store, bow_embedder(), threshold=0.0, ttl={f"{run}-a": 3600, "*": 3600})
+        SemanticCache(
+            store,
+            bow_embedder(),
+            threshold=0.0,
+            ttl={f"{run}-a": 3600, "*": 3600},
+            lexical_guard=False,
+        )
         if semantic
         else ExactCache(store, ttl=3600)
     )

@@ -1,10 +1,13 @@
 """What a cache entry is keyed on: the scope it belongs to and the query it answers.
 
-The default key is what users expect: the latest user question, plus a short fingerprint
-of the context the answer depends on (system prompt, retrieved evidence, anything the
-caller passes as ``context``), never the whole serialized history. Two conversations that
-end with the same question under the same instructions share an entry; a different system
-prompt or a different set of retrieved documents does not.
+The default key is safe: an answer is reused only when everything it could depend on
+matches. That is the latest user question, plus a short fingerprint of the context the
+answer depends on: the system prompt, the earlier turns that were sent with the question,
+retrieved evidence, anything the caller passes as ``context``. Two first-turn questions
+under the same instructions share an entry (an FAQ hits across conversations); a follow-up
+such as "What was the first order I asked about?" only hits in a conversation with the
+same earlier turns, and the cache also keeps it to the asking user (``CacheQuery.history``
+tells the cache to apply the user's scope, issue 11, item 3).
 """
 
 from __future__ import annotations
@@ -76,10 +79,13 @@ class CacheQuery:
 
     ``text`` is embedded by the semantic layer and normalized then hashed by the exact one.
     ``context`` must match exactly (it is a filter column, never mixed into the embedding).
+    ``history`` says the context includes earlier turns of a conversation, so the answer
+    may depend on who the user is: the cache then applies the user's scope.
     """
 
     text: str
     context: str = ""
+    history: bool = False  # the context holds earlier turns: keep the entry to its user
 
     @property
     def normalized(self) -> str:
@@ -91,13 +97,17 @@ KeyFunction = Callable[[Any], CacheQuery]
 
 
 def normalize_query(text: str) -> str:
-    """Unicode NFKC, case-folded, whitespace collapsed, trailing punctuation dropped.
+    """Unicode NFC, case-folded, whitespace collapsed, trailing punctuation dropped.
+
+    Only case and spacing are folded. NFKC would also fold characters that change the
+    meaning ("2³" into "23", "½" into "1/2"), making different questions one key
+    (issue 12, item 12); NFC only joins canonically equal spellings (é and e + ´).
 
     Example:
         >>> normalize_query("  How do I  reset my PASSWORD?? ")
         'how do i reset my password'
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = unicodedata.normalize("NFC", text).casefold()
     return _TRAILING.sub("", _SPACES.sub(" ", folded).strip())
 
 
@@ -120,13 +130,21 @@ def _context_texts(context: Any) -> list[str]:
     return [str(c) for c in context]
 
 
+def _turn_text(message: Message) -> str:
+    """One earlier turn as fingerprinted: role, text and tool calls (not their random ids)."""
+    calls = [f"{c.name}({c.args})" for c in message.tool_calls]
+    return "\x1e".join([message.role, message.text, *calls])
+
+
 def default_key(query: Any, context: Any = None) -> CacheQuery:
     """The default key: the latest user message plus a fingerprint of what it depends on.
 
     ``query`` is a string or a list of messages (LangChain, LlamaIndex, OpenAI dicts). For
-    messages, the context fingerprint covers the system messages; ``context`` (evidence
-    ids, retrieved passages, a dict of settings) is added to it. Earlier turns are not part
-    of the key: a follow-up that depends on them should pass them as ``context``.
+    messages, the context fingerprint covers the system messages and every earlier turn
+    (user, assistant and tool messages before the latest user message); ``context``
+    (evidence ids, retrieved passages, a dict of settings) is added to it. A question with
+    earlier turns is marked ``history=True``: its answer may depend on them, and on the
+    user, so it is only reused for the same turns and the same user.
 
     Raises:
         ValueError: the messages hold no user message to key on.
@@ -135,16 +153,20 @@ def default_key(query: Any, context: Any = None) -> CacheQuery:
     if isinstance(query, str):
         return CacheQuery(query, fingerprint(extra))
     if isinstance(query, CacheQuery):
-        return CacheQuery(query.text, fingerprint([query.context, *extra]))
+        return CacheQuery(query.text, fingerprint([query.context, *extra]), query.history)
     messages: list[Message] = to_messages(query)
-    users = [m for m in messages if m.role == "user"]
-    if not users:
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    if last_user < 0:
         raise ValueError(
             f"cannot key a cache lookup on {len(messages)} messages without a user message; "
             "pass the question as a string or supply key_fn="
         )
     system = [m.text for m in messages if m.role == "system"]
-    return CacheQuery(users[-1].text, fingerprint([*system, *extra]))
+    turns = [_turn_text(m) for m in messages[:last_user] if m.role != "system"]
+    parts = [*system, *extra]
+    if turns:
+        parts.append("turns:" + fingerprint(turns, 32))
+    return CacheQuery(messages[last_user].text, fingerprint(parts), bool(turns))
 
 
 def key_hash(layer: str, scope: CacheScope, embedding_model: str, query: CacheQuery) -> str:

@@ -26,6 +26,15 @@ Guarantees:
 - Shadow mode (``shadow=True``) serves nothing but logs what would have hit; when the
   fresh answer is then stored, ``verify(cached, fresh)`` judges the would-be hit, and
   ``shadow_report()`` shows would-be hit rate, precision and savings.
+- Keys (``default_key``): the question, folded for case and spaces only, plus a fingerprint
+  of the system prompt, the earlier turns and ``context``; an answer that depends on earlier
+  turns is kept to the asking user (``user_id``), a first-turn answer is tenant-wide.
+- Never stored: graphthrift's own messages, errors, refusals (``storable``; pass the
+  answer's message as ``source=``).
+- Lexical guard (``SemanticCache``, on by default): a hit whose question differs from the
+  query in numbers, identifiers, dates, negation or named entities is a miss.
+- Durability: writes use ``synchronous_commit=off``; entries written just before a
+  PostgreSQL server crash may be lost (a cache miss later, never a wrong answer).
 - Every served hit writes a ``cache_hit`` ledger record (``layer`` = ``exact`` or
   ``semantic``) with the tokens the avoided call would have used, so
   ``ledger.report(by=["layer"])`` shows savings per layer.
@@ -69,6 +78,7 @@ from graphthrift._cache_db import (
     run_sync,
     with_deadline,
 )
+from graphthrift._cache_guard import Guard, lexical_conflict
 from graphthrift._cache_keys import (
     CacheQuery,
     CacheScope,
@@ -89,7 +99,8 @@ from graphthrift._cache_policy import (
 from graphthrift._schema_cache import ENTRIES_TABLE, SHADOW_TABLE, hnsw_index_sql
 from graphthrift.embed import Embedder, as_embedder, default_embedder
 from graphthrift.errors import GraphthriftError
-from graphthrift.records import LedgerRecord
+from graphthrift.provenance import unstorable
+from graphthrift.records import LedgerRecord, plausible_tokens
 from graphthrift.store import Store
 
 __all__ = [
@@ -104,6 +115,7 @@ __all__ = [
     "StaticPolicy",
     "default_key",
     "fingerprint",
+    "lexical_conflict",
     "normalize_query",
     "precision_recall_curve",
     "tune_threshold",
@@ -278,8 +290,23 @@ class _BaseCache:
     def embedding_model(self) -> str:
         return ""
 
-    def _scope(self, overrides: Mapping[str, Any]) -> CacheScope:
-        return self.defaults.merged({k: overrides.get(k) for k in _SCOPE_FIELDS})
+    def _scope(self, overrides: Mapping[str, Any], key: CacheQuery | None = None) -> CacheScope:
+        """The request's scope: the defaults, overridden by the call's non-None fields.
+
+        ``user_id`` (what adapters pass for the asking user) becomes the ``scope`` only when
+        the key depends on earlier turns (``key.history``) and no explicit ``scope`` is
+        given: a first-turn question is shared by the tenant's users, a follow-up is not
+        (issue 11, item 3).
+        """
+        unknown = set(overrides) - {*_SCOPE_FIELDS, "user_id"}
+        if unknown:
+            raise TypeError(f"unknown cache scope fields {sorted(unknown)}")
+        fields = {k: overrides.get(k) for k in _SCOPE_FIELDS}
+        user = overrides.get("user_id")
+        history = key is not None and key.history
+        if history and fields["scope"] in (None, "") and user not in (None, ""):
+            fields["scope"] = user
+        return self.defaults.merged(fields)
 
     def _ttl_for(self, namespace: str) -> float | None:
         if isinstance(self.ttl, Mapping):
@@ -307,6 +334,10 @@ class _BaseCache:
     def _policy_serves(self, similarity: float, row: Mapping[str, Any]) -> bool:
         return True
 
+    def _guard_allows(self, query: str, cached: str) -> bool:
+        """The lexical guard of the semantic layer (the exact layer matches the text itself)."""
+        return True
+
     def _explores(self, similarity: float) -> bool:
         """Whether a candidate that is not served should be judged once the answer is known."""
         return False
@@ -324,6 +355,8 @@ class _BaseCache:
         if row is None:
             return _Decision(None)
         similarity = float(row.get("similarity", 1.0))
+        if not self._guard_allows(query.text, str(row["query"])):
+            return _Decision(None)
         serve = self._policy_serves(similarity, row)
         hit = CacheHit(
             layer=self.layer,
@@ -526,8 +559,8 @@ class _BaseCache:
             p=None if payload is None else json.dumps(payload, default=str),
             ev=list(evidence_ids),
             m=model,
-            it=int(input_tokens),
-            ot=int(output_tokens),
+            it=_tokens(input_tokens),
+            ot=_tokens(output_tokens),
             dim=dim,
             v=vector,
             exp=expires,
@@ -596,14 +629,31 @@ class _BaseCache:
     # -- feedback, clearing, reports -----------------------------------------------------------
 
     def _feedback_plan(self, hit: CacheHit | str, correct: bool) -> Plan[None]:
-        entry_id, similarity = _parse_hit(hit)
+        layer, entry_id, similarity = _parse_hit(hit)
+        if layer != self.layer:
+            raise ValueError(
+                f"feedback for a {layer} hit given to the {self.layer} cache: call feedback on"
+                " the cache that served the hit"
+            )
+        if self.layer == "exact" and not correct:
+            # an exact hit is wrong only if the stored answer is: never serve it again
+            diagnostics.count("cache_feedback_evict")
+            yield Sql(f"DELETE FROM {ENTRIES_TABLE} WHERE id = :id", {"id": entry_id}, fetch=False)
+            return None
         self._learn(similarity, correct)
         yield _observation_sql(entry_id, similarity, correct)
         return None
 
     def feedback(self, hit: CacheHit | str, correct: bool) -> None:
-        """Record whether a served hit was right; adaptive policies learn from it.
+        """Record whether a served hit was right.
 
+        - Semantic layer: the observation is kept with the entry; adaptive policies learn
+          from it (the entry's own threshold, and the shared prior).
+        - Exact layer: the question matched word for word, so a wrong hit means a wrong
+          stored answer; ``correct=False`` deletes the entry (it is never served again,
+          counted as ``cache_feedback_evict``); ``correct=True`` is kept with the entry.
+
+        Raises ``ValueError`` for a hit id that is not one, or that another layer served.
         Fails open: if the database is down the observation is dropped and counted.
         """
         try:
@@ -738,14 +788,21 @@ def _observation_sql(entry_id: int, similarity: float, correct: bool) -> Sql:
     )
 
 
-def _parse_hit(hit: CacheHit | str) -> tuple[int, float]:
+def _parse_hit(hit: CacheHit | str) -> tuple[str, int, float]:
     if isinstance(hit, CacheHit):
-        return hit.entry_id, hit.similarity
+        return hit.layer, hit.entry_id, hit.similarity
     try:
-        _, entry, similarity = hit.split(":")
-        return int(entry), float(similarity)
+        layer, entry, similarity = hit.split(":")
+        if layer not in ("exact", "semantic"):
+            raise ValueError(layer)
+        return layer, int(entry), float(similarity)
     except ValueError:
         raise ValueError(f"not a cache hit id: {hit!r} (use CacheHit.hit_id)") from None
+
+
+def _tokens(value: Any) -> int:
+    """A token count as stored: bad numbers (NaN, inf, text, negative) become 0, counted."""
+    return plausible_tokens("cache token count", value, fallback="storing 0") or 0
 
 
 def _apply_context(query: CacheQuery, context: Any) -> CacheQuery:
@@ -758,7 +815,7 @@ class ExactCache(_BaseCache):
     """Serves an answer when the same normalized question was answered in the same scope.
 
     The key is a SHA-256 of the tenant, scope, namespace, the three versions, the context
-    fingerprint and the normalized question (NFKC, case-folded, whitespace collapsed,
+    fingerprint and the normalized question (NFC, case-folded, whitespace collapsed,
     trailing punctuation dropped). Lookups take one indexed round trip.
 
     Args:
@@ -823,7 +880,7 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope), key, self._vector(key.text))
+        plan = self._lookup_plan(self._scope(scope, key), key, self._vector(key.text))
         try:
             decision = with_deadline(self._engines, plan, self.timeout)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -844,7 +901,7 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope), key, await self._avector(key.text))
+        plan = self._lookup_plan(self._scope(scope, key), key, await self._avector(key.text))
         try:
             decision = await awith_deadline(self._engines, plan, self.timeout)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
@@ -853,14 +910,34 @@ class ExactCache(_BaseCache):
         return self._finish_lookup(decision, feature, node)
 
     def _prepare_update(
-        self, query: Any, context: Any, tool_calls: bool, structured: bool, scope: Any
+        self,
+        query: Any,
+        context: Any,
+        tool_calls: bool,
+        structured: bool,
+        source: Any,
+        scope: Any,
     ) -> tuple[CacheScope, CacheQuery] | None:
-        if not self._should_store(tool_calls, structured):
+        if not self._should_store(tool_calls, structured) or not self.storable(source):
             return None
         key = self._key(query, context)
         if key is None:
             return None
-        return self._scope(scope), key
+        return self._scope(scope, key), key
+
+    def storable(self, message: Any) -> bool:
+        """Whether ``message`` (the answer as the model returned it) may be cached.
+
+        Never: what graphthrift produced itself (budget refusals, degraded answers, cache
+        hits), errors, refusals and content-filter stops (``graphthrift.provenance``).
+        Each refusal is counted as ``cache_skip_<reason>``.
+        """
+        reason = unstorable(message)
+        if reason is None:
+            return True
+        diagnostics.count(f"cache_skip_{reason.split(':')[0]}")
+        logger.debug("graphthrift: cache store skipped: %s", reason)
+        return False
 
     def update(
         self,
@@ -875,15 +952,18 @@ class ExactCache(_BaseCache):
         output_tokens: int = 0,
         tool_calls: bool = False,
         structured: bool = False,
+        source: Any = None,
         **scope: Any,
     ) -> int | None:
         """Store ``answer`` for ``query``; returns the entry id, or None if skipped or failed.
 
         ``model``, ``input_tokens`` and ``output_tokens`` describe the call a hit will avoid
         (they price the ledger's ``saved_usd``). Answers that were ``tool_calls`` or
-        ``structured`` output are skipped unless ``cache_tool_calls=True``.
+        ``structured`` output are skipped unless ``cache_tool_calls=True``. ``source`` is
+        the answer's message as the model returned it: graphthrift's own messages, errors
+        and refusals are never stored (see ``storable``).
         """
-        prepared = self._prepare_update(query, context, tool_calls, structured, scope)
+        prepared = self._prepare_update(query, context, tool_calls, structured, source, scope)
         if prepared is None:
             return None
         resolved, key = prepared
@@ -912,10 +992,11 @@ class ExactCache(_BaseCache):
         output_tokens: int = 0,
         tool_calls: bool = False,
         structured: bool = False,
+        source: Any = None,
         **scope: Any,
     ) -> int | None:
         """Async twin of ``update``."""
-        prepared = self._prepare_update(query, context, tool_calls, structured, scope)
+        prepared = self._prepare_update(query, context, tool_calls, structured, source, scope)
         if prepared is None:
             return None
         resolved, key = prepared
@@ -931,11 +1012,16 @@ class ExactCache(_BaseCache):
             self._fail_open("store", exc)
             return None
 
-    def as_langchain_cache(self) -> Any:
-        """This cache as a ``langchain_core.caches.BaseCache`` (see ``graphthrift.langchain``)."""
+    def as_langchain_cache(self, *, single_tenant: bool = False, **scope: Any) -> Any:
+        """This cache as a ``langchain_core.caches.BaseCache`` (``graphthrift.langchain.cache``).
+
+        It serves only calls whose tenant is known from the run (``CostTagger`` or
+        ``graphthrift.scoped``), unless ``single_tenant=True``: LangChain's cache interface
+        never sees the run's config (issue 12, item 2).
+        """
         from graphthrift.langchain.cache import GraphthriftLangChainCache
 
-        return GraphthriftLangChainCache(self)
+        return GraphthriftLangChainCache(self, single_tenant=single_tenant, **scope)
 
 
 class SemanticCache(ExactCache):
@@ -953,6 +1039,10 @@ class SemanticCache(ExactCache):
             ``GRAPHTHRIFT_CACHE_THRESHOLD``; tune it with ``graphthrift cache tune``).
         policy: ``"static"``, ``"adaptive"`` or a ``ThresholdPolicy`` instance.
         max_error: δ for ``policy="adaptive"``.
+        lexical_guard: reject a hit whose question differs from the new one in numbers,
+            identifiers, dates, negation or named entities (default True; False turns it
+            off; or a callable ``(cached, query) -> reason | None``). See
+            ``graphthrift._cache_guard``.
         All other arguments are those of ``ExactCache``.
 
     Example:
@@ -972,9 +1062,21 @@ class SemanticCache(ExactCache):
         threshold: float | None = None,
         policy: Literal["static", "adaptive"] | ThresholdPolicy = "static",
         max_error: float = 0.05,
+        lexical_guard: bool | Guard = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(store, **kwargs)
+        if lexical_guard is True:
+            self.lexical_guard: Guard | None = lexical_conflict
+        elif lexical_guard is False or lexical_guard is None:
+            self.lexical_guard = None
+        elif callable(lexical_guard):
+            self.lexical_guard = lexical_guard
+        else:
+            raise TypeError(
+                "lexical_guard must be True, False or a callable (cached, query) -> reason | None,"
+                f" got {type(lexical_guard).__name__}"
+            )
         self.embedder: Embedder = default_embedder() if embedder is None else as_embedder(embedder)
         self.threshold = _env_float("GRAPHTHRIFT_CACHE_THRESHOLD", threshold, 0.92)
         if isinstance(policy, str):
@@ -992,6 +1094,16 @@ class SemanticCache(ExactCache):
     @property
     def embedding_model(self) -> str:
         return self.embedder.model_id
+
+    def _guard_allows(self, query: str, cached: str) -> bool:
+        if self.lexical_guard is None:
+            return True
+        reason = self.lexical_guard(cached, query)
+        if reason is None:
+            return True
+        diagnostics.count("cache_guard_reject")
+        diagnostics.count(f"cache_guard_reject_{reason}")
+        return False
 
     def _policy_serves(self, similarity: float, row: Mapping[str, Any]) -> bool:
         return self.policy.serve(similarity, row.get("obs_sim") or (), row.get("obs_ok") or ())

@@ -17,6 +17,8 @@ Rules, documented in the README ("Scope and tags"):
   the caller set one), else the run scope an adapter set for this run (``run_scope``).
 - ``node`` is LangGraph's ``langgraph_node``.
 - A cache's per-user ``scope`` is ``metadata["scope"]``, else ``metadata["user_id"]``.
+  Cache adapters pass the latter as ``user_id`` (``cache_request``): the cache applies it
+  to answers that depend on earlier turns, and shares first-turn answers in the tenant.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from graphthrift.usage import Usage, read_usage
@@ -32,12 +34,16 @@ from graphthrift.usage import Usage, read_usage
 __all__ = [
     "CACHE_SCOPE_KEYS",
     "RUN_TAG_KEYS",
+    "bind_run_tags",
     "bound_run_tags",
+    "cache_request",
     "cache_scope",
     "current_run_tags",
     "read_state",
     "read_usage",
     "run_tags",
+    "scoped",
+    "unbind_run_tags",
 ]
 
 #: Tags an adapter reads from a run's config, in the order they are documented.
@@ -117,6 +123,23 @@ def cache_scope(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any
     return out
 
 
+def cache_request(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
+    """What every cache adapter passes to a lookup or a store: ``cache_scope``, except that
+    a scope that only came from the user's id is passed as ``user_id``.
+
+    The cache then applies the user's scope to answers that depend on earlier turns, and
+    shares first-turn answers across the tenant's users (issue 11, item 3). An explicit
+    ``scope`` (metadata or ``fixed``) always applies.
+    """
+    metadata: Mapping[str, Any] = (config or {}).get("metadata") or {}
+    out = cache_scope(config, **fixed)
+    if not (_set(metadata.get("scope")) or _set(fixed.get("scope"))):
+        user = out.pop("scope", None)
+        if user is not None:
+            out["user_id"] = user
+    return out
+
+
 @contextmanager
 def bound_run_tags(tags: Mapping[str, Any]) -> Iterator[None]:
     """Make ``tags`` the current run's tags for code that cannot see the run's config.
@@ -131,6 +154,40 @@ def bound_run_tags(tags: Mapping[str, Any]) -> Iterator[None]:
         yield
     finally:
         _RUN_TAGS.reset(token)
+
+
+def bind_run_tags(tags: Mapping[str, Any]) -> contextvars.Token[Mapping[str, Any] | None]:
+    """Bind ``tags`` (over the ones already bound) until ``unbind_run_tags(token)``.
+
+    For callback handlers, whose start and end of a model call are two methods: the start
+    binds, the end unbinds. ``bound_run_tags`` is the ``with`` form.
+    """
+    merged = {**(_RUN_TAGS.get() or {}), **{k: v for k, v in tags.items() if _set(v)}}
+    return _RUN_TAGS.set(merged)
+
+
+def unbind_run_tags(token: contextvars.Token[Mapping[str, Any] | None]) -> None:
+    """Undo ``bind_run_tags``; a token from another context (or used twice) is ignored."""
+    with suppress(ValueError, RuntimeError):
+        _RUN_TAGS.reset(token)
+
+
+@contextmanager
+def scoped(**tags: Any) -> Iterator[None]:
+    """Run the block as one tenant's (and user's) work, for code that cannot see a config.
+
+    LangChain's ``BaseCache.lookup(prompt, llm_string)`` gets no config: without a scope
+    from the run, ``as_langchain_cache()`` serves nothing (issue 12, item 2). Our callbacks
+    (``CostTagger``) bind the run's tags for each model call; outside them, say it here::
+
+        with graphthrift.scoped(tenant_id="acme", user_id="alice"):
+            model.invoke("What is my balance?")
+
+    Blocks nest: an inner block overrides an outer one key by key; None leaves a key as is.
+    """
+    merged = {**(_RUN_TAGS.get() or {}), **{k: v for k, v in tags.items() if v is not None}}
+    with bound_run_tags(merged):
+        yield
 
 
 def current_run_tags() -> Mapping[str, Any] | None:

@@ -20,6 +20,13 @@ Method (every quality figure on held-out data):
   ``adaptive`` (``AdaptivePolicy(max_error=1-target)``, its prior fitted on the calibration
   split, then replaying the test queries in order: each miss is judged by ``verify`` on its
   fresh answer and each served hit by ``feedback``, with the ground truth).
+- Lexical guard (``SemanticCache``'s default, ``graphthrift._cache_guard``): for each
+  threshold policy, ``policies[p]["lexical_guard"]`` holds the same figures with the
+  guard applied to the served hits (a hit whose question differs from the query in numbers,
+  identifiers, dates, negation or named entities becomes a miss), and ``lexical_guard``
+  per data set how many hits it rejected at the tuned threshold, right and wrong, and why.
+  The candidates themselves are found with the guard off, so the other figures are those of
+  the embedding alone.
 - Speed: the first data set's test entries plus synthetic filler up to ``--entries`` rows
   (real embeddings plus Gaussian noise, 50 other tenants, stated in the JSON) in one
   HNSW-indexed table; later data sets add their entries to the same table. ``lookup_ms``
@@ -49,6 +56,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from graphthrift._cache_guard import lexical_conflict
 from graphthrift._cache_keys import CacheQuery, CacheScope, key_hash
 from graphthrift._cache_policy import (
     RULES,
@@ -437,7 +445,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 )
                 cache = SemanticCache(
                     store, fixed, tenant_id="bench", namespace=namespace, threshold=-1.0,
-                    timeout=2.0,
+                    timeout=2.0, lexical_guard=False,
                 )  # fmt: skip
                 cache.lookup(test.queries[0])  # warm the connection pool
                 index = {t: i for i, t in enumerate(test.entries)}
@@ -455,11 +463,23 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                         for c, g in zip(cand, test.query_groups, strict=True)
                     ]
                 )
+                reasons = [
+                    lexical_conflict(test.entries[c], q) if c >= 0 else None
+                    for c, q in zip(cand, test.queries, strict=True)
+                ]
+                allowed = np.array([r is None for r in reasons])
                 policies = {
                     f"static_{STATIC_DEFAULT}": _evaluate(qs, correct, qs >= STATIC_DEFAULT),
                     "tuned": _evaluate(qs, correct, qs >= tuned),
                     f"tuned_{other}": _evaluate(qs, correct, qs >= tuned_other),
                 }
+                for name, t in (
+                    (f"static_{STATIC_DEFAULT}", STATIC_DEFAULT),
+                    ("tuned", tuned),
+                    (f"tuned_{other}", tuned_other),
+                ):
+                    policies[name]["lexical_guard"] = _evaluate(qs, correct, (qs >= t) & allowed)
+                guard = _guard_summary(qs >= tuned, correct, allowed, reasons)
                 prior, cold = adaptive.prior, adaptive.threshold()
                 served, decide_ms = _replay_adaptive(
                     adaptive, cand, qs.tolist(), [bool(c) for c in correct]
@@ -513,6 +533,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     "peak_rss_mb": _peak_rss_mb(),
                     "table_mb": table_mb,
                     "load_s": round(load_s, 2),
+                    "lexical_guard": guard,
                     "curve": [
                         p.as_dict() for p in test_curve if round(p.threshold, 2) == p.threshold
                     ],
@@ -549,6 +570,28 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return figures
 
 
+def _guard_summary(
+    served: np.ndarray[Any, Any],
+    correct: np.ndarray[Any, Any],
+    allowed: np.ndarray[Any, Any],
+    reasons: list[str | None],
+) -> dict[str, Any]:
+    """What the lexical guard did to the hits served at the tuned threshold."""
+    rejected = served & ~allowed
+    by_reason: dict[str, dict[str, int]] = {}
+    for reason, hit, right in zip(reasons, rejected, correct, strict=True):
+        if hit and reason is not None:
+            row = by_reason.setdefault(reason, {"right": 0, "wrong": 0})
+            row["right" if right else "wrong"] += 1
+    return {
+        "at": "tuned threshold",
+        "rejected_hits": int(rejected.sum()),
+        "rejected_wrong": int((rejected & ~correct).sum()),
+        "rejected_right": int((rejected & correct).sum()),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+    }
+
+
 def _loadavg() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -560,8 +603,11 @@ def _table(name: str, policies: dict[str, dict[str, Any]]) -> Table:
     table = Table(title=f"semantic cache on {name} (held-out test split)")
     for col in ("policy", "hit_rate", "precision", "recall", "false_hit_rate"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    cols = ("hit_rate", "precision", "recall", "false_hit_rate")
     for policy, row in policies.items():
-        table.add_row(
-            policy, *(str(row[k]) for k in ("hit_rate", "precision", "recall", "false_hit_rate"))
-        )
+        table.add_row(policy, *(str(row[k]) for k in cols))
+        if "lexical_guard" in row:
+            table.add_row(
+                f"{policy} + lexical guard", *(str(row["lexical_guard"][k]) for k in cols)
+            )
     return table

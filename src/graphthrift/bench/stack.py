@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_type_hints
 
 from rich.console import Console
 from rich.progress import Progress
@@ -102,7 +102,11 @@ def _states() -> dict[str, Any]:
     def last(_old: Any, new: Any) -> Any:
         return new
 
+    from graphthrift.langgraph.cache import CacheState
+
     messages = Annotated[list[AnyMessage], add_messages]
+    # declared as the cache nodes need (a reducer, so the key exists from the first step)
+    _CACHE_HIT = get_type_hints(CacheState, include_extras=True)["cache_hit"]
     route = {
         "route_calls": Annotated[list[dict[str, Any]], last],  # RouteState's declared key
         "route": str,
@@ -113,7 +117,7 @@ def _states() -> dict[str, Any]:
     }
     return {
         "faq": TypedDict(  # type: ignore[operator]
-            "FaqState", {"messages": messages, "cache_hit": Any, **route}, total=False
+            "FaqState", {"messages": messages, "cache_hit": _CACHE_HIT, **route}, total=False
         ),
         "rag": TypedDict(  # type: ignore[operator]
             "RagState",

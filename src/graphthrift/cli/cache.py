@@ -9,6 +9,11 @@ of "same meaning when cosine >= t", picks the lowest t meeting the target (see
 ``--band`` above t to meet it, which holds up on held-out data at a cost in recall;
 ``cumulative`` only the pooled precision above t), prints it, saves the curve as a PNG and,
 with ``--json``, writes ``threshold``, ``precision``, ``recall``.
+
+It also shows what the lexical guard (on by default in ``SemanticCache``) does at that
+threshold: ``lexical_guard`` holds the precision, recall and hit rate with the guard, the
+share of would-be hits it rejects and why (numbers, identifiers, dates, negation, entities).
+The threshold itself is tuned without the guard, so it holds with the guard off too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from graphthrift._cache_guard import lexical_conflict
 from graphthrift._cache_policy import (
     RULES,
     CurvePoint,
@@ -30,7 +36,7 @@ from graphthrift._cache_policy import (
 from graphthrift.bench._common import write_json
 from graphthrift.embed import default_embedder
 
-__all__ = ["add_parser", "plot_curve", "run", "tune"]
+__all__ = ["add_parser", "guard_effect", "plot_curve", "run", "tune"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,6 +80,17 @@ def tune(
     band: float = 0.02,
 ) -> tuple[CurvePoint, list[CurvePoint]]:
     """Embed the pairs, build the curve and pick the threshold."""
+    chosen, curve, _ = _tune(pairs, target_precision, confidence, rule, band)
+    return chosen, curve
+
+
+def _tune(
+    pairs: list[tuple[str, str, int]],
+    target_precision: float,
+    confidence: float,
+    rule: Rule,
+    band: float,
+) -> tuple[CurvePoint, list[CurvePoint], np.ndarray[Any, Any]]:
     embedder = default_embedder()
     a = embedder.embed([p[0] for p in pairs])
     b = embedder.embed([p[1] for p in pairs])
@@ -81,7 +98,47 @@ def tune(
     labels = np.array([bool(p[2]) for p in pairs])
     curve = precision_recall_curve(sims, labels)
     chosen = tune_threshold(curve, target_precision, rule=rule, band=band, confidence=confidence)
-    return chosen, curve
+    return chosen, curve, sims
+
+
+def guard_effect(
+    pairs: list[tuple[str, str, int]], sims: np.ndarray[Any, Any], threshold: float
+) -> dict[str, Any]:
+    """Precision, recall and hit rate at ``threshold`` with and without the lexical guard.
+
+    A pair is served when its similarity reaches the threshold (and, with the guard, when
+    ``lexical_conflict`` finds no difference in numbers, identifiers, dates, negation or
+    named entities). Recall is over the label-1 pairs.
+    """
+    labels = np.array([bool(p[2]) for p in pairs])
+    reasons = [lexical_conflict(a, b) for a, b, _ in pairs]
+    allowed = np.array([r is None for r in reasons])
+    served = np.asarray(sims) >= threshold
+    n, positives = len(pairs), int(labels.sum())
+
+    def figures(mask: np.ndarray[Any, Any]) -> dict[str, Any]:
+        hits, good = int(mask.sum()), int((mask & labels).sum())
+        return {
+            "precision": round(good / hits, 4) if hits else None,
+            "recall": round(good / positives, 4) if positives else None,
+            "hit_rate": round(hits / n, 4) if n else 0.0,
+            "hits": hits,
+        }
+
+    rejected = served & ~allowed
+    by_reason: dict[str, int] = {}
+    for reason, hit in zip(reasons, rejected, strict=True):
+        if hit and reason is not None:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {
+        "threshold": round(float(threshold), 4),
+        "without_guard": figures(served),
+        "with_guard": figures(served & allowed),
+        "rejected_hits": int(rejected.sum()),
+        "rejected_right": int((rejected & labels).sum()),
+        "rejected_wrong": int((rejected & ~labels).sum()),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+    }
 
 
 def plot_curve(
@@ -123,9 +180,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     pairs = load_pairs(args.pairs)
     if not pairs:
         raise ValueError(f"{args.pairs} holds no pairs")
-    chosen, curve = tune(
-        pairs, args.target_precision, confidence=args.confidence, rule=args.rule, band=args.band
-    )
+    chosen, curve, sims = _tune(pairs, args.target_precision, args.confidence, args.rule, args.band)
+    guard = guard_effect(pairs, sims, chosen.threshold)
     plot = plot_curve(curve, chosen, args.plot, f"{Path(args.pairs).name}: {len(pairs)} pairs")
     figures = {
         "threshold": round(chosen.threshold, 4),
@@ -139,10 +195,18 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "confidence": args.confidence,
         "plot": str(plot),
         "curve": [p.as_dict() for p in curve if round(p.threshold, 2) == p.threshold],
+        "lexical_guard": guard,
     }
     console.print(
         f"threshold [bold]{figures['threshold']}[/]: precision {figures['precision']}, "
         f"recall {figures['recall']} on {len(pairs)} pairs; curve saved to {plot}"
+    )
+    with_guard = guard["with_guard"]
+    console.print(
+        f"with the lexical guard (the SemanticCache default): precision"
+        f" {with_guard['precision']}, recall {with_guard['recall']}; it rejected"
+        f" {guard['rejected_hits']} hits ({guard['rejected_wrong']} wrong,"
+        f" {guard['rejected_right']} right) {guard['rejected_by_reason']}"
     )
     write_json(figures, args.json)
     return figures

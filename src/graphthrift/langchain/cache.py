@@ -4,48 +4,106 @@ Set it as a model's cache (``ChatOpenAI(cache=...)``) or globally (``set_llm_cac
 LangChain keys its cache on the whole serialized prompt; we key on what users expect:
 
 - the prompt is read back into messages and keyed by ``default_key`` (latest user message
-  plus a fingerprint of the system prompt), so an ``ExactCache`` hits across conversations
-  that ask the same thing, and a ``SemanticCache`` across paraphrases;
+  plus a fingerprint of the system prompt and the earlier turns), so an ``ExactCache``
+  hits across conversations that ask the same thing, and a ``SemanticCache`` across
+  paraphrases;
 - ``llm_string`` (model name and parameters) becomes part of ``model_version``, so answers
   of one model or temperature are never served for another;
-- generations are stored with LangChain's own serializer and come back equal;
-- answers that were tool calls are not stored unless the cache has ``cache_tool_calls=True``.
+- generations are stored with LangChain's own serializer and come back equal, tool calls
+  included; answers that were tool calls are not stored unless ``cache_tool_calls=True``;
+  graphthrift's own messages, errors and refusals are never stored.
+
+Scope (issue 12, item 2). ``BaseCache.lookup(prompt, llm_string)`` never sees the run's
+config, so the tenant and user come from the context the model runs in, read by
+``graphthrift.kernel``: the tags ``CostTagger`` binds for each model call (from the run's
+metadata), a ``with graphthrift.scoped(tenant_id=..., user_id=...)`` block, or the
+metadata of the LangGraph node or chain the model is called in. When none of them names a
+tenant the cache serves nothing and stores nothing (counted as ``cache_unscoped``), unless
+it was built single-tenant: ``cache.as_langchain_cache(single_tenant=True)`` then uses the
+cache's own defaults.
+
+Savings are booked once (issue 12, item 3): a served hit writes its ``cache_hit`` ledger
+record, and its generations are marked (``response_metadata["graphthrift_cache"]``) so
+that ``CostTagger`` does not also book LangChain's replayed callbacks as a model call.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.load import dumps, loads
 from langchain_core.outputs import ChatGeneration, Generation
+from langchain_core.runnables.config import var_child_runnable_config
 
+from graphthrift import diagnostics
 from graphthrift.cache import CacheHit, ExactCache
 from graphthrift.cache import fingerprint as _fingerprint
+from graphthrift.kernel import cache_request, current_run_tags, read_usage
+from graphthrift.provenance import own_marker, unstorable
 
-__all__ = ["GraphthriftLangChainCache"]
+__all__ = ["CACHE_HIT_KEY", "GraphthriftLangChainCache"]
 
 _MODEL_RE = re.compile(r"""['"](?:model_name|model|model_id)['"]\s*[:,]\s*['"]([^'"]+)['"]""")
+logger = logging.getLogger("graphthrift.cache")
+#: ``response_metadata`` key of a generation served by this cache.
+CACHE_HIT_KEY = "graphthrift_cache"
+
+
+def _run_scope() -> dict[str, Any]:
+    """The scope of the model call running now: the enclosing runnable's metadata, then
+    the tags bound for this call (by ``CostTagger`` or ``graphthrift.scoped``), which win."""
+    scope = cache_request(var_child_runnable_config.get())
+    bound: Mapping[str, Any] = current_run_tags() or {}
+    if bound.get("tenant_id") not in (None, ""):
+        scope["tenant_id"] = bound["tenant_id"]
+    if bound.get("scope") not in (None, ""):
+        scope["scope"] = bound["scope"]
+        scope.pop("user_id", None)
+    elif bound.get("user_id") not in (None, ""):
+        scope.pop("scope", None)
+        scope["user_id"] = bound["user_id"]
+    return scope
+
+
+def _clean(generation: Generation) -> Generation:
+    """The generation as stored: usage a provider garbled (NaN, inf, text) is dropped, so
+    that LangChain's serializer can read the entry back (issue 12, item 7)."""
+    if not isinstance(generation, ChatGeneration):
+        return generation
+    raw = getattr(generation.message, "usage_metadata", None)
+    if raw is None or read_usage(raw) is not None:
+        return generation
+    message = generation.message.model_copy(update={"usage_metadata": None})
+    return generation.model_copy(update={"message": message})
 
 
 class GraphthriftLangChainCache(BaseCache):
     """LangChain's cache interface on an ``ExactCache`` or ``SemanticCache``.
 
     Args:
-        cache: the graphthrift cache (its tenant, namespace and versions apply).
-        **scope: scope fields (tenant_id, namespace, ...) overriding the cache's defaults.
+        cache: the graphthrift cache (its namespace and versions apply).
+        single_tenant: serve and store with the cache's own defaults when the run names no
+            tenant. Leave it False in a multi-tenant process: an unscoped call then gets a
+            miss, never another tenant's answer.
+        **scope: scope fields (namespace, versions, ...) overriding the cache's defaults;
+            the run's scope wins over them.
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
-        >>> set_llm_cache(SemanticCache(store, tenant_id="acme").as_langchain_cache())
+        >>> set_llm_cache(SemanticCache(store).as_langchain_cache())
+        >>> with graphthrift.scoped(tenant_id="acme"):
+        ...     model.invoke("What are your opening hours?")
     """
 
-    def __init__(self, cache: ExactCache, **scope: Any) -> None:
+    def __init__(self, cache: ExactCache, *, single_tenant: bool = False, **scope: Any) -> None:
         if not isinstance(cache, ExactCache):
             raise TypeError(f"expected an ExactCache or SemanticCache, got {type(cache).__name__}")
         self.cache = cache
+        self.single_tenant = single_tenant
         self.scope = scope
 
     def _query(self, prompt: str) -> Any:
@@ -57,72 +115,117 @@ class GraphthriftLangChainCache(BaseCache):
             return value
         return prompt
 
-    def _scope(self, llm_string: str) -> dict[str, Any]:
+    def _scope(self, llm_string: str) -> dict[str, Any] | None:
+        """The scope of this call, or None when no tenant is known and the cache is not
+        single-tenant (then nothing is served or stored)."""
+        run = _run_scope()
+        if run.get("tenant_id") in (None, "") and not self.single_tenant:
+            first = diagnostics.get("cache_unscoped") == 0
+            diagnostics.count("cache_unscoped")
+            if first:
+                logger.warning(
+                    "graphthrift: as_langchain_cache() served and stored nothing for a call"
+                    " with no tenant in scope; tag the run (CostTagger + metadata tenant_id,"
+                    " or graphthrift.scoped(...)) or build it with single_tenant=True"
+                )
+            return None
         base = self.scope.get("model_version") or self.cache.defaults.model_version
         version = _fingerprint([llm_string])
-        return {**self.scope, "model_version": f"{base}|{version}" if base else version}
+        return {
+            **self.scope,
+            **run,
+            "model_version": f"{base}|{version}" if base else version,
+        }
 
     @staticmethod
     def _result(hit: CacheHit | None) -> RETURN_VAL_TYPE | None:
         if hit is None:
             return None
         stored = (hit.payload or {}).get("generations") if isinstance(hit.payload, dict) else None
-        if stored:
-            return [loads(g, allowed_objects="core") for g in stored]
-        return [Generation(text=hit.answer)]
+        if not stored:
+            return [Generation(text=hit.answer)]
+        generations = [loads(g, allowed_objects="core") for g in stored]
+        info = {"layer": hit.layer, "hit_id": hit.hit_id, "similarity": hit.similarity}
+        for gen in generations:
+            if isinstance(gen, ChatGeneration):
+                # marked: CostTagger books no model call for it, and no cache stores it
+                meta = {**gen.message.response_metadata, CACHE_HIT_KEY: info}
+                gen.message.response_metadata = {**meta, **own_marker("cache")}
+        return generations
 
-    def _update_args(self, llm_string: str, return_val: Sequence[Generation]) -> dict[str, Any]:
+    def _update_args(
+        self, llm_string: str, return_val: Sequence[Generation]
+    ) -> dict[str, Any] | None:
+        scope = self._scope(llm_string)
+        if scope is None:
+            return None
         tool_calls = False
         model = None
+        source = None
         input_tokens = output_tokens = 0
         for gen in return_val:
             if isinstance(gen, ChatGeneration):
                 message = gen.message
+                if source is None or unstorable(message):
+                    source = message  # any own, error or refusal generation blocks the store
                 tool_calls = tool_calls or bool(getattr(message, "tool_calls", None))
-                usage = getattr(message, "usage_metadata", None) or {}
-                input_tokens += int(usage.get("input_tokens", 0) or 0)
-                output_tokens += int(usage.get("output_tokens", 0) or 0)
+                usage = read_usage(getattr(message, "usage_metadata", None))
+                if usage is not None:
+                    input_tokens = max(input_tokens, usage.input_tokens)  # one shared prompt
+                    output_tokens += usage.output_tokens
                 meta = message.response_metadata or {}
                 model = model or meta.get("model_name") or meta.get("model")
         if model is None:
             found = _MODEL_RE.search(llm_string)
             model = found.group(1) if found else None
         return {
-            "payload": {"generations": [dumps(g) for g in return_val]},
+            "payload": {"generations": [dumps(_clean(g)) for g in return_val]},
             "model": model,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "tool_calls": tool_calls,
-            **self._scope(llm_string),
+            "source": source,
+            **scope,
         }
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        """The stored generations for this prompt's question under this model, or None."""
-        return self._result(self.cache.lookup(self._query(prompt), **self._scope(llm_string)))
+        """The stored generations for this prompt's question under this model, or None
+        (also when no tenant is in scope, see the module docstring)."""
+        scope = self._scope(llm_string)
+        if scope is None:
+            return None
+        return self._result(self.cache.lookup(self._query(prompt), **scope))
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async twin of ``lookup``."""
-        hit = await self.cache.alookup(self._query(prompt), **self._scope(llm_string))
-        return self._result(hit)
+        scope = self._scope(llm_string)
+        if scope is None:
+            return None
+        return self._result(await self.cache.alookup(self._query(prompt), **scope))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        """Store the generations (skipped for tool calls unless ``cache_tool_calls``)."""
-        if not return_val:
-            return
-        args = self._update_args(llm_string, return_val)
-        self.cache.update(self._query(prompt), return_val[0].text, **args)
+        """Store the generations (skipped for tool calls unless ``cache_tool_calls``, for
+        graphthrift's own messages, errors and refusals, and with no tenant in scope)."""
+        args = self._update_args(llm_string, return_val) if return_val else None
+        if args is not None:
+            self.cache.update(self._query(prompt), return_val[0].text, **args)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async twin of ``update``."""
-        if not return_val:
-            return
-        args = self._update_args(llm_string, return_val)
-        await self.cache.aupdate(self._query(prompt), return_val[0].text, **args)
+        args = self._update_args(llm_string, return_val) if return_val else None
+        if args is not None:
+            await self.cache.aupdate(self._query(prompt), return_val[0].text, **args)
+
+    def _clear_scope(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        run = _run_scope()
+        run.pop("user_id", None)
+        return {**self.scope, **run, **kwargs}
 
     def clear(self, **kwargs: Any) -> None:
-        """Delete the cache's entries for its tenant and namespace (every model and version)."""
-        self.cache.clear(**{**self.scope, **kwargs})
+        """Delete the entries of the tenant in scope (else the cache's default tenant) in
+        this namespace, for every model and version."""
+        self.cache.clear(**self._clear_scope(kwargs))
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async twin of ``clear``."""
-        await self.cache.aclear(**{**self.scope, **kwargs})
+        await self.cache.aclear(**self._clear_scope(kwargs))

@@ -6,6 +6,12 @@ metadata, and usage from the response. When usage is missing (streaming without
 ``stream_usage``, fake or custom models) it estimates with tiktoken and marks the record
 ``usage_source="estimated"`` instead of recording zero, which is what LangChain's
 ``UsageMetadataCallbackHandler`` does in those cases.
+
+It also binds the run's tags (``graphthrift.kernel.bind_run_tags``) for the duration of
+each model call, which is how ``as_langchain_cache()`` (a ``BaseCache``, which never sees
+the config) knows the tenant and user. LangChain calls ``on_chat_model_start`` before its
+cache lookup. A call answered from our ``BaseCache`` is not booked: the cache already
+booked it as a ``cache_hit`` record (issue 12, item 3).
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 
 from graphthrift.calls import CALL_TAGS, CallRecorder
+from graphthrift.kernel import bind_run_tags, read_usage, run_tags, unbind_run_tags
 from graphthrift.ledger import Ledger
-from graphthrift.usage import Usage, read_usage
+from graphthrift.usage import Usage
 
 _MODEL_KEYS = ("model_name", "model", "model_id", "deployment_name")
 #: Run metadata set by graphthrift components that write their own ledger record.
 RECORDED_FLAG = "graphthrift_ledger_recorded"
+#: ``response_metadata`` key of a generation our ``BaseCache`` served (booked by the cache).
+CACHE_HIT_KEY = "graphthrift_cache"
+_MAX_BOUND = 10_000
 
 
 class CostTagger(BaseCallbackHandler):
@@ -57,6 +67,8 @@ class CostTagger(BaseCallbackHandler):
             ledger, defaults=default_tags, model=model, aliases={"node": "langgraph_node"}
         )
         self._parents: dict[UUID, UUID | None] = {}
+        self._defaults = dict(default_tags)
+        self._bound: dict[UUID, Any] = {}
 
     # -- chains: only to find each call's root run ------------------------------------------
 
@@ -95,6 +107,7 @@ class CostTagger(BaseCallbackHandler):
         invocation_params: dict[str, Any] | None,
     ) -> None:
         meta = metadata or {}
+        self._bind(run_id, meta)
         if meta.get(RECORDED_FLAG):
             return  # a graphthrift component books this call itself (e.g. ChatModelSummarizer)
         model = meta.get("ls_model_name")
@@ -149,10 +162,40 @@ class CostTagger(BaseCallbackHandler):
         self._recorder.token(run_id)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        self._unbind(run_id)
+        if _served_by_our_cache(response):
+            self._recorder.discard(run_id)  # the cache booked this hit (kind="cache_hit")
+            return
         self._recorder.end_with(run_id, lambda: _read_result(response))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._unbind(run_id)
         self._recorder.error(run_id, error)
+
+    # -- scope for code that cannot see the config (our BaseCache) ---------------------------
+
+    def _bind(self, run_id: UUID, meta: dict[str, Any]) -> None:
+        tags = run_tags({"metadata": meta}, **self._defaults)
+        if meta.get("scope") not in (None, ""):
+            tags["scope"] = meta["scope"]
+        if len(self._bound) >= _MAX_BOUND:  # calls that never ended (abandoned streams)
+            self._bound.pop(next(iter(self._bound)))
+        self._bound[run_id] = bind_run_tags(tags)
+
+    def _unbind(self, run_id: UUID) -> None:
+        token = self._bound.pop(run_id, None)
+        if token is not None:
+            unbind_run_tags(token)
+
+
+def _served_by_our_cache(response: LLMResult) -> bool:
+    for generation in response.generations[0] if response.generations else ():
+        meta = (
+            generation.message.response_metadata if isinstance(generation, ChatGeneration) else {}
+        )
+        if (meta or {}).get(CACHE_HIT_KEY):
+            return True
+    return False
 
 
 def _read_result(response: LLMResult) -> tuple[Usage | None, str, str | None]:

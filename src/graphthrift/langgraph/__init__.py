@@ -15,6 +15,7 @@ _EXPORTS = {
     "cache_lookup": ".cache",
     "cache_store": ".cache",
     "route_on_cache_hit": ".cache",
+    "CacheState": ".cache",
     "budget_guard": ".budget",
     "route_on_budget": ".budget",
     "route_model": ".route",

@@ -32,6 +32,8 @@ from langgraph.types import interrupt
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.kernel import read_state, run_tags
 from graphthrift.langgraph.compress import resolve_compression_savings
+from graphthrift.provenance import OWN_MESSAGE_KEY
+from graphthrift.provenance import fabricated as made_by_graphthrift
 
 __all__ = [
     "BudgetGuard",
@@ -74,12 +76,6 @@ def _read(state: Any, key: str) -> Any:
     return getattr(state, key, None)
 
 
-def _fabricated(message: Any) -> bool:
-    """An answer graphthrift produced itself (a cache hit, a budget stop): no model call."""
-    meta = getattr(message, "response_metadata", None) or {}
-    return any(str(key).startswith("graphthrift") for key in meta)
-
-
 def call_model_name(message: Any, default: str | None = None) -> str | None:
     """The model a provider says answered (``response_metadata`` ``model_name``/``model``)."""
     meta = getattr(message, "response_metadata", None) or {}
@@ -110,7 +106,7 @@ def step_calls(state: Any, messages_key: str = "messages") -> tuple[list[Any], b
     for message in reversed(messages):
         if not isinstance(message, AIMessage):
             break
-        if _fabricated(message):
+        if made_by_graphthrift(message):
             fabricated = True
             continue
         calls.append((call_model_name(message, default), message.usage_metadata))
@@ -260,7 +256,10 @@ class BudgetGuard:
             out[self.messages_key] = [
                 AIMessage(
                     done.shortfall.message(),
-                    response_metadata={"graphthrift_budget": done.shortfall.limit_name},
+                    response_metadata={
+                        "graphthrift_budget": done.shortfall.limit_name,
+                        OWN_MESSAGE_KEY: "budget",  # never cached (issue 11, item 2)
+                    },
                 )
             ]
             return out

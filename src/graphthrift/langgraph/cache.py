@@ -1,5 +1,6 @@
 """LangGraph nodes for the answer cache, and the conditional edge that skips the model.
 
+    builder = StateGraph(CacheState)  # or a state that extends it
     builder.add_node("cache_lookup", cache_lookup(cache))
     builder.add_node("model", call_model)
     builder.add_node("cache_store", cache_store(cache))
@@ -8,43 +9,49 @@
     builder.add_edge("model", "cache_store")
     builder.add_edge("cache_store", END)
 
-State keys: ``messages`` (read; a hit appends an ``AIMessage``) and ``cache_hit`` (written:
-a dict describing the hit, or None on a miss). Tenant, scope, versions and feature come
-from ``config["metadata"]`` (``tenant_id``, ``scope``/``user_id``, ``prompt_version``,
-``model_version``, ``corpus_version``, ``feature``); the node name from LangGraph.
+State keys, declared by ``CacheState``: ``messages`` (read; a hit appends an ``AIMessage``)
+and ``cache_hit`` (written: a dict describing the hit, or None on a miss). LangGraph drops
+writes to keys a state does not declare, so on a plain ``MessagesState`` the hit would be
+lost and the model always called: the nodes raise ``StateSchemaError`` instead (issue 11,
+item 7). Tenant, user, scope, versions and feature are read from the run's config by
+``graphthrift.kernel`` (the same rule as every adapter); the node name from LangGraph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.graph import END
+from langgraph.graph import END, MessagesState
 
+from graphthrift import diagnostics
 from graphthrift.cache import CacheHit, ExactCache
+from graphthrift.kernel import cache_request, read_state, read_usage, run_tags
+from graphthrift.provenance import own_marker
 
-__all__ = ["cache_lookup", "cache_store", "route_on_cache_hit"]
-
-_SCOPE_KEYS = (
-    "tenant_id",
-    "scope",
-    "namespace",
-    "prompt_version",
-    "model_version",
-    "corpus_version",
-)
+__all__ = ["CacheState", "cache_lookup", "cache_store", "route_on_cache_hit"]
 
 
-def _scope(config: RunnableConfig | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    metadata: Mapping[str, Any] = (config or {}).get("metadata") or {}
-    scope = {k: metadata[k] for k in _SCOPE_KEYS if metadata.get(k) is not None}
-    if "scope" not in scope and metadata.get("user_id") is not None:
-        scope["scope"] = metadata["user_id"]
-    tags = {"feature": metadata.get("feature"), "node": metadata.get("langgraph_node")}
-    return scope, tags
+def _latest(_old: Any, new: Any) -> Any:
+    return new
+
+
+class CacheState(MessagesState):
+    """The state schema of the cache nodes: extend it (``class State(CacheState): ...``).
+
+    ``cache_hit`` has a reducer so that LangGraph gives it a value ({}) from the first step:
+    the nodes can tell a state built on this schema from one that lacks the key.
+    """
+
+    cache_hit: Annotated[dict[str, Any], _latest]
+
+
+_SCHEMA = "CacheState"
+#: Budget states after which the answer is not the model's best (never cached).
+_UNSTORABLE_BUDGET = ("degraded", "ended")
 
 
 def _hit_update(hit: CacheHit | None, messages_key: str, hit_key: str) -> dict[str, Any]:
@@ -52,8 +59,34 @@ def _hit_update(hit: CacheHit | None, messages_key: str, hit_key: str) -> dict[s
         return {hit_key: None}
     info = {k: v for k, v in asdict(hit).items() if k != "payload"}
     info["hit_id"] = hit.hit_id
-    message = AIMessage(hit.answer, response_metadata={"graphthrift_cache": info})
+    message = AIMessage(
+        hit.answer, response_metadata={"graphthrift_cache": info, **own_marker("cache")}
+    )
     return {messages_key: [message], hit_key: info}
+
+
+def _refuse_tool_calls(cache: ExactCache, node: str) -> None:
+    if cache.cache_tool_calls:
+        raise ValueError(
+            f"{node}: a cache with cache_tool_calls=True cannot be used by the LangGraph cache"
+            " nodes: a hit ends the turn (route_on_cache_hit), so a stored tool call would come"
+            " back as an answer with no tool run. Build the cache with cache_tool_calls=False"
+            " here, or use SemanticCacheMiddleware in a create_agent agent, which replays tool"
+            " calls faithfully."
+        )
+
+
+def _lookup_args(
+    state: Any, config: RunnableConfig | None, messages_key: str, hit_key: str
+) -> tuple[Any, dict[str, Any]]:
+    messages = read_state(state, messages_key, schema=_SCHEMA, node="cache_lookup")
+    read_state(state, hit_key, schema=_SCHEMA, node="cache_lookup")
+    tags = run_tags(config)
+    return messages, {
+        **cache_request(config),
+        "feature": tags.get("feature"),
+        "node": tags.get("node"),
+    }
 
 
 def cache_lookup(
@@ -64,38 +97,56 @@ def cache_lookup(
     Reads ``state[messages_key]``; writes ``state[hit_key]`` (None on a miss) and, on a hit,
     appends the cached answer as an ``AIMessage`` to ``state[messages_key]``. The database
     failing means a miss, never an error.
+
+    Raises:
+        StateSchemaError: the state lacks ``messages_key`` or ``hit_key`` (use ``CacheState``).
+        ValueError: the cache has ``cache_tool_calls=True`` (a hit cannot run tools here).
     """
+    _refuse_tool_calls(cache, "cache_lookup")
 
-    def lookup(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        scope, tags = _scope(config)
-        hit = cache.lookup(state[messages_key], **tags, **scope)
-        return _hit_update(hit, messages_key, hit_key)
+    def lookup(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        messages, scope = _lookup_args(state, config, messages_key, hit_key)
+        return _hit_update(cache.lookup(messages, **scope), messages_key, hit_key)
 
-    async def alookup(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        scope, tags = _scope(config)
-        hit = await cache.alookup(state[messages_key], **tags, **scope)
-        return _hit_update(hit, messages_key, hit_key)
+    async def alookup(state: Any, config: RunnableConfig) -> dict[str, Any]:
+        messages, scope = _lookup_args(state, config, messages_key, hit_key)
+        return _hit_update(await cache.alookup(messages, **scope), messages_key, hit_key)
 
     return RunnableLambda(lookup, afunc=alookup, name="cache_lookup")
 
 
 def _store_args(
-    state: Mapping[str, Any], messages_key: str, hit_key: str
+    state: Any, messages_key: str, hit_key: str
 ) -> tuple[list[Any], str, dict[str, Any]] | None:
-    if state.get(hit_key):
+    messages = list(read_state(state, messages_key, schema=_SCHEMA, node="cache_store") or [])
+    if read_state(state, hit_key, schema=_SCHEMA, node="cache_store"):
         return None  # the answer came from the cache
-    messages = list(state.get(messages_key) or [])
+    if read_state(state, "budget_status", schema=_SCHEMA, node="cache_store", default=None) in (
+        _UNSTORABLE_BUDGET
+    ):
+        diagnostics.count("cache_skip_own")
+        return None  # a budget ended or degraded this turn: not the model's best answer
     if not messages or getattr(messages[-1], "type", None) != "ai":
         return None
+    humans = [i for i, m in enumerate(messages) if getattr(m, "type", None) == "human"]
+    if not humans or humans[-1] != len(messages) - 2:
+        # the answer followed tool results (or no question): it depends on what the tools
+        # returned this time, so it is not stored under the question alone
+        diagnostics.count("cache_skip_tool_loop")
+        return None
     answer = messages[-1]
-    usage = getattr(answer, "usage_metadata", None) or {}
+    usage = read_usage(getattr(answer, "usage_metadata", None))
     meta = getattr(answer, "response_metadata", None) or {}
     args = {
         "model": meta.get("model_name") or meta.get("model"),
-        "input_tokens": int(usage.get("input_tokens", 0) or 0),
-        "output_tokens": int(usage.get("output_tokens", 0) or 0),
+        "input_tokens": usage.input_tokens if usage else 0,
+        "output_tokens": usage.output_tokens if usage else 0,
         "tool_calls": bool(getattr(answer, "tool_calls", None)),
-        "structured": state.get("structured_response") is not None,
+        "structured": read_state(
+            state, "structured_response", schema=_SCHEMA, node="cache_store", default=None
+        )
+        is not None,
+        "source": answer,
     }
     return messages[:-1], answer.text, args
 
@@ -105,25 +156,30 @@ def cache_store(
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that stores the model's latest answer under the question it answered.
 
-    Reads ``state[messages_key]`` (the last message must be the model's ``AIMessage``) and
-    ``state[hit_key]`` (nothing is stored after a hit). Answers with tool calls or structured
-    output are skipped unless the cache has ``cache_tool_calls=True``. Writes nothing.
-    """
+    Reads ``state[messages_key]`` (the last message must be the model's ``AIMessage``,
+    right after the user's question) and ``state[hit_key]`` (nothing is stored after a
+    hit). Never stored: answers with tool calls or structured output, answers that
+    graphthrift produced or degraded itself (a budget's ``budget_status`` of ``degraded``
+    or ``ended``, its refusal message), errors and refusals. Writes nothing.
 
-    def store(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    Raises:
+        StateSchemaError: the state lacks ``messages_key`` or ``hit_key`` (use ``CacheState``).
+        ValueError: the cache has ``cache_tool_calls=True``.
+    """
+    _refuse_tool_calls(cache, "cache_store")
+
+    def store(state: Any, config: RunnableConfig) -> dict[str, Any]:
         found = _store_args(state, messages_key, hit_key)
         if found is not None:
             question, answer, args = found
-            scope, _ = _scope(config)
-            cache.update(question, answer, **args, **scope)
+            cache.update(question, answer, **args, **cache_request(config))
         return {}
 
-    async def astore(state: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+    async def astore(state: Any, config: RunnableConfig) -> dict[str, Any]:
         found = _store_args(state, messages_key, hit_key)
         if found is not None:
             question, answer, args = found
-            scope, _ = _scope(config)
-            await cache.aupdate(question, answer, **args, **scope)
+            await cache.aupdate(question, answer, **args, **cache_request(config))
         return {}
 
     return RunnableLambda(store, afunc=astore, name="cache_store")

@@ -4,6 +4,12 @@ It wraps any query engine. A hit returns a ``Response`` with the cached text and
 stored evidence ids in ``metadata["graphthrift_cache"]`` (the source nodes are not
 re-fetched); a miss queries the inner engine and stores its answer with the ids of the
 nodes it cited. Set ``corpus_version`` when the index is rebuilt so old answers stop.
+
+Scope: the tenant, user and versions set by an enclosing ``graphthrift.llamaindex.tags(...)``
+block win over the engine's constructor scope, read by ``graphthrift.kernel`` as in every
+adapter (issue 11, item 5): one engine serves many tenants without leaking. A hit's ledger
+record carries those tags, and prices the avoided call at the engine's LLM with token counts
+estimated by tiktoken from the question, the cited passages and the answer.
 """
 
 from __future__ import annotations
@@ -17,6 +23,25 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
 from graphthrift.cache import CacheHit, ExactCache
+from graphthrift.kernel import cache_request
+from graphthrift.llamaindex.instrumentation import current_tags
+from graphthrift.provenance import own_marker
+from graphthrift.tokens import count_text
+
+_UNNAMED = frozenset({"", "unknown"})
+_NO_ANSWER = frozenset({"", "Empty Response", "None"})
+
+
+def _engine_model(engine: Any) -> str | None:
+    """The model name of the LLM a query engine answers with, if it says."""
+    for holder in (engine, getattr(engine, "_response_synthesizer", None)):
+        llm = getattr(holder, "_llm", None) or getattr(holder, "llm", None)
+        metadata = getattr(llm, "metadata", None)
+        name = getattr(metadata, "model_name", None) or getattr(llm, "model", None)
+        if isinstance(name, str) and name.strip().lower() not in _UNNAMED:
+            return name
+    return None
+
 
 __all__ = ["CachedQueryEngine"]
 
@@ -27,8 +52,10 @@ class CachedQueryEngine(BaseQueryEngine):
     Args:
         query_engine: the engine to answer misses (e.g. ``index.as_query_engine()``).
         cache: an ``ExactCache`` or ``SemanticCache``.
-        model: the LLM the inner engine calls, for the ledger's savings on a hit.
-        **scope: scope fields (tenant_id, corpus_version, ...) for every query.
+        model: the LLM the inner engine calls, for the ledger's savings on a hit (default:
+            the inner engine's own LLM, when it names its model).
+        **scope: default scope fields (tenant_id, corpus_version, ...); an enclosing
+            ``graphthrift.llamaindex.tags(...)`` block overrides them per query.
 
     Example:
         >>> engine = CachedQueryEngine(index.as_query_engine(), cache, corpus_version="v3")
@@ -63,32 +90,52 @@ class CachedQueryEngine(BaseQueryEngine):
             "similarity": hit.similarity,
             "evidence_ids": list(hit.evidence_ids),
         }
-        return Response(response=hit.answer, metadata={"graphthrift_cache": info})
+        return Response(
+            response=hit.answer, metadata={"graphthrift_cache": info, **own_marker("cache")}
+        )
 
-    def _store_args(self, response: Any) -> tuple[str, dict[str, Any]] | None:
+    def _scope(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(cache scope, ledger tags) of this query: ``tags()`` over the constructor's."""
+        tags = current_tags()
+        scope = cache_request({"metadata": tags}, **self.scope)
+        return scope, {"feature": tags.get("feature"), "node": tags.get("node")}
+
+    def _store_args(self, question: str, response: Any) -> tuple[str, dict[str, Any]] | None:
         text = getattr(response, "response", None)
-        if not isinstance(text, str):
-            return None  # streaming or empty responses are not stored
+        if not isinstance(text, str) or text.strip() in _NO_ANSWER:
+            # streaming responses, and LlamaIndex's "Empty Response" when nothing was
+            # retrieved, are not answers to keep
+            return None
         nodes = getattr(response, "source_nodes", None) or []
         evidence = [n.node.node_id for n in nodes]
-        return text, {"evidence_ids": evidence, "model": self.model, **self.scope}
+        model = self.model or _engine_model(self.query_engine)
+        passages = "\n".join(n.node.get_content() for n in nodes)
+        return text, {
+            "evidence_ids": evidence,
+            "model": model,
+            "input_tokens": count_text(f"{question}\n{passages}", model),
+            "output_tokens": count_text(text, model),
+            "source": response,
+        }
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        hit = self.cache.lookup(query_bundle.query_str, **self.scope)
+        scope, tags = self._scope()
+        hit = self.cache.lookup(query_bundle.query_str, **scope, **tags)
         if hit is not None:
             return self._from_hit(hit)
         response = self.query_engine.query(query_bundle)
-        stored = self._store_args(response)
+        stored = self._store_args(query_bundle.query_str, response)
         if stored is not None:
-            self.cache.update(query_bundle.query_str, stored[0], **stored[1])
+            self.cache.update(query_bundle.query_str, stored[0], **stored[1], **scope)
         return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        hit = await self.cache.alookup(query_bundle.query_str, **self.scope)
+        scope, tags = self._scope()
+        hit = await self.cache.alookup(query_bundle.query_str, **scope, **tags)
         if hit is not None:
             return self._from_hit(hit)
         response = await self.query_engine.aquery(query_bundle)
-        stored = self._store_args(response)
+        stored = self._store_args(query_bundle.query_str, response)
         if stored is not None:
-            await self.cache.aupdate(query_bundle.query_str, stored[0], **stored[1])
+            await self.cache.aupdate(query_bundle.query_str, stored[0], **stored[1], **scope)
         return response

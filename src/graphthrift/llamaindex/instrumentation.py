@@ -65,9 +65,25 @@ except ImportError as exc:
 if TYPE_CHECKING:
     from graphthrift.ledger import Ledger
 
-__all__ = ["TAG_KEYS", "CostEventHandler", "instrument", "tags", "uninstrument"]
+__all__ = [
+    "CACHE_TAG_KEYS",
+    "TAG_KEYS",
+    "CostEventHandler",
+    "current_tags",
+    "instrument",
+    "tags",
+    "uninstrument",
+]
 
 TAG_KEYS: tuple[str, ...] = (*CALL_TAGS, "node", "thread_id")
+#: Tags only the cache and other components read (a call record has no user column).
+CACHE_TAG_KEYS: tuple[str, ...] = (
+    "user_id",
+    "scope",
+    "namespace",
+    "model_version",
+    "corpus_version",
+)
 _MODEL_KEYS = ("model", "model_name", "model_id", "deployment_name")
 _UNNAMED_MODELS = frozenset({"", "unknown"})  # LLMMetadata.model_name defaults to "unknown"
 _MAX_SPAN_DEPTH = 1_000
@@ -89,7 +105,9 @@ def tags(**values: Any) -> Iterator[None]:
     without them unless it runs in a copied context.
 
     Args:
-        **values: tenant_id, feature, route, prompt_version, node or thread_id. A None value
+        **values: tenant_id, feature, route, prompt_version, node or thread_id (LLM call
+            records and every graphthrift LlamaIndex component), and user_id, scope,
+            namespace, model_version or corpus_version (the cache's scope). A None value
             leaves the tag as it is.
 
     Raises:
@@ -101,9 +119,10 @@ def tags(**values: Any) -> Iterator[None]:
             llm.chat(messages)
         ```
     """
-    unknown = set(values) - set(TAG_KEYS)
+    known = (*TAG_KEYS, *CACHE_TAG_KEYS)
+    unknown = set(values) - set(known)
     if unknown:
-        raise TypeError(f"tags() got unknown tags {sorted(unknown)}; known tags are {TAG_KEYS}")
+        raise TypeError(f"tags() got unknown tags {sorted(unknown)}; known tags are {known}")
     merged = dict(_TAGS.get() or {})
     merged.update({k: v for k, v in values.items() if v is not None})
     token = _TAGS.set(merged)
@@ -111,6 +130,11 @@ def tags(**values: Any) -> Iterator[None]:
         yield
     finally:
         _TAGS.reset(token)
+
+
+def current_tags() -> dict[str, Any]:
+    """The tags set by the enclosing ``tags()`` blocks (empty outside any)."""
+    return dict(_TAGS.get() or {})
 
 
 @dataclass(slots=True)
@@ -436,7 +460,7 @@ def _running_call_spans() -> list[str]:
 def _call_tags(event: BaseEvent) -> dict[str, Any]:
     """Tags from LlamaIndex's ``instrument_tags`` overridden by graphthrift's ``tags()``."""
     found = {k: event.tags[k] for k in TAG_KEYS if event.tags.get(k) is not None}
-    found.update(_TAGS.get() or {})
+    found.update({k: v for k, v in (_TAGS.get() or {}).items() if k in TAG_KEYS})
     return found
 
 

@@ -26,6 +26,7 @@ from llama_index.core.schema import (
 )
 
 from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
 
@@ -67,7 +68,8 @@ class CompressionPostprocessor(BaseNodePostprocessor):
             only), or any embedder ``graphthrift.embed.as_embedder`` accepts (a LlamaIndex
             embedding works).
         ledger / tags: where the saving is recorded, with these tags (default: the
-            compressor's own ledger, if any).
+            compressor's own ledger, if any). Tags set by an enclosing
+            ``graphthrift.llamaindex.tags(...)`` block win over these, as for LLM calls.
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
@@ -134,8 +136,13 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         if not text_at:
             return list(nodes)
         core: Compressor = self.compressor
-        result = core.compress(question, texts, ledger=self.ledger, tags=self.tags)
+        result = core.compress(question, texts, ledger=self.ledger, tags=self._tags())
         return self._merge(nodes, text_at, result)
+
+    def _tags(self) -> dict[str, Any]:
+        """The constructor's tags, overridden by the enclosing ``tags()`` blocks."""
+        scoped = {k: v for k, v in current_tags().items() if k in TAG_KEYS}
+        return {**self.tags, **scoped}
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -144,5 +151,5 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         if not text_at:
             return list(nodes)
         core: Compressor = self.compressor
-        result = await core.acompress(question, texts, ledger=self.ledger, tags=self.tags)
+        result = await core.acompress(question, texts, ledger=self.ledger, tags=self._tags())
         return self._merge(nodes, text_at, result)

@@ -8,6 +8,7 @@ _EXPORTS = {
     "HistoryPruningMiddleware": ".history",
     "HistoryPruningState": ".history",
     "SemanticCacheMiddleware": ".cache",
+    "CacheMiddleware": ".cache",
     "BudgetMiddleware": ".budget",
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",

@@ -35,6 +35,7 @@ from langgraph.types import Command, interrupt
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.errors import BudgetExceeded
 from graphthrift.kernel import run_tags
+from graphthrift.provenance import OWN_MESSAGE_KEY, fabricated
 from graphthrift.route import collect_calls
 
 __all__ = [
@@ -116,6 +117,14 @@ def _ask_human(shortfall: Shortfall) -> bool:
     return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
 
 
+def _mark_degraded(response: Any, done: Preflight) -> None:
+    """Mark an answer a budget rung degraded, so that no cache stores it (issue 11.2)."""
+    if done.steps:
+        for message in getattr(response, "result", None) or [response]:
+            if isinstance(message, AIMessage):
+                message.response_metadata[OWN_MESSAGE_KEY] = "budget_degraded"
+
+
 def _settlement(response: Any, name: str, calls: list[tuple[str, Any]]) -> dict[str, Any]:
     """How to settle one wrapped call: each model call a router inside made, else the
     response's own usage at the model that answered. A fabricated answer (a cache hit or a
@@ -124,9 +133,7 @@ def _settlement(response: Any, name: str, calls: list[tuple[str, Any]]) -> dict[
         return {"calls": calls}
     messages = response.result if isinstance(response, ModelResponse) else [response]
     answers = [m for m in messages if isinstance(m, AIMessage)]
-    if answers and all(
-        any(str(k).startswith("graphthrift") for k in (m.response_metadata or {})) for m in answers
-    ):
+    if answers and all(fabricated(m) for m in answers):
         return {"calls": []}
     usage = next((m.usage_metadata for m in reversed(answers) if m.usage_metadata), None)
     return {"calls": [(_answer_model(response, name), usage)]}
@@ -259,7 +266,10 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         assert done.shortfall is not None
         return AIMessage(
             done.shortfall.message(),
-            response_metadata={"graphthrift_budget": done.shortfall.limit_name},
+            response_metadata={
+                "graphthrift_budget": done.shortfall.limit_name,
+                OWN_MESSAGE_KEY: "budget",  # never cached (issue 11, item 2)
+            },
         )
 
     def wrap_model_call(
@@ -281,6 +291,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             self.budget.release(reservation)
             raise
         self.budget.settle(reservation, **_settlement(response, done.model, calls))
+        _mark_degraded(response, done)
         return response
 
     async def awrap_model_call(
@@ -302,6 +313,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             await self.budget.arelease(reservation)
             raise
         await self.budget.asettle(reservation, **_settlement(response, done.model, calls))
+        _mark_degraded(response, done)
         return response
 
 

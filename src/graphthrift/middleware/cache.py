@@ -1,57 +1,66 @@
-"""``SemanticCacheMiddleware``: answer an agent's model call from the cache when possible.
+"""Cache middleware for ``create_agent``: answer a model call from the cache when possible.
 
-It wraps the model call of ``create_agent``. At the start of a turn (the last message is the
-user's), it looks the question up; on a hit the model is not called and the cached answer is
-returned as the model's response. After a miss, a final answer (no tool calls, no structured
-output) is stored. Model calls inside the tool loop (the last message is a tool result) are
-neither looked up nor stored, so an answer that depended on tool results is only ever
-served for the same question at the start of a turn. Tenant, scope and versions come from
-the run's ``config["metadata"]``.
+It wraps the model call. At the start of a turn (the last message is the user's), it looks
+the question up; on a hit the model is not called and the cached answer is returned as the
+model's response. After a miss, the answer is stored unless it must not be (below). Model
+calls inside the tool loop (the last message is a tool result) are neither looked up nor
+stored, so an answer that depended on tool results is only ever served for the same
+question at the start of a turn.
+
+- ``SemanticCacheMiddleware`` takes a ``SemanticCache`` (paraphrases hit);
+  ``CacheMiddleware`` takes either layer. Giving ``SemanticCacheMiddleware`` an
+  ``ExactCache`` is an error: it would silently match word for word only.
+- The key is the question plus a fingerprint of the system prompt and the earlier turns;
+  answers that depend on earlier turns are kept to the asking user (issue 11, item 3).
+  Tenant, user, scope and versions come from the run's metadata through
+  ``graphthrift.kernel`` (the same rule as every adapter).
+- Never stored: graphthrift's own messages (a budget's refusal, an answer a budget rung
+  degraded, a cache hit), errors, refusals, content-filter stops, structured output.
+- Tool calls (with ``cache_tool_calls=True``) are replayed faithfully: the stored
+  ``AIMessage`` comes back with its tool calls (fresh call ids), so the agent runs the
+  tools again and the model answers from their fresh results.
+
+Order: put the cache middleware first (outermost) in ``create_agent(middleware=[...])``,
+before ``BudgetMiddleware`` and ``RouterMiddleware``: a hit then spends no budget, and the
+answers a budget ends or degrades are marked before the cache sees them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage
 
-from graphthrift.cache import CacheHit, ExactCache
+from graphthrift.cache import CacheHit, ExactCache, SemanticCache
+from graphthrift.kernel import cache_request, read_usage, run_tags
+from graphthrift.provenance import own_marker
 
-__all__ = ["SemanticCacheMiddleware"]
-
-_SCOPE_KEYS = (
-    "tenant_id",
-    "scope",
-    "namespace",
-    "prompt_version",
-    "model_version",
-    "corpus_version",
-)
+__all__ = ["CacheMiddleware", "SemanticCacheMiddleware"]
 
 
-def _metadata() -> Mapping[str, Any]:
+def _config() -> Any:
     try:
         from langgraph.config import get_config
 
-        return get_config().get("metadata") or {}
+        return get_config()
     except RuntimeError:  # not inside a runnable
-        return {}
+        return None
 
 
-class SemanticCacheMiddleware(AgentMiddleware):
-    """Serve repeated (or, with a ``SemanticCache``, similar) questions without the model.
+class CacheMiddleware(AgentMiddleware):
+    """Serve repeated questions without the model, from an ``ExactCache`` or ``SemanticCache``.
 
     Args:
-        cache: an ``ExactCache`` or ``SemanticCache``; its ``cache_tool_calls`` setting
-            decides whether tool-call answers are stored.
+        cache: the cache; its ``cache_tool_calls`` setting decides whether tool-call
+            answers are stored (and then replayed with their tool calls).
         **scope: scope fields overriding the cache's defaults (the run's metadata wins).
 
     Example:
-        >>> agent = create_agent(model, tools, middleware=[SemanticCacheMiddleware(cache)])
-        >>> agent.invoke({"messages": [{"role": "user", "content": "opening hours?"}]},
-        ...              {"metadata": {"tenant_id": "acme"}})
+        >>> agent = create_agent(model, tools, middleware=[CacheMiddleware(ExactCache(store))])
     """
 
     def __init__(self, cache: ExactCache, **scope: Any) -> None:
@@ -67,33 +76,52 @@ class SemanticCacheMiddleware(AgentMiddleware):
             return None
         if request.system_message is not None:
             messages.insert(0, request.system_message)
-        metadata = _metadata()
-        scope = {**self.scope, **{k: metadata[k] for k in _SCOPE_KEYS if metadata.get(k)}}
-        scope["feature"] = metadata.get("feature")
-        scope["node"] = metadata.get("langgraph_node")
-        return messages, scope
+        config = _config()
+        return messages, cache_request(config, **self.scope)
+
+    def _lookup_tags(self) -> dict[str, Any]:
+        tags = run_tags(_config())
+        return {"feature": tags.get("feature"), "node": tags.get("node")}
 
     @staticmethod
     def _hit_response(hit: CacheHit) -> ModelResponse[Any]:
         info = {"layer": hit.layer, "hit_id": hit.hit_id, "similarity": hit.similarity}
-        return ModelResponse(
-            result=[AIMessage(hit.answer, response_metadata={"graphthrift_cache": info})]
-        )
+        marks = {"graphthrift_cache": info, **own_marker("cache")}
+        stored = hit.payload.get("message") if isinstance(hit.payload, dict) else None
+        if stored:
+            message = loads(stored, allowed_objects="messages")
+            calls = [{**c, "id": f"call_{uuid.uuid4().hex[:24]}"} for c in message.tool_calls]
+            message = message.model_copy(
+                update={
+                    "id": None,
+                    "tool_calls": calls,
+                    "response_metadata": {**message.response_metadata, **marks},
+                }
+            )
+            return ModelResponse(result=[message])
+        return ModelResponse(result=[AIMessage(hit.answer, response_metadata=marks)])
 
-    @staticmethod
-    def _store_args(response: ModelResponse[Any]) -> tuple[str, dict[str, Any]] | None:
+    def _store_args(self, response: ModelResponse[Any]) -> tuple[str, dict[str, Any]] | None:
         answers = [m for m in response.result if isinstance(m, AIMessage)]
         if not answers:
             return None
         answer = answers[-1]
-        usage: Mapping[str, Any] = answer.usage_metadata or {}
+        usage = read_usage(answer.usage_metadata)
         meta = answer.response_metadata or {}
+        tool_calls = bool(answer.tool_calls)
         return answer.text, {
             "model": meta.get("model_name") or meta.get("model"),
-            "input_tokens": int(usage.get("input_tokens", 0) or 0),
-            "output_tokens": int(usage.get("output_tokens", 0) or 0),
-            "tool_calls": bool(answer.tool_calls),
+            "input_tokens": usage.input_tokens if usage else 0,
+            "output_tokens": usage.output_tokens if usage else 0,
+            "tool_calls": tool_calls,
             "structured": response.structured_response is not None,
+            "source": answer,
+            # a tool-call answer is replayed as the message itself, tool calls included
+            "payload": (
+                {"message": dumps(answer.model_copy(update={"usage_metadata": None}))}
+                if tool_calls
+                else None
+            ),
         }
 
     def wrap_model_call(
@@ -106,14 +134,12 @@ class SemanticCacheMiddleware(AgentMiddleware):
         if prepared is None:
             return handler(request)
         messages, scope = prepared
-        hit = self.cache.lookup(messages, **scope)
+        hit = self.cache.lookup(messages, **scope, **self._lookup_tags())
         if hit is not None:
             return self._hit_response(hit)
         response = handler(request)
         stored = self._store_args(response)
         if stored is not None:
-            scope.pop("feature", None)
-            scope.pop("node", None)
             self.cache.update(messages, stored[0], **stored[1], **scope)
         return response
 
@@ -127,13 +153,35 @@ class SemanticCacheMiddleware(AgentMiddleware):
         if prepared is None:
             return await handler(request)
         messages, scope = prepared
-        hit = await self.cache.alookup(messages, **scope)
+        hit = await self.cache.alookup(messages, **scope, **self._lookup_tags())
         if hit is not None:
             return self._hit_response(hit)
         response = await handler(request)
         stored = self._store_args(response)
         if stored is not None:
-            scope.pop("feature", None)
-            scope.pop("node", None)
             await self.cache.aupdate(messages, stored[0], **stored[1], **scope)
         return response
+
+
+class SemanticCacheMiddleware(CacheMiddleware):
+    """Serve repeated and similar questions without the model, from a ``SemanticCache``.
+
+    Args:
+        cache: a ``SemanticCache`` (an ``ExactCache`` raises ``TypeError``: use
+            ``CacheMiddleware`` for word-for-word matching).
+        **scope: scope fields overriding the cache's defaults (the run's metadata wins).
+
+    Example:
+        >>> agent = create_agent(model, tools, middleware=[SemanticCacheMiddleware(cache)])
+        >>> agent.invoke({"messages": [{"role": "user", "content": "opening hours?"}]},
+        ...              {"metadata": {"tenant_id": "acme"}})
+    """
+
+    def __init__(self, cache: SemanticCache, **scope: Any) -> None:
+        if isinstance(cache, ExactCache) and not isinstance(cache, SemanticCache):
+            raise TypeError(
+                "SemanticCacheMiddleware needs a SemanticCache; an ExactCache only matches"
+                " questions word for word. Use CacheMiddleware(ExactCache(...)) for that, or"
+                " SemanticCacheMiddleware(SemanticCache(...)) to also serve paraphrases."
+            )
+        super().__init__(cache, **scope)
