@@ -98,11 +98,6 @@ def _ask(agent: Any, tenant: str, user: str, thread: str, question: str, **extra
     return out["messages"][-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 1: with no run_id every run shares the budget scope run:(none), "
-    "so a fresh run is refused after other runs spent the per-run limit",
-)
 def test_per_run_budget_is_per_run(store: Any) -> None:
     world, log = World.make(), CallLog()
     budget = Budget(store, max_tokens={"run": 400}, max_output_tokens=100)
@@ -116,11 +111,6 @@ def test_per_run_budget_is_per_run(store: Any) -> None:
     assert not stops, first(stops)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 6: in a long tool loop the pruner folds the user's request away "
-    "(the prompt's latest human message becomes the summary)",
-)
 def test_long_tool_loop_keeps_the_request_and_tool_pairs(store: Any) -> None:
     world, log = World.make(), CallLog()
     agent = _agent(world, log, [HistoryPruningMiddleware(max_tokens=1500, model=CHEAP)])
@@ -137,11 +127,6 @@ def test_long_tool_loop_keeps_the_request_and_tool_pairs(store: Any) -> None:
     assert "delivered" in str(answer.content)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: 'open on Monday?' is served the cached answer to 'open on "
-    "Sunday?' at the default semantic threshold",
-)
 def test_semantic_near_miss_does_not_change_the_meaning(store: Any, ledger: Ledger) -> None:
     world, log = World.make(), CallLog()
     cache = SemanticCache(store, namespace=f"days-{uuid.uuid4().hex[:8]}", ledger=ledger, timeout=5)
@@ -160,11 +145,6 @@ def test_semantic_near_miss_does_not_change_the_meaning(store: Any, ledger: Ledg
     assert not wrong, first(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 4: cache_tool_calls=True replays a tool-calling turn as an empty "
-    "reply with no tool call",
-)
 def test_cached_tool_turn_is_replayed_faithfully_or_refused(store: Any, ledger: Ledger) -> None:
     world, log = World.make(), CallLog()
     namespace = f"tools-{uuid.uuid4().hex[:8]}"
@@ -182,11 +162,6 @@ def test_cached_tool_turn_is_replayed_faithfully_or_refused(store: Any, ledger: 
     assert all(expected in a for a in answers), answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 items 8/10: BudgetMiddleware outside RouterMiddleware prices the call at "
-    "the agent's model and settles only the last call of an escalation",
-)
 def test_budget_outside_the_router_books_every_routed_call(store: Any, ledger: Ledger) -> None:
     world, log = World.make(), CallLog()
     cheap = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
@@ -211,11 +186,6 @@ def test_budget_outside_the_router_books_every_routed_call(store: Any, ledger: L
     assert row["spent_usd"] == pytest.approx(spent, abs=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 10: BudgetMiddleware behind RouterMiddleware needs a model_name on "
-    "the routed model instead of using the router's name for it",
-)
 def test_budget_behind_the_router_prices_models_that_name_no_model(store: Any) -> None:
     world, log = World.make(), CallLog()
     # deployments named only by the router (as an Azure deployment or a custom model is)

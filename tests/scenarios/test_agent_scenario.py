@@ -258,11 +258,6 @@ def test_tool_answers_stay_with_their_tenant_and_user(agent_run: Run) -> None:
     assert any("account=" in str(t.answer.content) for t in agent_run.turns if t.answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: a history-dependent follow-up is served another user's/thread's "
-    "cached answer (key = latest question + system fingerprint, no user scope, no prior turns)",
-)
 def test_history_dependent_answers_stay_in_their_thread(agent_run: Run) -> None:
     problems = [p for t in agent_run.turns for p in history_violations(t)]
     assert not problems, first(problems)
@@ -289,11 +284,6 @@ def test_tool_pairs_are_whole_in_every_prompt(agent_run: Run) -> None:
     assert not problems, first(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: the BudgetMiddleware stop message is stored by "
-    "SemanticCacheMiddleware and served to later askers",
-)
 def test_nothing_graphthrift_wrote_is_served_from_the_cache(agent_run: Run) -> None:
     ours = {
         str(m.content)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from langgraph.graph import END, START, MessagesState, StateGraph
 from scenario_kit import CHEAP, STRONG, World
 
@@ -61,11 +60,6 @@ def test_cache_nodes_on_plain_messages_state_hit_or_say_why(store: Any, ledger: 
     assert len(log.calls) == 1, f"{len(log.calls)} model calls for one repeated question"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 7: budget_guard on plain MessagesState loses budget_reservation, "
-    "so settle never settles and reservations pile up",
-)
 def test_budget_guard_on_plain_messages_state_settles_or_says_why(store: Any) -> None:
     log = CallLog()
     model = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
@@ -94,10 +88,6 @@ def test_budget_guard_on_plain_messages_state_settles_or_says_why(store: Any) ->
     assert row["spent_tokens"] == sum(c["usage"]["total_tokens"] for c in log.calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 10: the router's kind='route' rows have node=None",
-)
 def test_route_rows_name_their_node(store: Any, ledger: Ledger) -> None:
     log = CallLog()
     models = {

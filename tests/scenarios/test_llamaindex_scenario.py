@@ -295,11 +295,6 @@ async def li_run(store: Any) -> AsyncIterator[Run]:
 # ---------------------------------------------------------------- invariants, per family
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: CachedQueryEngine ignores tags(tenant_id=...), so one engine "
-    "serves one tenant's answer to another",
-)
 def test_query_answers_stay_with_their_tenant(li_run: Run) -> None:
     problems = [
         f"{q['tenant']}: {q['question']!r} answered {q['answer']!r}"
@@ -311,11 +306,6 @@ def test_query_answers_stay_with_their_tenant(li_run: Run) -> None:
     assert all(q["tenant"] in q["answer"] for q in li_run.queries if not q["hit"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: CachedQueryEngine's cache_hit rows have tenant_id None and "
-    "saved_usd 0 inside tags(tenant_id=...)",
-)
 def test_cache_hits_are_booked_to_their_tenant_with_their_saving(li_run: Run) -> None:
     problems = []
     for tenant in li_run.world.tenants:
@@ -338,10 +328,6 @@ def test_a_cache_hit_calls_no_model(li_run: Run) -> None:
     assert not problems, first(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 5: CompressionPostprocessor rows are untagged inside tags()",
-)
 def test_compression_rows_carry_the_tenant(li_run: Run) -> None:
     untagged = li_run.ledger.records(kind="compression", tenant_id=None)
     ours = [

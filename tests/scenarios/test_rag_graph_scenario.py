@@ -19,7 +19,7 @@ import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any, NotRequired
+from typing import Any, NotRequired
 
 import pytest
 import pytest_asyncio
@@ -28,7 +28,6 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMe
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from scenario_kit import (
     CHEAP,
     HEDGE,
@@ -41,10 +40,13 @@ from scenario_kit import (
     prompt_problems,
     written_by_graphthrift,
 )
-from typing_extensions import TypedDict
 
 from graphthrift import Budget, CostTagger, Ledger, Router, SemanticCache
 from graphthrift.langgraph import (
+    BudgetState,
+    CacheState,
+    CompressState,
+    RouteState,
     budget_guard,
     cache_lookup,
     cache_store,
@@ -67,25 +69,11 @@ CODE_Q = "What is my code word?"
 NO_CODE = "You have not told me a code word."
 
 
-class RagState(TypedDict):
-    """The graph's state: the keys each graphthrift node reads and writes, declared."""
+class RagState(CacheState, CompressState, RouteState, BudgetState):
+    """The graph's state: the declared states of the graphthrift nodes it uses, extended."""
 
-    messages: Annotated[list[AnyMessage], add_messages]
-    question: NotRequired[str]
-    documents: NotRequired[list[Document]]
-    cache_hit: NotRequired[dict[str, Any] | None]
     llm_input_messages: NotRequired[list[AnyMessage]]
     history_state: NotRequired[dict[str, Any] | None]
-    budget_model: NotRequired[str | None]
-    budget_status: NotRequired[str | None]
-    budget_steps: NotRequired[list[str]]
-    budget_reservation: NotRequired[dict[str, Any] | None]
-    budget_max_tokens: NotRequired[int | None]
-    route: NotRequired[str | None]
-    route_model: NotRequired[str | None]
-    route_reason: NotRequired[str | None]
-    route_difficulty: NotRequired[float | None]
-    route_next: NotRequired[str | None]
 
 
 def corpus(world: World) -> list[Document]:
@@ -344,11 +332,6 @@ def test_answers_carry_only_their_own_tenant_and_account(rag_run: Run) -> None:
     assert any("account=" in _answer_text(t) for t in rag_run.turns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: the cache key ignores the prior turns, so 'What is my code "
-    "word?' is served another thread's answer",
-)
 def test_history_dependent_answers_stay_in_their_thread(rag_run: Run) -> None:
     problems = []
     for t in rag_run.turns:
@@ -372,11 +355,6 @@ def test_latest_human_turn_is_in_every_prompt(rag_run: Run) -> None:
     assert any(t.calls for t in rag_run.turns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: cache_store stores budget_guard's stop message, which is then "
-    "served from the cache",
-)
 def test_nothing_graphthrift_wrote_is_served_from_the_cache(rag_run: Run) -> None:
     stops = [m for t in rag_run.turns for m in t.new_messages if written_by_graphthrift(m)]
     assert stops, "no thread reached its budget: the limit is too high to test anything"
@@ -405,11 +383,6 @@ def test_every_reservation_settles_and_no_budget_is_exceeded(rag_run: Run) -> No
     assert not problems, first(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 8: budget_guard prices every call at its fixed model=, not the "
-    "routed model the call went to",
-)
 def test_budget_prices_the_model_actually_called(rag_run: Run) -> None:
     problems = []
     for thread, turns in _by_thread(rag_run).items():
@@ -440,11 +413,6 @@ def test_each_cache_hit_is_booked_once(rag_run: Run) -> None:
     assert any(t.served_from_cache for t in rag_run.turns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 8: a cache hit after compress_context still books the "
-    "compression saving, so the turn's saving is counted twice",
-)
 def test_compression_is_not_booked_on_a_cache_hit(rag_run: Run) -> None:
     problems = []
     for tenant in rag_run.world.tenants:
