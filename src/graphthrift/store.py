@@ -225,6 +225,13 @@ class DeadlinePlugin(CreateEnginePlugin):
 
     def _do_connect(self, dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         base = _from_statement_timeout_option(cparams.get("options")) or self.default
+        override = _override.get()
+        limit = base if override is _UNSET else override
+        if limit is not None:
+            # a stopped server accepts the socket and never answers: bound the handshake
+            # too (libpq counts it in whole seconds, at least 2)
+            configured = float(cparams.get("connect_timeout") or math.inf)
+            cparams["connect_timeout"] = int(min(configured, max(2, math.ceil(limit))))
         if dialect.is_async:
             if "async_creator_fn" not in cparams:
 
