@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,10 +61,8 @@ def stopped(pid: int) -> Iterator[None]:
         yield
     finally:
         for proc in procs:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGCONT)
-            except psutil.NoSuchProcess:
-                pass
 
 
 def in_thread(fn: Callable[[], T], guard: float = HANG_GUARD) -> T | BaseException:
