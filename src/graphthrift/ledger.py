@@ -133,6 +133,7 @@ class Ledger:
         self._failures = 0
         self._last_error: str | None = None
         self._closed = False
+        self._failing = False  # the last write attempt failed for an outage
         self._queued_bytes = 0
         self._inflight = 0
         self._overflow: dict[Path, int] = {}  # locked spill files of this ledger's overflow
@@ -260,6 +261,8 @@ class Ledger:
         """
         if self._closed:
             return
+        if self._failing:  # the database is refusing writes: do not wait for it
+            timeout = min(timeout, 0.1)
         with contextlib.suppress(LedgerFlushTimeout):
             self.flush(timeout)
         self._spill(include_inflight=True, keep=True)
@@ -304,6 +307,7 @@ class Ledger:
                         self._queue.extendleft(reversed(batch))
                         self._queued_bytes += batch_bytes
                     self._failures += 1
+                    self._failing = True
                     self._last_error = (
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     )
@@ -333,6 +337,7 @@ class Ledger:
                     self._inflight_spill = None
                 self._written += len(batch)
                 self._inflight_batch = None
+                self._failing = False
                 self._cond.notify_all()
             self._forget_replayed_spills()
             self._cap_queue()
@@ -937,6 +942,7 @@ _live_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _previous_handlers: dict[int, Any] = {}
 _SIGNAL_FLUSH_SECONDS = 2.0
+_signalled = False  # once a stop signal was handled, exit hooks wait less for the database
 
 
 def _install_signal_handlers() -> None:
@@ -964,6 +970,8 @@ def _install_signal_handlers() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     """Flush and spill every open ledger, then do what the previous handler would have."""
+    global _signalled
+    _signalled = True
     for ledger in list(_live_ledgers):
         try:
             ledger.spill_now(_SIGNAL_FLUSH_SECONDS)
@@ -984,6 +992,6 @@ def _close_at_exit(ref: weakref.ReferenceType[Ledger]) -> None:
     if ledger is None:
         return
     try:
-        ledger.close(timeout=5.0)
+        ledger.close(timeout=1.0 if _signalled else 5.0)
     except Exception:  # pragma: no cover - the exit path must not raise
         logger.exception("graphthrift: closing a ledger at exit failed")
