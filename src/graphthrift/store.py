@@ -25,6 +25,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,16 +133,71 @@ def _parse_timeout(match: re.Match[str] | None) -> float | None:
     return value * 1000 if (match.group(2) or "ms").lower() == "s" else value
 
 
-def _limit(conn: Any) -> float | None:
-    """The deadline of one round trip on ``conn``: override, then SET, then connect-time."""
+def _limit(conn: Any) -> tuple[float | None, bool]:
+    """The deadline of one round trip on ``conn`` and whether it is hard.
+
+    ``Store.deadline``, then ``SET statement_timeout``, then the connect-time
+    ``statement_timeout`` are hard; the store's ``query_timeout`` is soft (see
+    ``_DeadlineConnection``).
+    """
     override = _override.get()
     if override is not _UNSET:
-        return override  # type: ignore[no-any-return]
+        return override, True
     set_in_transaction: float | None = getattr(conn, "_gt_set", None)
     if set_in_transaction is not None:
-        return set_in_transaction
+        return set_in_transaction, True
     base: float | None = getattr(conn, "_gt_base", None)
-    return base
+    return base, not getattr(conn, "_gt_soft", False)
+
+
+class _Expired(Exception):
+    """Raised inside psycopg's wait loop when a deadline passes."""
+
+
+_PROBE_SECONDS = 2  # libpq's shortest connect timeout
+
+
+def _still_working(conn: Any) -> bool:
+    """Whether the server answers a second connection and is still running ``conn``'s query.
+
+    Tells a server that is stopped (no answer: give up) from one that is busy with a long
+    statement, an index build or a bulk insert (keep waiting).
+    """
+    args, params = getattr(conn, "_gt_params", None) or ((), {})
+    params = {**params, "connect_timeout": _PROBE_SECONDS, "autocommit": True}
+    try:
+        probe = _DeadlineConnection.connect(*args, **params)
+    except Exception:
+        return False
+    try:
+        probe._gt_base = float(_PROBE_SECONDS)
+        row = probe.execute(
+            "SELECT state FROM pg_stat_activity WHERE pid = %s", (conn.info.backend_pid,)
+        ).fetchone()
+    except Exception:
+        return False
+    finally:
+        probe.close()
+    return row is not None and row[0] == "active"
+
+
+def _watched(conn: Any, gen: Any, limit: float, hard: bool) -> Any:
+    """``gen``, checked against the deadline each time psycopg's wait loop resumes it.
+
+    psycopg resumes a waiting generator at least every ``interval`` (0.1 s), data or not.
+    """
+    deadline = time.monotonic() + limit
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            state = gen.send(ready)
+            if time.monotonic() >= deadline:
+                if hard or not _still_working(conn):
+                    raise _Expired
+                deadline = time.monotonic() + limit
+    except StopIteration as stop:
+        return stop.value
 
 
 def _timed_out(conn: Any, limit: float) -> psycopg.OperationalError:
@@ -158,18 +214,26 @@ def _timed_out(conn: Any, limit: float) -> psycopg.OperationalError:
 
 
 class _DeadlineConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose every wait on the server has a deadline."""
+    """A psycopg connection whose every wait on the server has a deadline.
+
+    A hard deadline drops the connection when it passes. A soft one (the store's default
+    ``query_timeout``, on connections that set no ``statement_timeout``) first asks the
+    server, on a second connection, whether it is still running the query: a stopped server
+    cannot answer and the connection is dropped; a busy one is waited for, another period.
+    """
 
     _gt_base: float | None = None
     _gt_set: float | None = None
+    _gt_soft = False
+    _gt_params: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        limit = _limit(self)
+        limit, hard = _limit(self)
         if limit is None or (timeout is not None and timeout <= limit):
             return super().wait(gen, interval, timeout)
         try:
-            return super().wait(gen, interval, limit)
-        except _WaitTimeout:
+            return super().wait(_watched(self, gen, limit, hard), min(interval, 0.1), timeout)
+        except _Expired:
             raise _timed_out(self, limit) from None
 
 
@@ -185,7 +249,7 @@ class _DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
     _gt_set: float | None = None
 
     async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        limit = _limit(self)
+        limit, _ = _limit(self)  # always hard: a probe would block the event loop
         if limit is not None and (timeout is None or timeout > limit):
             timeout = limit
         else:
@@ -224,7 +288,9 @@ class DeadlinePlugin(CreateEnginePlugin):
         event.listen(engine, "rollback", _end_transaction)
 
     def _do_connect(self, dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        base = _from_statement_timeout_option(cparams.get("options")) or self.default
+        from_statement_timeout = _from_statement_timeout_option(cparams.get("options"))
+        base = from_statement_timeout or self.default
+        soft = from_statement_timeout is None
         override = _override.get()
         limit = base if override is _UNSET else override
         if limit is not None:
@@ -244,6 +310,8 @@ class DeadlinePlugin(CreateEnginePlugin):
             return None
         conn = _DeadlineConnection.connect(*cargs, **cparams)
         conn._gt_base = base
+        conn._gt_soft = soft
+        conn._gt_params = (tuple(cargs), dict(cparams))  # for the liveness probe, in memory
         return conn
 
 
@@ -267,6 +335,8 @@ def _track_set_timeout(
 
 
 def _end_transaction(conn: Any) -> None:
+    if conn.invalidated or conn.closed:  # reading .connection would try to reconnect
+        return
     driver = getattr(conn.connection, "driver_connection", None)
     if driver is not None and getattr(driver, "_gt_set", None) is not None:
         driver._gt_set = None

@@ -145,3 +145,13 @@ def test_the_ledger_keeps_its_queue_through_a_stall(stall_store: Store, stall_ho
         assert ids == {"before", *(str(i) for i in range(50))}
     finally:
         ledger.close()
+
+
+def test_a_busy_server_is_waited_for_but_a_hard_deadline_is_not(stall_store: Store) -> None:
+    """A long statement on a live server (an index build, a bulk insert) is not a hang."""
+    with stall_store.connect() as conn:  # 2.5 s > query_timeout (0.5 s): probed, still busy
+        assert conn.execute(text("SELECT 1 FROM pg_sleep(2.5)")).scalar() == 1
+    before = diagnostics.get("store_timeout")
+    with pytest.raises(StoreUnavailable), stall_store.deadline(0.5), stall_store.connect() as conn:
+        conn.execute(text("SELECT pg_sleep(2.5)"))
+    assert diagnostics.get("store_timeout") == before + 1
