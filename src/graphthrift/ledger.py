@@ -13,8 +13,9 @@ What keeps one bad record or one crash from losing the others:
   hold are repaired and counted before a record is written or spilled;
 - a batch the database still refuses is split in halves until the refused record is alone;
   that record goes to ``<spill dir>/quarantine`` with the error, and the rest are written;
-- the queue is capped in bytes (``max_queue_bytes``); beyond it records go to a spill file,
-  which this ledger reads back once the database accepts writes again;
+- the queue is capped in bytes (``max_queue_bytes``, checked after each write attempt);
+  beyond it records go to a spill file, which this ledger reads back once the database
+  accepts writes again;
 - a spill file being replayed is locked (``flock``), so one left by a crash is claimed by
   the next ledger, and a torn or unreadable line is quarantined instead of failing the rest;
 - SIGTERM and SIGINT flush and spill every ledger before the previous handler runs.
@@ -57,9 +58,6 @@ REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
 _FILTERABLE = frozenset(RECORD_COLUMNS) - {"extra"}
 _COPY_SQL = f"COPY {LEDGER_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
 _JSON_FIELDS = {f.name for f in fields(LedgerRecord) if f.name == "extra"}
-# seconds one round trip of a batch write may take before the connection is dropped and the
-# batch retried (the store's default deadline is meant for the request path, and shorter)
-_WRITE_DEADLINE = 30.0
 _RECORD_OVERHEAD = 400  # bytes a queued LedgerRecord costs beyond its text (measured ~350)
 _DEFERRED_SIZE = 1024  # a deferred builder's closure: its size is unknown until it runs
 
@@ -393,7 +391,9 @@ class Ledger:
             self._bisect(records, exc)
 
     def _copy(self, records: Sequence[LedgerRecord]) -> None:
-        with self.store.deadline(_WRITE_DEADLINE), self.store.raw_connection() as conn:
+        # the store's soft deadline: a stopped server fails the batch (kept, retried) within
+        # seconds, while a busy one that is still taking the COPY is waited for
+        with self.store.raw_connection() as conn:
             try:
                 with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
                     for record in records:
