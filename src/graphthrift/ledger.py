@@ -286,7 +286,7 @@ class Ledger:
                 ]
                 batch_bytes = sum(_size(r) for r in batch)
                 self._queued_bytes -= batch_bytes
-                self._inflight_batch = batch
+                self._inflight_batch = batch or None
             if not batch:
                 continue
             batch = _materialise(batch)
@@ -319,9 +319,10 @@ class Ledger:
                 self._cap_queue()
                 if closed:
                     return
-                with self._cond:  # wake early for close() or a flush, not for records
-                    if not self._closed:
-                        self._cond.wait(self.retry_interval)
+                resume = time.monotonic() + self.retry_interval
+                with self._cond:  # wake early for close() only: flushes notify every 50 ms
+                    while not self._closed and (left := resume - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 continue
             # Listeners run before flush() can return, so "flushed" also means "observed".
             self._notify([r for r in batch if isinstance(r, LedgerRecord)])
