@@ -66,7 +66,7 @@ def hide_password(url: str) -> str:
         query = {k: v for k, v in parsed.query.items() if k not in _OWN_PARAMS}
         masked = {k: "***" for k in query if k.lower() in SECRET_PARAMS}
         parsed = parsed.difference_update_query(_OWN_PARAMS).update_query_dict(masked)
-        return parsed.render_as_string(hide_password=True)
+        return parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
     except Exception:  # not parseable: say nothing that might be a secret
         return "<unparseable database url>"
 
