@@ -288,31 +288,41 @@ class DeadlinePlugin(CreateEnginePlugin):
         event.listen(engine, "rollback", _end_transaction)
 
     def _do_connect(self, dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # cparams is the engine's own dict, shared by every connect: never change a setting
         from_statement_timeout = _from_statement_timeout_option(cparams.get("options"))
         base = from_statement_timeout or self.default
-        soft = from_statement_timeout is None
-        override = _override.get()
-        limit = base if override is _UNSET else override
-        if limit is not None:
-            # a stopped server accepts the socket and never answers: bound the handshake
-            # too (libpq counts it in whole seconds, at least 2)
-            configured = float(cparams.get("connect_timeout") or math.inf)
-            cparams["connect_timeout"] = int(min(configured, max(2, math.ceil(limit))))
         if dialect.is_async:
             if "async_creator_fn" not in cparams:
 
                 async def connect(*args: Any, **kwargs: Any) -> Any:
-                    conn = await _DeadlineAsyncConnection.connect(*args, **kwargs)
+                    conn = await _DeadlineAsyncConnection.connect(
+                        *args, **_bounded_connect(kwargs, base)
+                    )
                     conn._gt_base = base
                     return conn
 
                 cparams["async_creator_fn"] = connect
             return None
-        conn = _DeadlineConnection.connect(*cargs, **cparams)
+        params = _bounded_connect(cparams, base)
+        conn = _DeadlineConnection.connect(*cargs, **params)
         conn._gt_base = base
-        conn._gt_soft = soft
-        conn._gt_params = (tuple(cargs), dict(cparams))  # for the liveness probe, in memory
+        conn._gt_soft = from_statement_timeout is None
+        conn._gt_params = (tuple(cargs), params)  # for the liveness probe, in memory
         return conn
+
+
+def _bounded_connect(params: dict[str, Any], base: float | None) -> dict[str, Any]:
+    """``params`` with a connect timeout no longer than the deadline in force.
+
+    A stopped server accepts the socket and never answers the handshake; libpq counts the
+    connect timeout in whole seconds, at least 2.
+    """
+    override = _override.get()
+    limit = base if override is _UNSET else override
+    if limit is None:
+        return dict(params)
+    configured = float(params.get("connect_timeout") or math.inf)
+    return {**params, "connect_timeout": int(min(configured, max(2, math.ceil(limit))))}
 
 
 def _from_statement_timeout_option(options: Any) -> float | None:
