@@ -24,12 +24,15 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from graphthrift.text import clean_text
+
 __all__ = [
     "CallableEmbedder",
     "Embedder",
     "EmbeddingShapeError",
     "MiniLMEmbedder",
     "as_embedder",
+    "bound_text",
     "default_embedder",
 ]
 
@@ -39,6 +42,23 @@ AsyncEmbedFn = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 
 TOKENIZER_PATH = Path(__file__).with_name("data") / "minilm_tokenizer.json"
 _CLS_ID, _SEP_ID = 101, 102  # MiniLM's (BERT's) [CLS] and [SEP] ids
+# Characters kept per token of the model's window. A WordPiece token spans a few characters;
+# a word the vocabulary cannot split is one [UNK] token, however long, and the head of such
+# a word is still one [UNK]. So the head holds at least as many tokens as the window keeps.
+_CHARS_PER_TOKEN = 32
+
+
+def bound_text(text: str, max_tokens: int) -> str:
+    """The head of ``text`` that still yields the ``max_tokens`` tokens the model keeps.
+
+    Tokenizing a 1 MB prompt only to keep its first 256 tokens took seconds, outside any
+    deadline; the text is cut first. Runs of whitespace, which produce no token, are
+    collapsed in the head so that a text padded with spaces keeps its words.
+    """
+    window = max_tokens * _CHARS_PER_TOKEN
+    if len(text) <= window:
+        return text
+    return " ".join(text[: window * 4].split())[:window]
 
 
 class Embedder(Protocol):
@@ -110,7 +130,7 @@ class MiniLMEmbedder:
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed `texts`; similar lengths are batched together so little padding is run."""
-        items = _check_texts(texts)
+        items = [bound_text(t, self.max_length) for t in _check_texts(texts)]
         if len(items) == 1:  # a lookup's query: no sorting, batching or padding
             return self._run_one(items[0])
         out = np.empty((len(items), self.dim), dtype=np.float32)
@@ -152,7 +172,9 @@ class MiniLMEmbedder:
         _, tokenizer = self._load()
         return [
             [i for i, special in zip(e.ids, e.special_tokens_mask, strict=True) if not special]
-            for e in tokenizer.encode_batch(_check_texts(texts))
+            for e in tokenizer.encode_batch(
+                [bound_text(t, self.max_length) for t in _check_texts(texts)]
+            )
         ]
 
     def token_vectors(self, ids: Sequence[int]) -> Vectors:
@@ -315,13 +337,17 @@ def _model_id_of(obj: object) -> str:
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
-    """Reject a bare string (it would embed each character) and any non-str item."""
+    """Reject a bare string (it would embed each character) and any non-str item; repair
+    NUL bytes and lone surrogates (counted), which tokenizers and remote APIs refuse."""
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one str; wrap it: [text]")
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a sequence of strings, got {type(texts).__name__}")
     items = list(texts)
     for i, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, not str; pass only strings")
+        items[i] = clean_text(text, f"texts[{i}]")
     return items
 
 

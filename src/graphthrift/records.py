@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from graphthrift import diagnostics
+from graphthrift.text import clean_json, clean_text, needs_repair
 
 ErrorType = Literal["timeout", "rate_limit", "bad_request", "upstream", "other"]
 ERROR_TYPES: tuple[str, ...] = ("timeout", "rate_limit", "bad_request", "upstream", "other")
@@ -43,6 +44,15 @@ TOKEN_FIELDS: tuple[str, ...] = (
 # treated as a reporting bug, not as spend.
 MAX_PLAUSIBLE_TOKENS = 50_000_000
 _TEXT_LIMIT = 512
+# every free-text column of the record: what repair() scans for NUL bytes and surrogates
+_TEXT_FIELDS: tuple[str, ...] = (
+    "kind",
+    *TAG_FIELDS,
+    "call_id",
+    "error_type",
+    "usage_source",
+    "layer",
+)
 
 
 @dataclass(slots=True)
@@ -82,7 +92,30 @@ class LedgerRecord:
     extra: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self.repair()
         self.validate()
+
+    def repair(self) -> None:
+        """Make every text and ``extra`` value storable, counting each repair.
+
+        A NUL byte or lone surrogate in one tag would make PostgreSQL refuse the whole batch
+        the record is written in, and a value JSON cannot hold in ``extra`` would stop a
+        spill midway; both are repaired here (see ``graphthrift.text``) instead of raised.
+        The ledger calls it again before writing, for records changed after construction.
+        """
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str) and needs_repair(value):
+                setattr(self, name, clean_text(value, f"LedgerRecord.{name}"))
+        if self.extra is not None:
+            if not isinstance(self.extra, dict):
+                diagnostics.count(
+                    "json_repaired",
+                    "graphthrift: LedgerRecord.extra is a %s, not a dict; kept as {'value': ...}",
+                    type(self.extra).__name__,
+                )
+                self.extra = {"value": self.extra}
+            self.extra = clean_json(self.extra, "LedgerRecord.extra")
 
     def validate(self) -> None:
         """Reject values that would corrupt totals, naming the field at fault."""
@@ -137,7 +170,7 @@ def clean_tag(name: str, value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return value[:_TEXT_LIMIT]
+        return clean_text(value[:_TEXT_LIMIT], f"tag {name}")
     if isinstance(value, bool):
         diagnostics.count(
             "bad_tag_type", "graphthrift: tag %s has a bool value; stored as text", name
