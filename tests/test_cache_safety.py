@@ -585,3 +585,24 @@ def test_cache_request_keeps_the_user_apart_unless_a_scope_is_explicit() -> None
             assert cache_request(None) == {"tenant_id": "acme", "user_id": "carol"}
         assert (current_run_tags() or {})["user_id"] == "bob"
     assert current_run_tags() is None
+
+
+def test_a_slow_embedding_counts_inside_the_lookup_deadline(store: Any, tenant: str) -> None:
+    """Issue 12, item 12: the lookup deadline covers embedding, so a slow embedder is a
+    counted miss, not a lookup that runs past its deadline."""
+    import time as _time
+
+    slow = {"on": False}
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        if slow["on"]:
+            _time.sleep(0.3)
+        return [[1.0, float(len(t) % 7), 0.5] for t in texts]
+
+    cache = SemanticCache(store, namespace=f"slow-{tenant}", embedder=embed, timeout=0.1)
+    cache.update("What is the refund window?", "30 days.", tenant_id=tenant)
+    assert cache.lookup("What is the refund window?", tenant_id=tenant) is not None
+    before = diagnostics.counters().get("cache_timeout", 0)
+    slow["on"] = True
+    assert cache.lookup("What is the refund window?", tenant_id=tenant) is None
+    assert diagnostics.counters().get("cache_timeout", 0) == before + 1

@@ -58,6 +58,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -863,6 +864,13 @@ class ExactCache(_BaseCache):
         """Async twin of ``_vector`` (the semantic layer embeds off the event loop)."""
         return None
 
+    def _remaining(self, started: float) -> float:
+        """What is left of the lookup deadline after the embedding took its share."""
+        remaining = self.timeout - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise TimeoutError(f"cache lookup: embedding alone took over {self.timeout:.3f}s")
+        return remaining
+
     def lookup(
         self,
         query: Any,
@@ -880,9 +888,12 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope, key), key, self._vector(key.text))
-        try:
-            decision = with_deadline(self._engines, plan, self.timeout)
+        started = time.perf_counter()
+        try:  # embedding counts inside the lookup's deadline (issue 12, item 12)
+            vector = self._vector(key.text)
+            remaining = self._remaining(started)
+            plan = self._lookup_plan(self._scope(scope, key), key, vector)
+            decision = with_deadline(self._engines, plan, remaining)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
@@ -901,9 +912,12 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        plan = self._lookup_plan(self._scope(scope, key), key, await self._avector(key.text))
+        started = time.perf_counter()
         try:
-            decision = await awith_deadline(self._engines, plan, self.timeout)
+            vector = await self._avector(key.text)
+            remaining = self._remaining(started)
+            plan = self._lookup_plan(self._scope(scope, key), key, vector)
+            decision = await awith_deadline(self._engines, plan, remaining)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
