@@ -98,7 +98,10 @@ _SETTLE = text(f"""
         (scope_kind, scope_key, day, spent_usd, spent_tokens, updated_at)
     VALUES (:kind, :key, :day, :spent_usd, :spent_tokens, now())
     ON CONFLICT (scope_kind, scope_key, day) DO UPDATE SET
-        reserved_usd = GREATEST(s.reserved_usd - :reserved_usd, 0),
+        -- float residue of adding and taking back the same amounts is not a reservation:
+        -- below a millionth of a cent, none is held
+        reserved_usd = CASE WHEN s.reserved_usd - :reserved_usd < 1e-8 THEN 0
+                            ELSE s.reserved_usd - :reserved_usd END,
         reserved_tokens = GREATEST(s.reserved_tokens - :reserved_tokens, 0),
         spent_usd = s.spent_usd + EXCLUDED.spent_usd,
         spent_tokens = s.spent_tokens + EXCLUDED.spent_tokens,
