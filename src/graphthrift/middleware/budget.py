@@ -211,12 +211,14 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return self.before_agent(state, runtime)
 
     def _name(self, request: ModelRequest[Any]) -> str:
-        """The priced name of this call's model: the request's model, else ``model_name``.
+        """The priced name of this call's model: the request's model, else the name a
+        ``RouterMiddleware`` outside called it by, else ``model_name``.
 
         A token-only budget needs no price, so a model that tells no name is counted with
         the default tokenizer; a cost budget needs the name and says so.
         """
-        fallback = self.model_name
+        routed = (_run_config().get("metadata") or {}).get("routed_model")
+        fallback = routed if isinstance(routed, str) and routed else self.model_name
         if fallback is None and not self.budget.has_cost_limits:
             fallback = UNNAMED_MODEL
         try:

@@ -38,8 +38,10 @@ def _config() -> Mapping[str, Any]:
 
 
 @contextmanager
-def _route_metadata(route: str) -> Iterator[None]:
-    """Run the model call with ``metadata["route"]`` set, so ``CostTagger`` records it.
+def _route_metadata(route: str, model: str) -> Iterator[None]:
+    """Run the model call with ``metadata["route"]`` set, so ``CostTagger`` records it, and
+    ``metadata["routed_model"]`` the router's name of the model called, so a
+    ``BudgetMiddleware`` inside prices a model that tells no name of its own (a deployment).
 
     ``create_agent`` invokes the bound model with no config, so the call inherits the
     node's config from LangChain's context variable; a copy of it with the route added is
@@ -47,7 +49,7 @@ def _route_metadata(route: str) -> Iterator[None]:
     """
     current = var_child_runnable_config.get()
     config: RunnableConfig = {**(current or {})}
-    config["metadata"] = {**(config.get("metadata") or {}), "route": route}
+    config["metadata"] = {**(config.get("metadata") or {}), "route": route, "routed_model": model}
     token = var_child_runnable_config.set(config)
     try:
         yield
@@ -125,7 +127,7 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         thread, tags = self._context(request)
 
         def call(name: str) -> ModelResponse[Any]:
-            with _route_metadata(self._route_of(name)):
+            with _route_metadata(self._route_of(name), name):
                 return handler(request.override(model=self.models[name]))
 
         result = self.router.run(
@@ -148,7 +150,7 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         thread, tags = self._context(request)
 
         async def call(name: str) -> ModelResponse[Any]:
-            with _route_metadata(self._route_of(name)):
+            with _route_metadata(self._route_of(name), name):
                 return await handler(request.override(model=self.models[name]))
 
         result = await self.router.arun(
