@@ -11,6 +11,7 @@ from scenario_kit import CHEAP, STRONG, World
 from graphthrift import Budget, CostTagger, ExactCache, Ledger, Router
 from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import (
+    RouteState,
     budget_guard,
     cache_lookup,
     cache_store,
@@ -95,7 +96,7 @@ def test_route_rows_name_their_node(store: Any, ledger: Ledger) -> None:
         STRONG: RecordingChatModel(model_name=STRONG, reply=_reply, log=log),
     }
     router = Router(cheap=CHEAP, strong=STRONG, ledger=ledger)
-    builder = StateGraph(MessagesState)
+    builder = StateGraph(RouteState)
     builder.add_node("route", route_model(router, models=models))
     builder.add_edge(START, "route")
     builder.add_conditional_edges("route", route_by_model, {END: END, CHEAP: END, STRONG: END})
