@@ -457,3 +457,21 @@ def test_bench_compress_skips_cleanly_without_data(tmp_path: Path) -> None:
     args = argparse.Namespace(squad=str(tmp_path / "missing.json"), json=None, quick=True)
     figures = bench.run(args, Console(file=open(tmp_path / "log.txt", "w")))  # noqa: SIM115
     assert "skipped" in figures and "--squad" in figures["skipped"]
+
+
+def test_answer_type_keeps_the_number_a_paraphrased_question_asks_for() -> None:
+    """'How long do I have to return an item?' shares no word with 'The refund window is 14
+    days': in a chunk about the question, the sentence with the duration is kept when the
+    budget has room (a composed scenario hedged on the dropped answer)."""
+    docs = [
+        "Refund policy. The refund window at acme is 14 days from delivery. Refunds go back to "
+        "the original card. Gift cards are not refundable. Our warehouse staff inspect every "
+        "returned parcel before approval.",
+        "Shipping. Standard parcels at acme arrive within 3 business days. Express parcels "
+        "arrive the next day. We ship from two warehouses.",
+    ]
+    result = ExtractiveCompressor(embedder=False, target_ratio=0.6).compress(
+        "How long do I have to return an item?", docs
+    )
+    assert "14 days" in result.text()
+    assert result.kept_tokens <= result.budget

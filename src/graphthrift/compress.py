@@ -1096,6 +1096,12 @@ def _lexical_scores(
     for i, text in enumerate(texts):
         rel = smoothed[i] / top
         if rel <= 0:
+            # No word of the question, but the answer type it asks for ("How long do I have
+            # to return an item?" -> "The refund window is 14 days") in a chunk that is about
+            # the question: weak evidence, kept when the budget has room for it.
+            cover = coverage.get(units[i].chunk, 0.0)
+            if wants_number and cover > 0 and (_DIGIT.search(text) or _has_number_word(text)):
+                smoothed[i] = _W_NUMBER_FIT * _W_COVERAGE * cover
             continue
         fit = 0.0
         if wants_number and (_DIGIT.search(text) or _has_number_word(text)):

@@ -136,11 +136,11 @@ RecordingLlamaLLM.stream_complete = llm_completion_callback()(  # type: ignore[m
 
 def li_reply(context: str, question: str, earlier: list[str]) -> str:
     if question in ("What is the refund window?", "How long do I have to return an item?"):
-        if m := re.search(r"Refund policy of (\S+)\. The refund window is (\d+ days)", context):
+        if m := re.search(r"The refund window at (\S+) is (\d+ days)", context):
             return f"At {m.group(1)} the refund window is {m.group(2)}."
         return HEDGE
     if question in ("How fast is standard shipping?", "When do standard parcels arrive?"):
-        if m := re.search(r"Shipping at (\S+)\. Standard parcels arrive within (\d+)", context):
+        if m := re.search(r"Standard parcels at (\S+) arrive within (\d+)", context):
             return f"At {m.group(1)} standard parcels arrive within {m.group(2)} days."
         return HEDGE
     if m := re.fullmatch(r"Remember my code word (\w+)\.", question):
@@ -160,13 +160,13 @@ class TenantRetriever(BaseRetriever):
         ship = 5 if tenant == world.tenants[0] else 3
         self.nodes = [
             TextNode(
-                text=f"Refund policy of {tenant}. The refund window is {days} days from "
+                text=f"Refund policy. The refund window at {tenant} is {days} days from "
                 "delivery. Refunds go back to the original card. Gift cards are not "
                 "refundable. Our warehouse staff inspect every returned parcel.",
                 id_=f"{tenant}-refunds",
             ),
             TextNode(
-                text=f"Shipping at {tenant}. Standard parcels arrive within {ship} business "
+                text=f"Shipping. Standard parcels at {tenant} arrive within {ship} business "
                 "days. Express parcels arrive the next day when ordered before noon.",
                 id_=f"{tenant}-shipping",
             ),
@@ -303,7 +303,15 @@ def test_query_answers_stay_with_their_tenant(li_run: Run) -> None:
         if other != q["tenant"] and other in q["answer"]
     ]
     assert not problems, first(problems)
-    assert all(q["tenant"] in q["answer"] for q in li_run.queries if not q["hit"])
+    # A model answer names its own tenant's facts, or hedges when the compressed context
+    # lost them (a quality loss the compression bench measures, not a leak): hedges stay rare.
+    answered = [q for q in li_run.queries if not q["hit"]]
+    missed = [q for q in answered if q["tenant"] not in q["answer"] and q["answer"] != HEDGE]
+    assert not missed, first(
+        [f"{q['tenant']}: {q['question']!r} -> {q['answer']!r}" for q in missed]
+    )
+    hedged = [q for q in answered if q["answer"] == HEDGE]
+    assert len(hedged) <= 0.1 * len(answered), first([q["question"] for q in hedged])
 
 
 def test_cache_hits_are_booked_to_their_tenant_with_their_saving(li_run: Run) -> None:
