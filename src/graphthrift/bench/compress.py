@@ -1,6 +1,6 @@
 """``graphthrift bench compress``: answer retention and speed of context compression.
 
-On SQuAD v1.1-format data (by default ``../shared/data/xquad_en/xquad.en.json``) each
+On SQuAD v1.1-format data (by default the bundled ``data/xquad_en/xquad.en.json.gz``) each
 question's gold paragraph is hidden among distractors, compressed to the target ratio,
 and counted as retained when a gold answer string is still in the compressed context.
 
@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._data import DataFileError, DataSetMissing, data_file, read_text
 from graphthrift.compress import (
     ExtractiveCompressor,
     normalise_answer_text,
@@ -89,7 +90,7 @@ class Case:
 
 def load_squad(path: Path) -> list[tuple[str, list[tuple[str, str, list[str]]]]]:
     """``[(article title, [(paragraph, question, answers), ...]), ...]`` from SQuAD JSON."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(read_text(path))
     articles = []
     for article in raw.get("data", []):
         items = []
@@ -326,24 +327,37 @@ def _peak_memory(compressor: ExtractiveCompressor, cases: list[Case], kept: floa
 
 
 def find_squad(path: str | None) -> Path | None:
-    """The SQuAD file to use: ``--squad``, else xquad_en under the shared data directory."""
+    """The SQuAD file to use: ``--squad``, else xquad_en in the data folder (gzipped or not)."""
     if path:
         return Path(path)
-    base = data_dir()
-    return base / DEFAULT_SQUAD if base and (base / DEFAULT_SQUAD).is_file() else None
+    try:
+        return data_file("xquad_en", DEFAULT_SQUAD.name)
+    except DataSetMissing:
+        return None
+
+
+def _skip(args: argparse.Namespace, console: Console, problem: DataSetMissing) -> dict[str, Any]:
+    msg = f"skipped: {problem}" + ("" if getattr(args, "squad", None) else "; or pass --squad PATH")
+    console.print(f"[yellow]bench compress {msg}[/]")
+    skipped = {"skipped": msg, "missing": [problem.dataset]}
+    write_json(skipped, getattr(args, "json", None))
+    return skipped
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Run the benchmark, print a table and return (and, with ``--json``, write) figures."""
     quick = bool(getattr(args, "quick", False))
-    path = find_squad(getattr(args, "squad", None))
+    given = getattr(args, "squad", None)
+    path = find_squad(given)
     if path is None or not path.is_file():
-        where = path or f"<GRAPHTHRIFT_DATA_DIR or ../shared/data>/{DEFAULT_SQUAD}"
-        msg = f"skipped: no SQuAD file at {where}; pass --squad PATH"
-        console.print(f"[yellow]bench compress {msg}[/]")
-        skipped = {"skipped": msg}
-        write_json(skipped, getattr(args, "json", None))
-        return skipped
+        name = "--squad" if given else "xquad_en"
+        root = data_dir()
+        where = path or (root / DEFAULT_SQUAD if root is not None else None)
+        return _skip(args, console, DataSetMissing(name, where))
+    try:
+        articles = load_squad(path)
+    except DataFileError as exc:
+        return _skip(args, console, DataSetMissing("xquad_en", path, f"is damaged ({exc.problem})"))
     load_before = os.getloadavg()[0]
     ratio = float(getattr(args, "ratio", 3.0))
     if not ratio >= 1:
@@ -352,7 +366,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     seed = int(getattr(args, "seed", 13))
     limit = getattr(args, "limit", None) or (120 if quick else None)
     semantic = not getattr(args, "no_semantic", False)
-    articles = load_squad(path)
     cases = {s: _sample(build_cases(articles, s, seed), limit, seed) for s in SETTINGS}
 
     configs: dict[str, ExtractiveCompressor] = {

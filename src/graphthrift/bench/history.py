@@ -7,7 +7,7 @@ the same token budget: the full history, ``langchain_core``'s ``trim_messages``,
 summary as langmem's prompt asks an LLM to), and our ``HistoryPruner`` with the
 ``ExtractiveSummarizer``.
 
-Figures (DESIGN.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
+Figures (defined in docs/benchmarks.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
 (prompt, fact) pairs where a fact stated in a turn that is no longer sent verbatim still
 appears in the prompt), ``prefix_stability`` (share of prompts that start with the
 previous prompt) and ``summary_tokens`` (mean final summary length). Also
@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._data import DataSetMissing
 from graphthrift.bench._data_history import (
     Conversation,
     load_conversations_jsonl,
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--conversations",
         type=Path,
         default=None,
-        help="conversations JSONL (generic format); default: the shared topical_chat and sgd_test",
+        help="conversations JSONL (generic format); default: the bundled topical_chat and sgd_test",
     )
     parser.add_argument(
         "--max-tokens",
@@ -83,18 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="at most this many conversations per data set"
     )
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a small sample for CI (every {QUICK_STRIDE}th conversation)",
-    )
-    parser.add_argument(
         "--budgets",
         type=lambda text: [int(x) for x in text.split(",") if x],
         default=[],
         help="also report every policy at these budgets, e.g. 192,256,384",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip trim_messages and langmem")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
 
 
 # ---------------------------------------------------------------- measuring
@@ -495,23 +490,30 @@ def _memory_peak(
         tracemalloc.stop()
 
 
-def _load(args: argparse.Namespace) -> tuple[dict[str, list[Conversation]], str | None]:
+def _load(args: argparse.Namespace, console: Console) -> dict[str, list[Conversation]]:
+    """The conversations: ``--conversations`` (a file or a folder of the bundled sets), else
+    the data folder's topical_chat and sgd_test; a missing set is said and left out, and
+    with none left ``DataSetMissing`` is raised."""
     stride = QUICK_STRIDE if args.quick and args.limit is None else 1
     if args.conversations is not None:
         path = Path(args.conversations)
-        if path.is_dir():
-            return load_default_sets(path, args.limit, stride), None
-        if not path.exists():
-            return {}, f"no such conversations file: {path}"
-        limit = QUICK_FILE_LIMIT if args.quick and args.limit is None else args.limit
-        return {path.stem: load_conversations_jsonl(path, limit)}, None
-    shared = data_dir()
-    if shared is None:
-        return {}, "shared data not found: set GRAPHTHRIFT_DATA_DIR or pass --conversations PATH"
-    sets = load_default_sets(shared, args.limit, stride)
+        if path.is_file():
+            limit = QUICK_FILE_LIMIT if args.quick and args.limit is None else args.limit
+            return {path.stem: load_conversations_jsonl(path, limit)}
+        if not path.is_dir():
+            raise DataSetMissing("conversations", path, "not found (--conversations)")
+        root: Path | None = path
+    else:
+        root = data_dir()
+    if root is None:
+        raise DataSetMissing("topical_chat", None, "not found (no data folder)")
+    problems: list[DataSetMissing] = []
+    sets = load_default_sets(root, args.limit, stride, problems)
     if not sets:
-        return {}, f"no topical_chat/ or sgd_test/ under {shared}"
-    return sets, None
+        raise problems[0]
+    for problem in problems:
+        console.print(f"[yellow]bench history: {problem}; running the other set[/yellow]")
+    return sets
 
 
 Prepared = dict[str, list[tuple[Conversation, list[Any]]]]
@@ -562,10 +564,7 @@ def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> li
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Replay the conversations through every policy and return the figures."""
-    sets, problem = _load(args)
-    if problem is not None:
-        console.print(f"[yellow]bench history skipped: {problem}[/yellow]")
-        return {"skipped": problem, "n_conversations": 0}
+    sets = _load(args, console)
     policies = _policies(args, console)
     count_text("warm up the tokenizer")
     prepared = {

@@ -1,11 +1,11 @@
 """``graphthrift bench route``: cheap-first routing on a labelled workload, through LangGraph.
 
-Workload (from ``../shared/data``, labels from how each request was built):
+Workload (from the bundled data sets, labels from how each request was built):
 - ``faq`` (easy): banking77 customer queries, as asked;
 - ``extract`` (easy): one xquad_en question with its paragraph;
 - ``multihop`` (hard): two questions about two different xquad_en paragraphs, composed
   into one request that needs both.
-Without the data folder a small built-in workload is used.
+A missing set raises ``DataSetMissing`` (the CLI says which and runs the other benches).
 
 Two fake chat models answer through a LangGraph graph (``route_model`` with ``models``).
 Their per-call quality is simulated from the labels (deterministic per request): the cheap
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.embed import MiniLMEmbedder
 from graphthrift.prices import default_price_book
 from graphthrift.route import DifficultyClassifier, Router
@@ -66,24 +68,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_workload(n: int, seed: int = 13) -> list[tuple[str, str]]:
     """``n`` (request, label) pairs: a third each of faq, extract and multihop."""
     rng = random.Random(seed)
-    base = data_dir()
-    faq: list[str] = []
-    paras: list[tuple[str, list[str]]] = []
-    if base is not None and (base / "banking77" / "test.csv").is_file():
-        with (base / "banking77" / "test.csv").open(encoding="utf-8") as fh:
-            faq = [row["text"] for row in csv.DictReader(fh)]
-    if base is not None and (base / "xquad_en" / "xquad.en.json").is_file():
-        data = json.loads((base / "xquad_en" / "xquad.en.json").read_text(encoding="utf-8"))
-        for article in data["data"]:
-            for p in article["paragraphs"]:
-                paras.append((p["context"], [q["question"] for q in p["qas"]]))
-    if not faq:
-        faq = ["How do I activate my card?", "Where is my refund?", "Can I change my PIN?"]
-    if not paras:
+    rows = csv.DictReader(io.StringIO(read_set_file("banking77", "test.csv")))
+    faq = [row["text"] for row in rows]
+    try:
+        data = json.loads(read_set_file("xquad_en", "xquad.en.json"))
         paras = [
-            ("The bridge opened in 1932 and spans 1,149 metres.", ["When did it open?"]),
-            ("The river is 300 km long and flows north.", ["How long is the river?"]),
+            (p["context"], [q["question"] for q in p["qas"]])
+            for article in data["data"]
+            for p in article["paragraphs"]
         ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataSetMissing(
+            "xquad_en", data_file("xquad_en", "xquad.en.json"), f"is damaged ({exc})"
+        ) from None
+    if not faq or len(paras) < 2:
+        raise DataSetMissing(
+            "banking77" if not faq else "xquad_en", data_dir(), "holds too few records"
+        )
     out: list[tuple[str, str]] = []
     for i in range(n):
         kind = ("faq", "extract", "multihop")[i % 3]
@@ -243,6 +244,18 @@ def _split(work: list[tuple[str, str]], seed: int) -> Iterator[list[tuple[str, s
     yield [(t, label) for t, label in train if t not in seen]
 
 
+def _untrainable(train: list[tuple[str, str]]) -> str | None:
+    """Why the classifier cannot be trained on ``train`` (None: it can): it needs examples of
+    both easy and hard requests, or its figures would mean nothing."""
+    hard = sum(label in HARD for _, label in train)
+    if not train or not hard or hard == len(train):
+        return (
+            f"the training split holds {len(train)} requests ({hard} hard); it needs easy and"
+            " hard ones disjoint from the workload (a larger data set, or a smaller --n)"
+        )
+    return None
+
+
 def _classifier_figures(
     clf: DifficultyClassifier,
     train: list[tuple[str, str]],
@@ -265,11 +278,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     n = min(args.n, 150) if getattr(args, "quick", False) else args.n
     work = build_workload(n, args.seed)
     figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
-    figures["data"] = str(data_dir()) if data_dir() else "built-in sample"
+    figures["data"] = str(data_dir())
     figures["labels"] = {"easy": ["faq", "extract"], "hard": sorted(HARD)}
     figures["simulated_quality"] = QUALITY
-    if not args.no_classifier:
-        train = next(_split(work, args.seed))
+    train = next(_split(work, args.seed))
+    why_not = _untrainable(train)
+    if why_not and not args.no_classifier:
+        console.print(f"[yellow]bench route: classifier not run: {why_not}[/]")
+        figures["classifier"] = {"skipped": why_not}
+    elif not args.no_classifier:
         default = DifficultyClassifier()
         static = _classifier_figures(default, train, work, args.threshold)
         # the same classifier on the full transformer, for the quality/overhead trade
@@ -298,7 +315,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         ("classifier (MiniLM)", figures.get("classifier_transformer")),
     )
     for name, row in rows:
-        if row:
+        if row and "skipped" not in row:
             table.add_row(
                 name,
                 str(row["cheap_fraction"]),
