@@ -17,11 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphthrift.bench._data import DataFileError, read_text
+from graphthrift.bench._data import read_text
+from graphthrift.errors import GraphthriftError
 
-__all__ = ["BadLine", "LoggedRequest", "LoggedUsage", "TrafficFile", "read_traffic"]
+__all__ = [
+    "BadLine",
+    "LoggedRequest",
+    "LoggedUsage",
+    "TrafficFile",
+    "TrafficFileError",
+    "parse_line",
+    "read_traffic",
+]
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+class TrafficFileError(GraphthriftError, ValueError):
+    """The traffic file cannot be read at all (missing, a damaged gzip, not UTF-8)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"--traffic {path}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,19 +227,19 @@ def read_traffic(path: str | Path) -> TrafficFile:
     """Every line of ``path`` (JSONL, gzip or not): valid requests, and bad lines with why.
 
     Raises:
-        FileNotFoundError: there is no such file.
-        DataFileError: the file is a damaged gzip or not UTF-8.
+        TrafficFileError: there is no such file, or it is a damaged gzip or not UTF-8.
     """
     target = Path(path)
     if not target.is_file():
-        raise FileNotFoundError(f"--traffic {path}: no such file")
+        raise TrafficFileError(target, "no such file")
     out = TrafficFile(target)
     try:
-        for number, line in _lines(target):
-            try:
-                out.requests.append(parse_line(number, line))
-            except ValueError as exc:
-                out.bad.append(BadLine(number, str(exc)))
-    except DataFileError:
-        raise
+        lines = list(_lines(target))
+    except ValueError as exc:  # DataFileError: truncated gzip, not UTF-8
+        raise TrafficFileError(target, str(exc)) from None
+    for number, line in lines:
+        try:
+            out.requests.append(parse_line(number, line))
+        except ValueError as exc:
+            out.bad.append(BadLine(number, str(exc)))
     return out
