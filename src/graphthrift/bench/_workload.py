@@ -40,7 +40,7 @@ __all__ = ["AgentTask", "ChatItem", "FaqItem", "RagItem", "Workload", "build_wor
 SEED = 7
 SIZES = {  # segment sizes: --full, the default run, --quick
     "full": {"faq": 240, "faq_intents": 12, "rag": 60, "chat": 60, "agent": 20},
-    "default": {"faq": 240, "faq_intents": 12, "rag": 60, "chat": 60, "agent": 20},
+    "default": {"faq": 120, "faq_intents": 8, "rag": 30, "chat": 10, "agent": 10},
     "quick": {"faq": 60, "faq_intents": 6, "rag": 16, "chat": 4, "agent": 6},
 }
 REPEAT_SHARE = 0.4  # FAQ requests that repeat an earlier question verbatim

@@ -58,30 +58,27 @@ from graphthrift._cache_policy import (
     tune_threshold,
 )
 from graphthrift._schema_cache import ENTRIES_TABLE, hnsw_index_sql
-from graphthrift.bench._common import machine, mode, percentiles, scratch_store, write_json
+from graphthrift.bench._common import (
+    machine,
+    mode,
+    percentiles,
+    progress,
+    scratch_store,
+    tick,
+    write_json,
+)
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.embed import as_embedder, default_embedder
 from graphthrift.store import Store
 
 TARGETS = {"tuned_precision": 0.97, "lookup_total_p95_ms": 10.0, "exact_p95_ms": 1.0}
 STATIC_DEFAULT = 0.92
-SIZES: dict[
-    str, dict[str, Any]
-] = {  # (calibration, test) sizes per set; filler rows, exact lookups
+# per run size: (calibration, test) questions of each set, rows for the speed test, exact lookups
+SIZES: dict[str, dict[str, Any]] = {
     "quick": {"banking77": (2000, 400), "stsb": (800, 300), "entries": 5_000, "exact": 300},
-    "default": {
-        "banking77": (10_003, 3_080),
-        "stsb": (5_749, 1_379),
-        "entries": 100_000,
-        "exact": 2000,
-    },
-    "full": {
-        "banking77": (10_003, 3_080),
-        "stsb": (5_749, 1_379),
-        "entries": 100_000,
-        "exact": 2000,
-    },
-}
+    "default": {"banking77": (3_000, 800), "stsb": (1_500, 500), "entries": 20_000, "exact": 500},
+    "full": {"banking77": (10_003, 3_080), "stsb": (5_749, 1_379), "entries": 100_000, "exact": 2000},
+}  # fmt: skip
 FOLDS = 5
 SAMPLE = [  # a tiny pairs sample (tests write it as a --pairs file)
     ("How do I reset my password?", "How can I change my password?", 1),
@@ -279,6 +276,7 @@ def _embed(embedder: Any, texts: list[str], memo: dict[str, Any]) -> np.ndarray[
     for start in range(0, len(todo), 256):
         chunk = todo[start : start + 256]
         memo.update(zip(chunk, embedder.embed(chunk), strict=True))
+        tick(len(chunk))
     return np.asarray([memo[t] for t in texts])
 
 
@@ -437,7 +435,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_before = _loadavg()
     base = Store(args.url)
     try:
-        with scratch_store(base) as store:
+        units = sum(
+            len(set(c.entries) | set(c.queries) | set(t.entries))
+            + 2 * len(t.queries)
+            + sizes["exact"]
+            + (max(entries_target, len(t.entries)) if k == 0 else len(t.entries)) / 20
+            for k, (c, t, _) in enumerate(tasks)
+        )
+        with scratch_store(base) as store, progress(console, "bench cache", total=units):
             for k, (calib, test, _) in enumerate(tasks):
                 console.print(f"[bold]{test.name}[/]: calibrating on {len(calib.queries)} queries")
                 curve, tuned_by_rule, adaptive = _calibrate(calib, embedder, args, memo)
@@ -452,6 +457,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 te = _embed(embedder, test.entries, memo)
                 vectors, embed_ms = {}, []
                 for q in test.queries:
+                    tick()
                     s = time.perf_counter()
                     vectors[q] = embedder.embed([q])[0]
                     embed_ms.append((time.perf_counter() - s) * 1000)
@@ -460,6 +466,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 filler = max(0, entries_target - len(rows)) if k == 0 else 0
                 rows += _filler(te, filler, namespace)
                 load_s = _load(store, rows, embedder.model_id)
+                tick(len(rows) / 20)  # COPY and the HNSW build
                 entries, table_mb = _count(store)
 
                 lookup_table = dict(vectors)
@@ -475,6 +482,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 index = {t: i for i, t in enumerate(test.entries)}
                 cand, cand_sim, lookup_ms = [], [], []
                 for q in test.queries:
+                    tick()
                     s = time.perf_counter()
                     hit = cache.lookup(q)
                     lookup_ms.append((time.perf_counter() - s) * 1000)
@@ -520,6 +528,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     answerable=sum(1 for g in test.query_groups if g in set(test.entry_groups)),
                 )
                 exact_ms = _exact_speed(store, test.name, test.entries, sizes["exact"])
+                tick(sizes["exact"])
                 results[test.name] = {
                     "n_queries": len(test.queries),
                     "entries": entries,

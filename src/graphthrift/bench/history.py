@@ -32,7 +32,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._common import (
+    data_dir,
+    machine,
+    mode,
+    percentiles,
+    progress,
+    tick,
+    write_json,
+)
 from graphthrift.bench._data import DataSetMissing
 from graphthrift.bench._data_history import (
     Conversation,
@@ -50,6 +58,7 @@ __all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "ru
 # the smallest budget of the sweep where fact retention and stability clear 0.9 with margin
 DEFAULT_MAX_TOKENS = 384
 QUICK_STRIDE = 15  # --quick: every 15th conversation of each set, keeping their proportions
+STRIDES = {"quick": QUICK_STRIDE, "default": 5, "full": 1}  # the default: every 5th
 QUICK_FILE_LIMIT = 200
 MEMORY_SAMPLE = 8
 TARGETS = {
@@ -494,11 +503,11 @@ def _load(args: argparse.Namespace, console: Console) -> dict[str, list[Conversa
     """The conversations: ``--conversations`` (a file or a folder of the bundled sets), else
     the data folder's topical_chat and sgd_test; a missing set is said and left out, and
     with none left ``DataSetMissing`` is raised."""
-    stride = QUICK_STRIDE if args.quick and args.limit is None else 1
+    stride = STRIDES[mode(args)] if args.limit is None else 1
     if args.conversations is not None:
         path = Path(args.conversations)
         if path.is_file():
-            limit = QUICK_FILE_LIMIT if args.quick and args.limit is None else args.limit
+            limit = QUICK_FILE_LIMIT if mode(args) == "quick" and args.limit is None else args.limit
             return {path.stem: load_conversations_jsonl(path, limit)}
         if not path.is_dir():
             raise DataSetMissing("conversations", path, "not found (--conversations)")
@@ -530,6 +539,7 @@ def _measure(
             tally = _Tally()
             for conv, history in items:
                 _replay(policy, conv, history, tally, timed=True, budget=budget)
+                tick()
             per_set[name][policy.name] = tally
     totals: dict[str, _Tally] = {p.name: _Tally() for p in policies}
     for tallies in per_set.values():
@@ -571,10 +581,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         name: [(c, as_langchain(c)) for c in convs if prompt_points(c)]
         for name, convs in sets.items()
     }
-    per_set, totals = _measure(policies, prepared, args.max_tokens)
-
-    sample = [item for items in prepared.values() for item in items[:MEMORY_SAMPLE]]
-    peaks = {p.name: round(_memory_peak(p, sample, args.max_tokens), 1) for p in policies}
+    n_items = sum(len(items) for items in prepared.values())
+    passes = len(policies) * (1 + len(args.budgets))
+    with progress(console, "bench history", total=n_items * passes + 1) as advance:
+        per_set, totals = _measure(policies, prepared, args.max_tokens)
+        sample = [item for items in prepared.values() for item in items[:MEMORY_SAMPLE]]
+        peaks = {p.name: round(_memory_peak(p, sample, args.max_tokens), 1) for p in policies}
+        curve = _curve(args, console, prepared) if args.budgets else None
+        bound = fold_ceiling(c for items in prepared.values() for c, _ in items)
+        advance(1)
 
     figures = {pname: totals[pname].figures(full=pname == "full_history") for pname in totals}
     for pname in figures:
@@ -583,7 +598,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result: dict[str, Any] = {
         **ours,
         "max_tokens": args.max_tokens,
-        "sample": f"every {QUICK_STRIDE}th conversation" if args.quick else "all",
+        "sample": "all"
+        if STRIDES[mode(args)] == 1 or args.limit is not None
+        else f"every {STRIDES[mode(args)]}th conversation",
+        "mode": mode(args),
         "config": _config(policies[0]),
         "baselines": figures,
         "datasets": {
@@ -593,9 +611,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["ratios"] = _ratios(ours, figures)
     result["targets"] = _targets(result)
-    result["bound"] = fold_ceiling(c for items in prepared.values() for c, _ in items)
-    if args.budgets:
-        result["curve"] = _curve(args, console, prepared)
+    result["bound"] = bound
+    if curve is not None:
+        result["curve"] = curve
     result["machine"] = machine()
     _print(result, console)
     write_json(result, args.json)

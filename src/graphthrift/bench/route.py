@@ -36,7 +36,15 @@ from typing import Annotated, Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._common import (
+    data_dir,
+    machine,
+    mode,
+    percentiles,
+    progress,
+    tick,
+    write_json,
+)
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.embed import MiniLMEmbedder
 from graphthrift.prices import default_price_book
@@ -198,6 +206,7 @@ def _evaluate(router: Router, work: list[tuple[str, str]]) -> dict[str, Any]:
     correct = strong_correct = 0
     cost = strong_cost = 0.0
     for text, label in work:
+        tick()
         out = graph.invoke({"messages": [HumanMessage(text)]})
         answer = out["messages"][-1]
         correct += bool(answer.response_metadata.get("correct"))
@@ -212,6 +221,7 @@ def _evaluate(router: Router, work: list[tuple[str, str]]) -> dict[str, Any]:
         router.classifier.cache_clear()  # the graph runs above saw these texts: time misses
     samples: list[float] = []
     for text, _ in work:
+        tick()
         t0 = time.perf_counter()
         router.route(text)
         samples.append((time.perf_counter() - t0) * 1000)
@@ -275,9 +285,21 @@ def _classifier_figures(
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    n = min(args.n, 150) if getattr(args, "quick", False) else args.n
+    n = min(args.n, {"quick": 150, "default": 450, "full": args.n}[mode(args)])
     work = build_workload(n, args.seed)
-    figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
+    with progress(console, "bench route", total=len(work) * 6):
+        figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
+        _classifiers(args, console, figures, work)
+    figures["mode"] = mode(args)
+    _print(figures, console, n)
+    write_json(figures, getattr(args, "json", None))
+    return figures
+
+
+def _classifiers(
+    args: argparse.Namespace, console: Console, figures: dict[str, Any], work: list[tuple[str, str]]
+) -> None:
+    """The classifier runs (static embedding and full MiniLM), or why they were skipped."""
     figures["data"] = str(data_dir())
     figures["labels"] = {"easy": ["faq", "extract"], "hard": sorted(HARD)}
     figures["simulated_quality"] = QUALITY
@@ -297,6 +319,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             round(static["overhead_ms"]["p95"] / p95, 3) if p95 else None
         )
         figures["classifier"], figures["classifier_transformer"] = static, peer
+
+
+def _print(figures: dict[str, Any], console: Console, n: int) -> None:
     figures["targets"] = TARGETS
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     table = Table(title=f"graphthrift bench route (n={n})")
@@ -325,8 +350,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 f"{row['overhead_ms']['p50']}/{row['overhead_ms']['p95']}",
             )
     console.print(table)
-    write_json(figures, getattr(args, "json", None))
-    return figures
 
 
 __all__ = ["add_arguments", "build_workload", "run", "simulate"]
