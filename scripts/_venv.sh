@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${GRAPHTHRIFT_EXTRAS:-dev,agents,llamaindex,lingua,otel}"
+EXTRAS="${GRAPHTHRIFT_EXTRAS:-dev,bench,agents,llamaindex,lingua,otel}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
