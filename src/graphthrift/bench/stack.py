@@ -642,7 +642,7 @@ def _relative(
 
 
 def stack_rows(details: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The DESIGN.md ``stack`` rows: layer, cost_usd, saved_fraction, quality (+ extras)."""
+    """The ``stack`` rows of docs/benchmarks.md: layer, cost_usd, saved_fraction, quality (+ extras)."""
     base = details[0]["cost_usd"] if details else 0.0
     rows = []
     segments = ("faq", "rag", "chat", "agent")

@@ -57,7 +57,7 @@ from rich.table import Table
 from graphthrift.bench._common import machine, progress, scratch_store, write_json
 from graphthrift.bench._traffic_read import LoggedRequest, TrafficFile, read_traffic
 
-__all__ = ["STEPS", "replay", "run"]
+__all__ = ["STEPS", "add_arguments", "read_traffic", "replay", "run"]
 
 STEPS: tuple[str, ...] = (
     "baseline",
