@@ -112,7 +112,7 @@ def _run_one(name: str, module: Any, args: argparse.Namespace, console: Console)
     try:
         figures: dict[str, Any] = module.run(args, console)
     except DataSetMissing as exc:
-        console.print(f"[yellow]bench {name} skipped: {exc}[/]")
+        console.print(f"[yellow]bench {name} skipped: {exc}[/]", soft_wrap=True)
         figures = {"skipped": str(exc), "missing": [exc.dataset]}
         write_json(figures, getattr(args, "json", None))
     return figures
@@ -192,7 +192,7 @@ def _get(figures: dict[str, Any], *path: str) -> Any:
 def headline(name: str, figures: dict[str, Any]) -> list[tuple[str, Any, str]]:
     """The figures of bench ``name`` that the summary shows: (figure, value, target)."""
     if "skipped" in figures:
-        return [("skipped", figures["skipped"].split(":")[0], "-")]
+        return [("skipped: data missing", ", ".join(figures.get("missing", [])) or "-", "-")]
 
     def g(*path: str) -> Any:
         return _get(figures, *path)

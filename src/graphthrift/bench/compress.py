@@ -354,7 +354,7 @@ def find_squad(path: str | None) -> Path | None:
 
 def _skip(args: argparse.Namespace, console: Console, problem: DataSetMissing) -> dict[str, Any]:
     msg = f"skipped: {problem}" + ("" if getattr(args, "squad", None) else "; or pass --squad PATH")
-    console.print(f"[yellow]bench compress {msg}[/]")
+    console.print(f"[yellow]bench compress {msg}[/]", soft_wrap=True)
     skipped = {"skipped": msg, "missing": [problem.dataset]}
     write_json(skipped, getattr(args, "json", None))
     return skipped

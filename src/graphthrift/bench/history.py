@@ -521,7 +521,9 @@ def _load(args: argparse.Namespace, console: Console) -> dict[str, list[Conversa
     if not sets:
         raise problems[0]
     for problem in problems:
-        console.print(f"[yellow]bench history: {problem}; running the other set[/yellow]")
+        console.print(
+            f"[yellow]bench history: {problem}; running the other set[/yellow]", soft_wrap=True
+        )
     return sets
 
 
