@@ -73,3 +73,9 @@ def bench_data() -> Path:
     """The benchmark data folder: the repo's ``data/`` (or ``GRAPHTHRIFT_DATA_DIR``)."""
     assert (BENCH_DATA / "banking77").is_dir(), f"benchmark data missing at {BENCH_DATA}"
     return BENCH_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data(bench_data: Path) -> Path:
+    """The old name of ``bench_data``, kept for tests written against it."""
+    return bench_data
