@@ -30,6 +30,8 @@ def test_help_lists_every_subcommand() -> None:
         timeout=120,
     )
     assert "ledger" in bench.stdout
+    for option in ("--quick", "--full", "--data", "--traffic"):
+        assert option in bench.stdout
 
 
 def test_report_json_rows(

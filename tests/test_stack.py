@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from graphthrift.bench import stack
-from graphthrift.bench._workload import build_workload
+from graphthrift.bench._data import DataSetMissing, using_data_dir
+from graphthrift.bench._workload import SIZES, build_workload
 
 
 def test_workload_is_deterministic_and_has_every_segment() -> None:
@@ -17,6 +19,22 @@ def test_workload_is_deterministic_and_has_every_segment() -> None:
     assert [i.text for i in a.faq] == [i.text for i in b.faq]
     assert a.faq and a.rag and a.chat and a.agent
     assert len(a.oracle) > 0
+
+
+def test_workload_sizes_grow_from_quick_to_full() -> None:
+    for key in ("faq", "rag", "chat", "agent"):
+        assert SIZES["quick"][key] <= SIZES["default"][key] <= SIZES["full"][key]
+    default = build_workload()
+    assert len(default.faq) == SIZES["default"]["faq"]
+    assert default.source.endswith("data")  # real data, not the synthetic sample
+
+
+def test_workload_without_data_names_the_missing_set(tmp_path: Path) -> None:
+    with using_data_dir(tmp_path), pytest.raises(DataSetMissing) as caught:
+        build_workload(quick=True)
+    assert caught.value.dataset == "banking77" and "--data" in str(caught.value)
+    sample = build_workload(quick=True, sample=True)  # only when asked for
+    assert sample.source == "bundled synthetic sample" and sample.faq
 
 
 def test_stack_contract_on_a_tiny_workload(store: Any, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Benchmarks behind ``graphthrift bench <name>``; ``benchmarks/`` holds thin scripts over them.
 
 Each module exposes ``add_arguments(parser)`` and ``run(args, console) -> dict`` returning the
-JSON figures that DESIGN.md fixes for it.
+JSON figures that docs/benchmarks.md fixes for it; ``command`` runs them (``graphthrift bench``).
 """
 
 from __future__ import annotations

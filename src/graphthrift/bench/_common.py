@@ -8,15 +8,50 @@ import platform
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sqlalchemy import create_engine, make_url, text
 
+from graphthrift.bench._data import data_dir
 from graphthrift.store import Store
+
+__all__ = [
+    "MODES",
+    "data_dir",
+    "machine",
+    "mode",
+    "percentiles",
+    "progress",
+    "progress_columns",
+    "scratch_store",
+    "tick",
+    "write_json",
+]
+
+MODES = ("quick", "default", "full")
+
+
+def mode(args: object) -> str:
+    """The run's size: ``full`` (``--full``, publication grade), ``quick`` (``--quick``, CI)
+    or ``default`` (what ``graphthrift bench`` runs: every layer on real data, in minutes)."""
+    if getattr(args, "full", False):
+        return "full"
+    return "quick" if getattr(args, "quick", False) else "default"
 
 
 def percentiles(values: Sequence[float], *qs: float) -> dict[str, float]:
@@ -29,20 +64,6 @@ def percentiles(values: Sequence[float], *qs: float) -> dict[str, float]:
         index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
         out[f"p{int(q)}"] = round(ordered[index], 4)
     return out
-
-
-def data_dir() -> Path | None:
-    """``../shared/data``: from ``GRAPHTHRIFT_DATA_DIR``, the working directory, or the repo."""
-    candidates = []
-    if os.environ.get("GRAPHTHRIFT_DATA_DIR"):
-        candidates.append(Path(os.environ["GRAPHTHRIFT_DATA_DIR"]))
-    cwd = Path.cwd()
-    candidates += [cwd / ".." / "shared" / "data", cwd / "shared" / "data"]
-    candidates.append(Path(__file__).resolve().parents[3] / ".." / "shared" / "data")
-    for path in candidates:
-        if path.is_dir():
-            return path.resolve()
-    return None
 
 
 def machine() -> dict[str, Any]:
@@ -83,3 +104,45 @@ def scratch_store(base: Store) -> Iterator[Store]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
         shutil.rmtree(home, ignore_errors=True)
+
+
+_current: ContextVar[tuple[Progress, TaskID] | None] = ContextVar("bench_progress", default=None)
+
+
+def progress_columns() -> tuple[Any, ...]:
+    """Columns of every bench's bar: what runs, the bar, done/total, elapsed, time left."""
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+
+
+@contextmanager
+def progress(console: Console, label: str, total: float) -> Iterator[Callable[..., None]]:
+    """A rich progress bar with a time estimate for one bench; yields ``advance(n=1)``.
+
+    Code deeper in the bench calls ``tick()`` instead of passing the callable around.
+    """
+    with Progress(*progress_columns(), console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        token = _current.set((bar, task))
+        try:
+            yield lambda n=1, **fields: bar.update(task, advance=n, **fields)
+        finally:
+            _current.reset(token)
+
+
+def tick(n: float = 1, description: str | None = None) -> None:
+    """Advance the bar of the running bench (nothing when none is shown)."""
+    current = _current.get()
+    if current is None:
+        return
+    bar, task = current
+    if description is None:
+        bar.advance(task, n)
+    else:
+        bar.update(task, advance=n, description=description)

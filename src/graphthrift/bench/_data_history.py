@@ -1,21 +1,21 @@
-"""Conversations for ``graphthrift bench history``: the shared data sets and the JSONL format.
+"""Conversations for ``graphthrift bench history``: the bundled data sets and the JSONL format.
 
 Three readers, one shape. ``topical_chat`` (Alexa Topical-Chat, agent_1 as the user),
 ``sgd_test`` (Schema-Guided Dialogue test dialogues, with the slot values each turn states
-as its facts) and the generic conversations JSONL of ``../shared/data/README.md``. Facts
+as its facts) and the generic conversations JSONL of ``docs/benchmarks.md``. Facts
 count only when the turn states them literally: SGD lists values such as ``False`` for a
 yes/no slot that no utterance contains, and a fact never said cannot be retained.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graphthrift.bench._data import DataFileError, DataSetMissing, read_text
 from graphthrift.errors import GraphthriftError
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "load_topical_chat",
 ]
 
-TOPICAL_CHAT = Path("topical_chat") / "valid_freq.json"
+TOPICAL_CHAT = Path("topical_chat") / "valid_freq.json"  # or .gz
 SGD_TEST = Path("sgd_test") / "sgd_test_compact.jsonl.gz"
 
 
@@ -71,7 +71,7 @@ def _stated(values: list[Any], utterance: str) -> list[str]:
 
 def load_topical_chat(path: Path, limit: int | None = None, stride: int = 1) -> list[Conversation]:
     """Topical-Chat conversations; agent_1 speaks as the user, agent_2 as the assistant."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(read_text(path))
     out: list[Conversation] = []
     for k, (conv_id, conv) in enumerate(data.items()):
         if k % stride:
@@ -89,32 +89,28 @@ def load_topical_chat(path: Path, limit: int | None = None, stride: int = 1) -> 
 def load_sgd(path: Path, limit: int | None = None, stride: int = 1) -> list[Conversation]:
     """SGD test dialogues; each turn's facts are the slot values its utterance states."""
     out: list[Conversation] = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for k, line in enumerate(fh):
-            if k % stride:
-                continue
-            d = json.loads(line)
-            turns = []
-            for t in d["turns"]:
-                values = [v for f in t.get("facts", []) for v in f.get("values", [])]
-                facts = tuple(dict.fromkeys(_stated(values, t["utterance"])))
-                turns.append(
-                    Turn("user" if t["speaker"] == "USER" else "assistant", t["utterance"], facts)
-                )
-            out.append(
-                Conversation(str(d["dialogue_id"]), "sgd_test", tuple(turns), has_facts=True)
+    # read whole: a truncated gzip fails here, before any dialogue is used
+    for k, line in enumerate(read_text(path).splitlines()):
+        if k % stride or not line.strip():
+            continue
+        d = json.loads(line)
+        turns = []
+        for t in d["turns"]:
+            values = [v for f in t.get("facts", []) for v in f.get("values", [])]
+            facts = tuple(dict.fromkeys(_stated(values, t["utterance"])))
+            turns.append(
+                Turn("user" if t["speaker"] == "USER" else "assistant", t["utterance"], facts)
             )
-            if limit is not None and len(out) >= limit:
-                break
+        out.append(Conversation(str(d["dialogue_id"]), "sgd_test", tuple(turns), has_facts=True))
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                yield number, line
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            yield number, line
 
 
 def load_conversations_jsonl(path: Path, limit: int | None = None) -> list[Conversation]:
@@ -151,13 +147,26 @@ def load_conversations_jsonl(path: Path, limit: int | None = None) -> list[Conve
 
 
 def load_default_sets(
-    data_dir: Path, limit: int | None = None, stride: int = 1
+    data_dir: Path,
+    limit: int | None = None,
+    stride: int = 1,
+    problems: list[DataSetMissing] | None = None,
 ) -> dict[str, list[Conversation]]:
-    """The shared sets found under ``data_dir`` (a missing one is left out); ``stride`` keeps
-    every n-th conversation, a sample that keeps the sets' proportions."""
+    """The bundled sets found under ``data_dir`` (a missing or damaged one is left out and,
+    with ``problems``, reported there); ``stride`` keeps every n-th conversation, a sample
+    that keeps the sets' proportions."""
+    from graphthrift.bench._data import data_file
+
+    loaders = {"topical_chat": (TOPICAL_CHAT, load_topical_chat), "sgd_test": (SGD_TEST, load_sgd)}
     sets: dict[str, list[Conversation]] = {}
-    if (data_dir / TOPICAL_CHAT).exists():
-        sets["topical_chat"] = load_topical_chat(data_dir / TOPICAL_CHAT, limit, stride)
-    if (data_dir / SGD_TEST).exists():
-        sets["sgd_test"] = load_sgd(data_dir / SGD_TEST, limit, stride)
+    for name, (rel, load) in loaders.items():
+        try:
+            path = data_file(name, rel.name, data_dir)
+            sets[name] = load(path, limit, stride)
+        except DataSetMissing as exc:
+            if problems is not None:
+                problems.append(exc)
+        except DataFileError as exc:
+            if problems is not None:
+                problems.append(DataSetMissing(name, exc.path, f"is damaged ({exc.problem})"))
     return sets

@@ -1,8 +1,8 @@
 """The mixed agent workload behind ``graphthrift bench`` (the savings stack).
 
-Four segments, built with a fixed seed from ``../shared/data`` (``bench._common.data_dir``)
-or, when it is absent, from the package's self-authored synthetic sample
-(``graphthrift/data/sample_workload.json``):
+Four segments, built with a fixed seed from the bundled data sets (``bench._data``; a
+missing set raises ``DataSetMissing``), or, only when asked with ``sample=True``, from the
+package's self-authored synthetic sample (``graphthrift/data/sample_workload.json``):
 
 - ``faq``: banking77 test questions from a handful of intents, asked in a skewed order;
   a share of requests repeat an earlier question word for word, the rest are paraphrases
@@ -22,6 +22,7 @@ Every request is registered in a ``graphthrift.sim.Oracle`` with its expected an
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections import Counter
@@ -30,15 +31,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from graphthrift.bench._common import data_dir
+from graphthrift.bench._data import DataSetMissing, data_dir, data_file, read_set_file
 from graphthrift.bench._data_history import Conversation, Turn, load_default_sets
 from graphthrift.sim import Expected, Oracle, ToolCallRequest
 
 __all__ = ["AgentTask", "ChatItem", "FaqItem", "RagItem", "Workload", "build_workload"]
 
 SEED = 7
-SIZES = {  # segment sizes: full run, --quick
+SIZES = {  # segment sizes: --full, the default run, --quick
     "full": {"faq": 240, "faq_intents": 12, "rag": 60, "chat": 60, "agent": 20},
+    "default": {"faq": 120, "faq_intents": 8, "rag": 30, "chat": 10, "agent": 10},
     "quick": {"faq": 60, "faq_intents": 6, "rag": 16, "chat": 4, "agent": 6},
 }
 REPEAT_SHARE = 0.4  # FAQ requests that repeat an earlier question verbatim
@@ -198,11 +200,10 @@ def _sample_file() -> dict[str, Any]:
 
 
 def _faq_pool(base: Path | None) -> dict[str, list[str]]:
-    if base is not None and (base / "banking77" / "test.csv").is_file():
+    if base is not None:
         pool: dict[str, list[str]] = {}
-        with (base / "banking77" / "test.csv").open(encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                pool.setdefault(row["category"], []).append(row["text"])
+        for row in csv.DictReader(io.StringIO(read_set_file("banking77", "test.csv", base))):
+            pool.setdefault(row["category"], []).append(row["text"])
         return pool
     return {k: list(v) for k, v in _sample_file()["faq"].items()}
 
@@ -210,8 +211,11 @@ def _faq_pool(base: Path | None) -> dict[str, list[str]]:
 def _rag_articles(base: Path | None) -> list[tuple[str, list[tuple[str, str, list[str]]]]]:
     from graphthrift.bench.compress import load_squad
 
-    if base is not None and (base / "xquad_en" / "xquad.en.json").is_file():
-        return load_squad(base / "xquad_en" / "xquad.en.json")
+    if base is not None:
+        try:
+            return load_squad(data_file("xquad_en", "xquad.en.json", base))
+        except ValueError as exc:
+            raise DataSetMissing("xquad_en", base / "xquad_en", f"is damaged ({exc})") from None
     articles = []
     for article in _sample_file()["rag"]:
         items = [
@@ -226,7 +230,10 @@ def _rag_articles(base: Path | None) -> list[tuple[str, list[tuple[str, str, lis
 def _conversations(base: Path | None, n: int, rng: random.Random) -> list[Conversation]:
     sets: dict[str, list[Conversation]] = {}
     if base is not None:
-        sets = load_default_sets(base)
+        problems: list[DataSetMissing] = []
+        sets = load_default_sets(base, problems=problems)
+        if problems:  # the chat segment mixes both sets: each one must be there
+            raise problems[0]
     if not sets:
         convs = []
         for i, c in enumerate(_sample_file()["chat"]):
@@ -247,14 +254,20 @@ def _conversations(base: Path | None, n: int, rng: random.Random) -> list[Conver
 # -- building ----------------------------------------------------------------------------------
 
 
-def build_workload(quick: bool = False, limit: int | None = None) -> Workload:
-    """The default workload (``quick``: a smaller one); ``limit`` caps every segment."""
-    sizes = dict(SIZES["quick" if quick else "full"])
+def build_workload(
+    quick: bool = False, limit: int | None = None, *, size: str | None = None, sample: bool = False
+) -> Workload:
+    """The workload of ``size`` (``quick``, ``default`` or ``full``; ``quick=True`` means
+    ``quick``); ``limit`` caps every segment. Reads the data folder and raises
+    ``DataSetMissing`` for a missing set, unless ``sample`` asks for the synthetic sample."""
+    sizes = dict(SIZES[size or ("quick" if quick else "default")])
     if limit is not None:
         sizes = {k: max(1, min(v, limit)) for k, v in sizes.items()}
         sizes["faq_intents"] = max(2, min(SIZES["quick"]["faq_intents"], sizes["faq_intents"]))
     rng = random.Random(SEED)
-    base = data_dir()
+    base = None if sample else data_dir()
+    if base is None and not sample:
+        raise DataSetMissing("banking77", None, "not found (no data folder)")
     work = Workload(
         faq_system=_policy("customer support", 16),
         rag_system="Answer the question using only the context below. Quote figures exactly.",

@@ -27,7 +27,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
+from graphthrift.bench._common import (
+    machine,
+    mode,
+    percentiles,
+    progress,
+    scratch_store,
+    tick,
+    write_json,
+)
 from graphthrift.budget import Budget, Shortfall
 from graphthrift.store import Store
 
@@ -67,6 +75,7 @@ async def _workload(
                 MODEL, prompt, tags={"tenant_id": tenant, "run_id": f"{tenant}-{worker}"}
             )
             latencies.append((time.perf_counter() - t0) * 1000)
+            tick()
             if isinstance(result, Shortfall):
                 refused += 1
                 continue
@@ -112,10 +121,13 @@ async def _workload(
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    calls = min(args.calls, 10) if getattr(args, "quick", False) else args.calls
+    calls = min(args.calls, {"quick": 10, "default": 20, "full": args.calls}[mode(args)])
     base = Store(getattr(args, "url", None))
     try:
-        with scratch_store(base) as store:
+        with (
+            scratch_store(base) as store,
+            progress(console, "bench budget", total=args.runs * calls),
+        ):
             budget = Budget(store, max_usd={"tenant": args.limit_usd}, max_output_tokens=500)
             figures = asyncio.run(_workload(budget, store, args, calls))
     finally:

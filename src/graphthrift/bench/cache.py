@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import io
 import json
 import math
 import os
@@ -65,14 +66,29 @@ from graphthrift._cache_policy import (
     tune_threshold,
 )
 from graphthrift._schema_cache import ENTRIES_TABLE, hnsw_index_sql
-from graphthrift.bench._common import data_dir, machine, percentiles, scratch_store, write_json
+from graphthrift.bench._common import (
+    machine,
+    mode,
+    percentiles,
+    progress,
+    scratch_store,
+    tick,
+    write_json,
+)
+from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.embed import as_embedder, default_embedder
 from graphthrift.store import Store
 
 TARGETS = {"tuned_precision": 0.97, "lookup_total_p95_ms": 10.0, "exact_p95_ms": 1.0}
 STATIC_DEFAULT = 0.92
+# per run size: (calibration, test) questions of each set, rows for the speed test, exact lookups
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": {"banking77": (2000, 400), "stsb": (800, 300), "entries": 5_000, "exact": 300},
+    "default": {"banking77": (3_000, 800), "stsb": (1_500, 500), "entries": 20_000, "exact": 500},
+    "full": {"banking77": (10_003, 3_080), "stsb": (5_749, 1_379), "entries": 100_000, "exact": 2000},
+}  # fmt: skip
 FOLDS = 5
-SAMPLE = [  # a tiny built-in sample for when ../shared/data is missing
+SAMPLE = [  # a tiny pairs sample (tests write it as a --pairs file)
     ("How do I reset my password?", "How can I change my password?", 1),
     ("When will my card arrive?", "My new card has not arrived yet", 1),
     ("How do I close my account?", "I want to delete my account", 1),
@@ -111,22 +127,24 @@ def load_pairs(path: str | Path) -> list[tuple[str, str, int]]:
     return pairs
 
 
-def _stsb(folder: Path, split: str) -> list[tuple[str, str, int]]:
+def _stsb(split: str) -> list[tuple[str, str, int]]:
     pairs = []
-    with (folder / f"sts-{split}.csv").open(encoding="utf-8") as fh:
-        for line in fh:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) < 7:
-                continue
-            score = float(cols[4])
-            if score >= 4 or score <= 2:
-                pairs.append((cols[5], cols[6], int(score >= 4)))
+    for line in read_set_file("stsb", f"sts-{split}.csv").splitlines():
+        cols = line.split("\t")
+        if len(cols) < 7:
+            continue
+        score = float(cols[4])
+        if score >= 4 or score <= 2:
+            pairs.append((cols[5], cols[6], int(score >= 4)))
+    if not pairs:
+        raise DataSetMissing("stsb", data_file("stsb", f"sts-{split}.csv"), "holds no scored pairs")
     return pairs
 
 
-def _banking(folder: Path, split: str) -> tuple[list[str], list[str]]:
-    with (folder / f"{split}.csv").open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _banking(split: str) -> tuple[list[str], list[str]]:
+    rows = list(csv.DictReader(io.StringIO(read_set_file("banking77", f"{split}.csv"))))
+    if not rows:
+        raise DataSetMissing("banking77", data_file("banking77", f"{split}.csv"), "holds no rows")
     return [r["text"] for r in rows], [r["category"] for r in rows]
 
 
@@ -215,38 +233,48 @@ def _copy_entries(
 def _tasks(args: argparse.Namespace, console: Console) -> list[tuple[Task, Task, bool]]:
     """(calibration task, test task, is_pairs) per dataset."""
     rng = random.Random(7)
-    quick = bool(getattr(args, "quick", False))
-    root = data_dir()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     out = []
-    if root is not None and "banking77" in names and (root / "banking77").is_dir():
-        texts, intents = _banking(root / "banking77", "train")
-        test_texts, test_intents = _banking(root / "banking77", "test")
-        if quick:
-            idx = rng.sample(range(len(texts)), 2000)
-            texts, intents = [texts[i] for i in idx], [intents[i] for i in idx]
-            tidx = rng.sample(range(len(test_texts)), 400)
-            test_texts, test_intents = (
-                [test_texts[i] for i in tidx],
-                [test_intents[i] for i in tidx],
-            )
-        # calibration cross-fits on the train file: each fifth queries the other four
-        # fifths, so the calibration cache is about as dense as the test cache
-        calib = Task("banking77", texts, intents, texts, intents)
-        out.append((calib, Task("banking77", texts, intents, test_texts, test_intents), False))
-    if root is not None and "stsb" in names and (root / "stsb").is_dir():
-        train, test = _stsb(root / "stsb", "train"), _stsb(root / "stsb", "test")
-        if quick:
-            train, test = rng.sample(train, 800), rng.sample(test, 300)
-        out.append((_pair_task("stsb", train), _pair_task("stsb", test), True))
-    if args.pairs or not out:
-        pairs = load_pairs(args.pairs) if args.pairs else list(SAMPLE)
-        if not args.pairs:
-            console.print("[yellow]shared data not found: using the tiny built-in sample[/]")
+    missing: list[DataSetMissing] = []
+    if "banking77" in names and not args.pairs:
+        try:
+            texts, intents = _banking("train")
+            test_texts, test_intents = _banking("test")
+        except DataSetMissing as exc:
+            missing.append(exc)
+        else:
+            n_train, n_test = SIZES[mode(args)]["banking77"]
+            if n_train < len(texts):
+                idx = rng.sample(range(len(texts)), n_train)
+                texts, intents = [texts[i] for i in idx], [intents[i] for i in idx]
+            if n_test < len(test_texts):
+                tidx = rng.sample(range(len(test_texts)), n_test)
+                test_texts = [test_texts[i] for i in tidx]
+                test_intents = [test_intents[i] for i in tidx]
+            # calibration cross-fits on the train file: each fifth queries the other four
+            # fifths, so the calibration cache is about as dense as the test cache
+            calib = Task("banking77", texts, intents, texts, intents)
+            out.append((calib, Task("banking77", texts, intents, test_texts, test_intents), False))
+    if "stsb" in names and not args.pairs:
+        try:
+            train, test = _stsb("train"), _stsb("test")
+        except DataSetMissing as exc:
+            missing.append(exc)
+        else:
+            n_train, n_test = SIZES[mode(args)]["stsb"]
+            train = rng.sample(train, n_train) if n_train < len(train) else train
+            test = rng.sample(test, n_test) if n_test < len(test) else test
+            out.append((_pair_task("stsb", train), _pair_task("stsb", test), True))
+    if args.pairs:
+        pairs = load_pairs(args.pairs)
         rng.shuffle(pairs)
         cut = max(1, len(pairs) // 2)
-        name = Path(args.pairs).stem if args.pairs else "sample"
+        name = Path(args.pairs).stem
         out.append((_pair_task(name, pairs[:cut]), _pair_task(name, pairs[cut:]), True))
+    if not out:
+        raise missing[0] if missing else ValueError(f"--datasets {args.datasets!r}: no known set")
+    for problem in missing:
+        console.print(f"[yellow]bench cache: {problem}; running the other set[/]", soft_wrap=True)
     return out
 
 
@@ -256,6 +284,7 @@ def _embed(embedder: Any, texts: list[str], memo: dict[str, Any]) -> np.ndarray[
     for start in range(0, len(todo), 256):
         chunk = todo[start : start + 256]
         memo.update(zip(chunk, embedder.embed(chunk), strict=True))
+        tick(len(chunk))
     return np.asarray([memo[t] for t in texts])
 
 
@@ -404,8 +433,9 @@ def _peak_rss_mb() -> float:
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from graphthrift.cache import SemanticCache
 
-    quick = bool(getattr(args, "quick", False))
-    entries_target = min(args.entries, 5_000) if quick else args.entries
+    quick = mode(args) == "quick"
+    sizes = SIZES[mode(args)]
+    entries_target = min(args.entries, sizes["entries"])
     embedder = default_embedder()
     tasks = _tasks(args, console)
     results: dict[str, Any] = {}
@@ -413,7 +443,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_before = _loadavg()
     base = Store(args.url)
     try:
-        with scratch_store(base) as store:
+        units = sum(
+            len(set(c.entries) | set(c.queries) | set(t.entries))
+            + 2 * len(t.queries)
+            + sizes["exact"]
+            + (max(entries_target, len(t.entries)) if k == 0 else len(t.entries)) / 20
+            for k, (c, t, _) in enumerate(tasks)
+        )
+        with scratch_store(base) as store, progress(console, "bench cache", total=units):
             for k, (calib, test, _) in enumerate(tasks):
                 console.print(f"[bold]{test.name}[/]: calibrating on {len(calib.queries)} queries")
                 curve, tuned_by_rule, adaptive = _calibrate(calib, embedder, args, memo)
@@ -428,6 +465,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 te = _embed(embedder, test.entries, memo)
                 vectors, embed_ms = {}, []
                 for q in test.queries:
+                    tick()
                     s = time.perf_counter()
                     vectors[q] = embedder.embed([q])[0]
                     embed_ms.append((time.perf_counter() - s) * 1000)
@@ -436,6 +474,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 filler = max(0, entries_target - len(rows)) if k == 0 else 0
                 rows += _filler(te, filler, namespace)
                 load_s = _load(store, rows, embedder.model_id)
+                tick(len(rows) / 20)  # COPY and the HNSW build
                 entries, table_mb = _count(store)
 
                 lookup_table = dict(vectors)
@@ -451,6 +490,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 index = {t: i for i, t in enumerate(test.entries)}
                 cand, cand_sim, lookup_ms = [], [], []
                 for q in test.queries:
+                    tick()
                     s = time.perf_counter()
                     hit = cache.lookup(q)
                     lookup_ms.append((time.perf_counter() - s) * 1000)
@@ -507,7 +547,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     correct,
                     answerable=sum(1 for g in test.query_groups if g in set(test.entry_groups)),
                 )
-                exact_ms = _exact_speed(store, test.name, test.entries, 300 if quick else 2000)
+                exact_ms = _exact_speed(store, test.name, test.entries, sizes["exact"])
+                tick(sizes["exact"])
                 results[test.name] = {
                     "n_queries": len(test.queries),
                     "entries": entries,
@@ -560,6 +601,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "targets": TARGETS,
         "target_precision": args.target_precision,
         "quick": quick,
+        "mode": mode(args),
         "machine": {**machine(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
     }
     console.print(

@@ -1,6 +1,6 @@
 """``graphthrift bench compress``: answer retention and speed of context compression.
 
-On SQuAD v1.1-format data (by default ``../shared/data/xquad_en/xquad.en.json``) each
+On SQuAD v1.1-format data (by default the bundled ``data/xquad_en/xquad.en.json.gz``) each
 question's gold paragraph is hidden among distractors, compressed to the target ratio,
 and counted as retained when a gold answer string is still in the compressed context.
 
@@ -36,7 +36,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._common import (
+    data_dir,
+    machine,
+    mode,
+    percentiles,
+    progress,
+    tick,
+    write_json,
+)
+from graphthrift.bench._data import DataFileError, DataSetMissing, data_file, read_text
 from graphthrift.compress import (
     ExtractiveCompressor,
     normalise_answer_text,
@@ -48,6 +57,12 @@ from graphthrift.tokens import get_encoding
 TARGETS = {"answer_retention": 0.9, "ratio": 3.0, "ms_per_1k_tokens": 15.0}
 CURVE_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 DEFAULT_SQUAD = Path("xquad_en") / "xquad.en.json"
+# cases per setting, the semantic configuration's subsample and the curve's cases, per size
+SIZES: dict[str, tuple[int | None, int, int]] = {
+    "quick": (120, 20, 60),
+    "default": (200, 30, 100),
+    "full": (None, 200, 400),
+}
 SETTINGS = {
     "single": "the gold paragraph alone, as one chunk",
     "multi": "the gold paragraph + 4 other paragraphs of the same article (then other "
@@ -89,7 +104,7 @@ class Case:
 
 def load_squad(path: Path) -> list[tuple[str, list[tuple[str, str, list[str]]]]]:
     """``[(article title, [(paragraph, question, answers), ...]), ...]`` from SQuAD JSON."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(read_text(path))
     articles = []
     for article in raw.get("data", []):
         items = []
@@ -250,6 +265,7 @@ def _evaluate(
     samples: list[float] = []
     semantic = 0
     for case in cases:
+        tick()
         start = time.perf_counter()
         result = compressor.compress(case.question, case.chunks, target_ratio=kept)
         samples.append((time.perf_counter() - start) * 1000)
@@ -277,6 +293,7 @@ def _evaluate_baseline(name: str, cases: list[Case], kept: float, seed: int) -> 
     enc = get_encoding("o200k_base")
     original = kept_total = retained = 0
     for case in cases:
+        tick()
         tokens = sum(len(enc.encode_ordinary(c)) for c in case.chunks)
         budget = resolve_budget(tokens, kept, None)
         texts = fn(case.question, case.chunks, budget, rng)
@@ -326,33 +343,45 @@ def _peak_memory(compressor: ExtractiveCompressor, cases: list[Case], kept: floa
 
 
 def find_squad(path: str | None) -> Path | None:
-    """The SQuAD file to use: ``--squad``, else xquad_en under the shared data directory."""
+    """The SQuAD file to use: ``--squad``, else xquad_en in the data folder (gzipped or not)."""
     if path:
         return Path(path)
-    base = data_dir()
-    return base / DEFAULT_SQUAD if base and (base / DEFAULT_SQUAD).is_file() else None
+    try:
+        return data_file("xquad_en", DEFAULT_SQUAD.name)
+    except DataSetMissing:
+        return None
+
+
+def _skip(args: argparse.Namespace, console: Console, problem: DataSetMissing) -> dict[str, Any]:
+    msg = f"skipped: {problem}" + ("" if getattr(args, "squad", None) else "; or pass --squad PATH")
+    console.print(f"[yellow]bench compress {msg}[/]", soft_wrap=True)
+    skipped = {"skipped": msg, "missing": [problem.dataset]}
+    write_json(skipped, getattr(args, "json", None))
+    return skipped
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Run the benchmark, print a table and return (and, with ``--json``, write) figures."""
-    quick = bool(getattr(args, "quick", False))
-    path = find_squad(getattr(args, "squad", None))
+    given = getattr(args, "squad", None)
+    path = find_squad(given)
     if path is None or not path.is_file():
-        where = path or f"<GRAPHTHRIFT_DATA_DIR or ../shared/data>/{DEFAULT_SQUAD}"
-        msg = f"skipped: no SQuAD file at {where}; pass --squad PATH"
-        console.print(f"[yellow]bench compress {msg}[/]")
-        skipped = {"skipped": msg}
-        write_json(skipped, getattr(args, "json", None))
-        return skipped
+        name = "--squad" if given else "xquad_en"
+        root = data_dir()
+        where = path or (root / DEFAULT_SQUAD if root is not None else None)
+        return _skip(args, console, DataSetMissing(name, where))
+    try:
+        articles = load_squad(path)
+    except DataFileError as exc:
+        return _skip(args, console, DataSetMissing("xquad_en", path, f"is damaged ({exc.problem})"))
     load_before = os.getloadavg()[0]
     ratio = float(getattr(args, "ratio", 3.0))
     if not ratio >= 1:
         raise ValueError(f"--ratio is original ÷ kept tokens and must be >= 1, got {ratio}")
     kept = 1 / ratio
     seed = int(getattr(args, "seed", 13))
-    limit = getattr(args, "limit", None) or (120 if quick else None)
+    size_cases, size_semantic, size_curve = SIZES[mode(args)]
+    limit = getattr(args, "limit", None) or size_cases
     semantic = not getattr(args, "no_semantic", False)
-    articles = load_squad(path)
     cases = {s: _sample(build_cases(articles, s, seed), limit, seed) for s in SETTINGS}
 
     configs: dict[str, ExtractiveCompressor] = {
@@ -366,6 +395,37 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     for compressor in configs.values():  # load tokenizers / the embedder outside the timing
         compressor.compress("warm up?", ["Warm up the model. Twice over."], target_ratio=0.5)
 
+    n_cases = sum(len(c) for c in cases.values())
+    n_sub = sum(min(len(c), size_semantic) for c in cases.values()) if semantic else 0
+    n_curve = min(len(cases["multi"]), size_curve)
+    units = n_cases * (len(configs) - semantic + len(BASELINES)) + 2 * n_sub
+    units += n_curve * len(CURVE_RATIOS) * (2 - (not semantic) + len(BASELINES))
+    with progress(console, "bench compress", total=units):
+        per_config, baselines, curve = _measure(
+            configs, cases, kept, seed, main_name, size_semantic, size_curve
+        )
+    figures = _figures(args, per_config, baselines, curve, configs, cases, main, main_name)
+    figures.update(target_ratio=ratio, data=str(path), seed=seed)
+    # Timings are wall-clock on a machine that may be shared: the load says how much.
+    figures["load_average_1m"] = {
+        "start": round(load_before, 2),
+        "end": round(os.getloadavg()[0], 2),
+    }
+    _print(console, figures, per_config, baselines)
+    write_json(figures, getattr(args, "json", None))
+    return figures
+
+
+def _measure(
+    configs: dict[str, ExtractiveCompressor],
+    cases: dict[str, list[Case]],
+    kept: float,
+    seed: int,
+    main_name: str,
+    size_semantic: int,
+    size_curve: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Every configuration and baseline on every setting, and the retention curve."""
     per_config: dict[str, dict[str, Any]] = {}
     for name, compressor in configs.items():
         if name != "extractive-semantic":
@@ -375,7 +435,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         # subsample, with the lexical configuration rerun on the same cases to compare.
         per_config[name] = {}
         for s, c in cases.items():
-            sub = _sample(c, 20 if quick else 200, seed)
+            sub = _sample(c, size_semantic, seed)
             same = _evaluate(configs["extractive-lexical"], sub, kept, timed=False)
             per_config[name][s] = {
                 **_evaluate(compressor, sub, kept),
@@ -384,16 +444,30 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     baselines = {
         b: {s: _evaluate_baseline(b, c, kept, seed) for s, c in cases.items()} for b in BASELINES
     }
-    curve_cases = cases["multi"][: (60 if quick else 400)]
+    curve_cases = cases["multi"][:size_curve]
     curve_configs = {n: configs[n] for n in dict.fromkeys(("extractive-lexical", main_name))}
     curve = retention_curve(curve_configs, curve_cases, CURVE_RATIOS, seed)
+    return per_config, baselines, curve
+
+
+def _figures(
+    args: argparse.Namespace,
+    per_config: dict[str, dict[str, Any]],
+    baselines: dict[str, dict[str, Any]],
+    curve: list[dict[str, Any]],
+    configs: dict[str, ExtractiveCompressor],
+    cases: dict[str, list[Case]],
+    main: ExtractiveCompressor,
+    main_name: str,
+) -> dict[str, Any]:
+    """The JSON figures (docs/benchmarks.md), the headline on the ``multi`` setting."""
+    kept = 1 / float(getattr(args, "ratio", 3.0))
 
     headline = per_config[main_name]["multi"]
     speed = per_config[main_name]["long"]
     figures: dict[str, Any] = {
         "n": headline["n"],
         "compressor": f"ExtractiveCompressor({main_name})",
-        "target_ratio": ratio,
         "ratio": headline["ratio"],
         "answer_retention": headline["answer_retention"],
         "ms_per_1k_tokens": speed["ms_per_1k_tokens"],
@@ -435,16 +509,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "benchmark process, embedder included",
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "curve": curve,
-        "data": str(path),
-        "quick": quick,
-        "seed": seed,
+        "quick": mode(args) == "quick",
+        "mode": mode(args),
         "bm25_impl": _bm25_impl(),
         "machine": machine(),
-        # Timings are wall-clock on a machine that may be shared: the load says how much.
-        "load_average_1m": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
     }
-    _print(console, figures, per_config, baselines)
-    write_json(figures, getattr(args, "json", None))
     return figures
 
 

@@ -7,7 +7,7 @@ the same token budget: the full history, ``langchain_core``'s ``trim_messages``,
 summary as langmem's prompt asks an LLM to), and our ``HistoryPruner`` with the
 ``ExtractiveSummarizer``.
 
-Figures (DESIGN.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
+Figures (defined in docs/benchmarks.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
 (prompt, fact) pairs where a fact stated in a turn that is no longer sent verbatim still
 appears in the prompt), ``prefix_stability`` (share of prompts that start with the
 previous prompt) and ``summary_tokens`` (mean final summary length). Also
@@ -32,7 +32,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._common import (
+    data_dir,
+    machine,
+    mode,
+    percentiles,
+    progress,
+    tick,
+    write_json,
+)
+from graphthrift.bench._data import DataSetMissing
 from graphthrift.bench._data_history import (
     Conversation,
     load_conversations_jsonl,
@@ -49,6 +58,7 @@ __all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "ru
 # the smallest budget of the sweep where fact retention and stability clear 0.9 with margin
 DEFAULT_MAX_TOKENS = 384
 QUICK_STRIDE = 15  # --quick: every 15th conversation of each set, keeping their proportions
+STRIDES = {"quick": QUICK_STRIDE, "default": 5, "full": 1}  # the default: every 5th
 QUICK_FILE_LIMIT = 200
 MEMORY_SAMPLE = 8
 TARGETS = {
@@ -65,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--conversations",
         type=Path,
         default=None,
-        help="conversations JSONL (generic format); default: the shared topical_chat and sgd_test",
+        help="conversations JSONL (generic format); default: the bundled topical_chat and sgd_test",
     )
     parser.add_argument(
         "--max-tokens",
@@ -83,18 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="at most this many conversations per data set"
     )
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a small sample for CI (every {QUICK_STRIDE}th conversation)",
-    )
-    parser.add_argument(
         "--budgets",
         type=lambda text: [int(x) for x in text.split(",") if x],
         default=[],
         help="also report every policy at these budgets, e.g. 192,256,384",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip trim_messages and langmem")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
 
 
 # ---------------------------------------------------------------- measuring
@@ -495,23 +499,32 @@ def _memory_peak(
         tracemalloc.stop()
 
 
-def _load(args: argparse.Namespace) -> tuple[dict[str, list[Conversation]], str | None]:
-    stride = QUICK_STRIDE if args.quick and args.limit is None else 1
+def _load(args: argparse.Namespace, console: Console) -> dict[str, list[Conversation]]:
+    """The conversations: ``--conversations`` (a file or a folder of the bundled sets), else
+    the data folder's topical_chat and sgd_test; a missing set is said and left out, and
+    with none left ``DataSetMissing`` is raised."""
+    stride = STRIDES[mode(args)] if args.limit is None else 1
     if args.conversations is not None:
         path = Path(args.conversations)
-        if path.is_dir():
-            return load_default_sets(path, args.limit, stride), None
-        if not path.exists():
-            return {}, f"no such conversations file: {path}"
-        limit = QUICK_FILE_LIMIT if args.quick and args.limit is None else args.limit
-        return {path.stem: load_conversations_jsonl(path, limit)}, None
-    shared = data_dir()
-    if shared is None:
-        return {}, "shared data not found: set GRAPHTHRIFT_DATA_DIR or pass --conversations PATH"
-    sets = load_default_sets(shared, args.limit, stride)
+        if path.is_file():
+            limit = QUICK_FILE_LIMIT if mode(args) == "quick" and args.limit is None else args.limit
+            return {path.stem: load_conversations_jsonl(path, limit)}
+        if not path.is_dir():
+            raise DataSetMissing("conversations", path, "not found (--conversations)")
+        root: Path | None = path
+    else:
+        root = data_dir()
+    if root is None:
+        raise DataSetMissing("topical_chat", None, "not found (no data folder)")
+    problems: list[DataSetMissing] = []
+    sets = load_default_sets(root, args.limit, stride, problems)
     if not sets:
-        return {}, f"no topical_chat/ or sgd_test/ under {shared}"
-    return sets, None
+        raise problems[0]
+    for problem in problems:
+        console.print(
+            f"[yellow]bench history: {problem}; running the other set[/yellow]", soft_wrap=True
+        )
+    return sets
 
 
 Prepared = dict[str, list[tuple[Conversation, list[Any]]]]
@@ -528,6 +541,7 @@ def _measure(
             tally = _Tally()
             for conv, history in items:
                 _replay(policy, conv, history, tally, timed=True, budget=budget)
+                tick()
             per_set[name][policy.name] = tally
     totals: dict[str, _Tally] = {p.name: _Tally() for p in policies}
     for tallies in per_set.values():
@@ -562,20 +576,22 @@ def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> li
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Replay the conversations through every policy and return the figures."""
-    sets, problem = _load(args)
-    if problem is not None:
-        console.print(f"[yellow]bench history skipped: {problem}[/yellow]")
-        return {"skipped": problem, "n_conversations": 0}
+    sets = _load(args, console)
     policies = _policies(args, console)
     count_text("warm up the tokenizer")
     prepared = {
         name: [(c, as_langchain(c)) for c in convs if prompt_points(c)]
         for name, convs in sets.items()
     }
-    per_set, totals = _measure(policies, prepared, args.max_tokens)
-
-    sample = [item for items in prepared.values() for item in items[:MEMORY_SAMPLE]]
-    peaks = {p.name: round(_memory_peak(p, sample, args.max_tokens), 1) for p in policies}
+    n_items = sum(len(items) for items in prepared.values())
+    passes = len(policies) * (1 + len(args.budgets))
+    with progress(console, "bench history", total=n_items * passes + 1) as advance:
+        per_set, totals = _measure(policies, prepared, args.max_tokens)
+        sample = [item for items in prepared.values() for item in items[:MEMORY_SAMPLE]]
+        peaks = {p.name: round(_memory_peak(p, sample, args.max_tokens), 1) for p in policies}
+        curve = _curve(args, console, prepared) if args.budgets else None
+        bound = fold_ceiling(c for items in prepared.values() for c, _ in items)
+        advance(1)
 
     figures = {pname: totals[pname].figures(full=pname == "full_history") for pname in totals}
     for pname in figures:
@@ -584,7 +600,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result: dict[str, Any] = {
         **ours,
         "max_tokens": args.max_tokens,
-        "sample": f"every {QUICK_STRIDE}th conversation" if args.quick else "all",
+        "sample": "all"
+        if STRIDES[mode(args)] == 1 or args.limit is not None
+        else f"every {STRIDES[mode(args)]}th conversation",
+        "mode": mode(args),
         "config": _config(policies[0]),
         "baselines": figures,
         "datasets": {
@@ -594,9 +613,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["ratios"] = _ratios(ours, figures)
     result["targets"] = _targets(result)
-    result["bound"] = fold_ceiling(c for items in prepared.values() for c, _ in items)
-    if args.budgets:
-        result["curve"] = _curve(args, console, prepared)
+    result["bound"] = bound
+    if curve is not None:
+        result["curve"] = curve
     result["machine"] = machine()
     _print(result, console)
     write_json(result, args.json)

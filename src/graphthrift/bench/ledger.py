@@ -25,11 +25,23 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
 
-from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
+from graphthrift.bench._common import (
+    machine,
+    mode,
+    percentiles,
+    progress,
+    scratch_store,
+    write_json,
+)
 from graphthrift.ledger import Ledger
 from graphthrift.records import LedgerRecord
 from graphthrift.store import Store
 
+SIZES = {  # (timed calls, records written, report rows) per run size; the options cap them
+    "quick": (2_000, 20_000, 100_000),
+    "default": (5_000, 50_000, 200_000),
+    "full": (20_000, 200_000, 1_000_000),
+}
 TARGETS = {"tagger_median_us": 50.0, "tagger_ratio": 2.0, "records_per_s": 20_000, "report_s": 1.0}
 
 
@@ -231,25 +243,31 @@ def _report_speed(store: Store, rows: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    quick = bool(getattr(args, "quick", False))
-    calls = min(args.calls, 2_000) if quick else args.calls
-    n_records = min(args.records, 20_000) if quick else args.records
-    report_rows = min(args.report_rows, 100_000) if quick else args.report_rows
+    quick = mode(args) == "quick"
+    sized = SIZES[mode(args)]
+    calls, n_records, report_rows = (
+        min(args.calls, sized[0]),
+        min(args.records, sized[1]),
+        min(args.report_rows, sized[2]),
+    )
     base = Store(getattr(args, "url", None))
-    with scratch_store(base) as store:
-        with console.status("tagger overhead"):
-            ledger = Ledger(store)
-            overhead = _tagger_overhead(ledger, calls)
-            invoke = _invoke_overhead(ledger, max(200, calls // 10))
-            ledger.close()
-        with console.status(f"writing {n_records:,} records"):
-            write = _write_throughput(store, n_records)
-        with console.status(f"report over {report_rows:,} rows"):
-            report = _report_speed(store, report_rows)
+    # bar units: about a second each at the default size on 2 cores
+    with scratch_store(base) as store, progress(console, "bench ledger", total=10) as advance:
+        ledger = Ledger(store)
+        overhead = _tagger_overhead(ledger, calls)
+        advance(2, description="bench ledger: invoke overhead")
+        invoke = _invoke_overhead(ledger, max(200, calls // 10))
+        ledger.close()
+        advance(1, description=f"bench ledger: writing {n_records:,} records")
+        write = _write_throughput(store, n_records)
+        advance(2, description=f"bench ledger: report over {report_rows:,} rows")
+        report = _report_speed(store, report_rows)
+        advance(5)
     base.close()
     figures = {
         "benchmark": "ledger",
         "quick": quick,
+        "mode": mode(args),
         "machine": machine(),
         "tagger_overhead_us": overhead,
         "invoke_overhead_us": invoke,

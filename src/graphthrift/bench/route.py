@@ -1,11 +1,11 @@
 """``graphthrift bench route``: cheap-first routing on a labelled workload, through LangGraph.
 
-Workload (from ``../shared/data``, labels from how each request was built):
+Workload (from the bundled data sets, labels from how each request was built):
 - ``faq`` (easy): banking77 customer queries, as asked;
 - ``extract`` (easy): one xquad_en question with its paragraph;
 - ``multihop`` (hard): two questions about two different xquad_en paragraphs, composed
   into one request that needs both.
-Without the data folder a small built-in workload is used.
+A missing set raises ``DataSetMissing`` (the CLI says which and runs the other benches).
 
 Two fake chat models answer through a LangGraph graph (``route_model`` with ``models``).
 Their per-call quality is simulated from the labels (deterministic per request): the cheap
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -35,7 +36,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import data_dir, machine, percentiles, write_json
+from graphthrift.bench._common import (
+    data_dir,
+    machine,
+    mode,
+    percentiles,
+    progress,
+    tick,
+    write_json,
+)
+from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.embed import MiniLMEmbedder
 from graphthrift.prices import default_price_book
 from graphthrift.route import DifficultyClassifier, Router
@@ -66,24 +76,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_workload(n: int, seed: int = 13) -> list[tuple[str, str]]:
     """``n`` (request, label) pairs: a third each of faq, extract and multihop."""
     rng = random.Random(seed)
-    base = data_dir()
-    faq: list[str] = []
-    paras: list[tuple[str, list[str]]] = []
-    if base is not None and (base / "banking77" / "test.csv").is_file():
-        with (base / "banking77" / "test.csv").open(encoding="utf-8") as fh:
-            faq = [row["text"] for row in csv.DictReader(fh)]
-    if base is not None and (base / "xquad_en" / "xquad.en.json").is_file():
-        data = json.loads((base / "xquad_en" / "xquad.en.json").read_text(encoding="utf-8"))
-        for article in data["data"]:
-            for p in article["paragraphs"]:
-                paras.append((p["context"], [q["question"] for q in p["qas"]]))
-    if not faq:
-        faq = ["How do I activate my card?", "Where is my refund?", "Can I change my PIN?"]
-    if not paras:
+    rows = csv.DictReader(io.StringIO(read_set_file("banking77", "test.csv")))
+    faq = [row["text"] for row in rows]
+    try:
+        data = json.loads(read_set_file("xquad_en", "xquad.en.json"))
         paras = [
-            ("The bridge opened in 1932 and spans 1,149 metres.", ["When did it open?"]),
-            ("The river is 300 km long and flows north.", ["How long is the river?"]),
+            (p["context"], [q["question"] for q in p["qas"]])
+            for article in data["data"]
+            for p in article["paragraphs"]
         ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataSetMissing(
+            "xquad_en", data_file("xquad_en", "xquad.en.json"), f"is damaged ({exc})"
+        ) from None
+    if not faq or len(paras) < 2:
+        raise DataSetMissing(
+            "banking77" if not faq else "xquad_en", data_dir(), "holds too few records"
+        )
     out: list[tuple[str, str]] = []
     for i in range(n):
         kind = ("faq", "extract", "multihop")[i % 3]
@@ -182,6 +191,7 @@ def _evaluate(router: Router, work: list[tuple[str, str]]) -> dict[str, Any]:
     correct = strong_correct = 0
     cost = strong_cost = 0.0
     for text, label in work:
+        tick()
         out = graph.invoke({"messages": [HumanMessage(text)]})
         answer = out["messages"][-1]
         correct += bool(answer.response_metadata.get("correct"))
@@ -196,6 +206,7 @@ def _evaluate(router: Router, work: list[tuple[str, str]]) -> dict[str, Any]:
         router.classifier.cache_clear()  # the graph runs above saw these texts: time misses
     samples: list[float] = []
     for text, _ in work:
+        tick()
         t0 = time.perf_counter()
         router.route(text)
         samples.append((time.perf_counter() - t0) * 1000)
@@ -228,6 +239,18 @@ def _split(work: list[tuple[str, str]], seed: int) -> Iterator[list[tuple[str, s
     yield [(t, label) for t, label in train if t not in seen]
 
 
+def _untrainable(train: list[tuple[str, str]]) -> str | None:
+    """Why the classifier cannot be trained on ``train`` (None: it can): it needs examples of
+    both easy and hard requests, or its figures would mean nothing."""
+    hard = sum(label in HARD for _, label in train)
+    if not train or not hard or hard == len(train):
+        return (
+            f"the training split holds {len(train)} requests ({hard} hard); it needs easy and"
+            " hard ones disjoint from the workload (a larger data set, or a smaller --n)"
+        )
+    return None
+
+
 def _classifier_figures(
     clf: DifficultyClassifier,
     train: list[tuple[str, str]],
@@ -247,14 +270,30 @@ def _classifier_figures(
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    n = min(args.n, 150) if getattr(args, "quick", False) else args.n
+    n = min(args.n, {"quick": 150, "default": 450, "full": args.n}[mode(args)])
     work = build_workload(n, args.seed)
-    figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
-    figures["data"] = str(data_dir()) if data_dir() else "built-in sample"
+    with progress(console, "bench route", total=len(work) * 6):
+        figures = _evaluate(Router(CHEAP, STRONG, threshold=args.threshold), work)
+        _classifiers(args, console, figures, work)
+    figures["mode"] = mode(args)
+    _print(figures, console, n)
+    write_json(figures, getattr(args, "json", None))
+    return figures
+
+
+def _classifiers(
+    args: argparse.Namespace, console: Console, figures: dict[str, Any], work: list[tuple[str, str]]
+) -> None:
+    """The classifier runs (static embedding and full MiniLM), or why they were skipped."""
+    figures["data"] = str(data_dir())
     figures["labels"] = {"easy": ["faq", "extract"], "hard": sorted(HARD)}
     figures["simulated_quality"] = QUALITY
-    if not args.no_classifier:
-        train = next(_split(work, args.seed))
+    train = next(_split(work, args.seed))
+    why_not = _untrainable(train)
+    if why_not and not args.no_classifier:
+        console.print(f"[yellow]bench route: classifier not run: {why_not}[/]")
+        figures["classifier"] = {"skipped": why_not}
+    elif not args.no_classifier:
         default = DifficultyClassifier()
         static = _classifier_figures(default, train, work, args.threshold)
         # the same classifier on the full transformer, for the quality/overhead trade
@@ -265,6 +304,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             round(static["overhead_ms"]["p95"] / p95, 3) if p95 else None
         )
         figures["classifier"], figures["classifier_transformer"] = static, peer
+
+
+def _print(figures: dict[str, Any], console: Console, n: int) -> None:
     figures["targets"] = TARGETS
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     table = Table(title=f"graphthrift bench route (n={n})")
@@ -283,7 +325,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         ("classifier (MiniLM)", figures.get("classifier_transformer")),
     )
     for name, row in rows:
-        if row:
+        if row and "skipped" not in row:
             table.add_row(
                 name,
                 str(row["cheap_fraction"]),
@@ -293,8 +335,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 f"{row['overhead_ms']['p50']}/{row['overhead_ms']['p95']}",
             )
     console.print(table)
-    write_json(figures, getattr(args, "json", None))
-    return figures
 
 
 __all__ = ["add_arguments", "build_workload", "run", "simulate"]

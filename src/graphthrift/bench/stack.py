@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from graphthrift.bench._common import machine, scratch_store, write_json
+from graphthrift.bench._common import machine, mode, progress_columns, scratch_store, write_json
 from graphthrift.bench._workload import Workload, build_workload
 from graphthrift.bench.history import DEFAULT_MAX_TOKENS as HISTORY_BENCH_BUDGET
 from graphthrift.sim import Expected, SimulatedProvider
@@ -586,7 +586,11 @@ def run_stack(
                 simulated,
                 history_max_tokens,
             )
-            task = progress.add_task(step, total=total) if progress is not None else None
+            task = (
+                progress.add_task(f"bench stack: {step}", total=total)
+                if progress is not None
+                else None
+            )
 
             def advance(task: Any = task) -> None:
                 if progress is not None and task is not None:
@@ -648,7 +652,7 @@ def _relative(
 
 
 def stack_rows(details: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The DESIGN.md ``stack`` rows: layer, cost_usd, saved_fraction, quality (+ extras)."""
+    """The ``stack`` rows of docs/benchmarks.md: layer, cost_usd, saved_fraction, quality (+ extras)."""
     base = details[0]["cost_usd"] if details else 0.0
     rows = []
     segments = ("faq", "rag", "chat", "agent")
@@ -737,11 +741,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps or steps[0] != "baseline":
         raise ValueError(f"--steps must start with baseline and use {', '.join(STEPS)}")
-    work = build_workload(quick=quick, limit=getattr(args, "limit", None))
+    work = build_workload(size=mode(args), limit=getattr(args, "limit", None))
     load_before = os.getloadavg()
     base = Store(getattr(args, "url", None))
     try:
-        with scratch_store(base) as store, Progress(console=console, transient=True) as progress:
+        with (
+            scratch_store(base) as store,
+            Progress(*progress_columns(), console=console, transient=True) as progress,
+        ):
             details = run_stack(
                 work,
                 store,
@@ -762,6 +769,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "targets": TARGETS,
         "targets_met": _targets_met(rows),
         "quick": quick,
+        "mode": mode(args),
         "machine": {
             **machine(),
             "loadavg_before": [round(x, 2) for x in load_before],

@@ -1,13 +1,13 @@
 """The ``graphthrift`` command: cost reports and benchmarks.
 
 ``graphthrift report --by tenant_id,node`` prints a rich table (``--json PATH`` writes it);
-``graphthrift bench <name>`` runs one benchmark and ``graphthrift bench`` runs them all.
+``graphthrift bench <name>`` runs one benchmark and ``graphthrift bench`` runs them all
+(``graphthrift.bench.command``; definitions in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from graphthrift.bench import BENCHMARKS
+from graphthrift.bench import command as bench_cli
 from graphthrift.bench._common import write_json
 from graphthrift.cli import cache as cache_cli
 from graphthrift.errors import GraphthriftError
@@ -37,17 +37,6 @@ def _since(value: str) -> datetime:
             f"--since takes an ISO date (2026-11-01) or a span (7d, 12h), got {value!r}"
         ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _bench_modules() -> dict[str, Any]:
-    modules = {}
-    for name, path in BENCHMARKS.items():
-        try:
-            modules[name] = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:  # a real missing dependency inside the benchmark
-                raise
-    return modules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,25 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache_cli.add_parser(sub)
 
-    bench = sub.add_parser("bench", help="run a benchmark (all of them when no name is given)")
-    bench.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    bench.add_argument("--quick", action="store_true", help="a small sample, for CI")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="NAME")
-    for name, module in _bench_modules().items():
-        doc = (module.__doc__ or name).strip().splitlines()[0]
-        one = bench_sub.add_parser(
-            name,
-            help=doc.split(":", 1)[-1].strip(),
-            description=module.__doc__,
-            conflict_handler="resolve",  # a benchmark may refine --quick or --json
-        )
-        one.add_argument(
-            "--json", metavar="PATH", default=argparse.SUPPRESS, help="write the figures as JSON"
-        )
-        one.add_argument(
-            "--quick", action="store_true", default=argparse.SUPPRESS, help="a small sample, for CI"
-        )
-        module.add_arguments(one)
+    bench_cli.add_parser(sub)
     return parser
 
 
@@ -154,33 +125,6 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return figures
 
 
-def _bench_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """Run every layer's benchmark, then the savings stack; one JSON object per layer.
-
-    The result holds each benchmark's figures under its name, and ``stack`` as DESIGN.md
-    fixes it (a list of {layer, cost_usd, saved_fraction, quality}), with the stack's full
-    detail under ``stack_detail``.
-    """
-    parser = build_parser()
-    modules = _bench_modules()
-    results: dict[str, Any] = {}
-    for name, module in modules.items():
-        console.rule(f"graphthrift bench {name}")
-        argv = ["bench", name] + (["--quick"] if args.quick else [])
-        if args.url:
-            argv = ["--url", args.url, *argv]
-        sub_args = parser.parse_args(argv)
-        sub_args.json = None
-        results[name] = module.run(sub_args, console)
-    if "stack" in results:
-        detail = results.pop("stack")
-        results["stack"] = detail.get("stack", [])
-        results["stack_detail"] = detail
-    write_json(results, args.json or "bench-results/bench.json")
-    console.print(f"figures written to {args.json or 'bench-results/bench.json'}")
-    return results
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphthrift`` command; returns the exit status."""
     parser = build_parser()
@@ -196,10 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "cache":
             cache_cli.run(args, console)
         elif args.command == "bench":
-            if args.bench:
-                _bench_modules()[args.bench].run(args, console)
-            else:
-                _bench_all(args, console)
+            return bench_cli.run(args, console)
         else:
             parser.print_help()
             return 0 if args.command is None else 2
