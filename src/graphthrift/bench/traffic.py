@@ -56,18 +56,10 @@ from rich.table import Table
 
 from graphthrift.bench._common import machine, progress, scratch_store, write_json
 from graphthrift.bench._traffic_read import LoggedRequest, TrafficFile, read_traffic
+from graphthrift.bench.stack import STEPS
 
 __all__ = ["STEPS", "add_arguments", "read_traffic", "replay", "run"]
 
-STEPS: tuple[str, ...] = (
-    "baseline",
-    "exact_cache",
-    "semantic_cache",
-    "history",
-    "compression",
-    "routing",
-    "budgets",
-)
 SEMANTIC_THRESHOLD = 0.92
 HISTORY_MAX_TOKENS = 384  # bench history's default budget
 COMPRESS_RATIO = 3.0
