@@ -189,7 +189,7 @@ def test_fields_of_different_orders_do_not_supersede_each_other() -> None:
         )
         for i, (oid, s) in enumerate([("A-101", "shipped"), ("A-102", "delayed")])
     ]
-    out = ExtractiveSummarizer().summarize(polls, "", 26)
+    out = ExtractiveSummarizer().summarize(polls, "", 36)
     assert "status=shipped" in out and "status=delayed" in out, out
 
 
