@@ -9,8 +9,16 @@ core pruner; ``test_history_adapters.py`` replays them through every adapter.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
 
 from graphthrift import diagnostics
 from graphthrift.history import (
@@ -19,6 +27,7 @@ from graphthrift.history import (
     HistoryState,
     PruneResult,
 )
+from graphthrift.langgraph.history import HistoryMessagesState, summarize_history
 from graphthrift.messages import Message, ToolCall
 from graphthrift.summarize import SECTION_NAME, ExtractiveSummarizer
 
@@ -236,3 +245,168 @@ def test_the_issue_case_summary_keeps_status_and_eta() -> None:
     assert 2 in result.folded
     summary = result.summary.text if result.summary else ""
     assert "status=shipped" in summary and "eta=June 3" in summary, summary
+
+
+# ---------------------------------------------------------------- every adapter
+
+
+class LoopModel(GenericFakeChatModel):
+    """A fake tool-calling model that polls the order ``rounds`` times, then answers.
+
+    It records every prompt it is sent: what a provider would see.
+    """
+
+    seen: list[list[BaseMessage]]
+    rounds: int = 10
+    messages: Any = iter(())
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> LoopModel:
+        return self
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        self.seen.append(list(messages))
+        n = len(self.seen) - 1  # the prompt is pruned: count calls, not ToolMessages
+        if n < self.rounds:
+            reply = AIMessage(
+                content="",
+                tool_calls=[
+                    {
+                        "name": "track_order",
+                        "args": {"order_id": "A-105"},
+                        "id": f"call-{n}",
+                        "type": "tool_call",
+                    }
+                ],
+            )
+        else:
+            reply = AIMessage(content="Order A-105 has been delivered.")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+@tool
+def track_order(order_id: str) -> str:
+    """Poll the carrier for an order."""
+    return json.dumps(
+        {
+            "order_id": order_id,
+            "status": "in_transit",
+            "eta": "June 3",
+            "tracking": "00340434161094042557",
+            "events": [
+                f"scan {j}: parcel sorted, weighed and loaded onto the truck at hub {j}"
+                for j in range(5)
+            ],
+        }
+    )
+
+
+def assert_every_prompt_has_the_request(seen: list[list[BaseMessage]]) -> None:
+    assert len(seen) == 11
+    for prompt in seen:
+        humans = [m for m in prompt if isinstance(m, HumanMessage) and m.id != SUMMARY_ID]
+        assert [m.content for m in humans] == [REQUEST]
+        calls = {c["id"] for m in prompt if isinstance(m, AIMessage) for c in m.tool_calls}
+        answers = {m.tool_call_id for m in prompt if isinstance(m, ToolMessage)}
+        assert calls == answers
+    assert any(m.id == SUMMARY_ID for m in seen[-1]), "the loop must have been folded"
+
+
+@pytest.mark.parametrize("mode", ["view", "replace"])
+def test_langgraph_node_keeps_the_request_through_a_tool_loop(mode: str) -> None:
+    model = LoopModel(seen=[])
+
+    def agent(state: dict[str, Any]) -> dict[str, Any]:
+        prompt = state["llm_input_messages"] if mode == "view" else state["messages"]
+        return {"messages": [model.invoke(prompt)]}
+
+    builder = StateGraph(HistoryMessagesState)
+    builder.add_node("prune", summarize_history(max_tokens=1500, mode=mode))  # type: ignore[arg-type]
+    builder.add_node("agent", agent)
+    builder.add_node("tools", ToolNode([track_order]))
+    builder.add_edge(START, "prune")
+    builder.add_edge("prune", "agent")
+    builder.add_conditional_edges("agent", tools_condition, {"tools": "tools", END: END})
+    builder.add_edge("tools", "prune")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    graph.invoke(
+        {"messages": [HumanMessage(REQUEST)]},
+        {"configurable": {"thread_id": f"loop-{mode}"}, "recursion_limit": 100},
+    )
+    assert_every_prompt_has_the_request(model.seen)
+
+
+@pytest.mark.parametrize("mode", ["view", "replace"])
+def test_agent_middleware_keeps_the_request_through_a_tool_loop(mode: str) -> None:
+    from langchain.agents import create_agent
+
+    from graphthrift.middleware import HistoryPruningMiddleware
+
+    model = LoopModel(seen=[])
+    agent = create_agent(
+        model,
+        tools=[track_order],
+        system_prompt="You track orders.",
+        middleware=[HistoryPruningMiddleware(max_tokens=1500, mode=mode)],  # type: ignore[arg-type]
+        checkpointer=InMemorySaver(),
+    )
+    agent.invoke(
+        {"messages": [HumanMessage(REQUEST)]},
+        {"configurable": {"thread_id": f"mw-{mode}"}, "recursion_limit": 100},
+    )
+    assert_every_prompt_has_the_request(model.seen)
+
+
+def li_loop() -> list[Any]:
+    from llama_index.core.base.llms.types import ChatMessage
+
+    out = [ChatMessage(role="user", content=REQUEST)]
+    for i in range(10):
+        out.append(
+            ChatMessage(
+                role="assistant",
+                content="",
+                additional_kwargs={
+                    "tool_calls": [{"id": f"c{i}", "name": "track_order", "args": {"o": "A-105"}}]
+                },
+            )
+        )
+        out.append(
+            ChatMessage(
+                role="tool",
+                content=track_order.invoke({"order_id": "A-105"}),
+                additional_kwargs={"tool_call_id": f"c{i}", "name": "track_order"},
+            )
+        )
+    return out
+
+
+def test_pruned_chat_memory_keeps_the_request_through_a_tool_loop() -> None:
+    from graphthrift.llamaindex.memory import PrunedChatMemory
+
+    memory = PrunedChatMemory.from_defaults(max_tokens=1500)
+    folded = False
+    for m in li_loop():
+        memory.put(m)
+        if m.role.value == "user":
+            continue
+        view = memory.get()
+        users = [v for v in view if v.role.value == "user"]
+        assert [v.content for v in users] == [REQUEST]
+        folded = folded or any(v.additional_kwargs.get("graphthrift_summary") for v in view)
+    assert folded
+
+
+async def test_llamaindex_memory_with_the_block_keeps_the_request() -> None:
+    from llama_index.core.memory import Memory
+
+    from graphthrift.llamaindex.memory import HistoryMemoryBlock
+
+    memory = Memory.from_defaults(
+        session_id="loop", token_limit=1500, memory_blocks=[HistoryMemoryBlock()]
+    )
+    for m in li_loop():
+        await memory.aput(m)
+        view = await memory.aget()
+        assert REQUEST in [v.content for v in view if v.role.value == "user"]
