@@ -84,7 +84,7 @@ def test_request_survives_a_long_tool_loop_verbatim() -> None:
         result = pruner.prune(msgs[:end], state)
         state = result.state
         folds += result.summarized
-        sent = [m for m in result.messages if m.role == "user"]
+        sent = [m for m in result.messages if m.role == "user" and m.id != SUMMARY_ID]
         assert [m.text for m in sent] == [REQUEST], f"request missing at call {end}"
         assert sent[0] is msgs[1], "the very message, not a copy"
         assert_pairs_whole(result)
@@ -96,7 +96,7 @@ def test_the_request_follows_the_summary_and_precedes_the_window() -> None:
     msgs = tracking_loop()
     result = HistoryPruner(max_tokens=1500).prune(msgs)
     roles = [(m.role, m.id) for m in result.messages]
-    assert roles[0] == ("system", None) and roles[1] == ("system", SUMMARY_ID)
+    assert roles[0] == ("system", None) and roles[1] == ("user", SUMMARY_ID)
     assert roles[2] == ("user", "u") and roles[3][0] == "assistant"
     assert 1 in result.kept and 1 not in result.hidden
 
@@ -106,7 +106,7 @@ def test_a_request_longer_than_a_message_cap_is_never_truncated() -> None:
     msgs = tracking_loop(4, request=request)
     pruner = HistoryPruner(max_tokens=1200, max_message_tokens=200)
     result = pruner.prune(msgs)
-    user = [m for m in result.messages if m.role == "user"]
+    user = [m for m in result.messages if m.role == "user" and m.id != SUMMARY_ID]
     assert [m.text for m in user] == [request]
     assert 1 not in result.truncated
 
@@ -116,7 +116,7 @@ def test_a_request_over_the_whole_budget_is_sent_anyway_and_flagged() -> None:
     msgs = tracking_loop(3, request=request)
     before = diagnostics.get("history_request_over_budget")
     result = HistoryPruner(max_tokens=200).prune(msgs)
-    assert [m.text for m in result.messages if m.role == "user"] == [request]
+    assert [m.text for m in result.messages if m.role == "user" and m.id != SUMMARY_ID] == [request]
     assert result.over_budget and result.tokens_out > 200
     assert diagnostics.get("history_request_over_budget") == before + 1
     assert_pairs_whole(result)
@@ -139,7 +139,7 @@ def test_a_multi_message_human_turn_is_kept_whole() -> None:
     msgs = tracking_loop(10)
     msgs.insert(2, Message("user", "And tell me when A-106 ships too.", id="u2"))
     result = HistoryPruner(max_tokens=1500).prune(msgs)
-    assert [m.id for m in result.messages if m.role == "user"] == ["u", "u2"]
+    assert [m.id for m in result.messages if m.role == "user" and m.id != SUMMARY_ID] == ["u", "u2"]
 
 
 def test_an_earlier_request_is_folded_once_a_new_one_arrives() -> None:
@@ -148,7 +148,9 @@ def test_an_earlier_request_is_folded_once_a_new_one_arrives() -> None:
     first = pruner.prune(msgs)
     later = [*msgs, Message("assistant", "It shipped.", id="f"), Message("user", "Thanks! Bye.")]
     result = pruner.prune(later, first.state)
-    assert [m.text for m in result.messages if m.role == "user"][-1] == "Thanks! Bye."
+    assert [m.text for m in result.messages if m.role == "user" and m.id != SUMMARY_ID][
+        -1
+    ] == "Thanks! Bye."
     assert 1 in result.hidden or 1 in result.kept  # never lost either way
     assert "A-105" in (result.summary.text if result.summary else "") or 1 in result.kept
 
@@ -392,7 +394,11 @@ def test_pruned_chat_memory_keeps_the_request_through_a_tool_loop() -> None:
         if m.role.value == "user":
             continue
         view = memory.get()
-        users = [v for v in view if v.role.value == "user"]
+        users = [
+            v
+            for v in view
+            if v.role.value == "user" and not v.additional_kwargs.get("graphthrift_summary")
+        ]
         assert [v.content for v in users] == [REQUEST]
         folded = folded or any(v.additional_kwargs.get("graphthrift_summary") for v in view)
     assert folded

@@ -464,8 +464,12 @@ class HistoryPruner:
             quarters of the cap: compaction drops the least, and runs only past the cap).
         max_message_tokens: a longer message is sent truncated with a marker, the same way
             every turn (default half of ``max_tokens``).
-        summary_role: role of the summary message, ``"system"`` (after the system
-            messages) or ``"user"``.
+        summary_role: role of the summary message (placed after the system messages),
+            ``"user"`` (default) or ``"system"``. The summary is written from what users
+            and tools said, so by default it does not carry a system prompt's authority
+            (a tool result could plant instructions in it), and providers that take system
+            text only at the start of a prompt accept it anywhere. Every adapter defaults
+            to the same role.
         summary_prefix: first line of the summary message.
         model: model name for token counting (``None``: o200k_base, an estimate).
         oversized_request: what to do when the latest human turn alone exceeds
@@ -504,7 +508,7 @@ class HistoryPruner:
         section_tokens: int | None = None,
         compact_tokens: int | None = None,
         max_message_tokens: int | None = None,
-        summary_role: Literal["system", "user"] = "system",
+        summary_role: Literal["system", "user"] = "user",
         summary_prefix: str = DEFAULT_SUMMARY_PREFIX,
         model: str | None = None,
         oversized_request: Literal["send", "raise"] = "send",
