@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from graphthrift import Ledger, LedgerRecord, Store
 from graphthrift.cli import main
@@ -154,3 +155,86 @@ def test_bench_route_quick_compares_both_classifier_embedders(tmp_path: Path) ->
         assert row["n"] == figures["n"] and row["quality"] > 0.5  # relative to always-strong
         assert 0.0 <= row["cheap_fraction"] <= 1.0 and row["overhead_ms"]["p95"] > 0
     assert static["overhead_p95_vs_transformer"] is not None
+
+
+# ---------------------------------------------------------------- report: which database (issue 11.10)
+
+
+def test_report_refuses_a_store_that_does_not_exist_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Run from a folder that has no .graphthrift, as a user in another directory would.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRAPHTHRIFT_HOME", raising=False)
+    monkeypatch.delenv("GRAPHTHRIFT_DATABASE_URL", raising=False)
+    assert main(["report"]) == 1
+    out = capsys.readouterr().out
+    assert str(tmp_path / ".graphthrift") in out.replace("\n", "")
+    assert "--home" in out and "--url" in out
+    assert not (tmp_path / ".graphthrift").exists(), "an empty database was created"
+    elsewhere = tmp_path / "nowhere"
+    assert main(["report", "--home", str(elsewhere)]) == 1
+    assert not elsewhere.exists()
+
+
+def test_report_refuses_a_database_without_a_ledger(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from cache_helpers import scratch_database
+
+    with scratch_database(store.url) as (url, _):
+        assert main(["--url", url, "report"]) == 1
+        assert "no graphthrift ledger" in capsys.readouterr().out
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'graphthrift%'")
+            ).scalar()
+        engine.dispose()
+        assert tables == 0, "report created the schema"
+
+
+def test_report_says_which_database_it_reads(
+    store: Store, ledger: Ledger, tenant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger.record(LedgerRecord(tenant_id=tenant, model="gpt-4o-mini", input_tokens=10))
+    ledger.flush()
+    assert main(["--url", store.url, "report", "--tenant-id", tenant]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    url = make_url(store.url)
+    assert first.startswith("ledger: ") and f"/{url.database}" in first
+    assert not url.password or url.password not in first
+
+
+def test_report_shows_unpriced_models_as_unpriced_not_zero(
+    store: Store,
+    ledger: Ledger,
+    tenant: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "240")  # the whole table on one line per row
+    ledger.record_many(
+        [
+            LedgerRecord(tenant_id=tenant, model="acme-local-llm-7b", input_tokens=900),
+            LedgerRecord(tenant_id=tenant, model="acme-local-llm-7b", input_tokens=100),
+            LedgerRecord(tenant_id=tenant, model="gpt-4o-mini", input_tokens=1000),
+        ]
+    )
+    ledger.flush()
+    out = tmp_path / "r.json"
+    argv = ["--url", store.url, "report", "--by", "model", "--tenant-id", tenant]
+    assert main([*argv, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["acme-local-llm-7b"]["cost_usd"] is None
+    assert rows["acme-local-llm-7b"]["unpriced"] == 2
+    assert rows["gpt-4o-mini"]["cost_usd"] > 0 and rows["gpt-4o-mini"]["unpriced"] == 0
+    local = next(line for line in table.splitlines() if "acme-local-llm-7b" in line)
+    cells = [c.strip() for c in local.split("│")]
+    header = next(line for line in table.splitlines() if "cost_usd" in line)
+    cost = cells[[c.strip() for c in header.split("┃")].index("cost_usd")]
+    assert cost == "n/a (2 unpriced)", local

@@ -270,24 +270,28 @@ def test_content_blocks_and_none_content() -> None:
 
 def test_single_message_larger_than_the_budget_is_truncated_with_a_marker() -> None:
     huge = " ".join(f"line {i}: value {i * 7}" for i in range(3000))
-    msgs = [Message("system", "Be brief."), Message("user", huge, id="big")]
+    msgs = [
+        Message("system", "Be brief."),
+        Message("user", "Paste the log.", id="ask"),
+        Message("assistant", huge, id="big"),
+    ]
     pruner = HistoryPruner(max_tokens=500)
     result = pruner.prune(msgs)
-    assert result.truncated == (1,)
-    assert result.kept == (0, 1)  # never dropped
-    sent = result.messages[1]
+    assert result.truncated == (2,)
+    assert result.kept == (0, 1, 2)  # never dropped
+    sent = result.messages[2]
     assert "tokens truncated]" in sent.text and sent.text.startswith("line 0: value 0")
     assert sent.text.rstrip().endswith(f"value {2999 * 7}")  # head and tail survive
     assert result.tokens_out <= 500 and not result.over_budget
     assert diagnostics.get("history_message_truncated") >= 1
     # The same cut every turn, so the prefix stays stable.
     again = pruner.prune([*msgs, Message("assistant", "ok"), Message("user", "and?")], result.state)
-    assert again.messages[1].text == sent.text
+    assert again.messages[2].text == sent.text
 
 
 def test_truncated_block_content_keeps_non_text_blocks() -> None:
     image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
-    msg = {"role": "user", "content": [{"type": "text", "text": "word " * 3000}, image]}
+    msg = {"role": "assistant", "content": [{"type": "text", "text": "word " * 3000}, image]}
     result = HistoryPruner(max_tokens=400).prune([msg])
     content = result.messages[0].content
     assert isinstance(content, tuple) and content[1] == image

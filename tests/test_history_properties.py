@@ -163,6 +163,17 @@ def pair_groups(msgs: list[Message]) -> list[set[int]]:
     return groups
 
 
+def latest_request(msgs: list[Message]) -> list[int]:
+    """The latest human turn: the last user message and the user messages right before it."""
+    users = [i for i, m in enumerate(msgs) if m.role == "user"]
+    if not users:
+        return []
+    first = users[-1]
+    while first > 0 and msgs[first - 1].role == "user":
+        first -= 1
+    return list(range(first, users[-1] + 1))
+
+
 def check_invariants(msgs: list[Message], result: PruneResult, pruner: HistoryPruner) -> None:
     kept = set(result.kept)
     hidden = set(result.hidden)
@@ -178,9 +189,15 @@ def check_invariants(msgs: list[Message], result: PruneResult, pruner: HistoryPr
     # Conversation order is preserved.
     conv = [k for k in result.kept if msgs[k].role != "system"]
     assert conv == sorted(conv)
-    # Nothing is hidden that was not folded: hidden ones all precede the window.
-    if conv:
-        assert all(h < conv[0] for h in hidden)
+    # The latest human turn is always sent, verbatim (issue 11.6).
+    request = latest_request(msgs)
+    for k in request:
+        assert k in kept and k not in result.truncated
+        assert result.messages[result.origin.index(k)] == msgs[k]
+    # Nothing is hidden that was not folded: hidden ones all precede the window. Only
+    # human turns (the latest, or the one held since the last fold) are sent from behind it.
+    if hidden:
+        assert all(msgs[k].role == "user" for k in conv if k < max(hidden))
     # The budget holds, or the result says why not.
     assert result.tokens_out <= pruner.max_tokens or result.over_budget
     for i in result.truncated:
@@ -198,16 +215,24 @@ def test_replay_keeps_tool_pairs_and_a_sticky_prefix(
 ) -> None:
     state: HistoryState | None = None
     previous: list[tuple[str, str]] | None = None
+    over = False
+    cut: set[int] = set()
     ever_folded: set[int] = set()
     for end in prompt_points(msgs):
         result = pruner.prune(msgs[:end], state)
         check_invariants(msgs[:end], result, pruner)
         ever_folded |= set(result.folded)
-        assert set(result.hidden) == ever_folded
+        # Hidden means folded; a folded request is still sent while it is the latest.
+        assert set(result.hidden) == ever_folded - set(result.kept)
         sent = [(m.role, m.text) for m in result.messages]
-        if previous is not None and not result.summarized and not result.over_budget:
+        # A cut made (or no longer needed) to fit the budget when no fold can help, e.g.
+        # beside a held request, changes the prompt like a fold does; it is marked.
+        new_cut = set(result.truncated) != cut
+        if previous is not None and not (
+            result.summarized or over or result.over_budget or new_cut
+        ):
             assert sent[: len(previous)] == previous, "between folds each prompt extends the last"
-        previous = sent
+        previous, over, cut = sent, result.over_budget, set(result.truncated)
         state = result.state
 
 
@@ -231,3 +256,54 @@ def test_state_survives_json(msgs: list[Message], pruner: HistoryPruner) -> None
     assert [(m.role, m.text) for m in pruner.view(msgs, restored).messages] == [
         (m.role, m.text) for m in result.messages
     ]
+
+
+@st.composite
+def tool_loops(draw: st.DrawFn) -> list[Message]:
+    """A thread that ends in one user turn followed by a long run of tool round-trips."""
+    ids = Counter()
+    msgs = [Message("system", "You are a support agent.", id="s0")]
+    for _ in range(draw(st.integers(0, 3))):
+        msgs.append(Message("user", text(draw, 3, 30), id=ids.next("u")))
+        msgs.append(Message("assistant", text(draw, 3, 30), id=ids.next("a")))
+    for _ in range(draw(st.integers(1, 2))):  # the latest human turn, one or two messages
+        msgs.append(to_message({"role": "user", "content": content(draw), "id": ids.next("u")}))
+    for _ in range(draw(st.integers(1, 14))):
+        n_calls = draw(st.integers(1, 2))
+        calls = tuple(
+            ToolCall(ids.next("c"), "track_order", json.dumps({"order_id": "A-105"}))
+            for _ in range(n_calls)
+        )
+        msgs.append(Message("assistant", "", calls, id=ids.next("a")))
+        for call in draw(st.permutations(list(calls))):
+            body = {"order_id": "A-105", "status": draw(st.sampled_from(WORDS)), "log": text(draw)}
+
+            msgs.append(
+                Message(
+                    "tool",
+                    json.dumps(body),
+                    tool_call_id=call.id,
+                    name="track_order",
+                    id=ids.next("t"),
+                )
+            )
+    return msgs
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
+@given(tool_loops(), pruners)
+def test_tool_loops_always_send_the_latest_request_verbatim_with_whole_pairs(
+    msgs: list[Message], pruner: HistoryPruner
+) -> None:
+    state: HistoryState | None = None
+    for end in prompt_points(msgs):
+        result = pruner.prune(msgs[:end], state)
+        check_invariants(msgs[:end], result, pruner)  # request verbatim, pairs whole
+        request = [msgs[k] for k in latest_request(msgs[:end])]
+        sent_users = [m for m in result.messages if m.role == "user" and m.id != SUMMARY_ID]
+        assert sent_users[-len(request) :] == request
+        state = result.state

@@ -35,12 +35,40 @@ class UnknownModelPrice(GraphthriftError):
 
 
 class MissingExtra(GraphthriftError, ImportError):
-    """An optional dependency is not installed; the message names the pip command."""
+    """A dependency is not installed; the message names the pip command that installs it.
 
-    def __init__(self, extra: str, package: str) -> None:
+    ``extra`` is the ``graphthrift[extra]`` that brings ``package`` (an extra declared in
+    pyproject.toml); ``None`` when the package is a core dependency that went missing.
+    """
+
+    def __init__(self, extra: str | None, package: str) -> None:
         self.extra = extra
         self.package = package
-        super().__init__(f"{package} is not installed; run: pip install 'graphthrift[{extra}]'")
+        fix = (
+            f"pip install 'graphthrift[{extra}]'"
+            if extra
+            else f"pip install '{package}' (a dependency of graphthrift itself)"
+        )
+        super().__init__(f"{package} is not installed; run: {fix}", name=package)
+
+
+def require_extra(module: str, extra: str, package: str) -> None:
+    """Raise ``MissingExtra`` when ``module`` cannot be imported for want of a package.
+
+    Adapter packages call it first, so ``import graphthrift.middleware`` without langchain
+    names the extra to install instead of failing deep inside with ``No module named
+    'langchain'``. An ImportError raised by something else inside ``module`` propagates.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        missing = getattr(exc, "name", None) or ""
+        if missing == top or missing.startswith(top + ".") or module.startswith(missing + "."):
+            raise MissingExtra(extra, package) from exc
+        raise
 
 
 class BudgetExceeded(GraphthriftError):

@@ -54,6 +54,7 @@ __all__ = [
     "SUMMARY_ID",
     "HistoryConfigError",
     "HistoryPruner",
+    "HistoryRequestTooLarge",
     "HistoryState",
     "HistoryStateError",
     "PruneResult",
@@ -81,6 +82,23 @@ class HistoryConfigError(GraphthriftError, ValueError):
         self.value = value
         self.rule = rule
         super().__init__(f"HistoryPruner {name}={value!r} is invalid: {rule}")
+
+
+class HistoryRequestTooLarge(GraphthriftError, ValueError):
+    """The latest human turn alone exceeds ``max_tokens`` (with ``oversized_request="raise"``).
+
+    Carries the request's tokens and the budget: the request is never cut or folded, so the
+    only remedies are a larger budget or a shorter request.
+    """
+
+    def __init__(self, tokens: int, max_tokens: int) -> None:
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+        super().__init__(
+            f"the latest user turn alone is {tokens} tokens, over the history budget "
+            f"max_tokens={max_tokens}; it is never truncated or folded, so raise max_tokens "
+            "or pass oversized_request='send' to send it over budget"
+        )
 
 
 class UnsupportedMessage(GraphthriftError, TypeError):
@@ -117,6 +135,9 @@ class HistoryState:
         summarizations: folds so far.
         compactions: summary compactions so far.
         folded_total: messages ever folded, also across destructive rewrites.
+        held: positions behind the boundary still sent verbatim after the summary: the
+            human turn that was the latest at the last fold. They stay until the next fold
+            even once a newer turn arrives, so the prompt keeps extending the last one.
     """
 
     sections: list[str] = field(default_factory=list)
@@ -126,6 +147,7 @@ class HistoryState:
     compactions: int = 0
     folded_total: int = 0
     version: int = 1
+    held: list[int] = field(default_factory=list)
 
     @property
     def summary(self) -> str:
@@ -135,7 +157,11 @@ class HistoryState:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, for LangGraph state and checkpointers."""
         return {
-            f.name: (list(getattr(self, f.name)) if f.name == "sections" else getattr(self, f.name))
+            f.name: (
+                list(getattr(self, f.name))
+                if f.name in ("sections", "held")
+                else getattr(self, f.name)
+            )
             for f in fields(self)
         }
 
@@ -145,7 +171,7 @@ class HistoryState:
         if data is None:
             return cls()
         if isinstance(data, HistoryState):
-            return replace(data, sections=list(data.sections))
+            return replace(data, sections=list(data.sections), held=list(data.held))
         if not isinstance(data, Mapping):
             raise HistoryStateError("<state>", data)
         sections = data.get("sections", [])
@@ -161,11 +187,19 @@ class HistoryState:
         if through is not None and not isinstance(through, str):
             raise HistoryStateError("folded_through_id", through)
         out.folded_through_id = through
+        held = data.get("held", [])
+        if not isinstance(held, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < out.folded for i in held
+        ):
+            raise HistoryStateError("held", held)
+        out.held = sorted(set(held))
         return out
 
     def rebased(self) -> HistoryState:
         """The state for a list whose folded messages were deleted (destructive mode)."""
-        return replace(self, sections=list(self.sections), folded=0, folded_through_id=None)
+        return replace(
+            self, sections=list(self.sections), folded=0, folded_through_id=None, held=[]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +434,7 @@ class _Work:
     tokens: list[int]
     truncated: list[bool]
     cut_ok: list[bool]  # a window may start here: not a ToolMessage, no tool pair spans it
+    request: list[int]  # the latest human turn: always sent verbatim, never cut or left out
     stale: list[int]  # input indices of summary renders, never sent again
     tokens_in: int
 
@@ -429,10 +464,25 @@ class HistoryPruner:
             quarters of the cap: compaction drops the least, and runs only past the cap).
         max_message_tokens: a longer message is sent truncated with a marker, the same way
             every turn (default half of ``max_tokens``).
-        summary_role: role of the summary message, ``"system"`` (after the system
-            messages) or ``"user"``.
+        summary_role: role of the summary message (placed after the system messages),
+            ``"user"`` (default) or ``"system"``. The summary is written from what users
+            and tools said, so by default it does not carry a system prompt's authority
+            (a tool result could plant instructions in it), and providers that take system
+            text only at the start of a prompt accept it anywhere. Every adapter defaults
+            to the same role.
         summary_prefix: first line of the summary message.
         model: model name for token counting (``None``: o200k_base, an estimate).
+        oversized_request: what to do when the latest human turn alone exceeds
+            ``max_tokens``: ``"send"`` (default) sends it whole anyway, flags the result
+            ``over_budget`` and counts ``history_request_over_budget``; ``"raise"`` raises
+            ``HistoryRequestTooLarge``. ``"send"`` is the default because the budget is a
+            cost target, well under the model's context window, and an agent that stops
+            on a long question is worse than one call over budget.
+
+    The latest human turn (the last user message, with the user messages right before it)
+    is always sent verbatim: it is never truncated, and when the budget cannot hold it with
+    the tool round-trips that follow it, those round-trips are folded (whole pairs) and the
+    request is sent right after the summary, before the kept window.
 
     Example:
         >>> pruner = HistoryPruner(max_tokens=4000)
@@ -458,10 +508,15 @@ class HistoryPruner:
         section_tokens: int | None = None,
         compact_tokens: int | None = None,
         max_message_tokens: int | None = None,
-        summary_role: Literal["system", "user"] = "system",
+        summary_role: Literal["system", "user"] = "user",
         summary_prefix: str = DEFAULT_SUMMARY_PREFIX,
         model: str | None = None,
+        oversized_request: Literal["send", "raise"] = "send",
     ) -> None:
+        if oversized_request not in ("send", "raise"):
+            raise HistoryConfigError(
+                "oversized_request", oversized_request, "must be 'send' or 'raise'"
+            )
         high = _setting(max_tokens, "GRAPHTHRIFT_HISTORY_MAX_TOKENS", DEFAULT_MAX_TOKENS)
         _check("max_tokens", high, 32, None, "must be an integer >= 32")
         low = _setting(target_tokens, "GRAPHTHRIFT_HISTORY_TARGET_TOKENS", high // 2)
@@ -496,6 +551,7 @@ class HistoryPruner:
         self.summary_role: Literal["system", "user"] = summary_role
         self.summary_prefix = summary_prefix
         self.model = model
+        self.oversized_request: Literal["send", "raise"] = oversized_request
 
     # ------------------------------------------------------------ public API
 
@@ -590,14 +646,28 @@ class HistoryPruner:
         tokens = [_tokens(m, self.model) for m in msgs]
         tokens_in = sum(tokens) + (TOKENS_REPLY_PRIMING if msgs else 0)
         truncated = [False] * len(msgs)
+        request = self._request(msgs)
         for j, t in enumerate(tokens):
-            if t > self.max_message_tokens:
+            if t > self.max_message_tokens and j not in request:
                 cut = _truncate(msgs[j], self.max_message_tokens, self.model)
                 cut_tokens = _tokens(cut, self.model)
                 if cut_tokens < t:
                     msgs[j], tokens[j], truncated[j] = cut, cut_tokens, True
                     diagnostics.count("history_message_truncated")
-        return _Work(msgs, origin, tokens, truncated, self._cut_points(msgs), stale, tokens_in)
+        return _Work(
+            msgs, origin, tokens, truncated, self._cut_points(msgs), request, stale, tokens_in
+        )
+
+    @staticmethod
+    def _request(msgs: Sequence[Message]) -> list[int]:
+        """The latest human turn: the last user message and the user messages right before it."""
+        last = next((i for i in range(len(msgs) - 1, -1, -1) if msgs[i].role == "user"), None)
+        if last is None:
+            return []
+        first = last
+        while first > 0 and msgs[first - 1].role == "user":
+            first -= 1
+        return list(range(first, last + 1))
 
     @staticmethod
     def _cut_points(msgs: Sequence[Message]) -> list[bool]:
@@ -620,8 +690,21 @@ class HistoryPruner:
             ok[p] = depth == 0 and (p == n or msgs[p].role != "tool")
         return ok
 
-    def _resolve(self, work: _Work, state: HistoryState) -> int:
-        """Find the sticky boundary in this list; step back to a cut point if needed."""
+    def _resolve(self, work: _Work, state: HistoryState) -> tuple[int, list[int]]:
+        """Find the sticky boundary in this list, stepping back to a cut point if needed,
+        and the held human turn behind it (moved with the boundary if the list shifted)."""
+        b = self._boundary(work, state)
+        shift = b - state.folded
+        while b > 0 and not work.cut_ok[b]:
+            b -= 1  # show more rather than hide something never summarized
+        held = [
+            i + shift
+            for i in state.held
+            if 0 <= i + shift < b and work.messages[i + shift].role == "user"
+        ]
+        return b, held
+
+    def _boundary(self, work: _Work, state: HistoryState) -> int:
         b = state.folded
         if b:
             through = state.folded_through_id
@@ -646,17 +729,19 @@ class HistoryPruner:
                     b,
                 )
                 b = 0
-        while b > 0 and not work.cut_ok[b]:
-            b -= 1  # show more rather than hide something never summarized
         return b
 
-    def _layout(self, work: _Work, b: int) -> tuple[list[int], list[int], list[int]]:
-        """Positions of pinned systems, the window's leading systems, and the rest."""
+    def _layout(
+        self, work: _Work, b: int, held: Sequence[int]
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Positions of pinned systems, the window's leading systems, the human turns behind
+        the boundary that are still sent (after the summary), and the rest."""
         pinned = [i for i in range(b) if work.messages[i].role == "system"]
         lead_end = b
         while lead_end < work.n and work.messages[lead_end].role == "system":
             lead_end += 1
-        return pinned, list(range(b, lead_end)), list(range(lead_end, work.n))
+        request = sorted({i for i in (*held, *work.request) if i < b})
+        return pinned, list(range(b, lead_end)), request, list(range(lead_end, work.n))
 
     def _summary_tokens(self, sections: Sequence[str]) -> int:
         text = "\n".join(s for s in sections if s)
@@ -674,7 +759,7 @@ class HistoryPruner:
         state = HistoryState.from_dict(state_in)
         work = self._read(messages)
         n = work.n
-        b = self._resolve(work, state)
+        b, held = self._resolve(work, state)
         sys_prefix = [0] * (n + 1)
         suffix = [0] * (n + 1)
         for i in range(n):
@@ -684,13 +769,28 @@ class HistoryPruner:
         for i in range(n - 1, -1, -1):
             suffix[i] = suffix[i + 1] + work.tokens[i]
         base = TOKENS_REPLY_PRIMING
+        request_tokens = sum(work.tokens[i] for i in work.request)
+        if request_tokens + base > self.max_tokens:
+            if self.oversized_request == "raise":
+                raise HistoryRequestTooLarge(request_tokens + base, self.max_tokens)
+            diagnostics.count(
+                "history_request_over_budget",
+                "graphthrift: the latest user turn alone is %d tokens, over max_tokens=%d; "
+                "it is sent whole anyway",
+                request_tokens + base,
+                self.max_tokens,
+            )
 
         def total(p: int, summary_tokens: int) -> int:
-            return base + sys_prefix[p] + suffix[p] + summary_tokens
+            # A fold to p sends the latest human turn behind p after the summary; earlier
+            # held turns are dropped by the fold (the summary has them).
+            pinned = sum(work.tokens[i] for i in work.request if i < p)
+            return base + sys_prefix[p] + suffix[p] + summary_tokens + pinned
 
         summary_now = self._summary_tokens(state.sections)
         forced = b < n and not work.cut_ok[b]  # an orphan ToolMessage would open the window
-        over = total(b, summary_now) > self.max_tokens
+        held_extra = sum(work.tokens[i] for i in held if i not in work.request)
+        over = total(b, summary_now) + held_extra > self.max_tokens
         new_b, compacted = b, False
         folded_now: tuple[int, ...] = ()
         if fold and n and (forced or over):
@@ -706,8 +806,16 @@ class HistoryPruner:
             compactions_before = state.compactions
             state = yield from self._fold_steps(to_fold, state)
             compacted = state.compactions > compactions_before
+        if new_b > b:
+            held = []  # a fold drops the older held turns: its summary has them
         b = new_b
-        state = replace(state, folded=b, folded_through_id=work.messages[b - 1].id if b else None)
+        held = sorted({i for i in (*held, *work.request) if i < b})
+        state = replace(
+            state,
+            folded=b,
+            folded_through_id=work.messages[b - 1].id if b else None,
+            held=held,
+        )
         return self._render(work, b, state, folded_now, compacted)
 
     def _fold_steps(
@@ -755,7 +863,14 @@ class HistoryPruner:
         conv = [0] * (n + 1)
         for i in range(n):
             conv[i + 1] = conv[i] + (0 if work.messages[i].role == "system" else work.tokens[i])
-        starts = [q for q in range(b, n) if work.cut_ok[q] and work.messages[q].role == "user"]
+        # The latest human turn is sent anyway: a boundary inside it or right after it
+        # would fold nothing but the request, and save nothing.
+        inside = range(work.request[0] + 1, work.request[-1] + 2) if work.request else range(0)
+        starts = [
+            q
+            for q in range(b, n)
+            if work.cut_ok[q] and work.messages[q].role == "user" and q not in inside
+        ]
         limit = starts[-self.keep_turns] if len(starts) > self.keep_turns else b
         overhead = summary_now or self._summary_tokens(["x"])
         section = max(self.section_tokens, self.max_summary_tokens - summary_text_tokens)
@@ -776,12 +891,17 @@ class HistoryPruner:
             return chosen
         # The last turns alone break the hard budget: fold further, turn starts first,
         # then any cut point, and never the last message.
+        # Like any fold, go down to the low watermark, so the next calls extend this prompt.
+        # The latest human turn is never lost: behind the boundary it is sent after the summary.
         later = [q for q in starts if q > chosen] + [
-            q for q in range(chosen + 1, n) if work.cut_ok[q]
+            q
+            for q in range(chosen + 1, n)
+            if work.cut_ok[q] and q not in starts and q not in inside
         ]
-        for q in later:
-            if predicted(q) <= self.max_tokens:
-                return q
+        fits = [q for q in later if predicted(q) <= self.max_tokens]
+        low = [q for q in fits if predicted(q) <= self.target_tokens]
+        if low or fits:
+            return (low or fits)[0]
         return max([chosen, *later])
 
     def _bounded(self, text: str, limit: int, counter: str) -> str:
@@ -798,9 +918,15 @@ class HistoryPruner:
     def _render(
         self, work: _Work, b: int, state: HistoryState, folded_now: tuple[int, ...], compacted: bool
     ) -> PruneResult:
-        pinned, lead, rest = self._layout(work, b)
+        pinned, lead, request, rest = self._layout(work, b, state.held)
         summary = self.summary_message(state)
-        order: list[int | None] = [*pinned, *lead, *([None] if summary else []), *rest]
+        order: list[int | None] = [
+            *pinned,
+            *lead,
+            *([None] if summary else []),
+            *request,
+            *rest,
+        ]
         msgs: list[Message] = []
         sizes: list[int] = []
         for p in order:
@@ -815,7 +941,7 @@ class HistoryPruner:
         tokens_out = sum(sizes) + (TOKENS_REPLY_PRIMING if msgs else 0)
         over = False
         if tokens_out > self.max_tokens:
-            msgs, sizes, fitted = self._fit(msgs, sizes, order)
+            msgs, sizes, fitted = self._fit(msgs, sizes, order, set(work.request))
             truncated |= fitted
             tokens_out = sum(sizes) + TOKENS_REPLY_PRIMING
             over = tokens_out > self.max_tokens
@@ -843,16 +969,21 @@ class HistoryPruner:
         )
 
     def _fit(
-        self, msgs: list[Message], sizes: list[int], order: list[int | None]
+        self,
+        msgs: list[Message],
+        sizes: list[int],
+        order: list[int | None],
+        request: set[int],
     ) -> tuple[list[Message], list[int], set[int]]:
         """Shrink the largest messages until the prompt fits; rare, and never drops one.
 
         The summary is left whole: it lives in the state, so a cut made here would differ
-        from turn to turn (and from a destructive rewrite of it).
+        from turn to turn (and from a destructive rewrite of it). The latest human turn is
+        left whole: it is the task.
         """
         msgs, sizes = list(msgs), list(sizes)
         fitted: set[int] = set()
-        stuck: set[int] = {k for k, p in enumerate(order) if p is None}
+        stuck: set[int] = {k for k, p in enumerate(order) if p is None or p in request}
         for _ in range(len(msgs) * 3):
             excess = sum(sizes) + TOKENS_REPLY_PRIMING - self.max_tokens
             candidates = [

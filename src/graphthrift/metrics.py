@@ -74,7 +74,7 @@ try:
     from prometheus_client.exposition import start_http_server
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtra("prometheus", "prometheus-client") from exc
+    raise MissingExtra(None, "prometheus-client") from exc
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -208,7 +208,7 @@ def _jsonschema() -> Any:
     try:
         import jsonschema
     except ImportError as exc:  # pragma: no cover - jsonschema ships with langchain
-        raise MissingExtra("route", "jsonschema") from exc
+        raise MissingExtra(None, "jsonschema") from exc
     return jsonschema
 
 

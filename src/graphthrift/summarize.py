@@ -415,6 +415,9 @@ class _Unit:
     kind: str
     fact: bool
     tokens: int
+    message: int = 0  # which message (or summary line) it comes from
+    field: bool = False  # a key=value field of a tool result
+    anchor: str = ""  # a field's record id ("order_id=A-105"), shown on its line
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,24 +498,121 @@ def _clean(sentence: str, telegraphic: bool) -> str:
     return stripped
 
 
-def _flatten_json(value: Any, prefix: str = "") -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """A ``key=value`` field of a tool result: the key kept, the value an exact slice.
+
+    ``slot`` names what a later value of it supersedes (the key, with the list position of
+    the value), and ``subject`` the record it belongs to (its id), so that the status of
+    order A-101 never supersedes the status of order A-102.
+    """
+
+    key: str
+    value: str
+    slot: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+def _flatten_json(value: Any, path: str = "", slot: str = "") -> list[_Field]:
+    """The leaves of a JSON value as fields keyed by their path (``customer.name``)."""
     if isinstance(value, Mapping):
-        out: list[str] = []
+        out: list[_Field] = []
         for k, v in value.items():
-            out.extend(_flatten_json(v, f"{prefix}{k}="))
+            key = f"{path}.{k}" if path else str(k)
+            out.extend(_flatten_json(v, key, f"{slot}.{k}" if slot else str(k)))
         return out
     if isinstance(value, list):
-        return [item for v in value[:50] for item in _flatten_json(v, prefix)]
-    return [f"{prefix}{value}"] if value not in (None, "") else []
+        return [
+            item
+            for i, v in enumerate(value[:50])
+            for item in _flatten_json(v, path, f"{slot}[{i}]")
+        ]
+    if value is None or value == "":
+        return []
+    text = json.dumps(value) if isinstance(value, bool) else str(value)
+    return [_Field(path or "value", text, slot or "value")]
+
+
+_FIELD_KEY = r"[A-Za-z_][\w.-]{0,40}"
+# key=value, the value running to a separator or to the next key=
+_EQ_FIELD = re.compile(
+    rf"(?<![\w.-])({_FIELD_KEY})[ \t]*=[ \t]*"
+    rf"(\"[^\"\n]*\"|'[^'\n]*'|[^,;|&\n]*?)[ \t]*(?=[,;|&\n]|\s+{_FIELD_KEY}[ \t]*=|$)"
+)
+# Key: value, one to four words of key at the start of a line or after | ; or a comma
+_COLON_FIELD = re.compile(
+    r"(?:^|(?<=[\n|;,]))[ \t]*([A-Za-z][A-Za-z0-9_./-]*(?: [A-Za-z0-9_./-]+){0,3})[ \t]*:[ \t]+"
+    r"([^\n|;]+?)[ \t]*(?=$|[\n|;]|,[ \t]*[A-Za-z][A-Za-z0-9_./-]*(?: [A-Za-z0-9_./-]+){0,3}[ \t]*:[ \t])",
+    re.MULTILINE,
+)
+
+
+def _norm_key(key: str) -> str:
+    return re.sub(r"[\s-]+", "_", key.strip()).lower()
+
+
+def _clean_value(value: str) -> str:
+    value = value.strip()
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value.rstrip(".,").strip()
+
+
+def _tool_fields(text: str) -> tuple[list[_Field], str]:
+    """The key/value fields of a tool result (JSON, ``key=value`` or ``Key: value`` lines),
+    and the text left once they are taken out.
+
+    A summary that keeps "A-101; 00340434161094042557" but not ``status=shipped`` or
+    ``eta=June 3`` has lost what the tool was called for (issue 11.6): fields are kept
+    with their keys.
+    """
+    stripped = text.strip()
+    if stripped[:1] in "[{":
+        try:
+            return _flatten_json(json.loads(stripped)), ""
+        except ValueError:
+            pass
+    fields: list[tuple[int, _Field]] = []
+    rest = text
+    for pattern in (_EQ_FIELD, _COLON_FIELD):
+        found = []
+        for m in pattern.finditer(rest):
+            value = _clean_value(m.group(2))
+            if value:
+                key = _norm_key(m.group(1))
+                found.append((m.start(), _Field(key, value, key)))
+        if found:
+            fields.extend(found)
+            rest = pattern.sub(lambda m: "\n" if _clean_value(m.group(2)) else m.group(0), rest)
+    fields.sort(key=lambda f: f[0])
+    return [f for _, f in fields], rest
+
+
+def _subject(fields: Sequence[_Field], text: str) -> str:
+    """The record a tool result is about: an id field, else the first identifier."""
+    for f in fields:
+        if (f.key == "id" or f.key.endswith(("_id", ".id"))) and len(f.value) < 64:
+            return f.value.lower()
+    for f in fields:
+        if _IDENT.fullmatch(f.value):
+            return f.value.lower()
+    m = _IDENT.search(text)
+    return m.group(0).lower() if m else ""
+
+
+_FIELD_ITEM = re.compile(r"^([a-z_][\w.\[\]-]{0,60})=(.+)$", re.DOTALL)
 
 
 def _sentences_of(message: Message) -> list[str]:
     text = message.text.strip()
-    if message.role == "tool" and text[:1] in "[{":
-        try:
-            return _flatten_json(json.loads(text))
-        except ValueError:
-            pass
+    if message.role == "tool":
+        fields, rest = _tool_fields(text)
+        if fields:
+            parts = [p for p in _SENTENCE_SPLIT.split(rest) if p and p.strip(" ,;|\n:")]
+            return [*(f.text for f in fields), *parts]
     parts = [p for p in _SENTENCE_SPLIT.split(text) if p and p.strip()]
     tool_calls = _tool_call_text(message)
     return [*parts, tool_calls] if tool_calls else parts
@@ -623,35 +723,62 @@ class ExtractiveSummarizer:
     ) -> list[_Unit]:
         """The fact spans of every message (or every item of the summary, to compact it)."""
         known = previous_summary.lower()
+        known_lines = known.splitlines()
         seen: set[str] = set()
         out: list[_Unit] = []
+        where = 0
 
         def add(label: str, text: str, kind: str, fact: bool) -> None:
             key = text.lower()
             if len(text) < 1 or key in seen or (known and key in known):
                 return
             seen.add(key)
-            out.append(_Unit(len(out), label, text, kind, fact, count_text(text, self.model) + 1))
+            tokens = count_text(text, self.model) + 1
+            out.append(_Unit(len(out), label, text, kind, fact, tokens, where))
+
+        def add_fields(label: str, fields: Sequence[_Field], subject: str) -> None:
+            # A field is known, or a repeat, only for the same record: "status=shipped" of
+            # order A-102 is news after "status=shipped" of order A-101.
+            anchor = next((a.text for a in fields if subject and a.value.lower() == subject), "")
+            for f in fields:
+                text = f.text
+                if text == anchor and len(fields) > 1:
+                    continue  # shown on the line of each field kept, not on a line of its own
+                key = f"{subject}\x00{text.lower()}"
+                if key in seen or any(
+                    text.lower() in line and subject in line for line in known_lines
+                ):
+                    continue
+                seen.add(key)
+                tokens = count_text(text, self.model) + 1
+                kind = f"field:{label}:{subject}:{f.slot}"
+                out.append(_Unit(len(out), label, text, kind, True, tokens, where, True, anchor))
 
         for m in messages:
+            where += 1
             if compaction:
                 for label, body in _summary_lines(m.text):
-                    for item in body.split("; "):
-                        item = item.strip()
-                        if item:
-                            spans = _fact_spans(item)
-                            kind = spans[-1].kind if len(spans) == 1 else ""
-                            add(label, item, kind, bool(spans) or item.lower() in ("yes", "no"))
+                    where += 1
+                    items = [item.strip() for item in body.split("; ") if item.strip()]
+                    fields = [
+                        _Field(f.group(1), f.group(2), f.group(1))
+                        for f in (_FIELD_ITEM.match(item) for item in items)
+                        if f
+                    ]
+                    add_fields(label, fields, _subject(fields, body))
+                    for item in items:
+                        if _FIELD_ITEM.match(item):
+                            continue
+                        spans = _fact_spans(item)
+                        kind = spans[-1].kind if len(spans) == 1 else ""
+                        add(label, item, kind, bool(spans) or item.lower() in ("yes", "no"))
                 continue
             label = _label_of(m)
             text = m.text.strip()
-            if m.role == "tool" and text[:1] in "[{":
-                try:
-                    for item in _flatten_json(json.loads(text)):
-                        add(label, item, "", True)
-                    text = ""
-                except ValueError:
-                    pass
+            if m.role == "tool":
+                fields, text = _tool_fields(text)
+                text = text.strip(" \t\n,;|:")
+                add_fields(label, fields, _subject(fields, m.text))
             if m.role == "user" and text:
                 first = _bare(text.split()[0]).lower()
                 if first in _YES or first in _NO:
@@ -682,11 +809,12 @@ class ExtractiveSummarizer:
         """
         n = len(units)  # orders run over all units, restated ones included
         lows = [u.text.lower() for u in units]
-        facts = [(u, low) for u, low in zip(units, lows, strict=True) if u.fact]
+        # Fields keep their keys, and a value of one record is no restatement of another's.
+        facts = [(u, low) for u, low in zip(units, lows, strict=True) if u.fact and not u.field]
         units = [
             u
             for u, low in zip(units, lows, strict=True)
-            if not any(v is not u and low in other for v, other in facts)
+            if u.field or not any(v is not u and low in other for v, other in facts)
         ]
         if not units:
             return ""
@@ -724,15 +852,16 @@ class ExtractiveSummarizer:
         chosen.sort(key=lambda u: u.order)
         text = self._render_units(chosen)
         while chosen and count_text(text, self.model) > max_tokens:
-            chosen.remove(min(chosen, key=value))
+            # the least valuable goes, the longest of them first (it frees the most room)
+            chosen.remove(min(chosen, key=lambda u: (value(u), -u.tokens, u.order)))
             text = self._render_units(chosen)
         # Per-unit costs overestimate (units of one speaker share a label): fill what is left
         # with the next facts, counting the rendered text itself; superseded values last,
         # the most recent first, as the older ones were replaced earlier.
         fill = sorted(ranked, key=lambda u: (superseded(u), -u.order if superseded(u) else 0))
         for u in fill:
-            if not u.fact or u in chosen:
-                continue
+            if not u.fact or u in chosen or (u.field and superseded(u)):
+                continue  # an old value of a field, once dropped, would only mislead
             trial = sorted([*chosen, u], key=lambda c: c.order)
             rendered = self._render_units(trial)
             if count_text(rendered, self.model) <= max_tokens:
@@ -743,14 +872,23 @@ class ExtractiveSummarizer:
 
     @staticmethod
     def _render_units(units: Sequence[_Unit]) -> str:
+        """``Label: unit; unit`` lines; each tool result on a line of its own, so the
+        fields of two results (two orders) never read as one record."""
         lines: list[str] = []
-        last_label: str | None = None
+        last: tuple[str, int] | None = None
+        anchored = {(u.message, u.text) for u in units}
         for u in units:
-            if u.label == last_label and lines:
-                lines[-1] += "; " + u.text
+            tool = u.label.startswith("Tool")
+            here = (u.label, u.message if tool else -1)
+            text = u.text
+            if u.anchor and (u.message, u.anchor) not in anchored:
+                text = f"{u.anchor}; {text}"  # which record this field belongs to
+                anchored.add((u.message, u.anchor))
+            if here == last and lines:
+                lines[-1] += "; " + text
             else:
-                lines.append(f"{u.label}: {u.text}" if u.label else u.text)
-                last_label = u.label
+                lines.append(f"{u.label}: {text}" if u.label else text)
+                last = here
         return "\n".join(lines)
 
     # ------------------------------------------------------------ sentences style

@@ -3,15 +3,21 @@
 ``graphthrift report --by tenant_id,node`` prints a rich table (``--json PATH`` writes it);
 ``graphthrift bench <name>`` runs one benchmark and ``graphthrift bench`` runs them all
 (``graphthrift.bench.command``; definitions in docs/benchmarks.md).
+
+``report`` only reads: it names the database it reads, and refuses (exit 1) a store that
+does not exist yet instead of creating an empty one, so a report run from the wrong folder
+says so rather than showing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -64,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tenant-id", dest="tenant_id", help="only this tenant")
     report.add_argument("--feature", help="only this feature")
     report.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    report.add_argument(
+        "--home",
+        metavar="DIR",
+        help="the embedded store's folder (default: GRAPHTHRIFT_HOME, else ./.graphthrift)",
+    )
 
     cache_cli.add_parser(sub)
 
@@ -71,19 +82,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class StoreNotFound(GraphthriftError, FileNotFoundError):
+    """``report`` was pointed at a store that does not exist; carries where it looked."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        super().__init__(
+            f"no graphthrift ledger at {where}: {reason}. Run the report from the folder your "
+            "app runs in, or point it at the store with --home DIR (or GRAPHTHRIFT_HOME) or "
+            "--url postgresql://... (or GRAPHTHRIFT_DATABASE_URL); nothing was created"
+        )
+
+
+def _existing_store(args: argparse.Namespace) -> Any:
+    """The store to report on, opened only if it already exists (a report never creates one)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from graphthrift._schema import LEDGER_TABLE
+    from graphthrift.store import DEFAULT_HOME, Store, _driver_url, hide_password
+
+    url = args.url or os.environ.get("GRAPHTHRIFT_DATABASE_URL") or None
+    home = Path(
+        getattr(args, "home", None) or os.environ.get("GRAPHTHRIFT_HOME") or DEFAULT_HOME
+    ).expanduser()
+    home = home.resolve()
+    if url is None:
+        pgdata = home / "pgdata"
+        if not (pgdata / "PG_VERSION").exists():
+            raise StoreNotFound(f"{home}", f"there is no embedded database in {pgdata}")
+        return Store(home=home)
+    engine = create_engine(_driver_url(url, "psycopg"))
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT to_regclass(:t)"), {"t": LEDGER_TABLE}).scalar()
+    except SQLAlchemyError as exc:
+        raise StoreNotFound(
+            hide_password(url), f"the database cannot be read ({exc.__class__.__name__})"
+        ) from exc
+    finally:
+        engine.dispose()
+    if found is None:
+        raise StoreNotFound(hide_password(url), "the database has no ledger table yet")
+    return Store(url)
+
+
+def _cost_cell(row: dict[str, Any], key: str) -> str:
+    """A cost that says when models had no price, instead of passing them off as free."""
+    value = row.get(key)
+    unpriced = int(row.get("unpriced") or 0)
+    if key != "cost_usd" or not unpriced:
+        return f"{(value or 0.0):.6f}"
+    if value is None:
+        return f"n/a ({unpriced} unpriced)"
+    return f"{value:.6f} + {unpriced} unpriced"
+
+
 def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from graphthrift.ledger import Ledger
-    from graphthrift.store import Store
 
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k)}
-    store = Store(args.url)
+    store = _existing_store(args)
+    where = (
+        f"embedded PostgreSQL in {store.home} ({store.display_url})"
+        if store.embedded
+        else store.display_url
+    )
+    console.print(f"ledger: {where}", soft_wrap=True)
     ledger = Ledger(store)
     try:
         rows = ledger.report(by, since=args.since, until=args.until, **filters)
     finally:
         ledger.close()
         store.close()
+    for row in rows:
+        # An LLM row without a price has no known cost: None, never 0.0 (issue 11.10).
+        if row.get("requests") and row.get("unpriced") == row["requests"]:
+            row["cost_usd"] = None
     table = Table(title=f"graphthrift report by {', '.join(by)}")
     columns = [
         *by,
@@ -97,6 +173,8 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "saved_usd",
         "success_rate",
     ]
+    if any(row.get("unpriced") for row in rows):
+        columns.insert(columns.index("cost_usd") + 1, "unpriced")
     for col in columns:
         table.add_column(col, justify="left" if col in by else "right")
     for row in rows:
@@ -104,7 +182,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for col in columns:
             value = row.get(col)
             if col in ("cost_usd", "cache_savings_usd", "saved_usd"):
-                cells.append(f"{value:.6f}")
+                cells.append(_cost_cell(row, col))
             elif col == "success_rate":
                 cells.append("-" if value is None else f"{value:.1%}")
             elif isinstance(value, int):

@@ -23,8 +23,11 @@ def _copy(original: BaseMessage, m: Message) -> BaseMessage:
     return original.model_copy(update=update)
 
 
-def to_langchain(result: PruneResult, summary_role: str = "system") -> list[BaseMessage]:
-    """The pruned prompt as LangChain messages: the originals, the summary, truncated copies."""
+def to_langchain(result: PruneResult, summary_role: str = "user") -> list[BaseMessage]:
+    """The pruned prompt as LangChain messages: the originals, the summary, truncated copies.
+
+    ``summary_role`` defaults to ``"user"``, as ``HistoryPruner`` and every adapter do.
+    """
     summary_cls = SystemMessage if summary_role == "system" else HumanMessage
 
     def make_summary(m: Message) -> BaseMessage:

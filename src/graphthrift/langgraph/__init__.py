@@ -11,6 +11,7 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "summarize_history": ".history",
     "HistoryMessagesState": ".history",
+    "HistoryState": ".history",
     "compress_context": ".compress",
     "cache_lookup": ".cache",
     "cache_store": ".cache",

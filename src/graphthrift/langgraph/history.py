@@ -12,12 +12,15 @@ core's sticky, tool-pair-safe pruning, a partial state update out. Two modes:
 
 The running summary and the sticky boundary live in ``state_key`` as a plain dict, so any
 checkpointer stores them and a resumed thread keeps a warm prompt cache.
+
+Build the graph on ``HistoryState`` (or a state that extends it). On a state without the
+node's keys LangGraph would silently drop what the node writes; the node raises
+``graphthrift.errors.StateSchemaError`` naming the schema instead (issue 11.7).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import (
     AnyMessage,
@@ -28,26 +31,48 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
 from graphthrift.history import HistoryPruner, PruneResult
+from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
 from graphthrift.summarize import Summarizer
 
-__all__ = ["HistoryMessagesState", "summarize_history", "to_langchain"]
+__all__ = ["HistoryMessagesState", "HistoryState", "summarize_history", "to_langchain"]
 
 Mode = Literal["view", "replace"]
+SCHEMA = "HistoryState"
 
 
-class HistoryMessagesState(TypedDict):
-    """A ready state schema for the default keys of ``summarize_history``."""
+def _latest(_old: Any, new: Any) -> Any:
+    """Reducer of a key the node replaces whole: the last write wins."""
+    return new
+
+
+class HistoryState(TypedDict):
+    """The state schema of ``summarize_history``: extend it with your graph's own keys.
+
+    Like ``langgraph.graph.MessagesState`` (and ``langchain.agents``' ``AgentState``) it
+    declares ``messages``; it adds the node's two keys. Both are declared with a reducer so
+    that they exist, empty, from a thread's first step: the node can then tell this schema
+    from one that lacks them, where LangGraph would drop its writes without a word.
+
+    Keys:
+        messages: the whole thread (``add_messages``).
+        llm_input_messages: the pruned prompt the node writes in ``"view"`` mode; send it
+            instead of ``messages`` (LangGraph's prebuilt agents read this key).
+        history_state: the running summary and sticky boundary (``HistoryState.to_dict()``
+            of ``graphthrift.history``), kept by any checkpointer.
+
+    Example:
+        >>> class State(HistoryState):
+        ...     customer_id: str
+    """
 
     messages: Annotated[list[AnyMessage], add_messages]
-    llm_input_messages: NotRequired[list[AnyMessage]]
-    history_state: NotRequired[dict[str, Any] | None]
+    llm_input_messages: Annotated[list[AnyMessage], _latest]
+    history_state: Annotated[dict[str, Any], _latest]
 
 
-def _read(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+#: The earlier name of ``HistoryState``.
+HistoryMessagesState = HistoryState
 
 
 def summarize_history(
@@ -58,7 +83,7 @@ def summarize_history(
     target_tokens: int | None = None,
     keep_turns: int | None = None,
     max_summary_tokens: int | None = None,
-    summary_role: Literal["system", "user"] = "system",
+    summary_role: Literal["system", "user"] = "user",
     model: str | None = None,
     mode: Mode = "view",
     messages_key: str = "messages",
@@ -68,11 +93,12 @@ def summarize_history(
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that prunes the history to ``max_tokens``, tool pairs whole, prefix sticky.
 
-    State keys:
+    State keys (all declared by ``HistoryState``; a state without ``messages_key`` or
+    ``state_key`` raises ``StateSchemaError`` naming it):
         reads ``messages_key`` (default ``messages``): the full history, LangChain messages.
         reads and writes ``state_key`` (default ``history_state``): the summary and sticky
-            boundary, a JSON dict (``HistoryState.to_dict()``); declare it in your state
-            schema without a reducer.
+            boundary, a JSON dict (``graphthrift.history.HistoryState.to_dict()``); empty
+            or None on a thread's first step.
         writes ``output_key`` (default ``llm_input_messages``), in ``"view"`` mode: the
             pruned prompt, to send instead of ``messages``.
         writes ``messages_key``, in ``"replace"`` mode and only when turns were folded or a
@@ -81,15 +107,20 @@ def summarize_history(
     Args:
         pruner: a configured ``HistoryPruner``; otherwise one is built from the settings
             below (see ``HistoryPruner`` for each, and their ``GRAPHTHRIFT_HISTORY_*`` env).
+        summary_role: ``"user"`` (default, as ``HistoryPruningMiddleware`` and langchain's
+            ``SummarizationMiddleware``) or ``"system"``. The summary is written from what
+            users and tools said, so it must not carry a system prompt's authority (a tool
+            result could plant instructions in it), and several providers take system
+            text only at the start of the prompt.
         mode: ``"view"`` keeps ``messages`` intact; ``"replace"`` rewrites it.
-        name: the runnable's name (shown in traces).
+        name: the runnable's name (shown in traces and in ``StateSchemaError``).
 
     Returns:
         A runnable (sync and async) to pass to ``StateGraph.add_node``.
 
     Example:
         >>> from langgraph.graph import StateGraph, START
-        >>> builder = StateGraph(HistoryMessagesState)
+        >>> builder = StateGraph(HistoryState)
         >>> builder.add_node("prune", summarize_history(max_tokens=4000))  # doctest: +ELLIPSIS
         <langgraph.graph.state.StateGraph object at ...>
         >>> builder.add_edge(START, "prune")  # doctest: +ELLIPSIS
@@ -108,10 +139,9 @@ def summarize_history(
     )
 
     def inputs(state: Any) -> tuple[list[Any], Any]:
-        messages = _read(state, messages_key)
-        if messages is None:
-            raise KeyError(f"summarize_history: the state has no {messages_key!r} key")
-        return list(messages), _read(state, state_key)
+        messages = read_state(state, messages_key, schema=SCHEMA, node=name)
+        stored = read_state(state, state_key, schema=SCHEMA, node=name)
+        return list(messages or ()), stored or None
 
     def update(result: PruneResult) -> dict[str, Any]:
         prompt = to_langchain(result, core.summary_role)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from graphthrift._lazy import lazy_getattr
+from graphthrift.errors import require_extra
+
+require_extra("llama_index.core", "llamaindex", "llama-index-core")
 
 _EXPORTS = {
     "CostEventHandler": ".instrumentation",

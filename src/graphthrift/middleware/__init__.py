@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from graphthrift._lazy import lazy_getattr
+from graphthrift.errors import require_extra
+
+require_extra("langchain.agents.middleware", "agents", "langchain")
 
 _EXPORTS = {
     "HistoryPruningMiddleware": ".history",

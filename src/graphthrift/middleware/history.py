@@ -38,10 +38,14 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
 from graphthrift.history import HistoryPruner, HistoryState, PruneResult
+from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
+
+_SCHEMA = "HistoryPruningState"
+_NODE = "HistoryPruningMiddleware"
 
 
 class HistoryPruningState(AgentState[Any]):
@@ -60,7 +64,10 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
             ``ChatModelSummarizer(model, ledger=...)`` for an LLM summary booked in the ledger).
         max_tokens, target_tokens, keep_turns, max_summary_tokens, model: the pruner's
             high watermark, low watermark, verbatim turns, summary cap and token model.
-        summary_role: ``"user"`` (default, as ``SummarizationMiddleware``) or ``"system"``.
+        summary_role: ``"user"`` (default, as ``SummarizationMiddleware``, the LangGraph
+            node and the LlamaIndex memories) or ``"system"``. The summary is written from
+            what users and tools said, so by default it does not carry a system prompt's
+            authority.
         mode: ``"view"`` (non-destructive) or ``"replace"`` (rewrites ``messages``).
 
     Example:
@@ -123,24 +130,35 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
 
     # ------------------------------------------------------------ hooks
 
+    @staticmethod
+    def _inputs(state: Any) -> tuple[list[Any], Any]:
+        """The thread and the stored summary state, read through the adapter kernel."""
+        messages = read_state(state, "messages", schema=_SCHEMA, node=_NODE)
+        stored = read_state(state, "history_state", schema=_SCHEMA, node=_NODE, default=None)
+        return list(messages or ()), stored
+
     def before_model(
         self, state: HistoryPruningState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         """Fold old turns into the summary once the history passes ``max_tokens``."""
-        stored = state.get("history_state")
-        return self._update(self.pruner.prune(state["messages"], stored), stored)
+        messages, stored = self._inputs(state)
+        return self._update(self.pruner.prune(messages, stored), stored)
 
     async def abefore_model(
         self, state: HistoryPruningState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         """Async twin of ``before_model`` (the summarizer is awaited)."""
-        stored = state.get("history_state")
-        return self._update(await self.pruner.aprune(state["messages"], stored), stored)
+        messages, stored = self._inputs(state)
+        return self._update(await self.pruner.aprune(messages, stored), stored)
 
     def _view(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         if self.mode != "view" or not request.messages:
             return request
-        stored: Any = request.state.get("history_state") if request.state else None
+        stored: Any = (
+            read_state(request.state, "history_state", schema=_SCHEMA, node=_NODE, default=None)
+            if request.state
+            else None
+        )
         view = self._to_langchain(self.pruner.view(request.messages, stored))
         return request.override(messages=view)  # type: ignore[arg-type]
 
