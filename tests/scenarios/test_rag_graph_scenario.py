@@ -19,12 +19,12 @@ import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, NotRequired
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -46,6 +46,7 @@ from graphthrift.langgraph import (
     BudgetState,
     CacheState,
     CompressState,
+    HistoryState,
     RouteState,
     budget_guard,
     cache_lookup,
@@ -69,11 +70,8 @@ CODE_Q = "What is my code word?"
 NO_CODE = "You have not told me a code word."
 
 
-class RagState(CacheState, CompressState, RouteState, BudgetState):
+class RagState(CacheState, CompressState, RouteState, BudgetState, HistoryState):
     """The graph's state: the declared states of the graphthrift nodes it uses, extended."""
-
-    llm_input_messages: NotRequired[list[AnyMessage]]
-    history_state: NotRequired[dict[str, Any] | None]
 
 
 def corpus(world: World) -> list[Document]:
