@@ -133,3 +133,19 @@ class StateSchemaError(GraphthriftError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class RequestIdConflict(GraphthriftError):
+    """A request id was reused for a different request within its dedup window.
+
+    Serving the stored answer would answer another question, so the retry is refused.
+    """
+
+    def __init__(self, request_id: str, stored: str, given: str) -> None:
+        self.request_id = request_id
+        self.stored = stored
+        self.given = given
+        super().__init__(
+            f"request id {request_id!r} was already used for a different request "
+            f"(fingerprint {stored[:12]} stored, {given[:12]} given); use a new request id"
+        )

@@ -1,0 +1,10 @@
+"""Resilience without waste: single-flight and request-id dedup, idempotent tools, retry
+budgets. Framework-free; the adapters live in ``graphthrift.middleware.resilience`` and
+``graphthrift.langgraph.resilience``."""
+
+from __future__ import annotations
+
+from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
+from graphthrift.resilience.singleflight import SingleFlight
+
+__all__ = ["JSON_CODEC", "Codec", "FlightStats", "SingleFlight"]
