@@ -19,6 +19,8 @@ _EXPORTS = {
     "route_on_budget": ".budget",
     "route_model": ".route",
     "route_by_model": ".route",
+    "SingleFlightModel": ".resilience",
+    "dedup_requests": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -11,6 +11,7 @@ _EXPORTS = {
     "BudgetMiddleware": ".budget",
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",
+    "ResilienceMiddleware": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -5,6 +5,7 @@ budgets. Framework-free; the adapters live in ``graphthrift.middleware.resilienc
 from __future__ import annotations
 
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
+from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.singleflight import SingleFlight
 
-__all__ = ["JSON_CODEC", "Codec", "FlightStats", "SingleFlight"]
+__all__ = ["JSON_CODEC", "Codec", "FlightStats", "RequestDedup", "SingleFlight"]

@@ -109,8 +109,7 @@ _READ = text(f"""
     SELECT result, usage, model, fingerprint FROM {FLIGHTS_TABLE}
     WHERE key_hash = :key AND expires_at > now() AND finished_at >= :since
 """)
-_WRITE_AND_UNLOCK = text(f"""
-    WITH up AS (
+_WRITE = text(f"""
         INSERT INTO {FLIGHTS_TABLE} AS f
             (key_hash, kind, fingerprint, tenant_id, model, result, usage, started_at,
              finished_at, expires_at)
@@ -123,9 +122,6 @@ _WRITE_AND_UNLOCK = text(f"""
             result = EXCLUDED.result, usage = EXCLUDED.usage,
             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             expires_at = EXCLUDED.expires_at
-        RETURNING 1
-    )
-    SELECT pg_advisory_unlock(:lock) FROM up
 """)
 _UNLOCK = text("SELECT pg_advisory_unlock(:lock)")
 _UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
@@ -145,6 +141,7 @@ class _Local:
         self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.lock = threading.Lock()
         self.waiters = 0
+        self.fingerprint: str | None = None
 
     def finish(self, answer: Answer[Any] | None, error: BaseException | None) -> None:
         with self.lock:
@@ -242,13 +239,17 @@ class FlightEngine:
 
     # -- the in-process part ---------------------------------------------------------------
 
-    def _join(self, digest: str) -> tuple[_Local, bool]:
+    def _join(self, ticket: Ticket[Any]) -> tuple[_Local, bool]:
         with self._lock:
-            local = self._flights.get(digest)
+            local = self._flights.get(ticket.key)
             if local is not None:
+                theirs, ours = local.fingerprint, ticket.fingerprint
+                if theirs is not None and ours is not None and theirs != ours:
+                    raise RequestIdConflict(ticket.label, theirs, ours)
                 local.waiters += 1
                 return local, False
-            local = self._flights[digest] = _Local()
+            local = self._flights[ticket.key] = _Local()
+            local.fingerprint = ticket.fingerprint
             return local, True
 
     def waiting(self) -> int:
@@ -272,7 +273,7 @@ class FlightEngine:
 
     def run(self, ticket: Ticket[T], fn: Callable[[], T]) -> Answer[T]:
         """Call ``fn`` once for every concurrent caller of ``ticket.key``."""
-        local, leader = self._join(ticket.key)
+        local, leader = self._join(ticket)
         if not leader:
             if local.event.wait(self.wait_timeout):
                 return self._shared(local)
@@ -288,7 +289,7 @@ class FlightEngine:
 
     async def arun(self, ticket: Ticket[T], fn: Callable[[], Awaitable[T]]) -> Answer[T]:
         """``run`` for coroutines; shares flights with threads of the same process."""
-        local, leader = self._join(ticket.key)
+        local, leader = self._join(ticket)
         if not leader:
             try:
                 await asyncio.wait_for(local.future(), self.wait_timeout)
@@ -421,12 +422,15 @@ class FlightEngine:
             self._store_failed(exc)
 
     def _publish(self, held: _Held, ticket: Ticket[Any], answer: Answer[Any]) -> None:
-        """Write the answer for the waiters, then release the lock (in one statement)."""
+        """Write (and commit) the answer for the waiters, then release the lock.
+
+        Two statements: an unlock inside the writing statement would let a waiter in before
+        the row is committed, and it would call the model again."""
         if held.conn is None:
             return
         try:
             held.conn.execute(
-                _WRITE_AND_UNLOCK,
+                _WRITE,
                 {
                     "key": ticket.key,
                     "kind": self.kind,
@@ -437,9 +441,9 @@ class FlightEngine:
                     "usage": usage_json(answer.usage),
                     "started": held.started,
                     "keep": self.keep_s,
-                    "lock": held.lock,
                 },
             )
+            held.conn.execute(_UNLOCK, {"lock": held.lock})
             self._leads += 1
             if self._leads % 200 == 0:
                 held.conn.execute(_PURGE)
