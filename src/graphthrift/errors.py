@@ -149,3 +149,21 @@ class RequestIdConflict(GraphthriftError):
             f"request id {request_id!r} was already used for a different request "
             f"(fingerprint {stored[:12]} stored, {given[:12]} given); use a new request id"
         )
+
+
+class ToolCallInProgress(GraphthriftError):
+    """An idempotent tool call with this key is running elsewhere and did not finish in time.
+
+    Running it here too could repeat its side effect, so the call is refused instead; retry
+    later, or after ``lease_left_s`` seconds a crashed holder's claim is taken over.
+    """
+
+    def __init__(self, tool: str, key: str, waited_s: float, lease_left_s: float) -> None:
+        self.tool = tool
+        self.key = key
+        self.waited_s = waited_s
+        self.lease_left_s = lease_left_s
+        super().__init__(
+            f"tool {tool!r} is already running for idempotency key {key!r}: waited "
+            f"{waited_s:.1f}s; its claim lapses in {lease_left_s:.1f}s if its holder died"
+        )

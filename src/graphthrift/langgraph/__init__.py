@@ -21,6 +21,7 @@ _EXPORTS = {
     "route_by_model": ".route",
     "SingleFlightModel": ".resilience",
     "dedup_requests": ".resilience",
+    "idempotent_tool": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -23,17 +23,27 @@ from langchain_core._api.beta_decorator import suppress_langchain_beta_warning
 from langchain_core.load import dumpd, load
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool, StructuredTool
 
 from graphthrift.kernel import cache_scope, run_tags, usage_of
-from graphthrift.resilience import JSON_CODEC, Codec, RequestDedup, SingleFlight
+from graphthrift.resilience import (
+    JSON_CODEC,
+    Codec,
+    RequestDedup,
+    SingleFlight,
+    ToolIdempotency,
+    derive_tool_key,
+)
 from graphthrift.usage import Usage
 
 __all__ = [
     "MESSAGE_CODEC",
     "SingleFlightModel",
     "dedup_requests",
+    "idempotent_tool",
     "message_fingerprint",
     "model_name",
+    "tool_call_key",
 ]
 
 
@@ -203,3 +213,67 @@ def dedup_requests(
         >>> agent.invoke({"messages": [...]}, {"metadata": {"request_id": "req-1"}})
     """
     return _RequestDedupRunnable(runnable, dedup, fingerprint)
+
+
+# -- idempotent tools ------------------------------------------------------------------------
+
+
+def tool_call_key(
+    tool: str, args: Mapping[str, Any], thread_id: str | None, key_arg: str | None
+) -> tuple[str, bool]:
+    """A tool call's idempotency key and whether it was explicit.
+
+    An explicit key is the ``key_arg`` argument of the call (the model or the caller passes
+    it); otherwise (thread, tool, canonical arguments).
+    """
+    explicit = args.get(key_arg) if key_arg else None
+    if explicit is not None and explicit != "":
+        return f"{tool}:{explicit}", True
+    return derive_tool_key(thread_id, tool, dict(args)), False
+
+
+def idempotent_tool(
+    tool: BaseTool, guard: ToolIdempotency, *, key_arg: str | None = "idempotency_key"
+) -> BaseTool:
+    """``tool`` run at most once per idempotency key (see ``ToolIdempotency``).
+
+    The key is the call's ``key_arg`` argument when present, else (thread, tool, canonical
+    arguments); the tenant comes from the run's config (``graphthrift.kernel``). The stored
+    output is returned on every repeat, also after a LangGraph resume or replay.
+
+    Example:
+        >>> pay = idempotent_tool(pay_invoice, ToolIdempotency(store))
+        >>> agent = create_agent(model, [pay])
+    """
+    if not isinstance(guard, ToolIdempotency):
+        raise TypeError(f"idempotent_tool needs a graphthrift ToolIdempotency, got {guard!r}")
+
+    def _ctx(kwargs: Mapping[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        tags = run_tags(config)
+        key, _ = tool_call_key(tool.name, kwargs, tags.get("thread_id"), key_arg)
+        tenant = tags.get("tenant_id")
+        return {
+            "key": key,
+            "tool": tool.name,
+            "tenant_id": None if tenant is None else str(tenant),
+            "tags": tags,
+        }
+
+    def run(config: RunnableConfig, **kwargs: Any) -> Any:
+        return guard.run(fn=lambda: tool.invoke(kwargs, config), **_ctx(kwargs, config))
+
+    async def arun(config: RunnableConfig, **kwargs: Any) -> Any:
+        async def call() -> Any:
+            return await tool.ainvoke(kwargs, config)
+
+        return await guard.arun(fn=call, **_ctx(kwargs, config))
+
+    return StructuredTool(
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
+        func=run,
+        coroutine=arun,
+        return_direct=tool.return_direct,
+        response_format=tool.response_format,
+    )

@@ -12,6 +12,7 @@ _EXPORTS = {
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",
     "ResilienceMiddleware": ".resilience",
+    "IdempotentToolMiddleware": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ agent with ``graphthrift.langgraph.dedup_requests``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from langchain.agents.middleware.types import (
@@ -21,14 +21,23 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core._api.beta_decorator import suppress_langchain_beta_warning
 from langchain_core.load import dumpd, load
+from langchain_core.messages import ToolMessage
 from langgraph.config import get_config
+from langgraph.types import Command
 
+from graphthrift import diagnostics
 from graphthrift.kernel import cache_scope, run_tags
-from graphthrift.langgraph.resilience import _settings, _usage, message_fingerprint, model_name
-from graphthrift.resilience import JSON_CODEC, Codec, SingleFlight
+from graphthrift.langgraph.resilience import (
+    _settings,
+    _usage,
+    message_fingerprint,
+    model_name,
+    tool_call_key,
+)
+from graphthrift.resilience import JSON_CODEC, Codec, SingleFlight, ToolIdempotency
 from graphthrift.usage import Usage
 
-__all__ = ["ResilienceMiddleware"]
+__all__ = ["IdempotentToolMiddleware", "ResilienceMiddleware"]
 
 
 def _encode_response(response: Any) -> Any:
@@ -130,3 +139,124 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             return await handler(request)
 
         return await self.single_flight.acall(fn=call, **self._args(request))
+
+
+class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Side-effecting tools of a ``create_agent`` agent run at most once per key.
+
+    Through ``wrap_tool_call``: before a guarded tool runs, its key is claimed in the store;
+    a repeat (a LangGraph resume, a replay from a checkpoint, a restarted process) gets the
+    stored ``ToolMessage`` back, with the repeat's own ``tool_call_id``. The key is the
+    call's ``key_arg`` argument when present, else (thread, tool, canonical arguments).
+
+    Args:
+        guard: the ``ToolIdempotency`` (store, TTL, lease).
+        tools: names of the tools to guard (default: every tool).
+        key_arg: the tool argument holding an explicit idempotency key.
+
+    A tool that returns a ``Command`` is run unguarded (a command cannot be replayed safely);
+    this is counted as ``idempotent_tool_command``. It writes no state.
+
+    Example:
+        >>> agent = create_agent(model, [pay_invoice], checkpointer=saver, middleware=[
+        ...     IdempotentToolMiddleware(ToolIdempotency(store), tools=["pay_invoice"])])
+    """
+
+    def __init__(
+        self,
+        guard: ToolIdempotency,
+        *,
+        tools: Collection[str] | None = None,
+        key_arg: str | None = "idempotency_key",
+    ) -> None:
+        super().__init__()
+        if not isinstance(guard, ToolIdempotency):
+            raise TypeError(
+                f"IdempotentToolMiddleware needs a graphthrift ToolIdempotency, got {guard!r}"
+            )
+        if guard.codec is JSON_CODEC:
+            guard.codec = TOOL_MESSAGE_CODEC
+        self.guard = guard
+        self.guarded_tools = None if tools is None else frozenset(tools)
+        self.key_arg = key_arg
+
+    def _args(self, request: Any) -> dict[str, Any] | None:
+        call = request.tool_call
+        name = call.get("name") or ""
+        if self.guarded_tools is not None and name not in self.guarded_tools:
+            return None
+        runtime = getattr(request, "runtime", None)
+        config = getattr(runtime, "config", None) or _run_config()
+        tags = run_tags(config)
+        key, _ = tool_call_key(name, call.get("args") or {}, tags.get("thread_id"), self.key_arg)
+        tenant = tags.get("tenant_id")
+        return {
+            "key": key,
+            "tool": name,
+            "tenant_id": None if tenant is None else str(tenant),
+            "tags": tags,
+        }
+
+    @staticmethod
+    def _checked(result: Any) -> ToolMessage:
+        if not isinstance(result, ToolMessage):
+            diagnostics.count("idempotent_tool_command")
+            raise _Unstorable(result)
+        if result.status == "error":
+            raise _Unstorable(result)  # a failed call is not a result: let it be retried
+        return result
+
+    @staticmethod
+    def _for(request: Any, message: ToolMessage) -> ToolMessage:
+        return message.model_copy(update={"tool_call_id": request.tool_call.get("id") or ""})
+
+    def wrap_tool_call(
+        self, request: Any, handler: Callable[[Any], ToolMessage | Command[Any]]
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool once per key; repeats get the stored result."""
+        args = self._args(request)
+        if args is None:
+            return handler(request)
+        try:
+            message = self.guard.run(fn=lambda: self._checked(handler(request)), **args)
+        except _Unstorable as raw:
+            return raw.result  # type: ignore[no-any-return]
+        return self._for(request, message)
+
+    async def awrap_tool_call(
+        self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command[Any]]]
+    ) -> ToolMessage | Command[Any]:
+        """Async twin of ``wrap_tool_call``."""
+        args = self._args(request)
+        if args is None:
+            return await handler(request)
+
+        async def call() -> ToolMessage:
+            return self._checked(await handler(request))
+
+        try:
+            message = await self.guard.arun(fn=call, **args)
+        except _Unstorable as raw:
+            return raw.result  # type: ignore[no-any-return]
+        return self._for(request, message)
+
+
+class _Unstorable(Exception):
+    """A tool result that must not be stored (a Command, an error): released and returned."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("unstorable tool result")
+        self.result = result
+
+
+def _encode_tool_message(message: Any) -> Any:
+    return dumpd(message)
+
+
+def _decode_tool_message(data: Any) -> Any:
+    with suppress_langchain_beta_warning():
+        return load(data, allowed_objects="messages")
+
+
+#: ``ToolMessage`` to JSON and back, for results stored across processes.
+TOOL_MESSAGE_CODEC = Codec(encode=_encode_tool_message, decode=_decode_tool_message)

@@ -5,7 +5,16 @@ budgets. Framework-free; the adapters live in ``graphthrift.middleware.resilienc
 from __future__ import annotations
 
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
+from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
 from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.singleflight import SingleFlight
 
-__all__ = ["JSON_CODEC", "Codec", "FlightStats", "RequestDedup", "SingleFlight"]
+__all__ = [
+    "JSON_CODEC",
+    "Codec",
+    "FlightStats",
+    "RequestDedup",
+    "SingleFlight",
+    "ToolIdempotency",
+    "derive_tool_key",
+]
