@@ -167,3 +167,34 @@ class ToolCallInProgress(GraphthriftError):
             f"tool {tool!r} is already running for idempotency key {key!r}: waited "
             f"{waited_s:.1f}s; its claim lapses in {lease_left_s:.1f}s if its holder died"
         )
+
+
+class RetryBudgetExhausted(GraphthriftError):
+    """A retry was refused: the scope already retried its allowed share in the window.
+
+    A broken provider must not multiply the bill; the call fails fast with the error that
+    would have been retried as its ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        retries: int,
+        calls: int,
+        allowed: int,
+        max_share: float,
+        window_s: float,
+        error_kind: str,
+    ) -> None:
+        self.scope = scope
+        self.retries = retries
+        self.calls = calls
+        self.allowed = allowed
+        self.max_share = max_share
+        self.window_s = window_s
+        self.error_kind = error_kind
+        super().__init__(
+            f"retry budget of {scope} exhausted: {retries} retries for {calls} calls in the "
+            f"last {window_s:g}s (allowed {allowed}, share {max_share:g}); "
+            f"not retrying this {error_kind} error"
+        )

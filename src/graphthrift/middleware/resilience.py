@@ -1,4 +1,5 @@
-"""``ResilienceMiddleware``: single-flight for ``create_agent`` model calls.
+"""``ResilienceMiddleware`` (single-flight and capped retries for ``create_agent`` model calls)
+and ``IdempotentToolMiddleware`` (side-effecting tools run at most once per key).
 
 LangChain's ``ModelRetryMiddleware`` and ``ModelFallbackMiddleware`` retry and fall back one
 call at a time; they cannot see that another thread, task or process is already generating
@@ -34,7 +35,7 @@ from graphthrift.langgraph.resilience import (
     model_name,
     tool_call_key,
 )
-from graphthrift.resilience import JSON_CODEC, Codec, SingleFlight, ToolIdempotency
+from graphthrift.resilience import JSON_CODEC, Codec, Retrier, SingleFlight, ToolIdempotency
 from graphthrift.usage import Usage
 
 __all__ = ["IdempotentToolMiddleware", "ResilienceMiddleware"]
@@ -73,11 +74,15 @@ def _response_usage(response: Any) -> Usage | None:
 
 
 class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
-    """Identical concurrent model calls of ``create_agent`` agents make one provider call.
+    """Identical concurrent model calls make one provider call; failures retry within caps.
 
     Args:
         single_flight: the ``SingleFlight`` (with a ledger, waiters are booked as
             ``kind="dedup"`` rows with ``saved_usd``).
+        retrier: a ``Retrier``: backoff with full jitter honouring ``retry-after``, retries
+            capped per call and as a share of the run's and tenant's calls. Use it instead
+            of ``ModelRetryMiddleware`` (not both: retries would multiply). Retries happen
+            inside the single flight, so waiters never retry on their own.
         model_name: the priced name of the agent's model (default: read from the model).
 
     It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
@@ -88,15 +93,26 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         ...                      middleware=[ResilienceMiddleware(SingleFlight(store))])
     """
 
-    def __init__(self, single_flight: SingleFlight, *, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        single_flight: SingleFlight | None = None,
+        *,
+        retrier: Retrier | None = None,
+        model_name: str | None = None,
+    ) -> None:
         super().__init__()
-        if not isinstance(single_flight, SingleFlight):
+        if single_flight is None and retrier is None:
+            raise ValueError("ResilienceMiddleware needs a single_flight, a retrier or both")
+        if single_flight is not None and not isinstance(single_flight, SingleFlight):
             raise TypeError(
                 f"ResilienceMiddleware needs a graphthrift SingleFlight, got {single_flight!r}"
             )
-        if single_flight.engine.codec is JSON_CODEC:
+        if retrier is not None and not isinstance(retrier, Retrier):
+            raise TypeError(f"ResilienceMiddleware needs a graphthrift Retrier, got {retrier!r}")
+        if single_flight is not None and single_flight.engine.codec is JSON_CODEC:
             single_flight.engine.codec = RESPONSE_CODEC
         self.single_flight = single_flight
+        self.retrier = retrier
         self.model_name = model_name
 
     def _args(self, request: ModelRequest[Any]) -> dict[str, Any]:
@@ -125,8 +141,17 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any]:
-        """Call the model, or take the answer of the identical call already running."""
-        return self.single_flight.call(fn=lambda: handler(request), **self._args(request))
+        """Call the model (retried within the caps), or take the answer of the identical
+        call already running."""
+        args = self._args(request)
+        retrier = self.retrier
+        if retrier is None:
+            call: Callable[[], ModelResponse[Any]] = lambda: handler(request)  # noqa: E731
+        else:
+            call = lambda: retrier.call(lambda: handler(request), tags=args["tags"])  # noqa: E731
+        if self.single_flight is None:
+            return call()
+        return self.single_flight.call(fn=call, **args)
 
     async def awrap_model_call(
         self,
@@ -134,11 +159,19 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any]:
         """Async twin of ``wrap_model_call``."""
+        args = self._args(request)
 
-        async def call() -> ModelResponse[Any]:
+        async def once() -> ModelResponse[Any]:
             return await handler(request)
 
-        return await self.single_flight.acall(fn=call, **self._args(request))
+        async def call() -> ModelResponse[Any]:
+            if self.retrier is None:
+                return await once()
+            return await self.retrier.acall(once, tags=args["tags"])
+
+        if self.single_flight is None:
+            return await call()
+        return await self.single_flight.acall(fn=call, **args)
 
 
 class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):

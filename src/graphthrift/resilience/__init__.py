@@ -7,14 +7,20 @@ from __future__ import annotations
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
 from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
 from graphthrift.resilience.requests import RequestDedup
+from graphthrift.resilience.retry import RETRYABLE, Backoff, Retrier, RetryBudget, retry_after_of
 from graphthrift.resilience.singleflight import SingleFlight
 
 __all__ = [
     "JSON_CODEC",
+    "RETRYABLE",
+    "Backoff",
     "Codec",
     "FlightStats",
     "RequestDedup",
+    "Retrier",
+    "RetryBudget",
     "SingleFlight",
     "ToolIdempotency",
     "derive_tool_key",
+    "retry_after_of",
 ]
