@@ -6,6 +6,8 @@
   tool runs at most once per key, and its stored result is returned on repeat.
 - ``graphthrift_retry_window``: calls and retries per scope per time bucket, the sliding window
   that retry budgets read.
+- ``graphthrift_rate_buckets``: one token bucket per limit (requests or tokens per minute of a
+  provider, model and tenant), shared by every process.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from graphthrift._schema import Migration
 FLIGHTS_TABLE = "graphthrift_flights"
 TOOL_CLAIMS_TABLE = "graphthrift_tool_claims"
 RETRY_WINDOW_TABLE = "graphthrift_retry_window"
+RATE_BUCKETS_TABLE = "graphthrift_rate_buckets"
 
 RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -70,6 +73,21 @@ RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
                 calls bigint NOT NULL DEFAULT 0,
                 retries bigint NOT NULL DEFAULT 0,
                 PRIMARY KEY (scope, bucket)
+            )
+            """,
+        ),
+    ),
+    Migration(
+        33,
+        "shared rate limit buckets",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {RATE_BUCKETS_TABLE} (
+                key text PRIMARY KEY,
+                level double precision NOT NULL,
+                capacity double precision NOT NULL,
+                refill_per_s double precision NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
             )
             """,
         ),

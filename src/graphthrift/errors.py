@@ -198,3 +198,23 @@ class RetryBudgetExhausted(GraphthriftError):
             f"last {window_s:g}s (allowed {allowed}, share {max_share:g}); "
             f"not retrying this {error_kind} error"
         )
+
+
+class RateLimited(GraphthriftError):
+    """A shared rate limit had no room for the call within the wait bound: it was shed.
+
+    Names the limit and carries what was needed, what was available and when to retry.
+    """
+
+    def __init__(
+        self, limit: str, needed: float, available: float, waited_s: float, retry_after_s: float
+    ) -> None:
+        self.limit = limit
+        self.needed = needed
+        self.available = available
+        self.waited_s = waited_s
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"rate limit {limit} is full: this call needs {needed:g}, {available:g} available; "
+            f"waited {waited_s:.1f}s, retry in {retry_after_s:.1f}s"
+        )

@@ -11,6 +11,7 @@ agent with ``graphthrift.langgraph.dedup_requests``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
@@ -35,7 +36,16 @@ from graphthrift.langgraph.resilience import (
     model_name,
     tool_call_key,
 )
-from graphthrift.resilience import JSON_CODEC, Codec, Retrier, SingleFlight, ToolIdempotency
+from graphthrift.resilience import (
+    JSON_CODEC,
+    Codec,
+    Retrier,
+    SharedRateLimiter,
+    SingleFlight,
+    ToolIdempotency,
+)
+from graphthrift.resilience.ratelimit import Priority
+from graphthrift.tokens import count_messages
 from graphthrift.usage import Usage
 
 __all__ = ["IdempotentToolMiddleware", "ResilienceMiddleware"]
@@ -83,6 +93,11 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             capped per call and as a share of the run's and tenant's calls. Use it instead
             of ``ModelRetryMiddleware`` (not both: retries would multiply). Retries happen
             inside the single flight, so waiters never retry on their own.
+        rate_limiter: a ``SharedRateLimiter``: each attempt reserves one request and its
+            counted input plus capped output tokens (``max_tokens`` of the call, else
+            ``max_output_tokens``), waits for room up to its bound (then ``RateLimited``),
+            and settles the real usage.
+        priority: ``"interactive"`` or ``"batch"`` (batch leaves the limiter's reserve).
         model_name: the priced name of the agent's model (default: read from the model).
 
     It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
@@ -98,11 +113,18 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         single_flight: SingleFlight | None = None,
         *,
         retrier: Retrier | None = None,
+        rate_limiter: SharedRateLimiter | None = None,
+        priority: Priority = "interactive",
+        max_output_tokens: int = 1024,
         model_name: str | None = None,
     ) -> None:
         super().__init__()
-        if single_flight is None and retrier is None:
-            raise ValueError("ResilienceMiddleware needs a single_flight, a retrier or both")
+        if single_flight is None and retrier is None and rate_limiter is None:
+            raise ValueError(
+                "ResilienceMiddleware needs a single_flight, a retrier or a rate_limiter"
+            )
+        if priority not in ("interactive", "batch"):
+            raise ValueError(f"priority must be 'interactive' or 'batch', got {priority!r}")
         if single_flight is not None and not isinstance(single_flight, SingleFlight):
             raise TypeError(
                 f"ResilienceMiddleware needs a graphthrift SingleFlight, got {single_flight!r}"
@@ -113,6 +135,9 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             single_flight.engine.codec = RESPONSE_CODEC
         self.single_flight = single_flight
         self.retrier = retrier
+        self.rate_limiter = rate_limiter
+        self.priority: Priority = priority
+        self.max_output_tokens = max_output_tokens
         self.model_name = model_name
 
     def _args(self, request: ModelRequest[Any]) -> dict[str, Any]:
@@ -136,6 +161,22 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             "tags": run_tags(config),
         }
 
+    def _rate_args(
+        self, request: ModelRequest[Any], args: Mapping[str, Any]
+    ) -> tuple[str, int, str | None]:
+        """The limit's model name, the tokens to reserve (counted input plus capped output)
+        and the tenant."""
+        name = args["model"] or "unknown"
+        messages = list(request.messages)
+        if request.system_message is not None:
+            messages.insert(0, request.system_message)
+        settings = request.model_settings or {}
+        cap = settings.get("max_tokens") or getattr(request.model, "max_tokens", None)
+        cap = cap if isinstance(cap, int) and cap > 0 else self.max_output_tokens
+        tenant = args["tags"].get("tenant_id")
+        tokens = count_messages(messages, name).tokens + cap
+        return name, tokens, None if tenant is None else str(tenant)
+
     def wrap_model_call(
         self,
         request: ModelRequest[Any],
@@ -145,10 +186,23 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         call already running."""
         args = self._args(request)
         retrier = self.retrier
+
+        def once() -> ModelResponse[Any]:
+            limiter = self.rate_limiter
+            if limiter is None:
+                return handler(request)
+            name, tokens, tenant = self._rate_args(request, args)
+            held = limiter.acquire(name, tokens=tokens, tenant_id=tenant, priority=self.priority)
+            response = handler(request)
+            used = _response_usage(response)
+            if used is not None:
+                limiter.settle(held, used_tokens=used.input_tokens + used.output_tokens)
+            return response
+
         if retrier is None:
-            call: Callable[[], ModelResponse[Any]] = lambda: handler(request)  # noqa: E731
+            call: Callable[[], ModelResponse[Any]] = once
         else:
-            call = lambda: retrier.call(lambda: handler(request), tags=args["tags"])  # noqa: E731
+            call = lambda: retrier.call(once, tags=args["tags"])  # noqa: E731
         if self.single_flight is None:
             return call()
         return self.single_flight.call(fn=call, **args)
@@ -162,7 +216,20 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         args = self._args(request)
 
         async def once() -> ModelResponse[Any]:
-            return await handler(request)
+            limiter = self.rate_limiter
+            if limiter is None:
+                return await handler(request)
+            name, tokens, tenant = self._rate_args(request, args)
+            held = await limiter.aacquire(
+                name, tokens=tokens, tenant_id=tenant, priority=self.priority
+            )
+            response = await handler(request)
+            used = _response_usage(response)
+            if used is not None:
+                await asyncio.to_thread(
+                    limiter.settle, held, used_tokens=used.input_tokens + used.output_tokens
+                )
+            return response
 
         async def call() -> ModelResponse[Any]:
             if self.retrier is None:

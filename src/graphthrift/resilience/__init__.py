@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
 from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
+from graphthrift.resilience.ratelimit import RateLimit, RateReservation, SharedRateLimiter
 from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.retry import RETRYABLE, Backoff, Retrier, RetryBudget, retry_after_of
 from graphthrift.resilience.singleflight import SingleFlight
@@ -16,9 +17,12 @@ __all__ = [
     "Backoff",
     "Codec",
     "FlightStats",
+    "RateLimit",
+    "RateReservation",
     "RequestDedup",
     "Retrier",
     "RetryBudget",
+    "SharedRateLimiter",
     "SingleFlight",
     "ToolIdempotency",
     "derive_tool_key",
