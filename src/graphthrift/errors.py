@@ -218,3 +218,16 @@ class RateLimited(GraphthriftError):
             f"rate limit {limit} is full: this call needs {needed:g}, {available:g} available; "
             f"waited {waited_s:.1f}s, retry in {retry_after_s:.1f}s"
         )
+
+
+class NoCandidateLeft(GraphthriftError):
+    """Failover found no model to call: each candidate was skipped or failed.
+
+    ``reasons`` maps each candidate to why it was not used (``"circuit open"``, ``"over
+    budget"``, or the error kind it failed with).
+    """
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = dict(reasons)
+        listed = ", ".join(f"{name}: {why}" for name, why in reasons.items())
+        super().__init__(f"no model left to call ({listed})")

@@ -13,6 +13,7 @@ _EXPORTS = {
     "RouterMiddleware": ".route",
     "ResilienceMiddleware": ".resilience",
     "IdempotentToolMiddleware": ".resilience",
+    "FailoverMiddleware": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -36,9 +36,12 @@ from graphthrift.langgraph.resilience import (
     model_name,
     tool_call_key,
 )
+from graphthrift.ledger import Ledger
 from graphthrift.resilience import (
     JSON_CODEC,
+    CircuitBreaker,
     Codec,
+    Failover,
     Retrier,
     SharedRateLimiter,
     SingleFlight,
@@ -48,7 +51,7 @@ from graphthrift.resilience.ratelimit import Priority
 from graphthrift.tokens import count_messages
 from graphthrift.usage import Usage
 
-__all__ = ["IdempotentToolMiddleware", "ResilienceMiddleware"]
+__all__ = ["FailoverMiddleware", "IdempotentToolMiddleware", "ResilienceMiddleware"]
 
 
 def _encode_response(response: Any) -> Any:
@@ -360,3 +363,72 @@ def _decode_tool_message(data: Any) -> Any:
 
 #: ``ToolMessage`` to JSON and back, for results stored across processes.
 TOOL_MESSAGE_CODEC = Codec(encode=_encode_tool_message, decode=_decode_tool_message)
+
+
+class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Cost-aware failover with circuit breakers for ``create_agent`` model calls.
+
+    The agent's model is tried first, then ``fallbacks`` in order; a candidate whose circuit
+    is open, or whose call would break the run's budget (``fits``), is skipped, and the reason
+    is written to the ledger (``kind="failover"``). Unlike ``ModelFallbackMiddleware``, it
+    does not call a provider its breaker knows is down, and it never falls back to a model the
+    budget cannot pay for. Use one or the other, not both; put ``ResilienceMiddleware`` (retries)
+    inside it when each candidate should be retried before moving on.
+
+    Args:
+        fallbacks: ``{name: chat model}``, best first; names are what ``fits`` and the
+            ledger see.
+        breaker: the ``CircuitBreaker`` (default: a new one).
+        fits: ``model name -> bool``, whether the call fits the run's budget.
+        ledger: where decisions are written.
+        model_name: the name of the agent's own model (default: read from the model).
+    """
+
+    def __init__(
+        self,
+        fallbacks: Mapping[str, Any],
+        *,
+        breaker: CircuitBreaker | None = None,
+        fits: Callable[[str], bool] | None = None,
+        ledger: Ledger | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not fallbacks:
+            raise ValueError("FailoverMiddleware needs at least one fallback model")
+        self.fallbacks = dict(fallbacks)
+        self.breaker = breaker or CircuitBreaker()
+        self.fits = fits
+        self.ledger = ledger
+        self.model_name = model_name
+
+    def _plan(self, request: ModelRequest[Any]) -> tuple[Failover, dict[str, Any]]:
+        primary = self.model_name or model_name(request.model) or "primary"
+        models = {primary: request.model, **self.fallbacks}
+        failover = Failover(list(models), breaker=self.breaker, fits=self.fits, ledger=self.ledger)
+        return failover, models
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any]:
+        """Call the first candidate that is healthy, affordable and answers."""
+        failover, models = self._plan(request)
+        return failover.call(
+            lambda name: handler(request.override(model=models[name])),
+            tags=run_tags(_run_config()),
+        )
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any]:
+        """Async twin of ``wrap_model_call``."""
+        failover, models = self._plan(request)
+
+        async def call(name: str) -> ModelResponse[Any]:
+            return await handler(request.override(model=models[name]))
+
+        return await failover.acall(call, tags=run_tags(_run_config()))

@@ -5,6 +5,7 @@ budgets. Framework-free; the adapters live in ``graphthrift.middleware.resilienc
 from __future__ import annotations
 
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
+from graphthrift.resilience.breaker import CircuitBreaker, Failover
 from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
 from graphthrift.resilience.ratelimit import RateLimit, RateReservation, SharedRateLimiter
 from graphthrift.resilience.requests import RequestDedup
@@ -15,7 +16,9 @@ __all__ = [
     "JSON_CODEC",
     "RETRYABLE",
     "Backoff",
+    "CircuitBreaker",
     "Codec",
+    "Failover",
     "FlightStats",
     "RateLimit",
     "RateReservation",
