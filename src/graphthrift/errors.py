@@ -231,3 +231,15 @@ class NoCandidateLeft(GraphthriftError):
         self.reasons = dict(reasons)
         listed = ", ".join(f"{name}: {why}" for name, why in reasons.items())
         super().__init__(f"no model left to call ({listed})")
+
+
+class ShuttingDown(GraphthriftError):
+    """The process is draining for a restart and takes no new work; retry on another one."""
+
+    def __init__(self, in_flight: int, grace_s: float) -> None:
+        self.in_flight = in_flight
+        self.grace_s = grace_s
+        super().__init__(
+            f"shutting down: no new work is taken ({in_flight} calls finishing, "
+            f"grace period {grace_s:g}s); retry on another worker"
+        )

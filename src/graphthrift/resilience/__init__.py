@@ -10,6 +10,7 @@ from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
 from graphthrift.resilience.ratelimit import RateLimit, RateReservation, SharedRateLimiter
 from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.retry import RETRYABLE, Backoff, Retrier, RetryBudget, retry_after_of
+from graphthrift.resilience.shutdown import DrainReport, GracefulShutdown
 from graphthrift.resilience.singleflight import SingleFlight
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "Backoff",
     "CircuitBreaker",
     "Codec",
+    "DrainReport",
     "Failover",
     "FlightStats",
+    "GracefulShutdown",
     "RateLimit",
     "RateReservation",
     "RequestDedup",
