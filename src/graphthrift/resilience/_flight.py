@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
@@ -129,6 +129,27 @@ _PURGE = text(f"""
     DELETE FROM {FLIGHTS_TABLE} WHERE key_hash IN (
         SELECT key_hash FROM {FLIGHTS_TABLE} WHERE expires_at < now() LIMIT 500)
 """)
+
+
+_LOCK_ENGINES: dict[str, Engine] = {}
+_LOCK_ENGINES_LOCK = threading.Lock()
+
+
+def _lock_engine_for(store: Store) -> Engine:
+    """One lock-session engine per database per process, shared by every flight engine."""
+    url = store.engine.url
+    key = url.render_as_string(hide_password=False)
+    with _LOCK_ENGINES_LOCK:
+        engine = _LOCK_ENGINES.get(key)
+        if engine is None:
+            engine = _LOCK_ENGINES[key] = create_engine(
+                url,
+                pool_size=4,
+                max_overflow=-1,
+                isolation_level="AUTOCOMMIT",  # session locks, no transaction held open
+                connect_args={"connect_timeout": 5},
+            )
+        return engine
 
 
 class _Local:
@@ -236,6 +257,19 @@ class FlightEngine:
         self._flights: dict[str, _Local] = {}
         self._lock = threading.Lock()
         self._leads = 0
+        self._lock_engine: Engine | None = None
+
+    def _sessions(self) -> Engine:
+        """The engine whose connections hold the advisory locks.
+
+        A leader holds its session for the whole provider call, so these connections come
+        from a pool of their own, unbounded (one per distinct call in flight): they never
+        starve the store's pool, which the ledger, budgets and caches share.
+        """
+        if self._lock_engine is None:
+            assert self.store is not None
+            self._lock_engine = _lock_engine_for(self.store)
+        return self._lock_engine
 
     # -- the in-process part ---------------------------------------------------------------
 
@@ -363,7 +397,7 @@ class FlightEngine:
             return _Held(None, lock, None)
         conn: Connection | None = None
         try:
-            conn = self.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn = self._sessions().connect()
             row = conn.execute(_TRY_LOCK, {"lock": lock, "key": key, "window": self.window_s}).one()
             got, started = bool(row.got), row.now
             stored = self._answer(row, ticket)

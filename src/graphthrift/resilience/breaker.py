@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from graphthrift import diagnostics
-from graphthrift.errors import NoCandidateLeft, classify_error
+from graphthrift.errors import NoCandidateLeft, RetryBudgetExhausted, classify_error
 from graphthrift.ledger import Ledger
 from graphthrift.records import LedgerRecord
 from graphthrift.resilience.retry import RETRYABLE
@@ -196,11 +196,17 @@ class Failover:
         )
 
     def _failed(self, model: str, exc: BaseException, reasons: dict[str, str]) -> None:
-        self.breaker.record(model, exc)
-        kind = classify_error(exc)
+        """Record a candidate's failure and move on, or raise when no other model would do
+        better (a bad request). A spent retry budget moves on too: it caps retries of this
+        provider, not a first attempt on the next one."""
+        cause = exc
+        if isinstance(exc, RetryBudgetExhausted) and exc.__cause__ is not None:
+            cause = exc.__cause__
+        self.breaker.record(model, cause)
+        kind = classify_error(cause)
         if kind not in RETRYABLE:
             raise exc
-        reasons[model] = kind
+        reasons[model] = kind if cause is exc else f"retry budget spent ({kind})"
 
     def call(self, fn: Callable[[str], T], *, tags: Mapping[str, Any] | None = None) -> T:
         """``fn(model)`` on the first candidate that is allowed, fits and answers."""
