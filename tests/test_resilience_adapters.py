@@ -180,3 +180,19 @@ def test_middleware_async_agents_share_one_call(store: Store, tenant: str) -> No
     outs = asyncio.run(burst())
     assert len(raw.calls) == 1
     assert [o["messages"][-1].content for o in outs] == ["Async answer."] * 6
+
+
+def test_streaming_callers_get_the_full_answer_once(store: Store, tenant: str) -> None:
+    flight = SingleFlight(store)
+    raw = gated("The whole answer.")
+    raw.gate = lambda: flight.engine.waiting() == 3
+    model = SingleFlightModel(raw, flight)
+    streamed: list[str] = []
+
+    def stream() -> None:
+        chunks = list(model.stream([HumanMessage("q")], {"metadata": {"tenant_id": tenant}}))
+        streamed.append("".join(str(c.content) for c in chunks))
+
+    _threads(4, stream)
+    assert len(raw.calls) == 1
+    assert streamed == ["The whole answer."] * 4

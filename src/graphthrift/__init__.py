@@ -55,6 +55,18 @@ _EXPORTS = {
     "DifficultyClassifier": ".route",
     "JsonSchemaValidator": ".route",
     "ToolArgsValidator": ".route",
+    "SingleFlight": ".resilience",
+    "RequestDedup": ".resilience",
+    "ToolIdempotency": ".resilience",
+    "Retrier": ".resilience",
+    "RetryBudget": ".resilience",
+    "SharedRateLimiter": ".resilience",
+    "RateLimit": ".resilience",
+    "CircuitBreaker": ".resilience",
+    "Failover": ".resilience",
+    "GracefulShutdown": ".resilience",
+    "RetryBudgetExhausted": ".errors",
+    "RateLimited": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
