@@ -248,6 +248,12 @@ def test_replay_from_checkpoint_does_not_pay_twice(store: Store, tenant: str, ad
     replay_tool = [m for m in replay["messages"] if isinstance(m, ToolMessage)]
     assert first_tool[-1].content == replay_tool[-1].content == "paid INV-118 (42.0), receipt 1"
     assert replay_tool[-1].tool_call_id == "call-1"
+    assert len(replay_tool) == 1
+
+
+def test_middleware_needs_the_tools_to_guard(store: Store) -> None:
+    with pytest.raises(ValueError, match="side-effecting"):
+        IdempotentToolMiddleware(ToolIdempotency(store), tools=[])
 
 
 def test_unguarded_agent_pays_twice_on_replay(store: Store, tenant: str) -> None:

@@ -254,7 +254,8 @@ class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     Args:
         guard: the ``ToolIdempotency`` (store, TTL, lease).
-        tools: names of the tools to guard (default: every tool).
+        tools: names of the side-effecting tools to guard (required: a read-only tool keyed
+            by (thread, tool, arguments) would return its stored result when asked again).
         key_arg: the tool argument holding an explicit idempotency key.
 
     A tool that returns a ``Command`` is run unguarded (a command cannot be replayed safely);
@@ -269,7 +270,7 @@ class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self,
         guard: ToolIdempotency,
         *,
-        tools: Collection[str] | None = None,
+        tools: Collection[str],
         key_arg: str | None = "idempotency_key",
     ) -> None:
         super().__init__()
@@ -280,7 +281,13 @@ class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         if guard.codec is JSON_CODEC:
             guard.codec = TOOL_MESSAGE_CODEC
         self.guard = guard
-        self.guarded_tools = None if tools is None else frozenset(tools)
+        if isinstance(tools, str) or not tools:
+            raise ValueError(
+                "IdempotentToolMiddleware needs the names of the side-effecting tools to guard "
+                "(tools=[...]): a read-only tool guarded by (thread, tool, args) would return a "
+                "stale result when called again in the same thread"
+            )
+        self.guarded_tools: frozenset[str] | None = frozenset(tools)
         self.key_arg = key_arg
 
     def _args(self, request: Any) -> dict[str, Any] | None:
@@ -311,7 +318,10 @@ class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     @staticmethod
     def _for(request: Any, message: ToolMessage) -> ToolMessage:
-        return message.model_copy(update={"tool_call_id": request.tool_call.get("id") or ""})
+        # a new message (no id): the state's reducer appends it instead of replacing another
+        return message.model_copy(
+            update={"tool_call_id": request.tool_call.get("id") or "", "id": None}
+        )
 
     def wrap_tool_call(
         self, request: Any, handler: Callable[[Any], ToolMessage | Command[Any]]
