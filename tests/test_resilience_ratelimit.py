@@ -133,3 +133,19 @@ def test_middleware_settles_tokens_with_real_usage(store: Store, tenant: str) ->
     config = {"metadata": {"tenant_id": tenant}}
     for _ in range(3):
         agent.invoke({"messages": [("user", "hi")]}, config)  # type: ignore[attr-defined]
+
+
+def test_shed_calls_are_booked(store: Store, ledger: object, tenant: str) -> None:
+    limiter = SharedRateLimiter(
+        store,
+        {"m": RateLimit(rpm=1)},
+        max_wait_s=0,
+        ledger=ledger,  # type: ignore[arg-type]
+    )
+    limiter.acquire("m", tenant_id=tenant)
+    with pytest.raises(RateLimited):
+        limiter.acquire("m", tenant_id=tenant, priority="batch")
+    ledger.flush()  # type: ignore[attr-defined]
+    (row,) = ledger.records(tenant_id=tenant, kind="rate_limited")  # type: ignore[attr-defined]
+    assert row["model"] == "m" and row["success"] is False and row["cost_usd"] == 0
+    assert row["extra"]["priority"] == "batch" and row["extra"]["limit"] == f"rpm|m|{tenant}"

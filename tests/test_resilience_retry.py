@@ -199,3 +199,25 @@ def test_middleware_retries_a_rate_limited_model_within_budget(store: Store, ten
     )
     assert out["messages"][-1].content == "Recovered."
     assert retrier.retries == 1 and len(waits) == 1
+
+
+def test_retries_and_refusals_are_booked(store: Store, tenant: str) -> None:
+    from graphthrift import Ledger
+
+    ledger = Ledger(store, flush_interval=0.05)
+    tags = {"tenant_id": tenant, "run_id": f"{tenant}-run"}
+    budget = RetryBudget(store, max_share=0.0, min_retries=1, window_s=300)
+    retrier = Retrier(budget=budget, sleep=lambda _: None, ledger=ledger)
+    assert retrier.call(Script(rate_limited("1")), tags=tags) == "ok"
+    with pytest.raises(RetryBudgetExhausted):
+        retrier.call(Script(server_error()), tags=tags)
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant, kind="retry")
+    ledger.close()
+    assert [(r["error_type"], r["success"], r["attempt"]) for r in rows] == [
+        ("rate_limit", True, 2),
+        ("upstream", False, 2),
+    ]
+    assert rows[0]["extra"]["retry_after_s"] == 1.0 and rows[0]["cost_usd"] == 0
+    assert rows[1]["extra"]["refused"] == f"run_id:{tenant}-run"
+    assert all(r["run_id"] == f"{tenant}-run" for r in rows)

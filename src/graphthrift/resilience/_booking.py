@@ -49,3 +49,39 @@ def book_dedup(
         if name != "model" and tags.get(name) is not None:
             setattr(record, name, str(tags[name]))
     ledger.record(record)
+
+
+def book_decision(
+    ledger: Ledger | None,
+    kind: str,
+    *,
+    tags: Mapping[str, Any],
+    model: str | None = None,
+    error_type: str | None = None,
+    attempt: int = 1,
+    success: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Book a resilience decision that cost nothing itself (a retry, a shed call) as a
+    zero-cost row, so a report shows why calls were retried or refused."""
+    if ledger is None:
+        return
+    record = LedgerRecord(
+        kind=kind,
+        layer=kind,
+        model=model,
+        cost_usd=0.0,
+        usage_source="none",
+        error_type=error_type,
+        retry=kind == "retry",
+        attempt=attempt,
+        success=success,
+        extra=dict(extra or {}),
+    )
+    for name in TAG_FIELDS:
+        if name != "model" and tags.get(name) is not None:
+            setattr(record, name, str(tags[name]))
+    try:
+        ledger.record(record)
+    except RuntimeError:  # a closed ledger: the decision stands, its row is counted
+        diagnostics.count(f"{kind}_unbooked")

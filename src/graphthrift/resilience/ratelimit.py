@@ -26,6 +26,8 @@ from graphthrift import diagnostics
 from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
 from graphthrift._schema_resilience import RATE_BUCKETS_TABLE
 from graphthrift.errors import RateLimited, StoreUnavailable
+from graphthrift.ledger import Ledger
+from graphthrift.resilience._booking import book_decision
 from graphthrift.store import Store
 
 __all__ = ["Priority", "RateLimit", "RateReservation", "SharedRateLimiter"]
@@ -96,6 +98,7 @@ class SharedRateLimiter:
         per_tenant: one bucket per tenant (True) or one per model for everyone (False).
         max_wait_s: how long a caller waits for room before ``RateLimited``.
         batch_reserve: the share of each bucket that only interactive calls may use.
+        ledger: books each shed call as a zero-cost ``kind="rate_limited"`` row.
 
     A store that is down lets calls through (counted as ``rate_limit_store_failure``).
 
@@ -114,6 +117,7 @@ class SharedRateLimiter:
         per_tenant: bool = True,
         max_wait_s: float = 10.0,
         batch_reserve: float = 0.2,
+        ledger: Ledger | None = None,
     ) -> None:
         if not limits:
             raise ValueError("SharedRateLimiter needs at least one RateLimit")
@@ -129,6 +133,7 @@ class SharedRateLimiter:
         self.per_tenant = per_tenant
         self.max_wait_s = max_wait_s
         self.batch_reserve = batch_reserve
+        self.ledger = ledger
         self._rng = random.Random()
 
     def limit_for(self, model: str) -> tuple[str, RateLimit] | None:
@@ -200,9 +205,27 @@ class SharedRateLimiter:
             return None
         return min(left, full.wait_s() * (1.0 + 0.2 * self._rng.random()) + 0.01)
 
-    def _shed(self, full: _Full, waited: float, priority: Priority) -> RateLimited:
+    def _shed(
+        self, full: _Full, waited: float, priority: Priority, model: str, tenant_id: str | None
+    ) -> RateLimited:
         diagnostics.count(f"rate_limit_shed_{priority}")
-        return RateLimited(full.key, full.needed, full.available, waited, full.wait_s())
+        shed = RateLimited(full.key, full.needed, full.available, waited, full.wait_s())
+        book_decision(
+            self.ledger,
+            "rate_limited",
+            tags={"tenant_id": tenant_id},
+            model=model,
+            error_type="rate_limit",
+            success=False,
+            extra={
+                "limit": shed.limit,
+                "needed": shed.needed,
+                "available": shed.available,
+                "waited_s": round(waited, 4),
+                "priority": priority,
+            },
+        )
+        return shed
 
     def acquire(
         self,
@@ -222,7 +245,7 @@ class SharedRateLimiter:
             waited = time.monotonic() - started
             delay = self._next_wait(got, waited)
             if delay is None:
-                raise self._shed(got, waited, priority)
+                raise self._shed(got, waited, priority, model, tenant_id)
             time.sleep(delay)
 
     async def aacquire(
@@ -242,7 +265,7 @@ class SharedRateLimiter:
             waited = time.monotonic() - started
             delay = self._next_wait(got, waited)
             if delay is None:
-                raise self._shed(got, waited, priority)
+                raise self._shed(got, waited, priority, model, tenant_id)
             await asyncio.sleep(delay)
 
     def settle(self, reservation: RateReservation, *, used_tokens: int) -> None:

@@ -29,6 +29,8 @@ from graphthrift import diagnostics
 from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
 from graphthrift._schema_resilience import RETRY_WINDOW_TABLE
 from graphthrift.errors import RetryBudgetExhausted, StoreUnavailable, classify_error
+from graphthrift.ledger import Ledger
+from graphthrift.resilience._booking import book_decision
 from graphthrift.store import Store
 
 T = TypeVar("T")
@@ -245,6 +247,8 @@ class Retrier:
         retry_on: error kinds to retry (``RETRYABLE``).
         sleep, asleep: how to wait (tests and benchmarks pass a clock of their own).
         rng: the jitter's random source.
+        ledger: books each retry, and each retry the budget refused, as a zero-cost
+            ``kind="retry"`` row (``error_type``, ``attempt``, the delay or the refusal).
 
     Example:
         >>> retrier = Retrier(max_retries=3, budget=RetryBudget(store, max_share=0.1))
@@ -262,6 +266,7 @@ class Retrier:
         sleep: Callable[[float], None] = time.sleep,
         asleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
@@ -275,6 +280,7 @@ class Retrier:
         self.sleep = sleep
         self.asleep = asleep
         self.rng = rng or random.Random()
+        self.ledger = ledger
         self.retries = 0
 
     def _plan(self, exc: BaseException, retry: int, tags: Mapping[str, Any]) -> float:
@@ -290,9 +296,31 @@ class Retrier:
             try:
                 self.budget.spend_retry(tags, kind)
             except RetryBudgetExhausted as refused:
+                book_decision(
+                    self.ledger,
+                    "retry",
+                    tags=tags,
+                    error_type=kind,
+                    attempt=retry + 1,
+                    success=False,
+                    extra={
+                        "refused": refused.scope,
+                        "retries": refused.retries,
+                        "calls": refused.calls,
+                        "allowed": refused.allowed,
+                    },
+                )
                 raise refused from exc
         self.retries += 1
         diagnostics.count(f"retry_{kind}")
+        book_decision(
+            self.ledger,
+            "retry",
+            tags=tags,
+            error_type=kind,
+            attempt=retry + 1,
+            extra={"delay_s": round(delay, 4), "retry_after_s": retry_after_of(exc)},
+        )
         return delay
 
     def call(self, fn: Callable[[], T], *, tags: Mapping[str, Any] | None = None) -> T:
