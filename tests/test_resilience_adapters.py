@@ -196,3 +196,13 @@ def test_streaming_callers_get_the_full_answer_once(store: Store, tenant: str) -
     _threads(4, stream)
     assert len(raw.calls) == 1
     assert streamed == ["The whole answer."] * 4
+
+
+def test_request_id_from_a_forwarded_header(store: Store, tenant: str) -> None:
+    raw = gated("Header answer.")
+    agent = dedup_requests(create_agent(raw, tools=[]), RequestDedup(store))
+    config = {"metadata": {"tenant_id": tenant}, "configurable": {"x-request-id": "hdr-1"}}
+    first = agent.invoke({"messages": [HumanMessage("q")]}, config)
+    retry = agent.invoke({"messages": [HumanMessage("q")]}, config)
+    assert len(raw.calls) == 1
+    assert retry["messages"][-1].content == first["messages"][-1].content == "Header answer."

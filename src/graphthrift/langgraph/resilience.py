@@ -160,16 +160,26 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
 
 
 class _RequestDedupRunnable(Runnable[Any, Any]):
-    def __init__(self, runnable: Runnable[Any, Any], dedup: RequestDedup, fingerprint: bool):
+    def __init__(
+        self,
+        runnable: Runnable[Any, Any],
+        dedup: RequestDedup,
+        fingerprint: bool,
+        header: str | None,
+    ):
         self.runnable = runnable
         self.dedup = dedup
         self.fingerprint = fingerprint
+        self.header = header.lower() if header else None
         if dedup.engine.codec is JSON_CODEC:  # outputs hold messages: store them as such
             dedup.engine.codec = MESSAGE_CODEC
 
     def _args(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
         metadata = config.get("metadata") or {}
         request_id = metadata.get("request_id")
+        if (request_id is None or request_id == "") and self.header:
+            configurable = config.get("configurable") or {}
+            request_id = configurable.get(self.header)
         if request_id is None or request_id == "":
             return None
         messages = input.get("messages", input) if isinstance(input, Mapping) else input
@@ -200,9 +210,15 @@ class _RequestDedupRunnable(Runnable[Any, Any]):
 
 
 def dedup_requests(
-    runnable: Runnable[Any, Any], dedup: RequestDedup, *, fingerprint: bool = True
+    runnable: Runnable[Any, Any],
+    dedup: RequestDedup,
+    *,
+    fingerprint: bool = True,
+    header: str | None = "x-request-id",
 ) -> Runnable[Any, Any]:
-    """``runnable`` (a compiled graph, an agent) run once per config metadata ``request_id``.
+    """``runnable`` (a compiled graph, an agent) run once per config metadata ``request_id``,
+    or per request header ``header`` (LangGraph's server forwards allowed request headers
+    into ``config["configurable"]``, lower-cased).
 
     A retry of a run still going waits for it; a retry of a finished run gets its stored final
     output within the dedup's window. With ``fingerprint`` (default), reusing an id for other
@@ -212,7 +228,7 @@ def dedup_requests(
         >>> agent = dedup_requests(create_agent(model, tools), RequestDedup(store))
         >>> agent.invoke({"messages": [...]}, {"metadata": {"request_id": "req-1"}})
     """
-    return _RequestDedupRunnable(runnable, dedup, fingerprint)
+    return _RequestDedupRunnable(runnable, dedup, fingerprint, header)
 
 
 # -- idempotent tools ------------------------------------------------------------------------
