@@ -56,6 +56,18 @@ _EXPORTS = {
     "JsonSchemaValidator": ".route",
     "ToolArgsValidator": ".route",
     "scoped": ".kernel",
+    "SingleFlight": ".resilience",
+    "RequestDedup": ".resilience",
+    "ToolIdempotency": ".resilience",
+    "Retrier": ".resilience",
+    "RetryBudget": ".resilience",
+    "SharedRateLimiter": ".resilience",
+    "RateLimit": ".resilience",
+    "CircuitBreaker": ".resilience",
+    "Failover": ".resilience",
+    "GracefulShutdown": ".resilience",
+    "RetryBudgetExhausted": ".errors",
+    "RateLimited": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -161,3 +161,113 @@ class StateSchemaError(GraphthriftError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class RequestIdConflict(GraphthriftError):
+    """A request id was reused for a different request within its dedup window.
+
+    Serving the stored answer would answer another question, so the retry is refused.
+    """
+
+    def __init__(self, request_id: str, stored: str, given: str) -> None:
+        self.request_id = request_id
+        self.stored = stored
+        self.given = given
+        super().__init__(
+            f"request id {request_id!r} was already used for a different request "
+            f"(fingerprint {stored[:12]} stored, {given[:12]} given); use a new request id"
+        )
+
+
+class ToolCallInProgress(GraphthriftError):
+    """An idempotent tool call with this key is running elsewhere and did not finish in time.
+
+    Running it here too could repeat its side effect, so the call is refused instead; retry
+    later, or after ``lease_left_s`` seconds a crashed holder's claim is taken over.
+    """
+
+    def __init__(self, tool: str, key: str, waited_s: float, lease_left_s: float) -> None:
+        self.tool = tool
+        self.key = key
+        self.waited_s = waited_s
+        self.lease_left_s = lease_left_s
+        super().__init__(
+            f"tool {tool!r} is already running for idempotency key {key!r}: waited "
+            f"{waited_s:.1f}s; its claim lapses in {lease_left_s:.1f}s if its holder died"
+        )
+
+
+class RetryBudgetExhausted(GraphthriftError):
+    """A retry was refused: the scope already retried its allowed share in the window.
+
+    A broken provider must not multiply the bill; the call fails fast with the error that
+    would have been retried as its ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        retries: int,
+        calls: int,
+        allowed: int,
+        max_share: float,
+        window_s: float,
+        error_kind: str,
+    ) -> None:
+        self.scope = scope
+        self.retries = retries
+        self.calls = calls
+        self.allowed = allowed
+        self.max_share = max_share
+        self.window_s = window_s
+        self.error_kind = error_kind
+        super().__init__(
+            f"retry budget of {scope} exhausted: {retries} retries for {calls} calls in the "
+            f"last {window_s:g}s (allowed {allowed}, share {max_share:g}); "
+            f"not retrying this {error_kind} error"
+        )
+
+
+class RateLimited(GraphthriftError):
+    """A shared rate limit had no room for the call within the wait bound: it was shed.
+
+    Names the limit and carries what was needed, what was available and when to retry.
+    """
+
+    def __init__(
+        self, limit: str, needed: float, available: float, waited_s: float, retry_after_s: float
+    ) -> None:
+        self.limit = limit
+        self.needed = needed
+        self.available = available
+        self.waited_s = waited_s
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"rate limit {limit} is full: this call needs {needed:g}, {available:g} available; "
+            f"waited {waited_s:.1f}s, retry in {retry_after_s:.1f}s"
+        )
+
+
+class NoCandidateLeft(GraphthriftError):
+    """Failover found no model to call: each candidate was skipped or failed.
+
+    ``reasons`` maps each candidate to why it was not used (``"circuit open"``, ``"over
+    budget"``, or the error kind it failed with).
+    """
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = dict(reasons)
+        listed = ", ".join(f"{name}: {why}" for name, why in reasons.items())
+        super().__init__(f"no model left to call ({listed})")
+
+
+class ShuttingDown(GraphthriftError):
+    """The process is draining for a restart and takes no new work; retry on another one."""
+
+    def __init__(self, in_flight: int, grace_s: float) -> None:
+        self.in_flight = in_flight
+        self.grace_s = grace_s
+        super().__init__(
+            f"shutting down: no new work is taken ({in_flight} calls finishing, "
+            f"grace period {grace_s:g}s); retry on another worker"
+        )

@@ -13,5 +13,6 @@ BENCHMARKS: dict[str, str] = {
     "cache": "graphthrift.bench.cache",
     "route": "graphthrift.bench.route",
     "budget": "graphthrift.bench.budget",
+    "resilience": "graphthrift.bench.resilience",
     "stack": "graphthrift.bench.stack",
 }

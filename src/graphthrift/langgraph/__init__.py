@@ -24,6 +24,9 @@ _EXPORTS = {
     "BudgetState": ".budget",
     "RouteState": ".route",
     "CompressState": ".compress",
+    "SingleFlightModel": ".resilience",
+    "dedup_requests": ".resilience",
+    "idempotent_tool": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

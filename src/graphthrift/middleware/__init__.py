@@ -16,6 +16,9 @@ _EXPORTS = {
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",
     "PromptCacheKeyMiddleware": ".prompt_cache",
+    "ResilienceMiddleware": ".resilience",
+    "IdempotentToolMiddleware": ".resilience",
+    "FailoverMiddleware": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

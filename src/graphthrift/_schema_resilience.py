@@ -1,0 +1,95 @@
+"""Tables of the resilience layer (migration versions 30-39).
+
+- ``graphthrift_flights``: the answer of a single-flight or a request-id run, handed over to
+  the callers that waited for it (in other processes too) and kept for a short window.
+- ``graphthrift_tool_claims``: one claim per idempotency key of a side-effecting tool, so the
+  tool runs at most once per key, and its stored result is returned on repeat.
+- ``graphthrift_retry_window``: calls and retries per scope per time bucket, the sliding window
+  that retry budgets read.
+- ``graphthrift_rate_buckets``: one token bucket per limit (requests or tokens per minute of a
+  provider, model and tenant), shared by every process.
+"""
+
+from __future__ import annotations
+
+from graphthrift._schema import Migration
+
+FLIGHTS_TABLE = "graphthrift_flights"
+TOOL_CLAIMS_TABLE = "graphthrift_tool_claims"
+RETRY_WINDOW_TABLE = "graphthrift_retry_window"
+RATE_BUCKETS_TABLE = "graphthrift_rate_buckets"
+
+RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        30,
+        "single-flight and request-id answers",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {FLIGHTS_TABLE} (
+                key_hash text PRIMARY KEY,
+                kind text NOT NULL,
+                fingerprint text,
+                tenant_id text,
+                model text,
+                result jsonb,
+                usage jsonb,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                finished_at timestamptz NOT NULL DEFAULT now(),
+                expires_at timestamptz NOT NULL
+            )
+            """,
+            f"CREATE INDEX IF NOT EXISTS {FLIGHTS_TABLE}_expires ON {FLIGHTS_TABLE} (expires_at)",
+        ),
+    ),
+    Migration(
+        31,
+        "idempotent tool claims",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {TOOL_CLAIMS_TABLE} (
+                key_hash text PRIMARY KEY,
+                tenant_id text,
+                tool text NOT NULL,
+                status text NOT NULL,
+                owner text NOT NULL,
+                lease_until timestamptz NOT NULL,
+                result jsonb,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                expires_at timestamptz NOT NULL
+            )
+            """,
+            f"CREATE INDEX IF NOT EXISTS {TOOL_CLAIMS_TABLE}_expires"
+            f" ON {TOOL_CLAIMS_TABLE} (expires_at)",
+        ),
+    ),
+    Migration(
+        32,
+        "retry budget window",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {RETRY_WINDOW_TABLE} (
+                scope text NOT NULL,
+                bucket bigint NOT NULL,
+                calls bigint NOT NULL DEFAULT 0,
+                retries bigint NOT NULL DEFAULT 0,
+                PRIMARY KEY (scope, bucket)
+            )
+            """,
+        ),
+    ),
+    Migration(
+        33,
+        "shared rate limit buckets",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {RATE_BUCKETS_TABLE} (
+                key text PRIMARY KEY,
+                level double precision NOT NULL,
+                capacity double precision NOT NULL,
+                refill_per_s double precision NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """,
+        ),
+    ),
+)

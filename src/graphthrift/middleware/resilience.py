@@ -1,0 +1,444 @@
+"""``ResilienceMiddleware`` (single-flight and capped retries for ``create_agent`` model calls)
+and ``IdempotentToolMiddleware`` (side-effecting tools run at most once per key).
+
+LangChain's ``ModelRetryMiddleware`` and ``ModelFallbackMiddleware`` retry and fall back one
+call at a time; they cannot see that another thread, task or process is already generating
+the same answer. This middleware makes identical concurrent model calls (same model,
+settings, tools and messages, same tenant and scope) one provider call, through
+``graphthrift.resilience.SingleFlight``. For request-id dedup of whole agent runs, wrap the
+agent with ``graphthrift.langgraph.dedup_requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from langchain.agents.middleware.types import (
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+)
+from langchain_core._api.beta_decorator import suppress_langchain_beta_warning
+from langchain_core.load import dumpd, load
+from langchain_core.messages import ToolMessage
+from langgraph.config import get_config
+from langgraph.types import Command
+
+from graphthrift import diagnostics
+from graphthrift.kernel import cache_scope, run_tags
+from graphthrift.langgraph.resilience import (
+    _settings,
+    _usage,
+    message_fingerprint,
+    model_name,
+    tool_call_key,
+)
+from graphthrift.ledger import Ledger
+from graphthrift.resilience import (
+    JSON_CODEC,
+    CircuitBreaker,
+    Codec,
+    Failover,
+    Retrier,
+    SharedRateLimiter,
+    SingleFlight,
+    ToolIdempotency,
+)
+from graphthrift.resilience.ratelimit import Priority
+from graphthrift.tokens import count_messages
+from graphthrift.usage import Usage
+
+__all__ = ["FailoverMiddleware", "IdempotentToolMiddleware", "ResilienceMiddleware"]
+
+
+def _encode_response(response: Any) -> Any:
+    if not isinstance(response, ModelResponse):
+        raise TypeError(f"cannot share a {type(response).__name__} between callers")
+    return dumpd({"result": response.result, "structured": response.structured_response})
+
+
+def _decode_response(data: Any) -> ModelResponse[Any]:
+    with suppress_langchain_beta_warning():  # ``load`` is LangChain's own, marked beta
+        loaded = load(data, allowed_objects="messages")
+    return ModelResponse(result=loaded["result"], structured_response=loaded["structured"])
+
+
+#: ``ModelResponse`` to JSON and back, for answers handed over between processes.
+RESPONSE_CODEC = Codec(encode=_encode_response, decode=_decode_response)
+
+
+def _run_config() -> Mapping[str, Any]:
+    try:
+        return get_config()
+    except RuntimeError:  # outside a LangGraph run
+        return {}
+
+
+def _response_usage(response: Any) -> Usage | None:
+    if isinstance(response, ModelResponse):
+        for message in reversed(response.result):
+            usage = _usage(message)
+            if usage is not None:
+                return usage
+    return None
+
+
+class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Identical concurrent model calls make one provider call; failures retry within caps.
+
+    Args:
+        single_flight: the ``SingleFlight`` (with a ledger, waiters are booked as
+            ``kind="dedup"`` rows with ``saved_usd``).
+        retrier: a ``Retrier``: backoff with full jitter honouring ``retry-after``, retries
+            capped per call and as a share of the run's and tenant's calls. Use it instead
+            of ``ModelRetryMiddleware`` (not both: retries would multiply). Retries happen
+            inside the single flight, so waiters never retry on their own.
+        rate_limiter: a ``SharedRateLimiter``: each attempt reserves one request and its
+            counted input plus capped output tokens (``max_tokens`` of the call, else
+            ``max_output_tokens``), waits for room up to its bound (then ``RateLimited``),
+            and settles the real usage.
+        priority: ``"interactive"`` or ``"batch"`` (batch leaves the limiter's reserve).
+        model_name: the priced name of the agent's model (default: read from the model).
+
+    It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
+    and fallbacks inside it are shared too.
+
+    Example:
+        >>> agent = create_agent(model, tools,
+        ...                      middleware=[ResilienceMiddleware(SingleFlight(store))])
+    """
+
+    def __init__(
+        self,
+        single_flight: SingleFlight | None = None,
+        *,
+        retrier: Retrier | None = None,
+        rate_limiter: SharedRateLimiter | None = None,
+        priority: Priority = "interactive",
+        max_output_tokens: int = 1024,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if single_flight is None and retrier is None and rate_limiter is None:
+            raise ValueError(
+                "ResilienceMiddleware needs a single_flight, a retrier or a rate_limiter"
+            )
+        if priority not in ("interactive", "batch"):
+            raise ValueError(f"priority must be 'interactive' or 'batch', got {priority!r}")
+        if single_flight is not None and not isinstance(single_flight, SingleFlight):
+            raise TypeError(
+                f"ResilienceMiddleware needs a graphthrift SingleFlight, got {single_flight!r}"
+            )
+        if retrier is not None and not isinstance(retrier, Retrier):
+            raise TypeError(f"ResilienceMiddleware needs a graphthrift Retrier, got {retrier!r}")
+        if single_flight is not None and single_flight.engine.codec is JSON_CODEC:
+            single_flight.engine.codec = RESPONSE_CODEC
+        self.single_flight = single_flight
+        self.retrier = retrier
+        self.rate_limiter = rate_limiter
+        self.priority: Priority = priority
+        self.max_output_tokens = max_output_tokens
+        self.model_name = model_name
+
+    def _args(self, request: ModelRequest[Any]) -> dict[str, Any]:
+        messages = list(request.messages)
+        if request.system_message is not None:
+            messages.insert(0, request.system_message)
+        tools = sorted(getattr(t, "name", None) or str(t) for t in request.tools or [])
+        key = message_fingerprint(
+            messages,
+            model=_settings(request.model),
+            settings=dict(request.model_settings or {}),
+            tools=tools,
+            tool_choice=request.tool_choice,
+        )
+        config = _run_config()
+        return {
+            "key": key,
+            "scope": cache_scope(config),
+            "model": self.model_name or model_name(request.model),
+            "usage_of": _response_usage,
+            "tags": run_tags(config),
+        }
+
+    def _rate_args(
+        self, request: ModelRequest[Any], args: Mapping[str, Any]
+    ) -> tuple[str, int, str | None]:
+        """The limit's model name, the tokens to reserve (counted input plus capped output)
+        and the tenant."""
+        name = args["model"] or "unknown"
+        messages = list(request.messages)
+        if request.system_message is not None:
+            messages.insert(0, request.system_message)
+        settings = request.model_settings or {}
+        cap = settings.get("max_tokens") or getattr(request.model, "max_tokens", None)
+        cap = cap if isinstance(cap, int) and cap > 0 else self.max_output_tokens
+        tenant = args["tags"].get("tenant_id")
+        tokens = count_messages(messages, name).tokens + cap
+        return name, tokens, None if tenant is None else str(tenant)
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any]:
+        """Call the model (retried within the caps), or take the answer of the identical
+        call already running."""
+        args = self._args(request)
+        retrier = self.retrier
+
+        def once() -> ModelResponse[Any]:
+            limiter = self.rate_limiter
+            if limiter is None:
+                return handler(request)
+            name, tokens, tenant = self._rate_args(request, args)
+            held = limiter.acquire(name, tokens=tokens, tenant_id=tenant, priority=self.priority)
+            response = handler(request)
+            used = _response_usage(response)
+            if used is not None:
+                limiter.settle(held, used_tokens=used.input_tokens + used.output_tokens)
+            return response
+
+        if retrier is None:
+            call: Callable[[], ModelResponse[Any]] = once
+        else:
+            call = lambda: retrier.call(once, tags=args["tags"])  # noqa: E731
+        if self.single_flight is None:
+            return call()
+        return self.single_flight.call(fn=call, **args)
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any]:
+        """Async twin of ``wrap_model_call``."""
+        args = self._args(request)
+
+        async def once() -> ModelResponse[Any]:
+            limiter = self.rate_limiter
+            if limiter is None:
+                return await handler(request)
+            name, tokens, tenant = self._rate_args(request, args)
+            held = await limiter.aacquire(
+                name, tokens=tokens, tenant_id=tenant, priority=self.priority
+            )
+            response = await handler(request)
+            used = _response_usage(response)
+            if used is not None:
+                await asyncio.to_thread(
+                    limiter.settle, held, used_tokens=used.input_tokens + used.output_tokens
+                )
+            return response
+
+        async def call() -> ModelResponse[Any]:
+            if self.retrier is None:
+                return await once()
+            return await self.retrier.acall(once, tags=args["tags"])
+
+        if self.single_flight is None:
+            return await call()
+        return await self.single_flight.acall(fn=call, **args)
+
+
+class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Side-effecting tools of a ``create_agent`` agent run at most once per key.
+
+    Through ``wrap_tool_call``: before a guarded tool runs, its key is claimed in the store;
+    a repeat (a LangGraph resume, a replay from a checkpoint, a restarted process) gets the
+    stored ``ToolMessage`` back, with the repeat's own ``tool_call_id``. The key is the
+    call's ``key_arg`` argument when present, else (thread, tool, canonical arguments).
+
+    Args:
+        guard: the ``ToolIdempotency`` (store, TTL, lease).
+        tools: names of the side-effecting tools to guard (required: a read-only tool keyed
+            by (thread, tool, arguments) would return its stored result when asked again).
+        key_arg: the tool argument holding an explicit idempotency key.
+
+    A tool that returns a ``Command`` is run unguarded (a command cannot be replayed safely);
+    this is counted as ``idempotent_tool_command``. It writes no state.
+
+    Example:
+        >>> agent = create_agent(model, [pay_invoice], checkpointer=saver, middleware=[
+        ...     IdempotentToolMiddleware(ToolIdempotency(store), tools=["pay_invoice"])])
+    """
+
+    def __init__(
+        self,
+        guard: ToolIdempotency,
+        *,
+        tools: Collection[str],
+        key_arg: str | None = "idempotency_key",
+    ) -> None:
+        super().__init__()
+        if not isinstance(guard, ToolIdempotency):
+            raise TypeError(
+                f"IdempotentToolMiddleware needs a graphthrift ToolIdempotency, got {guard!r}"
+            )
+        if guard.codec is JSON_CODEC:
+            guard.codec = TOOL_MESSAGE_CODEC
+        self.guard = guard
+        if isinstance(tools, str) or not tools:
+            raise ValueError(
+                "IdempotentToolMiddleware needs the names of the side-effecting tools to guard "
+                "(tools=[...]): a read-only tool guarded by (thread, tool, args) would return a "
+                "stale result when called again in the same thread"
+            )
+        self.guarded_tools: frozenset[str] | None = frozenset(tools)
+        self.key_arg = key_arg
+
+    def _args(self, request: Any) -> dict[str, Any] | None:
+        call = request.tool_call
+        name = call.get("name") or ""
+        if self.guarded_tools is not None and name not in self.guarded_tools:
+            return None
+        runtime = getattr(request, "runtime", None)
+        config = getattr(runtime, "config", None) or _run_config()
+        tags = run_tags(config)
+        key, _ = tool_call_key(name, call.get("args") or {}, tags.get("thread_id"), self.key_arg)
+        tenant = tags.get("tenant_id")
+        return {
+            "key": key,
+            "tool": name,
+            "tenant_id": None if tenant is None else str(tenant),
+            "tags": tags,
+        }
+
+    @staticmethod
+    def _checked(result: Any) -> ToolMessage:
+        if not isinstance(result, ToolMessage):
+            diagnostics.count("idempotent_tool_command")
+            raise _Unstorable(result)
+        if result.status == "error":
+            raise _Unstorable(result)  # a failed call is not a result: let it be retried
+        return result
+
+    @staticmethod
+    def _for(request: Any, message: ToolMessage) -> ToolMessage:
+        # a new message (no id): the state's reducer appends it instead of replacing another
+        return message.model_copy(
+            update={"tool_call_id": request.tool_call.get("id") or "", "id": None}
+        )
+
+    def wrap_tool_call(
+        self, request: Any, handler: Callable[[Any], ToolMessage | Command[Any]]
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool once per key; repeats get the stored result."""
+        args = self._args(request)
+        if args is None:
+            return handler(request)
+        try:
+            message = self.guard.run(fn=lambda: self._checked(handler(request)), **args)
+        except _Unstorable as raw:
+            return raw.result  # type: ignore[no-any-return]
+        return self._for(request, message)
+
+    async def awrap_tool_call(
+        self, request: Any, handler: Callable[[Any], Awaitable[ToolMessage | Command[Any]]]
+    ) -> ToolMessage | Command[Any]:
+        """Async twin of ``wrap_tool_call``."""
+        args = self._args(request)
+        if args is None:
+            return await handler(request)
+
+        async def call() -> ToolMessage:
+            return self._checked(await handler(request))
+
+        try:
+            message = await self.guard.arun(fn=call, **args)
+        except _Unstorable as raw:
+            return raw.result  # type: ignore[no-any-return]
+        return self._for(request, message)
+
+
+class _Unstorable(Exception):
+    """A tool result that must not be stored (a Command, an error): released and returned."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("unstorable tool result")
+        self.result = result
+
+
+def _encode_tool_message(message: Any) -> Any:
+    return dumpd(message)
+
+
+def _decode_tool_message(data: Any) -> Any:
+    with suppress_langchain_beta_warning():
+        return load(data, allowed_objects="messages")
+
+
+#: ``ToolMessage`` to JSON and back, for results stored across processes.
+TOOL_MESSAGE_CODEC = Codec(encode=_encode_tool_message, decode=_decode_tool_message)
+
+
+class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+    """Cost-aware failover with circuit breakers for ``create_agent`` model calls.
+
+    The agent's model is tried first, then ``fallbacks`` in order; a candidate whose circuit
+    is open, or whose call would break the run's budget (``fits``), is skipped, and the reason
+    is written to the ledger (``kind="failover"``). Unlike ``ModelFallbackMiddleware``, it
+    does not call a provider its breaker knows is down, and it never falls back to a model the
+    budget cannot pay for. Use one or the other, not both; put ``ResilienceMiddleware`` (retries)
+    inside it when each candidate should be retried before moving on.
+
+    Args:
+        fallbacks: ``{name: chat model}``, best first; names are what ``fits`` and the
+            ledger see.
+        breaker: the ``CircuitBreaker`` (default: a new one).
+        fits: ``model name -> bool``, whether the call fits the run's budget.
+        ledger: where decisions are written.
+        model_name: the name of the agent's own model (default: read from the model).
+    """
+
+    def __init__(
+        self,
+        fallbacks: Mapping[str, Any],
+        *,
+        breaker: CircuitBreaker | None = None,
+        fits: Callable[[str], bool] | None = None,
+        ledger: Ledger | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not fallbacks:
+            raise ValueError("FailoverMiddleware needs at least one fallback model")
+        self.fallbacks = dict(fallbacks)
+        self.breaker = breaker or CircuitBreaker()
+        self.fits = fits
+        self.ledger = ledger
+        self.model_name = model_name
+
+    def _plan(self, request: ModelRequest[Any]) -> tuple[Failover, dict[str, Any]]:
+        primary = self.model_name or model_name(request.model) or "primary"
+        models = {primary: request.model, **self.fallbacks}
+        failover = Failover(list(models), breaker=self.breaker, fits=self.fits, ledger=self.ledger)
+        return failover, models
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any]:
+        """Call the first candidate that is healthy, affordable and answers."""
+        failover, models = self._plan(request)
+        return failover.call(
+            lambda name: handler(request.override(model=models[name])),
+            tags=run_tags(_run_config()),
+        )
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any]:
+        """Async twin of ``wrap_model_call``."""
+        failover, models = self._plan(request)
+
+        async def call(name: str) -> ModelResponse[Any]:
+            return await handler(request.override(model=models[name]))
+
+        return await failover.acall(call, tags=run_tags(_run_config()))

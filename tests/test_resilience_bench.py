@@ -1,0 +1,35 @@
+"""``graphthrift bench resilience --quick`` writes the figures issue 17 fixes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from graphthrift import Store
+from graphthrift.cli import main
+
+
+def test_bench_resilience_quick_writes_the_figures(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "resilience.json"
+    argv = ["--url", store.url, "bench", "resilience", "--quick", "--tasks", "20"]
+    assert main([*argv, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    policies = figures["policies"]
+    assert set(policies) == {"raw", "langchain", "graphthrift"}
+    keys = {
+        "completion_rate",
+        "provider_calls",
+        "rate_limited_responses",
+        "duplicate_generations",
+        "retry_cost_usd",
+        "over_budget_runs",
+        "p95_ms",
+    }
+    assert all(keys <= set(row) for row in policies.values())
+    # the raw client generates the client's retries and the concurrent twins again
+    assert policies["raw"]["duplicate_generations"] > 0
+    assert policies["graphthrift"]["duplicate_generations"] == 0
+    assert policies["graphthrift"]["completion_rate"] > policies["raw"]["completion_rate"]
+    assert figures["single_flight"] == {"requests": 50, "provider_calls": 1}
+    assert figures["restart"] == {"flushed_rows_lost": 0, "reservations_held_after_expiry": 0}
+    assert set(figures["overhead_ms"]) == {"p50", "p95"}

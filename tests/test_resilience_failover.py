@@ -1,0 +1,128 @@
+"""Circuit breakers and cost-aware failover."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
+
+from graphthrift import Ledger
+from graphthrift.errors import NoCandidateLeft
+from graphthrift.middleware import FailoverMiddleware
+from graphthrift.resilience import CircuitBreaker, Failover
+
+from fakes import UpstreamError, flaky_model, usage_model
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class BadRequest(Exception):
+    status_code = 400
+
+
+def test_circuit_opens_on_error_rate_and_half_opens_to_probe() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(min_calls=4, error_rate=0.5, open_s=30, window_s=60, clock=clock)
+    for error in (None, UpstreamError("503"), None, UpstreamError("503")):
+        assert breaker.allow("m")
+        breaker.record("m", error)
+    assert breaker.state("m") == "open" and not breaker.allow("m")
+    clock.now += 31
+    assert breaker.state("m") == "half_open"
+    assert breaker.allow("m") and not breaker.allow("m")  # one probe at a time
+    breaker.record("m", None)
+    assert breaker.state("m") == "closed" and breaker.allow("m")
+
+
+def test_failed_probe_reopens_and_bad_requests_do_not_count() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=10, clock=clock)
+    for _ in range(5):
+        breaker.record("m", BadRequest("the caller's fault"))
+    assert breaker.state("m") == "closed"  # a 400 shows the provider is up
+    breaker.record("n", UpstreamError("503"))
+    breaker.record("n", UpstreamError("503"))
+    assert breaker.state("n") == "open"
+    clock.now += 11
+    assert breaker.allow("n")
+    breaker.record("n", UpstreamError("still down"))
+    assert breaker.state("n") == "open" and not breaker.allow("n")
+
+
+def test_failover_moves_on_and_skips_an_open_circuit(ledger: Ledger, tenant: str) -> None:
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60)
+    failover = Failover(["primary", "backup"], breaker=breaker, ledger=ledger)
+    called: list[str] = []
+
+    def call(model: str) -> str:
+        called.append(model)
+        if model == "primary":
+            raise UpstreamError("503")
+        return f"answer from {model}"
+
+    tags = {"tenant_id": tenant}
+    assert failover.call(call, tags=tags) == "answer from backup"
+    assert failover.call(call, tags=tags) == "answer from backup"
+    assert breaker.state("primary") == "open"
+    called.clear()
+    assert failover.call(call, tags=tags) == "answer from backup"
+    assert called == ["backup"]  # the open circuit was not called
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant, kind="failover")
+    assert [r["extra"]["skipped"] for r in rows] == [
+        {"primary": "upstream"},
+        {"primary": "upstream"},
+        {"primary": "circuit open"},
+    ]
+    assert {r["model"] for r in rows} == {"backup"}
+
+
+def test_failover_skips_candidates_over_budget(ledger: Ledger, tenant: str) -> None:
+    prices = {"cheap": 0.001, "strong": 0.05}
+    remaining = 0.01
+    failover = Failover(["strong", "cheap"], fits=lambda m: prices[m] <= remaining, ledger=ledger)
+    assert failover.call(lambda m: m, tags={"tenant_id": tenant}) == "cheap"
+    broke = Failover(["strong"], fits=lambda m: False)
+    with pytest.raises(NoCandidateLeft) as err:
+        broke.call(lambda m: m)
+    assert err.value.reasons == {"strong": "over budget"}
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="failover")
+    assert row["extra"] == {"chosen": "cheap", "skipped": {"strong": "over budget"}}
+
+
+def test_bad_request_is_not_failed_over() -> None:
+    called: list[str] = []
+
+    def call(model: str) -> str:
+        called.append(model)
+        raise BadRequest("invalid schema")
+
+    with pytest.raises(BadRequest):
+        Failover(["a", "b"]).call(call)
+    assert called == ["a"]
+
+
+def test_failover_middleware_in_an_agent(ledger: Ledger, tenant: str) -> None:
+    primary = flaky_model(*(UpstreamError("503") for _ in range(5)), model_name="gpt-4o")
+    backup = usage_model("From the backup.", model_name="gpt-4o-mini")
+    agent = create_agent(
+        primary,
+        tools=[],
+        middleware=[FailoverMiddleware({"gpt-4o-mini": backup}, ledger=ledger)],
+    )
+    out: Any = agent.invoke(
+        {"messages": [HumanMessage("hello")]}, {"metadata": {"tenant_id": tenant}}
+    )
+    assert out["messages"][-1].content == "From the backup."
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="failover")
+    assert row["extra"] == {"chosen": "gpt-4o-mini", "skipped": {"gpt-4o": "upstream"}}
