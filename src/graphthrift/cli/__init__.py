@@ -21,6 +21,7 @@ from rich.table import Table
 from graphthrift.bench import BENCHMARKS
 from graphthrift.bench._common import write_json
 from graphthrift.cli import cache as cache_cli
+from graphthrift.cli import ops as ops_cli
 from graphthrift.errors import GraphthriftError
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
     cache_cli.add_parser(sub)
+    ops_cli.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark (all of them when no name is given)")
     bench.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -195,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _report(args, console)
         elif args.command == "cache":
             cache_cli.run(args, console)
+        elif args.command in ops_cli.COMMANDS:
+            ops_cli.run(args, console)
         elif args.command == "bench":
             if args.bench:
                 _bench_modules()[args.bench].run(args, console)
