@@ -55,6 +55,7 @@ _EXPORTS = {
     "DifficultyClassifier": ".route",
     "JsonSchemaValidator": ".route",
     "ToolArgsValidator": ".route",
+    "mark_task": ".ops.tasks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tenant-id", dest="tenant_id", help="only this tenant")
     report.add_argument("--feature", help="only this feature")
     report.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    ops_cli.extend_report(report)
 
     cache_cli.add_parser(sub)
     ops_cli.add_parsers(sub)
@@ -193,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console = Console()
     try:
-        if args.command == "report":
+        if args.command == "report" and ops_cli.handles_report(args):
+            ops_cli.report(args, console)
+        elif args.command == "report":
             _report(args, console)
         elif args.command == "cache":
             cache_cli.run(args, console)

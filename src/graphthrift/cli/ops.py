@@ -1,4 +1,8 @@
-"""Operations commands: ``graphthrift batch``.
+"""Operations commands: ``graphthrift batch`` and ``report --per task`` / ``--compare``.
+
+    graphthrift report --per task [--by tenant_id,feature,route,prompt_version]
+        [--task-key run_id|thread_id] [--since 7d] [--json PATH]
+    graphthrift report --compare prompt_version=v1,v2 [--confidence 0.95] [--json PATH]
 
     graphthrift batch list [--status S] [--limit N] [--json PATH]
     graphthrift batch status JOB_ID [--json PATH]
@@ -20,7 +24,7 @@ from rich.table import Table
 
 from graphthrift.bench._common import write_json
 
-__all__ = ["COMMANDS", "add_parsers", "run"]
+__all__ = ["COMMANDS", "add_parsers", "extend_report", "handles_report", "report", "run"]
 
 #: The top-level commands this module owns.
 COMMANDS = ("batch",)
@@ -44,6 +48,115 @@ def add_parsers(subparsers: Any) -> None:
     resume.add_argument("--timeout", type=float, help="seconds to wait (default: until done)")
     resume.add_argument("--poll-interval", type=float, default=5.0)
     resume.add_argument("--json", metavar="PATH", help="also write the outcome counts as JSON")
+
+
+def extend_report(report: argparse.ArgumentParser) -> None:
+    """Add ``--per task`` and ``--compare`` to the ``report`` command."""
+    report.add_argument(
+        "--per",
+        choices=["task"],
+        help="task: cost per successful task (a task is a run, or a thread with --task-key)",
+    )
+    report.add_argument("--task-key", choices=["run_id", "thread_id"], default="run_id")
+    report.add_argument(
+        "--compare",
+        metavar="DIM=A,B",
+        help="change in cost per successful task from A to B, with a bootstrap interval",
+    )
+    report.add_argument("--confidence", type=float, default=0.95)
+
+
+def handles_report(args: argparse.Namespace) -> bool:
+    """Whether this ``report`` invocation is a task report (``--per`` or ``--compare``)."""
+    return bool(getattr(args, "per", None) or getattr(args, "compare", None))
+
+
+def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """``report --per task`` or ``report --compare DIM=A,B``."""
+    from graphthrift.ops.tasks import compare, cost_per_task
+    from graphthrift.store import Store
+
+    filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
+    store = Store(args.url)
+    try:
+        if args.compare:
+            dimension, _, values = args.compare.partition("=")
+            pair = [v for v in values.split(",") if v]
+            if not dimension or len(pair) != 2:
+                raise ValueError(
+                    f"--compare takes DIM=A,B (e.g. prompt_version=v1,v2), got {args.compare!r}"
+                )
+            figures = compare(
+                store,
+                dimension,
+                pair,
+                task=args.task_key,
+                confidence=args.confidence,
+                since=args.since,
+                until=args.until,
+                **filters,
+            )
+            _print_compare(figures, console)
+        else:
+            by = [k.strip() for k in args.by.split(",") if k.strip()]
+            rows = cost_per_task(
+                store, by, task=args.task_key, since=args.since, until=args.until, **filters
+            )
+            _print_tasks(by, rows, console)
+            figures = {"by": by, "per": "task", "task": args.task_key, "rows": rows}
+    finally:
+        store.close()
+    write_json(figures, args.json)
+    return figures
+
+
+def _money(value: Any) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def _print_tasks(by: list[str], rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title=f"graphthrift cost per successful task by {', '.join(by) or 'all'}")
+    columns = [
+        *by,
+        "tasks",
+        "successful",
+        "failed",
+        "unknown",
+        "cost_usd",
+        "cost_per_successful_task",
+        "retry_cost_usd",
+        "cache_saved_usd",
+    ]
+    for col in columns:
+        table.add_column(col, justify="left" if col in by else "right")
+    for row in rows:
+        table.add_row(
+            *(
+                _money(row[c])
+                if c.endswith("usd") or c == "cost_per_successful_task"
+                else ("∅" if row[c] is None else str(row[c]))
+                for c in columns
+            )
+        )
+    console.print(table)
+
+
+def _print_compare(figures: dict[str, Any], console: Console) -> None:
+    a, b = figures["a"], figures["b"]
+    dim = figures["dimension"]
+    for side in (a, b):
+        console.print(
+            f"{dim}={side['value']}: {side['tasks']} tasks, {side['successful']} successful,"
+            f" cost per successful task {_money(side['cost_per_successful_task'])}"
+        )
+    if figures["delta"] is None:
+        console.print("no comparison: a side has no successful task")
+        return
+    console.print(
+        f"change {a['value']} -> {b['value']}: {figures['delta']:+.6f} USD"
+        f" ({figures['delta_pct']:+.1f}%), {figures['confidence']:.0%} interval"
+        f" [{_money(figures['ci_low'])}, {_money(figures['ci_high'])}]"
+    )
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:

@@ -12,6 +12,7 @@ _EXPORTS = {
     "SimulatedChatModel": ".sim",
     "chat_model_from_env": ".sim",
     "BatchChatModel": ".batch",
+    "TaskTracker": ".tasks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

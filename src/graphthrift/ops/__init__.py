@@ -1,4 +1,4 @@
-"""Operations: Batch API jobs (and, as they land, task outcomes, alerts, distillation).
+"""Operations: Batch API jobs, cost per successful task (and, as they land, alerts).
 
 Framework-free: the LangChain wrapper lives in ``graphthrift.langchain.batch``.
 """
@@ -15,6 +15,7 @@ from graphthrift.ops.batch import (
     BatchRequest,
     OpenAIBatches,
 )
+from graphthrift.ops.tasks import compare, cost_per_task, mark_task, set_task_ledger
 
 __all__ = [
     "AnthropicBatches",
@@ -25,4 +26,8 @@ __all__ = [
     "BatchOutcome",
     "BatchRequest",
     "OpenAIBatches",
+    "compare",
+    "cost_per_task",
+    "mark_task",
+    "set_task_ledger",
 ]
