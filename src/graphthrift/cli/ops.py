@@ -4,6 +4,9 @@
         [--task-key run_id|thread_id] [--since 7d] [--json PATH]
     graphthrift report --compare prompt_version=v1,v2 [--confidence 0.95] [--json PATH]
 
+    graphthrift alerts [--since 24h] [--until T] [--dimensions tenant_id,feature]
+        [--escalation-target 0.2] [--k 5] [--baseline-days 7] [--tenant-id T]
+        [--webhook URL] [--json PATH] [--prometheus-rules PATH]
     graphthrift batch list [--status S] [--limit N] [--json PATH]
     graphthrift batch status JOB_ID [--json PATH]
     graphthrift batch resume JOB_ID [--timeout S]   # poll, collect and book a stored job
@@ -27,11 +30,29 @@ from graphthrift.bench._common import write_json
 __all__ = ["COMMANDS", "add_parsers", "extend_report", "handles_report", "report", "run"]
 
 #: The top-level commands this module owns.
-COMMANDS = ("batch",)
+COMMANDS = ("batch", "alerts")
 
 
 def add_parsers(subparsers: Any) -> None:
     """Add the operations commands to the CLI's subparsers."""
+    from graphthrift.cli import _since
+
+    alerts: argparse.ArgumentParser = subparsers.add_parser(
+        "alerts", help="cost, escalation, cache, refusal and retry alerts from the ledger"
+    )
+    alerts.add_argument("--since", type=_since, help="first hour checked (default: 24h ago)")
+    alerts.add_argument("--until", type=_since, help="end of the window (default: now)")
+    alerts.add_argument("--dimensions", default="tenant_id,feature")
+    alerts.add_argument("--escalation-target", type=float, default=0.2)
+    alerts.add_argument("--k", type=float, default=5.0, help="robust deviations allowed")
+    alerts.add_argument("--baseline-days", type=int, default=7)
+    alerts.add_argument("--tenant-id", dest="tenant_id", help="only this tenant")
+    alerts.add_argument("--feature", help="only this feature")
+    alerts.add_argument("--webhook", help="POST each alert as JSON to this URL")
+    alerts.add_argument("--json", metavar="PATH", help="also write the alerts as JSON")
+    alerts.add_argument(
+        "--prometheus-rules", metavar="PATH", help="write the same conditions as Prometheus rules"
+    )
     batch: argparse.ArgumentParser = subparsers.add_parser(
         "batch", help="Batch API jobs kept in the store (list, status, resume)"
     )
@@ -167,9 +188,45 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     try:
         if args.command == "batch":
             return _batch(args, store, console)
+        if args.command == "alerts":
+            return _alerts(args, store, console)
         raise ValueError(f"unknown operations command {args.command!r}")
     finally:
         store.close()
+
+
+def _alerts(args: argparse.Namespace, store: Any, console: Console) -> dict[str, Any]:
+    from graphthrift.ops.alerts import AlertMonitor, AlertRules, write_prometheus_rules
+
+    rules = AlertRules(
+        dimensions=tuple(d.strip() for d in args.dimensions.split(",") if d.strip()),
+        escalation_target=args.escalation_target,
+        k=args.k,
+        baseline_days=args.baseline_days,
+    )
+    filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
+    monitor = AlertMonitor(store, rules=rules, webhook=args.webhook, **filters)
+    found = monitor.check(since=args.since, until=args.until)
+    table = Table(title=f"graphthrift alerts ({len(found)})")
+    for col in ("rule", "dimension", "figure", "baseline", "first hour (UTC)", "hours"):
+        table.add_column(col)
+    for alert in found:
+        table.add_row(
+            alert.rule,
+            alert.dimension,
+            f"{alert.figure:.4g}",
+            f"{alert.baseline:.4g}",
+            f"{alert.first_hour:%Y-%m-%d %H:00}",
+            str(alert.hours),
+        )
+    console.print(table)
+    figures: dict[str, Any] = {"alerts": [a.as_dict() for a in found]}
+    if args.prometheus_rules:
+        path = write_prometheus_rules(args.prometheus_rules, rules)
+        console.print(f"Prometheus rules written to {path}")
+        figures["prometheus_rules"] = str(path)
+    write_json(figures, args.json)
+    return figures
 
 
 def _batch(args: argparse.Namespace, store: Any, console: Console) -> dict[str, Any]:

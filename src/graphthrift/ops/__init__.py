@@ -1,10 +1,19 @@
-"""Operations: Batch API jobs, cost per successful task (and, as they land, alerts).
+"""Operations: Batch API jobs, cost per successful task, alerts.
 
 Framework-free: the LangChain wrapper lives in ``graphthrift.langchain.batch``.
 """
 
 from __future__ import annotations
 
+from graphthrift.ops.alerts import (
+    Alert,
+    AlertMonitor,
+    AlertRules,
+    check_alerts,
+    prometheus_rules,
+    refusal_record,
+    write_prometheus_rules,
+)
 from graphthrift.ops.batch import (
     AnthropicBatches,
     BatchItemFailed,
@@ -18,6 +27,9 @@ from graphthrift.ops.batch import (
 from graphthrift.ops.tasks import compare, cost_per_task, mark_task, set_task_ledger
 
 __all__ = [
+    "Alert",
+    "AlertMonitor",
+    "AlertRules",
     "AnthropicBatches",
     "BatchItemFailed",
     "BatchJobNotFound",
@@ -26,8 +38,12 @@ __all__ = [
     "BatchOutcome",
     "BatchRequest",
     "OpenAIBatches",
+    "check_alerts",
     "compare",
     "cost_per_task",
     "mark_task",
+    "prometheus_rules",
+    "refusal_record",
     "set_task_ledger",
+    "write_prometheus_rules",
 ]
