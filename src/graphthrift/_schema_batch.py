@@ -5,6 +5,8 @@
   instead of paying for it twice.
 - ``graphthrift_batch_items``: one row per request of a job: its provider body, its result
   or error, how often it was tried, and whether its ledger row was booked (exactly once).
+- ``graphthrift_distill_captures``: opt-in captured prompts and final answers for a
+  distillation export, redacted before they are written, each with its expiry.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from graphthrift._schema import Migration
 
 BATCH_JOBS_TABLE = "graphthrift_batch_jobs"
 BATCH_ITEMS_TABLE = "graphthrift_batch_items"
+DISTILL_TABLE = "graphthrift_distill_captures"
 
 batch_metadata = MetaData()
 
@@ -93,6 +96,27 @@ BATCH_MIGRATIONS: tuple[Migration, ...] = (
             """,
             f"CREATE INDEX IF NOT EXISTS {BATCH_JOBS_TABLE}_status ON {BATCH_JOBS_TABLE} (status)",
             f"CREATE INDEX IF NOT EXISTS {BATCH_JOBS_TABLE}_key ON {BATCH_JOBS_TABLE} (key)",
+        ),
+    ),
+    Migration(
+        41,
+        "distillation captures",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {DISTILL_TABLE} (
+                id bigserial PRIMARY KEY,
+                ts timestamptz NOT NULL DEFAULT now(),
+                expires_at timestamptz NOT NULL,
+                tenant_id text, feature text, route text, prompt_version text, model text,
+                prompt jsonb NOT NULL,
+                answer text NOT NULL,
+                success boolean NOT NULL DEFAULT true,
+                hash text NOT NULL
+            )
+            """,
+            f"CREATE INDEX IF NOT EXISTS {DISTILL_TABLE}_feature_ts"
+            f" ON {DISTILL_TABLE} (feature, route, ts)",
+            f"CREATE INDEX IF NOT EXISTS {DISTILL_TABLE}_expires ON {DISTILL_TABLE} (expires_at)",
         ),
     ),
 )

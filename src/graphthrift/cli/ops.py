@@ -8,6 +8,8 @@
         [--escalation-target 0.2] [--k 5] [--baseline-days 7] [--tenant-id T]
         [--webhook URL] [--json PATH] [--prometheus-rules PATH]
     graphthrift batch list [--status S] [--limit N] [--json PATH]
+    graphthrift export distill --feature F [--route strong] [--since 30d] --out DIR
+        [--format openai-jsonl|anthropic-jsonl] [--held-out 0.1] [--json PATH]
     graphthrift batch status JOB_ID [--json PATH]
     graphthrift batch resume JOB_ID [--timeout S]   # poll, collect and book a stored job
 
@@ -30,7 +32,7 @@ from graphthrift.bench._common import write_json
 __all__ = ["COMMANDS", "add_parsers", "extend_report", "handles_report", "report", "run"]
 
 #: The top-level commands this module owns.
-COMMANDS = ("batch", "alerts")
+COMMANDS = ("batch", "alerts", "export")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -53,6 +55,22 @@ def add_parsers(subparsers: Any) -> None:
     alerts.add_argument(
         "--prometheus-rules", metavar="PATH", help="write the same conditions as Prometheus rules"
     )
+    export: argparse.ArgumentParser = subparsers.add_parser(
+        "export", help="export captured data (distill: a fine-tune set)"
+    )
+    export_sub = export.add_subparsers(dest="export_command", metavar="WHAT")
+    distill = export_sub.add_parser("distill", help="teacher outputs as a fine-tune set")
+    distill.add_argument("--feature", required=True)
+    distill.add_argument("--route", help="only this route (e.g. strong)")
+    distill.add_argument("--since", type=_since, help="window start (default: 30 days ago)")
+    distill.add_argument("--tenant-id", dest="tenant_id")
+    distill.add_argument(
+        "--format", dest="fmt", default="openai-jsonl", choices=["openai-jsonl", "anthropic-jsonl"]
+    )
+    distill.add_argument("--held-out", type=float, default=0.1)
+    distill.add_argument("--out", required=True, help="directory for train/held_out JSONL")
+    distill.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+
     batch: argparse.ArgumentParser = subparsers.add_parser(
         "batch", help="Batch API jobs kept in the store (list, status, resume)"
     )
@@ -190,9 +208,38 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             return _batch(args, store, console)
         if args.command == "alerts":
             return _alerts(args, store, console)
+        if args.command == "export":
+            return _export(args, store, console)
         raise ValueError(f"unknown operations command {args.command!r}")
     finally:
         store.close()
+
+
+def _export(args: argparse.Namespace, store: Any, console: Console) -> dict[str, Any]:
+    from graphthrift.ops.distill import export_distill
+
+    if getattr(args, "export_command", None) != "distill":
+        raise ValueError("graphthrift export needs what to export: distill")
+    figures = export_distill(
+        store,
+        args.out,
+        feature=args.feature,
+        route=args.route,
+        since=args.since,
+        fmt=args.fmt,
+        held_out=args.held_out,
+        tenant_id=args.tenant_id,
+    )
+    console.print(
+        f"{figures['pairs']:,} pairs ({figures['train']:,} train, {figures['held_out']:,}"
+        f" held out) written to {args.out} as {figures['format']}"
+    )
+    console.print(
+        f"volume: {figures['monthly_calls']:,} calls/month, ${figures['monthly_cost_usd']:.2f}"
+        f"/month today; {figures['verdict']}"
+    )
+    write_json(figures, args.json)
+    return figures
 
 
 def _alerts(args: argparse.Namespace, store: Any, console: Console) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Operations: Batch API jobs, cost per successful task, alerts.
+"""Operations: Batch API jobs, cost per successful task, alerts, distillation export.
 
 Framework-free: the LangChain wrapper lives in ``graphthrift.langchain.batch``.
 """
@@ -24,6 +24,7 @@ from graphthrift.ops.batch import (
     BatchRequest,
     OpenAIBatches,
 )
+from graphthrift.ops.distill import DistillCapture, export_distill
 from graphthrift.ops.tasks import compare, cost_per_task, mark_task, set_task_ledger
 
 __all__ = [
@@ -37,10 +38,12 @@ __all__ = [
     "BatchJobs",
     "BatchOutcome",
     "BatchRequest",
+    "DistillCapture",
     "OpenAIBatches",
     "check_alerts",
     "compare",
     "cost_per_task",
+    "export_distill",
     "mark_task",
     "prometheus_rules",
     "refusal_record",
