@@ -178,3 +178,37 @@ def test_cli_export_distill(store: Store, tenant: str, tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["pairs"] == 30 and figures["pays"] is False
     assert (tmp_path / "set" / "train.jsonl").read_text().count("\n") == figures["train"]
+
+
+def test_distill_callback_captures_a_graphs_answers_with_its_tags(
+    store: Store, tenant: str, tmp_path: Path
+) -> None:
+    import itertools
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from graphthrift.langchain import DistillCallback
+
+    model = GenericFakeChatModel(messages=itertools.repeat(AIMessage("team: billing")))
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_edge(START, "agent")
+    app = graph.compile()
+    capture = DistillCapture(store, enabled=True, redact=redact)
+    config = {
+        "callbacks": [DistillCallback(capture)],
+        "metadata": {"tenant_id": tenant, "feature": "routing", "route": "strong"},
+    }
+    for n in range(3):
+        app.invoke({"messages": [("user", f"ticket {n} from eve@example.com")]}, config=config)
+    off = {"callbacks": [DistillCallback(DistillCapture(store))], "metadata": {"tenant_id": tenant}}
+    app.invoke({"messages": [("user", "not captured")]}, config=off)
+
+    rows = stored(store, tenant)
+    assert len(rows) == 3
+    assert all(r["answer"] == "team: billing" for r in rows)
+    assert "eve@example.com" not in json.dumps([r["prompt"] for r in rows])
+    figures = export_distill(store, tmp_path, feature="routing", route="strong", tenant_id=tenant)
+    assert figures["pairs"] == 3

@@ -13,6 +13,7 @@ _EXPORTS = {
     "chat_model_from_env": ".sim",
     "BatchChatModel": ".batch",
     "TaskTracker": ".tasks",
+    "DistillCallback": ".distill",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
