@@ -14,4 +14,5 @@ BENCHMARKS: dict[str, str] = {
     "route": "graphthrift.bench.route",
     "budget": "graphthrift.bench.budget",
     "stack": "graphthrift.bench.stack",
+    "ops": "graphthrift.bench.ops",
 }

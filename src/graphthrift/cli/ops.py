@@ -5,7 +5,7 @@
     graphthrift report --compare prompt_version=v1,v2 [--confidence 0.95] [--json PATH]
 
     graphthrift alerts [--since 24h] [--until T] [--dimensions tenant_id,feature]
-        [--escalation-target 0.2] [--k 5] [--baseline-days 7] [--tenant-id T]
+        [--escalation-target 0.2] [--k 4] [--baseline-days 7] [--tenant-id T]
         [--webhook URL] [--json PATH] [--prometheus-rules PATH]
     graphthrift batch list [--status S] [--limit N] [--json PATH]
     graphthrift export distill --feature F [--route strong] [--since 30d] --out DIR
@@ -46,7 +46,7 @@ def add_parsers(subparsers: Any) -> None:
     alerts.add_argument("--until", type=_since, help="end of the window (default: now)")
     alerts.add_argument("--dimensions", default="tenant_id,feature")
     alerts.add_argument("--escalation-target", type=float, default=0.2)
-    alerts.add_argument("--k", type=float, default=5.0, help="robust deviations allowed")
+    alerts.add_argument("--k", type=float, default=4.0, help="robust deviations allowed")
     alerts.add_argument("--baseline-days", type=int, default=7)
     alerts.add_argument("--tenant-id", dest="tenant_id", help="only this tenant")
     alerts.add_argument("--feature", help="only this feature")

@@ -89,8 +89,8 @@ class AlertRules:
     baseline_days: int = 7
     season_window: int = 1
     min_baseline_points: int = 5
-    k: float = 5.0
-    cost_floor: float = 0.25
+    k: float = 4.0
+    cost_floor: float = 0.2
     escalation_target: float = 0.2
     rate_floor: float = 0.03
     refusal_floor: float = 1.0
@@ -198,13 +198,22 @@ def _hourly(
 def _baseline(
     values: Callable[[datetime], float | None], hour: datetime, rules: AlertRules
 ) -> np.ndarray:
-    points: list[float] = []
+    """The same hour of day (and its neighbours) on past days of the same kind (weekday or
+    weekend), or on all past days when those are too few: traffic has a weekly cycle too."""
+    weekend = hour.weekday() >= 5
+    same: list[float] = []
+    every: list[float] = []
     for day in range(1, rules.baseline_days + 1):
         for shift in range(-rules.season_window, rules.season_window + 1):
-            value = values(hour - timedelta(days=day, hours=shift))
-            if value is not None:
-                points.append(value)
-    return np.array(points, dtype=float)
+            when = hour - timedelta(days=day, hours=shift)
+            value = values(when)
+            if value is None:
+                continue
+            every.append(value)
+            if (when.weekday() >= 5) == weekend:
+                same.append(value)
+    chosen = same if len(same) >= rules.min_baseline_points else every
+    return np.array(chosen, dtype=float)
 
 
 def _judge(
