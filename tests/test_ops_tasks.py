@@ -246,3 +246,18 @@ def test_cli_report_per_task_and_compare(
     figures = json.loads(cmp_path.read_text())
     assert figures["delta"] == pytest.approx(0.01 - 0.03)
     assert main([*url, "report", "--compare", "prompt_version=v1", "--tenant-id", tenant]) == 1
+
+
+def test_a_thread_can_be_the_task(ledger: Ledger, store: Store, tenant: str) -> None:
+    """Three runs of one conversation are one task when asked per thread."""
+    for n in range(3):
+        ledger.record(llm(tenant, f"run-{n}-{tenant}", "v1", 0.01, thread_id=f"th-{tenant}"))
+    mark_task(success=True, ledger=ledger, thread_id=f"th-{tenant}", tenant_id=tenant)
+    ledger.flush()
+    [per_thread] = cost_per_task(store, [], task="thread_id", tenant_id=tenant)
+    [per_run] = cost_per_task(store, [], tenant_id=tenant)
+    assert per_thread["tasks"] == 1 and per_thread["successful"] == 1
+    assert per_thread["cost_per_successful_task"] == pytest.approx(0.03)
+    assert per_run["tasks"] == 3 and per_run["unknown"] == 3  # no run was given an outcome
+    with pytest.raises(ValueError, match="task must be one of"):
+        cost_per_task(store, [], task="node")

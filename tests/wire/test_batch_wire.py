@@ -457,3 +457,17 @@ def test_cli_resumes_lists_and_shows_a_stored_job(
     [mine] = [j for j in json.loads(listed.read_text())["jobs"] if j["id"] == job_id]
     assert mine["succeeded"] == 1 and mine["requests"] == 1
     assert main(["--url", store.url, "batch", "status", "gtb_nope"]) == 1
+
+
+def test_abatch_with_mixed_configs_batches_only_the_offline_inputs(
+    wire: WireServer, store: Store, ledger: Ledger, tenant: str
+) -> None:
+    wire.batch_script(echo=True)
+    model = batched(openai_chat(wire), store, ledger)
+    configs = [offline(tenant), {"metadata": {"tenant_id": tenant}}, offline(tenant)]
+
+    answers = asyncio.run(model.abatch(["one", "two", "three"], config=configs))
+
+    assert [a.content for a in answers] == ["echo: one", "Hello from the wire.", "echo: three"]
+    assert uploaded_ids(wire, 0) == ["r0", "r1"]  # the two offline inputs, in one batch
+    assert len(wire.bodies("/v1/chat/completions")) == 1
