@@ -471,3 +471,28 @@ def test_abatch_with_mixed_configs_batches_only_the_offline_inputs(
     assert [a.content for a in answers] == ["echo: one", "Hello from the wire.", "echo: three"]
     assert uploaded_ids(wire, 0) == ["r0", "r1"]  # the two offline inputs, in one batch
     assert len(wire.bodies("/v1/chat/completions")) == 1
+
+
+def test_a_failed_submission_is_retried_by_looking_for_the_batch_first(
+    wire: WireServer, store: Store, ledger: Ledger, tenant: str
+) -> None:
+    """The file upload fails: the job is left for the next attempt, which submits once."""
+    wire.batch_script(echo=True)
+    model = batched(openai_chat(wire), store, ledger)
+    request = model._request("again", offline(tenant), None, {})
+    job_id = model.jobs.create([request])
+    real_submit = model.jobs.provider.submit
+
+    def failing(tag: str, items: Any) -> str:
+        raise ConnectionError("network down")
+
+    model.jobs.provider.submit = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        model.jobs.run(job_id)
+    model.jobs.provider.submit = real_submit  # type: ignore[method-assign]
+
+    [outcome] = model.jobs.run(job_id, timeout=10)
+
+    assert outcome.ok and outcome.body["choices"][0]["message"]["content"] == "echo: again"
+    assert len(wire.batch_requests("openai")) == 1
+    assert model.jobs.status(job_id)["submissions"] == 1

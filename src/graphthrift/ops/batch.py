@@ -579,7 +579,21 @@ class BatchJobs:
             ).all()
         submitted_now = batch_id is None
         if batch_id is None:
-            batch_id = self.provider.submit(tag, [(str(c), b) for c, b in pending])
+            try:
+                batch_id = self.provider.submit(tag, [(str(c), b) for c, b in pending])
+            except BaseException:
+                # The batch may exist at the provider even though the call failed (a timeout
+                # after it was created): end the lease now, so the next attempt looks for it
+                # (``find``) before submitting again.
+                with self.store.connect() as conn:
+                    conn.execute(
+                        text(
+                            f"UPDATE {BATCH_JOBS_TABLE} SET lease_until = now(),"
+                            " updated_at = now() WHERE id = :id"
+                        ),
+                        {"id": job_id},
+                    )
+                raise
         with self.store.connect() as conn:
             conn.execute(
                 text(
