@@ -68,6 +68,7 @@ _EXPORTS = {
     "GracefulShutdown": ".resilience",
     "RetryBudgetExhausted": ".errors",
     "RateLimited": ".errors",
+    "mark_task": ".ops.tasks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

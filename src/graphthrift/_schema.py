@@ -127,12 +127,19 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
 
 def all_migrations() -> tuple[Migration, ...]:
     """Every component's migrations, in version order (ledger 1-9, cache 10-19, budget 20-29,
-    resilience 30-39)."""
+    resilience 30-39, operations 40-49)."""
+    from graphthrift._schema_batch import BATCH_MIGRATIONS
     from graphthrift._schema_budget import BUDGET_MIGRATIONS
     from graphthrift._schema_cache import CACHE_MIGRATIONS
     from graphthrift._schema_resilience import RESILIENCE_MIGRATIONS
 
-    found = (*LEDGER_MIGRATIONS, *CACHE_MIGRATIONS, *BUDGET_MIGRATIONS, *RESILIENCE_MIGRATIONS)
+    found = (
+        *LEDGER_MIGRATIONS,
+        *CACHE_MIGRATIONS,
+        *BUDGET_MIGRATIONS,
+        *RESILIENCE_MIGRATIONS,
+        *BATCH_MIGRATIONS,
+    )
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate schema migration versions: {sorted(versions)}")

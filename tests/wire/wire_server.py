@@ -6,7 +6,10 @@
   include_usage`` adds the usage chunk with ``choices: []`` before ``data: [DONE]``);
 - ``POST /v1/responses``: the OpenAI Responses API, JSON or its typed SSE events;
 - ``POST /v1/messages``: Anthropic Messages, JSON or SSE, input usage in ``message_start``
-  and output usage in ``message_delta``.
+  and output usage in ``message_delta``;
+- the Batch APIs: OpenAI ``/v1/files`` + ``/v1/batches`` (output and error files, expired
+  and failed batches) and Anthropic Message Batches (``/v1/messages/batches``, JSONL
+  results with succeeded, errored and expired entries), scripted with ``batch_script``.
 
 The payloads follow the providers' API references field for field. A test queues what the
 next calls answer with ``reply(...)`` (usage, text, a tool call, an error, a stall, a cut
@@ -24,7 +27,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_httpserver import HTTPServer
@@ -77,6 +80,7 @@ class Captured:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    method: str = "POST"
 
 
 @dataclass
@@ -92,6 +96,10 @@ class WireServer:
     requests: list[Captured] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    #: Batch APIs: scripts for the next batches, uploaded files, created batches
+    batch_scripts: deque[BatchScript] = field(default_factory=deque)
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, _Batch] = field(default_factory=dict)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,6 +111,7 @@ class WireServer:
             self._responses
         )
         self.http.expect_request("/v1/messages", method="POST").respond_with_handler(self._messages)
+        self._start_batches()
         self.http.start()
         return self
 
@@ -117,6 +126,7 @@ class WireServer:
         with self._lock:
             self.queue.clear()
             self.requests.clear()
+            self.batch_scripts.clear()
 
     @property
     def url(self) -> str:
@@ -481,6 +491,317 @@ class WireServer:
 
         return _stream(events())
 
+    # -- Batch APIs: OpenAI /v1/files + /v1/batches, Anthropic Message Batches -------------
+
+    def batch_script(self, **fields: Any) -> BatchScript:
+        """Queue how the next created batch (either provider) behaves (FIFO); returns it."""
+        script = BatchScript(**fields)
+        with self._lock:
+            self.batch_scripts.append(script)
+        return script
+
+    def batch_requests(self, provider: str = "openai") -> list[Captured]:
+        """The batch-creating requests received (``POST /v1/batches`` or Anthropic's)."""
+        path = "/v1/batches" if provider == "openai" else "/v1/messages/batches"
+        with self._lock:
+            return [c for c in self.requests if c.path == path and c.method == "POST"]
+
+    def _start_batches(self) -> None:
+        import re
+
+        self.http.expect_request("/v1/files", method="POST").respond_with_handler(self._file_upload)
+        self.http.expect_request(
+            re.compile(r"^/v1/files/[^/]+/content$"), method="GET"
+        ).respond_with_handler(self._file_content)
+        self.http.expect_request("/v1/batches", method="POST").respond_with_handler(
+            self._openai_batch_create
+        )
+        self.http.expect_request("/v1/batches", method="GET").respond_with_handler(
+            self._openai_batch_list
+        )
+        self.http.expect_request(
+            re.compile(r"^/v1/batches/[^/]+$"), method="GET"
+        ).respond_with_handler(self._openai_batch_get)
+        self.http.expect_request("/v1/messages/batches", method="POST").respond_with_handler(
+            self._anthropic_batch_create
+        )
+        self.http.expect_request(
+            re.compile(r"^/v1/messages/batches/[^/]+/results$"), method="GET"
+        ).respond_with_handler(self._anthropic_batch_results)
+        self.http.expect_request(
+            re.compile(r"^/v1/messages/batches/[^/]+$"), method="GET"
+        ).respond_with_handler(self._anthropic_batch_get)
+
+    def _capture(self, request: Request, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(
+                Captured(request.path, dict(request.headers), body, method=request.method)
+            )
+
+    def _new_batch(
+        self, provider: str, lines: list[dict[str, Any]], meta: dict[str, Any]
+    ) -> _Batch:
+        with self._lock:
+            script = self.batch_scripts.popleft() if self.batch_scripts else BatchScript()
+            batch_id = (
+                f"{'batch' if provider == 'openai' else 'msgbatch'}_wire{len(self.batches):04d}"
+            )
+            batch = _Batch(batch_id, provider, lines, script, meta)
+            self.batches[batch_id] = batch
+        return batch
+
+    def _advance(self, batch: _Batch) -> None:
+        """One poll: the batch stays in progress ``script.polls`` times, then ends."""
+        with self._lock:
+            if batch.ended:
+                return
+            if batch.polled < batch.script.polls or batch.script.hold:
+                batch.polled += 1
+                return
+            batch.ended = True
+        for line in batch.lines:
+            custom_id = line["custom_id"]
+            if custom_id in batch.script.expire:
+                batch.results[custom_id] = ("expired", None)
+            elif custom_id in batch.script.fail:
+                batch.results[custom_id] = ("error", batch.script.fail[custom_id])
+            else:
+                with self._lock:
+                    answer = self.queue.popleft() if self.queue else self.default
+                if batch.script.echo:
+                    answer = replace(answer, text=f"echo: {_last_text(line['body'])}")
+                batch.results[custom_id] = ("ok", answer)
+
+    # OpenAI files and batches
+
+    def _file_upload(self, request: Request) -> Response:
+        upload = request.files["file"]
+        content = upload.read()
+        with self._lock:
+            file_id = f"file-wire{len(self.files):04d}"
+            self.files[file_id] = content
+        self._capture(
+            request,
+            {"purpose": request.form.get("purpose"), "filename": upload.filename, "id": file_id},
+        )
+        return _json(
+            {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(content),
+                "created_at": CREATED,
+                "filename": upload.filename or "upload.jsonl",
+                "purpose": request.form.get("purpose", "batch"),
+                "status": "processed",
+                "status_details": None,
+                "expires_at": None,
+            }
+        )
+
+    def _file_content(self, request: Request) -> Response:
+        file_id = request.path.split("/")[3]
+        self._capture(request, {"id": file_id})
+        with self._lock:
+            content = self.files.get(file_id)
+        if content is None:
+            return _openai_error(Reply(status=404))
+        return Response(content, status=200, content_type="application/octet-stream")
+
+    def _openai_batch_create(self, request: Request) -> Response:
+        body = json.loads(request.get_data() or b"{}")
+        self._capture(request, body)
+        with self._lock:
+            content = self.files.get(body.get("input_file_id", ""))
+        if content is None:
+            return _openai_error(Reply(status=400))
+        lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        batch = self._new_batch("openai", lines, {**body, "metadata": body.get("metadata")})
+        return _json(self._openai_batch_object(batch))
+
+    def _openai_batch_get(self, request: Request) -> Response:
+        batch_id = request.path.rsplit("/", 1)[1]
+        self._capture(request, {"id": batch_id})
+        batch = self.batches.get(batch_id)
+        if batch is None or batch.provider != "openai":
+            return _openai_error(Reply(status=404))
+        self._advance(batch)
+        return _json(self._openai_batch_object(batch))
+
+    def _openai_batch_list(self, request: Request) -> Response:
+        self._capture(request, {})
+        with self._lock:
+            found = [b for b in self.batches.values() if b.provider == "openai"]
+        data = [self._openai_batch_object(b) for b in reversed(found)]
+        return _json(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
+
+    def _openai_batch_object(self, batch: _Batch) -> dict[str, Any]:
+        script = batch.script
+        total = len(batch.lines)
+        status = "in_progress"
+        output_id = error_id = None
+        failed = sum(1 for kind, _ in batch.results.values() if kind != "ok")
+        if batch.ended:
+            status = script.status or ("expired" if script.expire else "completed")
+            if status == "failed":
+                failed = total
+            else:
+                output_id, error_id = self._openai_batch_files(batch)
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.meta.get("endpoint", "/v1/chat/completions"),
+            "errors": (
+                {
+                    "object": "list",
+                    "data": [{"code": "invalid_json_line", "message": "Invalid JSON line."}],
+                }
+                if status == "failed"
+                else None
+            ),
+            "input_file_id": batch.meta.get("input_file_id"),
+            "completion_window": batch.meta.get("completion_window", "24h"),
+            "status": status,
+            "output_file_id": output_id,
+            "error_file_id": error_id,
+            "created_at": CREATED,
+            "in_progress_at": CREATED + 1,
+            "expires_at": CREATED + 86_400,
+            "finalizing_at": None,
+            "completed_at": CREATED + 60 if status == "completed" else None,
+            "failed_at": CREATED + 60 if status == "failed" else None,
+            "expired_at": CREATED + 86_400 if status == "expired" else None,
+            "cancelling_at": None,
+            "cancelled_at": CREATED + 60 if status == "cancelled" else None,
+            "request_counts": {
+                "total": total,
+                "completed": (total - failed) if batch.ended and status != "failed" else 0,
+                "failed": failed,
+            },
+            "metadata": batch.meta.get("metadata"),
+        }
+
+    def _openai_batch_files(self, batch: _Batch) -> tuple[str | None, str | None]:
+        """Write the output and error files once; OpenAI leaves a file id null when empty."""
+        with self._lock:
+            if batch.files is not None:
+                return batch.files
+        ok_lines: list[str] = []
+        error_lines: list[str] = []
+        for n, line in enumerate(batch.lines):
+            kind, value = batch.results[line["custom_id"]]
+            request_id = f"req_wire{n:05d}"
+            base = {"id": f"batch_req_wire{n:05d}", "custom_id": line["custom_id"]}
+            if kind == "ok":
+                model = value.model or line["body"].get("model", "gpt-4o-mini")
+                response = {
+                    "status_code": 200,
+                    "request_id": request_id,
+                    "body": _batch_chat_completion(value, model, n),
+                }
+                ok_lines.append(json.dumps({**base, "response": response, "error": None}))
+            elif kind == "expired":
+                error = {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired.",
+                }
+                error_lines.append(json.dumps({**base, "response": None, "error": error}))
+            else:
+                err = _openai_error(Reply(status=value))
+                response = {
+                    "status_code": value,
+                    "request_id": request_id,
+                    "body": json.loads(err.get_data()),
+                }
+                error_lines.append(json.dumps({**base, "response": response, "error": None}))
+        ids: list[str | None] = []
+        with self._lock:
+            for lines in (ok_lines, error_lines):
+                if not lines:
+                    ids.append(None)
+                    continue
+                file_id = f"file-wire{len(self.files):04d}"
+                self.files[file_id] = ("\n".join(lines) + "\n").encode()
+                ids.append(file_id)
+            batch.files = (ids[0], ids[1])
+            return batch.files
+
+    # Anthropic Message Batches
+
+    def _anthropic_batch_create(self, request: Request) -> Response:
+        body = json.loads(request.get_data() or b"{}")
+        self._capture(request, body)
+        lines = [
+            {"custom_id": item["custom_id"], "body": item["params"]}
+            for item in body.get("requests", [])
+        ]
+        batch = self._new_batch("anthropic", lines, {})
+        return _json(self._anthropic_batch_object(batch))
+
+    def _anthropic_batch_get(self, request: Request) -> Response:
+        batch_id = request.path.rsplit("/", 1)[1]
+        self._capture(request, {"id": batch_id})
+        batch = self.batches.get(batch_id)
+        if batch is None or batch.provider != "anthropic":
+            return _anthropic_error(Reply(status=404))
+        self._advance(batch)
+        return _json(self._anthropic_batch_object(batch))
+
+    def _anthropic_batch_results(self, request: Request) -> Response:
+        batch_id = request.path.split("/")[4]
+        self._capture(request, {"id": batch_id})
+        batch = self.batches.get(batch_id)
+        if batch is None or not batch.ended:
+            return _anthropic_error(Reply(status=404))
+        out: list[str] = []
+        for n, line in enumerate(batch.lines):
+            kind, value = batch.results[line["custom_id"]]
+            result: dict[str, Any]
+            if kind == "ok":
+                model = value.model or line["body"].get("model", "claude-haiku-4-5")
+                result = {"type": "succeeded", "message": _batch_message(value, model, n)}
+            elif kind == "expired":
+                result = {"type": "expired"}
+            else:
+                result = {
+                    "type": "errored",
+                    "error": json.loads(_anthropic_error(Reply(status=value)).get_data()),
+                }
+            out.append(json.dumps({"custom_id": line["custom_id"], "result": result}))
+        return Response(
+            ("\n".join(out) + "\n").encode(), status=200, content_type="application/binary"
+        )
+
+    def _anthropic_batch_object(self, batch: _Batch) -> dict[str, Any]:
+        total = len(batch.lines)
+        counts = {"processing": total, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        if batch.ended:
+            counts["processing"] = 0
+            for kind, _ in batch.results.values():
+                key = {"ok": "succeeded", "expired": "expired"}.get(kind, "errored")
+                counts[key] += 1
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": "ended" if batch.ended else "in_progress",
+            "request_counts": counts,
+            "ended_at": "2026-11-30T10:01:00Z" if batch.ended else None,
+            "created_at": "2026-11-30T10:00:00Z",
+            "expires_at": "2026-12-01T10:00:00Z",
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": f"{self.url}/v1/messages/batches/{batch.id}/results"
+            if batch.ended
+            else None,
+        }
+
     def _sleep(self, seconds: float) -> None:
         """Stall a stream, but let the server stop promptly."""
         self._stopping.wait(seconds)
@@ -605,3 +926,97 @@ def _anthropic_error(r: Reply) -> Response:
     return Response(
         json.dumps(body), status=status, headers=_headers(r), content_type="application/json"
     )
+
+
+# -- Batch API scripting and payloads -------------------------------------------------------
+
+
+@dataclass
+class BatchScript:
+    """How one created batch behaves.
+
+    ``polls``: how many status reads answer "in progress" before it ends; ``hold``: never
+    end (a job left running, for restart tests); ``fail``: custom_id -> HTTP status of that
+    request's error; ``expire``: custom_ids the completion window ran out on (the OpenAI
+    batch then ends ``expired``); ``status``: force OpenAI's final status (``failed``,
+    ``cancelled``). Succeeding requests take the queued ``Reply`` objects, else the default;
+    ``echo`` makes each answer ``"echo: <the request's last message text>"``, so tests can
+    check that every caller got the answer to its own request.
+    """
+
+    polls: int = 0
+    echo: bool = False
+    hold: bool = False
+    fail: dict[str, int] = field(default_factory=dict)
+    expire: set[str] = field(default_factory=set)
+    status: str | None = None
+
+
+@dataclass
+class _Batch:
+    id: str
+    provider: str
+    lines: list[dict[str, Any]]
+    script: BatchScript
+    meta: dict[str, Any]
+    polled: int = 0
+    ended: bool = False
+    results: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    files: tuple[str | None, str | None] | None = None
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload), status=200, content_type="application/json")
+
+
+def _batch_chat_completion(r: Reply, model: str, n: int) -> dict[str, Any]:
+    """A Chat Completions body as the Batch API returns it in the output file."""
+    payload: dict[str, Any] = {
+        "id": f"chatcmpl-wireb{n:05d}",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": r.text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "service_tier": "default",
+        "system_fingerprint": "fp_wire",
+    }
+    if r.usage:
+        payload["usage"] = _openai_chat_usage(r)
+    return payload
+
+
+def _batch_message(r: Reply, model: str, n: int) -> dict[str, Any]:
+    """An Anthropic Message as a Message Batch result carries it."""
+    payload: dict[str, Any] = {
+        "id": f"msg_wireb{n:05d}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": r.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": _anthropic_usage(r),
+    }
+    usage = payload["usage"]
+    usage["service_tier"] = "batch"
+    return payload
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    """The text of a request's last message (a string or a list of text blocks)."""
+    content = (body.get("messages") or [{}])[-1].get("content", "")
+    if isinstance(content, list):
+        return " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+    return str(content)

@@ -15,4 +15,5 @@ BENCHMARKS: dict[str, str] = {
     "budget": "graphthrift.bench.budget",
     "resilience": "graphthrift.bench.resilience",
     "stack": "graphthrift.bench.stack",
+    "ops": "graphthrift.bench.ops",
 }

@@ -27,6 +27,7 @@ from rich.table import Table
 from graphthrift.bench import command as bench_cli
 from graphthrift.bench._common import write_json
 from graphthrift.cli import cache as cache_cli
+from graphthrift.cli import ops as ops_cli
 from graphthrift.errors import GraphthriftError
 
 
@@ -75,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the embedded store's folder (default: GRAPHTHRIFT_HOME, else ./.graphthrift)",
     )
+    ops_cli.extend_report(report)
 
     cache_cli.add_parser(sub)
+    ops_cli.add_parsers(sub)
 
     bench_cli.add_parser(sub)
     return parser
@@ -213,10 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console = Console()
     try:
-        if args.command == "report":
+        if args.command == "report" and ops_cli.handles_report(args):
+            ops_cli.report(args, console)
+        elif args.command == "report":
             _report(args, console)
         elif args.command == "cache":
             cache_cli.run(args, console)
+        elif args.command in ops_cli.COMMANDS:
+            ops_cli.run(args, console)
         elif args.command == "bench":
             return bench_cli.run(args, console)
         else:

@@ -11,6 +11,9 @@ _EXPORTS = {
     "CompressorDocumentCompressor": ".compress",
     "SimulatedChatModel": ".sim",
     "chat_model_from_env": ".sim",
+    "BatchChatModel": ".batch",
+    "TaskTracker": ".tasks",
+    "DistillCallback": ".distill",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,0 +1,301 @@
+"""Cost per successful task: what a finished piece of work costs, not what a call costs.
+
+A task is a LangGraph run (``run_id``, the default) or a thread (``thread_id``). Its outcome
+is a ledger row of kind ``task``: written by ``mark_task(success=...)`` (explicit feedback)
+or by ``graphthrift.langchain.TaskTracker`` when the graph run ends or raises. The latest
+outcome row of a task wins, so feedback given after the run overrides the graph's outcome.
+
+``cost_per_task`` groups LLM rows by tenant, feature, route or prompt_version and divides
+the cost of the tasks with a known outcome by the number that succeeded (retries, and what
+the caches saved, are reported beside it). ``compare`` puts a confidence interval on the
+change between two values of one dimension (e.g. two prompt versions) with a bootstrap
+over tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+
+from graphthrift._schema import LEDGER_TABLE
+from graphthrift.errors import GraphthriftError
+from graphthrift.kernel import current_run_tags, run_tags
+from graphthrift.records import LedgerRecord
+
+__all__ = [
+    "TASK_DIMENSIONS",
+    "TASK_KEYS",
+    "TaskNotIdentified",
+    "compare",
+    "cost_per_task",
+    "mark_task",
+    "set_task_ledger",
+    "task_record",
+]
+
+#: What a task is: a graph run or a conversation thread.
+TASK_KEYS: tuple[str, ...] = ("run_id", "thread_id")
+#: Tags cost per task can be grouped and compared by.
+TASK_DIMENSIONS: tuple[str, ...] = ("tenant_id", "feature", "route", "prompt_version", "model")
+_TAGS = ("tenant_id", "feature", "route", "prompt_version", "thread_id", "run_id", "node")
+
+_default_ledger: Any | None = None
+
+
+class TaskNotIdentified(GraphthriftError, ValueError):
+    """An outcome was given without a run or thread to attach it to."""
+
+    def __init__(self, success: bool) -> None:
+        self.success = success
+        super().__init__(
+            f"mark_task(success={success}) needs the task's run_id or thread_id: pass"
+            " config= (the run's config), run_id= or thread_id=, or call it inside a run"
+            " whose tags are bound (graphthrift.kernel.bound_run_tags)"
+        )
+
+
+def set_task_ledger(ledger: Any | None) -> None:
+    """The ledger ``mark_task`` writes to when it is not given one."""
+    global _default_ledger
+    _default_ledger = ledger
+
+
+def task_record(success: bool, *, source: str = "mark", **tags: Any) -> LedgerRecord:
+    """The ledger row that states a task's outcome (kind ``task``)."""
+    if not isinstance(success, bool):
+        raise TypeError(f"success must be True or False, got {success!r}")
+    unknown = set(tags) - set(_TAGS)
+    if unknown:
+        raise TypeError(f"unknown task tags {sorted(unknown)}; known tags are {_TAGS}")
+    if tags.get("run_id") is None and tags.get("thread_id") is None:
+        raise TaskNotIdentified(success)
+    clean: dict[str, Any] = {k: None if v is None else str(v) for k, v in tags.items()}
+    return LedgerRecord(kind="task", success=success, extra={"source": source}, **clean)
+
+
+def mark_task(
+    success: bool,
+    *,
+    ledger: Any | None = None,
+    config: Mapping[str, Any] | None = None,
+    **tags: Any,
+) -> LedgerRecord:
+    """Record a task's outcome (user feedback, a grader, a business check).
+
+    The task is the run or thread in ``config`` (or in the bound run tags), unless
+    ``run_id=`` / ``thread_id=`` name it. Returns the record queued in the ledger.
+
+    Example:
+        >>> mark_task(success=True, ledger=ledger, run_id=run_id, tenant_id="acme")
+    """
+    target = ledger if ledger is not None else _default_ledger
+    if target is None:
+        raise ValueError(
+            "mark_task needs a ledger: pass ledger= or call graphthrift.ops.set_task_ledger"
+        )
+    found = run_tags(config) if config is not None else dict(current_run_tags() or {})
+    merged: dict[str, Any] = {k: found.get(k) for k in _TAGS if found.get(k) is not None}
+    merged.update({k: v for k, v in tags.items() if v is not None})
+    record = task_record(success, **merged)
+    target.record(record)
+    return record
+
+
+def _check(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _where(
+    since: datetime | None, until: datetime | None, filters: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for n, (key, value) in enumerate(filters.items()):
+        _check("filter", key, TASK_DIMENSIONS)
+        clauses.append(f"r.{key} = :f{n}")
+        params[f"f{n}"] = value
+    if since is not None:
+        clauses.append("r.ts >= :since")
+        params["since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
+    if until is not None:
+        clauses.append("r.ts < :until")
+        params["until"] = until if until.tzinfo else until.replace(tzinfo=UTC)
+    return (" AND " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _outcomes_cte(task: str) -> str:
+    """Each task's latest outcome row (NULL when nobody said)."""
+    return (
+        f"WITH outcome AS (SELECT {task} AS task,"
+        f" (array_agg(success ORDER BY ts DESC, id DESC))[1] AS ok"
+        f" FROM {LEDGER_TABLE} WHERE kind = 'task' AND {task} IS NOT NULL GROUP BY {task})"
+    )
+
+
+def cost_per_task(
+    store: Any,
+    by: Sequence[str] = ("prompt_version",),
+    *,
+    task: str = "run_id",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    **filters: Any,
+) -> list[dict[str, Any]]:
+    """Cost per successful task grouped by ``by``, most expensive per success first.
+
+    Each row has the group keys and ``tasks``, ``successful``, ``failed``, ``unknown``
+    (tasks nobody gave an outcome for: their cost is left out of the ratio and shown as
+    ``unknown_cost_usd``), ``cost_usd`` (tasks with an outcome), ``success_rate``,
+    ``cost_per_successful_task``, ``retry_cost_usd`` (paid for attempts after the first),
+    ``cache_saved_usd`` (cache hits plus providers' prompt caches) and ``saved_usd``.
+    A task whose calls span two routes counts in both route groups.
+    """
+    _check("task", task, TASK_KEYS)
+    if isinstance(by, str):
+        by = [k for k in by.split(",") if k]
+    groups = [_check("by", k, TASK_DIMENSIONS) for k in by]
+    where, params = _where(since, until, filters)
+    select_groups = "".join(f"r.{k} AS {k}, " for k in groups)
+    group_by = ("GROUP BY " + ", ".join(f"r.{k}" for k in groups)) if groups else ""
+    sql = f"""
+        {_outcomes_cte(task)}
+        SELECT {select_groups}
+            count(DISTINCT r.{task}) AS tasks,
+            count(DISTINCT r.{task}) FILTER (WHERE o.ok) AS successful,
+            count(DISTINCT r.{task}) FILTER (WHERE o.ok = false) AS failed,
+            count(DISTINCT r.{task}) FILTER (WHERE o.ok IS NULL) AS unknown,
+            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND o.ok IS NOT NULL), 0)
+                AS cost_usd,
+            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND o.ok IS NULL), 0)
+                AS unknown_cost_usd,
+            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND r.retry), 0)
+                AS retry_cost_usd,
+            coalesce(sum(r.saved_usd) FILTER (WHERE r.kind = 'cache_hit'), 0)
+                + coalesce(sum(r.cache_savings_usd), 0) AS cache_saved_usd,
+            coalesce(sum(r.saved_usd), 0) AS saved_usd
+        FROM {LEDGER_TABLE} r LEFT JOIN outcome o ON o.task = r.{task}
+        WHERE r.kind <> 'task' AND r.{task} IS NOT NULL {where}
+        {group_by}
+    """
+    with store.connect() as conn:
+        rows = [dict(r) for r in conn.execute(text(sql), params).mappings()]
+    for row in rows:
+        for key in ("tasks", "successful", "failed", "unknown"):
+            row[key] = int(row[key] or 0)
+        for key in (
+            "cost_usd",
+            "unknown_cost_usd",
+            "retry_cost_usd",
+            "cache_saved_usd",
+            "saved_usd",
+        ):
+            row[key] = float(row[key] or 0.0)
+        known = row["successful"] + row["failed"]
+        row["success_rate"] = row["successful"] / known if known else None
+        row["cost_per_successful_task"] = (
+            row["cost_usd"] / row["successful"] if row["successful"] else None
+        )
+    rows.sort(key=lambda r: -(r["cost_per_successful_task"] or float("inf")))
+    return rows
+
+
+def _task_costs(
+    store: Any, dimension: str, value: str, task: str, where: str, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    sql = f"""
+        {_outcomes_cte(task)}
+        SELECT r.{task} AS task, coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm'), 0)
+            AS cost, bool_or(o.ok) AS ok
+        FROM {LEDGER_TABLE} r JOIN outcome o ON o.task = r.{task}
+        WHERE r.kind <> 'task' AND r.{dimension} = :value {where}
+        GROUP BY r.{task}
+    """
+    with store.connect() as conn:
+        rows = conn.execute(text(sql), {**params, "value": value}).all()
+    cost = np.array([float(r.cost) for r in rows], dtype=float)
+    ok = np.array([1.0 if r.ok else 0.0 for r in rows], dtype=float)
+    return cost, ok
+
+
+def compare(
+    store: Any,
+    dimension: str,
+    values: Sequence[str],
+    *,
+    task: str = "run_id",
+    confidence: float = 0.95,
+    resamples: int = 2_000,
+    seed: int = 0,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    **filters: Any,
+) -> dict[str, Any]:
+    """The change in cost per successful task from ``values[0]`` to ``values[1]``.
+
+    The interval is a percentile bootstrap over tasks (each value's tasks resampled with
+    replacement, ``resamples`` times, seeded): it needs no assumption about how costs are
+    distributed, and a ratio of sums has no simple closed-form interval.
+    """
+    _check("task", task, TASK_KEYS)
+    _check("dimension", dimension, TASK_DIMENSIONS)
+    if len(values) != 2:
+        raise ValueError(f"compare needs two values of {dimension}, got {list(values)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100, got {resamples}")
+    where, params = _where(since, until, filters)
+    rng = np.random.default_rng(seed)
+    sides: list[dict[str, Any]] = []
+    draws: list[np.ndarray] = []
+    for value in values:
+        cost, ok = _task_costs(store, dimension, value, task, where, params)
+        successes = float(ok.sum())
+        sides.append(
+            {
+                "value": value,
+                "tasks": int(cost.size),
+                "successful": int(successes),
+                "success_rate": successes / cost.size if cost.size else None,
+                "cost_usd": float(cost.sum()),
+                "cost_per_successful_task": float(cost.sum()) / successes if successes else None,
+            }
+        )
+        if cost.size == 0 or successes == 0:
+            draws.append(np.full(resamples, np.nan))
+            continue
+        idx = rng.integers(0, cost.size, size=(resamples, cost.size))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = cost[idx].sum(axis=1) / ok[idx].sum(axis=1)
+        ratio[~np.isfinite(ratio)] = np.nan
+        draws.append(ratio)
+    a, b = sides
+    out: dict[str, Any] = {
+        "dimension": dimension,
+        "task": task,
+        "a": a,
+        "b": b,
+        "confidence": confidence,
+        "resamples": resamples,
+        "delta": None,
+        "delta_pct": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    if a["cost_per_successful_task"] is None or b["cost_per_successful_task"] is None:
+        return out
+    diff = draws[1] - draws[0]
+    diff = diff[np.isfinite(diff)]
+    tail = (1 - confidence) / 2 * 100
+    out["delta"] = b["cost_per_successful_task"] - a["cost_per_successful_task"]
+    out["delta_pct"] = out["delta"] / a["cost_per_successful_task"] * 100
+    if diff.size:
+        out["ci_low"] = float(np.percentile(diff, tail))
+        out["ci_high"] = float(np.percentile(diff, 100 - tail))
+    return out
