@@ -764,9 +764,25 @@ class Budget:
                 r.estimate.model,
             )
 
-    def _price(self, model: str, r: Reservation, inp: int, out: int, cached: int) -> float:
-        """``model``'s price of the usage; an unpriced model falls back to the reserved one's."""
-        cost = self.prices.cost(model, inp, out, cached) if self.prices.is_known(model) else None
+    def _price(
+        self,
+        model: str,
+        r: Reservation,
+        inp: int,
+        out: int,
+        cached: int,
+        writes: int = 0,
+        writes_1h: int = 0,
+    ) -> float:
+        """``model``'s price of the usage (prompt-cache writes at their own rates, as the
+        ledger prices them); an unpriced model falls back to the reserved one's."""
+
+        def price(name: str) -> float | None:
+            return self.prices.cost(
+                name, inp, out, cached, cache_write_tokens=writes, cache_write_1h_tokens=writes_1h
+            )
+
+        cost = price(model) if self.prices.is_known(model) else None
         if cost is None and model != r.estimate.model:
             diagnostics.count(
                 "budget_unpriced_settle",
@@ -774,7 +790,7 @@ class Budget:
                 model,
                 r.estimate.model,
             )
-            cost = self.prices.cost(r.estimate.model, inp, out, cached)
+            cost = price(r.estimate.model)
         return float(cost or 0.0)
 
     def _actual_calls(
@@ -786,12 +802,14 @@ class Budget:
         usd, tokens = 0.0, 0
         for name, raw in calls:
             usage = read_usage(raw)
+            writes = writes_1h = 0
             if usage is None:  # no usage reported: the reserved worst case
                 inp, out, cached = r.estimate.input_tokens, r.estimate.output_tokens, 0
             else:
                 inp, out, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+                writes, writes_1h = usage.cache_write_tokens, usage.cache_write_1h_tokens
                 self._check_overrun(r, out)
-            usd += self._price(name or r.estimate.model, r, inp, out, cached)
+            usd += self._price(name or r.estimate.model, r, inp, out, cached, writes, writes_1h)
             tokens += inp + out
         return usd, tokens
 

@@ -119,14 +119,7 @@ def test_budget_caps_output_in_the_request_body(
     assert spent == pytest.approx(row["cost_usd"], abs=1e-6)
 
 
-BUDGET_WRITES = (
-    "BudgetMiddleware settles input/output/cached tokens only (middleware/budget.py _usage_of,"
-    " Budget.settle): Anthropic cache writes are booked at the plain input price, so the"
-    " budget spends less than the ledger says the call cost"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=BUDGET_WRITES)
 def test_budget_spends_what_the_ledger_books_with_cache_writes(
     wire: WireServer, store: Store, ledger: Ledger, tenant: str
 ) -> None:
