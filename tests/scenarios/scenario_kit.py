@@ -268,7 +268,8 @@ def history_violations(turn: Turn) -> list[str]:
     if named != [turn.asked_before[0]]:
         return [
             f"{turn.where()}: first order in this thread is {turn.asked_before[0]}, "
-            f"answered {text!r}"
+            f"answered {text!r} (orders asked before: {turn.asked_before}; "
+            f"cached: {'graphthrift_cache' in (getattr(answer, 'response_metadata', None) or {})})"
         ]
     return []
 

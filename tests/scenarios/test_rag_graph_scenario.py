@@ -1,6 +1,6 @@
 """Composed scenario: a custom LangGraph RAG graph with the whole graphthrift stack.
 
-    START -> retrieve -> compress (compress_context) -> lookup (cache_lookup)
+    START -> retrieve -> compress (compress_context, defer_saving=True) -> lookup (cache_lookup)
           -> hit: END | miss: prune (summarize_history) -> route (route_model)
           -> guard (budget_guard) -> model -> settle -> route (accept or escalate)
           -> store (cache_store) -> END
@@ -8,7 +8,8 @@
 Two tenants x two users x two threads, seeded conversations over invoke,
 ``stream(stream_mode="messages")`` and ``astream``, one ``InMemorySaver``. The corpus has
 per-tenant policy documents and one account document per user, so an answer carries the
-tenant and account it was built from. The run happens once per module; each test checks one
+tenant and account it was built from. Compression runs before the lookup, so its saving is
+held (``defer_saving``) until the model call it shrank: a hit drops it, booked once. The run happens once per module; each test checks one
 invariant family on every turn.
 """
 
@@ -187,7 +188,10 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
 
     builder = StateGraph(RagState)
     builder.add_node("retrieve", retrieve)
-    builder.add_node("compress", compress_context(target_ratio=0.6, model=CHEAP, ledger=ledger))
+    builder.add_node(
+        "compress",
+        compress_context(target_ratio=0.6, model=CHEAP, ledger=ledger, defer_saving=True),
+    )
     builder.add_node("lookup", cache_lookup(cache))
     builder.add_node("prune", summarize_history(max_tokens=400, model=CHEAP))
     builder.add_node("route", route_model(router))
