@@ -87,6 +87,7 @@ def test_unlimited_model_passes_and_store_down_fails_open(tenant: str) -> None:
         "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
     store.display_url = "postgresql://127.0.0.1:1/none"
+    store._secrets = ()  # what Store.__init__ would set for a URL without secrets
     limiter = SharedRateLimiter(store, {"m": RateLimit(rpm=1)}, max_wait_s=0)
     before = diagnostics.get("rate_limit_store_failure")
     limiter.acquire("m", tenant_id=tenant)
