@@ -217,6 +217,7 @@ def test_replay_keeps_tool_pairs_and_a_sticky_prefix(
     previous: list[tuple[str, str]] | None = None
     over = False
     cut: set[int] = set()
+    cut_texts: dict[int, str] = {}
     ever_folded: set[int] = set()
     for end in prompt_points(msgs):
         result = pruner.prune(msgs[:end], state)
@@ -227,12 +228,16 @@ def test_replay_keeps_tool_pairs_and_a_sticky_prefix(
         sent = [(m.role, m.text) for m in result.messages]
         # A cut made (or no longer needed) to fit the budget when no fold can help, e.g.
         # beside a held request, changes the prompt like a fold does; it is marked.
-        new_cut = set(result.truncated) != cut
+        # A cut whose size changed (a long message cut to what the budget leaves) counts too.
+        cuts = {i: result.messages[result.origin.index(i)].text for i in result.truncated}
+        new_cut = set(result.truncated) != cut or any(
+            cut_texts.get(i) not in (None, text) for i, text in cuts.items()
+        )
         if previous is not None and not (
             result.summarized or over or result.over_budget or new_cut
         ):
             assert sent[: len(previous)] == previous, "between folds each prompt extends the last"
-        previous, over, cut = sent, result.over_budget, set(result.truncated)
+        previous, over, cut, cut_texts = sent, result.over_budget, set(result.truncated), cuts
         state = result.state
 
 

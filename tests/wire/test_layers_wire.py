@@ -41,7 +41,6 @@ def _namespace() -> str:
     return f"wire-{uuid.uuid4().hex[:8]}"
 
 
-
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_exact_cache_spares_the_wire(
     wire: WireServer, store: Store, ledger: Ledger, tenant: str, client: str
@@ -117,7 +116,6 @@ def test_budget_caps_output_in_the_request_body(
     spent = budget.usage({"tenant_id": tenant})["tenant"]["spent_usd"]
     [row] = records(ledger, tenant)
     assert spent == pytest.approx(row["cost_usd"], abs=1e-6)
-
 
 
 def test_budget_spends_what_the_ledger_books_with_cache_writes(
