@@ -30,6 +30,7 @@ from langgraph.graph import END, MessagesState
 from graphthrift import diagnostics
 from graphthrift.cache import CacheHit, ExactCache
 from graphthrift.kernel import cache_request, read_state, read_usage, run_tags
+from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import own_marker
 
 __all__ = ["CacheState", "cache_lookup", "cache_store", "route_on_cache_hit"]
@@ -104,13 +105,19 @@ def cache_lookup(
     """
     _refuse_tool_calls(cache, "cache_lookup")
 
+    def answered(state: Any, hit: CacheHit | None) -> dict[str, Any]:
+        update = _hit_update(hit, messages_key, hit_key)
+        if hit is not None:  # no model call follows: a held compression saving is dropped
+            update.update(resolve_compression_savings(state, None, served=False))
+        return update
+
     def lookup(state: Any, config: RunnableConfig) -> dict[str, Any]:
         messages, scope = _lookup_args(state, config, messages_key, hit_key)
-        return _hit_update(cache.lookup(messages, **scope), messages_key, hit_key)
+        return answered(state, cache.lookup(messages, **scope))
 
     async def alookup(state: Any, config: RunnableConfig) -> dict[str, Any]:
         messages, scope = _lookup_args(state, config, messages_key, hit_key)
-        return _hit_update(await cache.alookup(messages, **scope), messages_key, hit_key)
+        return answered(state, await cache.alookup(messages, **scope))
 
     return RunnableLambda(lookup, afunc=alookup, name="cache_lookup")
 
