@@ -227,6 +227,21 @@ def headline(name: str, figures: dict[str, Any]) -> list[tuple[str, Any, str]]:
             ("overspend within one reservation", g("within_bound"), "yes"),
             ("reserve p95 ms", g("reserve_ms", "p95"), "-"),
         ],
+        "resilience": [
+            ("completion_rate", g("policies", "graphthrift", "completion_rate"), ">= 0.99"),
+            ("duplicate_generations", g("policies", "graphthrift", "duplicate_generations"), "0"),
+            ("calls for 50 identical", g("single_flight", "provider_calls"), "1"),
+            ("no-fault overhead p95 ms", g("overhead_ms", "p95"), "< 1"),
+        ],
+        "ops": [
+            ("anomaly caught within h", g("anomaly", "detected_within_hours"), "<= 2"),
+            (
+                "false alerts /week /20 series",
+                g("anomaly", "false_alerts_per_week_per_20_series"),
+                "<= 1",
+            ),
+            ("export s per 100k", g("export_seconds_100k"), "< 30"),
+        ],
     }
     return rows.get(name, [])
 
