@@ -69,12 +69,16 @@ _EXPORTS = {
     "RetryBudgetExhausted": ".errors",
     "RateLimited": ".errors",
     "mark_task": ".ops.tasks",
+    "GraphthriftError": ".errors",
+    "StateSchemaError": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .errors import GraphthriftError as GraphthriftError
     from .errors import MissingExtra as MissingExtra
+    from .errors import StateSchemaError as StateSchemaError
     from .errors import StoreUnavailable as StoreUnavailable
     from .errors import UnknownModelPrice as UnknownModelPrice
     from .ledger import Ledger as Ledger

@@ -24,6 +24,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from graphthrift.errors import GraphthriftError
 from graphthrift.text import clean_text
 
 __all__ = [
@@ -78,7 +79,7 @@ class Embedder(Protocol):
     async def aembed(self, texts: Sequence[str]) -> Vectors: ...
 
 
-class EmbeddingShapeError(ValueError):
+class EmbeddingShapeError(GraphthriftError, ValueError):
     """An embedding function returned the wrong number of vectors or a changing size."""
 
     def __init__(self, model_id: str, expected: tuple[int, int | None], got: tuple[int, ...]):
