@@ -149,8 +149,10 @@ def test_a_budget_refusal_is_never_cached(store: Store, tenant: str) -> None:
         AIMessage("", additional_kwargs={"refusal": "I refuse."}),
         AIMessage("Sorry.", response_metadata={"stop_reason": "refusal"}),
         AIMessage("I have to stop here.", response_metadata={"graphthrift_own": "budget"}),
+        AIMessage("We are open 9:00", response_metadata={"finish_reason": "length"}),
+        AIMessage("We are open 9:00", response_metadata={"stop_reason": "max_tokens"}),
     ],
-    ids=["content_filter", "openai_refusal", "anthropic_refusal", "own"],
+    ids=["content_filter", "openai_refusal", "anthropic_refusal", "own", "length", "max_tokens"],
 )
 def test_refusals_filters_and_own_messages_are_never_stored(
     store: Store, tenant: str, answer: AIMessage

@@ -23,7 +23,20 @@ OWN_MESSAGE_KEY = "graphthrift_own"
 #: Older markers that also mean "graphthrift wrote this" (budget and cache adapters).
 _LEGACY_KEYS = ("graphthrift_budget", "graphthrift_cache")
 _BAD_FINISH = frozenset(
-    {"content_filter", "refusal", "error", "safety", "blocklist", "prohibited_content", "spii"}
+    {
+        "content_filter",
+        "refusal",
+        "error",
+        "safety",
+        "blocklist",
+        "prohibited_content",
+        "spii",
+        # cut off at the output cap (a budget's reservation, say): served again after the
+        # cap is raised it would be a truncated answer
+        "length",
+        "max_tokens",
+        "model_context_window_exceeded",
+    }
 )
 
 
