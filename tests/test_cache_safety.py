@@ -608,3 +608,26 @@ def test_a_slow_embedding_counts_inside_the_lookup_deadline(store: Any, tenant: 
     slow["on"] = True
     assert cache.lookup("What is the refund window?", tenant_id=tenant) is None
     assert diagnostics.counters().get("cache_timeout", 0) == before + 1
+
+
+@pytest.mark.parametrize("layer", ["exact", "semantic"])
+def test_bad_text_in_a_question_is_repaired_and_in_a_scope_skipped(
+    store: Any, tenant: str, layer: str
+) -> None:
+    """Issue 12, item 12: a lone surrogate or NUL never crashes a cache. In the question it is
+    repaired (counted); in a scope field no entry is read or written, since a repaired id
+    could be another tenant's."""
+    cls = ExactCache if layer == "exact" else SemanticCache
+    kwargs: dict[str, Any] = {} if layer == "exact" else {"embedder": bow_embedder()}
+    cache = cls(store, namespace=f"bad-{tenant}", timeout=5.0, **kwargs)
+    before = diagnostics.counters()
+    entry = cache.update("caf\udce9 open?", "Yes.", tenant_id=tenant, model="gpt-4o-mini")
+    assert entry is not None
+    hit = cache.lookup("caf\udce9 open?", tenant_id=tenant)
+    assert hit is not None and hit.answer == "Yes."
+    assert cache.update("q?", "a.", tenant_id=tenant + "\udce9") is None
+    assert cache.lookup("q?", tenant_id=tenant + "\ud800") is None
+    assert cache.lookup("q?", tenant_id=tenant, scope="ali\x00ce") is None
+    after = diagnostics.counters()
+    assert after.get("cache_bad_scope", 0) - before.get("cache_bad_scope", 0) == 3
+    assert after.get("text_repaired", 0) > before.get("text_repaired", 0)

@@ -61,7 +61,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -103,6 +103,7 @@ from graphthrift.errors import GraphthriftError
 from graphthrift.provenance import unstorable
 from graphthrift.records import LedgerRecord, plausible_tokens
 from graphthrift.store import Store
+from graphthrift.text import clean_text, needs_repair
 
 __all__ = [
     "AdaptivePolicy",
@@ -150,6 +151,14 @@ class CacheUnavailable(GraphthriftError):
         self.operation = operation
         self.reason = reason
         super().__init__(f"cache {operation} failed: {reason}")
+
+
+class BadScopeText(ValueError):
+    """A cache scope field holds a NUL byte or a lone surrogate: the entry is skipped."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        super().__init__(f"cache scope fields {fields} hold a NUL byte or a lone surrogate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +311,10 @@ class _BaseCache:
         unknown = set(overrides) - {*_SCOPE_FIELDS, "user_id"}
         if unknown:
             raise TypeError(f"unknown cache scope fields {sorted(unknown)}")
+        bad = sorted(k for k, v in overrides.items() if isinstance(v, str) and needs_repair(v))
+        if bad:
+            # A repaired id could equal another tenant's: no entry is read or written for it.
+            raise BadScopeText(bad)
         fields = {k: overrides.get(k) for k in _SCOPE_FIELDS}
         user = overrides.get("user_id")
         history = key is not None and key.history
@@ -516,10 +529,17 @@ class _BaseCache:
 
     def _key(self, query: Any, context: Any) -> CacheQuery | None:
         try:
-            return self.key_fn(query, context)
+            key = self.key_fn(query, context)
         except ValueError as exc:
             diagnostics.count("cache_unkeyable", "graphthrift: cache skipped: %s", exc)
             return None
+        if key is not None and (needs_repair(key.text) or needs_repair(key.context)):
+            key = replace(
+                key,
+                text=clean_text(key.text, "cache query"),
+                context=clean_text(key.context, "cache context"),
+            )
+        return key
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -894,6 +914,9 @@ class ExactCache(_BaseCache):
             remaining = self._remaining(started)
             plan = self._lookup_plan(self._scope(scope, key), key, vector)
             decision = with_deadline(self._engines, plan, remaining)
+        except BadScopeText as exc:
+            diagnostics.count("cache_bad_scope", "graphthrift: cache skipped: %s", exc)
+            return None
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
@@ -918,6 +941,9 @@ class ExactCache(_BaseCache):
             remaining = self._remaining(started)
             plan = self._lookup_plan(self._scope(scope, key), key, vector)
             decision = await awith_deadline(self._engines, plan, remaining)
+        except BadScopeText as exc:
+            diagnostics.count("cache_bad_scope", "graphthrift: cache skipped: %s", exc)
+            return None
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
@@ -937,7 +963,11 @@ class ExactCache(_BaseCache):
         key = self._key(query, context)
         if key is None:
             return None
-        return self._scope(scope, key), key
+        try:
+            return self._scope(scope, key), key
+        except BadScopeText as exc:
+            diagnostics.count("cache_bad_scope", "graphthrift: cache skipped: %s", exc)
+            return None
 
     def storable(self, message: Any) -> bool:
         """Whether ``message`` (the answer as the model returned it) may be cached.
@@ -981,6 +1011,7 @@ class ExactCache(_BaseCache):
         if prepared is None:
             return None
         resolved, key = prepared
+        answer = clean_text(answer, "cache answer") if needs_repair(answer) else answer
         vector = self._vector(key.text)
         judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
         plan = self._update_plan(
@@ -1014,6 +1045,7 @@ class ExactCache(_BaseCache):
         if prepared is None:
             return None
         resolved, key = prepared
+        answer = clean_text(answer, "cache answer") if needs_repair(answer) else answer
         vector = await self._avector(key.text)
         judged = self._judge(key_hash(self.layer, resolved, self.embedding_model, key), answer)
         plan = self._update_plan(
