@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -631,3 +633,102 @@ def test_bad_text_in_a_question_is_repaired_and_in_a_scope_skipped(
     after = diagnostics.counters()
     assert after.get("cache_bad_scope", 0) - before.get("cache_bad_scope", 0) == 3
     assert after.get("text_repaired", 0) > before.get("text_repaired", 0)
+
+
+class _NamedModel(BaseChatModel):
+    """Answers one fixed text, with usage and a model name (the budget prices it)."""
+
+    text: str
+    model_name: str = "gpt-4o"
+
+    @property
+    def _llm_type(self) -> str:
+        return "named-fake"
+
+    def _generate(
+        self, messages: list[Any], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        message = AIMessage(
+            self.text,
+            response_metadata={"model_name": self.model_name},
+            usage_metadata={"input_tokens": 50, "output_tokens": 10, "total_tokens": 60},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def test_a_degraded_answer_is_not_stored_by_a_cache_inside_the_budget(
+    store: Any, tenant: str
+) -> None:
+    """Issue 11, item 2 (found by an outside probe): with the budget outside the cache, the
+    degraded answer was stored before the budget marked it, then served at full price later."""
+    strong = _NamedModel(text="STRONG full answer", model_name="gpt-4o")
+    cheap = _NamedModel(text="cheap degraded answer", model_name="gpt-4o-mini")
+    budget = BudgetMiddleware(
+        Budget(store, max_request_usd=0.002, ladder=["cheaper_model", "end"]), cheaper_model=cheap
+    )
+    cache = SemanticCacheMiddleware(SemanticCache(store, namespace=f"deg-{tenant}", timeout=5.0))
+    agent = create_agent(strong, [], middleware=[budget, cache])
+    config = {"metadata": {"tenant_id": tenant}}
+
+    def ask() -> AIMessage:
+        out = agent.invoke({"messages": [("user", "What are your opening hours?")]}, config)
+        return out["messages"][-1]  # type: ignore[no-any-return]
+
+    assert ask().content == "cheap degraded answer"
+    budget.budget = Budget(store, max_tokens={"tenant": 10**9})
+    second = ask()
+    assert second.content == "STRONG full answer"
+    assert "graphthrift_cache" not in second.response_metadata
+
+
+def test_llamaindex_engine_never_stores_an_answer_its_budget_degraded(
+    store: Any, tenant: str
+) -> None:
+    from llama_index.core.llms import ChatMessage, CompletionResponse, CustomLLM, LLMMetadata
+    from llama_index.core.llms.callbacks import llm_completion_callback
+    from llama_index.core.query_engine import CustomQueryEngine
+
+    from graphthrift.llamaindex import CachedQueryEngine, tags
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    class EchoLLM(CustomLLM):
+        answer: str = "DEGRADED"
+
+        @property
+        def metadata(self) -> LLMMetadata:
+            return LLMMetadata(model_name="gpt-4o-mini")
+
+        @llm_completion_callback()
+        def complete(self, prompt: str, formatted: bool = False, **kw: Any) -> CompletionResponse:
+            return CompletionResponse(text=self.answer)
+
+        @llm_completion_callback()
+        def stream_complete(self, prompt: str, formatted: bool = False, **kw: Any) -> Any:
+            raise NotImplementedError
+
+    class Engine(CustomQueryEngine):
+        llm: Any
+
+        def custom_query(self, query_str: str) -> str:
+            prompt = "Context: refunds are 30 days. Long policy text " * 20 + query_str
+            return str(self.llm.complete(prompt))
+
+    inner = EchoLLM()
+
+    def summarize(messages: list[ChatMessage]) -> list[ChatMessage]:
+        return [ChatMessage(role=m.role, content=str(m.content)[-100:]) for m in messages]
+
+    llm = BudgetedLLM(
+        llm=inner,
+        budget=Budget(store, max_input_tokens=60, ladder=["summarize", "end"]),
+        summarizer=summarize,
+        model_name="gpt-4o-mini",
+    )
+    engine = CachedQueryEngine(
+        Engine(llm=llm), SemanticCache(store, namespace=f"lideg-{tenant}", timeout=5.0)
+    )
+    with tags(tenant_id=tenant):
+        assert str(engine.query("What is the refund window?")) == "DEGRADED"
+        llm.budget = Budget(store, max_input_tokens=100_000)
+        inner.answer = "FULL"
+        assert str(engine.query("What is the refund window?")) == "FULL"

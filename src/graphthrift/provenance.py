@@ -12,10 +12,20 @@ Framework-free: messages are read by duck typing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["OWN_MESSAGE_KEY", "fabricated", "own_marker", "unstorable"]
+__all__ = [
+    "OWN_MESSAGE_KEY",
+    "degraded_call",
+    "fabricated",
+    "note_degraded",
+    "own_marker",
+    "unstorable",
+    "watch_degraded",
+]
 
 #: ``response_metadata`` key set on every message graphthrift produced itself; its value
 #: says what produced it (``"budget"``, ``"budget_degraded"``, ``"cache"``, ...).
@@ -38,6 +48,48 @@ _BAD_FINISH = frozenset(
         "model_context_window_exceeded",
     }
 )
+
+
+# A budget that degrades a call (cheaper model, compressed or summarized prompt) may sit
+# outside a cache (middleware order) or below it (an LLM inside a cached query engine); the
+# message it returns is marked only after the cache has seen it. These context variables
+# carry the fact to the cache's store path in both cases.
+_DEGRADED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "graphthrift_degraded_call", default=None
+)
+_WATCHERS: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar(
+    "graphthrift_degraded_watchers", default=()
+)
+
+
+@contextmanager
+def degraded_call(kind: str = "budget_degraded") -> Iterator[None]:
+    """Run a degraded call: any answer stored while it runs is refused (``unstorable``), and
+    any ``watch_degraded`` block around it sees ``kind``."""
+    note_degraded(kind)
+    token = _DEGRADED.set(kind)
+    try:
+        yield
+    finally:
+        _DEGRADED.reset(token)
+
+
+def note_degraded(kind: str = "budget_degraded") -> None:
+    """Tell every enclosing ``watch_degraded`` block that a call in it was degraded."""
+    for seen in _WATCHERS.get():
+        seen.append(kind)
+
+
+@contextmanager
+def watch_degraded() -> Iterator[list[str]]:
+    """Collect the kinds of degraded calls made inside the block (a cached query engine
+    stores its answer only when the list stays empty)."""
+    seen: list[str] = []
+    token = _WATCHERS.set((*_WATCHERS.get(), seen))
+    try:
+        yield seen
+    finally:
+        _WATCHERS.reset(token)
 
 
 def own_marker(kind: str) -> dict[str, str]:
@@ -76,6 +128,9 @@ def unstorable(message: Any) -> str | None:
     ``finish:<reason>`` (content filter, safety stop, error), ``error`` (an error status),
     ``invalid_tool_calls`` (the provider's tool call could not be parsed).
     """
+    degraded = _DEGRADED.get()
+    if degraded:
+        return f"own:{degraded}"
     if message is None:
         return None
     metas = [_meta(message, n) for n in ("response_metadata", "metadata", "additional_kwargs")]

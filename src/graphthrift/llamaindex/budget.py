@@ -29,6 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from graphthrift.budget import Budget, Reservation
 from graphthrift.kernel import read_usage, run_tags
+from graphthrift.provenance import note_degraded
 from graphthrift.tokens import count_text
 
 __all__ = ["BudgetedLLM"]
@@ -119,6 +120,8 @@ class BudgetedLLM(LLM):
     ) -> tuple[Reservation, list[Any], dict[str, Any]]:
         if done.outcome == "end":  # no LangGraph to end cleanly in: a hard stop
             raise done.shortfall.error()
+        if done.steps:  # a cached query engine around this LLM must not store the answer
+            note_degraded()
         reservation: Reservation = done.reservation
         if self._supports_cap():
             # the call may write at most what it reserved (the concurrency bound)

@@ -22,10 +22,11 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
+from graphthrift import diagnostics
 from graphthrift.cache import CacheHit, ExactCache
 from graphthrift.kernel import cache_request
 from graphthrift.llamaindex.instrumentation import current_tags
-from graphthrift.provenance import own_marker
+from graphthrift.provenance import own_marker, watch_degraded
 from graphthrift.tokens import count_text
 
 _UNNAMED = frozenset({"", "unknown"})
@@ -118,13 +119,23 @@ class CachedQueryEngine(BaseQueryEngine):
             "source": response,
         }
 
+    def _stored(
+        self, question: str, response: Any, degraded: list[str]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """What to store, or None: never an answer a budget degraded inside the engine."""
+        if degraded:
+            diagnostics.count("cache_skip_own")
+            return None
+        return self._store_args(question, response)
+
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         scope, tags = self._scope()
         hit = self.cache.lookup(query_bundle.query_str, **scope, **tags)
         if hit is not None:
             return self._from_hit(hit)
-        response = self.query_engine.query(query_bundle)
-        stored = self._store_args(query_bundle.query_str, response)
+        with watch_degraded() as degraded:
+            response = self.query_engine.query(query_bundle)
+        stored = self._stored(query_bundle.query_str, response, degraded)
         if stored is not None:
             self.cache.update(query_bundle.query_str, stored[0], **stored[1], **scope)
         return response
@@ -134,8 +145,9 @@ class CachedQueryEngine(BaseQueryEngine):
         hit = await self.cache.alookup(query_bundle.query_str, **scope, **tags)
         if hit is not None:
             return self._from_hit(hit)
-        response = await self.query_engine.aquery(query_bundle)
-        stored = self._store_args(query_bundle.query_str, response)
+        with watch_degraded() as degraded:
+            response = await self.query_engine.aquery(query_bundle)
+        stored = self._stored(query_bundle.query_str, response, degraded)
         if stored is not None:
             await self.cache.aupdate(query_bundle.query_str, stored[0], **stored[1], **scope)
         return response

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Any, Literal, NotRequired
 
 from langchain.agents.middleware.types import (
@@ -35,7 +36,7 @@ from langgraph.types import Command, interrupt
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.errors import BudgetExceeded
 from graphthrift.kernel import run_tags
-from graphthrift.provenance import OWN_MESSAGE_KEY, fabricated
+from graphthrift.provenance import OWN_MESSAGE_KEY, degraded_call, fabricated
 from graphthrift.route import collect_calls
 
 __all__ = [
@@ -115,6 +116,12 @@ def _tags(fixed: Mapping[str, Any], state: Any) -> dict[str, Any]:
 
 def _ask_human(shortfall: Shortfall) -> bool:
     return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
+
+
+def _degraded(done: Preflight) -> AbstractContextManager[None]:
+    """While a degraded call runs, a cache inside this middleware stores nothing (the
+    answer is marked only after that cache has seen it)."""
+    return degraded_call() if done.steps else nullcontext()
 
 
 def _mark_degraded(response: Any, done: Preflight) -> None:
@@ -287,7 +294,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         reservation: Reservation | None = done.reservation
         assert reservation is not None
         try:
-            with collect_calls() as calls:
+            with collect_calls() as calls, _degraded(done):
                 response = handler(self._apply(request, done))
         except BaseException:
             self.budget.release(reservation)
@@ -309,7 +316,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         reservation = done.reservation
         assert reservation is not None
         try:
-            with collect_calls() as calls:
+            with collect_calls() as calls, _degraded(done):
                 response = await handler(self._apply(request, done))
         except BaseException:
             await self.budget.arelease(reservation)
