@@ -732,3 +732,48 @@ def test_llamaindex_engine_never_stores_an_answer_its_budget_degraded(
         llm.budget = Budget(store, max_input_tokens=100_000)
         inner.answer = "FULL"
         assert str(engine.query("What is the refund window?")) == "FULL"
+
+
+def test_an_answer_personalised_from_the_runtime_context_stays_with_its_user(
+    store: Any, tenant: str
+) -> None:
+    """An outside probe: a ``dynamic_prompt`` inside the cache built a per-user prompt from
+    ``runtime.context``; the cache keyed on the static prompt, so Bob got Alice's answer."""
+    from dataclasses import dataclass
+
+    from langchain.agents.middleware import ModelRequest, dynamic_prompt
+
+    @dataclass
+    class Ctx:
+        user: str
+
+    @dynamic_prompt
+    def personal(request: ModelRequest) -> str:
+        return (
+            f"You are a shop assistant. The signed-in customer is {request.runtime.context.user}."
+        )
+
+    class Echo(_NamedModel):
+        def _generate(
+            self, messages: list[Any], stop: Any = None, run_manager: Any = None, **kw: Any
+        ) -> ChatResult:
+            name = str(messages[0].content).rsplit(" ", 1)[-1].rstrip(".")
+            message = AIMessage(f"Hello {name}.", response_metadata={"model_name": "gpt-4o"})
+            return ChatResult(generations=[ChatGeneration(message=message)])
+
+    for cache in (
+        SemanticCache(store, namespace=f"ctx-s-{tenant}", timeout=5.0),
+        ExactCache(store, namespace=f"ctx-e-{tenant}", timeout=5.0),
+    ):
+        agent = create_agent(
+            Echo(text=""), [], middleware=[CacheMiddleware(cache), personal], context_schema=Ctx
+        )
+        answers = {}
+        for user in ("Alice", "Bob", "Bob"):
+            config = {"metadata": {"tenant_id": tenant, "user_id": user}}
+            out = agent.invoke(
+                {"messages": [("user", "What is my name?")]}, config, context=Ctx(user)
+            )
+            answers.setdefault(user, []).append(out["messages"][-1])
+        assert answers["Bob"][0].content == "Hello Bob."
+        assert "graphthrift_cache" in answers["Bob"][1].response_metadata  # Bob's own entry

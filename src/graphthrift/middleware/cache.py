@@ -27,6 +27,8 @@ answers a budget ends or degrades are marked before the cache sees them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +51,23 @@ def _config() -> Any:
         return get_config()
     except RuntimeError:  # not inside a runnable
         return None
+
+
+def _runtime_context(request: ModelRequest[Any]) -> str | None:
+    """The agent's runtime context (``create_agent(..., context_schema=...)``), as text.
+
+    A middleware inside this one (``dynamic_prompt``, say) or a tool may personalise the
+    call from it, so the answer depends on it: it joins the key (an outside probe saw Bob
+    served Alice's answer when it did not).
+    """
+    context = getattr(getattr(request, "runtime", None), "context", None)
+    if context is None:
+        return None
+    if dataclasses.is_dataclass(context) and not isinstance(context, type):
+        context = dataclasses.asdict(context)
+    elif hasattr(context, "model_dump"):
+        context = context.model_dump()
+    return json.dumps(context, sort_keys=True, default=repr)
 
 
 class CacheMiddleware(AgentMiddleware):
@@ -77,7 +96,11 @@ class CacheMiddleware(AgentMiddleware):
         if request.system_message is not None:
             messages.insert(0, request.system_message)
         config = _config()
-        return messages, cache_request(config, **self.scope)
+        scope = cache_request(config, **self.scope)
+        context = _runtime_context(request)
+        if context is not None:
+            scope["context"] = context
+        return messages, scope
 
     def _lookup_tags(self) -> dict[str, Any]:
         tags = run_tags(_config())
