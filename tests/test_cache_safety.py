@@ -261,6 +261,8 @@ def test_cache_state_graph_hits_on_the_second_run(store: Store, tenant: str) -> 
         ("My card works abroad", "My card does not work abroad", "negation"),
         ("I can log in", "I can't log in", "negation"),
         ("Does Acme ship to Paris?", "Does Acme ship to London?", "entities"),
+        ("Do you ship before Christmas?", "Do you ship after Christmas?", "opposites"),
+        ("Is it safe to take ibuprofen with alcohol?", "Is it unsafe to take it?", "opposites"),
         ("How do I reset my password?", "how can I reset my PASSWORD", None),
         ("Can I use my card in the UK?", "can i use my card in the uk", None),
     ],

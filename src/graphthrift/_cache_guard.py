@@ -157,10 +157,53 @@ def _entities(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
+# Words whose swap turns a question into its opposite ("ship before / after Christmas").
+_OPPOSITES = {
+    frozenset(pair)
+    for pair in (
+        ("before", "after"),
+        ("above", "below"),
+        ("over", "under"),
+        ("more", "less"),
+        ("most", "least"),
+        ("increase", "decrease"),
+        ("early", "late"),
+        ("earlier", "later"),
+        ("minimum", "maximum"),
+        ("min", "max"),
+        ("buy", "sell"),
+        ("import", "export"),
+        ("upload", "download"),
+        ("upgrade", "downgrade"),
+        ("enable", "disable"),
+        ("add", "remove"),
+        ("include", "exclude"),
+        ("inside", "outside"),
+        ("first", "last"),
+        ("cheapest", "expensive"),
+    )
+}
+_ANTONYM_PREFIXES = ("un", "in", "im", "dis", "non", "il", "ir")
+
+
+def _opposed(wa: list[str], wb: list[str]) -> bool:
+    """The questions differ by a pair of opposite words (before/after, safe/unsafe)."""
+    only_a, only_b = set(wa) - set(wb), set(wb) - set(wa)
+    for x in only_a:
+        for y in only_b:
+            if frozenset((x, y)) in _OPPOSITES:
+                return True
+            long, short = (x, y) if len(x) > len(y) else (y, x)
+            if any(long == prefix + short for prefix in _ANTONYM_PREFIXES):
+                return True
+    return False
+
+
 def lexical_conflict(cached: str, query: str) -> str | None:
     """Why serving ``cached``'s answer for ``query`` could change the meaning, or None.
 
-    Returns ``"numbers"``, ``"identifiers"``, ``"dates"``, ``"negation"`` or ``"entities"``.
+    Returns ``"numbers"``, ``"identifiers"``, ``"dates"``, ``"negation"``, ``"opposites"``
+    or ``"entities"``.
 
     Example:
         >>> lexical_conflict("Is the store open on Sunday?", "Is the store open on Monday?")
@@ -178,6 +221,8 @@ def lexical_conflict(cached: str, query: str) -> str | None:
         return "dates"
     if _negated(a, wa) != _negated(b, wb) and _same_content(wa, wb):
         return "negation"
+    if _opposed(wa, wb):
+        return "opposites"
     # a named entity swapped for another (Paris / London); one question naming more than
     # the other ("an Amtrak train" / "a train") is a narrower question, not another one
     ea, eb = _entities(a), _entities(b)
