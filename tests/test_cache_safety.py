@@ -779,3 +779,21 @@ def test_an_answer_personalised_from_the_runtime_context_stays_with_its_user(
             answers.setdefault(user, []).append(out["messages"][-1])
         assert answers["Bob"][0].content == "Hello Bob."
         assert "graphthrift_cache" in answers["Bob"][1].response_metadata  # Bob's own entry
+
+
+def test_one_store_serves_one_event_loop_after_another(store: Any, tenant: str) -> None:
+    """An outside probe: the second ``asyncio.run`` with concurrent lookups raised 'bound to a
+    different event loop' instead of answering (or failing open)."""
+    import asyncio
+
+    cache = ExactCache(store, namespace=f"loops-{tenant}", tenant_id=tenant, timeout=5.0)
+    cache.update("q?", "a.", model="gpt-4o-mini", input_tokens=10, output_tokens=5)
+    budget = Budget(store, max_usd={"tenant": 1.0})
+
+    async def many() -> int:
+        hits = await asyncio.gather(*[cache.alookup("q?") for _ in range(12)])
+        reservation = await budget.areserve("gpt-4o-mini", [], tags={"tenant_id": tenant})
+        await budget.asettle(reservation, input_tokens=1, output_tokens=1)
+        return sum(h is not None for h in hits)
+
+    assert [asyncio.run(many()) for _ in range(3)] == [12, 12, 12]

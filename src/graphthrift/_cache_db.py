@@ -99,16 +99,20 @@ class CacheEngines:
         )
         # lookups run statement by statement, without BEGIN/COMMIT round trips
         self.read_engine: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._async_engine: AsyncEngine | None = None
-        self._async_read_engine: AsyncEngine | None = None
+        # An async pool belongs to the event loop that opened its connections: one per loop,
+        # so a second ``asyncio.run`` (or a test per loop) gets its own instead of failing.
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncEngine, AsyncEngine]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
-    @property
-    def async_engine(self) -> AsyncEngine:
+    def _async_pair(self) -> tuple[AsyncEngine, AsyncEngine]:
+        loop = asyncio.get_running_loop()
         with self._lock:
-            if self._async_engine is None:
-                self._async_engine = create_async_engine(
+            pair = self._async.get(loop)
+            if pair is None:
+                engine = create_async_engine(
                     self.store.url,
                     pool_size=4,
                     max_overflow=4,
@@ -116,15 +120,19 @@ class CacheEngines:
                     pool_pre_ping=False,
                     connect_args=self._connect_args,
                 )
-            return self._async_engine
+                pair = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+                self._async[loop] = pair
+            return pair
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The running event loop's async pool (call from inside a coroutine)."""
+        return self._async_pair()[0]
 
     @property
     def async_read_engine(self) -> AsyncEngine:
-        engine = self.async_engine
-        with self._lock:
-            if self._async_read_engine is None:
-                self._async_read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-            return self._async_read_engine
+        """The running event loop's autocommit view of ``async_engine``."""
+        return self._async_pair()[1]
 
     @property
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -137,8 +145,8 @@ class CacheEngines:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._async_engine is not None:
-            self._async_engine.sync_engine.dispose()
+        for engine, _ in list(self._async.values()):
+            engine.sync_engine.dispose()
 
 
 def run_sync(engine: Engine, plan: Plan[T], statement_timeout: float | None = None) -> T:

@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -513,7 +514,10 @@ class Store:
         self.url = _driver_url(raw_url, "psycopg", self.query_timeout)
         self._connect_timeout = connect_timeout
         self._pool_size = pool_size
-        self._async_engine: AsyncEngine | None = None
+        # one async pool per event loop: a pool's connections belong to the loop that opened them
+        self._async_engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
+            weakref.WeakKeyDictionary()
+        )
         self.engine: Engine = create_engine(
             self.url,
             pool_size=pool_size,
@@ -534,16 +538,20 @@ class Store:
 
     @property
     def async_engine(self) -> AsyncEngine:
-        """An asyncio engine on the same database, created on first use."""
-        if self._async_engine is None:
-            self._async_engine = create_async_engine(
+        """The running event loop's asyncio engine on the same database, created on first use
+        (a second ``asyncio.run`` gets its own instead of failing on the first loop's pool)."""
+        loop = asyncio.get_running_loop()
+        engine = self._async_engines.get(loop)
+        if engine is None:
+            engine = create_async_engine(
                 self.url,
                 pool_size=self._pool_size,
                 max_overflow=self._pool_size * 2,
                 pool_pre_ping=True,
                 connect_args={"connect_timeout": max(1, int(self._connect_timeout))},
             )
-        return self._async_engine
+            self._async_engines[loop] = engine
+        return engine
 
     @contextmanager
     def deadline(self, seconds: float | None) -> Iterator[None]:
@@ -604,8 +612,8 @@ class Store:
     def close(self) -> None:
         """Release pooled connections (the embedded server stops when the last process exits)."""
         self.engine.dispose()
-        if self._async_engine is not None:
-            self._async_engine.sync_engine.dispose()
+        for engine in list(self._async_engines.values()):
+            engine.sync_engine.dispose()
 
     def __repr__(self) -> str:
         kind = "embedded" if self.embedded else "external"
