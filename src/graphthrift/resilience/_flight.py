@@ -200,6 +200,35 @@ class Ticket(Generic[T]):
     tenant: str | None = None
     fingerprint: str | None = None
 
+    @classmethod
+    def for_call(
+        cls,
+        layer: str,
+        key: str,
+        scope: Mapping[str, Any] | None,
+        *,
+        model: str | None,
+        usage_of: Callable[[Any], Usage | None] | None,
+        tags: Mapping[str, Any] | None,
+        fingerprint: str | None = None,
+    ) -> tuple[Ticket[Any], dict[str, Any]]:  # Any: the caller's T
+        """A caller's ticket (the key hashed with its scope) and the tags its dedup row gets."""
+        all_tags = {**(scope or {}), **(tags or {})}
+        tenant = all_tags.get("tenant_id")
+        ticket: Ticket[Any] = Ticket(
+            key=key_hash(layer, key, scope),
+            label=key,
+            usage_of=usage_of or _no_usage,
+            model=model,
+            tenant=None if tenant is None else str(tenant),
+            fingerprint=fingerprint,
+        )
+        return ticket, all_tags
+
+
+def _no_usage(_: Any) -> Usage | None:
+    return None
+
 
 @dataclass(slots=True)
 class _Held:

@@ -23,7 +23,6 @@ from graphthrift.resilience._flight import (
     FlightEngine,
     FlightStats,
     Ticket,
-    key_hash,
 )
 from graphthrift.store import Store
 from graphthrift.usage import Usage
@@ -31,10 +30,6 @@ from graphthrift.usage import Usage
 T = TypeVar("T")
 
 __all__ = ["RequestDedup"]
-
-
-def _no_usage(_: Any) -> Usage | None:
-    return None
 
 
 class RequestDedup:
@@ -104,17 +99,15 @@ class RequestDedup:
     ) -> tuple[Ticket[Any], dict[str, Any]]:
         if not isinstance(request_id, str) or not request_id:
             raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
-        all_tags = {**(scope or {}), **(tags or {})}
-        tenant = all_tags.get("tenant_id")
-        ticket: Ticket[Any] = Ticket(
-            key=key_hash(self.layer, request_id, scope),
-            label=request_id,
-            usage_of=usage_of or _no_usage,
+        return Ticket.for_call(
+            self.layer,
+            request_id,
+            scope,
             model=model,
-            tenant=None if tenant is None else str(tenant),
+            usage_of=usage_of,
+            tags=tags,
             fingerprint=fingerprint,
         )
-        return ticket, all_tags
 
     def call(
         self,

@@ -23,7 +23,6 @@ from graphthrift.resilience._flight import (
     FlightEngine,
     FlightStats,
     Ticket,
-    key_hash,
 )
 from graphthrift.store import Store
 from graphthrift.usage import Usage
@@ -31,10 +30,6 @@ from graphthrift.usage import Usage
 T = TypeVar("T")
 
 __all__ = ["SingleFlight"]
-
-
-def _no_usage(_: Any) -> Usage | None:
-    return None
 
 
 class SingleFlight:
@@ -99,16 +94,7 @@ class SingleFlight:
         usage_of: Callable[[Any], Usage | None] | None,
         tags: Mapping[str, Any] | None,
     ) -> tuple[Ticket[Any], dict[str, Any]]:  # Any: the caller's T
-        all_tags = {**(scope or {}), **(tags or {})}
-        tenant = all_tags.get("tenant_id")
-        ticket: Ticket[Any] = Ticket(
-            key=key_hash(self.layer, key, scope),
-            label=key,
-            usage_of=usage_of or _no_usage,
-            model=model,
-            tenant=None if tenant is None else str(tenant),
-        )
-        return ticket, all_tags
+        return Ticket.for_call(self.layer, key, scope, model=model, usage_of=usage_of, tags=tags)
 
     def call(
         self,
