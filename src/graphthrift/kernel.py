@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from graphthrift.usage import Usage, read_usage
+from graphthrift.usage import read_usage
 
 __all__ = [
     "CACHE_SCOPE_KEYS",
@@ -219,12 +219,6 @@ def read_state(state: Any, key: str, *, schema: str, node: str, default: Any = _
     if default is not _MISSING:
         return default
     raise StateSchemaError(node=node, key=key, schema=schema)
-
-
-def usage_of(raw: Any) -> Usage | None:
-    """Provider usage in any spelling, validated (``read_usage``): adapters never ``int()``
-    a provider's numbers themselves."""
-    return read_usage(raw)
 
 
 def prompt_cache_key(config: Mapping[str, Any] | None, **fixed: Any) -> str | None:

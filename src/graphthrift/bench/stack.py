@@ -99,16 +99,16 @@ def _states() -> dict[str, Any]:
     from langgraph.graph.message import add_messages
     from typing_extensions import TypedDict
 
-    def last(_old: Any, new: Any) -> Any:
-        return new
-
-    from graphthrift.langgraph.cache import CacheState
+    from graphthrift.langgraph import BudgetState, CacheState, RouteState
 
     messages = Annotated[list[AnyMessage], add_messages]
-    # declared as the cache nodes need (a reducer, so the key exists from the first step)
-    _CACHE_HIT = get_type_hints(CacheState, include_extras=True)["cache_hit"]
+    # the keys the nodes check, declared as their schemas declare them (with their reducers)
+    cache_hit = get_type_hints(CacheState, include_extras=True)["cache_hit"]
+    route_calls = get_type_hints(RouteState, include_extras=True)["route_calls"]
+    budget_keys = get_type_hints(BudgetState, include_extras=True)
+    budget_steps, budget_run = budget_keys["budget_steps"], budget_keys["budget_run"]
     route = {
-        "route_calls": Annotated[list[dict[str, Any]], last],  # RouteState's declared key
+        "route_calls": route_calls,
         "route": str,
         "route_model": str,
         "route_reason": Any,
@@ -117,7 +117,9 @@ def _states() -> dict[str, Any]:
     }
     return {
         "faq": TypedDict(  # type: ignore[operator]
-            "FaqState", {"messages": messages, "cache_hit": _CACHE_HIT, **route}, total=False
+            "FaqState",
+            {"messages": messages, "cache_hit": cache_hit, **route},
+            total=False,
         ),
         "rag": TypedDict(  # type: ignore[operator]
             "RagState",
@@ -141,8 +143,8 @@ def _states() -> dict[str, Any]:
                 "messages": messages,
                 "budget_model": str,
                 "budget_status": str,
-                "budget_steps": Annotated[list[str], last],  # BudgetState's declared keys
-                "budget_run": Annotated[dict[str, Any], last],
+                "budget_steps": budget_steps,
+                "budget_run": budget_run,
                 "budget_reservation": Any,
                 "budget_max_tokens": Any,
             },

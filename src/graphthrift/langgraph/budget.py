@@ -31,6 +31,7 @@ from langgraph.types import interrupt
 
 from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.kernel import read_state, run_tags
+from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import OWN_MESSAGE_KEY
 from graphthrift.provenance import fabricated as made_by_graphthrift
@@ -49,12 +50,6 @@ MessagesFn = Callable[[list[Any]], Sequence[Any]]
 _SCHEMA = "BudgetState"
 
 
-def _last(_old: Any, new: Any) -> Any:
-    """Reducer: the latest write wins (a reducer gives the key a value from the start, so a
-    state that declares it can be told from one that does not)."""
-    return new
-
-
 class BudgetState(MessagesState):
     """The state ``budget_guard`` reads and writes; extend it with your graph's own keys.
 
@@ -62,8 +57,8 @@ class BudgetState(MessagesState):
     built on this schema, which is how the nodes check that the graph declares their keys.
     """
 
-    budget_steps: Annotated[list[str], _last]
-    budget_run: Annotated[dict[str, Any], _last]
+    budget_steps: Annotated[list[str], latest]
+    budget_run: Annotated[dict[str, Any], latest]
     budget_model: NotRequired[str | None]
     budget_status: NotRequired[str | None]
     budget_reservation: NotRequired[dict[str, Any] | None]

@@ -30,14 +30,11 @@ from langgraph.graph import END, MessagesState
 from graphthrift import diagnostics
 from graphthrift.cache import CacheHit, ExactCache
 from graphthrift.kernel import cache_request, read_state, read_usage, run_tags
+from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import own_marker
 
 __all__ = ["CacheState", "cache_lookup", "cache_store", "route_on_cache_hit"]
-
-
-def _latest(_old: Any, new: Any) -> Any:
-    return new
 
 
 class CacheState(MessagesState):
@@ -47,7 +44,7 @@ class CacheState(MessagesState):
     the nodes can tell a state built on this schema from one that lacks the key.
     """
 
-    cache_hit: Annotated[dict[str, Any], _latest]
+    cache_hit: Annotated[dict[str, Any], latest]
 
 
 _SCHEMA = "CacheState"

@@ -33,17 +33,13 @@ from typing_extensions import TypedDict
 from graphthrift.history import HistoryPruner, PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
+from graphthrift.langgraph._state import latest
 from graphthrift.summarize import Summarizer
 
 __all__ = ["HistoryMessagesState", "HistoryState", "summarize_history", "to_langchain"]
 
 Mode = Literal["view", "replace"]
 SCHEMA = "HistoryState"
-
-
-def _latest(_old: Any, new: Any) -> Any:
-    """Reducer of a key the node replaces whole: the last write wins."""
-    return new
 
 
 class HistoryState(TypedDict):
@@ -67,8 +63,8 @@ class HistoryState(TypedDict):
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
-    llm_input_messages: Annotated[list[AnyMessage], _latest]
-    history_state: Annotated[dict[str, Any], _latest]
+    llm_input_messages: Annotated[list[AnyMessage], latest]
+    history_state: Annotated[dict[str, Any], latest]
 
 
 #: The earlier name of ``HistoryState``.

@@ -25,7 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, StructuredTool
 
-from graphthrift.kernel import cache_scope, run_tags, usage_of
+from graphthrift.kernel import cache_scope, read_usage, run_tags
 from graphthrift.resilience import (
     JSON_CODEC,
     Codec,
@@ -88,7 +88,7 @@ def message_fingerprint(messages: Any, **settings: Any) -> str:
 
 def _usage(message: Any) -> Usage | None:
     if isinstance(message, AIMessage):
-        return usage_of(message.usage_metadata)
+        return read_usage(message.usage_metadata)
     return None
 
 

@@ -28,6 +28,7 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, MessagesState
 
 from graphthrift.kernel import read_state, run_tags
+from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.budget import budget_max_tokens, call_model_name
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.route import RouteDecision, Router, RouteResult
@@ -37,10 +38,6 @@ __all__ = ["RouteState", "route_by_model", "route_model"]
 _SCHEMA = "RouteState"
 
 
-def _last(_old: Any, new: Any) -> Any:
-    return new
-
-
 class RouteState(MessagesState):
     """The state ``route_model`` reads and writes; extend it with your graph's own keys.
 
@@ -48,7 +45,7 @@ class RouteState(MessagesState):
     not served (a rejected cheap answer), as ``{"model", "usage"}`` dicts for the budget.
     """
 
-    route_calls: Annotated[list[dict[str, Any]], _last]
+    route_calls: Annotated[list[dict[str, Any]], latest]
     route: NotRequired[str | None]
     route_model: NotRequired[str | None]
     route_reason: NotRequired[str | None]
