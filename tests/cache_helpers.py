@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 
@@ -57,3 +58,25 @@ def scratch_database(url: str) -> Iterator[tuple[str, Callable[[bool], None]]]:
             for db in (name, f"{name}_away"):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         admin.dispose()
+
+
+def cache_graph(cache: Any, model: Any, calls: list[int], state: Any = None) -> Any:
+    """lookup -> (hit: END | miss: model -> store) on ``state`` (default ``CacheState``);
+    each model call appends to ``calls``."""
+    from langgraph.graph import END, START, StateGraph
+
+    from graphthrift.langgraph import CacheState, cache_lookup, cache_store, route_on_cache_hit
+
+    def call_model(s: Any) -> dict[str, Any]:
+        calls.append(1)
+        return {"messages": [model.invoke(s["messages"])]}
+
+    builder = StateGraph(CacheState if state is None else state)
+    builder.add_node("cache_lookup", cache_lookup(cache))
+    builder.add_node("model", call_model)
+    builder.add_node("cache_store", cache_store(cache))
+    builder.add_edge(START, "cache_lookup")
+    builder.add_conditional_edges("cache_lookup", route_on_cache_hit("model"), ["model", END])
+    builder.add_edge("model", "cache_store")
+    builder.add_edge("cache_store", END)
+    return builder.compile()

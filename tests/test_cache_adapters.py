@@ -10,16 +10,9 @@ from langchain_core.caches import BaseCache
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
-from langgraph.graph import END, START, StateGraph
 
-from cache_helpers import bow_embedder
+from cache_helpers import bow_embedder, cache_graph
 from graphthrift.cache import ExactCache, SemanticCache
-from graphthrift.langgraph.cache import (
-    CacheState,
-    cache_lookup,
-    cache_store,
-    route_on_cache_hit,
-)
 from graphthrift.store import Store
 
 from fakes import usage_model
@@ -82,28 +75,12 @@ def test_langchain_cache_scopes_by_llm_string_and_skips_tool_calls(
     assert lc.lookup("search x", "model-a") is None
 
 
-def _graph(cache: ExactCache, calls: list[int]) -> Any:
-    model = usage_model("We open at 9.", input_tokens=100, output_tokens=5)
-
-    def call_model(state: CacheState) -> dict[str, Any]:
-        calls.append(1)
-        return {"messages": [model.invoke(state["messages"])]}
-
-    builder = StateGraph(CacheState)
-    builder.add_node("cache_lookup", cache_lookup(cache))
-    builder.add_node("model", call_model)
-    builder.add_node("cache_store", cache_store(cache))
-    builder.add_edge(START, "cache_lookup")
-    builder.add_conditional_edges("cache_lookup", route_on_cache_hit("model"), ["model", END])
-    builder.add_edge("model", "cache_store")
-    builder.add_edge("cache_store", END)
-    return builder.compile()
-
-
 def test_langgraph_nodes_skip_the_model_on_a_hit(store: Store, tenant: str) -> None:
     cache = SemanticCache(store, bow_embedder(), threshold=0.9)
     calls: list[int] = []
-    graph = _graph(cache, calls)
+    graph = cache_graph(
+        cache, usage_model("We open at 9.", input_tokens=100, output_tokens=5), calls
+    )
     config = {"metadata": {"tenant_id": tenant}}
     out1 = graph.invoke({"messages": [HumanMessage("When do you open?")]}, config)
     out2 = graph.invoke({"messages": [HumanMessage("when do you open")]}, config)
@@ -120,7 +97,9 @@ def test_langgraph_nodes_skip_the_model_on_a_hit(store: Store, tenant: str) -> N
 async def test_langgraph_nodes_async(store: Store, tenant: str) -> None:
     cache = ExactCache(store)
     calls: list[int] = []
-    graph = _graph(cache, calls)
+    graph = cache_graph(
+        cache, usage_model("We open at 9.", input_tokens=100, output_tokens=5), calls
+    )
     config = {"metadata": {"tenant_id": tenant}}
     await graph.ainvoke({"messages": [HumanMessage("hours?")]}, config)
     out = await graph.ainvoke({"messages": [HumanMessage("Hours?")]}, config)

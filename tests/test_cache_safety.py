@@ -17,16 +17,16 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import START, MessagesState, StateGraph
 
 import graphthrift
-from cache_helpers import bow_embedder
+from cache_helpers import bow_embedder, cache_graph
 from graphthrift import diagnostics
 from graphthrift.budget import Budget
 from graphthrift.cache import ExactCache, SemanticCache, lexical_conflict, normalize_query
 from graphthrift.errors import StateSchemaError
 from graphthrift.langchain.callbacks import CostTagger
-from graphthrift.langgraph.cache import CacheState, cache_lookup, cache_store, route_on_cache_hit
+from graphthrift.langgraph.cache import CacheState, cache_lookup, cache_store
 from graphthrift.middleware.budget import BudgetMiddleware
 from graphthrift.middleware.cache import CacheMiddleware, SemanticCacheMiddleware
 from graphthrift.store import Store
@@ -43,22 +43,6 @@ class ToolFake(type(usage_model())):  # type: ignore[misc]
 
 def _ns() -> str:
     return f"safe-{uuid.uuid4().hex[:10]}"
-
-
-def _graph(cache: ExactCache, model: Any, calls: list[int], state: Any = CacheState) -> Any:
-    def call_model(s: Any) -> dict[str, Any]:
-        calls.append(1)
-        return {"messages": [model.invoke(s["messages"])]}
-
-    builder = StateGraph(state)
-    builder.add_node("cache_lookup", cache_lookup(cache))
-    builder.add_node("model", call_model)
-    builder.add_node("cache_store", cache_store(cache))
-    builder.add_edge(START, "cache_lookup")
-    builder.add_conditional_edges("cache_lookup", route_on_cache_hit("model"), ["model", END])
-    builder.add_edge("model", "cache_store")
-    builder.add_edge("cache_store", END)
-    return builder.compile()
 
 
 # -- 12.12a: only case and spaces are folded -------------------------------------------------
@@ -81,7 +65,7 @@ def test_follow_up_answers_never_cross_users_but_faq_answers_do(store: Store, te
     cache = ExactCache(store, namespace=_ns())
     model = usage_model("Your first order was A-101.")
     calls: list[int] = []
-    graph = _graph(cache, model, calls)
+    graph = cache_graph(cache, model, calls)
 
     def ask(user: str, turns: list[Any]) -> str:
         out = graph.invoke(
@@ -161,7 +145,7 @@ def test_refusals_filters_and_own_messages_are_never_stored(
 ) -> None:
     cache = ExactCache(store, namespace=_ns())
     calls: list[int] = []
-    graph = _graph(cache, GenericFakeChatModel(messages=iter([answer, answer])), calls)
+    graph = cache_graph(cache, GenericFakeChatModel(messages=iter([answer, answer])), calls)
     config = {"metadata": {"tenant_id": tenant}}
     graph.invoke({"messages": [HumanMessage("Tell me the secret.")]}, config)
     graph.invoke({"messages": [HumanMessage("Tell me the secret.")]}, config)
@@ -233,14 +217,14 @@ def test_langgraph_nodes_refuse_a_cache_that_stores_tool_calls(store: Store) -> 
 
 
 def test_cache_nodes_on_plain_messages_state_raise_naming_the_schema(store: Store) -> None:
-    graph = _graph(ExactCache(store, namespace=_ns()), usage_model(), [], state=MessagesState)
+    graph = cache_graph(ExactCache(store, namespace=_ns()), usage_model(), [], state=MessagesState)
     with pytest.raises(StateSchemaError, match="CacheState"):
         graph.invoke({"messages": [HumanMessage("hours?")]})
 
 
 def test_cache_state_graph_hits_on_the_second_run(store: Store, tenant: str) -> None:
     calls: list[int] = []
-    graph = _graph(ExactCache(store, namespace=_ns()), usage_model(), calls)
+    graph = cache_graph(ExactCache(store, namespace=_ns()), usage_model(), calls)
     config = {"metadata": {"tenant_id": tenant}}
     graph.invoke({"messages": [HumanMessage("hours?")]}, config)
     out = graph.invoke({"messages": [HumanMessage("hours?")]}, config)
@@ -408,7 +392,9 @@ def test_langchain_cache_never_serves_another_tenant(store: Store, tenant: str) 
         assert model.invoke("what is my balance").content == "Your balance is $12."
 
 
-def test_langchain_cache_reads_the_scope_of_the_enclosing_graph(store: Store, tenant: str) -> None:
+def test_langchain_cache_reads_the_scope_of_the_enclosingcache_graph(
+    store: Store, tenant: str
+) -> None:
     cache = ExactCache(store, namespace=_ns())
     answers = iter(["acme answer", "globex answer", "unused"])
     model = GenericFakeChatModel(messages=answers)
