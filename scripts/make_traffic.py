@@ -25,7 +25,7 @@ from typing import Any
 from graphthrift.bench._data import data_file, read_set_file
 from graphthrift.bench._data_history import load_sgd
 from graphthrift.bench.compress import load_squad
-from graphthrift.tokens import count_messages, count_text
+from graphthrift.text import count_messages, count_text
 
 TENANTS = ("acme-bank", "globex-travel", "initech-support")
 FAQ_SYSTEM = (

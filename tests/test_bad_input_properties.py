@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from graphthrift import Ledger, LedgerRecord, diagnostics
 from graphthrift.embed import CallableEmbedder, MiniLMEmbedder
-from graphthrift.records import TAG_FIELDS, clean_tag
+from graphthrift.ledger.records import TAG_FIELDS, clean_tag
 from graphthrift.text import clean_json, clean_text
 
 # every code point, lone surrogates and NUL included

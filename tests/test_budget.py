@@ -16,8 +16,7 @@ from sqlalchemy import create_engine, make_url, text
 from graphthrift import diagnostics
 from graphthrift.budget import Budget, Reservation, Shortfall
 from graphthrift.errors import BudgetExceeded, StoreUnavailable, UnknownModelPrice
-from graphthrift.prices import default_price_book
-from graphthrift.records import LedgerRecord
+from graphthrift.ledger import LedgerRecord, default_price_book
 from graphthrift.store import Store
 
 MODEL = "gpt-4o-mini"

@@ -24,9 +24,9 @@ from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import BudgetState, RouteState
 from graphthrift.langgraph.budget import budget_guard, route_on_budget
 from graphthrift.langgraph.route import route_model
+from graphthrift.ledger import default_price_book
 from graphthrift.middleware.budget import BudgetMiddleware, ToolBudgetMiddleware
 from graphthrift.middleware.route import RouterMiddleware
-from graphthrift.prices import default_price_book
 from graphthrift.route import Router
 
 from fakes import usage_model

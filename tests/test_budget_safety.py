@@ -16,7 +16,7 @@ import pytest
 from cache_helpers import scratch_database
 from graphthrift import diagnostics
 from graphthrift.budget import Budget, BudgetScopeMissing, Reservation, Shortfall
-from graphthrift.prices import default_price_book
+from graphthrift.ledger import default_price_book
 from graphthrift.store import Store
 
 MODEL = "gpt-4o-mini"

@@ -24,7 +24,7 @@ from graphthrift.compress import (
     split_sentences,
 )
 from graphthrift.embed import CallableEmbedder
-from graphthrift.tokens import count_text
+from graphthrift.text import count_text
 
 BRIDGE = (
     "The Golden Gate Bridge is a suspension bridge in California. It opened on May 27, "

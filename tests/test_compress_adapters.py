@@ -22,7 +22,7 @@ from graphthrift.langchain.compress import (
     ExtractiveDocumentCompressor,
 )
 from graphthrift.langgraph.compress import compress_context
-from graphthrift.tokens import seed_tiktoken_cache
+from graphthrift.text import seed_tiktoken_cache
 
 BRIDGE = (
     "The Golden Gate Bridge is a suspension bridge in California. It opened on May 27, "

@@ -24,7 +24,7 @@ from graphthrift.langgraph.budget import budget_guard, route_on_budget
 from graphthrift.langgraph.compress import compress_context
 from graphthrift.langgraph.route import route_model
 from graphthrift.route import Router
-from graphthrift.tokens import count_text
+from graphthrift.text import count_text
 
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 QUESTION = "When did the Golden Gate Bridge open?"

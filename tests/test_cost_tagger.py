@@ -14,7 +14,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 
 from graphthrift import CostTagger, Ledger, diagnostics
-from graphthrift.prices import cost_usd
+from graphthrift.ledger import cost_usd
 
 from fakes import RateLimitError, UpstreamError, flaky_model, triage_answer_graph, usage_model
 
@@ -249,7 +249,7 @@ def test_calls_booked_by_graphthrift_itself_are_not_counted_twice(
 
     model = usage_model("Summary: order A-1 ships Friday.", input_tokens=300, output_tokens=12)
     summarizer = ChatModelSummarizer(model, max_output_tokens=64, ledger=ledger, tenant_id=tenant)
-    from graphthrift.messages import Message
+    from graphthrift.text import Message
 
     # A tagger on the same model (e.g. through global callbacks) must skip the summary call.
     model.callbacks = [CostTagger(ledger, tenant_id=tenant)]

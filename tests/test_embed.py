@@ -1,4 +1,4 @@
-"""Behaviour of graphthrift.embed on the real int8 MiniLM model (no mocks)."""
+"""Behaviour of graphthrift.embed.embedders on the real int8 MiniLM model (no mocks)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from graphthrift import diagnostics
-from graphthrift.embed import CallableEmbedder, MiniLMEmbedder, bound_text
-from graphthrift.static_embed import StaticEmbedder
+from graphthrift.embed import CallableEmbedder, MiniLMEmbedder, StaticEmbedder, bound_text
 
 BAD = ["caf\udce9 au lait", "nul\x00byte", "pair \ud83d\ude00 split", "\ud800"]
 REPAIRED = ["caf\ufffd au lait", "nulbyte", "pair \U0001f600 split", "\ufffd"]

@@ -22,7 +22,6 @@ from graphthrift.history import (
     prune_history,
     truncate_text,
 )
-from graphthrift.messages import Message, ToolCall
 from graphthrift.summarize import (
     SECTION_NAME,
     ChatModelSummarizer,
@@ -30,7 +29,7 @@ from graphthrift.summarize import (
     Summarizer,
     render_transcript,
 )
-from graphthrift.tokens import count_messages, count_text
+from graphthrift.text import Message, ToolCall, count_messages, count_text
 
 from fakes import usage_model
 

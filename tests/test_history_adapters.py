@@ -19,9 +19,8 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from graphthrift.history import SUMMARY_ID, HistoryPruner, HistoryState
 from graphthrift.langgraph.history import HistoryMessagesState, summarize_history
-from graphthrift.messages import to_messages
 from graphthrift.summarize import ChatModelSummarizer, ExtractiveSummarizer
-from graphthrift.tokens import count_messages
+from graphthrift.text import count_messages, to_messages
 
 from fakes import usage_model
 

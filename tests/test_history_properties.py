@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graphthrift.history import SUMMARY_ID, HistoryPruner, HistoryState, PruneResult
-from graphthrift.messages import Message, ToolCall, to_message
+from graphthrift.text import Message, ToolCall, to_message
 
 WORDS = [
     "the",

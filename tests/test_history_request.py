@@ -28,8 +28,8 @@ from graphthrift.history import (
     PruneResult,
 )
 from graphthrift.langgraph.history import HistoryMessagesState, summarize_history
-from graphthrift.messages import Message, ToolCall
 from graphthrift.summarize import SECTION_NAME, ExtractiveSummarizer
+from graphthrift.text import Message, ToolCall
 
 REQUEST = "Please keep tracking order A-105 until it is delivered"
 

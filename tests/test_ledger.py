@@ -38,7 +38,7 @@ def test_flush_makes_records_durable(ledger: Ledger, store: Store, tenant: str) 
         ).one()
     engine.dispose()
     assert row[0] == 1000 and row[1] == 400
-    from graphthrift.prices import cost_usd
+    from graphthrift.ledger import cost_usd
 
     assert row[2] == pytest.approx(cost_usd("gpt-4o-mini", 1000, 200, 400))
 

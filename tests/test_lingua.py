@@ -109,7 +109,7 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from graphthrift import lingua
+    from graphthrift.compress import lingua
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -123,7 +123,7 @@ def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_llmlingua2_rejects_a_model_name_it_cannot_handle() -> None:
     pytest.importorskip("llmlingua")
-    from graphthrift.lingua import LinguaModelError, LLMLinguaCompressor
+    from graphthrift.compress import LinguaModelError, LLMLinguaCompressor
 
     with pytest.raises(LinguaModelError, match="bert-base-multilingual-cased"):
         LLMLinguaCompressor("/models/my-tiny-bert")
@@ -133,7 +133,7 @@ def test_llmlingua2_rejects_a_model_name_it_cannot_handle() -> None:
 
 def test_unloadable_model_raises_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("llmlingua")
-    from graphthrift.lingua import LinguaModelError, LLMLinguaCompressor
+    from graphthrift.compress import LinguaModelError, LLMLinguaCompressor
 
     c = LLMLinguaCompressor(tmp_path / "empty-bert-base-multilingual-cased", target_ratio=0.5)
     with pytest.raises(LinguaModelError, match="save_pretrained"):
@@ -141,7 +141,7 @@ def test_unloadable_model_raises_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_llmlingua2_pipeline_keeps_alignment_and_budget(bert_dir: Path) -> None:
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     c = LLMLinguaCompressor(bert_dir, target_ratio=0.5)
     assert isinstance(c, Compressor)
@@ -158,7 +158,7 @@ def test_llmlingua2_pipeline_keeps_alignment_and_budget(bert_dir: Path) -> None:
 
 
 def test_llmlingua2_max_tokens_is_a_hard_cap(bert_dir: Path) -> None:
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     c = LLMLinguaCompressor(bert_dir, max_tokens=7)
     result = c.compress(QUESTION, CHUNKS)
@@ -168,7 +168,7 @@ def test_llmlingua2_max_tokens_is_a_hard_cap(bert_dir: Path) -> None:
 
 
 def test_llmlingua2_async_matches_sync(bert_dir: Path) -> None:
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     c = LLMLinguaCompressor(bert_dir, target_ratio=0.5)
     sync = c.compress(QUESTION, CHUNKS)
@@ -178,7 +178,7 @@ def test_llmlingua2_async_matches_sync(bert_dir: Path) -> None:
 
 def test_longllmlingua_pipeline_on_a_long_context(gpt2_dir: Path) -> None:
     """Longer than LLMLingua's 200-token window, so its KV-cache slicing runs too."""
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     c = LLMLinguaCompressor(gpt2_dir, mode="longllmlingua", target_ratio=0.3)
     chunks = [CHUNKS[0] * 20, CHUNKS[1] * 20, CHUNKS[1]]
@@ -193,7 +193,7 @@ def test_longllmlingua_pipeline_on_a_long_context(gpt2_dir: Path) -> None:
 def test_loading_leaves_the_global_random_state_alone(bert_dir: Path) -> None:
     import random
 
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     random.seed(1234)
     expected = random.random()
@@ -203,7 +203,7 @@ def test_loading_leaves_the_global_random_state_alone(bert_dir: Path) -> None:
 
 
 def test_shared_prompt_compressor_is_reused(bert_dir: Path) -> None:
-    from graphthrift.lingua import LLMLinguaCompressor
+    from graphthrift.compress import LLMLinguaCompressor
 
     first = LLMLinguaCompressor(bert_dir, target_ratio=0.5)
     second = LLMLinguaCompressor(prompt_compressor=first.prompt_compressor, target_ratio=0.5)

@@ -39,7 +39,7 @@ from graphthrift.llamaindex.instrumentation import (
     tags,
     uninstrument,
 )
-from graphthrift.tokens import count_text
+from graphthrift.text import count_text
 
 _dispatcher = get_dispatcher(__name__)
 ANSWER = "The answer is 42."

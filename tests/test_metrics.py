@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from graphthrift import CostTagger, Ledger, LedgerRecord, Router, diagnostics
-from graphthrift.metrics import OTHER, PrometheusMetrics
+from graphthrift.ledger import OTHER, PrometheusMetrics
 
 from fakes import RateLimitError, flaky_model, triage_answer_graph
 

@@ -95,7 +95,7 @@ def test_llamaindex_without_llama_index_names_the_llamaindex_extra(statement: st
 def test_the_core_and_langgraph_import_without_the_extras() -> None:
     result = run_blocked(
         {"langchain", "llama_index"},
-        "import graphthrift, graphthrift.history, graphthrift.langgraph.history",
+        "import graphthrift, graphthrift.history.pruner, graphthrift.langgraph.history",
     )
     assert result == {"imported": True}
 

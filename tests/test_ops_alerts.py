@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from graphthrift import Ledger, Store
+from graphthrift.ledger import LedgerRecord
 from graphthrift.ops.alerts import (
     Alert,
     AlertConfigError,
@@ -27,7 +28,6 @@ from graphthrift.ops.alerts import (
     refusal_record,
     write_prometheus_rules,
 )
-from graphthrift.records import LedgerRecord
 
 DAY0 = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 8
@@ -249,8 +249,8 @@ RULE_FILE_SCHEMA: dict[str, Any] = {
 
 
 def _exported_metric_names() -> set[str]:
-    """Every series name graphthrift.metrics exports once it has seen each kind of row."""
-    from graphthrift.metrics import PrometheusMetrics
+    """Every series name graphthrift.ledger.metrics exports once it has seen each kind of row."""
+    from graphthrift.ledger import PrometheusMetrics
 
     metrics = PrometheusMetrics()
     metrics.observe(

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from graphthrift import Ledger, Store
+from graphthrift.ledger import LedgerRecord
 from graphthrift.ops.distill import DistillCapture, NothingToExport, export_distill
-from graphthrift.records import LedgerRecord
 
 EMAIL = re.compile(r"[\w.]+@[\w.]+")
 

@@ -18,8 +18,8 @@ from langgraph.graph import START, StateGraph
 from graphthrift import CostTagger, Ledger, Store, mark_task
 from graphthrift.kernel import bound_run_tags
 from graphthrift.langchain import TaskTracker
+from graphthrift.ledger import LedgerRecord
 from graphthrift.ops.tasks import TaskNotIdentified, compare, cost_per_task
-from graphthrift.records import LedgerRecord
 
 
 def llm(tenant: str, run_id: str, version: str, cost: float, **kw: Any) -> LedgerRecord:

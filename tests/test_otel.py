@@ -18,8 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from graphthrift import Ledger, LedgerRecord, MissingExtra
-from graphthrift.otel import OtelExporter, provider_name, trace_id_for_run
-from graphthrift.prices import cost_usd
+from graphthrift.ledger import OtelExporter, cost_usd, provider_name, trace_id_for_run
 
 
 @pytest.fixture

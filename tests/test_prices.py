@@ -8,7 +8,7 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from graphthrift import diagnostics
-from graphthrift.prices import PriceBook, split_model_ref
+from graphthrift.ledger import PriceBook, split_model_ref
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_1h_writes_without_a_listed_rate_use_the_published_multiplier() -> None:
 
 def test_reasoning_is_billed_as_output_once() -> None:
     """OpenAI's completion_tokens already include reasoning_tokens: never add them again."""
-    from graphthrift.usage import read_usage
+    from graphthrift.ledger import read_usage
 
     usage = read_usage(
         {
@@ -211,7 +211,7 @@ def test_override_with_cache_write_price() -> None:
 
 def test_ledger_prices_cache_writes_and_reports_cache_savings(ledger: Any, tenant: str) -> None:
     """cost_usd, cache_write_tokens and cache_savings_usd as the bill and the report see them."""
-    from graphthrift.records import LedgerRecord
+    from graphthrift.ledger import LedgerRecord
 
     calls = [  # (input, output, cache_read, cache_write, 1h writes)
         (5_000, 100, 0, 4_800, 0),
@@ -264,8 +264,9 @@ def test_cache_write_migration_keeps_existing_rows(store: Any, tmp_path: Any) ->
     from sqlalchemy import create_engine, make_url, text
 
     from graphthrift import Store
-    from graphthrift._schema import LEDGER_MIGRATIONS, MIGRATIONS
+    from graphthrift.ledger.schema import LEDGER_MIGRATIONS
     from graphthrift.store import apply_migrations
+    from graphthrift.store.migrations import MIGRATIONS
 
     name = f"gt_prices_{uuid.uuid4().hex[:8]}"
     admin = create_engine(store.url, isolation_level="AUTOCOMMIT")
@@ -310,7 +311,7 @@ def test_report_command_shows_cache_writes_and_savings(
     import json
 
     from graphthrift.cli import main
-    from graphthrift.records import LedgerRecord
+    from graphthrift.ledger import LedgerRecord
 
     ledger.record(
         LedgerRecord(
@@ -344,7 +345,7 @@ def test_report_command_shows_cache_writes_and_savings(
 
 def test_ledger_prices_a_batch_call_at_the_batch_rate(ledger: Any, tenant: str) -> None:
     """The batch hook: a row marked ``extra["batch"]`` is priced at genai-prices' batch rate."""
-    from graphthrift.records import LedgerRecord
+    from graphthrift.ledger import LedgerRecord
 
     for batch in (False, True):
         ledger.record(

@@ -17,8 +17,8 @@ from sqlalchemy import text
 
 from graphthrift import Ledger, Store, diagnostics
 from graphthrift.errors import RequestIdConflict
+from graphthrift.ledger import Usage
 from graphthrift.resilience import RequestDedup
-from graphthrift.usage import Usage
 
 
 def _wait_until(condition: Any, what: str, limit: float = 60.0) -> None:

@@ -17,9 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from graphthrift import Ledger, Store, diagnostics
-from graphthrift.prices import cost_usd
+from graphthrift.ledger import Usage, cost_usd
 from graphthrift.resilience import SingleFlight
-from graphthrift.usage import Usage
 
 MODEL = "gpt-4o-mini"
 USAGE = Usage(input_tokens=1200, output_tokens=300)
@@ -223,7 +222,7 @@ _WORKER = textwrap.dedent(
     from sqlalchemy import text
     from graphthrift import Ledger, Store
     from graphthrift.resilience import SingleFlight
-    from graphthrift.usage import Usage
+    from graphthrift.ledger import Usage
 
     tenant, calls_file, go_file, nproc = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     store = Store(home=os.environ["GRAPHTHRIFT_HOME"])

@@ -9,7 +9,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from graphthrift import CostTagger, Ledger
 from graphthrift.langchain.sim import SimulatedChatModel, chat_model_from_env
-from graphthrift.prices import cost_usd
+from graphthrift.ledger import cost_usd
 from graphthrift.sim import (
     CACHE_INCREMENT,
     HEDGE,
@@ -19,7 +19,7 @@ from graphthrift.sim import (
     SimulatedProvider,
     ToolCallRequest,
 )
-from graphthrift.tokens import count_messages, count_text
+from graphthrift.text import count_messages, count_text
 
 LONG = "Policy line about refunds and cards, repeated for length. " * 200
 

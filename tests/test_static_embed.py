@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from graphthrift.embed import MiniLMEmbedder
+from graphthrift.embed import MiniLMEmbedder, StaticEmbedder
 from graphthrift.route import DifficultyClassifier
-from graphthrift.static_embed import StaticEmbedder
 
 
 @pytest.fixture(scope="module")

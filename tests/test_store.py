@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from graphthrift import Store, StoreUnavailable
-from graphthrift._schema import MIGRATIONS
 from graphthrift.store import apply_migrations, hide_password
+from graphthrift.store.migrations import MIGRATIONS
 
 
 def test_embedded_store_has_pgvector_and_schema(store: Store) -> None:

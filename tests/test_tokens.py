@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from graphthrift import tokens
-from graphthrift.messages import to_message
+from graphthrift.text import tokens
+from graphthrift.text import to_message
 
 
 def test_seeds_tiktoken_cache_from_installed_package(
@@ -112,7 +112,7 @@ def test_works_without_network(tmp_path: Path) -> None:
         "HTTPS_PROXY": "http://127.0.0.1:9",
         "HTTP_PROXY": "http://127.0.0.1:9",
     }
-    code = "from graphthrift.tokens import count_text; print(count_text('hello world', 'gpt-4o'), count_text('hello world', 'gpt-4'))"
+    code = "from graphthrift.text.tokens import count_text; print(count_text('hello world', 'gpt-4o'), count_text('hello world', 'gpt-4'))"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from graphthrift import diagnostics
-from graphthrift.usage import Usage, read_usage
+from graphthrift.ledger import Usage, read_usage
 
 
 @pytest.mark.parametrize(

@@ -19,16 +19,16 @@ _EXPORTS = {
     "UnknownModelPrice": ".errors",
     "MissingExtra": ".errors",
     "Ledger": ".ledger",
-    "LedgerRecord": ".records",
+    "LedgerRecord": ".ledger",
     "CostTagger": ".langchain.callbacks",
-    "PriceBook": ".prices",
-    "set_price": ".prices",
-    "count_messages": ".tokens",
-    "count_text": ".tokens",
-    "TokenCount": ".tokens",
+    "PriceBook": ".ledger",
+    "set_price": ".ledger",
+    "count_messages": ".text",
+    "count_text": ".text",
+    "TokenCount": ".text",
     "Embedder": ".embed",
     "MiniLMEmbedder": ".embed",
-    "StaticEmbedder": ".static_embed",
+    "StaticEmbedder": ".embed",
     "ExactCache": ".cache",
     "SemanticCache": ".cache",
     "CacheHit": ".cache",
@@ -37,8 +37,8 @@ _EXPORTS = {
     "CompressionResult": ".compress",
     "InvalidCompressionTarget": ".compress",
     "BaseCompressor": ".compress",
-    "LinguaModelError": ".lingua",
-    "LLMLinguaCompressor": ".lingua",
+    "LinguaModelError": ".compress",
+    "LLMLinguaCompressor": ".compress",
     "Summarizer": ".summarize",
     "ExtractiveSummarizer": ".summarize",
     "ChatModelSummarizer": ".summarize",
@@ -50,8 +50,8 @@ _EXPORTS = {
     "Budget": ".budget",
     "BudgetExceeded": ".errors",
     "Router": ".route",
-    "PrometheusMetrics": ".metrics",
-    "OtelExporter": ".otel",
+    "PrometheusMetrics": ".ledger",
+    "OtelExporter": ".ledger",
     "DifficultyClassifier": ".route",
     "JsonSchemaValidator": ".route",
     "ToolArgsValidator": ".route",
@@ -71,6 +71,7 @@ _EXPORTS = {
     "mark_task": ".ops.tasks",
     "GraphthriftError": ".errors",
     "StateSchemaError": ".errors",
+    "ConfigError": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -82,10 +83,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import StoreUnavailable as StoreUnavailable
     from .errors import UnknownModelPrice as UnknownModelPrice
     from .ledger import Ledger as Ledger
-    from .prices import PriceBook as PriceBook
-    from .prices import set_price as set_price
-    from .records import LedgerRecord as LedgerRecord
+    from .ledger import LedgerRecord as LedgerRecord
+    from .ledger import PriceBook as PriceBook
+    from .ledger import set_price as set_price
     from .store import Store as Store
-    from .tokens import TokenCount as TokenCount
-    from .tokens import count_messages as count_messages
-    from .tokens import count_text as count_text
+    from .text import TokenCount as TokenCount
+    from .text import count_messages as count_messages
+    from .text import count_text as count_text

@@ -7,6 +7,20 @@ class GraphthriftError(Exception):
     """Base class for every error graphthrift raises on purpose."""
 
 
+class ConfigError(GraphthriftError, ValueError):
+    """An argument or setting is invalid: names it, the value given and the rule it breaks.
+
+    Every configuration check raises this (or a subclass), so one ``except ConfigError``
+    catches bad settings anywhere, and the message always says what to change.
+    """
+
+    def __init__(self, name: str, value: object, rule: str) -> None:
+        self.name = name
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{name}={value!r}: {rule}")
+
+
 class StoreUnavailable(GraphthriftError):
     """The database could not be reached or set up.
 
@@ -30,7 +44,7 @@ class UnknownModelPrice(GraphthriftError):
         self.model = model
         super().__init__(
             f"no price is known for model {model!r}; add one with "
-            "graphthrift.prices.set_price(model, input_per_mtok=..., output_per_mtok=...)"
+            "graphthrift.ledger.prices.set_price(model, input_per_mtok=..., output_per_mtok=...)"
         )
 
 

@@ -4,8 +4,8 @@ LangGraph nodes, ``create_agent`` middleware, LangChain callbacks and ``BaseCach
 LlamaIndex components all translate their framework's run into the same few values: who is
 asking (tenant, user), what for (feature, route, prompt version), where (thread, run, node),
 and what the provider reported (usage). Reading them six ways let the adapters drift apart
-(issue 11, item 3): this module reads them one way, and is framework-free so the core may
-use it too.
+(issue 11, item 3): this module reads them one way. Importing it imports no framework, so
+the core may use it too; ``run_config`` and ``ask_human`` import LangGraph when called.
 
 Rules, documented in the README ("Scope and tags"):
 
@@ -29,18 +29,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from graphthrift.usage import read_usage
+from graphthrift.ledger.usage import read_usage
 
 __all__ = [
     "CACHE_SCOPE_KEYS",
     "RUN_TAG_KEYS",
+    "answered_by",
+    "ask_human",
     "bind_run_tags",
     "bound_run_tags",
     "cache_request",
     "cache_scope",
     "current_run_tags",
+    "model_name",
     "read_state",
     "read_usage",
+    "run_config",
     "run_tags",
     "scoped",
     "unbind_run_tags",
@@ -236,3 +240,55 @@ def prompt_cache_key(config: Mapping[str, Any] | None, **fixed: Any) -> str | No
     thread = tags.get("thread_id")
     digest = hashlib.sha256(f"{tenant}\x1f{thread or ''}".encode()).hexdigest()
     return f"gt-{digest[:32]}"
+
+
+_MODEL_ATTRS = ("model_name", "model", "model_id")
+
+
+def model_name(model: Any, default: str | None = None) -> str | None:
+    """The priced name of a chat model object (``model_name``, ``model`` or ``model_id``).
+
+    A model bound with ``bind``/``bind_tools`` is read through to the bound model. ``default``
+    when none is set: callers that must price the call raise on ``None`` themselves.
+    """
+    target = getattr(model, "bound", model)
+    for attr in _MODEL_ATTRS:
+        value = getattr(target, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def answered_by(message: Any, default: str | None = None) -> str | None:
+    """The model the provider says answered (``response_metadata`` ``model_name``/``model``)."""
+    meta = getattr(message, "response_metadata", None) or {}
+    for key in _MODEL_ATTRS:
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
+def run_config() -> Mapping[str, Any]:
+    """The running LangGraph/LangChain config, or ``{}`` outside a run.
+
+    For adapters that are not handed the config (middleware hooks, wrapped models).
+    """
+    try:
+        from langgraph.config import get_config
+    except ImportError:  # pragma: no cover - langgraph is a core dependency
+        return {}
+    try:
+        return get_config()
+    except RuntimeError:  # outside a LangGraph run
+        return {}
+
+
+def ask_human(payload: Any) -> Any:
+    """Pause the graph with a LangGraph ``interrupt`` carrying ``payload``; return the resume value.
+
+    The one place adapters raise a human interrupt (it needs a checkpointer).
+    """
+    from langgraph.types import interrupt
+
+    return interrupt(payload)

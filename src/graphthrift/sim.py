@@ -14,7 +14,7 @@ and answers well or badly for reasons the layers can change, without network or 
   compression that drops the answer costs quality here, as it would for real.
   An item with ``tool_plan`` asks for those tool calls in turn (one per model call, counted
   by the tool results after the latest user message) before answering.
-- **Usage** is counted with tiktoken (``graphthrift.tokens.count_messages`` for the prompt,
+- **Usage** is counted with tiktoken (``graphthrift.text.tokens.count_messages`` for the prompt,
   ``count_text`` for the answer), the numbers a provider bills.
 - **Prompt cache**, like OpenAI's: a prompt whose first 1,024 or more tokens repeat a
   prompt this provider saw before, for the same model and within ``cache_ttl`` seconds, has
@@ -47,9 +47,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphthrift.messages import Message, to_messages
-from graphthrift.tokens import count_messages, count_text, encoding_name_for, get_encoding
-from graphthrift.usage import Usage
+from graphthrift.ledger.usage import Usage
+from graphthrift.text.messages import Message, to_messages
+from graphthrift.text.tokens import count_messages, count_text, encoding_name_for, get_encoding
 
 __all__ = [
     "DEFAULT_QUALITY",
@@ -319,7 +319,7 @@ class SimulatedProvider:
     def complete(
         self, model: str, messages: Iterable[Any], *, tools: Sequence[Any] = ()
     ) -> SimReply:
-        """Answer ``messages`` (any message format ``graphthrift.messages`` reads) as ``model``."""
+        """Answer ``messages`` (any message format ``graphthrift.text.messages`` reads) as ``model``."""
         msgs = to_messages(list(messages))
         prompt = _prompt_text(msgs)
         expected = self.oracle.lookup(msgs)

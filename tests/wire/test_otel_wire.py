@@ -17,7 +17,7 @@ from test_cost_tagger_wire import CLIENTS, USAGE, expected_cost, records, run
 from wire_server import WireServer
 
 from graphthrift import CostTagger, Ledger
-from graphthrift.otel import OtelExporter
+from graphthrift.ledger import OtelExporter
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ Method (every quality figure on held-out data):
   ``adaptive`` (``AdaptivePolicy(max_error=1-target)``, its prior fitted on the calibration
   split, then replaying the test queries in order: each miss is judged by ``verify`` on its
   fresh answer and each served hit by ``feedback``, with the ground truth).
-- Lexical guard (``SemanticCache``'s default, ``graphthrift._cache_guard``): for each
+- Lexical guard (``SemanticCache``'s default, ``graphthrift.cache.guard``): for each
   threshold policy, ``policies[p]["lexical_guard"]`` holds the same figures with the
   guard applied to the served hits (a hit whose question differs from the query in numbers,
   identifiers, dates, negation or named entities becomes a miss), and ``lexical_guard``
@@ -57,15 +57,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift._cache_guard import lexical_conflict
-from graphthrift._cache_keys import CacheQuery, CacheScope, key_hash
-from graphthrift._cache_policy import (
-    RULES,
-    AdaptivePolicy,
-    precision_recall_curve,
-    tune_threshold,
-)
-from graphthrift._schema_cache import ENTRIES_TABLE, hnsw_index_sql
 from graphthrift.bench._common import (
     machine,
     mode,
@@ -76,8 +67,17 @@ from graphthrift.bench._common import (
     write_json,
 )
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
-from graphthrift.embed import as_embedder, default_embedder
-from graphthrift.store import Store
+from graphthrift.cache.guard import lexical_conflict
+from graphthrift.cache.keys import CacheQuery, CacheScope, key_hash
+from graphthrift.cache.policy import (
+    RULES,
+    AdaptivePolicy,
+    precision_recall_curve,
+    tune_threshold,
+)
+from graphthrift.cache.schema import ENTRIES_TABLE, hnsw_index_sql
+from graphthrift.embed.embedders import as_embedder, default_embedder
+from graphthrift.store.postgres import Store
 
 TARGETS = {"tuned_precision": 0.97, "lookup_total_p95_ms": 10.0, "exact_p95_ms": 1.0}
 STATIC_DEFAULT = 0.92
@@ -411,7 +411,7 @@ def _filler(
 
 def _exact_speed(store: Store, name: str, texts: list[str], n: int) -> dict[str, float]:
     """p50/p95 of ``ExactCache.lookup`` hits on ``texts`` stored in the exact layer."""
-    from graphthrift.cache import ExactCache
+    from graphthrift.cache.cache import ExactCache
 
     unique = list({CacheQuery(t).normalized: t for t in texts}.values())  # one per key
     _copy_entries(store, [("bench", f"exact-{name}", t, np.empty(0)) for t in unique], "", "exact")
@@ -431,7 +431,7 @@ def _peak_rss_mb() -> float:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from graphthrift.cache import SemanticCache
+    from graphthrift.cache.cache import SemanticCache
 
     quick = mode(args) == "quick"
     sizes = SIZES[mode(args)]

@@ -48,10 +48,10 @@ from graphthrift.bench._data_history import (
     load_default_sets,
 )
 from graphthrift.bench._history_bound import fold_bound
-from graphthrift.history import HistoryPruner, HistoryState
-from graphthrift.messages import Message, to_message
-from graphthrift.summarize import ExtractiveSummarizer, Summarizer
-from graphthrift.tokens import TOKENS_REPLY_PRIMING, count_message, count_text
+from graphthrift.history.pruner import HistoryPruner, HistoryState
+from graphthrift.summarize.summarizer import ExtractiveSummarizer, Summarizer
+from graphthrift.text.messages import Message, to_message
+from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_message, count_text
 
 __all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "run"]
 

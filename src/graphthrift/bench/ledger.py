@@ -33,9 +33,9 @@ from graphthrift.bench._common import (
     scratch_store,
     write_json,
 )
-from graphthrift.ledger import Ledger
-from graphthrift.records import LedgerRecord
-from graphthrift.store import Store
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.records import LedgerRecord
+from graphthrift.store.postgres import Store
 
 SIZES = {  # (timed calls, records written, report rows) per run size; the options cap them
     "quick": (2_000, 20_000, 100_000),

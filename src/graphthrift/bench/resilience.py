@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
-from graphthrift.prices import cost_usd
-from graphthrift.store import Store
+from graphthrift.ledger.prices import cost_usd
+from graphthrift.store.postgres import Store
 
 PRIMARY = "gpt-4o-mini"
 FALLBACK = "claude-3-haiku-20240307"
@@ -341,8 +341,8 @@ _KILLED = textwrap.dedent(
 
 
 def _restart(store: Store) -> dict[str, int]:
-    from graphthrift.budget import Budget
-    from graphthrift.ledger import Ledger
+    from graphthrift.budget.budget import Budget
+    from graphthrift.ledger.ledger import Ledger
 
     tenant = f"bench-restart-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "GRAPHTHRIFT_HOME": str(store.home)}

@@ -46,9 +46,9 @@ from graphthrift.bench._common import (
     write_json,
 )
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
-from graphthrift.embed import MiniLMEmbedder
-from graphthrift.prices import default_price_book
-from graphthrift.route import DifficultyClassifier, Router
+from graphthrift.embed.embedders import MiniLMEmbedder
+from graphthrift.ledger.prices import default_price_book
+from graphthrift.route.router import DifficultyClassifier, Router
 
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 # P(correct) per label, and P(hedge | wrong) for the cheap model
@@ -136,7 +136,7 @@ def _models(labels: dict[str, str]) -> dict[str, Any]:
     from langchain_core.messages import AIMessage, BaseMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
 
-    from graphthrift.tokens import count_text
+    from graphthrift.text.tokens import count_text
 
     class SimulatedModel(BaseChatModel):
         model_name: str

@@ -191,7 +191,7 @@ def _answer_node(model: Any, key: str, *, append: bool) -> Any:
 
 
 def _router(ctx: _Ctx) -> Any:
-    from graphthrift.route import Router
+    from graphthrift.route.router import Router
 
     return Router(ctx.cheap_name, ctx.strong_name, sticky=True, ledger=ctx.ledger)
 
@@ -222,10 +222,10 @@ def _run_faq(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.cache import ExactCache, SemanticCache
+    from graphthrift.cache.cache import ExactCache, SemanticCache
     from graphthrift.langgraph.cache import cache_lookup, cache_store, route_on_cache_hit
     from graphthrift.langgraph.route import route_model
-    from graphthrift.messages import to_messages
+    from graphthrift.text.messages import to_messages
 
     builder = StateGraph(_states()["faq"])
     if "routing" in ctx.layers:
@@ -285,10 +285,10 @@ def _run_rag(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from graphthrift.bench.compress import _retained
-    from graphthrift.compress import ExtractiveCompressor
+    from graphthrift.compress.compressor import ExtractiveCompressor
     from graphthrift.langgraph.compress import compress_context
     from graphthrift.langgraph.route import route_model
-    from graphthrift.messages import to_messages
+    from graphthrift.text.messages import to_messages
 
     def prompt(state: Any) -> dict[str, Any]:
         context = "\n\n".join(d for d in state["documents"] if d)
@@ -336,7 +336,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from graphthrift.bench.history import prompt_points
     from graphthrift.langgraph.history import summarize_history
     from graphthrift.langgraph.route import route_model
-    from graphthrift.messages import to_messages
+    from graphthrift.text.messages import to_messages
 
     builder = StateGraph(_states()["chat"])
     if "history" in ctx.layers:
@@ -357,7 +357,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     builder.add_edge("answer", END)
     graph = builder.compile()
     facts_total = facts_kept = tokens_full = tokens_sent = 0
-    from graphthrift.tokens import count_messages
+    from graphthrift.text.tokens import count_messages
 
     for item in ctx.work.chat:
         conv = item.conversation
@@ -403,7 +403,7 @@ def _run_agent(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langchain_core.tools import tool
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.budget import Budget
+    from graphthrift.budget.budget import Budget
     from graphthrift.langgraph.budget import budget_guard, route_on_budget
 
     texts = ctx.work.tool_texts
@@ -562,7 +562,7 @@ def run_stack(
 ) -> list[dict[str, Any]]:
     """Run ``steps`` (cumulative layers) on ``work``; one detail dict per step."""
     from graphthrift.langchain.callbacks import CostTagger
-    from graphthrift.ledger import Ledger
+    from graphthrift.ledger.ledger import Ledger
 
     ledger = Ledger(store)
     details: list[dict[str, Any]] = []
@@ -736,7 +736,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> Table:
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Build the workload, run the stack, print the table, write JSON and the PNG."""
-    from graphthrift.store import Store
+    from graphthrift.store.postgres import Store
 
     quick = bool(getattr(args, "quick", False))
     steps = [s for s in str(getattr(args, "steps", ",".join(STEPS))).split(",") if s]

@@ -16,7 +16,7 @@ What each layer does here, and the quality proxy it reports without a model:
   tokens, 128-token steps, per model). Every step gets the same provider cache, so no
   saving it would have given anyway is claimed.
 - exact / semantic cache: single-turn requests only (one user message, no assistant turn),
-  keyed as ``graphthrift.cache`` keys them (latest user message, system prompt fingerprint,
+  keyed as ``graphthrift.cache.cache`` keys them (latest user message, system prompt fingerprint,
   tenant, model). Multi-turn follow-ups are never served from a cache. Proxy:
   ``answer_agreement``, the token F1 between the cached answer and the answer the provider
   actually gave (needs logged responses).
@@ -89,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
 
 @lru_cache(maxsize=500_000)
 def _tokens(role: str, text: str, calls: str) -> int:
-    from graphthrift.messages import Message, to_message
-    from graphthrift.tokens import count_message
+    from graphthrift.text.messages import Message, to_message
+    from graphthrift.text.tokens import count_message
 
     if calls:
         message = to_message({"role": role, "content": text, "tool_calls": _calls(calls)})
@@ -114,7 +114,7 @@ def _key(m: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _prompt_tokens(keys: Sequence[tuple[str, str, str]]) -> int:
-    from graphthrift.tokens import TOKENS_REPLY_PRIMING
+    from graphthrift.text.tokens import TOKENS_REPLY_PRIMING
 
     return sum(_tokens(*k) for k in keys) + (TOKENS_REPLY_PRIMING if keys else 0)
 
@@ -212,8 +212,8 @@ class _Conversations:
 
 
 def _cache_keys(reqs: list[LoggedRequest], plans: list[_Plan]) -> list[tuple[str, str]]:
-    """(scope, normalized question) per request, as graphthrift.cache keys it."""
-    from graphthrift._cache_keys import default_key
+    """(scope, normalized question) per request, as graphthrift.cache.cache keys it."""
+    from graphthrift.cache.keys import default_key
 
     keys = []
     for req, plan in zip(reqs, plans, strict=True):
@@ -231,8 +231,8 @@ def _caches(
     """Mark exact and semantic hits; the answer agreement of served hits."""
     import numpy as np
 
-    from graphthrift._cache_keys import normalize_query
-    from graphthrift.embed import default_embedder
+    from graphthrift.cache.keys import normalize_query
+    from graphthrift.embed.embedders import default_embedder
 
     keys = _cache_keys(reqs, plans)
     stored: dict[tuple[str, str], int] = {}
@@ -297,7 +297,7 @@ def _history(
     reqs: list[LoggedRequest], plans: list[_Plan], max_tokens: int, advance: Any
 ) -> dict[str, Any]:
     """Prune every multi-turn request per conversation; stability and literal retention."""
-    from graphthrift.history import HistoryPruner
+    from graphthrift.history.pruner import HistoryPruner
 
     pruner = HistoryPruner(max_tokens=max_tokens)
     states: dict[str, Any] = {}
@@ -345,7 +345,7 @@ def _context(text: str) -> tuple[int, int] | None:
 
 def _compression(reqs: list[LoggedRequest], plans: list[_Plan], advance: Any) -> dict[str, Any]:
     """Compress the retrieved context of each request; how much of the answer it keeps."""
-    from graphthrift.compress import ExtractiveCompressor
+    from graphthrift.compress.compressor import ExtractiveCompressor
 
     compressor = ExtractiveCompressor(target_ratio=1 / COMPRESS_RATIO)
     memo: dict[tuple[str, str], str] = {}
@@ -388,8 +388,8 @@ def _routing(
     reqs: list[LoggedRequest], plans: list[_Plan], cheap_model: str, advance: Any
 ) -> dict[str, Any]:
     """Route each request between its logged model and the cheap one (when cheaper)."""
-    from graphthrift.prices import default_price_book
-    from graphthrift.route import Router
+    from graphthrift.ledger.prices import default_price_book
+    from graphthrift.route.router import Router
 
     prices = default_price_book()
     routers: dict[str, Router | None] = {}
@@ -426,7 +426,7 @@ class _Step:
 def _plans(reqs: list[LoggedRequest]) -> tuple[list[_Plan], Counter[str]]:
     plans, how = [], Counter[str]()
     known_out = [r.usage.output_tokens for r in reqs if r.usage is not None]
-    from graphthrift.tokens import count_text
+    from graphthrift.text.tokens import count_text
 
     median_out = int(statistics.median(known_out)) if known_out else 0
     conversations = _Conversations()
@@ -459,8 +459,8 @@ def _steps(
     cheap_model: str,
 ) -> list[_Step]:
     """The ledger records of every step (cumulative layers)."""
-    from graphthrift.prices import default_price_book
-    from graphthrift.records import LedgerRecord
+    from graphthrift.ledger.prices import default_price_book
+    from graphthrift.ledger.records import LedgerRecord
 
     prices = default_price_book()
     out = []
@@ -534,8 +534,8 @@ def replay(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Replay ``traffic`` through the layers; the stack rows, per-layer notes and traffic facts."""
-    from graphthrift.ledger import Ledger
-    from graphthrift.prices import default_price_book
+    from graphthrift.ledger.ledger import Ledger
+    from graphthrift.ledger.prices import default_price_book
 
     console = console or Console(quiet=True)
     reqs = traffic.requests
@@ -726,8 +726,8 @@ def _notes(out: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Read ``args.traffic``, replay it, print the waterfall table, write JSON and the PNG."""
     from graphthrift.bench.stack import waterfall
-    from graphthrift.embed import default_embedder
-    from graphthrift.store import Store
+    from graphthrift.embed.embedders import default_embedder
+    from graphthrift.store.postgres import Store
 
     started = time.perf_counter()
     traffic = read_traffic(args.traffic)

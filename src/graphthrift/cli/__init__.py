@@ -102,8 +102,8 @@ def _existing_store(args: argparse.Namespace) -> Any:
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from graphthrift._schema import LEDGER_TABLE
-    from graphthrift.store import DEFAULT_HOME, Store, _driver_url, hide_password
+    from graphthrift.ledger.schema import LEDGER_TABLE
+    from graphthrift.store.postgres import DEFAULT_HOME, Store, _driver_url, hide_password
 
     url = args.url or os.environ.get("GRAPHTHRIFT_DATABASE_URL") or None
     home = Path(
@@ -142,7 +142,7 @@ def _cost_cell(row: dict[str, Any], key: str) -> str:
 
 
 def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from graphthrift.ledger import Ledger
+    from graphthrift.ledger.ledger import Ledger
 
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k)}

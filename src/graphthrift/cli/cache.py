@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from graphthrift._cache_guard import lexical_conflict
-from graphthrift._cache_policy import (
+from graphthrift.bench._common import write_json
+from graphthrift.cache.guard import lexical_conflict
+from graphthrift.cache.policy import (
     RULES,
     CurvePoint,
     Rule,
     precision_recall_curve,
     tune_threshold,
 )
-from graphthrift.bench._common import write_json
-from graphthrift.embed import default_embedder
+from graphthrift.embed.embedders import default_embedder
 
 __all__ = ["add_parser", "guard_effect", "plot_curve", "run", "tune"]
 

@@ -113,7 +113,7 @@ def handles_report(args: argparse.Namespace) -> bool:
 def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """``report --per task`` or ``report --compare DIM=A,B``."""
     from graphthrift.ops.tasks import compare, cost_per_task
-    from graphthrift.store import Store
+    from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
     store = Store(args.url)
@@ -200,7 +200,7 @@ def _print_compare(figures: dict[str, Any], console: Console) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Run the operations command ``args`` names."""
-    from graphthrift.store import Store
+    from graphthrift.store.postgres import Store
 
     store = Store(args.url)
     try:
@@ -295,7 +295,7 @@ def _batch(args: argparse.Namespace, store: Any, console: Console) -> dict[str, 
         for key, value in figures.items():
             console.print(f"{key}: {value}")
     elif command == "resume":
-        from graphthrift.ledger import Ledger
+        from graphthrift.ledger.ledger import Ledger
 
         ledger = Ledger(store)
         try:
@@ -318,8 +318,8 @@ def _jobs_for(
     """``BatchJobs`` for the stored job's provider, with a client built from the environment."""
     from sqlalchemy import text
 
-    from graphthrift._schema_batch import BATCH_JOBS_TABLE
     from graphthrift.ops.batch import AnthropicBatches, BatchJobNotFound, OpenAIBatches
+    from graphthrift.ops.schema import BATCH_JOBS_TABLE
 
     with store.connect() as conn:
         provider = conn.execute(

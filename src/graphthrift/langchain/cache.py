@@ -40,8 +40,8 @@ from langchain_core.outputs import ChatGeneration, Generation
 from langchain_core.runnables.config import var_child_runnable_config
 
 from graphthrift import diagnostics
-from graphthrift.cache import CacheHit, ExactCache
-from graphthrift.cache import fingerprint as _fingerprint
+from graphthrift.cache.cache import CacheHit, ExactCache
+from graphthrift.cache.cache import fingerprint as _fingerprint
 from graphthrift.kernel import cache_request, current_run_tags, read_usage
 from graphthrift.provenance import own_marker, unstorable
 

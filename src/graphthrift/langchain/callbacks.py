@@ -22,10 +22,10 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from graphthrift.calls import CALL_TAGS, CallRecorder
 from graphthrift.kernel import bind_run_tags, read_usage, run_tags, unbind_run_tags
-from graphthrift.ledger import Ledger
-from graphthrift.usage import Usage
+from graphthrift.ledger.calls import CALL_TAGS, CallRecorder
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.usage import Usage
 
 _MODEL_KEYS = ("model_name", "model", "model_id", "deployment_name")
 #: Run metadata set by graphthrift components that write their own ledger record.

@@ -16,9 +16,9 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
 from graphthrift.kernel import run_tags
-from graphthrift.records import TAG_FIELDS
+from graphthrift.ledger.records import TAG_FIELDS
 
 __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "callback_tags"]
 
@@ -56,7 +56,7 @@ class CompressorDocumentCompressor(BaseDocumentCompressor):
         tags: fixed ledger tags; the run's metadata tags are added per call.
 
     Example:
-        >>> from graphthrift.compress import ExtractiveCompressor
+        >>> from graphthrift.compress.compressor import ExtractiveCompressor
         >>> dc = CompressorDocumentCompressor(compressor=ExtractiveCompressor(max_tokens=200))
         >>> dc.compress_documents([], "question")
         []
@@ -112,7 +112,7 @@ class ExtractiveDocumentCompressor(CompressorDocumentCompressor):
         max_tokens: absolute budget in tokens for all documents together.
         model: the downstream model (counts tokens, prices the saving).
         embedder: ``None`` (MiniLM when lexical evidence is weak), ``False`` (lexical
-            only), or any embedder ``graphthrift.embed.as_embedder`` accepts.
+            only), or any embedder ``graphthrift.embed.embedders.as_embedder`` accepts.
         scope: ``"global"`` (drop irrelevant documents) or ``"chunk"`` (trim each).
         ledger / tags: as in ``CompressorDocumentCompressor``.
 

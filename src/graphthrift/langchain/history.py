@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from graphthrift.history import PruneResult
-from graphthrift.messages import Message, message_fields
+from graphthrift.history.pruner import PruneResult
+from graphthrift.text.messages import Message, message_fields
 
 __all__ = ["to_langchain"]
 

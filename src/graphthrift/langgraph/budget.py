@@ -29,7 +29,7 @@ from langgraph.graph import MessagesState
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import interrupt
 
-from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
+from graphthrift.budget.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.kernel import read_state, run_tags
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings

@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, MessagesState
 
 from graphthrift import diagnostics
-from graphthrift.cache import CacheHit, ExactCache
+from graphthrift.cache.cache import CacheHit, ExactCache
 from graphthrift.kernel import cache_request, read_state, read_usage, run_tags
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings

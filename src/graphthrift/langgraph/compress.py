@@ -1,6 +1,6 @@
 """``compress_context``: a LangGraph node that shrinks retrieved documents before the model.
 
-A thin translation over a ``graphthrift.compress.Compressor``: documents and the question
+A thin translation over a ``graphthrift.compress.compressor.Compressor``: documents and the question
 out of the state, the core's query-aware compression, the kept documents back in. Each
 compression writes what it removed to the ledger (``kind="compression"``), tagged with
 the run's ``tenant_id``/``feature``/... metadata, the node name and the thread id.
@@ -15,17 +15,17 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from typing_extensions import TypedDict  # LangGraph's own states (MessagesState) use it
 
-from graphthrift.compress import (
+from graphthrift.compress.compressor import (
     CompressionResult,
     Compressor,
     ExtractiveCompressor,
     book_savings,
     drop_savings,
 )
-from graphthrift.compress import defer_saving as defer_saving_of
+from graphthrift.compress.compressor import defer_saving as defer_saving_of
 from graphthrift.kernel import read_state, run_tags
-from graphthrift.messages import to_messages
-from graphthrift.records import TAG_FIELDS, LedgerRecord
+from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
+from graphthrift.text.messages import to_messages
 
 __all__ = [
     "CompressState",

@@ -1,6 +1,6 @@
 """``summarize_history``: a LangGraph node that prunes the message history before a model node.
 
-A thin translation over ``graphthrift.history.HistoryPruner``: LangChain messages in, the
+A thin translation over ``graphthrift.history.pruner.HistoryPruner``: LangChain messages in, the
 core's sticky, tool-pair-safe pruning, a partial state update out. Two modes:
 
 - ``"view"`` (default, non-destructive): ``messages`` is left intact; the pruned prompt is
@@ -30,11 +30,11 @@ from langchain_core.runnables import RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
-from graphthrift.history import HistoryPruner, PruneResult
+from graphthrift.history.pruner import HistoryPruner, PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
 from graphthrift.langgraph._state import latest
-from graphthrift.summarize import Summarizer
+from graphthrift.summarize.summarizer import Summarizer
 
 __all__ = ["HistoryMessagesState", "HistoryState", "summarize_history", "to_langchain"]
 
@@ -55,7 +55,7 @@ class HistoryState(TypedDict):
         llm_input_messages: the pruned prompt the node writes in ``"view"`` mode; send it
             instead of ``messages`` (LangGraph's prebuilt agents read this key).
         history_state: the running summary and sticky boundary (``HistoryState.to_dict()``
-            of ``graphthrift.history``), kept by any checkpointer.
+            of ``graphthrift.history.pruner``), kept by any checkpointer.
 
     Example:
         >>> class State(HistoryState):
@@ -93,7 +93,7 @@ def summarize_history(
     ``state_key`` raises ``StateSchemaError`` naming it):
         reads ``messages_key`` (default ``messages``): the full history, LangChain messages.
         reads and writes ``state_key`` (default ``history_state``): the summary and sticky
-            boundary, a JSON dict (``graphthrift.history.HistoryState.to_dict()``); empty
+            boundary, a JSON dict (``graphthrift.history.pruner.HistoryState.to_dict()``); empty
             or None on a thread's first step.
         writes ``output_key`` (default ``llm_input_messages``), in ``"view"`` mode: the
             pruned prompt, to send instead of ``messages``.

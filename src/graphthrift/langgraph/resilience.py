@@ -26,6 +26,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, StructuredTool
 
 from graphthrift.kernel import cache_scope, read_usage, run_tags
+from graphthrift.ledger.usage import Usage
 from graphthrift.resilience import (
     JSON_CODEC,
     Codec,
@@ -34,7 +35,6 @@ from graphthrift.resilience import (
     ToolIdempotency,
     derive_tool_key,
 )
-from graphthrift.usage import Usage
 
 __all__ = [
     "MESSAGE_CODEC",

@@ -31,7 +31,7 @@ from graphthrift.kernel import read_state, run_tags
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.budget import budget_max_tokens, call_model_name
 from graphthrift.langgraph.compress import resolve_compression_savings
-from graphthrift.route import RouteDecision, Router, RouteResult
+from graphthrift.route.router import RouteDecision, Router, RouteResult
 
 __all__ = ["RouteState", "route_by_model", "route_model"]
 

@@ -27,10 +27,10 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import LLM
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from graphthrift.budget import Budget, Reservation
+from graphthrift.budget.budget import Budget, Reservation
 from graphthrift.kernel import read_usage, run_tags
 from graphthrift.provenance import note_degraded
-from graphthrift.tokens import count_text
+from graphthrift.text.tokens import count_text
 
 __all__ = ["BudgetedLLM"]
 

@@ -23,11 +23,11 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
 from graphthrift import diagnostics
-from graphthrift.cache import CacheHit, ExactCache
+from graphthrift.cache.cache import CacheHit, ExactCache
 from graphthrift.kernel import cache_request
 from graphthrift.llamaindex.instrumentation import current_tags
 from graphthrift.provenance import own_marker, watch_degraded
-from graphthrift.tokens import count_text
+from graphthrift.text.tokens import count_text
 
 _UNNAMED = frozenset({"", "unknown"})
 _NO_ANSWER = frozenset({"", "Empty Response", "None"})

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from graphthrift import diagnostics
-from graphthrift.calls import CALL_TAGS, CallRecorder
 from graphthrift.errors import MissingExtra
-from graphthrift.usage import Usage, read_usage
+from graphthrift.ledger.calls import CALL_TAGS, CallRecorder
+from graphthrift.ledger.usage import Usage, read_usage
 
 try:
     import llama_index.core.llms.callbacks as _llm_callbacks
@@ -63,7 +63,7 @@ except ImportError as exc:
     raise MissingExtra("llamaindex", "llama-index-core") from exc
 
 if TYPE_CHECKING:
-    from graphthrift.ledger import Ledger
+    from graphthrift.ledger.ledger import Ledger
 
 __all__ = [
     "CACHE_TAG_KEYS",

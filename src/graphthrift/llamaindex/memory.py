@@ -28,10 +28,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtra("llamaindex", "llama-index-core") from exc
 
-from graphthrift.history import HistoryPruner, HistoryState, PruneResult, truncate_text
-from graphthrift.messages import Message
-from graphthrift.summarize import Summarizer
-from graphthrift.tokens import count_text, seed_tiktoken_cache
+from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult, truncate_text
+from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.text.messages import Message
+from graphthrift.text.tokens import count_text, seed_tiktoken_cache
 
 __all__ = ["HistoryMemoryBlock", "PrunedChatMemory"]
 
@@ -42,7 +42,7 @@ _CONTEXT_WINDOW_RATIO = 0.75
 
 def _build_pruner(pruner: HistoryPruner | None, settings: dict[str, Any]) -> HistoryPruner:
     # llama_index's default tokenizer (cl100k_base) reads the tiktoken cache that
-    # graphthrift.tokens points TIKTOKEN_CACHE_DIR at; seed it so Memory works offline too.
+    # graphthrift.text.tokens points TIKTOKEN_CACHE_DIR at; seed it so Memory works offline too.
     seed_tiktoken_cache()
     if pruner is not None:
         if settings:

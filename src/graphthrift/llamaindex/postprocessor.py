@@ -25,7 +25,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from graphthrift.compress import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
@@ -65,7 +65,7 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         max_tokens: absolute budget for all text nodes together.
         model: the downstream model (counts tokens, prices the saving in the ledger).
         embedder: ``None`` (MiniLM when lexical evidence is weak), ``False`` (lexical
-            only), or any embedder ``graphthrift.embed.as_embedder`` accepts (a LlamaIndex
+            only), or any embedder ``graphthrift.embed.embedders.as_embedder`` accepts (a LlamaIndex
             embedding works).
         ledger / tags: where the saving is recorded, with these tags (default: the
             compressor's own ledger, if any). Tags set by an enclosing

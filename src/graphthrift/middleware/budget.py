@@ -33,11 +33,11 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
-from graphthrift.budget import Budget, Preflight, Reservation, Shortfall
+from graphthrift.budget.budget import Budget, Preflight, Reservation, Shortfall
 from graphthrift.errors import BudgetExceeded
 from graphthrift.kernel import run_tags
 from graphthrift.provenance import OWN_MESSAGE_KEY, degraded_call, fabricated
-from graphthrift.route import collect_calls
+from graphthrift.route.router import collect_calls
 
 __all__ = [
     "BudgetAgentState",

@@ -37,7 +37,7 @@ from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, Mod
 from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage
 
-from graphthrift.cache import CacheHit, ExactCache, SemanticCache
+from graphthrift.cache.cache import CacheHit, ExactCache, SemanticCache
 from graphthrift.kernel import cache_request, read_usage, run_tags
 from graphthrift.provenance import own_marker
 

@@ -1,7 +1,7 @@
 """``HistoryPruningMiddleware``: tool-pair-safe, cache-friendly history pruning for ``create_agent``.
 
 Modelled on langchain's ``SummarizationMiddleware`` (``before_model``, a summary message in
-place of the folded turns), with the three differences that ``graphthrift.history`` exists
+place of the folded turns), with the three differences that ``graphthrift.history.pruner`` exists
 for: the kept window never starts inside a tool-call/ToolMessage pair, the boundary is
 sticky between folds so the provider's prompt cache keeps hitting, and the summary grows by
 appended sections instead of being rewritten each time.
@@ -37,10 +37,10 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
-from graphthrift.history import HistoryPruner, HistoryState, PruneResult
+from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
-from graphthrift.summarize import Summarizer
+from graphthrift.summarize.summarizer import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
 

@@ -36,7 +36,8 @@ from graphthrift.langgraph.resilience import (
     model_name,
     tool_call_key,
 )
-from graphthrift.ledger import Ledger
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.usage import Usage
 from graphthrift.resilience import (
     JSON_CODEC,
     CircuitBreaker,
@@ -48,8 +49,7 @@ from graphthrift.resilience import (
     ToolIdempotency,
 )
 from graphthrift.resilience.ratelimit import Priority
-from graphthrift.tokens import count_messages
-from graphthrift.usage import Usage
+from graphthrift.text.tokens import count_messages
 
 __all__ = ["FailoverMiddleware", "IdempotentToolMiddleware", "ResilienceMiddleware"]
 

@@ -25,7 +25,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
 
 from graphthrift.kernel import run_tags
-from graphthrift.route import Router, ToolArgsValidator
+from graphthrift.route.router import Router, ToolArgsValidator
 
 __all__ = ["RouterMiddleware"]
 

@@ -19,7 +19,7 @@ Conditions (``AlertRules``):
 Each ``Alert`` names the rule, the dimension (``feature=search``), the figure, the
 baseline and the first hour it moved. ``AlertMonitor`` calls in-process listeners (a
 callback or a webhook) once per new alert. ``prometheus_rules`` writes the same conditions
-as Prometheus alerting rules over ``graphthrift.metrics`` names.
+as Prometheus alerting rules over ``graphthrift.ledger.metrics`` names.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import numpy as np
 from sqlalchemy import text
 
 from graphthrift import diagnostics
-from graphthrift._schema import LEDGER_TABLE
 from graphthrift.errors import GraphthriftError
-from graphthrift.records import LedgerRecord
+from graphthrift.ledger.records import LedgerRecord
+from graphthrift.ledger.schema import LEDGER_TABLE
 
 logger = logging.getLogger("graphthrift.ops.alerts")
 

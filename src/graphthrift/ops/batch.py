@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 
-from graphthrift._schema_batch import BATCH_ITEMS_TABLE, BATCH_JOBS_TABLE
 from graphthrift.errors import GraphthriftError
-from graphthrift.records import LedgerRecord
-from graphthrift.usage import read_usage
+from graphthrift.ledger.records import LedgerRecord
+from graphthrift.ledger.usage import read_usage
+from graphthrift.ops.schema import BATCH_ITEMS_TABLE, BATCH_JOBS_TABLE
 
 logger = logging.getLogger("graphthrift.ops.batch")
 

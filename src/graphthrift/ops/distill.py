@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from graphthrift._schema import LEDGER_TABLE
-from graphthrift._schema_batch import DISTILL_TABLE
 from graphthrift.errors import GraphthriftError
+from graphthrift.ledger.schema import LEDGER_TABLE
+from graphthrift.ops.schema import DISTILL_TABLE
 
 __all__ = [
     "BREAK_EVEN_CALLS_PER_MONTH",

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from graphthrift._schema import LEDGER_TABLE
 from graphthrift.errors import GraphthriftError
 from graphthrift.kernel import current_run_tags, run_tags
-from graphthrift.records import LedgerRecord
+from graphthrift.ledger.records import LedgerRecord
+from graphthrift.ledger.schema import LEDGER_TABLE
 
 __all__ = [
     "TASK_DIMENSIONS",

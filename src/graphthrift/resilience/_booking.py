@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from graphthrift import diagnostics
-from graphthrift.ledger import Ledger
-from graphthrift.prices import PriceBook, default_price_book
-from graphthrift.records import TAG_FIELDS, LedgerRecord
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.prices import PriceBook, default_price_book
+from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
 from graphthrift.resilience._flight import Answer
 
 

@@ -30,11 +30,10 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
-from graphthrift._schema_resilience import FLIGHTS_TABLE
 from graphthrift.errors import RequestIdConflict, StoreUnavailable
-from graphthrift.store import Store
-from graphthrift.usage import Usage
+from graphthrift.ledger.usage import Usage
+from graphthrift.resilience.schema import FLIGHTS_TABLE
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 

@@ -23,8 +23,8 @@ from typing import Any, Literal, TypeVar
 
 from graphthrift import diagnostics
 from graphthrift.errors import NoCandidateLeft, RetryBudgetExhausted, classify_error
-from graphthrift.ledger import Ledger
-from graphthrift.records import LedgerRecord
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.records import LedgerRecord
 from graphthrift.resilience.retry import RETRYABLE
 
 T = TypeVar("T")

@@ -26,13 +26,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
-from graphthrift._schema_resilience import TOOL_CLAIMS_TABLE
 from graphthrift.errors import StoreUnavailable, ToolCallInProgress
-from graphthrift.ledger import Ledger
-from graphthrift.records import LedgerRecord
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.records import LedgerRecord
 from graphthrift.resilience._flight import JSON_CODEC, Codec
-from graphthrift.store import Store
+from graphthrift.resilience.schema import TOOL_CLAIMS_TABLE
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 

@@ -23,12 +23,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
-from graphthrift._schema_resilience import RATE_BUCKETS_TABLE
 from graphthrift.errors import RateLimited, StoreUnavailable
-from graphthrift.ledger import Ledger
+from graphthrift.ledger.ledger import Ledger
 from graphthrift.resilience._booking import book_decision
-from graphthrift.store import Store
+from graphthrift.resilience.schema import RATE_BUCKETS_TABLE
+from graphthrift.store.postgres import Store
 
 __all__ = ["Priority", "RateLimit", "RateReservation", "SharedRateLimiter"]
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from graphthrift.ledger import Ledger
-from graphthrift.prices import PriceBook
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.prices import PriceBook
+from graphthrift.ledger.usage import Usage
 from graphthrift.resilience._booking import book_dedup
 from graphthrift.resilience._flight import (
     JSON_CODEC,
@@ -24,8 +25,7 @@ from graphthrift.resilience._flight import (
     FlightStats,
     Ticket,
 )
-from graphthrift.store import Store
-from graphthrift.usage import Usage
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ class RequestDedup:
         store: the shared ``Store``; None dedups only requests still running in this process.
         ledger: books every retry served without a call as a ``kind="dedup"`` row
             (``layer="request_id"``) with ``saved_usd``.
-        prices: prices ``saved_usd`` (default: ``graphthrift.prices``).
+        prices: prices ``saved_usd`` (default: ``graphthrift.ledger.prices``).
         window_s: seconds a finished request's answer is served to its retries (600).
         wait_timeout: seconds a retry waits for the running request before running itself.
         poll_interval: seconds between checks of another process's lock.

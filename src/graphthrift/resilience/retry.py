@@ -26,12 +26,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
-from graphthrift._schema_resilience import RETRY_WINDOW_TABLE
 from graphthrift.errors import RetryBudgetExhausted, StoreUnavailable, classify_error
-from graphthrift.ledger import Ledger
+from graphthrift.ledger.ledger import Ledger
 from graphthrift.resilience._booking import book_decision
-from graphthrift.store import Store
+from graphthrift.resilience.schema import RETRY_WINDOW_TABLE
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 

@@ -20,9 +20,9 @@ from types import FrameType
 from typing import Any
 
 from graphthrift import diagnostics
-from graphthrift.budget import Budget, Reservation
+from graphthrift.budget.budget import Budget, Reservation
 from graphthrift.errors import ShuttingDown
-from graphthrift.ledger import Ledger, LedgerFlushTimeout
+from graphthrift.ledger.ledger import Ledger, LedgerFlushTimeout
 
 __all__ = ["DrainReport", "GracefulShutdown"]
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from graphthrift.ledger import Ledger
-from graphthrift.prices import PriceBook
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.prices import PriceBook
+from graphthrift.ledger.usage import Usage
 from graphthrift.resilience._booking import book_dedup
 from graphthrift.resilience._flight import (
     JSON_CODEC,
@@ -24,8 +25,7 @@ from graphthrift.resilience._flight import (
     FlightStats,
     Ticket,
 )
-from graphthrift.store import Store
-from graphthrift.usage import Usage
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ class SingleFlight:
     Args:
         store: the shared ``Store`` for cross-process flights; None keeps them in-process.
         ledger: books every caller served by another's call as a ``kind="dedup"`` row.
-        prices: prices ``saved_usd`` (default: ``graphthrift.prices``).
+        prices: prices ``saved_usd`` (default: ``graphthrift.ledger.prices``).
         wait_timeout: seconds a caller waits for the leader before calling itself.
         keep_s: seconds a finished answer stays in the store for waiters of other processes.
         poll_interval: seconds between checks of another process's lock.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, DateTime, Integer, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from graphthrift._schema import Migration
+from graphthrift.store.migration import Migration
 
 BATCH_JOBS_TABLE = "graphthrift_batch_jobs"
 BATCH_ITEMS_TABLE = "graphthrift_batch_items"

@@ -48,8 +48,8 @@ import numpy as np
 
 from graphthrift import diagnostics
 from graphthrift.errors import GraphthriftError
-from graphthrift.records import TAG_FIELDS, LedgerRecord, clean_tag
-from graphthrift.tokens import encoding_name_for, get_encoding
+from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord, clean_tag
+from graphthrift.text.tokens import encoding_name_for, get_encoding
 
 __all__ = [
     "BaseCompressor",
@@ -713,9 +713,9 @@ class ExtractiveCompressor(BaseCompressor):
             ``GRAPHTHRIFT_COMPRESS_TARGET_RATIO``; default 1/3 when neither this nor
             ``max_tokens`` is given.
         max_tokens: absolute budget in tokens; env ``GRAPHTHRIFT_COMPRESS_MAX_TOKENS``.
-        embedder: ``None`` uses ``graphthrift.embed.default_embedder()`` (loaded on first
+        embedder: ``None`` uses ``graphthrift.embed.embedders.default_embedder()`` (loaded on first
             need); ``False`` disables the semantic feature (pure lexical, fastest); or any
-            object ``graphthrift.embed.as_embedder`` accepts (LangChain / LlamaIndex
+            object ``graphthrift.embed.embedders.as_embedder`` accepts (LangChain / LlamaIndex
             embeddings, a callable).
         semantic: when to consult the embedder: ``"auto"`` (only when the lexical evidence
             is weak, see ``semantic_below``: a paraphrased question or one in another
@@ -798,7 +798,7 @@ class ExtractiveCompressor(BaseCompressor):
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    from graphthrift.embed import as_embedder, default_embedder
+                    from graphthrift.embed.embedders import as_embedder, default_embedder
 
                     arg = self._embedder_arg
                     self._embedder = default_embedder() if arg is None else as_embedder(arg)

@@ -19,7 +19,7 @@ boundary sticky is ``HistoryState``, a small JSON-serialisable dataclass that ad
 in LangGraph state, agent state or a LlamaIndex memory.
 
 Example:
-    >>> from graphthrift.messages import Message
+    >>> from graphthrift.text.messages import Message
     >>> pruner = HistoryPruner(max_tokens=44, target_tokens=36, max_summary_tokens=30, keep_turns=1)
     >>> chat = [Message("user", "My order id is A-1234."), Message("assistant", "Noted."),
     ...         Message("user", "Ship it to 5 Elm St, Boston."), Message("assistant", "Done."),
@@ -40,9 +40,9 @@ from typing import Any, Literal, TypeVar
 
 from graphthrift import diagnostics
 from graphthrift.errors import GraphthriftError
-from graphthrift.messages import Message, ToolCall, to_message
-from graphthrift.summarize import SECTION_NAME, ExtractiveSummarizer, Summarizer
-from graphthrift.tokens import (
+from graphthrift.summarize.summarizer import SECTION_NAME, ExtractiveSummarizer, Summarizer
+from graphthrift.text.messages import Message, ToolCall, to_message
+from graphthrift.text.tokens import (
     TOKENS_REPLY_PRIMING,
     count_message,
     count_text,

@@ -1,13 +1,6 @@
-"""Tables and their migrations, in one place.
-
-Migrations are numbered and append-only: a schema change is a new entry that keeps existing
-rows (``ADD COLUMN``, ``CREATE INDEX``), never an edit of an old one. The store applies the
-missing ones on open, under an advisory lock, so concurrent processes migrate once.
-"""
+"""The ledger's table and its migrations (versions 1-9)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
@@ -21,6 +14,8 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from graphthrift.store.migration import Migration
 
 metadata = MetaData()
 
@@ -62,15 +57,6 @@ ledger_table = Table(
     Column("cache_write_tokens", BigInteger, nullable=False),
     Column("cache_savings_usd", Float),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step: a version number, a name and the SQL it runs."""
-
-    version: int
-    name: str
-    statements: tuple[str, ...]
 
 
 LEDGER_MIGRATIONS: tuple[Migration, ...] = (
@@ -123,27 +109,3 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
-
-
-def all_migrations() -> tuple[Migration, ...]:
-    """Every component's migrations, in version order (ledger 1-9, cache 10-19, budget 20-29,
-    resilience 30-39, operations 40-49)."""
-    from graphthrift._schema_batch import BATCH_MIGRATIONS
-    from graphthrift._schema_budget import BUDGET_MIGRATIONS
-    from graphthrift._schema_cache import CACHE_MIGRATIONS
-    from graphthrift._schema_resilience import RESILIENCE_MIGRATIONS
-
-    found = (
-        *LEDGER_MIGRATIONS,
-        *CACHE_MIGRATIONS,
-        *BUDGET_MIGRATIONS,
-        *RESILIENCE_MIGRATIONS,
-        *BATCH_MIGRATIONS,
-    )
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"duplicate schema migration versions: {sorted(versions)}")
-    return tuple(sorted(found, key=lambda m: m.version))
-
-
-MIGRATIONS: tuple[Migration, ...] = all_migrations()

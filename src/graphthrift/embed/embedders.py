@@ -24,8 +24,9 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from graphthrift.config import env_int
 from graphthrift.errors import GraphthriftError
-from graphthrift.text import clean_text
+from graphthrift.text.repair import clean_text
 
 __all__ = [
     "CallableEmbedder",
@@ -41,7 +42,7 @@ Vectors = npt.NDArray[np.float32]
 EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]
 AsyncEmbedFn = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 
-TOKENIZER_PATH = Path(__file__).with_name("data") / "minilm_tokenizer.json"
+TOKENIZER_PATH = Path(__file__).parent.parent / "data" / "minilm_tokenizer.json"
 _CLS_ID, _SEP_ID = 101, 102  # MiniLM's (BERT's) [CLS] and [SEP] ids
 # Characters kept per token of the model's window. A WordPiece token spans a few characters;
 # a word the vocabulary cannot split is one [UNK] token, however long, and the head of such
@@ -366,11 +367,7 @@ def _normalise(rows: npt.NDArray[np.floating[Any]]) -> Vectors:
 def _setting(name: str, value: int | None, env: str, default: int) -> int:
     """Keyword first, then the environment variable, then the default; must be >= 1."""
     if value is None:
-        raw = os.environ.get(env)
-        try:
-            value = int(raw) if raw else default
-        except ValueError:
-            raise ValueError(f"{env} must be an integer, got {raw!r}") from None
+        value = env_int(env, default)
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return value

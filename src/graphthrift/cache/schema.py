@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -30,8 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-if TYPE_CHECKING:
-    from graphthrift._schema import Migration
+from graphthrift.store.migration import Migration
 
 ENTRIES_TABLE = "graphthrift_cache_entries"
 SHADOW_TABLE = "graphthrift_cache_shadow"
@@ -174,17 +171,4 @@ _CACHE_STEPS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 )
 
 
-if TYPE_CHECKING:
-    CACHE_MIGRATIONS: tuple[Migration, ...]
-
-
-def __getattr__(name: str) -> Any:
-    # Built on first access: ``_schema`` imports this module while it is itself still
-    # being imported, so ``Migration`` cannot be imported at the top of this one.
-    if name == "CACHE_MIGRATIONS":
-        from graphthrift._schema import Migration
-
-        value = tuple(Migration(v, n, s) for v, n, s in _CACHE_STEPS)
-        globals()["CACHE_MIGRATIONS"] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+CACHE_MIGRATIONS: tuple[Migration, ...] = tuple(Migration(v, n, s) for v, n, s in _CACHE_STEPS)

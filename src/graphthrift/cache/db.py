@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import Engine, TextClause, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from graphthrift.store import Store
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from graphthrift.messages import Message, to_messages
+from graphthrift.text.messages import Message, to_messages
 
 __all__ = [
     "CacheQuery",

@@ -47,9 +47,9 @@ import numpy as np
 import numpy.typing as npt
 
 from graphthrift.errors import MissingExtra
-from graphthrift.ledger import Ledger
-from graphthrift.messages import content_text
-from graphthrift.records import LedgerRecord, clean_tag
+from graphthrift.ledger.ledger import Ledger
+from graphthrift.ledger.records import LedgerRecord, clean_tag
+from graphthrift.text.messages import content_text
 
 __all__ = [
     "Answer",
@@ -324,7 +324,7 @@ def _routing_embedder(max_length: int) -> Any:
     with _ROUTING_LOCK:
         embedder = _ROUTING_EMBEDDERS.get(max_length)
         if embedder is None:
-            from graphthrift.static_embed import StaticEmbedder
+            from graphthrift.embed.static import StaticEmbedder
 
             embedder = StaticEmbedder(max_length=max_length)
             _ROUTING_EMBEDDERS[max_length] = embedder
@@ -345,7 +345,7 @@ class DifficultyClassifier:
     (``cache_size``), and the standardisation is folded into the weights once.
 
     Args:
-        embedder: any ``graphthrift.embed.Embedder`` (default: a ``StaticEmbedder``
+        embedder: any ``graphthrift.embed.embedders.Embedder`` (default: a ``StaticEmbedder``
             distilled from MiniLM, ``max_length=embed_tokens``, shared in the process).
         l2: weight decay.
         embed_chars: only the last ``embed_chars`` characters are embedded (the fast
@@ -593,7 +593,7 @@ def request_text(request: Any) -> str:
     if isinstance(request, str):
         return request
     if isinstance(request, Iterable) and not isinstance(request, Mapping):
-        from graphthrift.messages import to_messages
+        from graphthrift.text.messages import to_messages
 
         msgs = to_messages(list(request))
         for msg in reversed(msgs):

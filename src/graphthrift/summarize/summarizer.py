@@ -14,7 +14,7 @@ name ``SECTION_NAME``) the pruner is asking for a compaction: rewrite those sect
 one shorter summary.
 
 Example:
-    >>> from graphthrift.messages import Message
+    >>> from graphthrift.text.messages import Message
     >>> s = ExtractiveSummarizer()
     >>> s.summarize([Message("user", "Hi! Book a table at Nopa for 4 on May 3rd.")], "", 40)
     'User: Nopa for 4 on May 3rd'
@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -32,9 +31,10 @@ from functools import lru_cache
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from graphthrift import diagnostics
-from graphthrift.messages import Message, content_text, to_messages
-from graphthrift.records import LedgerRecord, clean_tag, plausible_tokens
-from graphthrift.tokens import count_messages, count_text, get_encoding
+from graphthrift.config import env_int, env_str
+from graphthrift.ledger.records import LedgerRecord, clean_tag, plausible_tokens
+from graphthrift.text.messages import Message, content_text, to_messages
+from graphthrift.text.tokens import count_messages, count_text, get_encoding
 
 __all__ = [
     "SECTION_NAME",
@@ -1017,7 +1017,7 @@ class ChatModelSummarizer:
     does not import LangChain. Output is capped by binding ``max_tokens`` (or
     ``max_tokens_param``) to ``min(max_output_tokens, the pruner's section budget)``. With a
     ledger, every call, failed ones included, is recorded as ``LedgerRecord(kind="llm",
-    route="summary")`` with the provider's usage, or an estimate from graphthrift.tokens
+    route="summary")`` with the provider's usage, or an estimate from graphthrift.text.tokens
     (``usage_source="estimated"``) when the model reports none. The call's metadata carries
     ``graphthrift_ledger_recorded=True`` so a cost-tagging callback can skip it.
 
@@ -1061,8 +1061,8 @@ class ChatModelSummarizer:
                 f"ChatModelSummarizer needs a LangChain chat model with invoke/ainvoke, "
                 f"got {type(model).__name__!r}"
             )
-        if max_output_tokens is None and os.environ.get("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"):
-            max_output_tokens = int(os.environ["GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"])
+        if max_output_tokens is None and env_str("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"):
+            max_output_tokens = env_int("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS", 0)
         if max_output_tokens is not None and max_output_tokens <= 0:
             raise ValueError(f"max_output_tokens must be > 0, got {max_output_tokens}")
         if ledger is not None and not hasattr(ledger, "record"):

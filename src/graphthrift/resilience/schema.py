@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from graphthrift._schema import Migration
+from graphthrift.store.migration import Migration
 
 FLIGHTS_TABLE = "graphthrift_flights"
 TOOL_CLAIMS_TABLE = "graphthrift_tool_claims"

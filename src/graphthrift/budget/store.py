@@ -25,10 +25,9 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from graphthrift._schema import MIGRATIONS  # noqa: F401 - loads _schema before its parts
-from graphthrift._schema_budget import RESERVATIONS_TABLE, SPEND_TABLE
+from graphthrift.budget.schema import RESERVATIONS_TABLE, SPEND_TABLE
 from graphthrift.errors import StoreUnavailable
-from graphthrift.store import Store, _is_connection_error, _reason
+from graphthrift.store.postgres import Store, _is_connection_error, _reason
 
 RUN_DAY = date(1970, 1, 1)  # run scopes are counted per run, not per day
 

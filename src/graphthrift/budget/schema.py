@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Date, DateTime, Float, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from graphthrift._schema import Migration
+from graphthrift.store.migration import Migration
 
 SPEND_TABLE = "graphthrift_budget_spend"
 RESERVATIONS_TABLE = "graphthrift_budget_reservations"

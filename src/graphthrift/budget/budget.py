@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import threading
 import time
 import uuid
@@ -62,7 +61,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from graphthrift import diagnostics
-from graphthrift._budget_store import (
+from graphthrift.budget.store import (
     RUN_DAY,
     Refusal,
     ScopeRef,
@@ -74,16 +73,17 @@ from graphthrift._budget_store import (
     run_sync,
     settle_program,
 )
+from graphthrift.config import env_flag, env_float
 from graphthrift.errors import (
     BudgetExceeded,
     GraphthriftError,
     StoreUnavailable,
     UnknownModelPrice,
 )
-from graphthrift.prices import PriceBook, default_price_book
-from graphthrift.records import LedgerRecord
-from graphthrift.store import Store
-from graphthrift.tokens import count_messages
+from graphthrift.ledger.prices import PriceBook, default_price_book
+from graphthrift.ledger.records import LedgerRecord
+from graphthrift.store.postgres import Store
+from graphthrift.text.tokens import count_messages
 
 __all__ = [
     "DEFAULT_LADDER",
@@ -346,20 +346,6 @@ def _scope_limits(name: str, value: Mapping[str, Any] | None, *, integer: bool) 
     return out
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-
-
 def utc_day(moment: datetime) -> date:
     """The UTC calendar day of ``moment`` (a naive datetime is taken as UTC)."""
     if moment.tzinfo is None:
@@ -444,15 +430,15 @@ class Budget:
             )
         self.store = store
         self.fail_closed = (
-            _env_flag("GRAPHTHRIFT_BUDGET_FAIL_CLOSED") if fail_closed is None else fail_closed
+            env_flag("GRAPHTHRIFT_BUDGET_FAIL_CLOSED") if fail_closed is None else fail_closed
         )
         ttl = reservation_ttl
         if ttl is None:
-            ttl = _env_number("GRAPHTHRIFT_BUDGET_RESERVATION_TTL", 600.0)
+            ttl = env_float("GRAPHTHRIFT_BUDGET_RESERVATION_TTL", 600.0)
         self.reservation_ttl = float(_positive("reservation_ttl", ttl, integer=False))
         out_default = default_output_tokens
         if out_default is None:
-            out_default = int(_env_number("GRAPHTHRIFT_BUDGET_OUTPUT_TOKENS", 1024))
+            out_default = int(env_float("GRAPHTHRIFT_BUDGET_OUTPUT_TOKENS", 1024))
         self.default_output_tokens = int(
             _positive("default_output_tokens", out_default, integer=True)
         )
@@ -797,7 +783,7 @@ class Budget:
         self, r: Reservation, calls: Sequence[tuple[str | None, Any]]
     ) -> tuple[float, int]:
         """Sum the calls one reservation covered (a cascade: the cheap call and the strong one)."""
-        from graphthrift.usage import read_usage
+        from graphthrift.ledger.usage import read_usage
 
         usd, tokens = 0.0, 0
         for name, raw in calls:

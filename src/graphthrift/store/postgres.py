@@ -42,8 +42,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from graphthrift import diagnostics
-from graphthrift._schema import MIGRATIONS, Migration
+from graphthrift.config import env_str
 from graphthrift.errors import StoreUnavailable
+from graphthrift.store.migration import Migration
 
 logger = logging.getLogger("graphthrift.store")
 
@@ -444,8 +445,16 @@ def start_embedded(home: str | os.PathLike[str]) -> str:
     return str(server.get_uri())
 
 
-def apply_migrations(conn: Connection, migrations: Iterable[Migration] = MIGRATIONS) -> list[int]:
-    """Apply the migrations ``conn``'s database lacks, in order; return the versions applied."""
+def apply_migrations(conn: Connection, migrations: Iterable[Migration] | None = None) -> list[int]:
+    """Apply the migrations ``conn``'s database lacks, in order; return the versions applied.
+
+    ``None`` means every component's (``graphthrift.store.migrations``), imported here because
+    the components' schemas sit above the store.
+    """
+    if migrations is None:
+        from graphthrift.store.migrations import all_migrations
+
+        migrations = all_migrations()
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
     conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
     conn.execute(
@@ -500,13 +509,11 @@ class Store:
         pool_size: int = 5,
         query_timeout: float | str | None = "env",
     ) -> None:
-        self.home = (
-            Path(home or os.environ.get("GRAPHTHRIFT_HOME") or DEFAULT_HOME).expanduser().resolve()
-        )
+        self.home = Path(home or env_str("GRAPHTHRIFT_HOME") or DEFAULT_HOME).expanduser().resolve()
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
         self.query_timeout = _query_timeout(query_timeout)
-        url = url or os.environ.get("GRAPHTHRIFT_DATABASE_URL") or None
+        url = url or env_str("GRAPHTHRIFT_DATABASE_URL")
         self.embedded = url is None
         raw_url = start_embedded(self.home) if url is None else url
         self.display_url = hide_password(raw_url)
@@ -622,7 +629,7 @@ class Store:
 
 def _query_timeout(value: float | str | None) -> float | None:
     if value == "env":
-        raw = os.environ.get("GRAPHTHRIFT_STORE_TIMEOUT")
+        raw = env_str("GRAPHTHRIFT_STORE_TIMEOUT")
         if not raw:
             return DEFAULT_QUERY_TIMEOUT
         if raw.lower() == "none":

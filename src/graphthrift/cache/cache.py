@@ -8,7 +8,7 @@ indexed columns, and serves the nearest entry when the policy accepts its simila
 - ``policy="static"`` with ``threshold`` (tune it with ``graphthrift cache tune``);
 - ``policy="adaptive"`` with ``max_error=δ``: per-entry thresholds learned from observed
   reuse (verified misses and ``feedback``), serving when the entry's posterior P(correct)
-  keeps served hits wrong with probability at most δ (see ``graphthrift._cache_policy``).
+  keeps served hits wrong with probability at most δ (see ``graphthrift.cache.policy``).
 
 Guarantees:
 
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -69,7 +68,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift._cache_db import (
+from graphthrift.cache.db import (
     CacheEngines,
     Plan,
     Settings,
@@ -79,8 +78,8 @@ from graphthrift._cache_db import (
     run_sync,
     with_deadline,
 )
-from graphthrift._cache_guard import Guard, lexical_conflict
-from graphthrift._cache_keys import (
+from graphthrift.cache.guard import Guard, lexical_conflict
+from graphthrift.cache.keys import (
     CacheQuery,
     CacheScope,
     KeyFunction,
@@ -89,7 +88,7 @@ from graphthrift._cache_keys import (
     key_hash,
     normalize_query,
 )
-from graphthrift._cache_policy import (
+from graphthrift.cache.policy import (
     AdaptivePolicy,
     CurvePoint,
     StaticPolicy,
@@ -97,13 +96,14 @@ from graphthrift._cache_policy import (
     precision_recall_curve,
     tune_threshold,
 )
-from graphthrift._schema_cache import ENTRIES_TABLE, SHADOW_TABLE, hnsw_index_sql
-from graphthrift.embed import Embedder, as_embedder, default_embedder
+from graphthrift.cache.schema import ENTRIES_TABLE, SHADOW_TABLE, hnsw_index_sql
+from graphthrift.config import env_float
+from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.errors import GraphthriftError
+from graphthrift.ledger.records import LedgerRecord, plausible_tokens
 from graphthrift.provenance import unstorable
-from graphthrift.records import LedgerRecord, plausible_tokens
-from graphthrift.store import Store
-from graphthrift.text import clean_text, needs_repair
+from graphthrift.store.postgres import Store
+from graphthrift.text.repair import clean_text, needs_repair
 
 __all__ = [
     "AdaptivePolicy",
@@ -204,15 +204,7 @@ class _Decision:
 
 
 def _env_float(name: str, value: float | None, default: float) -> float:
-    if value is not None:
-        return float(value)
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    return float(value) if value is not None else env_float(name, default)
 
 
 _VECTOR_FORMATS: dict[int, str] = {}
@@ -462,7 +454,7 @@ class _BaseCache:
             return None
         prices = getattr(self.ledger, "prices", None)
         if prices is None:
-            from graphthrift.prices import default_price_book
+            from graphthrift.ledger.prices import default_price_book
 
             prices = default_price_book()
         try:
@@ -1088,7 +1080,7 @@ class SemanticCache(ExactCache):
         lexical_guard: reject a hit whose question differs from the new one in numbers,
             identifiers, dates, negation or named entities (default True; False turns it
             off; or a callable ``(cached, query) -> reason | None``). See
-            ``graphthrift._cache_guard``.
+            ``graphthrift.cache.guard``.
         All other arguments are those of ``ExactCache``.
 
     Example:

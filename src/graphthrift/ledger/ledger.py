@@ -46,11 +46,11 @@ from sqlalchemy import Date as SADate
 from sqlalchemy import and_, case, cast, func, literal_column, select
 
 from graphthrift import diagnostics
-from graphthrift._schema import LEDGER_TABLE, ledger_table
 from graphthrift.errors import GraphthriftError, StoreUnavailable
-from graphthrift.prices import PriceBook, default_price_book
-from graphthrift.records import RECORD_COLUMNS, TAG_FIELDS, LedgerRecord
-from graphthrift.store import Store
+from graphthrift.ledger.prices import PriceBook, default_price_book
+from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, LedgerRecord
+from graphthrift.ledger.schema import LEDGER_TABLE, ledger_table
+from graphthrift.store.postgres import Store
 
 logger = logging.getLogger("graphthrift.ledger")
 

@@ -1,0 +1,26 @@
+"""PostgreSQL + pgvector storage: the embedded server, engines, migrations and deadlines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphthrift._lazy import lazy_getattr
+
+_EXPORTS = {
+    "DeadlinePlugin": ".postgres",
+    "Store": ".postgres",
+    "apply_migrations": ".postgres",
+    "hide_password": ".postgres",
+    "prune_dead_pids": ".postgres",
+    "start_embedded": ".postgres",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .postgres import DeadlinePlugin as DeadlinePlugin
+    from .postgres import Store as Store
+    from .postgres import apply_migrations as apply_migrations
+    from .postgres import hide_password as hide_password
+    from .postgres import prune_dead_pids as prune_dead_pids
+    from .postgres import start_embedded as start_embedded
