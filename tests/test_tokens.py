@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from graphthrift.text import tokens
-from graphthrift.text import to_message
+from graphthrift.text import to_message, tokens
 
 
 def test_seeds_tiktoken_cache_from_installed_package(
