@@ -16,6 +16,7 @@ booked it as a ``cache_hit`` record (issue 12, item 3).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -128,6 +129,7 @@ class CostTagger(BaseCallbackHandler):
             prompt=prompt,
             parent_id=parent_run_id,
             extra_tags={"run_id": root},
+            request=invocation_params,  # tools and a top-level cache_control live here
         )
 
     def on_chat_model_start(
@@ -216,11 +218,10 @@ def _read_result(response: LLMResult) -> tuple[Usage | None, str, str | None]:
                 usage = (
                     found
                     if usage is None
-                    else Usage(
-                        usage.input_tokens,  # choices share one prompt
-                        usage.output_tokens + found.output_tokens,
-                        usage.cached_tokens,
-                        usage.reasoning_tokens + found.reasoning_tokens,
+                    else replace(  # choices share one prompt (and its cache reads and writes)
+                        usage,
+                        output_tokens=usage.output_tokens + found.output_tokens,
+                        reasoning_tokens=usage.reasoning_tokens + found.reasoning_tokens,
                     )
                 )
     if usage is None and response.llm_output:
