@@ -222,18 +222,32 @@ def test_anthropic_stream_without_input_counts_is_estimated_not_free(
     assert diagnostics.get("partial_usage") == before + 1
 
 
+def anthropic_row(
+    wire: WireServer,
+    ledger: Ledger,
+    tenant: str,
+    reply: dict[str, int],
+    mode: str = "stream",
+    prompt: Any = "hello",
+) -> dict[str, Any]:
+    """The one ledger row of a ChatAnthropic call (``mode``) that the server answers with ``reply``."""
+    wire.reply(text="short answer", **reply)
+    run(
+        anthropic_chat(wire),
+        mode,
+        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
+        prompt,
+    )
+    [row] = records(ledger, tenant)
+    return row
+
+
 @pytest.mark.xfail(strict=True, reason=LANGCHAIN_ANTHROPIC_STREAM)
 def test_anthropic_stream_keeps_the_1h_write_split(
     wire: WireServer, ledger: Ledger, tenant: str
 ) -> None:
     reply = USAGE["anthropic"]
-    wire.reply(text="short answer", **reply)
-    run(
-        anthropic_chat(wire),
-        "stream",
-        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
-    )
-    [row] = records(ledger, tenant)
+    row = anthropic_row(wire, ledger, tenant, reply)
     assert row["cost_usd"] == pytest.approx(expected_cost("claude-haiku-4-5", reply), abs=1e-6)
 
 
@@ -259,14 +273,7 @@ def test_anthropic_stream_prices_1h_writes_at_their_rate(
     wire: WireServer, ledger: Ledger, tenant: str, mode: str, ttls: tuple[str, ...]
 ) -> None:
     """message_delta drops the split; the request's 1-hour breakpoints settle it exactly."""
-    wire.reply(text="short answer", **HOUR_WRITES)
-    run(
-        anthropic_chat(wire),
-        mode,
-        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
-        cached_prompt(*ttls),
-    )
-    [row] = records(ledger, tenant)
+    row = anthropic_row(wire, ledger, tenant, HOUR_WRITES, mode, cached_prompt(*ttls))
     assert row["usage_source"] == "provider" and row["streamed"]
     assert row["cache_write_tokens"] == HOUR_WRITES["cache_write_1h"]
     assert row["extra"]["cache_write_1h_tokens"] == HOUR_WRITES["cache_write_1h"]
@@ -333,15 +340,8 @@ def test_anthropic_stream_unsettled_split_is_priced_as_1h_and_flagged(
 ) -> None:
     """No chunk and no request settles the split: price every write at the 1-hour rate, say so."""
     reply = USAGE["anthropic"]
-    wire.reply(text="short answer", **reply)
     before = diagnostics.get("assumed_cache_ttl")
-    run(
-        anthropic_chat(wire),
-        "stream",
-        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
-        prompt,
-    )
-    [row] = records(ledger, tenant)
+    row = anthropic_row(wire, ledger, tenant, reply, "stream", prompt)
     writes = reply["cache_write_5m"] + reply["cache_write_1h"]
     assert row["usage_source"] == "estimated"  # the counts are the provider's, the split is not
     assert row["extra"]["cache_write_split"] == "assumed_1h"
@@ -359,14 +359,7 @@ def test_anthropic_invoke_split_from_the_provider_wins_over_the_request(
 ) -> None:
     """A non-streamed reply carries cache_creation's split: it is used as is, not inferred."""
     reply = USAGE["anthropic"]
-    wire.reply(text="short answer", **reply)
-    run(
-        anthropic_chat(wire),
-        "invoke",
-        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
-        cached_prompt("1h"),
-    )
-    [row] = records(ledger, tenant)
+    row = anthropic_row(wire, ledger, tenant, reply, "invoke", cached_prompt("1h"))
     assert row["usage_source"] == "provider"
     assert row["extra"] == {"cache_write_1h_tokens": reply["cache_write_1h"]}
     assert row["cost_usd"] == pytest.approx(expected_cost("claude-haiku-4-5", reply), abs=1e-6)

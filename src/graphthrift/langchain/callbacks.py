@@ -16,7 +16,6 @@ booked it as a ``cache_hit`` record (issue 12, item 3).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -218,10 +217,11 @@ def _read_result(response: LLMResult) -> tuple[Usage | None, str, str | None]:
                 usage = (
                     found
                     if usage is None
-                    else replace(  # choices share one prompt (and its cache reads and writes)
-                        usage,
-                        output_tokens=usage.output_tokens + found.output_tokens,
-                        reasoning_tokens=usage.reasoning_tokens + found.reasoning_tokens,
+                    else Usage(
+                        usage.input_tokens,  # choices share one prompt
+                        usage.output_tokens + found.output_tokens,
+                        usage.cached_tokens,
+                        usage.reasoning_tokens + found.reasoning_tokens,
                     )
                 )
     if usage is None and response.llm_output:
