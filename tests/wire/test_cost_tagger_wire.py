@@ -92,7 +92,25 @@ def expected_cost(model: str, reply: dict[str, int]) -> float:
     return float(calc_price(usage, model).total_price)
 
 
-def run(model: BaseChatModel, mode: str, config: dict[str, Any], prompt: str = "hello") -> None:
+def cached_prompt(*ttls: str | None, text: str = "hello") -> list[Any]:
+    """A prompt with one cache breakpoint per ``ttls`` entry (None: Anthropic's default)."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    def block(ttl: str | None, words: str) -> dict[str, Any]:
+        control = {"type": "ephemeral"} if ttl is None else {"type": "ephemeral", "ttl": ttl}
+        return {"type": "text", "text": words, "cache_control": control}
+
+    *system, last = ttls or (None,)
+    messages: list[Any] = []
+    if system:
+        messages.append(
+            SystemMessage([block(ttl, f"rules part {i}") for i, ttl in enumerate(system)])
+        )
+    messages.append(HumanMessage([block(last, text)]))
+    return messages
+
+
+def run(model: Any, mode: str, config: dict[str, Any], prompt: Any = "hello") -> None:
     """Call ``model`` once (twice for batch) the way ``mode`` says."""
     if mode == "invoke":
         model.invoke(prompt, config=config)
@@ -132,15 +150,18 @@ def test_records_match_the_wire_and_genai_prices(
     wire: WireServer, ledger: Ledger, tenant: str, client: str, mode: str
 ) -> None:
     reply = dict(USAGE[client])
+    prompt: Any = "hello"
     if client == "anthropic" and mode in STREAMED:
-        # message_delta carries no 5m/1h split: see test_anthropic_stream_keeps_the_1h_write_split
+        # message_delta carries no 5m/1h split: the request's one 5-minute breakpoint settles
+        # it (see test_anthropic_stream_keeps_the_1h_write_split for a split nothing settles)
         reply["cache_write_5m"] += reply.pop("cache_write_1h")
+        prompt = cached_prompt("5m")
     calls = 2 if mode == "batch" else 1
     for _ in range(calls):
         wire.reply(text="the answer is forty two", **reply)
     model = CLIENTS[client](wire)
     tagger = CostTagger(ledger, feature="wire")
-    run(model, mode, {"callbacks": [tagger], "metadata": {"tenant_id": tenant}})
+    run(model, mode, {"callbacks": [tagger], "metadata": {"tenant_id": tenant}}, prompt)
 
     rows = records(ledger, tenant)
     assert len(rows) == calls == len(wire.requests)
@@ -160,9 +181,9 @@ def test_records_match_the_wire_and_genai_prices(
 
 
 LANGCHAIN_ANTHROPIC_STREAM = (
-    "langchain-anthropic builds a stream's usage from message_delta alone and drops"
-    " message_start's usage (the input counts and the cache_creation 5m/1h split); a"
-    " callback never sees it"
+    "langchain-anthropic (1.7.10) builds a stream's usage from message_delta alone: its"
+    " message_start chunk carries only model_name, so message_start's usage (the input counts"
+    " and the cache_creation 5m/1h split) never reaches a callback or the final message"
 )
 
 
@@ -201,18 +222,146 @@ def test_anthropic_stream_without_input_counts_is_estimated_not_free(
     assert diagnostics.get("partial_usage") == before + 1
 
 
+def anthropic_row(
+    wire: WireServer,
+    ledger: Ledger,
+    tenant: str,
+    reply: dict[str, int],
+    mode: str = "stream",
+    prompt: Any = "hello",
+) -> dict[str, Any]:
+    """The one ledger row of a ChatAnthropic call (``mode``) that the server answers with ``reply``."""
+    wire.reply(text="short answer", **reply)
+    run(
+        anthropic_chat(wire),
+        mode,
+        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
+        prompt,
+    )
+    [row] = records(ledger, tenant)
+    return row
+
+
 @pytest.mark.xfail(strict=True, reason=LANGCHAIN_ANTHROPIC_STREAM)
 def test_anthropic_stream_keeps_the_1h_write_split(
     wire: WireServer, ledger: Ledger, tenant: str
 ) -> None:
     reply = USAGE["anthropic"]
-    wire.reply(text="short answer", **reply)
-    run(
+    row = anthropic_row(wire, ledger, tenant, reply)
+    assert row["cost_usd"] == pytest.approx(expected_cost("claude-haiku-4-5", reply), abs=1e-6)
+
+
+#: Writes of 1 hour only, as a request whose breakpoints all say ``ttl: 1h`` makes them.
+HOUR_WRITES = {
+    "input_tokens": 4_000,
+    "cached_tokens": 1_000,
+    "cache_write_5m": 0,
+    "cache_write_1h": 2_500,
+    "output_tokens": 60,
+}
+
+
+def all_hour(reply: dict[str, int]) -> dict[str, int]:
+    """``reply`` with every cache write moved to the 1-hour lifetime (the conservative price)."""
+    writes = reply.get("cache_write_5m", 0) + reply.get("cache_write_1h", 0)
+    return {**reply, "cache_write_5m": 0, "cache_write_1h": writes}
+
+
+@pytest.mark.parametrize("mode", sorted(STREAMED))
+@pytest.mark.parametrize("ttls", [("1h",), ("1h", "1h")], ids=["one", "system+user"])
+def test_anthropic_stream_prices_1h_writes_at_their_rate(
+    wire: WireServer, ledger: Ledger, tenant: str, mode: str, ttls: tuple[str, ...]
+) -> None:
+    """message_delta drops the split; the request's 1-hour breakpoints settle it exactly."""
+    row = anthropic_row(wire, ledger, tenant, HOUR_WRITES, mode, cached_prompt(*ttls))
+    assert row["usage_source"] == "provider" and row["streamed"]
+    assert row["cache_write_tokens"] == HOUR_WRITES["cache_write_1h"]
+    assert row["extra"]["cache_write_1h_tokens"] == HOUR_WRITES["cache_write_1h"]
+    assert row["extra"]["cache_write_split"] == "request"
+    expected = expected_cost("claude-haiku-4-5", HOUR_WRITES)
+    assert row["cost_usd"] == pytest.approx(expected, abs=1e-6)
+    assert expected > expected_cost("claude-haiku-4-5", all_five(HOUR_WRITES))
+
+
+def all_five(reply: dict[str, int]) -> dict[str, int]:
+    """``reply`` with every cache write at the 5-minute lifetime (the old, too low price)."""
+    writes = reply.get("cache_write_5m", 0) + reply.get("cache_write_1h", 0)
+    return {**reply, "cache_write_5m": writes, "cache_write_1h": 0}
+
+
+@pytest.mark.parametrize("mode", sorted(STREAMED))
+def test_anthropic_agent_stream_with_1h_prompt_caching(
+    wire: WireServer, ledger: Ledger, tenant: str, mode: str
+) -> None:
+    """AnthropicPromptCachingMiddleware(ttl="1h") under create_agent: 1-hour writes priced so."""
+    from langchain.agents import create_agent
+    from langchain_anthropic.middleware import AnthropicPromptCachingMiddleware
+
+    wire.reply(text="refunds take five days", **HOUR_WRITES)
+    agent = create_agent(
         anthropic_chat(wire),
-        "stream",
-        {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}},
+        system_prompt="You answer refund questions. " * 40,
+        middleware=[AnthropicPromptCachingMiddleware(ttl="1h")],
     )
+    config = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}}
+    state = {"messages": [("user", "How long do refunds take?")]}
+    if mode == "stream":
+        for _ in agent.stream(state, config=config, stream_mode="messages"):  # type: ignore[arg-type]
+            pass
+    else:
+
+        async def consume() -> None:
+            if mode == "astream":
+                async for _ in agent.astream(state, config=config, stream_mode="messages"):  # type: ignore[arg-type]
+                    pass
+            else:
+                async for _ in agent.astream_events(state, config=config, version="v2"):  # type: ignore[arg-type]
+                    pass
+
+        asyncio.run(consume())
+    body = wire.bodies()[0]
+    assert body["cache_control"]["ttl"] == "1h"  # what the server was asked for
     [row] = records(ledger, tenant)
+    assert row["streamed"] and row["usage_source"] == "provider"
+    assert row["extra"]["cache_write_1h_tokens"] == HOUR_WRITES["cache_write_1h"]
+    expected = expected_cost("claude-haiku-4-5", HOUR_WRITES)
+    assert row["cost_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        pytest.param("hello", id="no-breakpoint"),
+        pytest.param(cached_prompt("1h", "5m"), id="mixed"),
+    ],
+)
+def test_anthropic_stream_unsettled_split_is_priced_as_1h_and_flagged(
+    wire: WireServer, ledger: Ledger, tenant: str, prompt: Any
+) -> None:
+    """No chunk and no request settles the split: price every write at the 1-hour rate, say so."""
+    reply = USAGE["anthropic"]
+    before = diagnostics.get("assumed_cache_ttl")
+    row = anthropic_row(wire, ledger, tenant, reply, "stream", prompt)
+    writes = reply["cache_write_5m"] + reply["cache_write_1h"]
+    assert row["usage_source"] == "estimated"  # the counts are the provider's, the split is not
+    assert row["extra"]["cache_write_split"] == "assumed_1h"
+    assert row["extra"]["cache_write_1h_tokens"] == row["cache_write_tokens"] == writes
+    assert row["input_tokens"] == reply["input_tokens"]
+    assert row["output_tokens"] == reply["output_tokens"]
+    conservative = expected_cost("claude-haiku-4-5", all_hour(reply))
+    assert row["cost_usd"] == pytest.approx(conservative, abs=1e-6)
+    assert row["cost_usd"] > expected_cost("claude-haiku-4-5", reply)  # never under the bill
+    assert diagnostics.get("assumed_cache_ttl") == before + 1
+
+
+def test_anthropic_invoke_split_from_the_provider_wins_over_the_request(
+    wire: WireServer, ledger: Ledger, tenant: str
+) -> None:
+    """A non-streamed reply carries cache_creation's split: it is used as is, not inferred."""
+    reply = USAGE["anthropic"]
+    row = anthropic_row(wire, ledger, tenant, reply, "invoke", cached_prompt("1h"))
+    assert row["usage_source"] == "provider"
+    assert row["extra"] == {"cache_write_1h_tokens": reply["cache_write_1h"]}
     assert row["cost_usd"] == pytest.approx(expected_cost("claude-haiku-4-5", reply), abs=1e-6)
 
 

@@ -128,6 +128,7 @@ class CostTagger(BaseCallbackHandler):
             prompt=prompt,
             parent_id=parent_run_id,
             extra_tags={"run_id": root},
+            request=invocation_params,  # tools and a top-level cache_control live here
         )
 
     def on_chat_model_start(

@@ -22,7 +22,7 @@ from typing import Any
 from graphthrift import diagnostics
 from graphthrift.errors import classify_error
 from graphthrift.ledger.records import LedgerRecord, clean_tag
-from graphthrift.ledger.usage import Usage
+from graphthrift.ledger.usage import SplitSource, Usage, cache_write_ttls, settle_cache_write_split
 from graphthrift.text.tokens import count_messages, count_text
 
 CALL_TAGS: tuple[str, ...] = ("tenant_id", "feature", "route", "prompt_version")
@@ -46,6 +46,9 @@ class _Pending:
     parent_id: Hashable | None
     attempt: int
     streamed: bool = False
+    #: what else the adapter saw of the request (call parameters, tools): read for the
+    #: cache breakpoints that settle a write split the provider did not give
+    request: Any = None
 
 
 class CallRecorder:
@@ -84,8 +87,13 @@ class CallRecorder:
         prompt: Any = None,
         parent_id: Hashable | None = None,
         extra_tags: Mapping[str, Any] | None = None,
+        request: Any = None,
     ) -> None:
         """A call began. ``tags`` may be the framework's raw metadata; it is read later.
+
+        ``request`` is the rest of the request beside ``prompt`` (the call's parameters and
+        tools), kept as is and read off the call path, only when the provider reports cache
+        writes without their 5m/1h split (see ``settle_cache_write_split``).
 
         A call started under a parent whose previous call failed is numbered as a retry
         (``attempt`` 2, 3, ...): that is how ``Runnable.with_retry`` and retry loops look.
@@ -110,6 +118,7 @@ class CallRecorder:
             prompt,
             parent_id,
             attempt,
+            request=request,
         )
 
     def discard(self, call_id: Hashable) -> None:
@@ -208,8 +217,28 @@ class CallRecorder:
         if usage is None:
             usage = _estimate(pending.prompt, output_text, model)
             source = "estimated"
+        usage, split = settle_cache_write_split(
+            usage, cache_write_ttls(pending.prompt, pending.request)
+        )
+        if split == "assumed_1h":
+            # The counts are the provider's; their price is an upper bound, so say so.
+            diagnostics.count(
+                "assumed_cache_ttl",
+                "graphthrift: %d cache-write tokens came without their 5m/1h split and the"
+                " request's breakpoints do not settle it; priced at the 1-hour rate",
+                usage.cache_write_tokens,
+            )
+            source = "estimated"
         return self._record(
-            pending, call_id, latency, model, usage, source, success=True, error_type=None
+            pending,
+            call_id,
+            latency,
+            model,
+            usage,
+            source,
+            success=True,
+            error_type=None,
+            split=split,
         )
 
     def _record(
@@ -223,6 +252,7 @@ class CallRecorder:
         *,
         success: bool,
         error_type: str | None,
+        split: SplitSource | None = None,
     ) -> LedgerRecord:
         tags: dict[str, Any] = {}
         for tag, key in self._keys:
@@ -248,9 +278,7 @@ class CallRecorder:
             retry=pending.attempt > 1,
             attempt=pending.attempt,
             streamed=pending.streamed,
-            extra={"cache_write_1h_tokens": usage.cache_write_1h_tokens}
-            if usage.cache_write_1h_tokens
-            else None,
+            extra=_write_extra(usage, split),
             **tags,
         )
 
@@ -264,6 +292,16 @@ class CallRecorder:
             diagnostics.count(
                 "ledger_record_failure", "graphthrift: could not queue a ledger record: %s", exc
             )
+
+
+def _write_extra(usage: Usage, split: SplitSource | None) -> dict[str, Any] | None:
+    """``extra`` of a record: the 1-hour part of its cache writes, and how it was settled."""
+    extra: dict[str, Any] = {}
+    if usage.cache_write_1h_tokens:
+        extra["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if split is not None:
+        extra["cache_write_split"] = split
+    return extra or None
 
 
 def _estimate(prompt: Any, output_text: str, model: str | None) -> Usage:

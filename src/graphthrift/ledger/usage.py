@@ -7,13 +7,20 @@ them (or an object carrying one) and returns ``Usage`` in LangChain's convention
 includes the cached prefix and the tokens written to the prompt cache, output includes
 reasoning. Cache writes are kept (Anthropic bills them at 1.25x input for a 5-minute
 cache and 2x for a 1-hour one), with the 1-hour part counted separately.
+
+Some usage carries a write count without its 5m/1h split: langchain-anthropic builds a
+stream's usage from ``message_delta``, which has no ``cache_creation`` object (the split is
+only in ``message_start``, which it drops), and Bedrock reports no split at all.
+``settle_cache_write_split`` then takes the split from the request's cache breakpoints
+(every breakpoint of one lifetime means every write has it) and, where they do not settle
+it, prices every write at the dearer 1-hour rate and says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from graphthrift.ledger.records import plausible_tokens
 
@@ -30,6 +37,10 @@ class Usage:
     cache_write_tokens: int = 0
     #: The part of ``cache_write_tokens`` written with a 1-hour lifetime.
     cache_write_1h_tokens: int = 0
+    #: The part of ``cache_write_tokens`` the provider gave no 5m/1h lifetime for (counted
+    #: as 5-minute until ``settle_cache_write_split`` settles it). Not part of equality: it
+    #: says what is known about the counts, not what they are.
+    cache_write_unsplit_tokens: int = field(default=0, compare=False)
 
 
 def _get(mapping: Mapping[str, Any] | Any, *keys: str) -> Any:
@@ -112,7 +123,7 @@ def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
         reasoning_raw = _get(raw, "thoughts_token_count", "reasoning_tokens")
     cached = plausible_tokens("cached_tokens", cached_raw, fallback="ignoring it") or 0
     reasoning = plausible_tokens("reasoning_tokens", reasoning_raw, fallback="ignoring it") or 0
-    written, written_1h = _cache_writes(raw, in_details)
+    written, written_1h, split_given = _cache_writes(raw, in_details)
     apart = _get(raw, *_APART_KEYS) is not None
     if apart and _get(raw, "input_token_details") is None:
         # Anthropic's and Bedrock Converse's raw usage count cache reads and writes outside
@@ -129,11 +140,14 @@ def read_usage(raw: Mapping[str, Any] | Any | None) -> Usage | None:
         min(reasoning, output_tokens),
         written,
         min(written_1h, written),
+        0 if split_given else written,
     )
 
 
-def _cache_writes(raw: Mapping[str, Any] | Any, in_details: Mapping[str, Any]) -> tuple[int, int]:
-    """Tokens written to the prompt cache, and the 1-hour part of them.
+def _cache_writes(
+    raw: Mapping[str, Any] | Any, in_details: Mapping[str, Any]
+) -> tuple[int, int, bool]:
+    """Tokens written to the prompt cache, the 1-hour part of them, and whether a split was given.
 
     Anthropic's raw usage has ``cache_creation_input_tokens`` plus a ``cache_creation``
     object split into ``ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``.
@@ -142,18 +156,73 @@ def _cache_writes(raw: Mapping[str, Any] | Any, in_details: Mapping[str, Any]) -
     """
     split = _details(raw, "cache_creation")
 
-    def part(key: str) -> int:
-        value = _get(in_details, key)
-        return (
-            plausible_tokens(
-                key, value if value is not None else _get(split, key), fallback="ignoring it"
-            )
-            or 0
-        )
-
-    five, hour = part("ephemeral_5m_input_tokens"), part("ephemeral_1h_input_tokens")
+    keys = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+    given = [_get(in_details, key) for key in keys]
+    given = [g if g is not None else _get(split, key) for g, key in zip(given, keys, strict=True)]
+    five, hour = (
+        plausible_tokens(key, value, fallback="ignoring it") or 0
+        for key, value in zip(keys, given, strict=True)
+    )
     total_raw = _get(in_details, "cache_creation")
     if total_raw is None:
         total_raw = _get(raw, "cache_creation_input_tokens", "cacheWriteInputTokens")
     total = plausible_tokens("cache_creation_input_tokens", total_raw, fallback="ignoring it")
-    return max(total or 0, five + hour), hour
+    return max(total or 0, five + hour), hour, any(g is not None for g in given)
+
+
+#: How a record's 5m/1h write split was settled when the provider's usage lacked it.
+SplitSource = Literal["request", "assumed_1h"]
+#: Keys whose mapping value is a prompt-cache breakpoint (Anthropic's, Bedrock Converse's).
+_BREAKPOINT_KEYS = ("cache_control", "cachePoint")
+_DEFAULT_TTL = "5m"  # Anthropic's and Bedrock's lifetime when a breakpoint names none
+_MAX_WALK = 50_000  # nodes: a request bigger than this is not searched further
+
+
+def cache_write_ttls(*request: Any) -> frozenset[str]:
+    """The lifetimes (``"5m"``, ``"1h"``) of every cache breakpoint found in ``request``.
+
+    ``request`` is whatever the adapter saw of the call: messages (objects with ``content``
+    or mappings), content blocks, tools, and the call's parameters (a top-level
+    ``cache_control``). A breakpoint that names no ``ttl`` has the default 5 minutes.
+    """
+    found: set[str] = set()
+    stack: list[Any] = list(request)
+    seen = 0
+    while stack and seen < _MAX_WALK:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, str | bytes | int | float | bool) or node is None:
+            continue
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in _BREAKPOINT_KEYS and isinstance(value, Mapping):
+                    ttl = value.get("ttl")
+                    found.add(ttl if isinstance(ttl, str) and ttl else _DEFAULT_TTL)
+                elif not isinstance(value, str):
+                    stack.append(value)
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        elif hasattr(node, "content"):  # a message object (LangChain, LlamaIndex)
+            stack.append(getattr(node, "content", None))
+            stack.append(getattr(node, "blocks", None))
+    return frozenset(found)
+
+
+def settle_cache_write_split(
+    usage: Usage, ttls: frozenset[str]
+) -> tuple[Usage, SplitSource | None]:
+    """Give ``usage`` a 5m/1h write split when the provider's count came without one.
+
+    Breakpoints of a single lifetime in the request mean every write has that lifetime
+    ("request"). No breakpoint in sight, or both lifetimes, leave the split unknown: every
+    write is then priced at the 1-hour rate, the dearer one, so the ledger never books less
+    than the bill ("assumed_1h"; the caller flags the record). None: nothing to settle.
+    """
+    unsplit = min(usage.cache_write_unsplit_tokens, usage.cache_write_tokens)
+    if unsplit <= 0:
+        return usage, None
+    hour = usage.cache_write_1h_tokens
+    how: SplitSource = "request" if ttls in ({"5m"}, {"1h"}) else "assumed_1h"
+    if ttls != {"5m"}:
+        hour = min(hour + unsplit, usage.cache_write_tokens)
+    return replace(usage, cache_write_1h_tokens=hour, cache_write_unsplit_tokens=0), how
