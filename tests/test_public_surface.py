@@ -336,3 +336,43 @@ def test_the_api_page_lists_every_public_name_and_is_current() -> None:
         assert f"## `{package}`" in page
         for name in importlib.import_module(package).__all__:
             assert f"- `{name}` (" in page, f"{package}.{name}"
+
+
+def test_every_pip_install_hint_in_src_names_a_real_extra() -> None:
+    """A hand-written ``pip install 'graphthrift[x]'`` must name an extra of pyproject too."""
+    meta = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())
+    known = set(meta["project"]["optional-dependencies"])
+    named = {
+        (path.relative_to(ROOT).as_posix(), extra)
+        for path in PACKAGE.rglob("*.py")
+        for extra in re.findall(r"graphthrift\[(\w+)\]", path.read_text(encoding="utf-8"))
+    }
+    assert named, "the scan found no hint at all"
+    assert {(path, extra) for path, extra in named if extra not in known | {"extra"}} == set()
+
+
+def test_a_model_from_env_without_langchain_names_the_agents_extra() -> None:
+    code = """
+import json, sys
+sys.modules["langchain"] = None
+from graphthrift.errors import MissingExtra
+from graphthrift.langchain.sim import chat_model_from_env
+try:
+    chat_model_from_env("cheap", environ={"GRAPHTHRIFT_CHEAP_MODEL": "openai:gpt-4o-mini"})
+except MissingExtra as exc:
+    print(json.dumps({"extra": exc.extra, "package": exc.package}))
+except BaseException as exc:
+    print(json.dumps({"other": repr(exc)}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "extra": "agents",
+        "package": "langchain",
+    }
