@@ -280,6 +280,21 @@ def test_a_missing_bundled_set_says_how_to_get_it_and_a_users_file_does_not() ->
 
 # --- missing extras ----------------------------------------------------------------------
 
+
+def run_python(code: str) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter on this checkout; its last line, as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 ABSENT = """
 import json, sys
 for name in {absent!r}:
@@ -307,15 +322,7 @@ def test_an_adapter_without_its_framework_raises_missing_extra(
     module: str, absent: list[str], extra: str
 ) -> None:
     code = ABSENT.format(absent=absent, module=module)
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_python(code)
     assert result.get("extra") == extra, result
     meta = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())
     assert extra in meta["project"]["optional-dependencies"]
@@ -364,15 +371,7 @@ except MissingExtra as exc:
 except BaseException as exc:
     print(json.dumps({"other": repr(exc)}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+    assert run_python(code) == {
         "extra": "agents",
         "package": "langchain",
     }
