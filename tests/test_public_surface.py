@@ -96,7 +96,7 @@ def test_all_the_lazy_table_and_the_type_checking_imports_name_the_same(init: Pa
     if listed is not None:
         assert listed == set(table), f"{init}: __all__ and _EXPORTS differ"
     assert set(stubs) == set(table), (
-        f"{init}: TYPE_CHECKING imports differ from _EXPORTS: "
+        f"{init}: TYPE_CHECKING imports differ from _EXPORTS (run scripts/lazy_stubs.py): "
         f"missing {sorted(set(table) - set(stubs))}, extra {sorted(set(stubs) - set(table))}"
     )
     moved = {n: (table[n], stubs[n]) for n in table if table[n] != stubs[n]}
