@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 
 class GraphthriftError(Exception):
     """Base class for every error graphthrift raises on purpose."""
@@ -14,11 +17,11 @@ class ConfigError(GraphthriftError, ValueError):
     catches bad settings anywhere, and the message always says what to change.
     """
 
-    def __init__(self, name: str, value: object, rule: str) -> None:
+    def __init__(self, name: str, value: object, rule: str, *, message: str | None = None) -> None:
         self.name = name
         self.value = value
         self.rule = rule
-        super().__init__(f"{name}={value!r}: {rule}")
+        super().__init__(message or f"{name}={value!r}: {rule}")
 
 
 class StoreUnavailable(GraphthriftError):
@@ -285,3 +288,143 @@ class ShuttingDown(GraphthriftError):
             f"shutting down: no new work is taken ({in_flight} calls finishing, "
             f"grace period {grace_s:g}s); retry on another worker"
         )
+
+
+# --- ledger ---
+
+
+class LedgerFlushTimeout(GraphthriftError):
+    """``flush`` could not make the queued records durable in time (the database is down)."""
+
+    def __init__(self, pending: int, timeout: float, last_error: str | None) -> None:
+        self.pending = pending
+        self.timeout = timeout
+        self.last_error = last_error
+        super().__init__(
+            f"{pending} ledger records are not yet written after {timeout:.1f}s"
+            f" (last error: {last_error or 'none'}); they stay queued and will be retried"
+        )
+
+
+# --- ops ---
+
+
+class BatchItemFailed(GraphthriftError):
+    """One request of a batch job failed for good: names the job, the request and why."""
+
+    def __init__(
+        self, job_id: str, custom_id: str, error: str, error_type: str, attempts: int
+    ) -> None:
+        self.job_id = job_id
+        self.custom_id = custom_id
+        self.error = error
+        self.error_type = error_type
+        self.attempts = attempts
+        super().__init__(
+            f"batch job {job_id}: request {custom_id} failed after {attempts} attempt(s)"
+            f" ({error_type}): {error}"
+        )
+
+
+class BatchJobNotFound(GraphthriftError, KeyError):
+    """No batch job with this id is in the store."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no batch job {job_id!r} in the store")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class BatchJobTimeout(GraphthriftError, TimeoutError):
+    """A job did not finish within the wait; it keeps running and can be resumed by id."""
+
+    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.status = status
+        super().__init__(
+            f"batch job {job_id} is still {status} after {timeout:g}s; it keeps running at the"
+            f" provider: resume it later with .result({job_id!r})"
+        )
+
+
+class AlertConfigError(ConfigError):
+    """An alert setting is out of range: names the setting and the value.
+
+    A ``ConfigError`` whose ``rule`` (also ``expected``) is what the setting must be.
+    """
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        self.expected = expected
+        super().__init__(
+            name, value, expected, message=f"alert setting {name} must be {expected}, got {value!r}"
+        )
+
+
+# --- bench data and traffic files ---
+
+
+class DataFileError(GraphthriftError, ValueError):
+    """A data file exists but cannot be read (truncated gzip, not gzip, not UTF-8)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path} is damaged: {problem}")
+
+
+class DataSetMissing(GraphthriftError):
+    """A benchmark set is absent or damaged; the message says which and how to get it.
+
+    ``hints`` maps each bundled set to how to get it; the bench's data module fills it, so
+    this core module needs no knowledge of the data folder. A set not in it is the user's
+    own file (``--squad``, ``--conversations``, ...) and gets no hint.
+    """
+
+    hints: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, dataset: str, path: Path | None, problem: str = "not found") -> None:
+        self.dataset = dataset
+        self.path = path
+        self.problem = problem
+        where = f" at {path}" if path is not None else ""
+        hint = self.hints.get(dataset)
+        if hint is None:
+            super().__init__(f"{dataset} {problem}{where}")
+            return
+        super().__init__(f"data set {dataset} {problem}{where}: {hint}")
+
+
+class ConversationFormatError(ConfigError):
+    """A conversations file does not follow the format; carries the file, line and field.
+
+    A ``ConfigError`` on the user's ``--conversations`` file: ``value`` is the path and
+    ``rule`` the problem.
+    """
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(
+            "--conversations",
+            path,
+            problem,
+            message=f"{path}:{line}: {problem}. Expected one JSON object a line: "
+            '{"id": str, "turns": [{"role": "user"|"assistant", "content": str, "facts": [str, ...]}]}',
+        )
+
+
+class TrafficFileError(ConfigError):
+    """The traffic file cannot be read at all (missing, a damaged gzip, not UTF-8).
+
+    A ``ConfigError`` on the user's ``--traffic`` file: ``value`` is the path and ``rule``
+    the problem.
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__("--traffic", path, problem, message=f"--traffic {path}: {problem}")

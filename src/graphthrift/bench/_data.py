@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import DataFileError, DataSetMissing
 
 __all__ = [
     "DATA_ENV",
@@ -64,33 +64,13 @@ SETS: dict[str, DataSet] = {
         ),
     )
 }  # fmt: skip
-
-
-class DataFileError(GraphthriftError, ValueError):
-    """A data file exists but cannot be read (truncated gzip, not gzip, not UTF-8)."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"{path} is damaged: {problem}")
-
-
-class DataSetMissing(GraphthriftError):
-    """A benchmark set is absent or damaged; the message says which and how to get it."""
-
-    def __init__(self, dataset: str, path: Path | None, problem: str = "not found") -> None:
-        self.dataset = dataset
-        self.path = path
-        self.problem = problem
-        where = f" at {path}" if path is not None else ""
-        if dataset not in SETS:  # the user's own file (--squad, --conversations, ...)
-            super().__init__(f"{dataset} {problem}{where}")
-            return
-        super().__init__(
-            f"data set {dataset} {problem}{where}: it ships in the graphthrift repository's"
-            f" data/ folder; pass --data <checkout>/data or set {DATA_ENV}"
-            f" (source: {SETS[dataset].source}, see data/ATTRIBUTION.md)"
-        )
+DataSetMissing.hints.update(
+    {
+        name: f"it ships in the graphthrift repository's data/ folder; pass --data"
+        f" <checkout>/data or set {DATA_ENV} (source: {s.source}, see data/ATTRIBUTION.md)"
+        for name, s in SETS.items()
+    }
+)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from graphthrift.bench._data import DataFileError, DataSetMissing, read_text
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import ConversationFormatError
 
 __all__ = [
     "Conversation",
@@ -30,19 +30,6 @@ __all__ = [
 
 TOPICAL_CHAT = Path("topical_chat") / "valid_freq.json"  # or .gz
 SGD_TEST = Path("sgd_test") / "sgd_test_compact.jsonl.gz"
-
-
-class ConversationFormatError(GraphthriftError, ValueError):
-    """A conversations file does not follow the format; carries the file, line and field."""
-
-    def __init__(self, path: Path, line: int, problem: str) -> None:
-        self.path = path
-        self.line = line
-        self.problem = problem
-        super().__init__(
-            f"{path}:{line}: {problem}. Expected one JSON object a line: "
-            '{"id": str, "turns": [{"role": "user"|"assistant", "content": str, "facts": [str, ...]}]}'
-        )
 
 
 @dataclass(frozen=True, slots=True)

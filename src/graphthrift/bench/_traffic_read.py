@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from graphthrift.bench._data import read_text
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import TrafficFileError
 
 __all__ = [
     "BadLine",
@@ -31,15 +31,6 @@ __all__ = [
 ]
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-
-
-class TrafficFileError(GraphthriftError, ValueError):
-    """The traffic file cannot be read at all (missing, a damaged gzip, not UTF-8)."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"--traffic {path}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
@@ -17,3 +19,14 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import BatchChatModel as BatchChatModel
+    from .cache import GraphthriftLangChainCache as GraphthriftLangChainCache
+    from .callbacks import CostTagger as CostTagger
+    from .compress import CompressorDocumentCompressor as CompressorDocumentCompressor
+    from .compress import ExtractiveDocumentCompressor as ExtractiveDocumentCompressor
+    from .distill import DistillCallback as DistillCallback
+    from .sim import SimulatedChatModel as SimulatedChatModel
+    from .sim import chat_model_from_env as chat_model_from_env
+    from .tasks import TaskTracker as TaskTracker

@@ -33,6 +33,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
+from graphthrift.errors import require_extra
 from graphthrift.sim import SimReply, SimulatedProvider
 
 __all__ = ["ENV_MODELS", "SimulatedChatModel", "chat_model_from_env"]
@@ -183,18 +184,16 @@ def chat_model_from_env(
 
     Raises:
         ValueError: an unknown role.
+        MissingExtra: a model is named but langchain (the ``agents`` extra) is not installed.
     """
     if role not in ENV_MODELS:
         raise ValueError(f"role must be one of {sorted(ENV_MODELS)}, got {role!r}")
     env = os.environ if environ is None else environ
     spec = (env.get(ENV_MODELS[role]) or "").strip()
     if spec:
-        try:
-            from langchain.chat_models import init_chat_model
-        except ImportError as exc:  # pragma: no cover - langchain is an optional extra
-            raise ImportError(
-                f"{ENV_MODELS[role]}={spec} needs langchain: pip install 'graphthrift[langchain]'"
-            ) from exc
+        require_extra("langchain.chat_models", "agents", "langchain")
+        from langchain.chat_models import init_chat_model
+
         model: BaseChatModel = init_chat_model(spec)
         return model
     if default is not None:

@@ -6,6 +6,8 @@ state keys it reads and writes. Routing lives in separate conditional-edge funct
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
@@ -30,3 +32,23 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .budget import BudgetState as BudgetState
+    from .budget import budget_guard as budget_guard
+    from .budget import route_on_budget as route_on_budget
+    from .cache import CacheState as CacheState
+    from .cache import cache_lookup as cache_lookup
+    from .cache import cache_store as cache_store
+    from .cache import route_on_cache_hit as route_on_cache_hit
+    from .compress import CompressState as CompressState
+    from .compress import compress_context as compress_context
+    from .history import HistoryMessagesState as HistoryMessagesState
+    from .history import HistoryState as HistoryState
+    from .history import summarize_history as summarize_history
+    from .resilience import SingleFlightModel as SingleFlightModel
+    from .resilience import dedup_requests as dedup_requests
+    from .resilience import idempotent_tool as idempotent_tool
+    from .route import RouteState as RouteState
+    from .route import route_by_model as route_by_model
+    from .route import route_model as route_model

@@ -46,7 +46,8 @@ from sqlalchemy import Date as SADate
 from sqlalchemy import and_, case, cast, func, literal_column, select
 
 from graphthrift import diagnostics
-from graphthrift.errors import GraphthriftError, StoreUnavailable
+from graphthrift.errors import LedgerFlushTimeout as LedgerFlushTimeout
+from graphthrift.errors import StoreUnavailable
 from graphthrift.ledger.prices import PriceBook, default_price_book
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, LedgerRecord
 from graphthrift.ledger.schema import LEDGER_TABLE, ledger_table
@@ -60,19 +61,6 @@ _COPY_SQL = f"COPY {LEDGER_TABLE} ({', '.join(RECORD_COLUMNS)}) FROM STDIN"
 _JSON_FIELDS = {f.name for f in fields(LedgerRecord) if f.name == "extra"}
 _RECORD_OVERHEAD = 400  # bytes a queued LedgerRecord costs beyond its text (measured ~350)
 _DEFERRED_SIZE = 1024  # a deferred builder's closure: its size is unknown until it runs
-
-
-class LedgerFlushTimeout(GraphthriftError):
-    """``flush`` could not make the queued records durable in time (the database is down)."""
-
-    def __init__(self, pending: int, timeout: float, last_error: str | None) -> None:
-        self.pending = pending
-        self.timeout = timeout
-        self.last_error = last_error
-        super().__init__(
-            f"{pending} ledger records are not yet written after {timeout:.1f}s"
-            f" (last error: {last_error or 'none'}); they stay queued and will be retried"
-        )
 
 
 class Ledger:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graphthrift._lazy import lazy_getattr
 from graphthrift.errors import require_extra
 
@@ -22,3 +24,16 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .budget import BudgetMiddleware as BudgetMiddleware
+    from .budget import ToolBudgetMiddleware as ToolBudgetMiddleware
+    from .cache import CacheMiddleware as CacheMiddleware
+    from .cache import SemanticCacheMiddleware as SemanticCacheMiddleware
+    from .history import HistoryPruningMiddleware as HistoryPruningMiddleware
+    from .history import HistoryPruningState as HistoryPruningState
+    from .prompt_cache import PromptCacheKeyMiddleware as PromptCacheKeyMiddleware
+    from .resilience import FailoverMiddleware as FailoverMiddleware
+    from .resilience import IdempotentToolMiddleware as IdempotentToolMiddleware
+    from .resilience import ResilienceMiddleware as ResilienceMiddleware
+    from .route import RouterMiddleware as RouterMiddleware

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from graphthrift.ops.alerts import (
     Alert,
+    AlertConfigError,
     AlertMonitor,
     AlertRules,
     check_alerts,
@@ -24,11 +25,18 @@ from graphthrift.ops.batch import (
     BatchRequest,
     OpenAIBatches,
 )
-from graphthrift.ops.distill import DistillCapture, export_distill
-from graphthrift.ops.tasks import compare, cost_per_task, mark_task, set_task_ledger
+from graphthrift.ops.distill import DistillCapture, NothingToExport, export_distill
+from graphthrift.ops.tasks import (
+    TaskNotIdentified,
+    compare,
+    cost_per_task,
+    mark_task,
+    set_task_ledger,
+)
 
 __all__ = [
     "Alert",
+    "AlertConfigError",
     "AlertMonitor",
     "AlertRules",
     "AnthropicBatches",
@@ -39,7 +47,9 @@ __all__ = [
     "BatchOutcome",
     "BatchRequest",
     "DistillCapture",
+    "NothingToExport",
     "OpenAIBatches",
+    "TaskNotIdentified",
     "check_alerts",
     "compare",
     "cost_per_task",

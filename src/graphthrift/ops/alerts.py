@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import text
 
 from graphthrift import diagnostics
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import AlertConfigError
 from graphthrift.ledger.records import LedgerRecord
 from graphthrift.ledger.schema import LEDGER_TABLE
 
@@ -46,6 +46,7 @@ logger = logging.getLogger("graphthrift.ops.alerts")
 __all__ = [
     "ALERT_RULES",
     "Alert",
+    "AlertConfigError",
     "AlertMonitor",
     "AlertRules",
     "check_alerts",
@@ -57,15 +58,6 @@ __all__ = [
 ALERT_RULES: tuple[str, ...] = ("cost", "escalation", "cache_hit_rate", "refusals", "retry_cost")
 _DIMENSIONS = ("tenant_id", "feature", "route", "prompt_version", "model")
 _MAD_TO_SIGMA = 1.4826
-
-
-class AlertConfigError(GraphthriftError, ValueError):
-    """An alert setting is out of range: names the setting and the value."""
-
-    def __init__(self, name: str, value: object, expected: str) -> None:
-        self.name = name
-        self.value = value
-        super().__init__(f"alert setting {name} must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import BatchItemFailed, BatchJobNotFound, BatchJobTimeout
 from graphthrift.ledger.records import LedgerRecord
 from graphthrift.ledger.usage import read_usage
 from graphthrift.ops.schema import BATCH_ITEMS_TABLE, BATCH_JOBS_TABLE
@@ -53,47 +53,6 @@ __all__ = [
 ]
 
 FINAL = ("completed", "cancelled")
-
-
-class BatchItemFailed(GraphthriftError):
-    """One request of a batch job failed for good: names the job, the request and why."""
-
-    def __init__(
-        self, job_id: str, custom_id: str, error: str, error_type: str, attempts: int
-    ) -> None:
-        self.job_id = job_id
-        self.custom_id = custom_id
-        self.error = error
-        self.error_type = error_type
-        self.attempts = attempts
-        super().__init__(
-            f"batch job {job_id}: request {custom_id} failed after {attempts} attempt(s)"
-            f" ({error_type}): {error}"
-        )
-
-
-class BatchJobNotFound(GraphthriftError, KeyError):
-    """No batch job with this id is in the store."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        super().__init__(f"no batch job {job_id!r} in the store")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class BatchJobTimeout(GraphthriftError, TimeoutError):
-    """A job did not finish within the wait; it keeps running and can be resumed by id."""
-
-    def __init__(self, job_id: str, timeout: float, status: str) -> None:
-        self.job_id = job_id
-        self.timeout = timeout
-        self.status = status
-        super().__init__(
-            f"batch job {job_id} is still {status} after {timeout:g}s; it keeps running at the"
-            f" provider: resume it later with .result({job_id!r})"
-        )
 
 
 @dataclass(frozen=True, slots=True)
