@@ -72,6 +72,7 @@ _EXPORTS = {
     "GraphthriftError": ".errors",
     "StateSchemaError": ".errors",
     "ConfigError": ".errors",
+    "wrap_model": ".langchain.wrapped",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -82,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import StateSchemaError as StateSchemaError
     from .errors import StoreUnavailable as StoreUnavailable
     from .errors import UnknownModelPrice as UnknownModelPrice
+    from .langchain.wrapped import wrap_model as wrap_model
     from .ledger import Ledger as Ledger
     from .ledger import LedgerRecord as LedgerRecord
     from .ledger import PriceBook as PriceBook

@@ -19,6 +19,11 @@ _EXPORTS = {
     "ResilienceMiddleware": ".resilience",
     "IdempotentToolMiddleware": ".resilience",
     "FailoverMiddleware": ".resilience",
+    "default_stack": ".stack",
+    "TenantCacheMiddleware": ".stack",
+    "ContextCompressionMiddleware": ".stack",
+    "AgentModelRoutingMiddleware": ".stack",
+    "CallRecordingMiddleware": ".stack",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
