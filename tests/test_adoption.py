@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import pytest
-from fakes import CallLog, RecordingChatModel
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -29,6 +28,8 @@ from graphthrift.middleware import (
     default_stack,
 )
 from graphthrift.provenance import OWN_MESSAGE_KEY
+
+from fakes import CallLog, RecordingChatModel
 
 QUESTION = "How long does a refund take?"
 
@@ -83,7 +84,9 @@ def test_default_stack_order_and_optional_layers(store: Store) -> None:
     cache = plain[1]
     assert isinstance(cache, TenantCacheMiddleware) and isinstance(cache.cache, SemanticCache)
     full = default_stack(
-        store, cheap_model=_model(CallLog(), "gpt-4o-mini"), budget=Budget(store, max_tokens={"tenant": 10_000})
+        store,
+        cheap_model=_model(CallLog(), "gpt-4o-mini"),
+        budget=Budget(store, max_tokens={"tenant": 10_000}),
     )
     assert [type(m) for m in full] == [
         CallRecordingMiddleware,
@@ -124,7 +127,9 @@ def test_default_stack_second_question_hits_the_cache(store: Store, tenant: str)
     log = CallLog()
     ledger = Ledger(store, flush_interval=0.05)
     agent = create_agent(
-        _model(log), [order_status], middleware=default_stack(store, ledger=ledger, cache=_cache(store, ledger))
+        _model(log),
+        [order_status],
+        middleware=default_stack(store, ledger=ledger, cache=_cache(store, ledger)),
     )
     first = _ask(agent, tenant)["messages"][-1]
     second = _ask(agent, tenant)["messages"][-1]
@@ -301,7 +306,9 @@ def test_wrap_model_with_bind_tools_in_a_tool_loop(store: Store, tenant: str) ->
         {"messages": [("user", "Where is my order A-1?")]}, {"metadata": {"tenant_id": tenant}}
     )
     messages = out["messages"]
-    assert isinstance(messages[1], AIMessage) and messages[1].tool_calls[0]["name"] == "order_status"
+    assert (
+        isinstance(messages[1], AIMessage) and messages[1].tool_calls[0]["name"] == "order_status"
+    )
     assert isinstance(messages[2], ToolMessage) and messages[2].content == "A-1 shipped"
     assert messages[-1].content == "Your order is A-1 shipped."
     assert len(log.calls) == 2 and log.calls[0]["model"] == "gpt-4o"
@@ -339,3 +346,19 @@ def test_wrap_model_budget_settles_at_the_model_called(store: Store, tenant: str
     spent = budget.usage({"tenant_id": tenant})["tenant"]
     assert spent["spent_usd"] == pytest.approx(expected, rel=1e-6)
     assert spent["reserved_usd"] == 0
+
+
+def test_wrap_model_with_the_users_cost_tagger_books_each_call_once(
+    store: Store, tenant: str
+) -> None:
+    from graphthrift import CostTagger
+
+    log = CallLog()
+    ledger = Ledger(store, flush_interval=0.05)
+    app = _graph(wrap_model(_model(log), ledger=ledger, cache=False))
+    config = {"metadata": {"tenant_id": tenant}, "callbacks": [CostTagger(ledger)]}
+    app.invoke({"messages": [("user", QUESTION)]}, config)
+    ledger.flush()
+    [llm] = [r for r in ledger.records(tenant_id=tenant) if r["kind"] == "llm"]
+    assert llm["model"] == "gpt-4o" and llm["input_tokens"] == log.calls[0]["usage"]["input_tokens"]
+    ledger.close()
