@@ -47,7 +47,7 @@ from langchain_core.runnables.config import ensure_config, var_child_runnable_co
 from pydantic import ConfigDict, Field
 
 from graphthrift.budget.budget import Budget
-from graphthrift.cache.cache import ExactCache, SemanticCache
+from graphthrift.cache.cache import ExactCache
 from graphthrift.compress.compressor import Compressor
 from graphthrift.errors import ConfigError
 from graphthrift.kernel import model_name
@@ -58,6 +58,7 @@ from graphthrift.middleware.route import RouterMiddleware
 from graphthrift.middleware.stack import (
     ContextCompressionMiddleware,
     TenantCacheMiddleware,
+    default_cache,
     recording_calls,
 )
 from graphthrift.route.router import Router
@@ -379,7 +380,7 @@ def wrap_model(
     if cache is True or (cache is None and store is not None):
         if store is None:
             raise ConfigError("cache", cache, "the default cache needs store=")
-        cache_obj = SemanticCache(store, namespace=namespace, ledger=ledger)
+        cache_obj = default_cache(store, namespace=namespace, ledger=ledger)
     elif cache not in (None, False) and cache_obj is None:
         raise ConfigError("cache", cache, "must be an ExactCache, a SemanticCache or a bool")
     scope = {"tenant_id": tenant_id} if tenant_id else {}

@@ -65,6 +65,7 @@ __all__ = [
     "CallRecordingMiddleware",
     "ContextCompressionMiddleware",
     "TenantCacheMiddleware",
+    "default_cache",
     "default_stack",
     "recording_calls",
 ]
@@ -322,6 +323,17 @@ def _same_store(name: str, value: Any, store: Store) -> None:
         raise ConfigError(name, value, "must use the same Store as default_stack(store, ...)")
 
 
+def default_cache(
+    store: Store, *, namespace: str = "default", ledger: Ledger | None = None
+) -> SemanticCache:
+    """The cache ``default_stack`` and ``wrap_model`` build: a ``SemanticCache`` whose
+    embedder is loaded now, so the first lookup meets its deadline instead of timing out
+    (a miss) while the model loads."""
+    cache = SemanticCache(store, namespace=namespace, ledger=ledger)
+    cache.embedder.embed(["graphthrift warm-up"])
+    return cache
+
+
 def _cache_layer(
     store: Store,
     cache: ExactCache | bool,
@@ -334,7 +346,7 @@ def _cache_layer(
             raise ConfigError("namespace", namespace, "names a cache, but cache=False")
         return None
     if cache is True:
-        cache = SemanticCache(store, namespace=namespace or "default", ledger=ledger)
+        cache = default_cache(store, namespace=namespace or "default", ledger=ledger)
     elif isinstance(cache, ExactCache):
         _same_store("cache", cache, store)
         if namespace is not None:
