@@ -48,6 +48,7 @@ from graphthrift import diagnostics
 from graphthrift.budget.budget import Budget
 from graphthrift.cache.cache import ExactCache, SemanticCache
 from graphthrift.compress.compressor import Compressor
+from graphthrift.config import env_float
 from graphthrift.errors import ConfigError
 from graphthrift.history.pruner import HistoryPruner
 from graphthrift.kernel import model_name, run_config, run_tags
@@ -71,6 +72,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The default cache's lookup deadline in seconds (see ``default_cache``).
+DEFAULT_LOOKUP_TIMEOUT = 1.0
 
 
 # ------------------------------------------------------------------ ledger rows per call
@@ -328,8 +332,15 @@ def default_cache(
 ) -> SemanticCache:
     """The cache ``default_stack`` and ``wrap_model`` build: a ``SemanticCache`` whose
     embedder is loaded now, so the first lookup meets its deadline instead of timing out
-    (a miss) while the model loads."""
-    cache = SemanticCache(store, namespace=namespace, ledger=ledger)
+    (a miss) while the model loads.
+
+    Its lookup deadline is ``GRAPHTHRIFT_CACHE_TIMEOUT``, else ``DEFAULT_LOOKUP_TIMEOUT``
+    (1 s, not the bare cache's 0.1 s): it sits in front of a model call of seconds, and on
+    a busy machine embedding alone can take over 0.1 s, which would turn every lookup into
+    a miss. A lookup past the deadline still fails open (a miss).
+    """
+    timeout = env_float("GRAPHTHRIFT_CACHE_TIMEOUT", DEFAULT_LOOKUP_TIMEOUT)
+    cache = SemanticCache(store, namespace=namespace, ledger=ledger, timeout=timeout)
     cache.embedder.embed(["graphthrift warm-up"])
     return cache
 
