@@ -145,6 +145,31 @@ def test_default_stack_second_question_hits_the_cache(store: Store, tenant: str)
     ledger.close()
 
 
+def test_default_stack_async_agent_hits_the_cache_and_books_calls(
+    store: Store, tenant: str
+) -> None:
+    log = CallLog()
+    ledger = Ledger(store, flush_interval=0.05)
+    agent = create_agent(
+        _model(log), [], middleware=default_stack(store, ledger=ledger, cache=_cache(store, ledger))
+    )
+    config: Any = {"metadata": {"tenant_id": tenant}}
+
+    async def run() -> list[str]:
+        out = []
+        for _ in range(2):
+            state = await agent.ainvoke({"messages": [HumanMessage(QUESTION)]}, config)
+            out.append(str(state["messages"][-1].content))
+        return out
+
+    first_answer, second_answer = asyncio.run(run())
+    assert first_answer == second_answer and len(log.calls) == 1
+    ledger.flush()
+    kinds = sorted(r["kind"] for r in ledger.records(tenant_id=tenant))
+    assert kinds == ["cache_hit", "llm"]
+    ledger.close()
+
+
 def test_default_stack_keeps_tenants_apart(store: Store, tenant: str) -> None:
     log = CallLog()
     agent = create_agent(_model(log), [], middleware=default_stack(store, cache=_cache(store)))

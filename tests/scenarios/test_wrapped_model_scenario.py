@@ -42,6 +42,7 @@ from scenario_kit import (
     tool_pair_problems,
     written_by_graphthrift,
 )
+from test_agent_scenario import _tools as support_tools
 
 from graphthrift import Budget, ExtractiveCompressor, Ledger, SemanticCache, wrap_model
 
@@ -81,24 +82,14 @@ def _reply(messages: Sequence[BaseMessage], model: str) -> Any:
 
 
 def _tools(world: World) -> list[Any]:
-    @tool
-    def lookup_order(order_id: str, config: RunnableConfig) -> str:
-        """The status and delivery date of one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.order_status(md["tenant_id"], md["user_id"], order_id)
-
-    @tool
-    def refund_order(order_id: str, config: RunnableConfig) -> str:
-        """Refund one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.refund(md["tenant_id"], md["user_id"], order_id)
+    """The support agent scenario's order tools, plus a policy search with long results."""
 
     @tool
     def search_policy(topic: str, config: RunnableConfig) -> str:
         """The tenant's policy documents about a topic."""
         return _policy((config.get("metadata") or {})["tenant_id"])
 
-    return [lookup_order, refund_order, search_policy]
+    return [*support_tools(world), search_policy]
 
 
 class Run:

@@ -109,15 +109,19 @@ def _prompt(request: ModelRequest[Any]) -> list[BaseMessage]:
     return [request.system_message, *messages] if request.system_message else messages
 
 
+def _quiet() -> RunnableConfig:
+    """The inner call's config: the run's (from the context variable), tagged ``nostream``."""
+    tags = (var_child_runnable_config.get() or {}).get("tags") or []
+    return {"tags": [*tags, _NOSTREAM]}
+
+
 def _call(request: ModelRequest[Any]) -> ModelResponse[Any]:
-    """The real model call, innermost: the run's config comes from the context variable."""
-    answer = _bound(request).invoke(_prompt(request), {"tags": [_NOSTREAM]})
-    return ModelResponse(result=[answer])
+    """The real model call, innermost."""
+    return ModelResponse(result=[_bound(request).invoke(_prompt(request), _quiet())])
 
 
 async def _acall(request: ModelRequest[Any]) -> ModelResponse[Any]:
-    answer = await _bound(request).ainvoke(_prompt(request), {"tags": [_NOSTREAM]})
-    return ModelResponse(result=[answer])
+    return ModelResponse(result=[await _bound(request).ainvoke(_prompt(request), _quiet())])
 
 
 def _answer(response: ModelResponse[Any]) -> AIMessage:
