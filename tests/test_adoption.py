@@ -387,3 +387,33 @@ def test_wrap_model_with_the_users_cost_tagger_books_each_call_once(
     [llm] = [r for r in ledger.records(tenant_id=tenant) if r["kind"] == "llm"]
     assert llm["model"] == "gpt-4o" and llm["input_tokens"] == log.calls[0]["usage"]["input_tokens"]
     ledger.close()
+
+
+def test_wrap_model_cache_keeps_answers_to_their_tools_and_settings(
+    store: Store, tenant: str
+) -> None:
+    class ToolAwareModel(RecordingChatModel):
+        """Calls a tool only when tools are bound, as a real model does."""
+
+        def _answer(self, messages: list[BaseMessage], run_manager: Any) -> AIMessage:
+            message = super()._answer(messages, run_manager)
+            if self.tools:
+                return message
+            return message.model_copy(
+                update={"tool_calls": [], "content": "I cannot look orders up."}
+            )
+
+    log = CallLog()
+    model = ToolAwareModel(model_name="gpt-4o", reply=_answer, log=log)
+    wrapped = wrap_model(model, cache=_cache(store))
+    config: Any = {"metadata": {"tenant_id": tenant}}
+    question = [HumanMessage("Where is my order A-1?")]
+    plain = wrapped.invoke(question, config)
+    assert not plain.tool_calls and len(log.calls) == 1  # no tools bound: a text answer
+    called = wrapped.bind_tools([order_status]).invoke(question, config)
+    # the text answer was given without the tools: with them the model is asked again
+    assert len(log.calls) == 2 and called.tool_calls[0]["name"] == "order_status"
+    wrapped.bind(temperature=0.0).invoke(question, config)
+    assert len(log.calls) == 3  # other model settings, another answer
+    wrapped.invoke(question, config)
+    assert len(log.calls) == 3  # the same call again: a hit

@@ -44,6 +44,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Syst
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.runtime import Runtime
 from pydantic import ConfigDict, Field
 
 from graphthrift.budget.budget import Budget
@@ -239,8 +241,22 @@ class WrappedChatModel(BaseChatModel):
             tools=list(self.tools),
             tool_choice=self.tool_choice,
             state=cast("AgentState[Any]", {"messages": list(messages)}),
+            runtime=Runtime(context=self._answer_depends_on(settings)),
             model_settings=settings,
         )
+
+    def _answer_depends_on(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """What beside the messages shapes the answer: the bound tools, the tool choice and
+        the model settings. The cache layer adds the runtime context to its key, so an
+        answer given without tools (or at another temperature) is never served to a call
+        with them."""
+        if not self.tools and self.tool_choice is None and not settings:
+            return None
+        return {
+            "tools": [convert_to_openai_tool(t) for t in self.tools],
+            "tool_choice": self.tool_choice,
+            "settings": settings,
+        }
 
     def _run(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
         handler: Handler = _call
