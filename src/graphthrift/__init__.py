@@ -93,6 +93,7 @@ _EXPORTS = {
     "DataSetMissing": ".errors",
     "ConversationFormatError": ".errors",
     "TrafficFileError": ".errors",
+    "wrap_model": ".langchain.wrapped",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -147,6 +148,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .history import prune_history as prune_history
     from .kernel import scoped as scoped
     from .langchain.callbacks import CostTagger as CostTagger
+    from .langchain.wrapped import wrap_model as wrap_model
     from .ledger import Ledger as Ledger
     from .ledger import LedgerRecord as LedgerRecord
     from .ledger import OtelExporter as OtelExporter

@@ -21,6 +21,11 @@ _EXPORTS = {
     "ResilienceMiddleware": ".resilience",
     "IdempotentToolMiddleware": ".resilience",
     "FailoverMiddleware": ".resilience",
+    "default_stack": ".stack",
+    "TenantCacheMiddleware": ".stack",
+    "ContextCompressionMiddleware": ".stack",
+    "AgentModelRoutingMiddleware": ".stack",
+    "CallRecordingMiddleware": ".stack",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -37,3 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resilience import IdempotentToolMiddleware as IdempotentToolMiddleware
     from .resilience import ResilienceMiddleware as ResilienceMiddleware
     from .route import RouterMiddleware as RouterMiddleware
+    from .stack import AgentModelRoutingMiddleware as AgentModelRoutingMiddleware
+    from .stack import CallRecordingMiddleware as CallRecordingMiddleware
+    from .stack import ContextCompressionMiddleware as ContextCompressionMiddleware
+    from .stack import TenantCacheMiddleware as TenantCacheMiddleware
+    from .stack import default_stack as default_stack
