@@ -578,12 +578,24 @@ class Store:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A transaction on a pooled connection, raising ``StoreUnavailable`` if unreachable."""
+        with self.unreachable_as_error(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def unreachable_as_error(self, *, os_errors: bool = False) -> Iterator[None]:
+        """Turn a lost or refused connection inside this block into ``StoreUnavailable``.
+
+        ``os_errors`` also turns a bare ``OSError`` (a socket the driver did not wrap) into it.
+        """
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            yield
         except SQLAlchemyError as exc:
             if _is_connection_error(exc):
                 raise StoreUnavailable(self.display_url, self._reason(exc)) from exc
+            raise
+        except OSError as exc:
+            if os_errors:
+                raise StoreUnavailable(self.display_url, str(exc)) from exc
             raise
 
     @contextmanager
