@@ -1,5 +1,9 @@
 """``graphthrift bench stack``: what each layer saves on a mixed agent workload, from the ledger.
 
+Long because: the four workload segments (FAQ, RAG, chat, agent) each drive a real graph
+through the same cumulative layer steps, and the figures are read from the one ledger they
+share.
+
 The workload (``bench._workload``: FAQ traffic, RAG questions, long conversations, agent
 tool loops) runs through real LangGraph graphs, first bare and then with the layers added
 one at a time, cumulatively: exact cache, semantic cache, history pruning, context

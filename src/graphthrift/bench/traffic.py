@@ -1,5 +1,8 @@
 """``graphthrift bench --traffic FILE``: what each layer would have saved on your own traffic.
 
+Long because: one replay of the user's logged traffic runs every layer over the same
+requests, cumulatively, so their savings add up without double counting.
+
 The file is logged OpenAI chat-completions requests, one JSON object a line (format in
 ``bench._traffic_read`` and docs/benchmarks.md). The requests are replayed in file order
 through the layers, cumulatively, as ``graphthrift bench stack`` adds them: exact cache,
