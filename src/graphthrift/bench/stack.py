@@ -195,7 +195,7 @@ def _answer_node(model: Any, key: str, *, append: bool) -> Any:
 
 
 def _router(ctx: _Ctx) -> Any:
-    from graphthrift.route.router import Router
+    from graphthrift.route import Router
 
     return Router(ctx.cheap_name, ctx.strong_name, sticky=True, ledger=ctx.ledger)
 
@@ -226,10 +226,9 @@ def _run_faq(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.cache.cache import ExactCache, SemanticCache
-    from graphthrift.langgraph.cache import cache_lookup, cache_store, route_on_cache_hit
-    from graphthrift.langgraph.route import route_model
-    from graphthrift.text.messages import to_messages
+    from graphthrift.cache import ExactCache, SemanticCache
+    from graphthrift.langgraph import cache_lookup, cache_store, route_model, route_on_cache_hit
+    from graphthrift.text import to_messages
 
     builder = StateGraph(_states()["faq"])
     if "routing" in ctx.layers:
@@ -288,11 +287,9 @@ def _run_rag(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.bench.compress import _retained
-    from graphthrift.compress.compressor import ExtractiveCompressor
-    from graphthrift.langgraph.compress import compress_context
-    from graphthrift.langgraph.route import route_model
-    from graphthrift.text.messages import to_messages
+    from graphthrift.compress import ExtractiveCompressor, normalise_answer_text
+    from graphthrift.langgraph import compress_context, route_model
+    from graphthrift.text import to_messages
 
     def prompt(state: Any) -> dict[str, Any]:
         context = "\n\n".join(d for d in state["documents"] if d)
@@ -322,7 +319,10 @@ def _run_rag(ctx: _Ctx, advance: Callable[[], None]) -> None:
             ctx.config("rag"),
         )
         kept = [d for d in out["documents"] if d]
-        retained += all(_retained(kept, list(group)) for group in item.answers)
+        context = normalise_answer_text(" ".join(kept))
+        retained += all(
+            any(normalise_answer_text(a) in context for a in group) for group in item.answers
+        )
         expected = ctx.work.oracle.lookup(to_messages([HumanMessage(item.question)]))
         _tally(ctx, "rag", _correct(str(out["messages"][-1].content), expected, ctx.simulated))
         advance()
@@ -338,9 +338,8 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from graphthrift.bench.history import prompt_points
-    from graphthrift.langgraph.history import summarize_history
-    from graphthrift.langgraph.route import route_model
-    from graphthrift.text.messages import to_messages
+    from graphthrift.langgraph import route_model, summarize_history
+    from graphthrift.text import to_messages
 
     builder = StateGraph(_states()["chat"])
     if "history" in ctx.layers:
@@ -361,7 +360,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     builder.add_edge("answer", END)
     graph = builder.compile()
     facts_total = facts_kept = tokens_full = tokens_sent = 0
-    from graphthrift.text.tokens import count_messages
+    from graphthrift.text import count_messages
 
     for item in ctx.work.chat:
         conv = item.conversation
@@ -407,8 +406,8 @@ def _run_agent(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langchain_core.tools import tool
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.budget.budget import Budget
-    from graphthrift.langgraph.budget import budget_guard, route_on_budget
+    from graphthrift.budget import Budget
+    from graphthrift.langgraph import budget_guard, route_on_budget
 
     texts = ctx.work.tool_texts
 
@@ -565,8 +564,8 @@ def run_stack(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``steps`` (cumulative layers) on ``work``; one detail dict per step."""
-    from graphthrift.langchain.callbacks import CostTagger
-    from graphthrift.ledger.ledger import Ledger
+    from graphthrift.langchain import CostTagger
+    from graphthrift.ledger import Ledger
 
     ledger = Ledger(store)
     details: list[dict[str, Any]] = []
@@ -740,7 +739,7 @@ def _table(rows: Sequence[dict[str, Any]]) -> Table:
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Build the workload, run the stack, print the table, write JSON and the PNG."""
-    from graphthrift.store.postgres import Store
+    from graphthrift.store import Store
 
     quick = bool(getattr(args, "quick", False))
     steps = [s for s in str(getattr(args, "steps", ",".join(STEPS))).split(",") if s]
