@@ -49,6 +49,7 @@ from rich.table import Table
 from graphthrift.bench._common import machine, mode, progress_columns, scratch_store, write_json
 from graphthrift.bench._workload import Workload, build_workload
 from graphthrift.bench.history import DEFAULT_MAX_TOKENS as HISTORY_BENCH_BUDGET
+from graphthrift.errors import require_extra
 from graphthrift.sim import Expected, SimulatedProvider
 
 if TYPE_CHECKING:
@@ -695,7 +696,12 @@ def carriers(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def waterfall(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """A PNG waterfall: baseline cost, each layer's saving, the full stack's cost."""
+    """A PNG waterfall: baseline cost, each layer's saving, the full stack's cost.
+
+    Raises:
+        MissingExtra: matplotlib (the ``bench`` extra) is not installed.
+    """
+    require_extra("matplotlib", "bench", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
