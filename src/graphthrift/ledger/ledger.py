@@ -145,14 +145,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         """Queue one record; never blocks on the database and never raises for it."""
         if not isinstance(record, LedgerRecord):
             raise TypeError(f"Ledger.record expects a LedgerRecord, got {type(record).__name__}")
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("this Ledger is closed")
-            self._queue.append(record)
-            self._enqueued += 1
-            self._queued_bytes += _size(record)
-            if len(self._queue) >= self.batch_size or self._queued_bytes > self.max_queue_bytes:
-                self._cond.notify_all()
+        self._enqueue([record])
 
     def record_deferred(self, build: Callable[[], LedgerRecord | None]) -> None:
         """Queue a record that the writer thread builds, keeping that work off the call path.
@@ -160,14 +153,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         ``build`` runs once on the writer thread; if it raises, the failure is counted and
         logged and the other records of the batch are written.
         """
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("this Ledger is closed")
-            self._queue.append(build)
-            self._enqueued += 1
-            self._queued_bytes += _size(build)
-            if len(self._queue) >= self.batch_size or self._queued_bytes > self.max_queue_bytes:
-                self._cond.notify_all()
+        self._enqueue([build])
 
     def record_many(self, records: Iterable[LedgerRecord]) -> None:
         """Queue several records at once."""
@@ -177,13 +163,27 @@ class Ledger(LedgerSpill, LedgerQueries):
                 raise TypeError(
                     f"Ledger.record_many expects LedgerRecords, got {type(record).__name__}"
                 )
+        self._enqueue(batch, wake=True)
+
+    def _enqueue(
+        self,
+        items: Sequence[LedgerRecord | Callable[[], LedgerRecord | None]],
+        *,
+        wake: bool = False,
+    ) -> None:
+        """Append ``items``; wake the writer when asked, or when a batch or the cap is reached."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("this Ledger is closed")
-            self._queue.extend(batch)
-            self._enqueued += len(batch)
-            self._queued_bytes += sum(_size(r) for r in batch)
-            self._cond.notify_all()
+            self._queue.extend(items)
+            self._enqueued += len(items)
+            self._queued_bytes += sum(_size(item) for item in items)
+            if (
+                wake
+                or len(self._queue) >= self.batch_size
+                or self._queued_bytes > self.max_queue_bytes
+            ):
+                self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every record queued before this call is committed.
