@@ -323,4 +323,4 @@ def _reason(exc: BaseException) -> str:
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
-_driver_url = driver_url  # the name the CLI imports
+_driver_url = driver_url  # the name the CLI imported before it was public
