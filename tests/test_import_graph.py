@@ -41,15 +41,8 @@ FUNCTION_LEVEL_FRAMEWORK: dict[tuple[str, str], str] = {
 KNOWN_VIOLATIONS: set[tuple[str, str, str]] = {
     # src/graphthrift/cache/cache.py (function level): the core cache builds the LangChain cache
     ("core-imports-adapter", "graphthrift.cache.cache", "graphthrift.langchain.cache:GraphthriftLangChainCache"),
-    # src/graphthrift/cli/__init__.py, cli/cache.py, cli/ops.py: the CLI uses the bench's helpers
-    ("private-module", "graphthrift.cli", "graphthrift.bench._common"),
+    # src/graphthrift/cli/cache.py: the CLI uses the bench's helpers
     ("private-module", "graphthrift.cli.cache", "graphthrift.bench._common"),
-    ("private-module", "graphthrift.cli.ops", "graphthrift.bench._common"),
-    # src/graphthrift/budget/store.py: the store's connection-error helpers
-    ("private-name", "graphthrift.budget.store", "graphthrift.store.postgres:_is_connection_error"),
-    ("private-name", "graphthrift.budget.store", "graphthrift.store.postgres:_reason"),
-    # src/graphthrift/cli/__init__.py
-    ("private-name", "graphthrift.cli", "graphthrift.store.postgres:_driver_url"),
     # src/graphthrift/middleware/resilience.py: the LangGraph adapter's helpers
     ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_settings"),
     ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_usage"),

@@ -28,7 +28,7 @@ from rich.progress import (
 from sqlalchemy import create_engine, make_url, text
 
 from graphthrift.bench._data import data_dir
-from graphthrift.store.postgres import Store
+from graphthrift.store import Store
 
 __all__ = [
     "MODES",

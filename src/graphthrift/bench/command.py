@@ -23,7 +23,7 @@ from graphthrift.bench import BENCHMARKS
 from graphthrift.bench._common import mode, write_json
 from graphthrift.bench._data import DataSetMissing, data_dir, using_data_dir
 
-__all__ = ["add_parser", "bench_modules", "headline", "run"]
+__all__ = ["add_parser", "bench_modules", "headline", "run", "write_json"]
 
 DEFAULT_OUT = Path("bench-results")
 _MODE_HELP = {

@@ -33,9 +33,8 @@ from graphthrift.bench._common import (
     scratch_store,
     write_json,
 )
-from graphthrift.ledger.ledger import Ledger
-from graphthrift.ledger.records import LedgerRecord
-from graphthrift.store.postgres import Store
+from graphthrift.ledger import Ledger, LedgerRecord
+from graphthrift.store import Store
 
 SIZES = {  # (timed calls, records written, report rows) per run size; the options cap them
     "quick": (2_000, 20_000, 100_000),
@@ -62,7 +61,7 @@ def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
     from langchain_core.outputs import ChatGeneration, LLMResult
 
-    from graphthrift.langchain.callbacks import CostTagger
+    from graphthrift.langchain import CostTagger
 
     messages: list[list[BaseMessage]] = [
         [HumanMessage("What is the refund policy for damaged items?")]
@@ -125,7 +124,7 @@ def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
-    from graphthrift.langchain.callbacks import CostTagger
+    from graphthrift.langchain import CostTagger
 
     usage = {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
     message = AIMessage(

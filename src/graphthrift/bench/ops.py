@@ -29,12 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import machine, scratch_store, write_json
-from graphthrift.ledger.ledger import Ledger
-from graphthrift.ledger.records import LedgerRecord
-from graphthrift.ops.alerts import AlertRules, check_alerts
-from graphthrift.ops.distill import export_distill
+from graphthrift.ledger import Ledger, LedgerRecord
+from graphthrift.ops import AlertRules, check_alerts, export_distill
 from graphthrift.ops.schema import DISTILL_TABLE
-from graphthrift.store.postgres import Store
+from graphthrift.store import Store
 
 SERIES = 20
 START = datetime(2026, 6, 1, tzinfo=UTC)  # a Monday

@@ -33,8 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
-from graphthrift.ledger.prices import cost_usd
-from graphthrift.store.postgres import Store
+from graphthrift.ledger import cost_usd
+from graphthrift.store import Store
 
 PRIMARY = "gpt-4o-mini"
 FALLBACK = "claude-3-haiku-20240307"
@@ -201,7 +201,7 @@ def _policy_agent(name: str, provider: FaultyProvider, store: Store, scale: floa
                 ),
             ],
         )
-    from graphthrift.langgraph.resilience import dedup_requests
+    from graphthrift.langgraph import dedup_requests
     from graphthrift.middleware.resilience import FailoverMiddleware, ResilienceMiddleware
     from graphthrift.resilience import (
         Backoff,
@@ -341,8 +341,8 @@ _KILLED = textwrap.dedent(
 
 
 def _restart(store: Store) -> dict[str, int]:
-    from graphthrift.budget.budget import Budget
-    from graphthrift.ledger.ledger import Ledger
+    from graphthrift.budget import Budget
+    from graphthrift.ledger import Ledger
 
     tenant = f"bench-restart-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "GRAPHTHRIFT_HOME": str(store.home)}

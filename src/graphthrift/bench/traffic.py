@@ -1,5 +1,8 @@
 """``graphthrift bench --traffic FILE``: what each layer would have saved on your own traffic.
 
+Long because: one replay of the user's logged traffic runs every layer over the same
+requests, cumulatively, so their savings add up without double counting.
+
 The file is logged OpenAI chat-completions requests, one JSON object a line (format in
 ``bench._traffic_read`` and docs/benchmarks.md). The requests are replayed in file order
 through the layers, cumulatively, as ``graphthrift bench stack`` adds them: exact cache,
@@ -89,8 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
 
 @lru_cache(maxsize=500_000)
 def _tokens(role: str, text: str, calls: str) -> int:
-    from graphthrift.text.messages import Message, to_message
-    from graphthrift.text.tokens import count_message
+    from graphthrift.text import Message, count_message, to_message
 
     if calls:
         message = to_message({"role": role, "content": text, "tool_calls": _calls(calls)})
@@ -213,7 +215,7 @@ class _Conversations:
 
 def _cache_keys(reqs: list[LoggedRequest], plans: list[_Plan]) -> list[tuple[str, str]]:
     """(scope, normalized question) per request, as graphthrift.cache.cache keys it."""
-    from graphthrift.cache.keys import default_key
+    from graphthrift.cache import default_key
 
     keys = []
     for req, plan in zip(reqs, plans, strict=True):
@@ -231,8 +233,8 @@ def _caches(
     """Mark exact and semantic hits; the answer agreement of served hits."""
     import numpy as np
 
-    from graphthrift.cache.keys import normalize_query
-    from graphthrift.embed.embedders import default_embedder
+    from graphthrift.cache import normalize_query
+    from graphthrift.embed import default_embedder
 
     keys = _cache_keys(reqs, plans)
     stored: dict[tuple[str, str], int] = {}
@@ -297,7 +299,7 @@ def _history(
     reqs: list[LoggedRequest], plans: list[_Plan], max_tokens: int, advance: Any
 ) -> dict[str, Any]:
     """Prune every multi-turn request per conversation; stability and literal retention."""
-    from graphthrift.history.pruner import HistoryPruner
+    from graphthrift.history import HistoryPruner
 
     pruner = HistoryPruner(max_tokens=max_tokens)
     states: dict[str, Any] = {}
@@ -345,7 +347,7 @@ def _context(text: str) -> tuple[int, int] | None:
 
 def _compression(reqs: list[LoggedRequest], plans: list[_Plan], advance: Any) -> dict[str, Any]:
     """Compress the retrieved context of each request; how much of the answer it keeps."""
-    from graphthrift.compress.compressor import ExtractiveCompressor
+    from graphthrift.compress import ExtractiveCompressor
 
     compressor = ExtractiveCompressor(target_ratio=1 / COMPRESS_RATIO)
     memo: dict[tuple[str, str], str] = {}
@@ -388,8 +390,8 @@ def _routing(
     reqs: list[LoggedRequest], plans: list[_Plan], cheap_model: str, advance: Any
 ) -> dict[str, Any]:
     """Route each request between its logged model and the cheap one (when cheaper)."""
-    from graphthrift.ledger.prices import default_price_book
-    from graphthrift.route.router import Router
+    from graphthrift.ledger import default_price_book
+    from graphthrift.route import Router
 
     prices = default_price_book()
     routers: dict[str, Router | None] = {}
@@ -426,7 +428,7 @@ class _Step:
 def _plans(reqs: list[LoggedRequest]) -> tuple[list[_Plan], Counter[str]]:
     plans, how = [], Counter[str]()
     known_out = [r.usage.output_tokens for r in reqs if r.usage is not None]
-    from graphthrift.text.tokens import count_text
+    from graphthrift.text import count_text
 
     median_out = int(statistics.median(known_out)) if known_out else 0
     conversations = _Conversations()
@@ -459,8 +461,7 @@ def _steps(
     cheap_model: str,
 ) -> list[_Step]:
     """The ledger records of every step (cumulative layers)."""
-    from graphthrift.ledger.prices import default_price_book
-    from graphthrift.ledger.records import LedgerRecord
+    from graphthrift.ledger import LedgerRecord, default_price_book
 
     prices = default_price_book()
     out = []
@@ -534,8 +535,7 @@ def replay(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Replay ``traffic`` through the layers; the stack rows, per-layer notes and traffic facts."""
-    from graphthrift.ledger.ledger import Ledger
-    from graphthrift.ledger.prices import default_price_book
+    from graphthrift.ledger import Ledger, default_price_book
 
     console = console or Console(quiet=True)
     reqs = traffic.requests
@@ -726,8 +726,8 @@ def _notes(out: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Read ``args.traffic``, replay it, print the waterfall table, write JSON and the PNG."""
     from graphthrift.bench.stack import waterfall
-    from graphthrift.embed.embedders import default_embedder
-    from graphthrift.store.postgres import Store
+    from graphthrift.embed import default_embedder
+    from graphthrift.store import Store
 
     started = time.perf_counter()
     traffic = read_traffic(args.traffic)

@@ -1,8 +1,9 @@
 """The SQL behind ``Budget``: atomic reservations, settlement and reclaiming, sync and async.
 
-Each operation is written once, as a generator that yields ``(statement, params)`` and
-receives the rows back; ``run_sync`` and ``run_async`` drive it on a sync or an async
-connection inside one transaction. Scope rows are always touched in sorted order, so two
+Each operation is written once, as a program (a generator that yields ``Sql`` statements and
+receives the rows back); ``run_sync`` and ``run_async`` drive it with the store's one sans-IO
+driver (``graphthrift.store.driver``) on a sync or an async connection inside one
+transaction. Scope rows are always touched in sorted order, so two
 transactions never wait on each other in opposite orders (no deadlocks).
 
 A reservation is one conditional upsert per scope::
@@ -17,17 +18,17 @@ concurrent reservations can never together pass a limit.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from sqlalchemy import TextClause, text
-from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift.budget.schema import RESERVATIONS_TABLE, SPEND_TABLE
-from graphthrift.errors import StoreUnavailable
-from graphthrift.store.postgres import Store, _is_connection_error, _reason
+from graphthrift.store import driver
+from graphthrift.store.driver import Plan, Sql
+from graphthrift.store.postgres import Store
 
 RUN_DAY = date(1970, 1, 1)  # run scopes are counted per run, not per day
 
@@ -113,8 +114,16 @@ _RECLAIM = text(f"""
     RETURNING scopes, usd, tokens
 """)
 
-Op = tuple[TextClause, dict[str, Any]]
-Program = Generator[Op, Sequence[Any], Any]
+Program = Plan[Any]
+
+
+def _op(statement: TextClause, params: dict[str, Any]) -> Sql:
+    """A statement whose rows (if it returns any) come back as tuples."""
+    return Sql(statement, params, fetch=_returns_rows(statement), rows="tuples")
+
+
+def _returns_rows(statement: TextClause) -> bool:
+    return "RETURNING" in statement.text or statement.text.lstrip().upper().startswith("SELECT")
 
 
 def _scope_params(scope: ScopeRef) -> dict[str, Any]:
@@ -144,12 +153,12 @@ def reserve_program(
             (limit_usd is not None and usd > limit_usd)
             or (limit_tokens is not None and tokens > limit_tokens)
         )
-        rows = [] if fresh_over else (yield _RESERVE, params)
+        rows = [] if fresh_over else (yield _op(_RESERVE, params))
         if not rows:
-            found = yield _READ_ONE, _scope_params(scope)
+            found = yield _op(_READ_ONE, _scope_params(scope))
             usage = ScopeUsage(*found[0]) if found else ScopeUsage()
             return Refusal(scope, usage)
-    yield (
+    yield _op(
         _INSERT_RESERVATION,
         {
             "id": reservation_id,
@@ -175,10 +184,10 @@ def settle_program(
 
     A reservation that already expired (and was reclaimed) only adds the actual spend.
     """
-    found = yield _DELETE_RESERVATION, {"id": reservation_id}
+    found = yield _op(_DELETE_RESERVATION, {"id": reservation_id})
     still_open = bool(found)
     for scope in sorted(scopes):
-        yield (
+        yield _op(
             _SETTLE,
             {
                 **_scope_params(scope),
@@ -193,7 +202,7 @@ def settle_program(
 
 def reclaim_program() -> Program:
     """Release the reservations whose ``expires_at`` passed; return how many."""
-    rows = yield _RECLAIM, {}
+    rows = yield _op(_RECLAIM, {})
     totals: dict[ScopeRef, list[float]] = {}
     for scopes, usd, tokens in rows:
         raw = scopes if isinstance(scopes, list) else json.loads(scopes)
@@ -204,7 +213,7 @@ def reclaim_program() -> Program:
             slot[1] += tokens
     for scope in sorted(totals):
         usd_total, tokens_total = totals[scope]
-        yield (
+        yield _op(
             _SETTLE,
             {
                 **_scope_params(scope),
@@ -221,62 +230,18 @@ def read_program(scopes: Sequence[ScopeRef]) -> Program:
     """The current usage of each scope (zeros for a scope never used)."""
     out: dict[ScopeRef, ScopeUsage] = {}
     for scope in scopes:
-        found = yield _READ_ONE, _scope_params(scope)
+        found = yield _op(_READ_ONE, _scope_params(scope))
         out[scope] = ScopeUsage(*found[0]) if found else ScopeUsage()
     return out
 
 
-class _Rollback(Exception):
-    """Raised inside a transaction to roll it back while carrying the program's result."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__("rollback")
-        self.value = value
-
-
-def _returns_rows(statement: TextClause) -> bool:
-    return "RETURNING" in statement.text or statement.text.lstrip().upper().startswith("SELECT")
-
-
 def run_sync(store: Store, program: Program, *, rollback_if: type | None = None) -> Any:
     """Run ``program`` in one transaction; roll back when its result is a ``rollback_if``."""
-    try:
-        with store.connect() as conn:
-            try:
-                statement, params = next(program)
-                while True:
-                    result = conn.execute(statement, params)
-                    rows = result.all() if _returns_rows(statement) else []
-                    statement, params = program.send(rows)
-            except StopIteration as stop:
-                value = stop.value
-            if rollback_if is not None and isinstance(value, rollback_if):
-                raise _Rollback(value)
-            return value
-    except _Rollback as rolled:
-        return rolled.value
+    with store.unreachable_as_error():
+        return driver.run_sync(store.engine, program, rollback_if=rollback_if)
 
 
 async def run_async(store: Store, program: Program, *, rollback_if: type | None = None) -> Any:
     """``run_sync`` on the store's async engine."""
-    try:
-        async with store.async_engine.begin() as conn:
-            try:
-                statement, params = next(program)
-                while True:
-                    result = await conn.execute(statement, params)
-                    rows = result.all() if _returns_rows(statement) else []
-                    statement, params = program.send(rows)
-            except StopIteration as stop:
-                value = stop.value
-            if rollback_if is not None and isinstance(value, rollback_if):
-                raise _Rollback(value)
-            return value
-    except _Rollback as rolled:
-        return rolled.value
-    except SQLAlchemyError as exc:
-        if _is_connection_error(exc):
-            raise StoreUnavailable(store.display_url, _reason(exc)) from exc
-        raise
-    except OSError as exc:
-        raise StoreUnavailable(store.display_url, str(exc)) from exc
+    with store.unreachable_as_error(os_errors=True):
+        return await driver.run_async(store.async_engine, program, rollback_if=rollback_if)

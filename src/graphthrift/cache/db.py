@@ -1,8 +1,9 @@
-"""How the caches talk to PostgreSQL: one plan of statements, a sync and an async driver.
+"""How the caches talk to PostgreSQL: their own pools, and lookups under a deadline.
 
-A cache operation is written once, as a generator that yields ``Sql`` statements and
-receives their rows. ``run_sync`` and ``run_async`` drive it inside one transaction, so the
-sync and async paths share every line of logic. Lookups go through ``CacheEngines``, a
+A cache operation is written once, as a plan (a generator that yields ``Sql`` statements and
+receives their rows), and run by the store's one sans-IO driver (``graphthrift.store.driver``:
+``run_sync``/``run_async``, re-exported here), so the sync and async paths share every line
+of logic. Lookups go through ``CacheEngines``, a
 connection pool of the cache's own with ``statement_timeout`` and the HNSW settings set at
 connect time (no extra round trip per lookup), a short pool wait and a connect timeout.
 A lookup also runs under a client-side deadline, so a hung network cannot hold the caller.
@@ -15,37 +16,27 @@ import concurrent.futures
 import math
 import threading
 import weakref
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
-from sqlalchemy import Engine, TextClause, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from graphthrift.store.driver import Plan, Sql, run_async, run_sync
 from graphthrift.store.postgres import Store
 
+__all__ = [
+    "CacheEngines",
+    "Plan",
+    "Settings",
+    "Sql",
+    "awith_deadline",
+    "run_async",
+    "run_sync",
+    "with_deadline",
+]
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Sql:
-    """One statement of a plan; ``fetch`` says whether its rows are sent back."""
-
-    sql: str
-    params: dict[str, Any] = field(default_factory=dict)
-    fetch: bool = True
-
-
-Plan = Generator[Sql, list[dict[str, Any]], T]
-
-_texts: dict[str, TextClause] = {}
-
-
-def _text(sql: str) -> TextClause:
-    clause = _texts.get(sql)
-    if clause is None:
-        clause = _texts[sql] = text(sql)
-    return clause
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,43 +138,6 @@ class CacheEngines:
         self.engine.dispose()
         for engine, _ in list(self._async.values()):
             engine.sync_engine.dispose()
-
-
-def run_sync(engine: Engine, plan: Plan[T], statement_timeout: float | None = None) -> T:
-    """Drive ``plan`` on a pooled connection, in one transaction."""
-    with engine.begin() as conn:
-        if statement_timeout is not None:
-            conn.execute(_text(f"SET LOCAL statement_timeout = {int(statement_timeout * 1000)}"))
-        rows: list[dict[str, Any]] | None = None
-        try:
-            step = next(plan)
-            while True:
-                result = conn.execute(_text(step.sql), step.params)
-                rows = [dict(r._mapping) for r in result] if step.fetch else []
-                step = plan.send(rows)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
-
-
-async def run_async(
-    engine: AsyncEngine, plan: Plan[T], statement_timeout: float | None = None
-) -> T:
-    """``run_sync`` on an asyncio engine."""
-    async with engine.begin() as conn:
-        if statement_timeout is not None:
-            await conn.execute(
-                _text(f"SET LOCAL statement_timeout = {int(statement_timeout * 1000)}")
-            )
-        try:
-            step = next(plan)
-            while True:
-                result = await conn.execute(_text(step.sql), step.params)
-                rows = [dict(r._mapping) for r in result] if step.fetch else []
-                step = plan.send(rows)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
 
 
 def with_deadline(engines: CacheEngines, plan: Plan[T], timeout: float) -> T:

@@ -25,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from graphthrift.bench import command as bench_cli
-from graphthrift.bench._common import write_json
+from graphthrift.bench.command import write_json
 from graphthrift.cli import cache as cache_cli
 from graphthrift.cli import ops as ops_cli
 from graphthrift.errors import GraphthriftError
@@ -103,7 +103,7 @@ def _existing_store(args: argparse.Namespace) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     from graphthrift.ledger.schema import LEDGER_TABLE
-    from graphthrift.store.postgres import DEFAULT_HOME, Store, _driver_url, hide_password
+    from graphthrift.store.postgres import DEFAULT_HOME, Store, driver_url, hide_password
 
     url = args.url or os.environ.get("GRAPHTHRIFT_DATABASE_URL") or None
     home = Path(
@@ -115,7 +115,7 @@ def _existing_store(args: argparse.Namespace) -> Any:
         if not (pgdata / "PG_VERSION").exists():
             raise StoreNotFound(f"{home}", f"there is no embedded database in {pgdata}")
         return Store(home=home)
-    engine = create_engine(_driver_url(url, "psycopg"))
+    engine = create_engine(driver_url(url, "psycopg"))
     try:
         with engine.connect() as conn:
             found = conn.execute(text("SELECT to_regclass(:t)"), {"t": LEDGER_TABLE}).scalar()

@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphthrift.bench._common import write_json
+from graphthrift.bench.command import write_json
 
 __all__ = ["COMMANDS", "add_parsers", "extend_report", "handles_report", "report", "run"]
 

@@ -13,7 +13,7 @@ _EXPORTS = {
     "LabelLimiter": ".metrics",
     "Ledger": ".ledger",
     "LedgerFlushTimeout": ".ledger",
-    "LedgerObserver": ".ledger",
+    "LedgerObserver": ".observer",
     "LedgerRecord": ".records",
     "OTHER": ".metrics",
     "OtelExporter": ".otel",
@@ -40,12 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .calls import CallRecorder as CallRecorder
     from .ledger import Ledger as Ledger
     from .ledger import LedgerFlushTimeout as LedgerFlushTimeout
-    from .ledger import LedgerObserver as LedgerObserver
     from .metrics import DEFAULT_LABELS as DEFAULT_LABELS
     from .metrics import LATENCY_BUCKETS as LATENCY_BUCKETS
     from .metrics import OTHER as OTHER
     from .metrics import LabelLimiter as LabelLimiter
     from .metrics import PrometheusMetrics as PrometheusMetrics
+    from .observer import LedgerObserver as LedgerObserver
     from .otel import OtelExporter as OtelExporter
     from .otel import provider_name as provider_name
     from .otel import trace_id_for_run as trace_id_for_run

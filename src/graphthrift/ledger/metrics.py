@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 from graphthrift import diagnostics
 from graphthrift.config import env_int, env_str
 from graphthrift.errors import MissingExtra
-from graphthrift.ledger.ledger import LedgerObserver
+from graphthrift.ledger.observer import LedgerObserver
 from graphthrift.ledger.records import LedgerRecord
 
 try:

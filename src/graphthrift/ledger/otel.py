@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from graphthrift import __version__, diagnostics
 from graphthrift.errors import MissingExtra
-from graphthrift.ledger.ledger import LedgerObserver
+from graphthrift.ledger.observer import LedgerObserver
 from graphthrift.ledger.prices import split_model_ref
 from graphthrift.ledger.records import LedgerRecord
 

@@ -1,5 +1,8 @@
 """Model prices from the ``genai-prices`` package, with user overrides.
 
+Long because: ``PriceBook`` is one lookup (override, then genai-prices, then the rules'
+multipliers) and its cost arithmetic, which must agree line by line.
+
 We never invent a price: an unknown model costs ``None`` and increments the
 ``unknown_model_price`` counter. Users add or override prices on a ``PriceBook``
 (``set_price`` edits the default one).

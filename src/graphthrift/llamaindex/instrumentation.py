@@ -1,5 +1,8 @@
 """``CostEventHandler``: LlamaIndex instrumentation that writes one ledger record per LLM call.
 
+Long because: LlamaIndex's span and event protocol (start, stream chunks, end, errors,
+nested calls) is one state machine that must book each call exactly once.
+
 LlamaIndex dispatches ``LLMChatStartEvent`` or ``LLMCompletionStartEvent`` when an LLM call
 begins, an ``*InProgressEvent`` for every streamed chunk, and an ``*EndEvent`` once the call,
 or its stream, is done. All of them carry the ``span_id`` of the LLM method's span, which is

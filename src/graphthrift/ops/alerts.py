@@ -1,5 +1,9 @@
 """Alerts on the ledger: cost spikes, escalations, cache hit rate, refusals, retry cost.
 
+Long because: the alert rules, their seasonal check on the ledger and their Prometheus-rule
+rendering are one set of thresholds that must agree; splitting them would let the two copies
+drift.
+
 "A sudden spike usually signals a prompt regression upstream": a new prompt version that
 doubles the tokens of one feature shows first as that feature's hourly cost leaving its
 usual range. Each series (a tenant, a feature) is compared with its own *seasonal* baseline:

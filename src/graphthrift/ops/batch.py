@@ -1,5 +1,8 @@
 """Batch API jobs that survive the process: submit once, poll, map back, retry, book.
 
+Long because: one durable job's life (submit, poll, map back, retry, book) is one state
+machine over one table, beside the two providers' thin wire adapters it drives.
+
 Offline work (evals, document pipelines, corpus jobs) costs half through the providers'
 Batch APIs, but a batch takes minutes to hours: a process may die between submitting and
 collecting it. ``BatchJobs`` keeps every job and request in the store, so a restarted

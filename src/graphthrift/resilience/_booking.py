@@ -1,15 +1,22 @@
-"""Booking a deduplicated call in the ledger: a ``kind="dedup"`` row saying what it saved."""
+"""Booking a deduplicated call in the ledger: a ``kind="dedup"`` row saying what it saved.
+
+``FlightLayer`` is what ``SingleFlight`` and ``RequestDedup`` share: a flight engine, and
+booking every caller served by another call's answer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from graphthrift import diagnostics
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.prices import PriceBook, default_price_book
 from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
-from graphthrift.resilience._flight import Answer
+from graphthrift.resilience._flight import Answer, Codec, FlightEngine, FlightStats
+from graphthrift.store.postgres import Store
+
+T = TypeVar("T")
 
 
 def book_dedup(
@@ -85,3 +92,51 @@ def book_decision(
         ledger.record(record)
     except RuntimeError:  # a closed ledger: the decision stands, its row is counted
         diagnostics.count(f"{kind}_unbooked")
+
+
+class FlightLayer:
+    """A flight engine for ``layer``, whose shared answers are booked as dedup rows."""
+
+    layer: ClassVar[str]
+
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        ledger: Ledger | None,
+        prices: PriceBook | None,
+        window_s: float,
+        keep_s: float,
+        wait_timeout: float,
+        poll_interval: float,
+        codec: Codec,
+    ) -> None:
+        self.ledger = ledger
+        self.prices = prices
+        self.engine = FlightEngine(
+            store,
+            kind=self.layer,
+            window_s=window_s,
+            keep_s=keep_s,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            codec=codec,
+        )
+
+    @property
+    def stats(self) -> FlightStats:
+        """Calls made and answers shared by this process."""
+        return self.engine.stats
+
+    def _served(
+        self,
+        answer: Answer[T],
+        tags: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> T:
+        """``answer``'s value, booked first when it came from another caller's call."""
+        if answer.shared:
+            book_dedup(
+                self.ledger, answer, layer=self.layer, tags=tags, prices=self.prices, extra=extra
+            )
+        return answer.value

@@ -1,5 +1,8 @@
 """The engine under single-flight and request-id dedup: one call per key, shared answers.
 
+Long because: the in-process and cross-process halves of one flight (leader, waiters,
+advisory lock, hand-over row) share one protocol, written as sync and async twins.
+
 Within a process, the first caller of a key leads and the others wait on its ``_Local``
 (threads on an event, asyncio tasks on a future, so both kinds share one flight). Across
 processes, the leader takes a PostgreSQL session advisory lock keyed by a hash of the key,

@@ -16,13 +16,11 @@ from typing import Any, TypeVar
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.prices import PriceBook
 from graphthrift.ledger.usage import Usage
-from graphthrift.resilience._booking import book_dedup
+from graphthrift.resilience._booking import FlightLayer
 from graphthrift.resilience._flight import (
     JSON_CODEC,
     Answer,
     Codec,
-    FlightEngine,
-    FlightStats,
     Ticket,
 )
 from graphthrift.store.postgres import Store
@@ -32,7 +30,7 @@ T = TypeVar("T")
 __all__ = ["RequestDedup"]
 
 
-class RequestDedup:
+class RequestDedup(FlightLayer):
     """Runs each caller-supplied request id once; retries wait for it or get its answer.
 
     Args:
@@ -70,23 +68,17 @@ class RequestDedup:
     ) -> None:
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0 seconds, got {window_s!r}")
-        self.ledger = ledger
-        self.prices = prices
-        self.window_s = window_s
-        self.engine = FlightEngine(
+        super().__init__(
             store,
-            kind=self.layer,
+            ledger=ledger,
+            prices=prices,
             window_s=window_s,
             keep_s=window_s,
             wait_timeout=wait_timeout,
             poll_interval=poll_interval,
             codec=codec,
         )
-
-    @property
-    def stats(self) -> FlightStats:
-        """Runs made and answers shared by this process."""
-        return self.engine.stats
+        self.window_s = window_s
 
     def _ticket(
         self,
@@ -123,16 +115,7 @@ class RequestDedup:
         """``fn()`` once per request id: a retry waits for it, or gets its stored answer."""
         ticket, all_tags = self._ticket(request_id, scope, fingerprint, model, usage_of, tags)
         answer: Answer[T] = self.engine.run(ticket, fn)
-        if answer.shared:
-            book_dedup(
-                self.ledger,
-                answer,
-                layer=self.layer,
-                tags=all_tags,
-                prices=self.prices,
-                extra={"request_id": request_id},
-            )
-        return answer.value
+        return self._served(answer, all_tags, {"request_id": request_id})
 
     async def acall(
         self,
@@ -148,13 +131,4 @@ class RequestDedup:
         """``call`` for coroutines."""
         ticket, all_tags = self._ticket(request_id, scope, fingerprint, model, usage_of, tags)
         answer: Answer[T] = await self.engine.arun(ticket, fn)
-        if answer.shared:
-            book_dedup(
-                self.ledger,
-                answer,
-                layer=self.layer,
-                tags=all_tags,
-                prices=self.prices,
-                extra={"request_id": request_id},
-            )
-        return answer.value
+        return self._served(answer, all_tags, {"request_id": request_id})

@@ -16,13 +16,11 @@ from typing import Any, TypeVar
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.prices import PriceBook
 from graphthrift.ledger.usage import Usage
-from graphthrift.resilience._booking import book_dedup
+from graphthrift.resilience._booking import FlightLayer
 from graphthrift.resilience._flight import (
     JSON_CODEC,
     Answer,
     Codec,
-    FlightEngine,
-    FlightStats,
     Ticket,
 )
 from graphthrift.store.postgres import Store
@@ -32,7 +30,7 @@ T = TypeVar("T")
 __all__ = ["SingleFlight"]
 
 
-class SingleFlight:
+class SingleFlight(FlightLayer):
     """One provider call per key and scope at a time, shared by every concurrent caller.
 
     Args:
@@ -69,22 +67,16 @@ class SingleFlight:
         poll_interval: float = 0.05,
         codec: Codec = JSON_CODEC,
     ) -> None:
-        self.ledger = ledger
-        self.prices = prices
-        self.engine = FlightEngine(
+        super().__init__(
             store,
-            kind=self.layer,
+            ledger=ledger,
+            prices=prices,
             window_s=0.0,
             keep_s=keep_s,
             wait_timeout=wait_timeout,
             poll_interval=poll_interval,
             codec=codec,
         )
-
-    @property
-    def stats(self) -> FlightStats:
-        """Calls made and answers shared by this process."""
-        return self.engine.stats
 
     def _ticket(
         self,
@@ -114,9 +106,7 @@ class SingleFlight:
         """
         ticket, all_tags = self._ticket(key, scope, model, usage_of, tags)
         answer: Answer[T] = self.engine.run(ticket, fn)
-        if answer.shared:
-            book_dedup(self.ledger, answer, layer=self.layer, tags=all_tags, prices=self.prices)
-        return answer.value
+        return self._served(answer, all_tags)
 
     async def acall(
         self,
@@ -131,6 +121,4 @@ class SingleFlight:
         """``call`` for coroutines; flights are shared with this process's threads."""
         ticket, all_tags = self._ticket(key, scope, model, usage_of, tags)
         answer: Answer[T] = await self.engine.arun(ticket, fn)
-        if answer.shared:
-            book_dedup(self.ledger, answer, layer=self.layer, tags=all_tags, prices=self.prices)
-        return answer.value
+        return self._served(answer, all_tags)

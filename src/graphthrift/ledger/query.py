@@ -1,0 +1,153 @@
+"""Reading the ledger back: committed records by column filters, and grouped cost reports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Date as SADate
+from sqlalchemy import and_, case, cast, func, literal_column, select
+
+from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS
+from graphthrift.ledger.schema import ledger_table
+from graphthrift.store.postgres import Store
+
+REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
+_FILTERABLE = frozenset(RECORD_COLUMNS) - {"extra"}
+
+
+class LedgerQueries:
+    """The read side of ``Ledger``: ``records``, ``report`` and their async twins."""
+
+    store: Store
+
+    def records(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Committed records matching column filters (``tenant_id="acme"``, ``kind="llm"``)."""
+        query = (
+            select(ledger_table)
+            .where(*_conditions(since, until, filters))
+            .order_by(ledger_table.c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.store.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def report(
+        self,
+        by: Sequence[str] = ("tenant_id",),
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
+
+        Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
+        ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
+        ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
+        ``success_rate``, ``cache_hits``, ``saved_usd`` and ``saved_tokens``.
+        """
+        if isinstance(by, str):
+            by = [k for k in by.split(",") if k]
+        unknown = [k for k in by if k not in REPORT_KEYS]
+        if unknown:
+            raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
+        c = ledger_table.c
+        groups = [
+            cast(func.timezone(literal_column("'UTC'"), c.ts), SADate).label("day")
+            if k == "day"
+            else c[k].label(k)
+            for k in by
+        ]
+        is_llm = c.kind == "llm"
+        llm_int = case((is_llm, 1), else_=0)
+        query = (
+            select(
+                *groups,
+                func.sum(llm_int).label("requests"),
+                func.sum(case((is_llm, c.input_tokens), else_=0)).label("input_tokens"),
+                func.sum(case((is_llm, c.output_tokens), else_=0)).label("output_tokens"),
+                func.sum(case((is_llm, c.cached_tokens), else_=0)).label("cached_tokens"),
+                func.sum(case((is_llm, c.reasoning_tokens), else_=0)).label("reasoning_tokens"),
+                func.sum(case((is_llm, c.cache_write_tokens), else_=0)).label("cache_write_tokens"),
+                func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
+                func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"),
+                func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
+                (
+                    func.sum(case((and_(is_llm, c.success), 1), else_=0))
+                    * 1.0
+                    / func.nullif(func.sum(llm_int), 0)
+                ).label("success_rate"),
+                func.sum(case((c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
+                func.coalesce(func.sum(c.saved_usd), 0.0).label("saved_usd"),
+                func.sum(c.saved_tokens).label("saved_tokens"),
+            )
+            .where(*_conditions(since, until, filters))
+            .group_by(*groups)
+            .order_by(func.coalesce(func.sum(c.cost_usd), 0.0).desc(), *groups)
+        )
+        with self.store.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        for row in rows:
+            for key in (
+                "requests",
+                "input_tokens",
+                "output_tokens",
+                "cached_tokens",
+                "reasoning_tokens",
+                "cache_write_tokens",
+                "unpriced",
+                "cache_hits",
+                "saved_tokens",
+            ):
+                row[key] = int(row[key] or 0)
+            if isinstance(row.get("day"), date):
+                row["day"] = row["day"].isoformat()
+            row["success_rate"] = (
+                None if row["success_rate"] is None else float(row["success_rate"])
+            )
+        return rows
+
+    async def arecords(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """``records`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.records(**kwargs))
+
+    async def areport(
+        self, by: Sequence[str] = ("tenant_id",), **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """``report`` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.report(by, **kwargs))
+
+
+def _conditions(
+    since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> list[Any]:
+    c = ledger_table.c
+    conds: list[Any] = []
+    for key, value in filters.items():
+        if key not in _FILTERABLE:
+            raise ValueError(
+                f"cannot filter ledger records on {key!r}; columns are {', '.join(sorted(_FILTERABLE))}"
+            )
+        conds.append(c[key].is_(None) if value is None else c[key] == value)
+    if since is not None:
+        conds.append(c.ts >= _aware(since, "since"))
+    if until is not None:
+        conds.append(c.ts < _aware(until, "until"))
+    return conds
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
