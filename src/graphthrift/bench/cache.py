@@ -411,7 +411,7 @@ def _filler(
 
 def _exact_speed(store: Store, name: str, texts: list[str], n: int) -> dict[str, float]:
     """p50/p95 of ``ExactCache.lookup`` hits on ``texts`` stored in the exact layer."""
-    from graphthrift.cache.cache import ExactCache
+    from graphthrift.cache.exact import ExactCache
 
     unique = list({CacheQuery(t).normalized: t for t in texts}.values())  # one per key
     _copy_entries(store, [("bench", f"exact-{name}", t, np.empty(0)) for t in unique], "", "exact")
@@ -431,7 +431,7 @@ def _peak_rss_mb() -> float:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from graphthrift.cache.cache import SemanticCache
+    from graphthrift.cache.semantic import SemanticCache
 
     quick = mode(args) == "quick"
     sizes = SIZES[mode(args)]

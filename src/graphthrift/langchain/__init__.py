@@ -7,6 +7,7 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "CostTagger": ".callbacks",
     "GraphthriftLangChainCache": ".cache",
+    "as_langchain_cache": ".cache",
     "ExtractiveDocumentCompressor": ".compress",
     "CompressorDocumentCompressor": ".compress",
     "SimulatedChatModel": ".sim",

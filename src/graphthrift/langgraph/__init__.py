@@ -15,6 +15,8 @@ _EXPORTS = {
     "compress_context": ".compress",
     "cache_lookup": ".cache",
     "cache_store": ".cache",
+    "lookup_cache": ".cache",
+    "cache_answer": ".cache",
     "route_on_cache_hit": ".cache",
     "CacheState": ".cache",
     "budget_guard": ".budget",

@@ -12,6 +12,7 @@ _EXPORTS = {
     "HistoryPruningState": ".history",
     "SemanticCacheMiddleware": ".cache",
     "CacheMiddleware": ".cache",
+    "ExactCacheMiddleware": ".cache",
     "BudgetMiddleware": ".budget",
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",
