@@ -1,5 +1,8 @@
 """``graphthrift bench cache``: precision, recall and speed of the semantic cache.
 
+Long because: one benchmark's data loading, calibration, policy replay and speed runs feed
+one JSON contract (docs/benchmarks.md) and read in its order; each part is a short function.
+
 Method (every quality figure on held-out data):
 
 - banking77: the cache holds answered questions from the train file (one entry each);
@@ -69,13 +72,9 @@ from graphthrift.bench._common import (
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.cache.guard import lexical_conflict
 from graphthrift.cache.keys import CacheQuery, CacheScope, key_hash
-from graphthrift.cache.policy import (
-    RULES,
-    AdaptivePolicy,
-    precision_recall_curve,
-    tune_threshold,
-)
+from graphthrift.cache.policy import AdaptivePolicy
 from graphthrift.cache.schema import ENTRIES_TABLE, hnsw_index_sql
+from graphthrift.cache.tuning import RULES, precision_recall_curve, tune_threshold
 from graphthrift.embed.embedders import as_embedder, default_embedder
 from graphthrift.store.postgres import Store
 

@@ -28,11 +28,11 @@ from graphthrift.cache.statements import (
     purge_sql,
     shadow_report_sql,
 )
-from graphthrift.errors import BadScopeText, CacheUnavailable
+from graphthrift.errors import BadScopeText, CacheArgumentError, CacheUnavailable
 from graphthrift.provenance import unstorable
 from graphthrift.text.repair import clean_text, needs_repair
 
-__all__ = ["ExactCache"]
+__all__ = ["ExactCache", "checked_cache"]
 
 logger = logging.getLogger("graphthrift.cache")
 
@@ -391,3 +391,18 @@ class ExactCache(CacheLayer):
         from graphthrift.langchain.cache import as_langchain_cache
 
         return as_langchain_cache(self, single_tenant=single_tenant, **scope)
+
+
+def checked_cache(cache: object, scope: Mapping[str, object]) -> ExactCache:
+    """``cache``, checked the way every cache adapter checks what it is built with.
+
+    Raises:
+        CacheArgumentError: ``cache`` is neither an ``ExactCache`` nor a ``SemanticCache``.
+        UnknownScopeKey: a ``scope`` keyword is not one (``tenant=`` for ``tenant_id=``).
+    """
+    if not isinstance(cache, ExactCache):
+        raise CacheArgumentError(
+            "cache", cache, f"expected an ExactCache or SemanticCache, got {type(cache).__name__}"
+        )
+    check_scope_keywords(scope)
+    return cache

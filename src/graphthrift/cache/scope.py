@@ -15,6 +15,7 @@ from uuid import UUID
 
 from graphthrift.cache.keys import CacheQuery, CacheScope
 from graphthrift.errors import BadScopeText, UnknownScopeKey
+from graphthrift.kernel import CACHE_SCOPE_KEYS
 from graphthrift.text.repair import needs_repair
 
 __all__ = [
@@ -46,15 +47,9 @@ class CacheScopeKwargs(TypedDict, total=False):
     user_id: ScopeValue
 
 
-#: The fields of a ``CacheScope``, in the order the entry table indexes them.
-SCOPE_FIELDS: tuple[str, ...] = (
-    "tenant_id",
-    "scope",
-    "namespace",
-    "prompt_version",
-    "model_version",
-    "corpus_version",
-)
+#: The fields of a ``CacheScope``, in the order the entry table indexes them (the keys the
+#: adapter kernel reads from a run's metadata).
+SCOPE_FIELDS: tuple[str, ...] = CACHE_SCOPE_KEYS
 #: Every keyword ``CacheScopeKwargs`` allows.
 SCOPE_KEYWORDS: tuple[str, ...] = (*SCOPE_FIELDS, "user_id")
 

@@ -39,11 +39,10 @@ from langchain_core.load import dumps, loads
 from langchain_core.outputs import ChatGeneration, Generation
 
 from graphthrift import diagnostics
-from graphthrift.cache.exact import ExactCache
+from graphthrift.cache.exact import ExactCache, checked_cache
 from graphthrift.cache.hit import CacheHit
 from graphthrift.cache.keys import fingerprint
-from graphthrift.cache.scope import CacheScopeKwargs, check_scope_keywords
-from graphthrift.errors import CacheArgumentError
+from graphthrift.cache.scope import CacheScopeKwargs
 from graphthrift.kernel import answered_by, cache_request, current_run_tags, read_usage, run_config
 from graphthrift.provenance import own_marker, unstorable
 
@@ -108,14 +107,7 @@ class GraphthriftLangChainCache(BaseCache):
         single_tenant: bool = False,
         **scope: Unpack[CacheScopeKwargs],
     ) -> None:
-        if not isinstance(cache, ExactCache):
-            raise CacheArgumentError(
-                "cache",
-                cache,
-                f"expected an ExactCache or SemanticCache, got {type(cache).__name__}",
-            )
-        check_scope_keywords(scope)
-        self.cache = cache
+        self.cache = checked_cache(cache, scope)
         self.single_tenant = single_tenant
         self.scope = scope
 

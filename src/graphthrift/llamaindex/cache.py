@@ -23,10 +23,9 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
 from graphthrift import diagnostics
-from graphthrift.cache.exact import ExactCache
+from graphthrift.cache.exact import ExactCache, checked_cache
 from graphthrift.cache.hit import CacheHit
-from graphthrift.cache.scope import CacheScopeKwargs, check_scope_keywords
-from graphthrift.errors import CacheArgumentError
+from graphthrift.cache.scope import CacheScopeKwargs
 from graphthrift.kernel import cache_request, model_name
 from graphthrift.llamaindex.instrumentation import current_tags
 from graphthrift.provenance import own_marker, watch_degraded
@@ -76,15 +75,8 @@ class CachedQueryEngine(BaseQueryEngine):
         callback_manager: CallbackManager | None = None,
         **scope: Unpack[CacheScopeKwargs],
     ) -> None:
-        if not isinstance(cache, ExactCache):
-            raise CacheArgumentError(
-                "cache",
-                cache,
-                f"expected an ExactCache or SemanticCache, got {type(cache).__name__}",
-            )
-        check_scope_keywords(scope)
         self.query_engine = query_engine
-        self.cache = cache
+        self.cache = checked_cache(cache, scope)
         self.model = model
         self.scope = scope
         super().__init__(callback_manager or query_engine.callback_manager)

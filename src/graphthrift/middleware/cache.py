@@ -39,9 +39,9 @@ from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, Mod
 from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage
 
-from graphthrift.cache.exact import ExactCache
+from graphthrift.cache.exact import ExactCache, checked_cache
 from graphthrift.cache.hit import CacheHit
-from graphthrift.cache.scope import CacheScopeKwargs, check_scope_keywords
+from graphthrift.cache.scope import CacheScopeKwargs
 from graphthrift.cache.semantic import SemanticCache
 from graphthrift.errors import CacheArgumentError
 from graphthrift.kernel import answered_by, cache_request, read_usage, run_config, run_tags
@@ -85,14 +85,7 @@ class ExactCacheMiddleware(AgentMiddleware):
 
     def __init__(self, cache: ExactCache, **scope: Unpack[CacheScopeKwargs]) -> None:
         super().__init__()
-        if not isinstance(cache, ExactCache):
-            raise CacheArgumentError(
-                "cache",
-                cache,
-                f"expected an ExactCache or SemanticCache, got {type(cache).__name__}",
-            )
-        check_scope_keywords(scope)
-        self.cache = cache
+        self.cache = checked_cache(cache, scope)
         self.scope: CacheScopeKwargs = scope
 
     def _prepare(self, request: ModelRequest[Any]) -> tuple[list[Any], dict[str, Any]] | None:
