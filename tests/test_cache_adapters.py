@@ -188,3 +188,25 @@ def test_llamaindex_query_engine_answers_from_the_cache(store: Store, tenant: st
     )
     rebuilt.query("what is the refund window")
     assert inner.calls == 2  # a new corpus version never sees old answers
+
+
+def test_old_adapter_names_warn_and_still_work(store: Store, tenant: str) -> None:
+    from graphthrift.langchain.cache import GraphthriftLangChainCache
+    from graphthrift.langgraph import cache_lookup, cache_store
+    from graphthrift.middleware import CacheMiddleware, ExactCacheMiddleware
+
+    cache = ExactCache(store, tenant_id=tenant, namespace=_namespace())
+    with pytest.warns(DeprecationWarning, match="lookup_cache"):
+        lookup = cache_lookup(cache)
+    with pytest.warns(DeprecationWarning, match="cache_answer"):
+        store_node = cache_store(cache)
+    with pytest.warns(DeprecationWarning, match="ExactCacheMiddleware"):
+        middleware = CacheMiddleware(cache)
+    with pytest.warns(DeprecationWarning, match="as_langchain_cache"):
+        lc = cache.as_langchain_cache(single_tenant=True)
+    assert isinstance(middleware, ExactCacheMiddleware)
+    assert isinstance(lc, GraphthriftLangChainCache)
+    question = [HumanMessage("hours?"), AIMessage("9 to 5.")]
+    store_node.invoke({"messages": question, "cache_hit": {}})
+    out = lookup.invoke({"messages": question[:1], "cache_hit": {}})
+    assert out["cache_hit"]["answer"] == "9 to 5."
