@@ -9,6 +9,7 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "AdaptivePolicy": ".policy",
     "BadScopeText": "graphthrift.errors",
+    "CacheArgumentError": "graphthrift.errors",
     "CacheHit": ".hit",
     "CacheQuery": ".keys",
     "CacheScope": ".keys",
@@ -31,6 +32,7 @@ __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphthrift.errors import BadScopeText as BadScopeText
+    from graphthrift.errors import CacheArgumentError as CacheArgumentError
     from graphthrift.errors import CacheUnavailable as CacheUnavailable
     from graphthrift.errors import UnknownScopeKey as UnknownScopeKey
 
