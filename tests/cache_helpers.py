@@ -65,18 +65,18 @@ def cache_graph(cache: Any, model: Any, calls: list[int], state: Any = None) -> 
     each model call appends to ``calls``."""
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.langgraph import CacheState, cache_lookup, cache_store, route_on_cache_hit
+    from graphthrift.langgraph import CacheState, cache_answer, lookup_cache, route_on_cache_hit
 
     def call_model(s: Any) -> dict[str, Any]:
         calls.append(1)
         return {"messages": [model.invoke(s["messages"])]}
 
     builder = StateGraph(CacheState if state is None else state)
-    builder.add_node("cache_lookup", cache_lookup(cache))
+    builder.add_node("lookup_cache", lookup_cache(cache))
     builder.add_node("model", call_model)
-    builder.add_node("cache_store", cache_store(cache))
-    builder.add_edge(START, "cache_lookup")
-    builder.add_conditional_edges("cache_lookup", route_on_cache_hit("model"), ["model", END])
-    builder.add_edge("model", "cache_store")
-    builder.add_edge("cache_store", END)
+    builder.add_node("cache_answer", cache_answer(cache))
+    builder.add_edge(START, "lookup_cache")
+    builder.add_conditional_edges("lookup_cache", route_on_cache_hit("model"), ["model", END])
+    builder.add_edge("model", "cache_answer")
+    builder.add_edge("cache_answer", END)
     return builder.compile()

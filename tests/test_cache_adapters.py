@@ -13,6 +13,7 @@ from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTest
 
 from cache_helpers import bow_embedder, cache_graph
 from graphthrift.cache import ExactCache, SemanticCache
+from graphthrift.langchain.cache import as_langchain_cache
 from graphthrift.store import Store
 
 from fakes import usage_model
@@ -32,19 +33,19 @@ def _namespace() -> str:
 class TestSemanticLangChainCache(SyncCacheTestSuite):
     @pytest.fixture
     def cache(self, store: Store) -> BaseCache:
-        return SemanticCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
+        return as_langchain_cache(SemanticCache(store, namespace=_namespace()), single_tenant=True)
 
 
 class TestExactLangChainCache(SyncCacheTestSuite):
     @pytest.fixture
     def cache(self, store: Store) -> BaseCache:
-        return ExactCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
+        return as_langchain_cache(ExactCache(store, namespace=_namespace()), single_tenant=True)
 
 
 class TestAsyncSemanticLangChainCache(AsyncCacheTestSuite):
     @pytest.fixture
     async def cache(self, store: Store) -> BaseCache:
-        return SemanticCache(store, namespace=_namespace()).as_langchain_cache(single_tenant=True)
+        return as_langchain_cache(SemanticCache(store, namespace=_namespace()), single_tenant=True)
 
 
 def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
@@ -52,7 +53,7 @@ def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
 ) -> None:
     cache = SemanticCache(store, bow_embedder(), tenant_id=tenant, ledger=ledger, threshold=0.9)
     model = usage_model("Refunds take 14 days.", input_tokens=300, output_tokens=20)
-    model.cache = cache.as_langchain_cache(single_tenant=True)
+    model.cache = as_langchain_cache(cache, single_tenant=True)
     first = model.invoke([HumanMessage("How long do refunds take?")])
     second = model.invoke([HumanMessage("how long do refunds take")])
     assert first.content == second.content == "Refunds take 14 days."
@@ -64,7 +65,7 @@ def test_chat_model_with_cache_skips_the_second_call_and_books_savings(
 def test_langchain_cache_scopes_by_llm_string_and_skips_tool_calls(
     store: Store, tenant: str
 ) -> None:
-    lc = ExactCache(store, tenant_id=tenant).as_langchain_cache(single_tenant=True)
+    lc = as_langchain_cache(ExactCache(store, tenant_id=tenant), single_tenant=True)
     from langchain_core.outputs import ChatGeneration, Generation
 
     lc.update("hello", "model-a", [Generation(text="hi")])
@@ -125,7 +126,7 @@ async def test_agent_middleware_does_not_store_tool_calls(store: Store, tenant: 
     from langchain.agents import create_agent
     from langchain_core.tools import tool
 
-    from graphthrift.middleware.cache import CacheMiddleware
+    from graphthrift.middleware.cache import ExactCacheMiddleware
 
     @tool
     def rate(currency: str) -> str:
@@ -135,7 +136,7 @@ async def test_agent_middleware_does_not_store_tool_calls(store: Store, tenant: 
     cache = ExactCache(store)
     call = AIMessage("", tool_calls=[{"name": "rate", "args": {"currency": "EUR"}, "id": "c1"}])
     model = ToolFakeChatModel(messages=iter([call, AIMessage("1 EUR = 1.1 USD")]))
-    agent = create_agent(model, tools=[rate], middleware=[CacheMiddleware(cache)])
+    agent = create_agent(model, tools=[rate], middleware=[ExactCacheMiddleware(cache)])
     config = {"metadata": {"tenant_id": tenant}}
     out = await agent.ainvoke({"messages": [HumanMessage("EUR rate?")]}, config)
     assert out["messages"][-1].content == "1 EUR = 1.1 USD"
@@ -187,3 +188,25 @@ def test_llamaindex_query_engine_answers_from_the_cache(store: Store, tenant: st
     )
     rebuilt.query("what is the refund window")
     assert inner.calls == 2  # a new corpus version never sees old answers
+
+
+def test_old_adapter_names_warn_and_still_work(store: Store, tenant: str) -> None:
+    from graphthrift.langchain.cache import GraphthriftLangChainCache
+    from graphthrift.langgraph import cache_lookup, cache_store
+    from graphthrift.middleware import CacheMiddleware, ExactCacheMiddleware
+
+    cache = ExactCache(store, tenant_id=tenant, namespace=_namespace())
+    with pytest.warns(DeprecationWarning, match="lookup_cache"):
+        lookup = cache_lookup(cache)
+    with pytest.warns(DeprecationWarning, match="cache_answer"):
+        store_node = cache_store(cache)
+    with pytest.warns(DeprecationWarning, match="ExactCacheMiddleware"):
+        middleware = CacheMiddleware(cache)
+    with pytest.warns(DeprecationWarning, match="as_langchain_cache"):
+        lc = cache.as_langchain_cache(single_tenant=True)
+    assert isinstance(middleware, ExactCacheMiddleware)
+    assert isinstance(lc, GraphthriftLangChainCache)
+    question = [HumanMessage("hours?"), AIMessage("9 to 5.")]
+    store_node.invoke({"messages": question, "cache_hit": {}})
+    out = lookup.invoke({"messages": question[:1], "cache_hit": {}})
+    assert out["cache_hit"]["answer"] == "9 to 5."

@@ -25,10 +25,11 @@ from graphthrift import diagnostics
 from graphthrift.budget import Budget
 from graphthrift.cache import ExactCache, SemanticCache, lexical_conflict, normalize_query
 from graphthrift.errors import StateSchemaError
+from graphthrift.langchain.cache import as_langchain_cache
 from graphthrift.langchain.callbacks import CostTagger
-from graphthrift.langgraph.cache import CacheState, cache_lookup, cache_store
+from graphthrift.langgraph.cache import CacheState, cache_answer, lookup_cache
 from graphthrift.middleware.budget import BudgetMiddleware
-from graphthrift.middleware.cache import CacheMiddleware, SemanticCacheMiddleware
+from graphthrift.middleware.cache import ExactCacheMiddleware, SemanticCacheMiddleware
 from graphthrift.store import Store
 
 from fakes import usage_model
@@ -158,7 +159,7 @@ def test_a_degraded_turn_is_not_stored_by_the_langgraph_node(store: Store, tenan
         budget_status: str
 
     cache = ExactCache(store, namespace=_ns())
-    node = cache_store(cache)
+    node = cache_answer(cache)
     state = {
         "messages": [HumanMessage("Summarize my account."), AIMessage("Cheap summary.")],
         "cache_hit": None,
@@ -193,7 +194,7 @@ def test_a_cached_tool_turn_is_replayed_with_its_tool_calls(store: Store, tenant
     model = ToolFake(
         messages=iter([call(), AIMessage("A-101 ships June 3."), AIMessage("A-101 ships June 3.")])
     )
-    agent = create_agent(model, tools=[order_status], middleware=[CacheMiddleware(cache)])
+    agent = create_agent(model, tools=[order_status], middleware=[ExactCacheMiddleware(cache)])
     config = {"metadata": {"tenant_id": tenant}}
     first = agent.invoke({"messages": [HumanMessage("Where is my order A-101?")]}, config)
     second = agent.invoke({"messages": [HumanMessage("Where is my order A-101?")]}, config)
@@ -208,9 +209,9 @@ def test_a_cached_tool_turn_is_replayed_with_its_tool_calls(store: Store, tenant
 def test_langgraph_nodes_refuse_a_cache_that_stores_tool_calls(store: Store) -> None:
     cache = ExactCache(store, namespace=_ns(), cache_tool_calls=True)
     with pytest.raises(ValueError, match="cache_tool_calls=True"):
-        cache_lookup(cache)
+        lookup_cache(cache)
     with pytest.raises(ValueError, match="cache_tool_calls=True"):
-        cache_store(cache)
+        cache_answer(cache)
 
 
 # -- 11.7: the nodes need their state keys ---------------------------------------------------
@@ -286,7 +287,7 @@ def test_exact_feedback_false_stops_serving_the_entry(store: Store, tenant: str)
 def test_semantic_middleware_refuses_an_exact_cache(store: Store) -> None:
     with pytest.raises(TypeError, match="CacheMiddleware"):
         SemanticCacheMiddleware(ExactCache(store))
-    assert CacheMiddleware(ExactCache(store)).cache is not None
+    assert ExactCacheMiddleware(ExactCache(store)).cache is not None
 
 
 # -- 11.5: LlamaIndex query engine and postprocessor follow tags() ----------------------------
@@ -375,7 +376,7 @@ def test_compression_postprocessor_rows_carry_the_tags(tenant: str, ledger: Any)
 def test_langchain_cache_never_serves_another_tenant(store: Store, tenant: str) -> None:
     cache = SemanticCache(store, bow_embedder(), namespace=_ns(), tenant_id="acme", threshold=0.9)
     model = usage_model("Your balance is $5,000.")
-    model.cache = cache.as_langchain_cache()
+    model.cache = as_langchain_cache(cache)
     other = usage_model("Your balance is $12.")
     other.cache = model.cache
     acme = {"metadata": {"tenant_id": tenant}, "callbacks": [CostTagger(_NoLedger())]}
@@ -398,7 +399,7 @@ def test_langchain_cache_reads_the_scope_of_the_enclosingcache_graph(
     cache = ExactCache(store, namespace=_ns())
     answers = iter(["acme answer", "globex answer", "unused"])
     model = GenericFakeChatModel(messages=answers)
-    model.cache = cache.as_langchain_cache()
+    model.cache = as_langchain_cache(cache)
 
     def node(state: MessagesState) -> dict[str, Any]:
         return {"messages": [model.invoke(state["messages"])]}
@@ -425,7 +426,7 @@ class _NoLedger:
 def test_a_base_cache_hit_is_booked_once(store: Store, tenant: str, ledger: Any) -> None:
     cache = ExactCache(store, namespace=_ns(), ledger=ledger)
     model = usage_model("Refunds take 14 days.", input_tokens=300, output_tokens=20)
-    model.cache = cache.as_langchain_cache()
+    model.cache = as_langchain_cache(cache)
     config = {"metadata": {"tenant_id": tenant}, "callbacks": [CostTagger(ledger)]}
     model.invoke("How long do refunds take?", config)
     model.invoke("How long do refunds take?", config)
@@ -445,17 +446,17 @@ def test_bad_usage_never_crashes_a_store(store: Store, tenant: str, bad: Any) ->
     object.__setattr__(answer, "usage_metadata", {"input_tokens": bad, "output_tokens": bad})
     cache = ExactCache(store, namespace=_ns())
     state = {"messages": [HumanMessage("ok?"), answer], "cache_hit": None}
-    cache_store(cache).invoke(state, {"metadata": {"tenant_id": tenant}})
+    cache_answer(cache).invoke(state, {"metadata": {"tenant_id": tenant}})
     hit = cache.lookup("ok?", tenant_id=tenant)
     assert hit is not None and hit.input_tokens == 0
     # the middleware and the BaseCache read usage the same way
     model = GenericFakeChatModel(messages=iter([answer]))
-    agent = create_agent(model, middleware=[CacheMiddleware(cache)])
+    agent = create_agent(model, middleware=[ExactCacheMiddleware(cache)])
     agent.invoke({"messages": [HumanMessage("fine?")]}, {"metadata": {"tenant_id": tenant}})
     assert cache.lookup("fine?", tenant_id=tenant) is not None
     from langchain_core.outputs import ChatGeneration
 
-    lc = cache.as_langchain_cache(single_tenant=True)
+    lc = as_langchain_cache(cache, single_tenant=True)
     lc.update("bad usage", "llm", [ChatGeneration(message=answer)])
     assert lc.lookup("bad usage", "llm") is not None
 
@@ -488,7 +489,7 @@ async def test_async_langchain_cache_scopes_by_the_tagged_run(
     cache = ExactCache(store, namespace=_ns(), ledger=ledger)
     acme_model = usage_model("acme: $5,000.")
     globex_model = usage_model("globex: $12.")
-    acme_model.cache = globex_model.cache = cache.as_langchain_cache()
+    acme_model.cache = globex_model.cache = as_langchain_cache(cache)
 
     def config(who: str) -> dict[str, Any]:
         return {"metadata": {"tenant_id": tenant + who}, "callbacks": [CostTagger(ledger)]}
@@ -754,7 +755,10 @@ def test_an_answer_personalised_from_the_runtime_context_stays_with_its_user(
         ExactCache(store, namespace=f"ctx-e-{tenant}", timeout=5.0),
     ):
         agent = create_agent(
-            Echo(text=""), [], middleware=[CacheMiddleware(cache), personal], context_schema=Ctx
+            Echo(text=""),
+            [],
+            middleware=[ExactCacheMiddleware(cache), personal],
+            context_schema=Ctx,
         )
         answers = {}
         for user in ("Alice", "Bob", "Bob"):

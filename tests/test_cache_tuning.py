@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphthrift.cache.policy import RULES, precision_recall_curve, tune_threshold
+from graphthrift.cache.tuning import RULES, precision_recall_curve, tune_threshold
 
 
 def _spread(lo: float, hi: float, n: int) -> list[float]:

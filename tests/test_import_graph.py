@@ -39,10 +39,9 @@ FUNCTION_LEVEL_FRAMEWORK: dict[tuple[str, str], str] = {
 # What the tree breaks today, one entry per (rule, importing module, imported name), with
 # the file. Other helpers fix these in parallel; the lead prunes the set after merging.
 KNOWN_VIOLATIONS: set[tuple[str, str, str]] = {
-    # src/graphthrift/cache/cache.py (function level): the core cache builds the LangChain cache
-    ("core-imports-adapter", "graphthrift.cache.cache", "graphthrift.langchain.cache:GraphthriftLangChainCache"),
-    # src/graphthrift/cli/cache.py: the CLI uses the bench's helpers
-    ("private-module", "graphthrift.cli.cache", "graphthrift.bench._common"),
+    # src/graphthrift/cache/exact.py (function level, when called): the deprecated
+    # ExactCache.as_langchain_cache bridge; removed with the deprecation shims in 0.3
+    ("core-imports-adapter", "graphthrift.cache.exact", "graphthrift.langchain.cache:as_langchain_cache"),
     # src/graphthrift/middleware/resilience.py: the LangGraph adapter's helpers
     ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_settings"),
     ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_usage"),

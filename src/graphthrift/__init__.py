@@ -94,6 +94,9 @@ _EXPORTS = {
     "ConversationFormatError": ".errors",
     "TrafficFileError": ".errors",
     "wrap_model": ".langchain.wrapped",
+    "BadScopeText": ".errors",
+    "CacheArgumentError": ".errors",
+    "UnknownScopeKey": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -110,17 +113,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compress import Compressor as Compressor
     from .compress import ExtractiveCompressor as ExtractiveCompressor
     from .compress import InvalidCompressionTarget as InvalidCompressionTarget
-    from .compress import LinguaModelError as LinguaModelError
     from .compress import LLMLinguaCompressor as LLMLinguaCompressor
+    from .compress import LinguaModelError as LinguaModelError
     from .embed import Embedder as Embedder
     from .embed import EmbeddingShapeError as EmbeddingShapeError
     from .embed import MiniLMEmbedder as MiniLMEmbedder
     from .embed import StaticEmbedder as StaticEmbedder
     from .errors import AlertConfigError as AlertConfigError
+    from .errors import BadScopeText as BadScopeText
     from .errors import BatchItemFailed as BatchItemFailed
     from .errors import BatchJobNotFound as BatchJobNotFound
     from .errors import BatchJobTimeout as BatchJobTimeout
     from .errors import BudgetExceeded as BudgetExceeded
+    from .errors import CacheArgumentError as CacheArgumentError
     from .errors import ConfigError as ConfigError
     from .errors import ConversationFormatError as ConversationFormatError
     from .errors import DataFileError as DataFileError
@@ -138,6 +143,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import ToolCallInProgress as ToolCallInProgress
     from .errors import TrafficFileError as TrafficFileError
     from .errors import UnknownModelPrice as UnknownModelPrice
+    from .errors import UnknownScopeKey as UnknownScopeKey
     from .history import HistoryConfigError as HistoryConfigError
     from .history import HistoryPruner as HistoryPruner
     from .history import HistoryRequestTooLarge as HistoryRequestTooLarge

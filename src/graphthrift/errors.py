@@ -428,3 +428,48 @@ class TrafficFileError(ConfigError):
         self.path = path
         self.problem = problem
         super().__init__("--traffic", path, problem, message=f"--traffic {path}: {problem}")
+
+
+# --- cache ---
+
+
+class CacheUnavailable(GraphthriftError):
+    """A cache operation that does not fail open (``clear``, ``shadow_report``) failed."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"cache {operation} failed: {reason}")
+
+
+class BadScopeText(GraphthriftError, ValueError):
+    """A cache scope field holds a NUL byte or a lone surrogate: the entry is skipped.
+
+    A repaired id could equal another tenant's, so no entry is read or written for it.
+    """
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        super().__init__(f"cache scope fields {fields} hold a NUL byte or a lone surrogate")
+
+
+class CacheArgumentError(ConfigError, TypeError):
+    """A cache argument has the wrong type or name (a ``ConfigError``, and a ``TypeError``
+    as it always was, so old ``except TypeError`` handlers still catch it)."""
+
+
+class UnknownScopeKey(CacheArgumentError):
+    """A cache call was given a scope keyword the cache does not know (``tenant=`` for
+    ``tenant_id=``): running it under the default scope would serve another tenant's
+    answers, so it raises and names the keyword."""
+
+    def __init__(self, given: dict[str, object], allowed: tuple[str, ...]) -> None:
+        self.keys = sorted(given)
+        self.allowed = allowed
+        first = self.keys[0]
+        others = f" (also unknown: {', '.join(self.keys[1:])})" if len(self.keys) > 1 else ""
+        super().__init__(
+            first,
+            given[first],
+            f"not a cache scope keyword{others}; use one of {', '.join(allowed)}",
+        )

@@ -13,8 +13,8 @@ from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import (
     RouteState,
     budget_guard,
-    cache_lookup,
-    cache_store,
+    cache_answer,
+    lookup_cache,
     route_by_model,
     route_model,
     route_on_budget,
@@ -41,9 +41,9 @@ def test_cache_nodes_on_plain_messages_state_hit_or_say_why(store: Any, ledger: 
     model = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
     cache = ExactCache(store, namespace=f"plain-{uuid.uuid4().hex[:8]}", ledger=ledger)
     builder = StateGraph(MessagesState)
-    builder.add_node("lookup", cache_lookup(cache))
+    builder.add_node("lookup", lookup_cache(cache))
     builder.add_node("agent", lambda s: {"messages": [model.invoke(s["messages"])]})
-    builder.add_node("store", cache_store(cache))
+    builder.add_node("store", cache_answer(cache))
     builder.add_edge(START, "lookup")
     builder.add_conditional_edges("lookup", route_on_cache_hit("agent"))
     builder.add_edge("agent", "store")

@@ -1,9 +1,9 @@
 """Composed scenario: a custom LangGraph RAG graph with the whole graphthrift stack.
 
-    START -> retrieve -> compress (compress_context, defer_saving=True) -> lookup (cache_lookup)
+    START -> retrieve -> compress (compress_context, defer_saving=True) -> lookup (lookup_cache)
           -> hit: END | miss: prune (summarize_history) -> route (route_model)
           -> guard (budget_guard) -> model -> settle -> route (accept or escalate)
-          -> store (cache_store) -> END
+          -> store (cache_answer) -> END
 
 Two tenants x two users x two threads, seeded conversations over invoke,
 ``stream(stream_mode="messages")`` and ``astream``, one ``InMemorySaver``. The corpus has
@@ -51,9 +51,9 @@ from graphthrift.langgraph import (
     HistoryState,
     RouteState,
     budget_guard,
-    cache_lookup,
-    cache_store,
+    cache_answer,
     compress_context,
+    lookup_cache,
     route_by_model,
     route_model,
     route_on_budget,
@@ -193,13 +193,13 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
         "compress",
         compress_context(target_ratio=0.6, model=CHEAP, ledger=ledger, defer_saving=True),
     )
-    builder.add_node("lookup", cache_lookup(cache))
+    builder.add_node("lookup", lookup_cache(cache))
     builder.add_node("prune", summarize_history(max_tokens=400, model=CHEAP))
     builder.add_node("route", route_model(router))
     builder.add_node("guard", guard.guard)
     builder.add_node("model", model)
     builder.add_node("settle", guard.settle)
-    builder.add_node("store", cache_store(cache))
+    builder.add_node("store", cache_answer(cache))
     builder.add_edge(START, "retrieve")
     builder.add_edge("retrieve", "compress")
     builder.add_edge("compress", "lookup")

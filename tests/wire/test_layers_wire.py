@@ -25,6 +25,7 @@ from graphthrift import (
     SemanticCache,
     Store,
 )
+from graphthrift.langchain.cache import as_langchain_cache
 from graphthrift.middleware import (
     BudgetMiddleware,
     HistoryPruningMiddleware,
@@ -47,7 +48,7 @@ def test_exact_cache_spares_the_wire(
 ) -> None:
     cache = ExactCache(store, namespace=_namespace(), tenant_id=tenant, ledger=ledger)
     wire.reply(text="Refunds take five days.", input_tokens=400, output_tokens=12)
-    model = CLIENTS[client](wire, cache=cache.as_langchain_cache(single_tenant=True))
+    model = CLIENTS[client](wire, cache=as_langchain_cache(cache, single_tenant=True))
     first = model.invoke("How long do refunds take?")
     second = model.invoke("How long do refunds take?")
     assert second.content == first.content
@@ -69,7 +70,7 @@ def test_exact_cache_hit_is_not_booked_as_a_call(
 ) -> None:
     cache = ExactCache(store, namespace=_namespace(), tenant_id=tenant, ledger=ledger)
     wire.reply(text="Refunds take five days.", input_tokens=400, output_tokens=12)
-    model = CLIENTS[client](wire, cache=cache.as_langchain_cache())
+    model = CLIENTS[client](wire, cache=as_langchain_cache(cache))
     config = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}}
     first = model.invoke("How long do refunds take?", config=config)
     second = model.invoke("How long do refunds take?", config=config)

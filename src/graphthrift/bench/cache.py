@@ -1,5 +1,8 @@
 """``graphthrift bench cache``: precision, recall and speed of the semantic cache.
 
+Long because: one benchmark's data loading, calibration, policy replay and speed runs feed
+one JSON contract (docs/benchmarks.md) and read in its order; each part is a short function.
+
 Method (every quality figure on held-out data):
 
 - banking77: the cache holds answered questions from the train file (one entry each);
@@ -69,13 +72,9 @@ from graphthrift.bench._common import (
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
 from graphthrift.cache.guard import lexical_conflict
 from graphthrift.cache.keys import CacheQuery, CacheScope, key_hash
-from graphthrift.cache.policy import (
-    RULES,
-    AdaptivePolicy,
-    precision_recall_curve,
-    tune_threshold,
-)
+from graphthrift.cache.policy import AdaptivePolicy
 from graphthrift.cache.schema import ENTRIES_TABLE, hnsw_index_sql
+from graphthrift.cache.tuning import RULES, precision_recall_curve, tune_threshold
 from graphthrift.embed.embedders import as_embedder, default_embedder
 from graphthrift.store.postgres import Store
 
@@ -411,7 +410,7 @@ def _filler(
 
 def _exact_speed(store: Store, name: str, texts: list[str], n: int) -> dict[str, float]:
     """p50/p95 of ``ExactCache.lookup`` hits on ``texts`` stored in the exact layer."""
-    from graphthrift.cache.cache import ExactCache
+    from graphthrift.cache.exact import ExactCache
 
     unique = list({CacheQuery(t).normalized: t for t in texts}.values())  # one per key
     _copy_entries(store, [("bench", f"exact-{name}", t, np.empty(0)) for t in unique], "", "exact")
@@ -431,7 +430,7 @@ def _peak_rss_mb() -> float:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from graphthrift.cache.cache import SemanticCache
+    from graphthrift.cache.semantic import SemanticCache
 
     quick = mode(args) == "quick"
     sizes = SIZES[mode(args)]

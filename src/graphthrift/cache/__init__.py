@@ -7,38 +7,47 @@ from typing import TYPE_CHECKING
 from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
-    "AdaptivePolicy": ".cache",
-    "CacheHit": ".cache",
-    "CacheQuery": ".cache",
-    "CacheScope": ".cache",
-    "CacheUnavailable": ".cache",
-    "CurvePoint": ".cache",
-    "ExactCache": ".cache",
-    "SemanticCache": ".cache",
-    "StaticPolicy": ".cache",
-    "default_key": ".cache",
-    "fingerprint": ".cache",
-    "lexical_conflict": ".cache",
-    "normalize_query": ".cache",
-    "precision_recall_curve": ".cache",
-    "tune_threshold": ".cache",
+    "AdaptivePolicy": ".policy",
+    "BadScopeText": "graphthrift.errors",
+    "CacheArgumentError": "graphthrift.errors",
+    "CacheHit": ".hit",
+    "CacheQuery": ".keys",
+    "CacheScope": ".keys",
+    "CacheScopeKwargs": ".scope",
+    "CacheUnavailable": "graphthrift.errors",
+    "CurvePoint": ".tuning",
+    "ExactCache": ".exact",
+    "SemanticCache": ".semantic",
+    "StaticPolicy": ".policy",
+    "UnknownScopeKey": "graphthrift.errors",
+    "default_key": ".keys",
+    "fingerprint": ".keys",
+    "lexical_conflict": ".guard",
+    "normalize_query": ".keys",
+    "precision_recall_curve": ".tuning",
+    "tune_threshold": ".tuning",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cache import AdaptivePolicy as AdaptivePolicy
-    from .cache import CacheHit as CacheHit
-    from .cache import CacheQuery as CacheQuery
-    from .cache import CacheScope as CacheScope
-    from .cache import CacheUnavailable as CacheUnavailable
-    from .cache import CurvePoint as CurvePoint
-    from .cache import ExactCache as ExactCache
-    from .cache import SemanticCache as SemanticCache
-    from .cache import StaticPolicy as StaticPolicy
-    from .cache import default_key as default_key
-    from .cache import fingerprint as fingerprint
-    from .cache import lexical_conflict as lexical_conflict
-    from .cache import normalize_query as normalize_query
-    from .cache import precision_recall_curve as precision_recall_curve
-    from .cache import tune_threshold as tune_threshold
+    from graphthrift.errors import BadScopeText as BadScopeText
+    from graphthrift.errors import CacheArgumentError as CacheArgumentError
+    from graphthrift.errors import CacheUnavailable as CacheUnavailable
+    from graphthrift.errors import UnknownScopeKey as UnknownScopeKey
+
+    from .exact import ExactCache as ExactCache
+    from .guard import lexical_conflict as lexical_conflict
+    from .hit import CacheHit as CacheHit
+    from .keys import CacheQuery as CacheQuery
+    from .keys import CacheScope as CacheScope
+    from .keys import default_key as default_key
+    from .keys import fingerprint as fingerprint
+    from .keys import normalize_query as normalize_query
+    from .policy import AdaptivePolicy as AdaptivePolicy
+    from .policy import StaticPolicy as StaticPolicy
+    from .scope import CacheScopeKwargs as CacheScopeKwargs
+    from .semantic import SemanticCache as SemanticCache
+    from .tuning import CurvePoint as CurvePoint
+    from .tuning import precision_recall_curve as precision_recall_curve
+    from .tuning import tune_threshold as tune_threshold

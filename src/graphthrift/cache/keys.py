@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from graphthrift.errors import CacheArgumentError, ConfigError, UnknownScopeKey
 from graphthrift.text.messages import Message, to_messages
 
 __all__ = [
@@ -60,16 +61,19 @@ class CacheScope:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, str):
-                raise TypeError(f"CacheScope.{f.name} must be a str, got {type(value).__name__}")
+                raise CacheArgumentError(
+                    f"CacheScope.{f.name}", value, f"must be a str, got {type(value).__name__}"
+                )
         if not self.namespace:
-            raise ValueError("CacheScope.namespace must not be empty")
+            raise ConfigError("CacheScope.namespace", self.namespace, "must not be empty")
 
     def merged(self, overrides: Mapping[str, Any]) -> CacheScope:
         """This scope with the non-None ``overrides`` applied (ints and UUIDs become text)."""
-        changes = {k: str(v) for k, v in overrides.items() if v is not None}
-        unknown = set(changes) - {f.name for f in fields(self)}
+        names = tuple(f.name for f in fields(self))
+        unknown = {k: v for k, v in overrides.items() if k not in names}
         if unknown:
-            raise TypeError(f"unknown cache scope fields {sorted(unknown)}")
+            raise UnknownScopeKey(unknown, names)
+        changes = {k: str(v) for k, v in overrides.items() if v is not None}
         return replace(self, **changes) if changes else self
 
 

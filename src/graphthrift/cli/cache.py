@@ -19,15 +19,15 @@ The threshold itself is tuned without the guard, so it holds with the guard off 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
-from graphthrift.bench._common import write_json
 from graphthrift.cache.guard import lexical_conflict
-from graphthrift.cache.policy import (
+from graphthrift.cache.tuning import (
     RULES,
     CurvePoint,
     Rule,
@@ -164,8 +164,7 @@ def plot_curve(
     ax.set_title(title or "semantic cache: precision / recall")
     ax.legend(loc="lower left")
     fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _target(path)
     fig.savefig(target, dpi=100)
     plt.close(fig)
     return target
@@ -208,5 +207,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         f" {guard['rejected_hits']} hits ({guard['rejected_wrong']} wrong,"
         f" {guard['rejected_right']} right) {guard['rejected_by_reason']}"
     )
-    write_json(figures, args.json)
+    if args.json:
+        _target(args.json).write_text(
+            json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8"
+        )
     return figures
+
+
+def _target(path: str | Path) -> Path:
+    """``path``, with its parent folders created."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target

@@ -9,6 +9,7 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "CostTagger": ".callbacks",
     "GraphthriftLangChainCache": ".cache",
+    "as_langchain_cache": ".cache",
     "ExtractiveDocumentCompressor": ".compress",
     "CompressorDocumentCompressor": ".compress",
     "SimulatedChatModel": ".sim",
@@ -23,6 +24,7 @@ __getattr__ = lazy_getattr(__name__, _EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .batch import BatchChatModel as BatchChatModel
     from .cache import GraphthriftLangChainCache as GraphthriftLangChainCache
+    from .cache import as_langchain_cache as as_langchain_cache
     from .callbacks import CostTagger as CostTagger
     from .compress import CompressorDocumentCompressor as CompressorDocumentCompressor
     from .compress import ExtractiveDocumentCompressor as ExtractiveDocumentCompressor

@@ -19,7 +19,7 @@ config, so the tenant and user come from the context the model runs in, read by
 metadata), a ``with graphthrift.scoped(tenant_id=..., user_id=...)`` block, or the
 metadata of the LangGraph node or chain the model is called in. When none of them names a
 tenant the cache serves nothing and stores nothing (counted as ``cache_unscoped``), unless
-it was built single-tenant: ``cache.as_langchain_cache(single_tenant=True)`` then uses the
+it was built single-tenant: ``as_langchain_cache(cache, single_tenant=True)`` then uses the
 cache's own defaults.
 
 Savings are booked once (issue 12, item 3): a served hit writes its ``cache_hit`` ledger
@@ -32,20 +32,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.load import dumps, loads
 from langchain_core.outputs import ChatGeneration, Generation
-from langchain_core.runnables.config import var_child_runnable_config
 
 from graphthrift import diagnostics
-from graphthrift.cache.cache import CacheHit, ExactCache
-from graphthrift.cache.cache import fingerprint as _fingerprint
-from graphthrift.kernel import cache_request, current_run_tags, read_usage
+from graphthrift.cache.exact import ExactCache, checked_cache
+from graphthrift.cache.hit import CacheHit
+from graphthrift.cache.keys import fingerprint
+from graphthrift.cache.scope import CacheScopeKwargs
+from graphthrift.kernel import answered_by, cache_request, current_run_tags, read_usage, run_config
 from graphthrift.provenance import own_marker, unstorable
 
-__all__ = ["CACHE_HIT_KEY", "GraphthriftLangChainCache"]
+__all__ = ["CACHE_HIT_KEY", "GraphthriftLangChainCache", "as_langchain_cache"]
 
 _MODEL_RE = re.compile(r"""['"](?:model_name|model|model_id)['"]\s*[:,]\s*['"]([^'"]+)['"]""")
 logger = logging.getLogger("graphthrift.cache")
@@ -56,7 +57,7 @@ CACHE_HIT_KEY = "graphthrift_cache"
 def _run_scope() -> dict[str, Any]:
     """The scope of the model call running now: the enclosing runnable's metadata, then
     the tags bound for this call (by ``CostTagger`` or ``graphthrift.scoped``), which win."""
-    scope = cache_request(var_child_runnable_config.get())
+    scope = cache_request(run_config())
     bound: Mapping[str, Any] = current_run_tags() or {}
     if bound.get("tenant_id") not in (None, ""):
         scope["tenant_id"] = bound["tenant_id"]
@@ -94,15 +95,19 @@ class GraphthriftLangChainCache(BaseCache):
 
     Example:
         >>> from langchain_core.globals import set_llm_cache
-        >>> set_llm_cache(SemanticCache(store).as_langchain_cache())
+        >>> set_llm_cache(as_langchain_cache(SemanticCache(store)))
         >>> with graphthrift.scoped(tenant_id="acme"):
         ...     model.invoke("What are your opening hours?")
     """
 
-    def __init__(self, cache: ExactCache, *, single_tenant: bool = False, **scope: Any) -> None:
-        if not isinstance(cache, ExactCache):
-            raise TypeError(f"expected an ExactCache or SemanticCache, got {type(cache).__name__}")
-        self.cache = cache
+    def __init__(
+        self,
+        cache: ExactCache,
+        *,
+        single_tenant: bool = False,
+        **scope: Unpack[CacheScopeKwargs],
+    ) -> None:
+        self.cache = checked_cache(cache, scope)
         self.single_tenant = single_tenant
         self.scope = scope
 
@@ -130,7 +135,7 @@ class GraphthriftLangChainCache(BaseCache):
                 )
             return None
         base = self.scope.get("model_version") or self.cache.defaults.model_version
-        version = _fingerprint([llm_string])
+        version = fingerprint([llm_string])
         return {
             **self.scope,
             **run,
@@ -173,8 +178,7 @@ class GraphthriftLangChainCache(BaseCache):
                 if usage is not None:
                     input_tokens = max(input_tokens, usage.input_tokens)  # one shared prompt
                     output_tokens += usage.output_tokens
-                meta = message.response_metadata or {}
-                model = model or meta.get("model_name") or meta.get("model")
+                model = model or answered_by(message)
         if model is None:
             found = _MODEL_RE.search(llm_string)
             model = found.group(1) if found else None
@@ -229,3 +233,16 @@ class GraphthriftLangChainCache(BaseCache):
     async def aclear(self, **kwargs: Any) -> None:
         """Async twin of ``clear``."""
         await self.cache.aclear(**self._clear_scope(kwargs))
+
+
+def as_langchain_cache(
+    cache: ExactCache, *, single_tenant: bool = False, **scope: Unpack[CacheScopeKwargs]
+) -> GraphthriftLangChainCache:
+    """``cache`` as a ``langchain_core.caches.BaseCache`` (``ChatOpenAI(cache=...)``).
+
+    It serves only calls whose tenant is known from the run (``CostTagger`` or
+    ``graphthrift.scoped``), unless ``single_tenant=True``: LangChain's cache interface
+    never sees the run's config (issue 12, item 2). ``scope`` keywords override the
+    cache's defaults; the run's scope wins over them.
+    """
+    return GraphthriftLangChainCache(cache, single_tenant=single_tenant, **scope)

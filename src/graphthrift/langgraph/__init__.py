@@ -17,6 +17,8 @@ _EXPORTS = {
     "compress_context": ".compress",
     "cache_lookup": ".cache",
     "cache_store": ".cache",
+    "lookup_cache": ".cache",
+    "cache_answer": ".cache",
     "route_on_cache_hit": ".cache",
     "CacheState": ".cache",
     "budget_guard": ".budget",
@@ -38,8 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .budget import budget_guard as budget_guard
     from .budget import route_on_budget as route_on_budget
     from .cache import CacheState as CacheState
+    from .cache import cache_answer as cache_answer
     from .cache import cache_lookup as cache_lookup
     from .cache import cache_store as cache_store
+    from .cache import lookup_cache as lookup_cache
     from .cache import route_on_cache_hit as route_on_cache_hit
     from .compress import CompressState as CompressState
     from .compress import compress_context as compress_context

@@ -1,24 +1,29 @@
 """LangGraph nodes for the answer cache, and the conditional edge that skips the model.
 
     builder = StateGraph(CacheState)  # or a state that extends it
-    builder.add_node("cache_lookup", cache_lookup(cache))
+    builder.add_node("lookup_cache", lookup_cache(cache))
     builder.add_node("model", call_model)
-    builder.add_node("cache_store", cache_store(cache))
-    builder.add_edge(START, "cache_lookup")
-    builder.add_conditional_edges("cache_lookup", route_on_cache_hit("model"))
-    builder.add_edge("model", "cache_store")
-    builder.add_edge("cache_store", END)
+    builder.add_node("cache_answer", cache_answer(cache))
+    builder.add_edge(START, "lookup_cache")
+    builder.add_conditional_edges("lookup_cache", route_on_cache_hit("model"))
+    builder.add_edge("model", "cache_answer")
+    builder.add_edge("cache_answer", END)
+
+``lookup_cache`` and ``cache_answer`` were ``cache_lookup`` and ``cache_store`` (node factories
+are verb + object, issue 15); the old names still work and warn.
 
 State keys, declared by ``CacheState``: ``messages`` (read; a hit appends an ``AIMessage``)
 and ``cache_hit`` (written: a dict describing the hit, or None on a miss). LangGraph drops
 writes to keys a state does not declare, so on a plain ``MessagesState`` the hit would be
 lost and the model always called: the nodes raise ``StateSchemaError`` instead (issue 11,
 item 7). Tenant, user, scope, versions and feature are read from the run's config by
-``graphthrift.kernel`` (the same rule as every adapter); the node name from LangGraph.
+``graphthrift.kernel`` (the same rule as every adapter); so are usage and the model that
+answered. The node name comes from LangGraph.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -28,13 +33,22 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, MessagesState
 
 from graphthrift import diagnostics
-from graphthrift.cache.cache import CacheHit, ExactCache
-from graphthrift.kernel import cache_request, read_state, read_usage, run_tags
+from graphthrift.cache.exact import ExactCache
+from graphthrift.cache.hit import CacheHit
+from graphthrift.errors import ConfigError
+from graphthrift.kernel import answered_by, cache_request, read_state, read_usage, run_tags
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import own_marker
 
-__all__ = ["CacheState", "cache_lookup", "cache_store", "route_on_cache_hit"]
+__all__ = [
+    "CacheState",
+    "cache_answer",
+    "cache_lookup",
+    "cache_store",
+    "lookup_cache",
+    "route_on_cache_hit",
+]
 
 
 class CacheState(MessagesState):
@@ -65,20 +79,22 @@ def _hit_update(hit: CacheHit | None, messages_key: str, hit_key: str) -> dict[s
 
 def _refuse_tool_calls(cache: ExactCache, node: str) -> None:
     if cache.cache_tool_calls:
-        raise ValueError(
+        raise ConfigError(
+            "cache_tool_calls",
+            True,
             f"{node}: a cache with cache_tool_calls=True cannot be used by the LangGraph cache"
             " nodes: a hit ends the turn (route_on_cache_hit), so a stored tool call would come"
             " back as an answer with no tool run. Build the cache with cache_tool_calls=False"
             " here, or use SemanticCacheMiddleware in a create_agent agent, which replays tool"
-            " calls faithfully."
+            " calls faithfully.",
         )
 
 
 def _lookup_args(
     state: Any, config: RunnableConfig | None, messages_key: str, hit_key: str
 ) -> tuple[Any, dict[str, Any]]:
-    messages = read_state(state, messages_key, schema=_SCHEMA, node="cache_lookup")
-    read_state(state, hit_key, schema=_SCHEMA, node="cache_lookup")
+    messages = read_state(state, messages_key, schema=_SCHEMA, node="lookup_cache")
+    read_state(state, hit_key, schema=_SCHEMA, node="lookup_cache")
     tags = run_tags(config)
     return messages, {
         **cache_request(config),
@@ -87,7 +103,7 @@ def _lookup_args(
     }
 
 
-def cache_lookup(
+def lookup_cache(
     cache: ExactCache, *, messages_key: str = "messages", hit_key: str = "cache_hit"
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that answers from ``cache`` when it can.
@@ -98,9 +114,9 @@ def cache_lookup(
 
     Raises:
         StateSchemaError: the state lacks ``messages_key`` or ``hit_key`` (use ``CacheState``).
-        ValueError: the cache has ``cache_tool_calls=True`` (a hit cannot run tools here).
+        ConfigError: the cache has ``cache_tool_calls=True`` (a hit cannot run tools here).
     """
-    _refuse_tool_calls(cache, "cache_lookup")
+    _refuse_tool_calls(cache, "lookup_cache")
 
     def answered(state: Any, hit: CacheHit | None) -> dict[str, Any]:
         update = _hit_update(hit, messages_key, hit_key)
@@ -116,16 +132,16 @@ def cache_lookup(
         messages, scope = _lookup_args(state, config, messages_key, hit_key)
         return answered(state, await cache.alookup(messages, **scope))
 
-    return RunnableLambda(lookup, afunc=alookup, name="cache_lookup")
+    return RunnableLambda(lookup, afunc=alookup, name="lookup_cache")
 
 
 def _store_args(
     state: Any, messages_key: str, hit_key: str
 ) -> tuple[list[Any], str, dict[str, Any]] | None:
-    messages = list(read_state(state, messages_key, schema=_SCHEMA, node="cache_store") or [])
-    if read_state(state, hit_key, schema=_SCHEMA, node="cache_store"):
+    messages = list(read_state(state, messages_key, schema=_SCHEMA, node="cache_answer") or [])
+    if read_state(state, hit_key, schema=_SCHEMA, node="cache_answer"):
         return None  # the answer came from the cache
-    if read_state(state, "budget_status", schema=_SCHEMA, node="cache_store", default=None) in (
+    if read_state(state, "budget_status", schema=_SCHEMA, node="cache_answer", default=None) in (
         _UNSTORABLE_BUDGET
     ):
         diagnostics.count("cache_skip_own")
@@ -140,14 +156,13 @@ def _store_args(
         return None
     answer = messages[-1]
     usage = read_usage(getattr(answer, "usage_metadata", None))
-    meta = getattr(answer, "response_metadata", None) or {}
     args = {
-        "model": meta.get("model_name") or meta.get("model"),
+        "model": answered_by(answer),
         "input_tokens": usage.input_tokens if usage else 0,
         "output_tokens": usage.output_tokens if usage else 0,
         "tool_calls": bool(getattr(answer, "tool_calls", None)),
         "structured": read_state(
-            state, "structured_response", schema=_SCHEMA, node="cache_store", default=None
+            state, "structured_response", schema=_SCHEMA, node="cache_answer", default=None
         )
         is not None,
         "source": answer,
@@ -155,7 +170,7 @@ def _store_args(
     return messages[:-1], answer.text, args
 
 
-def cache_store(
+def cache_answer(
     cache: ExactCache, *, messages_key: str = "messages", hit_key: str = "cache_hit"
 ) -> RunnableLambda[Any, dict[str, Any]]:
     """A node that stores the model's latest answer under the question it answered.
@@ -168,9 +183,9 @@ def cache_store(
 
     Raises:
         StateSchemaError: the state lacks ``messages_key`` or ``hit_key`` (use ``CacheState``).
-        ValueError: the cache has ``cache_tool_calls=True``.
+        ConfigError: the cache has ``cache_tool_calls=True``.
     """
-    _refuse_tool_calls(cache, "cache_store")
+    _refuse_tool_calls(cache, "cache_answer")
 
     def store(state: Any, config: RunnableConfig) -> dict[str, Any]:
         found = _store_args(state, messages_key, hit_key)
@@ -186,7 +201,7 @@ def cache_store(
             await cache.aupdate(question, answer, **args, **cache_request(config))
         return {}
 
-    return RunnableLambda(store, afunc=astore, name="cache_store")
+    return RunnableLambda(store, afunc=astore, name="cache_answer")
 
 
 def route_on_cache_hit(
@@ -199,3 +214,19 @@ def route_on_cache_hit(
 
     route.__name__ = f"route_on_cache_hit_{miss}"
     return route
+
+
+def cache_lookup(
+    cache: ExactCache, *, messages_key: str = "messages", hit_key: str = "cache_hit"
+) -> RunnableLambda[Any, dict[str, Any]]:
+    """Deprecated name of ``lookup_cache`` (node factories are verb + object)."""
+    warnings.warn("cache_lookup is deprecated; use lookup_cache", DeprecationWarning, stacklevel=2)
+    return lookup_cache(cache, messages_key=messages_key, hit_key=hit_key)
+
+
+def cache_store(
+    cache: ExactCache, *, messages_key: str = "messages", hit_key: str = "cache_hit"
+) -> RunnableLambda[Any, dict[str, Any]]:
+    """Deprecated name of ``cache_answer`` (node factories are verb + object)."""
+    warnings.warn("cache_store is deprecated; use cache_answer", DeprecationWarning, stacklevel=2)
+    return cache_answer(cache, messages_key=messages_key, hit_key=hit_key)

@@ -14,7 +14,7 @@ estimated by tiktoken from the question, the cited passages and the answer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import RESPONSE_TYPE, Response
@@ -23,8 +23,10 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
 from graphthrift import diagnostics
-from graphthrift.cache.cache import CacheHit, ExactCache
-from graphthrift.kernel import cache_request
+from graphthrift.cache.exact import ExactCache, checked_cache
+from graphthrift.cache.hit import CacheHit
+from graphthrift.cache.scope import CacheScopeKwargs
+from graphthrift.kernel import cache_request, model_name, run_tags
 from graphthrift.llamaindex.instrumentation import current_tags
 from graphthrift.provenance import own_marker, watch_degraded
 from graphthrift.text.tokens import count_text
@@ -34,13 +36,14 @@ _NO_ANSWER = frozenset({"", "Empty Response", "None"})
 
 
 def _engine_model(engine: Any) -> str | None:
-    """The model name of the LLM a query engine answers with, if it says."""
+    """The model name of the LLM a query engine answers with, if it says (its metadata's
+    ``model_name``, else the LLM's own, read by ``graphthrift.kernel.model_name``)."""
     for holder in (engine, getattr(engine, "_response_synthesizer", None)):
         llm = getattr(holder, "_llm", None) or getattr(holder, "llm", None)
-        metadata = getattr(llm, "metadata", None)
-        name = getattr(metadata, "model_name", None) or getattr(llm, "model", None)
-        if isinstance(name, str) and name.strip().lower() not in _UNNAMED:
-            return name
+        for source in (getattr(llm, "metadata", None), llm):
+            name = model_name(source) if source is not None else None
+            if name is not None and name.strip().lower() not in _UNNAMED:
+                return name
     return None
 
 
@@ -70,12 +73,10 @@ class CachedQueryEngine(BaseQueryEngine):
         *,
         model: str | None = None,
         callback_manager: CallbackManager | None = None,
-        **scope: Any,
+        **scope: Unpack[CacheScopeKwargs],
     ) -> None:
-        if not isinstance(cache, ExactCache):
-            raise TypeError(f"expected an ExactCache or SemanticCache, got {type(cache).__name__}")
         self.query_engine = query_engine
-        self.cache = cache
+        self.cache = checked_cache(cache, scope)
         self.model = model
         self.scope = scope
         super().__init__(callback_manager or query_engine.callback_manager)
@@ -97,9 +98,12 @@ class CachedQueryEngine(BaseQueryEngine):
 
     def _scope(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cache scope, ledger tags) of this query: ``tags()`` over the constructor's."""
-        tags = current_tags()
-        scope = cache_request({"metadata": tags}, **self.scope)
-        return scope, {"feature": tags.get("feature"), "node": tags.get("node")}
+        run = {"metadata": current_tags()}
+        tags = run_tags(run)
+        return cache_request(run, **self.scope), {
+            "feature": tags.get("feature"),
+            "node": tags.get("node"),
+        }
 
     def _store_args(self, question: str, response: Any) -> tuple[str, dict[str, Any]] | None:
         text = getattr(response, "response", None)

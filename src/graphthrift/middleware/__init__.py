@@ -14,6 +14,7 @@ _EXPORTS = {
     "HistoryPruningState": ".history",
     "SemanticCacheMiddleware": ".cache",
     "CacheMiddleware": ".cache",
+    "ExactCacheMiddleware": ".cache",
     "BudgetMiddleware": ".budget",
     "ToolBudgetMiddleware": ".budget",
     "RouterMiddleware": ".route",
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetMiddleware as BudgetMiddleware
     from .budget import ToolBudgetMiddleware as ToolBudgetMiddleware
     from .cache import CacheMiddleware as CacheMiddleware
+    from .cache import ExactCacheMiddleware as ExactCacheMiddleware
     from .cache import SemanticCacheMiddleware as SemanticCacheMiddleware
     from .history import HistoryPruningMiddleware as HistoryPruningMiddleware
     from .history import HistoryPruningState as HistoryPruningState

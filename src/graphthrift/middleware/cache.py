@@ -8,12 +8,13 @@ stored, so an answer that depended on tool results is only ever served for the s
 question at the start of a turn.
 
 - ``SemanticCacheMiddleware`` takes a ``SemanticCache`` (paraphrases hit);
-  ``CacheMiddleware`` takes either layer. Giving ``SemanticCacheMiddleware`` an
+  ``ExactCacheMiddleware`` (formerly ``CacheMiddleware``) takes either layer. Giving ``SemanticCacheMiddleware`` an
   ``ExactCache`` is an error: it would silently match word for word only.
 - The key is the question plus a fingerprint of the system prompt and the earlier turns;
   answers that depend on earlier turns are kept to the asking user (issue 11, item 3).
   Tenant, user, scope and versions come from the run's metadata through
-  ``graphthrift.kernel`` (the same rule as every adapter).
+  ``graphthrift.kernel`` (the same rule as every adapter: ``0`` is a valid id, and the
+  user's id stands in for a missing ``scope``); so do usage and the answering model.
 - Never stored: graphthrift's own messages (a budget's refusal, an answer a budget rung
   degraded, a cache hit), errors, refusals, content-filter stops, structured output.
 - Tool calls (with ``cache_tool_calls=True``) are replayed faithfully: the stored
@@ -21,7 +22,7 @@ question at the start of a turn.
   tools again and the model answers from their fresh results.
 
 Order: put the cache middleware first (outermost) in ``create_agent(middleware=[...])``,
-before ``BudgetMiddleware`` and ``RouterMiddleware``: a hit then spends no budget, and the
+before ``BudgetMiddleware`` and the routing middleware: a hit then spends no budget, and the
 answers a budget ends or degrades are marked before the cache sees them.
 """
 
@@ -30,27 +31,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Unpack
 
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage
 
-from graphthrift.cache.cache import CacheHit, ExactCache, SemanticCache
-from graphthrift.kernel import cache_request, read_usage, run_tags
+from graphthrift.cache.exact import ExactCache, checked_cache
+from graphthrift.cache.hit import CacheHit
+from graphthrift.cache.scope import CacheScopeKwargs
+from graphthrift.cache.semantic import SemanticCache
+from graphthrift.errors import CacheArgumentError
+from graphthrift.kernel import answered_by, cache_request, read_usage, run_config, run_tags
 from graphthrift.provenance import own_marker
 
-__all__ = ["CacheMiddleware", "SemanticCacheMiddleware"]
-
-
-def _config() -> Any:
-    try:
-        from langgraph.config import get_config
-
-        return get_config()
-    except RuntimeError:  # not inside a runnable
-        return None
+__all__ = ["CacheMiddleware", "ExactCacheMiddleware", "SemanticCacheMiddleware"]
 
 
 def _runtime_context(request: ModelRequest[Any]) -> str | None:
@@ -70,7 +67,7 @@ def _runtime_context(request: ModelRequest[Any]) -> str | None:
     return json.dumps(context, sort_keys=True, default=repr)
 
 
-class CacheMiddleware(AgentMiddleware):
+class ExactCacheMiddleware(AgentMiddleware):
     """Serve repeated questions without the model, from an ``ExactCache`` or ``SemanticCache``.
 
     Args:
@@ -79,15 +76,17 @@ class CacheMiddleware(AgentMiddleware):
         **scope: scope fields overriding the cache's defaults (the run's metadata wins).
 
     Example:
-        >>> agent = create_agent(model, tools, middleware=[CacheMiddleware(ExactCache(store))])
+        >>> agent = create_agent(model, tools, middleware=[ExactCacheMiddleware(ExactCache(store))])
+
+    Raises:
+        CacheArgumentError: ``cache`` is not a cache (also a ``TypeError``).
+        UnknownScopeKey: a ``scope`` keyword is not one (``tenant=`` for ``tenant_id=``).
     """
 
-    def __init__(self, cache: ExactCache, **scope: Any) -> None:
+    def __init__(self, cache: ExactCache, **scope: Unpack[CacheScopeKwargs]) -> None:
         super().__init__()
-        if not isinstance(cache, ExactCache):
-            raise TypeError(f"expected an ExactCache or SemanticCache, got {type(cache).__name__}")
-        self.cache = cache
-        self.scope = scope
+        self.cache = checked_cache(cache, scope)
+        self.scope: CacheScopeKwargs = scope
 
     def _prepare(self, request: ModelRequest[Any]) -> tuple[list[Any], dict[str, Any]] | None:
         messages = list(request.messages)
@@ -95,15 +94,14 @@ class CacheMiddleware(AgentMiddleware):
             return None
         if request.system_message is not None:
             messages.insert(0, request.system_message)
-        config = _config()
-        scope = cache_request(config, **self.scope)
+        scope = cache_request(run_config(), **self.scope)
         context = _runtime_context(request)
         if context is not None:
             scope["context"] = context
         return messages, scope
 
     def _lookup_tags(self) -> dict[str, Any]:
-        tags = run_tags(_config())
+        tags = run_tags(run_config())
         return {"feature": tags.get("feature"), "node": tags.get("node")}
 
     @staticmethod
@@ -130,10 +128,9 @@ class CacheMiddleware(AgentMiddleware):
             return None
         answer = answers[-1]
         usage = read_usage(answer.usage_metadata)
-        meta = answer.response_metadata or {}
         tool_calls = bool(answer.tool_calls)
         return answer.text, {
-            "model": meta.get("model_name") or meta.get("model"),
+            "model": answered_by(answer),
             "input_tokens": usage.input_tokens if usage else 0,
             "output_tokens": usage.output_tokens if usage else 0,
             "tool_calls": tool_calls,
@@ -186,12 +183,12 @@ class CacheMiddleware(AgentMiddleware):
         return response
 
 
-class SemanticCacheMiddleware(CacheMiddleware):
+class SemanticCacheMiddleware(ExactCacheMiddleware):
     """Serve repeated and similar questions without the model, from a ``SemanticCache``.
 
     Args:
-        cache: a ``SemanticCache`` (an ``ExactCache`` raises ``TypeError``: use
-            ``CacheMiddleware`` for word-for-word matching).
+        cache: a ``SemanticCache`` (an ``ExactCache`` raises ``CacheArgumentError``, a
+            ``TypeError``: use ``ExactCacheMiddleware`` for word-for-word matching).
         **scope: scope fields overriding the cache's defaults (the run's metadata wins).
 
     Example:
@@ -200,11 +197,26 @@ class SemanticCacheMiddleware(CacheMiddleware):
         ...              {"metadata": {"tenant_id": "acme"}})
     """
 
-    def __init__(self, cache: SemanticCache, **scope: Any) -> None:
+    def __init__(self, cache: SemanticCache, **scope: Unpack[CacheScopeKwargs]) -> None:
         if isinstance(cache, ExactCache) and not isinstance(cache, SemanticCache):
-            raise TypeError(
+            raise CacheArgumentError(
+                "cache",
+                cache,
                 "SemanticCacheMiddleware needs a SemanticCache; an ExactCache only matches"
-                " questions word for word. Use CacheMiddleware(ExactCache(...)) for that, or"
-                " SemanticCacheMiddleware(SemanticCache(...)) to also serve paraphrases."
+                " questions word for word. Use ExactCacheMiddleware(ExactCache(...)) for that,"
+                " or SemanticCacheMiddleware(SemanticCache(...)) to also serve paraphrases.",
             )
+        super().__init__(cache, **scope)
+
+
+class CacheMiddleware(ExactCacheMiddleware):
+    """Deprecated name of ``ExactCacheMiddleware`` (issue 15: middleware names read like
+    LangChain's); it warns once per construction and behaves the same."""
+
+    def __init__(self, cache: ExactCache, **scope: Unpack[CacheScopeKwargs]) -> None:
+        warnings.warn(
+            "CacheMiddleware is deprecated; use ExactCacheMiddleware",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         super().__init__(cache, **scope)

@@ -55,7 +55,7 @@ from graphthrift.kernel import model_name, run_config, run_tags
 from graphthrift.langchain.callbacks import CostTagger
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.middleware.budget import BudgetMiddleware
-from graphthrift.middleware.cache import CacheMiddleware
+from graphthrift.middleware.cache import ExactCacheMiddleware
 from graphthrift.middleware.history import HistoryPruningMiddleware
 from graphthrift.middleware.route import RouterMiddleware
 from graphthrift.route.router import Router
@@ -142,8 +142,8 @@ class CallRecordingMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 # ------------------------------------------------------------------ cache: tenants only
 
 
-class TenantCacheMiddleware(CacheMiddleware):
-    """``CacheMiddleware`` that serves and stores only runs that name a tenant.
+class TenantCacheMiddleware(ExactCacheMiddleware):
+    """``ExactCacheMiddleware`` that serves and stores only runs that name a tenant.
 
     A run without ``tenant_id`` (in its metadata or the middleware's scope) would share
     one anonymous cache with every other such run, so it passes through to the model
