@@ -27,6 +27,9 @@ _EXPORTS = {
     "SingleFlightModel": ".resilience",
     "dedup_requests": ".resilience",
     "idempotent_tool": ".resilience",
+    "enforce_budget": ".budget",
+    "choose_model": ".route",
+    "route_on_model": ".route",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

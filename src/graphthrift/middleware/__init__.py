@@ -19,6 +19,7 @@ _EXPORTS = {
     "ResilienceMiddleware": ".resilience",
     "IdempotentToolMiddleware": ".resilience",
     "FailoverMiddleware": ".resilience",
+    "ModelRoutingMiddleware": ".route",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

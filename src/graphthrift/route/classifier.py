@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from graphthrift.errors import ConfigError
 from graphthrift.route.features import FEATURE_NAMES, difficulty_features
 
 __all__ = ["DifficultyClassifier"]
@@ -73,9 +74,10 @@ class DifficultyClassifier:
         cache_size: int = 1024,
     ) -> None:
         if embed_chars < 1 or embed_tokens < 1 or cache_size < 0:
-            raise ValueError(
-                "DifficultyClassifier needs embed_chars >= 1, embed_tokens >= 1 and "
-                f"cache_size >= 0, got {embed_chars}, {embed_tokens}, {cache_size}"
+            raise ConfigError(
+                "DifficultyClassifier(embed_chars, embed_tokens, cache_size)",
+                (embed_chars, embed_tokens, cache_size),
+                "needs embed_chars >= 1, embed_tokens >= 1 and cache_size >= 0",
             )
         self.embedder = embedder if embedder is not None else _routing_embedder(embed_tokens)
         self.l2 = l2

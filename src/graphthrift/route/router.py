@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from graphthrift.errors import ConfigError
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.records import LedgerRecord, clean_tag
 from graphthrift.route.classifier import DifficultyClassifier
@@ -202,14 +203,14 @@ class Router:
     ) -> None:
         for label, value in (("cheap", cheap), ("strong", strong)):
             if not isinstance(value, str) or not value:
-                raise ValueError(f"Router {label} must be a model name, got {value!r}")
+                raise ConfigError(f"Router {label}", value, "must be a model name")
         if cheap == strong:
-            raise ValueError(f"Router cheap and strong models must differ, both are {cheap!r}")
+            raise ConfigError("Router strong", strong, "the cheap and strong models must differ")
         for label, number in (("threshold", threshold), ("min_confidence", min_confidence)):
             if isinstance(number, bool) or not 0.0 <= float(number) <= 1.0:
-                raise ValueError(f"Router {label} must be in [0, 1], got {number!r}")
+                raise ConfigError(f"Router {label}", number, "must be in [0, 1]")
         if max_threads < 1:
-            raise ValueError(f"Router max_threads must be >= 1, got {max_threads}")
+            raise ConfigError("Router max_threads", max_threads, "must be >= 1")
         self.cheap, self.strong = cheap, strong
         self.threshold = float(threshold)
         self.classifier = classifier
