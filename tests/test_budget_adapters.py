@@ -177,7 +177,7 @@ def test_llamaindex_budgeted_llm(store: Any, tenant: str) -> None:
 
     budget = Budget(store, max_tokens={"tenant": 400})
     llm = BudgetedLLM(
-        llm=MockLLM(max_tokens=50), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+        llm=MockLLM(max_tokens=50), budget=budget, model=MODEL, tags={"tenant_id": tenant}
     )
     reply = llm.chat([ChatMessage(role="user", content="hello there")])
     assert reply.message.content
@@ -311,7 +311,7 @@ def test_llamaindex_budgeted_llm_takes_the_bound_run(store: Any, tenant: str) ->
 
     budget = Budget(store, max_tokens={"run": 400})
     llm = BudgetedLLM(
-        llm=MockLLM(max_tokens=20), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+        llm=MockLLM(max_tokens=20), budget=budget, model=MODEL, tags={"tenant_id": tenant}
     )
     with bound_run_tags({"run_id": f"{tenant}-run"}):
         llm.chat([ChatMessage(role="user", content="hello there")])

@@ -158,3 +158,16 @@ def test_budget_settings_and_tags_raise_config_error(store: Any, tenant: str) ->
 
 def test_budget_scope_missing_lives_in_errors() -> None:
     assert BudgetScopeMissing is ErrorsBudgetScopeMissing
+
+
+def test_budgeted_llm_takes_model_and_refuses_two_names(store: Any) -> None:
+    from llama_index.core.llms import MockLLM
+
+    from graphthrift.llamaindex.budget import BudgetedLLM
+
+    budget = Budget(store, max_tokens={"tenant": 10_000})
+    assert BudgetedLLM(llm=MockLLM(), budget=budget, model=CHEAP)._name == CHEAP
+    with pytest.warns(DeprecationWarning, match="model="):
+        assert BudgetedLLM(llm=MockLLM(), budget=budget, model_name=CHEAP)._name == CHEAP
+    with pytest.raises(ConfigError, match="model_name"):
+        BudgetedLLM(llm=MockLLM(), budget=budget, model=CHEAP, model_name=STRONG)
