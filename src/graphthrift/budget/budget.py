@@ -75,6 +75,7 @@ from graphthrift.budget.limits import (
     TAG_OF_SCOPE,
     BudgetTags,
     Step,
+    check_keywords,
     check_ladder,
     check_tags,
     positive,
@@ -102,7 +103,6 @@ from graphthrift.errors import (
     BudgetExceeded,
     BudgetScopeMissing,
     ConfigError,
-    ConfigTypeError,
     StoreUnavailable,
     UnknownModelPrice,
 )
@@ -142,14 +142,8 @@ class ReserveOptions(TypedDict, total=False):
 
 def _reserve_options(where: str, options: Mapping[str, Any]) -> ReserveOptions:
     """``options`` checked: an unknown keyword raises ``ConfigError`` naming it."""
-    for key in options:
-        if key not in ReserveOptions.__annotations__:
-            raise ConfigTypeError(
-                f"Budget.{where}({key}=...)",
-                options[key],
-                f"unknown argument; use {', '.join(ReserveOptions.__annotations__)}",
-            )
-    return cast(ReserveOptions, dict(options))
+    known = ReserveOptions.__annotations__
+    return cast(ReserveOptions, check_keywords(f"Budget.{where}", options, known, "argument"))
 
 
 class Budget:

@@ -21,6 +21,7 @@ __all__ = [
     "TAG_OF_SCOPE",
     "BudgetTags",
     "Step",
+    "check_keywords",
     "check_ladder",
     "check_tags",
     "positive",
@@ -56,16 +57,22 @@ class BudgetTags(TypedDict, total=False):
     run_id: str | None
 
 
+def check_keywords(
+    where: str, given: Mapping[str, Any], known: Mapping[str, Any], what: str
+) -> dict[str, Any]:
+    """``given`` as a dict; a key not in ``known`` (a TypedDict's annotations) raises
+    ``ConfigTypeError`` (a ``ConfigError`` and a ``TypeError``) naming it and the known ones."""
+    for key in given:
+        if key not in known:
+            raise ConfigTypeError(
+                f"{where}({key}=...)", given[key], f"unknown {what}; use {', '.join(known)}"
+            )
+    return dict(given)
+
+
 def check_tags(where: str, tags: Mapping[str, Any]) -> dict[str, Any]:
     """``tags`` as a dict; an unknown key raises ``ConfigError`` naming it and the known ones."""
-    for key in tags:
-        if key not in BudgetTags.__annotations__:
-            raise ConfigError(
-                f"{where}({key}=...)",
-                tags[key],
-                f"unknown budget tag; use {', '.join(BudgetTags.__annotations__)}",
-            )
-    return dict(tags)
+    return check_keywords(where, tags, BudgetTags.__annotations__, "budget tag")
 
 
 def tags_from_metadata(*sources: Mapping[str, Any] | None) -> dict[str, str]:

@@ -33,7 +33,14 @@ from graphthrift.budget.budget import Budget
 from graphthrift.budget.ladder import Preflight, Shortfall
 from graphthrift.budget.reservation import Reservation
 from graphthrift.errors import ConfigError
-from graphthrift.kernel import answered_by, ask_human, model_name, read_state, run_tags
+from graphthrift.kernel import (
+    answered_by,
+    ask_human,
+    model_name,
+    read_state,
+    renamed_argument,
+    run_tags,
+)
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import OWN_MESSAGE_KEY
@@ -492,20 +499,8 @@ def _cheaper_name(cheaper_model: Any) -> str | None:
 
 def _cap_param(max_tokens_param: str | None, param: str | None, where: str) -> str:
     """The output-cap keyword: ``max_tokens_param``, or the deprecated ``param``; not both."""
-    if param is not None:
-        if max_tokens_param is not None and max_tokens_param != param:
-            raise ConfigError(
-                f"{where}(param=..., max_tokens_param=...)",
-                (param, max_tokens_param),
-                "give max_tokens_param only (param is its deprecated spelling)",
-            )
-        warnings.warn(
-            f"{where}(param=...) is deprecated; use max_tokens_param=",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return param
-    return max_tokens_param or "max_tokens"
+    key = renamed_argument(where, "max_tokens_param", max_tokens_param, "param", param)
+    return str(key or "max_tokens")
 
 
 def budget_guard(budget: Budget, **kwargs: Any) -> BudgetGuard:

@@ -215,29 +215,19 @@ def choose_model(
             str(pending), tier, float(_read(state, "route_difficulty") or 0.0), 0.0, "difficulty"
         )
         reason = _read(state, "route_reason")
+
+        def accept(model: str, route: Literal["cheap", "escalated"], why: Any) -> dict[str, Any]:
+            """Record the served answer's route row; the edge then goes to ``done``."""
+            result = RouteResult(last, model, route, why, decision, 1)
+            router.record(result, thread_id=_thread(config), tags=call_tags(config))
+            served = answered_by(last, model)
+            return {"route_next": END, **resolve_compression_savings(state, served, served=True)}
+
         if tier == "strong":
-            router.record(
-                RouteResult(last, router.strong, "escalated", reason, decision, 1),
-                thread_id=_thread(config),
-                tags=call_tags(config),
-            )
-            served = answered_by(last, router.strong)
-            return messages, {
-                "route_next": END,
-                **resolve_compression_savings(state, served, served=True),
-            }
+            return messages, accept(router.strong, "escalated", reason)
         verdict = router.check(last)
         if verdict is None:
-            router.record(
-                RouteResult(last, router.cheap, "cheap", None, decision, 1),
-                thread_id=_thread(config),
-                tags=call_tags(config),
-            )
-            served = answered_by(last, router.cheap)
-            return messages, {
-                "route_next": END,
-                **resolve_compression_savings(state, served, served=True),
-            }
+            return messages, accept(router.cheap, "cheap", None)
         remove = [RemoveMessage(id=last.id)] if last.id else []
         return messages, {
             "route_calls": [*previous, _unserved(router.cheap, last)],

@@ -10,7 +10,6 @@ usage it reports (``raw["usage"]``) or, failing that, the counted tokens of the 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from typing import Any
 
@@ -30,8 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from graphthrift.budget.budget import Budget
 from graphthrift.budget.reservation import Reservation
-from graphthrift.errors import ConfigError
-from graphthrift.kernel import read_usage, run_tags
+from graphthrift.kernel import read_usage, renamed_argument, run_tags
 from graphthrift.provenance import note_degraded
 from graphthrift.text.tokens import count_text
 
@@ -73,20 +71,10 @@ class BudgetedLLM(LLM):
 
     def __init__(self, **data: Any) -> None:
         # Checked before pydantic validates, which would wrap a ConfigError in its own error.
-        model, old = data.get("model"), data.pop("model_name", None)
-        if old is not None:
-            if model is not None and model != old:
-                raise ConfigError(
-                    "BudgetedLLM(model=..., model_name=...)",
-                    (model, old),
-                    "give model only (model_name is its deprecated spelling)",
-                )
-            warnings.warn(
-                "BudgetedLLM(model_name=...) is deprecated; use model=",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data["model"] = old
+        old = data.pop("model_name", None)
+        data["model"] = renamed_argument(
+            "BudgetedLLM", "model", data.get("model"), "model_name", old
+        )
         super().__init__(**data)
 
     def model_post_init(self, __context: Any) -> None:

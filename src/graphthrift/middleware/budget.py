@@ -37,7 +37,14 @@ from graphthrift.budget.budget import Budget
 from graphthrift.budget.ladder import Preflight, Shortfall
 from graphthrift.budget.reservation import Reservation
 from graphthrift.errors import BudgetExceeded, ConfigError
-from graphthrift.kernel import answered_by, ask_human, model_name, run_config, run_tags
+from graphthrift.kernel import (
+    answered_by,
+    ask_human,
+    model_name,
+    renamed_argument,
+    run_config,
+    run_tags,
+)
 from graphthrift.provenance import OWN_MESSAGE_KEY, degraded_call, fabricated
 from graphthrift.route.router import collect_calls
 
@@ -142,24 +149,6 @@ def _settlement(response: Any, name: str, calls: list[tuple[str, Any]]) -> dict[
     return {"calls": [(_answer_model(response, name), usage)]}
 
 
-def _model_argument(model: str | None, model_name: str | None) -> str | None:
-    """``model`` (a name), or its deprecated spelling ``model_name``; not two different ones."""
-    if model_name is None:
-        return model
-    if model is not None and model != model_name:
-        raise ConfigError(
-            "BudgetMiddleware(model=..., model_name=...)",
-            (model, model_name),
-            "give model only (model_name is its deprecated spelling)",
-        )
-    warnings.warn(
-        "BudgetMiddleware(model_name=...) is deprecated; use model=",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return model_name
-
-
 class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Reserves each model call's worst-case cost, degrades when short, settles after.
 
@@ -209,7 +198,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         super().__init__()
         if not isinstance(budget, Budget):
             raise TypeError(f"BudgetMiddleware needs a graphthrift.Budget, got {budget!r}")
-        model_name = _model_argument(model, model_name)
+        model_name = renamed_argument("BudgetMiddleware", "model", model, "model_name", model_name)
         self.budget = budget
         self.cheaper_model = cheaper_model
         self.cheaper_name = _priced_name(cheaper_model, None) if cheaper_model is not None else None
