@@ -171,7 +171,9 @@ class Budget:
             when it answers again (default 10,000; older ones are dropped and counted).
 
     Raises:
-        ValueError / TypeError: a limit that is zero, negative, not finite or of a wrong type.
+        ConfigError: a limit that is zero, negative or not finite, an unknown scope or
+            ladder step, or scope limits without a store (a ``ValueError``); a limit of a
+            wrong type raises ``ConfigTypeError`` (also a ``TypeError``).
     """
 
     def __init__(
