@@ -1,5 +1,8 @@
 """``enforce_budget``: LangGraph nodes that reserve a model call's cost before it runs.
 
+Long because: the guard and settle nodes (sync and async), their state schema, their edge,
+and the deprecated names of issue 15 belong together.
+
 A thin translation over ``graphthrift.Budget.preflight``: messages and tags out of the
 state and config, the core's reservation and degradation ladder, a partial update back.
 ``interrupt`` rungs use ``langgraph.types.interrupt`` (the graph needs a checkpointer);
