@@ -16,7 +16,7 @@ from pydantic import Field
 
 from graphthrift.budget import Budget
 from graphthrift.errors import BudgetExceeded, UnknownModelPrice
-from graphthrift.langgraph.budget import BudgetState, budget_guard, route_on_budget
+from graphthrift.langgraph.budget import BudgetState, enforce_budget, route_on_budget
 from graphthrift.middleware.budget import BudgetMiddleware, ToolBudgetMiddleware
 
 from fakes import usage_model
@@ -28,14 +28,14 @@ State = BudgetState  # the declared schema the guard needs (issue 11, item 7)
 
 
 def _graph(budget: Budget, checkpointer: Any = None, **kwargs: Any) -> Any:
-    guard = budget_guard(budget, model=MODEL, **kwargs)
+    guard = enforce_budget(budget, model=MODEL, **kwargs)
     llm = usage_model("Here you go.", input_tokens=40, output_tokens=20)
     builder = StateGraph(State)
     builder.add_node("guard", guard.guard)
     builder.add_node("model", lambda s: {"messages": [llm.invoke(s["messages"])]})
     builder.add_node("settle", guard.settle)
     builder.add_edge(START, "guard")
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": END})
+    builder.add_conditional_edges("guard", route_on_budget("model"))
     builder.add_edge("model", "settle")
     builder.add_edge("settle", END)
     return builder.compile(checkpointer=checkpointer)
@@ -88,7 +88,7 @@ def test_langgraph_interrupt_asks_a_human(store: Any, tenant: str) -> None:
 def test_langgraph_guard_async_and_unknown_model(store: Any, tenant: str) -> None:
     budget = Budget(store, max_usd={"tenant": 1.0})
     with pytest.raises(UnknownModelPrice):
-        budget_guard(budget, model="no-such-model-anywhere")
+        enforce_budget(budget, model="no-such-model-anywhere")
     graph = _graph(budget)
 
     async def go() -> Any:
@@ -177,7 +177,7 @@ def test_llamaindex_budgeted_llm(store: Any, tenant: str) -> None:
 
     budget = Budget(store, max_tokens={"tenant": 400})
     llm = BudgetedLLM(
-        llm=MockLLM(max_tokens=50), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+        llm=MockLLM(max_tokens=50), budget=budget, model=MODEL, tags={"tenant_id": tenant}
     )
     reply = llm.chat([ChatMessage(role="user", content="hello there")])
     assert reply.message.content
@@ -240,7 +240,7 @@ def test_langgraph_guard_caps_the_model_node(store: Any, tenant: str) -> None:
     from graphthrift.langgraph.budget import budget_max_tokens
 
     budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=64)
-    guard = budget_guard(budget, model=MODEL)
+    guard = enforce_budget(budget, model=MODEL)
     model = _cap_fake()
     seen_state: list[int | None] = []
 
@@ -254,7 +254,7 @@ def test_langgraph_guard_caps_the_model_node(store: Any, tenant: str) -> None:
         builder.add_node("model", node)
         builder.add_node("settle", guard.settle)
         builder.add_edge(START, "guard")
-        builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": END})
+        builder.add_conditional_edges("guard", route_on_budget("model"))
         builder.add_edge("model", "settle")
         builder.add_edge("settle", END)
         out = builder.compile().invoke(
@@ -311,7 +311,7 @@ def test_llamaindex_budgeted_llm_takes_the_bound_run(store: Any, tenant: str) ->
 
     budget = Budget(store, max_tokens={"run": 400})
     llm = BudgetedLLM(
-        llm=MockLLM(max_tokens=20), budget=budget, model_name=MODEL, tags={"tenant_id": tenant}
+        llm=MockLLM(max_tokens=20), budget=budget, model=MODEL, tags={"tenant_id": tenant}
     )
     with bound_run_tags({"run_id": f"{tenant}-run"}):
         llm.chat([ChatMessage(role="user", content="hello there")])

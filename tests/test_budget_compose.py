@@ -22,11 +22,11 @@ from graphthrift import CostTagger
 from graphthrift.budget import Budget
 from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import BudgetState, RouteState
-from graphthrift.langgraph.budget import budget_guard, route_on_budget
-from graphthrift.langgraph.route import route_model
+from graphthrift.langgraph.budget import enforce_budget, route_on_budget
+from graphthrift.langgraph.route import choose_model
 from graphthrift.ledger import default_price_book
 from graphthrift.middleware.budget import BudgetMiddleware, ToolBudgetMiddleware
-from graphthrift.middleware.route import RouterMiddleware
+from graphthrift.middleware.route import ModelRoutingMiddleware
 from graphthrift.route import Router
 
 from fakes import usage_model
@@ -81,7 +81,7 @@ def _ledger_cost(ledger: Any, tenant: str) -> float:
 
 
 def test_guard_on_plain_messages_state_names_budget_state(store: Any, tenant: str) -> None:
-    guard = budget_guard(Budget(store, max_tokens={"tenant": 10_000}), model=CHEAP)
+    guard = enforce_budget(Budget(store, max_tokens={"tenant": 10_000}), model=CHEAP)
     builder = StateGraph(MessagesState)
     builder.add_node("guard", guard.guard)
     builder.add_edge(START, "guard")
@@ -90,7 +90,7 @@ def test_guard_on_plain_messages_state_names_budget_state(store: Any, tenant: st
         builder.compile().invoke(
             {"messages": [HumanMessage("hi")]}, {"metadata": {"tenant_id": tenant}}
         )
-    assert info.value.node == "budget_guard"
+    assert info.value.node == "enforce_budget"
     with pytest.raises(StateSchemaError, match="BudgetState"):
         guard.settle.invoke({"messages": []})
 
@@ -99,7 +99,7 @@ def test_route_model_on_plain_messages_state_names_route_state() -> None:
     router = Router(CHEAP, STRONG)
     builder = StateGraph(MessagesState)
     builder.add_node(
-        "route", route_model(router, models={CHEAP: usage_model(), STRONG: usage_model()})
+        "route", choose_model(router, models={CHEAP: usage_model(), STRONG: usage_model()})
     )
     builder.add_edge(START, "route")
     builder.add_edge("route", END)
@@ -112,14 +112,14 @@ def test_route_model_on_plain_messages_state_names_route_state() -> None:
 
 def _looping_graph(budget: Budget, calls_per_run: int, checkpointer: Any = None) -> Any:
     """guard -> model -> settle, looping until the run made ``calls_per_run`` calls."""
-    guard = budget_guard(budget, model=CHEAP)
+    guard = enforce_budget(budget, model=CHEAP)
     llm = fresh_model("step", 100, 50)
     builder = StateGraph(BudgetState)
     builder.add_node("guard", guard.guard)
     builder.add_node("model", lambda s: {"messages": [llm.invoke(s["messages"])]})
     builder.add_node("settle", guard.settle)
     builder.add_edge(START, "guard")
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": END})
+    builder.add_conditional_edges("guard", route_on_budget("model"))
     builder.add_edge("model", "settle")
 
     def again(state: Any) -> str:
@@ -181,13 +181,13 @@ def test_agent_run_limit_is_per_invocation(store: Any, tenant: str) -> None:
 
 
 def _guarded_router_graph(budget: Budget, router: Router, models: dict[str, Any]) -> Any:
-    guard = budget_guard(budget, model=STRONG)
+    guard = enforce_budget(budget, model=STRONG)
     builder = StateGraph(ComposedState)
     builder.add_node("guard", guard.guard)
-    builder.add_node("route", route_model(router, models=models))
+    builder.add_node("route", choose_model(router, models=models))
     builder.add_node("settle", guard.settle)
     builder.add_edge(START, "guard")
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "route", "end": END})
+    builder.add_conditional_edges("guard", route_on_budget("route"))
     builder.add_edge("route", "settle")
     builder.add_edge("settle", END)
     return builder.compile()
@@ -213,7 +213,7 @@ def test_guard_settles_every_routed_call_at_its_model(store: Any, ledger: Any, t
     spent = budget.usage({"tenant_id": tenant})["tenant"]["spent_usd"]
     assert spent == pytest.approx(expected)
     assert spent == pytest.approx(_ledger_cost(ledger, tenant))
-    # route_model kept to the output the guard reserved
+    # choose_model kept to the output the guard reserved
     assert models[STRONG].seen == [64] and models[CHEAP].seen == [64]
     # route rows carry the node they ran in
     rows = ledger.records(tenant_id=tenant, kind="route")
@@ -222,7 +222,7 @@ def test_guard_settles_every_routed_call_at_its_model(store: Any, ledger: Any, t
 
 def test_cached_answer_releases_the_reservation(store: Any, tenant: str) -> None:
     budget = Budget(store, max_tokens={"tenant": 10_000}, max_output_tokens=64)
-    guard = budget_guard(budget, model=CHEAP)
+    guard = enforce_budget(budget, model=CHEAP)
     hit = AIMessage("cached", response_metadata={"graphthrift_cache": {"kind": "exact"}})
     builder = StateGraph(BudgetState)
     builder.add_node("guard", guard.guard)
@@ -248,8 +248,8 @@ def test_budget_middleware_with_router_books_what_the_ledger_books(
     cheap.model_name = ""  # a model that does not tell its name: the router's does
     budget = Budget(store, max_usd={"tenant": 1.0}, max_output_tokens=64)
     router = Router(CHEAP, STRONG, ledger=ledger)
-    routing = RouterMiddleware(router, cheap_model=cheap, strong_model=strong)
-    budgeting = BudgetMiddleware(budget, model_name=CHEAP)
+    routing = ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)
+    budgeting = BudgetMiddleware(budget, model=CHEAP)
     order = [budgeting, routing] if budget_outside else [routing, budgeting]
     agent = create_agent(cheap, middleware=order)
     config: Any = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}}
@@ -330,7 +330,7 @@ def test_budget_middleware_on_a_model_without_a_name(store: Any, tenant: str) ->
     assert tokens.usage(tags)["tenant"]["spent_tokens"] == 50
     cost = Budget(store, max_usd={"tenant": 1.0})
     agent = create_agent(model, middleware=[BudgetMiddleware(cost)])
-    with pytest.raises(ValueError, match="model_name="):
+    with pytest.raises(ValueError, match="model="):
         agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": tags})
 
 
@@ -347,7 +347,7 @@ def test_router_middleware_route_rows_carry_the_node(ledger: Any, tenant: str) -
     strong = usage_model("12.", model_name=STRONG)
     router = Router(CHEAP, STRONG, ledger=ledger)
     agent = create_agent(
-        cheap, middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)]
+        cheap, middleware=[ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)]
     )
     agent.invoke(
         {"messages": [HumanMessage("Months in a year?")]}, {"metadata": {"tenant_id": tenant}}

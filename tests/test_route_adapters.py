@@ -1,4 +1,4 @@
-"""Router adapters on real frameworks: LangGraph route_model and RouterMiddleware."""
+"""Router adapters on real frameworks: LangGraph choose_model and ModelRoutingMiddleware."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 
-from graphthrift.langgraph.route import RouteState, route_by_model, route_model
-from graphthrift.middleware.route import RouterMiddleware
+from graphthrift.langgraph.route import RouteState, choose_model, route_on_model
+from graphthrift.middleware.route import ModelRoutingMiddleware
 from graphthrift.route import Router
 
 from fakes import usage_model
@@ -18,7 +18,7 @@ from fakes import usage_model
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 
 
-State = RouteState  # the declared schema route_model needs (issue 11, item 7)
+State = RouteState  # the declared schema choose_model needs (issue 11, item 7)
 
 
 def test_route_model_runs_the_cascade_in_one_node() -> None:
@@ -28,7 +28,7 @@ def test_route_model_runs_the_cascade_in_one_node() -> None:
         STRONG: usage_model("It is 12.", model_name=STRONG),
     }
     builder = StateGraph(State)
-    builder.add_node("route", route_model(router, models=models))
+    builder.add_node("route", choose_model(router, models=models))
     builder.add_edge(START, "route")
     builder.add_edge("route", END)
     out = builder.compile().invoke({"messages": [HumanMessage("How many months in a year?")]})
@@ -40,13 +40,11 @@ def test_route_model_with_model_nodes_and_edge_helper(ledger: Any, tenant: str) 
     router = Router(CHEAP, STRONG, ledger=ledger)
     cheap, strong = usage_model(""), usage_model("strong answer", model_name=STRONG)
     builder = StateGraph(State)
-    builder.add_node("route", route_model(router))
+    builder.add_node("route", choose_model(router))
     builder.add_node("cheap", lambda s: {"messages": [cheap.invoke(s["messages"])]})
     builder.add_node("strong", lambda s: {"messages": [strong.invoke(s["messages"])]})
     builder.add_edge(START, "route")
-    builder.add_conditional_edges(
-        "route", route_by_model, {CHEAP: "cheap", STRONG: "strong", END: END}
-    )
+    builder.add_conditional_edges("route", route_on_model("cheap", "strong"))
     builder.add_edge("cheap", "route")
     builder.add_edge("strong", "route")
     out = builder.compile().invoke(
@@ -80,7 +78,7 @@ def test_router_middleware_escalates_bad_tool_arguments() -> None:
     agent = create_agent(
         cheap,
         tools=[convert],
-        middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)],
+        middleware=[ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)],
     )
     out = agent.invoke({"messages": [HumanMessage("Convert 5 to EUR")]})
     assert out["messages"][-1].content == "5 EUR it is."
@@ -116,7 +114,7 @@ def test_router_middleware_llm_rows_carry_the_route(ledger: Any, tenant: str) ->
     agent = create_agent(
         cheap,
         tools=[convert],
-        middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)],
+        middleware=[ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)],
     )
     config: Any = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}}
     out = agent.invoke({"messages": [HumanMessage("Convert 5 to EUR")]}, config)
@@ -141,7 +139,7 @@ def test_router_middleware_async_llm_rows_carry_the_route(
     strong = usage_model("It is 12.", model_name=STRONG)
     router = Router(CHEAP, STRONG, ledger=ledger)
     agent = create_agent(
-        cheap, middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)]
+        cheap, middleware=[ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)]
     )
     config: Any = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": tenant}}
 
@@ -165,7 +163,7 @@ def test_route_model_llm_rows_carry_the_route(ledger: Any, tenant: str) -> None:
         STRONG: usage_model("It is 12.", model_name=STRONG),
     }
     builder = StateGraph(State)
-    builder.add_node("route", route_model(router, models=models))
+    builder.add_node("route", choose_model(router, models=models))
     builder.add_edge(START, "route")
     builder.add_edge("route", END)
     graph = builder.compile()
@@ -174,7 +172,7 @@ def test_route_model_llm_rows_carry_the_route(ledger: Any, tenant: str) -> None:
     assert out["route"] == "escalated"
     models[CHEAP] = usage_model("There are 12 months in a year.")
     graph = StateGraph(State)
-    graph.add_node("route", route_model(router, models=models))
+    graph.add_node("route", choose_model(router, models=models))
     graph.add_edge(START, "route")
     graph.add_edge("route", END)
     out = graph.compile().invoke({"messages": [HumanMessage("Months in a year?")]}, config)

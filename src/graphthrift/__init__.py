@@ -97,6 +97,7 @@ _EXPORTS = {
     "BadScopeText": ".errors",
     "CacheArgumentError": ".errors",
     "UnknownScopeKey": ".errors",
+    "ConfigTypeError": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -113,8 +114,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compress import Compressor as Compressor
     from .compress import ExtractiveCompressor as ExtractiveCompressor
     from .compress import InvalidCompressionTarget as InvalidCompressionTarget
-    from .compress import LLMLinguaCompressor as LLMLinguaCompressor
     from .compress import LinguaModelError as LinguaModelError
+    from .compress import LLMLinguaCompressor as LLMLinguaCompressor
     from .embed import Embedder as Embedder
     from .embed import EmbeddingShapeError as EmbeddingShapeError
     from .embed import MiniLMEmbedder as MiniLMEmbedder
@@ -127,6 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import BudgetExceeded as BudgetExceeded
     from .errors import CacheArgumentError as CacheArgumentError
     from .errors import ConfigError as ConfigError
+    from .errors import ConfigTypeError as ConfigTypeError
     from .errors import ConversationFormatError as ConversationFormatError
     from .errors import DataFileError as DataFileError
     from .errors import DataSetMissing as DataSetMissing

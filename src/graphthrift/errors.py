@@ -473,3 +473,28 @@ class UnknownScopeKey(CacheArgumentError):
             given[first],
             f"not a cache scope keyword{others}; use one of {', '.join(allowed)}",
         )
+
+
+# --- budget ---
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting of the wrong type (e.g. ``max_usd=True``): a ``ConfigError`` that is also
+    the ``TypeError`` Python raises for a wrong type, so both ``except`` clauses catch it."""
+
+
+class BudgetScopeMissing(GraphthriftError, ValueError):
+    """A budget limits a scope (e.g. ``max_usd={"run": ...}``) but the call has no tag for it.
+
+    A call without its scope's tag must never fall into one bucket shared by every untagged
+    run, tenant or process (issue 11, item 1), so it is refused instead. The adapters always
+    find a run scope (``Budget`` docs, "Run scope"); core callers pass ``tags={"run_id": ...}``.
+    """
+
+    def __init__(self, scope_kind: str, tag: str) -> None:
+        self.scope_kind = scope_kind
+        self.tag = tag
+        super().__init__(
+            f"the budget limits the {scope_kind!r} scope but this call has no {tag!r} tag; "
+            f"pass tags={{{tag!r}: ...}} (the adapters derive run_id from the run itself)"
+        )

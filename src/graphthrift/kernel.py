@@ -44,6 +44,7 @@ __all__ = [
     "model_name",
     "read_state",
     "read_usage",
+    "renamed_argument",
     "run_config",
     "run_tags",
     "scoped",
@@ -292,3 +293,27 @@ def ask_human(payload: Any) -> Any:
     from langgraph.types import interrupt
 
     return interrupt(payload)
+
+
+def renamed_argument(where: str, name: str, value: Any, old_name: str, old_value: Any) -> Any:
+    """An argument that has a new spelling: ``value``, else the deprecated ``old_value``.
+
+    The old spelling warns (``DeprecationWarning``); both given, different, raise
+    ``ConfigError`` naming both, since one of them would be silently ignored.
+    """
+    if old_value is None:
+        return value
+    from graphthrift.errors import ConfigError
+
+    if value is not None and value != old_value:
+        raise ConfigError(
+            f"{where}({name}=..., {old_name}=...)",
+            (value, old_value),
+            f"give {name} only ({old_name} is its deprecated spelling)",
+        )
+    import warnings
+
+    warnings.warn(
+        f"{where}({old_name}=...) is deprecated; use {name}=", DeprecationWarning, stacklevel=3
+    )
+    return old_value

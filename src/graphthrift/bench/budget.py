@@ -36,8 +36,8 @@ from graphthrift.bench._common import (
     tick,
     write_json,
 )
-from graphthrift.budget.budget import Budget, Shortfall
-from graphthrift.store.postgres import Store
+from graphthrift.budget import Budget, Shortfall
+from graphthrift.store import Store
 
 MODEL = "gpt-4o-mini"
 

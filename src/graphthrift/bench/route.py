@@ -7,7 +7,7 @@ Workload (from the bundled data sets, labels from how each request was built):
   into one request that needs both.
 A missing set raises ``DataSetMissing`` (the CLI says which and runs the other benches).
 
-Two fake chat models answer through a LangGraph graph (``route_model`` with ``models``).
+Two fake chat models answer through a LangGraph graph (``choose_model`` with ``models``).
 Their per-call quality is simulated from the labels (deterministic per request): the cheap
 model is right on most easy requests and few hard ones, and hedges on part of its misses;
 the strong model is right on most of both. Figures: ``cheap_fraction`` (answers served by
@@ -46,9 +46,9 @@ from graphthrift.bench._common import (
     write_json,
 )
 from graphthrift.bench._data import DataSetMissing, data_file, read_set_file
-from graphthrift.embed.embedders import MiniLMEmbedder
-from graphthrift.ledger.prices import default_price_book
-from graphthrift.route.router import DifficultyClassifier, Router
+from graphthrift.embed import MiniLMEmbedder
+from graphthrift.ledger import default_price_book
+from graphthrift.route import DifficultyClassifier, Router
 
 CHEAP, STRONG = "gpt-4o-mini", "gpt-4o"
 # P(correct) per label, and P(hedge | wrong) for the cheap model
@@ -136,7 +136,7 @@ def _models(labels: dict[str, str]) -> dict[str, Any]:
     from langchain_core.messages import AIMessage, BaseMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
 
-    from graphthrift.text.tokens import count_text
+    from graphthrift.text import count_text
 
     class SimulatedModel(BaseChatModel):
         model_name: str
@@ -172,11 +172,11 @@ def _models(labels: dict[str, str]) -> dict[str, Any]:
 def _graph(router: Router, models: dict[str, Any]) -> Any:
     from langgraph.graph import END, START, StateGraph
 
-    from graphthrift.langgraph.route import RouteState, route_model
+    from graphthrift.langgraph import RouteState, choose_model
 
-    state = RouteState  # the declared schema route_model checks
+    state = RouteState  # the declared schema choose_model checks
     builder = StateGraph(state)
-    builder.add_node("route", route_model(router, models=models))
+    builder.add_node("route", choose_model(router, models=models))
     builder.add_edge(START, "route")
     builder.add_edge("route", END)
     return builder.compile()

@@ -228,12 +228,12 @@ def _run_faq(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from graphthrift.cache import ExactCache, SemanticCache
-    from graphthrift.langgraph import cache_lookup, cache_store, route_model, route_on_cache_hit
+    from graphthrift.langgraph import cache_answer, choose_model, lookup_cache, route_on_cache_hit
     from graphthrift.text import to_messages
 
     builder = StateGraph(_states()["faq"])
     if "routing" in ctx.layers:
-        builder.add_node("answer", route_model(_router(ctx), models=_models(ctx)))
+        builder.add_node("answer", choose_model(_router(ctx), models=_models(ctx)))
     else:
         builder.add_node("answer", _answer_node(ctx.strong, "messages", append=True))
     cache: Any = None
@@ -248,8 +248,8 @@ def _run_faq(ctx: _Ctx, advance: Callable[[], None]) -> None:
     elif "exact_cache" in ctx.layers:
         cache = ExactCache(ctx.store, namespace=ctx.step, tenant_id=ctx.step, ledger=ctx.ledger)
     if cache is not None:
-        builder.add_node("cache_lookup", cache_lookup(cache))
-        builder.add_node("cache_store", cache_store(cache))
+        builder.add_node("cache_lookup", lookup_cache(cache))
+        builder.add_node("cache_store", cache_answer(cache))
         builder.add_edge(START, "cache_lookup")
         builder.add_conditional_edges("cache_lookup", route_on_cache_hit("answer"))
         builder.add_edge("answer", "cache_store")
@@ -289,7 +289,7 @@ def _run_rag(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from graphthrift.compress import ExtractiveCompressor, normalise_answer_text
-    from graphthrift.langgraph import compress_context, route_model
+    from graphthrift.langgraph import choose_model, compress_context
     from graphthrift.text import to_messages
 
     def prompt(state: Any) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def _run_rag(ctx: _Ctx, advance: Callable[[], None]) -> None:
     builder = StateGraph(_states()["rag"])
     builder.add_node("prompt", prompt)
     if "routing" in ctx.layers:
-        builder.add_node("answer", route_model(_router(ctx), models=_models(ctx)))
+        builder.add_node("answer", choose_model(_router(ctx), models=_models(ctx)))
     else:
         builder.add_node("answer", _answer_node(ctx.strong, "messages", append=True))
     if "compression" in ctx.layers:
@@ -339,7 +339,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from graphthrift.bench.history import prompt_points
-    from graphthrift.langgraph import route_model, summarize_history
+    from graphthrift.langgraph import choose_model, summarize_history
     from graphthrift.text import to_messages
 
     builder = StateGraph(_states()["chat"])
@@ -348,7 +348,7 @@ def _run_chat(ctx: _Ctx, advance: Callable[[], None]) -> None:
     else:
         builder.add_node("prune", lambda state: {"llm_input_messages": list(state["messages"])})
     if "routing" in ctx.layers:
-        node: Any = route_model(
+        node: Any = choose_model(
             _router(ctx), models=_models(ctx), messages_key="llm_input_messages"
         )
     else:

@@ -1,4 +1,10 @@
-"""Token, tool and dollar budgets: reserved before a call, settled after it."""
+"""Token, tool and dollar budgets: reserved before a call, settled after it.
+
+Modules: ``limits`` (scopes, tags, ladder rungs, checked settings), ``reservation`` (a
+call's estimate and what is held for it), ``ladder`` (shortfalls and the degradation
+ladder), ``settlement`` (actual cost, charges kept while the store is down), ``budget``
+(``Budget``), ``store`` (the SQL), ``schema`` (the tables).
+"""
 
 from __future__ import annotations
 
@@ -10,31 +16,39 @@ _EXPORTS = {
     "Budget": ".budget",
     "BudgetExceeded": ".budget",
     "BudgetScopeMissing": ".budget",
-    "DEFAULT_LADDER": ".budget",
-    "Estimate": ".budget",
-    "LADDER_STEPS": ".budget",
-    "Preflight": ".budget",
-    "Reservation": ".budget",
-    "SCOPE_KINDS": ".budget",
-    "ScopeUsage": ".budget",
-    "Shortfall": ".budget",
-    "Step": ".budget",
-    "tags_from_metadata": ".budget",
+    "BudgetTags": ".limits",
+    "DEFAULT_LADDER": ".limits",
+    "Estimate": ".reservation",
+    "LADDER_STEPS": ".limits",
+    "PendingCharges": ".settlement",
+    "Preflight": ".ladder",
+    "Reservation": ".reservation",
+    "ReserveOptions": ".budget",
+    "SCOPE_KINDS": ".limits",
+    "ScopeUsage": ".store",
+    "Shortfall": ".ladder",
+    "Step": ".limits",
+    "tags_from_metadata": ".limits",
+    "utc_day": ".limits",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .budget import DEFAULT_LADDER as DEFAULT_LADDER
-    from .budget import LADDER_STEPS as LADDER_STEPS
-    from .budget import SCOPE_KINDS as SCOPE_KINDS
     from .budget import Budget as Budget
     from .budget import BudgetExceeded as BudgetExceeded
     from .budget import BudgetScopeMissing as BudgetScopeMissing
-    from .budget import Estimate as Estimate
-    from .budget import Preflight as Preflight
-    from .budget import Reservation as Reservation
-    from .budget import ScopeUsage as ScopeUsage
-    from .budget import Shortfall as Shortfall
-    from .budget import Step as Step
-    from .budget import tags_from_metadata as tags_from_metadata
+    from .budget import ReserveOptions as ReserveOptions
+    from .ladder import Preflight as Preflight
+    from .ladder import Shortfall as Shortfall
+    from .limits import DEFAULT_LADDER as DEFAULT_LADDER
+    from .limits import LADDER_STEPS as LADDER_STEPS
+    from .limits import SCOPE_KINDS as SCOPE_KINDS
+    from .limits import BudgetTags as BudgetTags
+    from .limits import Step as Step
+    from .limits import tags_from_metadata as tags_from_metadata
+    from .limits import utc_day as utc_day
+    from .reservation import Estimate as Estimate
+    from .reservation import Reservation as Reservation
+    from .settlement import PendingCharges as PendingCharges
+    from .store import ScopeUsage as ScopeUsage

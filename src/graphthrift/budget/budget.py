@@ -1,5 +1,8 @@
 """Pre-flight budgets: reserve a call's worst-case cost before it runs, settle it after.
 
+Long because: one class, ``Budget``, whose store operations each have a sync and an async
+twin; its parts live beside it (``limits``, ``reservation``, ``ladder``, ``settlement``).
+
 A ``Budget`` combines limits of three kinds:
 
 - per step (checked in process): ``max_tool_calls_per_step``, ``max_input_tokens`` and
@@ -49,18 +52,40 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import math
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Any, TypedDict, Unpack, cast
 
 from graphthrift import diagnostics
+from graphthrift.budget.ladder import (
+    Preflight,
+    Shortfall,
+    adrive,
+    available_steps,
+    drive,
+    next_step,
+    program,
+)
+from graphthrift.budget.limits import (
+    DEFAULT_LADDER,
+    LADDER_STEPS,
+    SCOPE_KINDS,
+    TAG_OF_SCOPE,
+    BudgetTags,
+    Step,
+    check_keywords,
+    check_ladder,
+    check_tags,
+    positive,
+    scope_key,
+    scope_limits,
+    tags_from_metadata,
+    utc_day,
+)
+from graphthrift.budget.reservation import Estimate, Reservation
+from graphthrift.budget.settlement import PendingCharges, actual_cost
 from graphthrift.budget.store import (
     RUN_DAY,
     Refusal,
@@ -76,7 +101,8 @@ from graphthrift.budget.store import (
 from graphthrift.config import env_flag, env_float
 from graphthrift.errors import (
     BudgetExceeded,
-    GraphthriftError,
+    BudgetScopeMissing,
+    ConfigError,
     StoreUnavailable,
     UnknownModelPrice,
 )
@@ -92,265 +118,32 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "BudgetScopeMissing",
+    "BudgetTags",
     "Estimate",
     "Preflight",
     "Reservation",
+    "ReserveOptions",
     "ScopeUsage",
     "Shortfall",
     "Step",
     "tags_from_metadata",
+    "utc_day",
 ]
 
-Step = Literal["compress", "cheaper_model", "summarize", "interrupt", "end"]
-LADDER_STEPS: tuple[Step, ...] = ("compress", "cheaper_model", "summarize", "interrupt", "end")
-DEFAULT_LADDER: tuple[Step, ...] = ("compress", "cheaper_model", "summarize", "end")
-SCOPE_KINDS: tuple[str, ...] = ("run", "thread", "tenant", "feature")
-_TAG_OF_SCOPE = {
-    "run": "run_id",
-    "thread": "thread_id",
-    "tenant": "tenant_id",
-    "feature": "feature",
-}
-_INPUT_SHRINKERS = ("compress", "summarize")
-_TOKEN_LIMITS = ("max_tokens", "max_input_tokens")
+
+class ReserveOptions(TypedDict, total=False):
+    """The keyword arguments ``reserve``/``areserve`` pass on to ``try_reserve``."""
+
+    input_tokens: int | None
+    max_output_tokens: int | None
+    tags: Mapping[str, Any] | None
+    force: bool
 
 
-def tags_from_metadata(*sources: Mapping[str, Any] | None) -> dict[str, str]:
-    """tenant_id, feature, thread_id and run_id from config metadata/configurable dicts.
-
-    Later sources win; values are kept as text. Reads through the adapter kernel
-    (``graphthrift.kernel.run_tags``), so every adapter agrees on what a tag is.
-    """
-    from graphthrift.kernel import run_tags
-
-    out: dict[str, str] = {}
-    for source in sources:
-        if not source:
-            continue
-        found = run_tags({"metadata": source})
-        for name in _TAG_OF_SCOPE.values():
-            if name in found:
-                out[name] = str(found[name])
-    return out
-
-
-class BudgetScopeMissing(GraphthriftError, ValueError):
-    """A budget limits a scope (e.g. ``max_usd={"run": ...}``) but the call has no tag for it.
-
-    A call without its scope's tag must never fall into one bucket shared by every untagged
-    run, tenant or process (issue 11, item 1), so it is refused instead. The adapters always
-    find a run scope (``Budget`` docs, "Run scope"); core callers pass ``tags={"run_id": ...}``.
-    """
-
-    def __init__(self, scope_kind: str, tag: str) -> None:
-        self.scope_kind = scope_kind
-        self.tag = tag
-        super().__init__(
-            f"the budget limits the {scope_kind!r} scope but this call has no {tag!r} tag; "
-            f"pass tags={{{tag!r}: ...}} (the adapters derive run_id from the run itself)"
-        )
-
-
-def _scope_key(kind: str, value: Any) -> str:
-    """A scope's key as text; a missing tag or a character PostgreSQL cannot store is refused
-    with a clear error (never a shared ``(none)`` bucket, never a raw ``DataError``)."""
-    tag = _TAG_OF_SCOPE[kind]
-    if value is None or value == "":
-        raise BudgetScopeMissing(kind, tag)
-    key = str(value)
-    if "\x00" in key:
-        raise ValueError(
-            f"budget tag {tag} contains a NUL character at {key.index(chr(0))}: {key!r}"
-        )
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"budget tag {tag} contains a lone surrogate at {exc.start}: {key!r}"
-        ) from None
-    return key
-
-
-def _check_settle_cost(value: Any) -> float | None:
-    """A settle's ``cost_usd``: a finite number >= 0, else a clear, counted error.
-
-    A negative cost would let a tenant spend past its limit, a NaN or inf would lock it out
-    for the day (issue 12, item 8); the reservation stays open (and expires) instead.
-    """
-    if value is None:
-        return None
-    bad = isinstance(value, bool) or not isinstance(value, int | float)
-    if not bad and math.isfinite(value) and value >= 0:
-        return float(value)
-    diagnostics.count("budget_bad_settle")
-    raise ValueError(f"settle cost_usd must be a finite number >= 0, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """The worst case of one call: counted input plus the maximum output, priced."""
-
-    model: str
-    input_tokens: int
-    output_tokens: int
-    usd: float | None
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Shortfall:
-    """Why a reservation was refused: the limit, what its scope holds, what was asked."""
-
-    limit_name: str
-    scope: str
-    limit: float
-    spent: float
-    requested: float
-    scope_kind: str = "step"
-
-    def __post_init__(self) -> None:
-        # Every refusal is observable (Prometheus graphthrift_budget_violations_total).
-        diagnostics.count(f"budget_refusal_{self.limit_name}")
-
-    @property
-    def remaining(self) -> float:
-        return max(self.limit - self.spent, 0.0)
-
-    def error(self) -> BudgetExceeded:
-        """The ``BudgetExceeded`` to raise for this shortfall."""
-        return BudgetExceeded(self.limit_name, self.limit, self.spent, self.scope, self.requested)
-
-    def interrupt_payload(self) -> dict[str, Any]:
-        """What a human is shown when a run pauses on this shortfall (LangGraph ``interrupt``)."""
-        return {
-            "type": "budget",
-            "limit_name": self.limit_name,
-            "scope": self.scope,
-            "limit": self.limit,
-            "spent": self.spent,
-            "requested": self.requested,
-            "question": "Approve this model call past the budget? Resume with True to approve.",
-        }
-
-    @staticmethod
-    def approved(answer: Any) -> bool:
-        """Whether a human's resume value approves the call (True, "approve" or "yes")."""
-        return answer is True or (isinstance(answer, str) and answer.lower() in ("approve", "yes"))
-
-    def message(self) -> str:
-        """A sentence for the user when the run ends on this shortfall."""
-        return (
-            f"I have to stop here: the {self.limit_name} budget for {self.scope} is used up "
-            f"(limit {self.limit:g}, spent {self.spent:g}, this step needs {self.requested:g})."
-        )
-
-
-@dataclass(slots=True)
-class Reservation:
-    """An amount held on each scope until ``settle`` or ``release``.
-
-    ``backed`` is False when the database was unreachable and the budget failed open.
-    """
-
-    id: str
-    estimate: Estimate
-    scopes: tuple[ScopeRef, ...]
-    usd: float
-    tokens: int
-    backed: bool = True
-    forced: bool = False
-    settled: bool = False
-    actual_usd: float | None = None
-    actual_tokens: int | None = None
-    created: float = field(default_factory=time.monotonic)
-
-    @property
-    def max_output_tokens(self) -> int:
-        """The output tokens this reservation holds: cap the model call's output at this.
-
-        A call that produces more than it reserved could push concurrent runs past the
-        limit by more than one reservation, so adapters pass it as the call's max_tokens.
-        """
-        return self.estimate.output_tokens
-
-    def as_state(self) -> dict[str, Any]:
-        """A JSON-safe dict (for graph state), readable by ``Budget.reservation_from_state``."""
-        return {
-            "id": self.id,
-            "model": self.estimate.model,
-            "input_tokens": self.estimate.input_tokens,
-            "output_tokens": self.estimate.output_tokens,
-            "estimate_usd": self.estimate.usd,
-            "scopes": [[s.kind, s.key, s.day.isoformat()] for s in self.scopes],
-            "usd": self.usd,
-            "tokens": self.tokens,
-            "backed": self.backed,
-            "forced": self.forced,
-        }
-
-    @classmethod
-    def from_state(cls, data: Mapping[str, Any]) -> Reservation:
-        est = Estimate(
-            data["model"], data["input_tokens"], data["output_tokens"], data["estimate_usd"]
-        )
-        scopes = tuple(ScopeRef(k, key, date.fromisoformat(d)) for k, key, d in data["scopes"])
-        return cls(
-            data["id"], est, scopes, data["usd"], data["tokens"], data["backed"], data["forced"]
-        )
-
-
-@dataclass(slots=True)
-class Preflight:
-    """What ``Budget.preflight`` decided for one call.
-
-    ``outcome`` is ``"proceed"`` (call ``model`` with ``messages``, then settle
-    ``reservation``) or ``"end"`` (stop cleanly; ``shortfall`` says why). ``steps`` lists
-    the ladder rungs carried out, in order.
-    """
-
-    outcome: Literal["proceed", "end"]
-    model: str
-    messages: list[Any]
-    steps: list[str]
-    reservation: Reservation | None
-    shortfall: Shortfall | None
-
-
-def _positive(name: str, value: Any, *, integer: bool) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Budget {name} must be a number, got {type(value).__name__} {value!r}")
-    if integer and not float(value).is_integer():
-        raise ValueError(f"Budget {name} must be a whole number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"Budget {name} must be > 0, got {value!r}; leave it out (None) for no limit"
-        )
-    return int(value) if integer else float(value)
-
-
-def _scope_limits(name: str, value: Mapping[str, Any] | None, *, integer: bool) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(f"Budget {name} must be a dict keyed by scope {SCOPE_KINDS}, got {value!r}")
-    out: dict[str, Any] = {}
-    for kind, limit in value.items():
-        if kind not in SCOPE_KINDS:
-            raise ValueError(f"Budget {name} has unknown scope {kind!r}; use one of {SCOPE_KINDS}")
-        out[kind] = _positive(f"{name}[{kind!r}]", limit, integer=integer)
-    return out
-
-
-def utc_day(moment: datetime) -> date:
-    """The UTC calendar day of ``moment`` (a naive datetime is taken as UTC)."""
-    if moment.tzinfo is None:
-        return moment.date()
-    return moment.astimezone(UTC).date()
+def _reserve_options(where: str, options: Mapping[str, Any]) -> ReserveOptions:
+    """``options`` checked: an unknown keyword raises ``ConfigError`` naming it."""
+    known = ReserveOptions.__annotations__
+    return cast(ReserveOptions, check_keywords(f"Budget.{where}", options, known, "argument"))
 
 
 class Budget:
@@ -378,7 +171,9 @@ class Budget:
             when it answers again (default 10,000; older ones are dropped and counted).
 
     Raises:
-        ValueError / TypeError: a limit that is zero, negative, not finite or of a wrong type.
+        ConfigError: a limit that is zero, negative or not finite, an unknown scope or
+            ladder step, or scope limits without a store (a ``ValueError``); a limit of a
+            wrong type raises ``ConfigTypeError`` (also a ``TypeError``).
     """
 
     def __init__(
@@ -400,33 +195,29 @@ class Budget:
         max_pending: int | None = None,
         max_tool_calls_per_run: int | None = None,
     ) -> None:
-        self.max_usd: dict[str, float] = _scope_limits("max_usd", max_usd, integer=False)
-        self.max_tokens: dict[str, int] = _scope_limits("max_tokens", max_tokens, integer=True)
-        self.max_request_usd: float | None = _positive(
+        self.max_usd: dict[str, float] = scope_limits("max_usd", max_usd, integer=False)
+        self.max_tokens: dict[str, int] = scope_limits("max_tokens", max_tokens, integer=True)
+        self.max_request_usd: float | None = positive(
             "max_request_usd", max_request_usd, integer=False
         )
-        self.max_input_tokens: int | None = _positive(
+        self.max_input_tokens: int | None = positive(
             "max_input_tokens", max_input_tokens, integer=True
         )
-        self.max_output_tokens: int | None = _positive(
+        self.max_output_tokens: int | None = positive(
             "max_output_tokens", max_output_tokens, integer=True
         )
-        self.max_tool_calls_per_step: int | None = _positive(
+        self.max_tool_calls_per_step: int | None = positive(
             "max_tool_calls_per_step", max_tool_calls_per_step, integer=True
         )
-        self.max_tool_calls_per_run: int | None = _positive(
+        self.max_tool_calls_per_run: int | None = positive(
             "max_tool_calls_per_run", max_tool_calls_per_run, integer=True
         )
-        steps = tuple(DEFAULT_LADDER if ladder is None else ladder)
-        for step in steps:
-            if step not in LADDER_STEPS:
-                raise ValueError(f"unknown ladder step {step!r}; use some of {LADDER_STEPS}")
-        if len(set(steps)) != len(steps):
-            raise ValueError(f"ladder steps must not repeat, got {steps}")
-        self.ladder: tuple[Step, ...] = steps  # type: ignore[assignment]
+        self.ladder: tuple[Step, ...] = check_ladder(ladder)
         if (self.max_usd or self.max_tokens) and store is None:
-            raise ValueError(
-                "Budget scope limits (max_usd / max_tokens) need a store: Budget(Store(), ...)"
+            raise ConfigError(
+                "Budget store",
+                None,
+                "scope limits (max_usd / max_tokens) need a store: Budget(Store(), ...)",
             )
         self.store = store
         self.fail_closed = (
@@ -435,25 +226,24 @@ class Budget:
         ttl = reservation_ttl
         if ttl is None:
             ttl = env_float("GRAPHTHRIFT_BUDGET_RESERVATION_TTL", 600.0)
-        self.reservation_ttl = float(_positive("reservation_ttl", ttl, integer=False))
+        self.reservation_ttl = float(positive("reservation_ttl", ttl, integer=False))
         out_default = default_output_tokens
         if out_default is None:
             out_default = int(env_float("GRAPHTHRIFT_BUDGET_OUTPUT_TOKENS", 1024))
         self.default_output_tokens = int(
-            _positive("default_output_tokens", out_default, integer=True)
+            positive("default_output_tokens", out_default, integer=True)
         )
         self.prices = prices or default_price_book()
         self.clock = clock or (lambda: datetime.now(UTC))
         self._last_reclaim = 0.0
         self.max_pending = int(
-            _positive(
+            positive(
                 "max_pending",
                 max_pending if max_pending is not None else 10_000,
                 integer=True,
             )
         )
-        self._pending: deque[tuple[Reservation, float, int]] = deque()
-        self._pending_lock = threading.Lock()
+        self._pending = PendingCharges(self.max_pending)
 
     # -- estimates --------------------------------------------------------------------------
 
@@ -498,9 +288,9 @@ class Budget:
         for kind in SCOPE_KINDS:
             if kind not in self.max_usd and kind not in self.max_tokens:
                 continue
-            if not strict and tags.get(_TAG_OF_SCOPE[kind]) in (None, ""):
+            if not strict and tags.get(TAG_OF_SCOPE[kind]) in (None, ""):
                 continue
-            key = _scope_key(kind, tags.get(_TAG_OF_SCOPE[kind]))
+            key = scope_key(kind, tags.get(TAG_OF_SCOPE[kind]))
             ref = ScopeRef(kind, key, RUN_DAY if kind == "run" else day)
             out.append((ref, self.max_usd.get(kind), self.max_tokens.get(kind)))
         return out
@@ -678,126 +468,34 @@ class Budget:
         return self._outcome(r, refusal)
 
     def reserve(
-        self, model: str, messages: Iterable[Any] | None = None, **kwargs: Any
+        self,
+        model: str,
+        messages: Iterable[Any] | None = None,
+        **options: Unpack[ReserveOptions],
     ) -> Reservation:
-        """``try_reserve`` that raises ``BudgetExceeded`` instead of returning a shortfall."""
-        result = self.try_reserve(model, messages, **kwargs)
+        """``try_reserve`` that raises ``BudgetExceeded`` instead of returning a shortfall.
+
+        Raises:
+            ConfigError: an unknown keyword argument (also a ``TypeError``).
+        """
+        result = self.try_reserve(model, messages, **_reserve_options("reserve", options))
         if isinstance(result, Shortfall):
             raise result.error()
         return result
 
     async def areserve(
-        self, model: str, messages: Iterable[Any] | None = None, **kwargs: Any
+        self,
+        model: str,
+        messages: Iterable[Any] | None = None,
+        **options: Unpack[ReserveOptions],
     ) -> Reservation:
         """Async twin of ``reserve``."""
-        result = await self.atry_reserve(model, messages, **kwargs)
+        result = await self.atry_reserve(model, messages, **_reserve_options("areserve", options))
         if isinstance(result, Shortfall):
             raise result.error()
         return result
 
     # -- settle -----------------------------------------------------------------------------
-
-    def _actual(
-        self,
-        r: Reservation,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        cached_tokens: int,
-        cost_usd: float | None,
-        record: LedgerRecord | None,
-        model: str | None = None,
-        calls: Sequence[tuple[str | None, Any]] | None = None,
-    ) -> tuple[float, int]:
-        """The call's actual cost and tokens, priced at the model that was actually called."""
-        cost_usd = _check_settle_cost(cost_usd)
-        if calls is not None:
-            return self._actual_calls(r, calls)
-        model = model or r.estimate.model
-        if record is not None:
-            input_tokens, output_tokens = record.input_tokens, record.output_tokens
-            cached_tokens, cost_usd = record.cached_tokens, _check_settle_cost(record.cost_usd)
-            model = record.model or model
-        if input_tokens is None:
-            input_tokens = r.estimate.input_tokens
-        if output_tokens is None:
-            output_tokens = r.estimate.output_tokens
-        for label, value in (
-            ("input_tokens", input_tokens),
-            ("output_tokens", output_tokens),
-            ("cached_tokens", cached_tokens),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                diagnostics.count("budget_bad_settle")
-                raise ValueError(f"settle {label} must be an int >= 0, got {value!r}")
-        self._check_overrun(r, output_tokens)
-        if cost_usd is None:
-            cost_usd = self._price(model, r, input_tokens, output_tokens, cached_tokens)
-        return cost_usd, input_tokens + output_tokens
-
-    @staticmethod
-    def _check_overrun(r: Reservation, output_tokens: int) -> None:
-        """Count a call that wrote more than it reserved (a model that ignores its cap).
-
-        Its real cost is settled all the same, so the next reservation sees it and is
-        refused; the bound on overspend then depends on the calls in flight (README).
-        """
-        if output_tokens > r.estimate.output_tokens:
-            diagnostics.count(
-                "budget_output_overrun",
-                "graphthrift: a call wrote %d output tokens, %d were reserved (%s)",
-                output_tokens,
-                r.estimate.output_tokens,
-                r.estimate.model,
-            )
-
-    def _price(
-        self,
-        model: str,
-        r: Reservation,
-        inp: int,
-        out: int,
-        cached: int,
-        writes: int = 0,
-        writes_1h: int = 0,
-    ) -> float:
-        """``model``'s price of the usage (prompt-cache writes at their own rates, as the
-        ledger prices them); an unpriced model falls back to the reserved one's."""
-
-        def price(name: str) -> float | None:
-            return self.prices.cost(
-                name, inp, out, cached, cache_write_tokens=writes, cache_write_1h_tokens=writes_1h
-            )
-
-        cost = price(model) if self.prices.is_known(model) else None
-        if cost is None and model != r.estimate.model:
-            diagnostics.count(
-                "budget_unpriced_settle",
-                "graphthrift: no price for %r; settling at %r's price",
-                model,
-                r.estimate.model,
-            )
-            cost = price(r.estimate.model)
-        return float(cost or 0.0)
-
-    def _actual_calls(
-        self, r: Reservation, calls: Sequence[tuple[str | None, Any]]
-    ) -> tuple[float, int]:
-        """Sum the calls one reservation covered (a cascade: the cheap call and the strong one)."""
-        from graphthrift.ledger.usage import read_usage
-
-        usd, tokens = 0.0, 0
-        for name, raw in calls:
-            usage = read_usage(raw)
-            writes = writes_1h = 0
-            if usage is None:  # no usage reported: the reserved worst case
-                inp, out, cached = r.estimate.input_tokens, r.estimate.output_tokens, 0
-            else:
-                inp, out, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
-                writes, writes_1h = usage.cache_write_tokens, usage.cache_write_1h_tokens
-                self._check_overrun(r, out)
-            usd += self._price(name or r.estimate.model, r, inp, out, cached, writes, writes_1h)
-            tokens += inp + out
-        return usd, tokens
 
     def settle(
         self,
@@ -826,8 +524,16 @@ class Budget:
         """
         if reservation.settled:
             return
-        usd, tokens = self._actual(
-            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record, model, calls
+        usd, tokens = actual_cost(
+            self.prices,
+            reservation,
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+            cost_usd,
+            record,
+            model,
+            calls,
         )
         self._apply(reservation, usd, tokens)
 
@@ -846,8 +552,16 @@ class Budget:
         """Async twin of ``settle``."""
         if reservation.settled:
             return
-        usd, tokens = self._actual(
-            reservation, input_tokens, output_tokens, cached_tokens, cost_usd, record, model, calls
+        usd, tokens = actual_cost(
+            self.prices,
+            reservation,
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+            cost_usd,
+            record,
+            model,
+            calls,
         )
         await self._aapply(reservation, usd, tokens)
 
@@ -866,37 +580,10 @@ class Budget:
     def _settle_program(self, r: Reservation, usd: float, tokens: int) -> Any:
         return settle_program(r.id, r.scopes, r.usd, r.tokens, usd, tokens)
 
-    def _defer(self, r: Reservation, usd: float, tokens: int) -> None:
-        """Keep a settlement the store could not take, to charge it when the store answers.
-
-        Spend that happened while the budget failed open is real spend (issue 12, item 8);
-        the queue is bounded (``max_pending``), and what falls off it is counted.
-        """
-        if not r.scopes or (usd == 0.0 and tokens == 0 and not r.backed):
-            return
-        with self._pending_lock:
-            if len(self._pending) >= self.max_pending:
-                self._pending.popleft()
-                diagnostics.count(
-                    "budget_pending_dropped",
-                    "graphthrift: budget pending queue full (%d); oldest charge dropped",
-                    self.max_pending,
-                )
-            self._pending.append((r, usd, tokens))
-
     @property
     def pending_charges(self) -> int:
         """Settlements waiting for the store (made while it was unreachable)."""
-        with self._pending_lock:
-            return len(self._pending)
-
-    def _next_pending(self) -> tuple[Reservation, float, int] | None:
-        with self._pending_lock:
-            return self._pending.popleft() if self._pending else None
-
-    def _requeue(self, item: tuple[Reservation, float, int]) -> None:
-        with self._pending_lock:
-            self._pending.appendleft(item)
+        return len(self._pending)
 
     def flush_pending(self) -> int:
         """Charge the settlements kept while the store was down; return how many were charged.
@@ -907,11 +594,11 @@ class Budget:
         if self.store is None:
             return 0
         done = 0
-        while (item := self._next_pending()) is not None:
+        while (item := self._pending.pop()) is not None:
             try:
                 run_sync(self.store, self._settle_program(*item))
             except StoreUnavailable:
-                self._requeue(item)
+                self._pending.requeue(item)
                 break
             done += 1
         return done
@@ -921,11 +608,11 @@ class Budget:
         if self.store is None:
             return 0
         done = 0
-        while (item := self._next_pending()) is not None:
+        while (item := self._pending.pop()) is not None:
             try:
                 await run_async(self.store, self._settle_program(*item))
             except StoreUnavailable:
-                self._requeue(item)
+                self._pending.requeue(item)
                 break
             done += 1
         return done
@@ -939,14 +626,14 @@ class Budget:
             r.id,
             exc.reason,
         )
-        self._defer(r, usd, tokens)
+        self._pending.defer(r, usd, tokens)
 
     def _apply(self, r: Reservation, usd: float, tokens: int) -> None:
         r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
         if self.store is None:
             return
         if not r.backed:
-            self._defer(r, usd, tokens)
+            self._pending.defer(r, usd, tokens)
             return
         try:
             self.flush_pending()
@@ -959,7 +646,7 @@ class Budget:
         if self.store is None:
             return
         if not r.backed:
-            self._defer(r, usd, tokens)
+            self._pending.defer(r, usd, tokens)
             return
         try:
             await self.aflush_pending()
@@ -986,14 +673,24 @@ class Budget:
         return found
 
     def usage(
-        self, tags: Mapping[str, Any] | None = None, *, day: date | None = None
+        self,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        day: date | None = None,
+        **scope: Unpack[BudgetTags],
     ) -> dict[str, dict[str, Any]]:
         """Spent, reserved and limit of every limited scope the ``tags`` fall in.
 
+        The tags may also be given as keywords: ``budget.usage(tenant_id="acme")``.
         ``day`` defaults to today (UTC). Returns ``{scope_kind: {...}}``; scopes whose tag
         is not given are left out.
+
+        Raises:
+            ConfigError: an unknown tag keyword (a misspelt ``tenant_id`` would otherwise
+                read no scope at all).
         """
-        scopes = self._scopes(tags or {}, strict=False)
+        merged = {**(tags or {}), **check_tags("Budget.usage", scope)}
+        scopes = self._scopes(merged, strict=False)
         if day is not None:
             scopes = [
                 (ScopeRef(s.kind, s.key, s.day if s.kind == "run" else day), u, t)
@@ -1041,78 +738,15 @@ class Budget:
                 even an empty prompt would not fit.
             cheaper: the cheaper model's estimate of the same call.
         """
-        done, can = set(tried), set(available)
-        for step in self.ladder:
-            if step in done or step not in can:
-                continue
-            if step in _INPUT_SHRINKERS and not self._input_helps(shortfall, estimate):
-                continue
-            if step == "cheaper_model" and not self._cheaper_helps(shortfall, estimate, cheaper):
-                continue
-            return step
-        return None
-
-    def _input_helps(self, short: Shortfall, est: Estimate | None) -> bool:
-        if short.limit_name == "max_input_tokens":
-            return True
-        if est is None:
-            return True
-        if short.limit_name in ("max_tokens",):
-            return est.output_tokens <= short.remaining and est.input_tokens > 0
-        if short.limit_name in ("max_usd", "max_request_usd"):
-            floor = self.prices.cost(est.model, 0, est.output_tokens) or 0.0
-            return floor <= short.remaining and est.input_tokens > 0
-        return False
-
-    def _cheaper_helps(
-        self, short: Shortfall, est: Estimate | None, cheaper: Estimate | None
-    ) -> bool:
-        if short.limit_name not in ("max_usd", "max_request_usd") or cheaper is None:
-            return False
-        if cheaper.usd is None:
-            return False
-        if est is not None and est.usd is not None and cheaper.usd >= est.usd:
-            return False
-        return cheaper.usd <= short.remaining
-
-    def _ladder(
-        self,
-        model: str,
-        messages: list[Any],
-        tags: Mapping[str, Any],
-        cheaper_model: str | None,
-        can: set[str],
-        max_output_tokens: int | None,
-    ) -> Generator[tuple[str, Any], Any, Preflight]:
-        """The degradation loop, written once: yields actions, receives their results."""
-        taken: list[str] = []
-        force = False
-        while True:
-            est = self.estimate(model, messages, max_output_tokens=max_output_tokens)
-            result = yield "reserve", (est, force)
-            if isinstance(result, Reservation):
-                return Preflight("proceed", model, messages, taken, result, None)
-            cheaper = None
-            if cheaper_model is not None and cheaper_model != model and "cheaper_model" in can:
-                cheaper = self.estimate(
-                    cheaper_model,
-                    messages,
-                    input_tokens=est.input_tokens,
-                    max_output_tokens=max_output_tokens,
-                )
-            step = self.next_step(result, tried=taken, available=can, estimate=est, cheaper=cheaper)
-            if step is None:
-                raise result.error()
-            taken.append(step)
-            if step == "end":
-                return Preflight("end", model, messages, taken, None, result)
-            if step == "cheaper_model":
-                assert cheaper_model is not None
-                model = cheaper_model
-            elif step == "interrupt":
-                force = bool((yield "interrupt", result))
-            else:
-                messages = list((yield step, messages))
+        return next_step(
+            self.ladder,
+            self.prices,
+            shortfall,
+            tried=tried,
+            available=available,
+            estimate=estimate,
+            cheaper=cheaper,
+        )
 
     def preflight(
         self,
@@ -1144,28 +778,12 @@ class Budget:
         Raises:
             BudgetExceeded: the ladder is used up (the hard stop).
         """
-        can = self._available(cheaper_model, compress, summarize, interrupt)
-        program = self._ladder(
-            model, list(messages), tags or {}, cheaper_model, can, max_output_tokens
+        can = available_steps(cheaper_model, compress, summarize, interrupt)
+        steps = program(self, model, list(messages), cheaper_model, can, max_output_tokens)
+        rungs = {"compress": compress, "summarize": summarize, "interrupt": interrupt}
+        return drive(
+            steps, lambda est, force: self._reserve_estimate(est, tags or {}, force), rungs
         )
-        try:
-            action, payload = next(program)
-            while True:
-                if action == "reserve":
-                    reply: Any = self._reserve_estimate(payload[0], tags or {}, payload[1])
-                elif action == "compress":
-                    assert compress is not None
-                    reply = compress(payload)
-                elif action == "summarize":
-                    assert summarize is not None
-                    reply = summarize(payload)
-                else:
-                    assert interrupt is not None
-                    reply = interrupt(payload)
-                action, payload = program.send(reply)
-        except StopIteration as stop:
-            done: Preflight = stop.value
-            return done
 
     async def apreflight(
         self,
@@ -1180,37 +798,14 @@ class Budget:
         max_output_tokens: int | None = None,
     ) -> Preflight:
         """Async twin of ``preflight``; the callables may be sync or async."""
-        can = self._available(cheaper_model, compress, summarize, interrupt)
-        program = self._ladder(
-            model, list(messages), tags or {}, cheaper_model, can, max_output_tokens
-        )
-        try:
-            action, payload = next(program)
-            while True:
-                if action == "reserve":
-                    reply: Any = await self._areserve_estimate(payload[0], tags or {}, payload[1])
-                else:
-                    fn = {"compress": compress, "summarize": summarize}.get(action, interrupt)
-                    assert fn is not None
-                    reply = fn(payload)
-                    if inspect.isawaitable(reply):
-                        reply = await reply
-                action, payload = program.send(reply)
-        except StopIteration as stop:
-            done: Preflight = stop.value
-            return done
+        can = available_steps(cheaper_model, compress, summarize, interrupt)
+        steps = program(self, model, list(messages), cheaper_model, can, max_output_tokens)
+        rungs = {"compress": compress, "summarize": summarize, "interrupt": interrupt}
 
-    def _available(self, cheaper: Any, compress: Any, summarize: Any, interrupt: Any) -> set[str]:
-        can = {"end"}
-        for step, tool in (
-            ("cheaper_model", cheaper),
-            ("compress", compress),
-            ("summarize", summarize),
-            ("interrupt", interrupt),
-        ):
-            if tool is not None:
-                can.add(step)
-        return can
+        def reserve(est: Estimate, force: bool) -> Awaitable[Reservation | Shortfall]:
+            return self._areserve_estimate(est, tags or {}, force)
+
+        return await adrive(steps, reserve, rungs)
 
     def allowed_tool_calls(self, requested: int, *, used_in_run: int = 0) -> int:
         """How many of ``requested`` tool calls in one step the budget lets run.

@@ -8,7 +8,7 @@ work as on the model it wraps.
 
 No layer logic lives here. Each call becomes a ``ModelRequest`` and runs through the same
 ``create_agent`` middleware objects ``default_stack`` uses (``TenantCacheMiddleware``,
-``ContextCompressionMiddleware``, ``RouterMiddleware``, ``BudgetMiddleware``), in the same
+``ContextCompressionMiddleware``, ``ModelRoutingMiddleware``, ``BudgetMiddleware``), in the same
 order, with the real model call innermost; ``recording_calls`` adds a ``CostTagger`` for
 the ledger rows. So the rules hold as they do in an agent: the cache is scoped by the
 run's tenant and user (``graphthrift.kernel``) and never stores graphthrift's own or
@@ -56,7 +56,7 @@ from graphthrift.kernel import model_name
 from graphthrift.langchain.callbacks import RECORDED_FLAG, CostTagger
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.middleware.budget import BudgetMiddleware
-from graphthrift.middleware.route import RouterMiddleware
+from graphthrift.middleware.route import ModelRoutingMiddleware
 from graphthrift.middleware.stack import (
     ContextCompressionMiddleware,
     TenantCacheMiddleware,
@@ -315,7 +315,7 @@ def _router_layer(
     router: Router | None,
     cheap_model: BaseChatModel | None,
     ledger: Ledger | None,
-) -> RouterMiddleware | None:
+) -> ModelRoutingMiddleware | None:
     if router is None and cheap_model is None:
         return None
     if cheap_model is None:
@@ -331,7 +331,7 @@ def _router_layer(
             f"cheap={router.cheap!r}, strong={router.strong!r}",
             f"must name cheap_model ({cheap!r}) and the wrapped model ({strong!r})",
         )
-    return RouterMiddleware(router, cheap_model=cheap_model, strong_model=model)
+    return ModelRoutingMiddleware(router, cheap_model=cheap_model, strong_model=model)
 
 
 def _resolve_store(store: Store | None, *parts: Any) -> Store | None:

@@ -31,6 +31,9 @@ _EXPORTS = {
     "SingleFlightModel": ".resilience",
     "dedup_requests": ".resilience",
     "idempotent_tool": ".resilience",
+    "enforce_budget": ".budget",
+    "choose_model": ".route",
+    "route_on_model": ".route",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -38,6 +41,7 @@ __getattr__ = lazy_getattr(__name__, _EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .budget import BudgetState as BudgetState
     from .budget import budget_guard as budget_guard
+    from .budget import enforce_budget as enforce_budget
     from .budget import route_on_budget as route_on_budget
     from .cache import CacheState as CacheState
     from .cache import cache_answer as cache_answer
@@ -54,5 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resilience import dedup_requests as dedup_requests
     from .resilience import idempotent_tool as idempotent_tool
     from .route import RouteState as RouteState
+    from .route import choose_model as choose_model
     from .route import route_by_model as route_by_model
     from .route import route_model as route_model
+    from .route import route_on_model as route_on_model

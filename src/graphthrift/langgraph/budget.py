@@ -1,4 +1,7 @@
-"""``budget_guard``: a LangGraph node that reserves a model call's cost before it runs.
+"""``enforce_budget``: LangGraph nodes that reserve a model call's cost before it runs.
+
+Long because: the guard and settle nodes (sync and async), their state schema, their edge,
+and the deprecated names of issue 15 belong together.
 
 A thin translation over ``graphthrift.Budget.preflight``: messages and tags out of the
 state and config, the core's reservation and degradation ladder, a partial update back.
@@ -20,17 +23,27 @@ the same one.
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, overload
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.graph import MessagesState
+from langgraph.graph import END, MessagesState
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
-from langgraph.types import interrupt
 
-from graphthrift.budget.budget import Budget, Preflight, Reservation, Shortfall
-from graphthrift.kernel import read_state, run_tags
+from graphthrift.budget.budget import Budget
+from graphthrift.budget.ladder import Preflight, Shortfall
+from graphthrift.budget.reservation import Reservation
+from graphthrift.errors import ConfigError
+from graphthrift.kernel import (
+    answered_by,
+    ask_human,
+    model_name,
+    read_state,
+    renamed_argument,
+    run_tags,
+)
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import OWN_MESSAGE_KEY
@@ -42,6 +55,7 @@ __all__ = [
     "budget_guard",
     "budget_max_tokens",
     "call_model_name",
+    "enforce_budget",
     "route_on_budget",
     "step_calls",
 ]
@@ -51,7 +65,7 @@ _SCHEMA = "BudgetState"
 
 
 class BudgetState(MessagesState):
-    """The state ``budget_guard`` reads and writes; extend it with your graph's own keys.
+    """The state ``enforce_budget`` reads and writes; extend it with your graph's own keys.
 
     ``budget_steps`` and ``budget_run`` always have a value (``[]`` and ``{}``) in a graph
     built on this schema, which is how the nodes check that the graph declares their keys.
@@ -66,19 +80,18 @@ class BudgetState(MessagesState):
 
 
 def _read(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+    """An optional key of the state (None when absent); required keys go through ``_check``."""
+    return read_state(state, key, schema=_SCHEMA, node="enforce_budget", default=None)
 
 
 def call_model_name(message: Any, default: str | None = None) -> str | None:
-    """The model a provider says answered (``response_metadata`` ``model_name``/``model``)."""
-    meta = getattr(message, "response_metadata", None) or {}
-    for key in ("model_name", "model", "model_id"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return default
+    """Deprecated: use ``graphthrift.kernel.answered_by``."""
+    warnings.warn(
+        "call_model_name is deprecated; use graphthrift.kernel.answered_by",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return answered_by(message, default)
 
 
 def step_calls(state: Any, messages_key: str = "messages") -> tuple[list[Any], bool]:
@@ -104,7 +117,7 @@ def step_calls(state: Any, messages_key: str = "messages") -> tuple[list[Any], b
         if made_by_graphthrift(message):
             fabricated = True
             continue
-        calls.append((call_model_name(message, default), message.usage_metadata))
+        calls.append((answered_by(message, default), message.usage_metadata))
     calls.reverse()
     for extra in _read(state, "route_calls") or []:
         if isinstance(extra, Mapping):
@@ -120,7 +133,7 @@ def _latest_human_id(messages: Sequence[Any]) -> str | None:
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
-    return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
+    return Shortfall.approved(ask_human(shortfall.interrupt_payload()))
 
 
 def budget_max_tokens(state: Any) -> int | None:
@@ -141,13 +154,50 @@ def budget_max_tokens(state: Any) -> int | None:
     return None
 
 
-def route_on_budget(state: Any) -> Literal["continue", "end"]:
-    """Conditional edge after ``budget_guard``: ``"end"`` when the guard stopped the run."""
-    return "end" if _read(state, "budget_status") == "ended" else "continue"
+def _ended(state: Any, status_key: str) -> bool:
+    status = read_state(state, status_key, schema=_SCHEMA, node="route_on_budget", default=None)
+    return bool(status == "ended")
+
+
+@overload
+def route_on_budget(
+    proceed: str, end: str = END, *, status_key: str = "budget_status"
+) -> Callable[[Any], str]: ...
+@overload
+def route_on_budget(proceed: Any) -> Literal["continue", "end"]: ...
+def route_on_budget(
+    proceed: Any, end: str = END, *, status_key: str = "budget_status"
+) -> Callable[[Any], str] | Literal["continue", "end"]:
+    """A conditional edge out of ``enforce_budget``'s guard: to ``end`` (default ``END``)
+    when the budget stopped the run, else to ``proceed`` (the model node).
+
+    The same shape as ``route_on_cache_hit`` and ``route_on_model``: destinations in,
+    an edge ``state -> node`` out, so no path map is needed::
+
+        builder.add_conditional_edges("guard", route_on_budget("model"))
+
+    Deprecated form: ``route_on_budget`` itself as the edge (called with the state), which
+    returns ``"continue"`` or ``"end"`` for a path map.
+    """
+    if not isinstance(proceed, str):  # the old edge, called with the graph's state
+        warnings.warn(
+            "route_on_budget(state) is deprecated; use route_on_budget('model_node') as the edge",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return "end" if _ended(proceed, status_key) else "continue"
+    if not proceed or not isinstance(end, str) or not end:
+        raise ConfigError("route_on_budget(proceed, end)", (proceed, end), "name two nodes")
+
+    def route(state: Any) -> str:
+        return end if _ended(state, status_key) else proceed
+
+    route.__name__ = f"route_on_budget_{proceed}"
+    return route
 
 
 class BudgetGuard:
-    """The node pair a ``budget_guard`` returns: ``guard`` before the model, ``settle`` after.
+    """The node pair ``enforce_budget`` returns: ``guard`` before the model, ``settle`` after.
 
     Both are runnables (sync and async) for ``StateGraph.add_node``.
     """
@@ -176,36 +226,47 @@ class BudgetGuard:
         self.messages_key = messages_key
         self.tags = dict(tags or {})
         self.guard: RunnableLambda[Any, dict[str, Any]] = RunnableLambda(
-            self._guard, afunc=self._aguard, name="budget_guard"
+            self._guard, afunc=self._aguard, name="enforce_budget"
         )
         self.settle: RunnableLambda[Any, dict[str, Any]] = RunnableLambda(
             self._settle, afunc=self._asettle, name="budget_settle"
         )
 
-    def capped(self, model: Any, state: Any, *, param: str = "max_tokens") -> Any:
-        """``model`` bound so its output cannot exceed what the guard reserved.
+    def capped(
+        self,
+        chat_model: Any,
+        state: Any,
+        *,
+        max_tokens_param: str | None = None,
+        param: str | None = None,
+    ) -> Any:
+        """``chat_model`` bound so its output cannot exceed what the guard reserved.
 
         For the model node between ``guard`` and ``settle``:
-        ``guard.capped(llm, state).invoke(state["messages"])``. ``param`` is the model's
-        output-cap keyword (``max_tokens`` for OpenAI, Anthropic and most chat models).
-        Without an open reservation the model is returned unchanged.
+        ``guard.capped(llm, state).invoke(state["messages"])``. ``max_tokens_param`` is the
+        model's output-cap keyword (default ``max_tokens``: OpenAI, Anthropic and most chat
+        models). Without an open reservation the model is returned unchanged. ``param`` is
+        the deprecated spelling of ``max_tokens_param``.
         """
+        key = _cap_param(max_tokens_param, param, "capped")
         cap = budget_max_tokens(state)
-        return model if cap is None else model.bind(**{param: cap})
+        return chat_model if cap is None else chat_model.bind(**{key: cap})
 
     def model_node(
-        self, model: Any, *, param: str = "max_tokens"
+        self, chat_model: Any, *, max_tokens_param: str | None = None, param: str | None = None
     ) -> RunnableLambda[Any, dict[str, Any]]:
-        """A model node that calls ``model`` on the messages, capped at the reservation."""
+        """A model node that calls ``chat_model`` on the messages, capped at the reservation."""
         key = self.messages_key
+        cap_key = _cap_param(max_tokens_param, param, "model_node")
 
         def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
             messages = list(_read(state, key) or [])
-            return {key: [self.capped(model, state, param=param).invoke(messages, config)]}
+            bound = self.capped(chat_model, state, max_tokens_param=cap_key)
+            return {key: [bound.invoke(messages, config)]}
 
         async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
             messages = list(_read(state, key) or [])
-            bound = self.capped(model, state, param=param)
+            bound = self.capped(chat_model, state, max_tokens_param=cap_key)
             return {key: [await bound.ainvoke(messages, config)]}
 
         return RunnableLambda(node, afunc=anode, name="budget_capped_model")
@@ -218,9 +279,10 @@ class BudgetGuard:
         tags = run_tags(config, **self.tags)
         if "run_id" in tags:
             return tags, {}
-        messages = list(read_state(state, self.messages_key, schema=_SCHEMA, node="budget_guard"))
+        node = "enforce_budget"
+        messages = list(read_state(state, self.messages_key, schema=_SCHEMA, node=node))
         anchor = _latest_human_id(messages)
-        kept = read_state(state, "budget_run", schema=_SCHEMA, node="budget_guard") or {}
+        kept = read_state(state, "budget_run", schema=_SCHEMA, node=node) or {}
         run_id = kept.get("run_id")
         if not run_id or kept.get("anchor") != anchor:
             run_id = f"lg-{uuid.uuid4().hex}"
@@ -272,7 +334,7 @@ class BudgetGuard:
         return out
 
     def _begin(self, state: Any, config: RunnableConfig) -> tuple[list[Any], dict[str, Any], Any]:
-        self._check(state, "budget_guard")
+        self._check(state, "enforce_budget")
         messages = list(_read(state, self.messages_key) or [])
         tags, run = self._run(state, config)
         return messages, run, self._kwargs(tags)
@@ -342,11 +404,11 @@ def _with_id(message: Any) -> Any:
     return message
 
 
-def budget_guard(
+def enforce_budget(
     budget: Budget,
     *,
     model: str,
-    cheaper_model: str | None = None,
+    cheaper_model: Any = None,
     compressor: MessagesFn | None = None,
     summarizer: MessagesFn | None = None,
     allow_interrupt: bool | None = None,
@@ -374,8 +436,10 @@ def budget_guard(
 
     Args:
         budget: the ``Budget``; its ``ladder`` orders the rungs.
-        model: the model name the graph calls (priced for the estimate).
-        cheaper_model: the name the ``cheaper_model`` rung switches to.
+        model: the name of the model the graph calls (priced for the estimate).
+        cheaper_model: the chat model the ``cheaper_model`` rung switches to (its name is
+            read with ``graphthrift.kernel.model_name`` and written to ``budget_model``; the
+            model node calls it). Deprecated: its name as a string.
         compressor, summarizer: ``messages -> messages`` callables for those rungs.
         allow_interrupt: enable the ``interrupt`` rung (default: when it is in the ladder).
         tags: fixed tags; the config's metadata (tenant_id, feature, run_id) and
@@ -383,34 +447,68 @@ def budget_guard(
 
     ``settle`` books every model call of the step at the model that answered
     (``response_metadata["model_name"]``) and its reported usage, including a rejected
-    cheap answer a ``route_model`` node left in ``route_calls``; a cached answer releases
+    cheap answer a ``choose_model`` node left in ``route_calls``; a cached answer releases
     the reservation. Behind a router, give ``model`` the strong model (the worst case).
 
     Returns:
         A ``BudgetGuard``: add ``.guard`` before the model node, ``.settle`` after it, and
-        ``route_on_budget`` as the conditional edge out of the guard. ``.model_node(llm)``
+        ``route_on_budget("model")`` as the conditional edge out of the guard. ``.model_node(llm)``
         is a model node that honours the reserved output cap.
 
     Raises:
         UnknownModelPrice: the budget has cost limits and a model has no price.
+        ConfigError: ``cheaper_model`` tells no model name.
 
     Example:
-        >>> g = budget_guard(Budget(store, max_usd={"tenant": 1.0}), model="gpt-4o-mini")
+        >>> g = enforce_budget(Budget(store, max_usd={"tenant": 1.0}), model="gpt-4o-mini")
         >>> builder.add_node("guard", g.guard)
         >>> builder.add_node("model", g.model_node(llm))
         >>> builder.add_node("settle", g.settle)
-        >>> builder.add_conditional_edges("guard", route_on_budget,
-        ...                               {"continue": "model", "end": END})
+        >>> builder.add_conditional_edges("guard", route_on_budget("model"))
     """
+    cheaper = _cheaper_name(cheaper_model)
     if allow_interrupt is None:
         allow_interrupt = "interrupt" in budget.ladder
     return BudgetGuard(
         budget,
         model=model,
-        cheaper_model=cheaper_model,
+        cheaper_model=cheaper,
         compressor=compressor,
         summarizer=summarizer,
         allow_interrupt=allow_interrupt,
         messages_key=messages_key,
         tags=tags,
     )
+
+
+def _cheaper_name(cheaper_model: Any) -> str | None:
+    """The priced name of the ``cheaper_model`` rung's chat model (or of a deprecated name)."""
+    if cheaper_model is None:
+        return None
+    if isinstance(cheaper_model, str):
+        warnings.warn(
+            "enforce_budget(cheaper_model='name') is deprecated: pass the chat model",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return cheaper_model
+    name = model_name(cheaper_model)
+    if name is None:
+        raise ConfigError(
+            "cheaper_model", type(cheaper_model).__name__, "a chat model that tells its name"
+        )
+    return name
+
+
+def _cap_param(max_tokens_param: str | None, param: str | None, where: str) -> str:
+    """The output-cap keyword: ``max_tokens_param``, or the deprecated ``param``; not both."""
+    key = renamed_argument(where, "max_tokens_param", max_tokens_param, "param", param)
+    return str(key or "max_tokens")
+
+
+def budget_guard(budget: Budget, **kwargs: Any) -> BudgetGuard:
+    """Deprecated: ``enforce_budget`` (same arguments)."""
+    warnings.warn(
+        "budget_guard is deprecated; use enforce_budget", DeprecationWarning, stacklevel=2
+    )
+    return enforce_budget(budget, **kwargs)

@@ -1,4 +1,4 @@
-"""``route_model``: a LangGraph node for the cheap-first cascade, and ``route_by_model``.
+"""``choose_model``: a LangGraph node for the cheap-first cascade, and ``route_on_model``.
 
 Two ways to use it:
 
@@ -6,43 +6,51 @@ Two ways to use it:
   ``Router.run``: cheap model, checks, strong model when needed, errors included. The
   answer is appended to the messages. Each model call carries ``metadata["route"]``
   (``cheap`` or ``escalated``), which ``CostTagger`` records in the ledger.
-- **without ``models``**: the node only decides, and ``route_by_model`` sends the graph to
-  the node of the chosen model. Loop that model node back to ``route_model``: on re-entry
-  it checks the cheap answer, and either accepts it (``route_by_model`` returns ``END``)
-  or removes it and sends the request to the strong model.
+- **without ``models``**: the node only decides, and ``route_on_model(cheap=..., strong=...)``
+  sends the graph to the node of the chosen model. Loop that model node back to
+  ``choose_model``: on re-entry it checks the cheap answer, and either accepts it (the edge
+  goes to ``done``, default ``END``) or removes it and sends the request to the strong model.
 
 The graph's state must extend ``RouteState`` (LangGraph drops writes to undeclared keys);
 the node raises ``StateSchemaError`` naming it otherwise. A rejected cheap answer is not
 served, but it was paid for: the node keeps its usage in ``route_calls`` so that a
-``budget_guard``'s settle books it too. Route rows carry the run's tags and the node
+``enforce_budget``'s settle books it too. Route rows carry the run's tags and the node
 (``graphthrift.kernel.run_tags``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AIMessage, BaseMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, MessagesState
 
-from graphthrift.kernel import read_state, run_tags
+from graphthrift.errors import ConfigError
+from graphthrift.kernel import answered_by, read_state, run_tags
 from graphthrift.langgraph._state import latest
-from graphthrift.langgraph.budget import budget_max_tokens, call_model_name
+from graphthrift.langgraph.budget import budget_max_tokens
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.route.router import RouteDecision, Router, RouteResult
 
-__all__ = ["RouteState", "route_by_model", "route_model"]
+__all__ = ["RouteState", "choose_model", "route_by_model", "route_model", "route_on_model"]
 
 _SCHEMA = "RouteState"
 
 
 class RouteState(MessagesState):
-    """The state ``route_model`` reads and writes; extend it with your graph's own keys.
+    """The state ``choose_model`` reads and writes; extend it with your graph's own keys.
 
-    ``route_calls`` always has a value (``[]``): the calls of this step whose answers were
-    not served (a rejected cheap answer), as ``{"model", "usage"}`` dicts for the budget.
+    Every key the node writes is declared here, so a graph built on ``RouteState`` alone
+    needs no hand-rolled schema:
+
+    - ``route_calls`` always has a value (``[]``): the calls of this step whose answers were
+      not served (a rejected cheap answer), as ``{"model", "usage"}`` dicts for the budget;
+    - ``route``: ``"cheap"`` or ``"escalated"``; ``route_model``: the chosen model's name;
+    - ``route_reason``: why it escalated; ``route_difficulty``: the request's score;
+    - ``route_next``: the model the edge sends the graph to next, or ``END`` once answered.
     """
 
     route_calls: Annotated[list[dict[str, Any]], latest]
@@ -54,9 +62,8 @@ class RouteState(MessagesState):
 
 
 def _read(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+    """An optional key of the state (None when absent)."""
+    return read_state(state, key, schema=_SCHEMA, node="choose_model", default=None)
 
 
 def _thread(config: RunnableConfig | None) -> str | None:
@@ -67,7 +74,7 @@ def _thread(config: RunnableConfig | None) -> str | None:
 def _unserved(model: str, answer: Any) -> dict[str, Any]:
     """A paid-for call whose answer was not served, for ``route_calls``."""
     usage = getattr(answer, "usage_metadata", None)
-    return {"model": call_model_name(answer, model), "usage": dict(usage) if usage else None}
+    return {"model": answered_by(answer, model), "usage": dict(usage) if usage else None}
 
 
 def _call_config(config: RunnableConfig | None, route: str) -> RunnableConfig:
@@ -101,12 +108,43 @@ def _decision_update(decision: RouteDecision) -> dict[str, Any]:
 
 
 def route_by_model(state: Any) -> str:
-    """Conditional edge: the chosen model's name, or ``END`` once an answer is accepted."""
+    """Deprecated: use ``route_on_model(cheap=..., strong=...)``.
+
+    The conditional edge that returns the chosen model's name (for a path map keyed by
+    model names), or ``END`` once an answer is accepted.
+    """
+    warnings.warn(
+        "route_by_model is deprecated; use route_on_model(cheap=..., strong=...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     value = _read(state, "route_next")
     return END if value is None else str(value)
 
 
-def route_model(
+def route_on_model(cheap: str, strong: str, done: str = END) -> Callable[[Any], str]:
+    """A conditional edge out of ``choose_model`` (without ``models``): to the ``cheap`` or
+    the ``strong`` model's node, or to ``done`` (default ``END``) once an answer is accepted.
+
+    The same shape as ``route_on_cache_hit`` and ``route_on_budget``: destinations in, an
+    edge ``state -> node`` out, so no path map is needed::
+
+        builder.add_conditional_edges("route", route_on_model("cheap", "strong"))
+    """
+    for label, node in (("cheap", cheap), ("strong", strong), ("done", done)):
+        if not isinstance(node, str) or not node:
+            raise ConfigError(f"route_on_model({label}=...)", node, "must name a node")
+
+    def route(state: Any) -> str:
+        if _read(state, "route_next") in (None, END):
+            return done
+        return cheap if _read(state, "route") == "cheap" else strong
+
+    route.__name__ = f"route_on_model_{cheap}_{strong}"
+    return route
+
+
+def choose_model(
     router: Router,
     *,
     models: Mapping[str, Any] | None = None,
@@ -120,11 +158,12 @@ def route_model(
         reads ``messages_key`` (default ``messages``): the conversation.
         writes ``route`` (``cheap`` / ``escalated``), ``route_model`` (model name),
             ``route_reason``, ``route_difficulty`` and ``route_next`` (for
-            ``route_by_model``: a model name, or ``END`` once answered).
+            ``route_on_model``: a model name, or ``END`` once answered); all declared by
+            ``RouteState``.
         writes ``messages_key``: with ``models``, the served answer is appended; without,
             a rejected cheap answer is removed (``RemoveMessage``) before escalating.
         writes ``route_calls``: the rejected cheap answers' usage (see ``RouteState``).
-        reads ``budget_max_tokens`` (``BudgetState``), when a ``budget_guard`` runs first:
+        reads ``budget_max_tokens`` (``BudgetState``), when ``enforce_budget`` runs first:
             each model call is capped at the output the guard reserved.
 
     Args:
@@ -135,15 +174,16 @@ def route_model(
         max_tokens_param: the models' output-cap keyword, bound to the reserved cap.
 
     Example:
-        >>> builder.add_node("route", route_model(router))
-        >>> builder.add_conditional_edges("route", route_by_model,
-        ...     {"gpt-4o-mini": "cheap", "gpt-4o": "strong", END: END})
+        >>> builder.add_node("route", choose_model(router))
+        >>> builder.add_conditional_edges("route", route_on_model("cheap", "strong"))
         >>> builder.add_edge("cheap", "route"); builder.add_edge("strong", "route")
     """
     if models is not None:
         missing = {router.cheap, router.strong} - set(models)
         if missing:
-            raise ValueError(f"route_model: models has no entry for {sorted(missing)}")
+            raise ConfigError(
+                "choose_model(models=...)", sorted(models), f"has no entry for {sorted(missing)}"
+            )
     fixed = dict(tags or {})
 
     def call_tags(config: RunnableConfig | None) -> dict[str, Any]:
@@ -156,7 +196,7 @@ def route_model(
         return model if cap is None or model is None else model.bind(**{max_tokens_param: cap})
 
     def previous_calls(state: Any) -> list[Any]:
-        return list(read_state(state, "route_calls", schema=_SCHEMA, node="route_model") or [])
+        return list(read_state(state, "route_calls", schema=_SCHEMA, node="choose_model") or [])
 
     def escalation_state(
         state: Any, config: RunnableConfig
@@ -175,29 +215,19 @@ def route_model(
             str(pending), tier, float(_read(state, "route_difficulty") or 0.0), 0.0, "difficulty"
         )
         reason = _read(state, "route_reason")
+
+        def accept(model: str, route: Literal["cheap", "escalated"], why: Any) -> dict[str, Any]:
+            """Record the served answer's route row; the edge then goes to ``done``."""
+            result = RouteResult(last, model, route, why, decision, 1)
+            router.record(result, thread_id=_thread(config), tags=call_tags(config))
+            served = answered_by(last, model)
+            return {"route_next": END, **resolve_compression_savings(state, served, served=True)}
+
         if tier == "strong":
-            router.record(
-                RouteResult(last, router.strong, "escalated", reason, decision, 1),
-                thread_id=_thread(config),
-                tags=call_tags(config),
-            )
-            served = call_model_name(last, router.strong)
-            return messages, {
-                "route_next": END,
-                **resolve_compression_savings(state, served, served=True),
-            }
+            return messages, accept(router.strong, "escalated", reason)
         verdict = router.check(last)
         if verdict is None:
-            router.record(
-                RouteResult(last, router.cheap, "cheap", None, decision, 1),
-                thread_id=_thread(config),
-                tags=call_tags(config),
-            )
-            served = call_model_name(last, router.cheap)
-            return messages, {
-                "route_next": END,
-                **resolve_compression_savings(state, served, served=True),
-            }
+            return messages, accept(router.cheap, "cheap", None)
         remove = [RemoveMessage(id=last.id)] if last.id else []
         return messages, {
             "route_calls": [*previous, _unserved(router.cheap, last)],
@@ -251,4 +281,10 @@ def route_model(
             messages_key: [result.answer],
         }
 
-    return RunnableLambda(node, afunc=anode, name="route_model")
+    return RunnableLambda(node, afunc=anode, name="choose_model")
+
+
+def route_model(router: Router, **kwargs: Any) -> RunnableLambda[Any, dict[str, Any]]:
+    """Deprecated: ``choose_model`` (same arguments)."""
+    warnings.warn("route_model is deprecated; use choose_model", DeprecationWarning, stacklevel=2)
+    return choose_model(router, **kwargs)

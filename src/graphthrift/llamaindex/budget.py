@@ -27,8 +27,9 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import LLM
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from graphthrift.budget.budget import Budget, Reservation
-from graphthrift.kernel import read_usage, run_tags
+from graphthrift.budget.budget import Budget
+from graphthrift.budget.reservation import Reservation
+from graphthrift.kernel import read_usage, renamed_argument, run_tags
 from graphthrift.provenance import note_degraded
 from graphthrift.text.tokens import count_text
 
@@ -41,7 +42,8 @@ class BudgetedLLM(LLM):
     Args:
         llm: the LLM to call.
         budget: the ``graphthrift.Budget``.
-        model_name: the priced model name (default: ``llm.metadata.model_name``).
+        model: the priced model name (default: ``llm.metadata.model_name``). ``model_name``
+            is its deprecated spelling; giving both, different, raises ``ConfigError``.
         tags: tenant_id, feature, thread_id, run_id for the budget's scopes; tags bound for
             the current run (``graphthrift.kernel.bound_run_tags``) fill what these lack. A
             per-run limit needs a ``run_id`` there (else ``BudgetScopeMissing``).
@@ -60,18 +62,31 @@ class BudgetedLLM(LLM):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     llm: LLM
     budget: Any
-    model_name: str | None = None
+    model: str | None = None
     tags: dict[str, Any] = Field(default_factory=dict)
     compressor: Callable[[list[Any]], Sequence[Any]] | None = None
     summarizer: Callable[[list[Any]], Sequence[Any]] | None = None
     max_tokens_param: str | None = "max_tokens"
     _name: str = PrivateAttr(default="")
 
+    def __init__(self, **data: Any) -> None:
+        # Checked before pydantic validates, which would wrap a ConfigError in its own error.
+        old = data.pop("model_name", None)
+        data["model"] = renamed_argument(
+            "BudgetedLLM", "model", data.get("model"), "model_name", old
+        )
+        super().__init__(**data)
+
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.budget, Budget):
             raise TypeError(f"BudgetedLLM needs a graphthrift.Budget, got {self.budget!r}")
-        self._name = self.model_name or self.llm.metadata.model_name
+        self._name = self.model or self.llm.metadata.model_name
         self.budget.check_model(self._name)
+
+    @property
+    def model_name(self) -> str:
+        """Deprecated: the priced model name (``model``, else the LLM's own)."""
+        return self._name
 
     @classmethod
     def class_name(cls) -> str:

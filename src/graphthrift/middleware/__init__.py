@@ -27,6 +27,7 @@ _EXPORTS = {
     "ContextCompressionMiddleware": ".stack",
     "AgentModelRoutingMiddleware": ".stack",
     "CallRecordingMiddleware": ".stack",
+    "ModelRoutingMiddleware": ".route",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resilience import FailoverMiddleware as FailoverMiddleware
     from .resilience import IdempotentToolMiddleware as IdempotentToolMiddleware
     from .resilience import ResilienceMiddleware as ResilienceMiddleware
+    from .route import ModelRoutingMiddleware as ModelRoutingMiddleware
     from .route import RouterMiddleware as RouterMiddleware
     from .stack import AgentModelRoutingMiddleware as AgentModelRoutingMiddleware
     from .stack import CallRecordingMiddleware as CallRecordingMiddleware

@@ -9,13 +9,14 @@ Run scope: the run's id is the metadata's ``run_id``, else ``config["run_id"]``,
 ``BudgetMiddleware`` mints in ``before_agent`` for every invocation and keeps in its state
 (``graphthrift_run_id``); a resume after an interrupt stays in the same run. Every model
 call is priced at the model the request carries (``ModelRequest.model``, so behind
-``RouterMiddleware`` each call at its own model) and settled at the model and usage the
+``ModelRoutingMiddleware`` each call at its own model) and settled at the model and usage the
 provider reported; a router inside the budget reports each call of its cascade.
 """
 
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Any, Literal, NotRequired
@@ -29,13 +30,21 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
-from langgraph.config import get_config
 from langgraph.runtime import Runtime
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 
-from graphthrift.budget.budget import Budget, Preflight, Reservation, Shortfall
-from graphthrift.errors import BudgetExceeded
-from graphthrift.kernel import run_tags
+from graphthrift.budget.budget import Budget
+from graphthrift.budget.ladder import Preflight, Shortfall
+from graphthrift.budget.reservation import Reservation
+from graphthrift.errors import BudgetExceeded, ConfigError
+from graphthrift.kernel import (
+    answered_by,
+    ask_human,
+    model_name,
+    renamed_argument,
+    run_config,
+    run_tags,
+)
 from graphthrift.provenance import OWN_MESSAGE_KEY, degraded_call, fabricated
 from graphthrift.route.router import collect_calls
 
@@ -68,46 +77,40 @@ class ToolBudgetAgentState(AgentState[Any]):
 
 
 def model_name_of(model: Any, default: str | None = None) -> str:
-    """The priced name of a LangChain chat model (``model_name``, ``model`` or ``model_id``).
+    """Deprecated: use ``graphthrift.kernel.model_name`` (which returns None, not raises).
 
-    A model bound with ``bind``/``bind_tools`` is read through to the bound model.
+    Raises:
+        ValueError: ``model`` tells no name and no ``default`` is given.
     """
-    target = getattr(model, "bound", model)
-    for attr in ("model_name", "model", "model_id"):
-        value = getattr(target, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    if default is not None:
-        return default
-    raise ValueError(
-        f"cannot tell the model name of {type(target).__name__}; pass model_name= explicitly"
+    warnings.warn(
+        "model_name_of is deprecated; use graphthrift.kernel.model_name",
+        DeprecationWarning,
+        stacklevel=2,
     )
+    return _priced_name(model, default)
+
+
+def _priced_name(model: Any, default: str | None) -> str:
+    name = model_name(model, default)
+    if name is None:
+        target = getattr(model, "bound", model)
+        raise ValueError(
+            f"cannot tell the model name of {type(target).__name__}; pass model= explicitly"
+        )
+    return name
 
 
 def _answer_model(response: Any, default: str) -> str:
-    """The model the provider says answered, else ``default``."""
+    """The model the provider says answered (its last AI message), else ``default``."""
     messages = response.result if isinstance(response, ModelResponse) else [response]
-    for message in reversed(messages):
-        if isinstance(message, AIMessage):
-            meta = message.response_metadata or {}
-            for key in ("model_name", "model"):
-                value = meta.get(key)
-                if isinstance(value, str) and value:
-                    return value
-    return default
-
-
-def _run_config() -> Mapping[str, Any]:
-    try:
-        return get_config()
-    except RuntimeError:  # outside a LangGraph run
-        return {}
+    answers = [m for m in messages if isinstance(m, AIMessage)]
+    return (answered_by(answers[-1]) if answers else None) or default
 
 
 def _tags(fixed: Mapping[str, Any], state: Any) -> dict[str, Any]:
     """The run's tags (``graphthrift.kernel.run_tags``), with the run scope minted for this
     invocation when the run has no id of its own."""
-    tags = run_tags(_run_config(), **fixed)
+    tags = run_tags(run_config(), **fixed)
     minted = state.get("graphthrift_run_id") if isinstance(state, Mapping) else None
     if "run_id" not in tags and minted:
         tags["run_id"] = minted
@@ -115,7 +118,7 @@ def _tags(fixed: Mapping[str, Any], state: Any) -> dict[str, Any]:
 
 
 def _ask_human(shortfall: Shortfall) -> bool:
-    return Shortfall.approved(interrupt(shortfall.interrupt_payload()))
+    return Shortfall.approved(ask_human(shortfall.interrupt_payload()))
 
 
 def _degraded(done: Preflight) -> AbstractContextManager[None]:
@@ -160,8 +163,9 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         cheaper_model: a chat model for the ``cheaper_model`` rung.
         compressor, summarizer: ``messages -> messages`` callables; they receive the
             system message first when there is one.
-        model_name: the priced name used when a request's model does not tell its own
-            (each call is priced at ``ModelRequest.model``'s name first).
+        model: the priced model name used when a request's model does not tell its own
+            (each call is priced at ``ModelRequest.model``'s name first). ``model_name`` is
+            its deprecated spelling; giving both, different, raises ``ConfigError``.
         allow_interrupt: enable the ``interrupt`` rung (default: when in the ladder).
         tags: fixed tags; the run's metadata and ``thread_id`` are added per call.
         max_tokens_param: the model setting that caps a call's output (``max_tokens`` for
@@ -185,17 +189,19 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         cheaper_model: BaseChatModel | None = None,
         compressor: MessagesFn | None = None,
         summarizer: MessagesFn | None = None,
-        model_name: str | None = None,
+        model: str | None = None,
         allow_interrupt: bool | None = None,
         tags: Mapping[str, Any] | None = None,
         max_tokens_param: str | None = "max_tokens",
+        model_name: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(budget, Budget):
             raise TypeError(f"BudgetMiddleware needs a graphthrift.Budget, got {budget!r}")
+        model_name = renamed_argument("BudgetMiddleware", "model", model, "model_name", model_name)
         self.budget = budget
         self.cheaper_model = cheaper_model
-        self.cheaper_name = model_name_of(cheaper_model) if cheaper_model is not None else None
+        self.cheaper_name = _priced_name(cheaper_model, None) if cheaper_model is not None else None
         if self.cheaper_name is not None:
             budget.check_model(self.cheaper_name)
         if model_name is not None:
@@ -219,22 +225,22 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     def _name(self, request: ModelRequest[Any]) -> str:
         """The priced name of this call's model: the request's model, else the name a
-        ``RouterMiddleware`` outside called it by, else ``model_name``.
+        ``ModelRoutingMiddleware`` outside called it by, else ``model``.
 
         A token-only budget needs no price, so a model that tells no name is counted with
         the default tokenizer; a cost budget needs the name and says so.
         """
-        routed = (_run_config().get("metadata") or {}).get("routed_model")
+        routed = (run_config().get("metadata") or {}).get("routed_model")
         fallback = routed if isinstance(routed, str) and routed else self.model_name
         if fallback is None and not self.budget.has_cost_limits:
             fallback = UNNAMED_MODEL
-        try:
-            return model_name_of(request.model, fallback)
-        except ValueError:
+        name = model_name(request.model, fallback)
+        if name is None:
             raise ValueError(
                 f"BudgetMiddleware: cannot tell the model name of {type(request.model).__name__}"
-                " to price it for a cost budget; pass BudgetMiddleware(model_name=...)"
-            ) from None
+                " to price it for a cost budget; pass BudgetMiddleware(model=...)"
+            )
+        return name
 
     def _inputs(self, request: ModelRequest[Any]) -> tuple[str, list[Any], dict[str, Any]]:
         name = self._name(request)
@@ -359,21 +365,22 @@ class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
     ) -> None:
         super().__init__()
         if exit_behavior not in ("continue", "error"):
-            raise ValueError(f"exit_behavior must be 'continue' or 'error', got {exit_behavior!r}")
+            raise ConfigError("exit_behavior", exit_behavior, "must be 'continue' or 'error'")
         step, run = max_tool_calls_per_step, max_tool_calls_per_run
         if budget is not None:
             step = budget.max_tool_calls_per_step if step is None else step
             run = budget.max_tool_calls_per_run if run is None else run
         if step is None and run is None:
-            raise ValueError(
-                "ToolBudgetMiddleware needs max_tool_calls_per_step or max_tool_calls_per_run "
-                "(or a budget with them)"
+            raise ConfigError(
+                "ToolBudgetMiddleware(max_tool_calls_per_step, max_tool_calls_per_run)",
+                (step, run),
+                "give at least one (or a budget with them)",
             )
         for label, limit in (("max_tool_calls_per_step", step), ("max_tool_calls_per_run", run)):
             if limit is not None and (
                 isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
             ):
-                raise ValueError(f"{label} must be an int >= 1, got {limit!r}")
+                raise ConfigError(label, limit, "must be an int >= 1")
         self.max_tool_calls_per_step = step
         self.max_tool_calls_per_run = run
         self._limits = Budget(max_tool_calls_per_step=step, max_tool_calls_per_run=run)

@@ -1,4 +1,4 @@
-"""``RouterMiddleware``: the cheap-first cascade for ``create_agent``, per model call.
+"""``ModelRoutingMiddleware``: the cheap-first cascade for ``create_agent``, per model call.
 
 langchain's router middleware picks a model once per run and ``ModelFallbackMiddleware``
 retries only on errors. This one decides at every model call and escalates to the strong
@@ -8,6 +8,7 @@ agent's own tools declare) or errors. The logic is ``graphthrift.Router``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -22,19 +23,12 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from langgraph.config import get_config
 
-from graphthrift.kernel import run_tags
-from graphthrift.route.router import Router, ToolArgsValidator
+from graphthrift.kernel import run_config, run_tags
+from graphthrift.route.router import Router
+from graphthrift.route.validators import ToolArgsValidator
 
-__all__ = ["RouterMiddleware"]
-
-
-def _config() -> Mapping[str, Any]:
-    try:
-        return get_config()
-    except RuntimeError:
-        return {}
+__all__ = ["ModelRoutingMiddleware", "RouterMiddleware"]
 
 
 @contextmanager
@@ -57,7 +51,7 @@ def _route_metadata(route: str, model: str) -> Iterator[None]:
         var_child_runnable_config.reset(token)
 
 
-class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
+class ModelRoutingMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Sends each model call to the cheapest adequate model, escalating when needed.
 
     Args:
@@ -73,7 +67,7 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     Example:
         >>> router = Router(cheap="gpt-4o-mini", strong="gpt-4o", ledger=ledger)
         >>> agent = create_agent(cheap, tools, middleware=[
-        ...     RouterMiddleware(router, cheap_model=cheap, strong_model=strong)])
+        ...     ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)])
     """
 
     def __init__(
@@ -87,7 +81,7 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     ) -> None:
         super().__init__()
         if not isinstance(router, Router):
-            raise TypeError(f"RouterMiddleware needs a graphthrift.Router, got {router!r}")
+            raise TypeError(f"{type(self).__name__} needs a graphthrift.Router, got {router!r}")
         self.router = router
         self.models = {router.cheap: cheap_model, router.strong: strong_model}
         self.validate_tool_args = validate_tool_args
@@ -114,7 +108,7 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return "cheap" if name == self.router.cheap else "escalated"
 
     def _context(self, request: ModelRequest[Any]) -> tuple[str | None, dict[str, Any]]:
-        tags = run_tags(_config(), **self.tags)
+        tags = run_tags(run_config(), **self.tags)
         thread = tags.get("thread_id")
         return (None if thread is None else str(thread)), tags
 
@@ -163,3 +157,15 @@ class RouterMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         )
         out: ModelResponse[Any] = result.answer
         return out
+
+
+class RouterMiddleware(ModelRoutingMiddleware):
+    """Deprecated: ``ModelRoutingMiddleware`` (same arguments)."""
+
+    def __init__(self, router: Router, **kwargs: Any) -> None:
+        warnings.warn(
+            "RouterMiddleware is deprecated; use ModelRoutingMiddleware",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(router, **kwargs)

@@ -57,7 +57,7 @@ from graphthrift.ledger.ledger import Ledger
 from graphthrift.middleware.budget import BudgetMiddleware
 from graphthrift.middleware.cache import ExactCacheMiddleware
 from graphthrift.middleware.history import HistoryPruningMiddleware
-from graphthrift.middleware.route import RouterMiddleware
+from graphthrift.middleware.route import ModelRoutingMiddleware
 from graphthrift.route.router import Router
 from graphthrift.store.postgres import Store
 
@@ -256,7 +256,7 @@ class ContextCompressionMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
 
 class AgentModelRoutingMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
-    """``RouterMiddleware`` whose strong model is the agent's own (``ModelRequest.model``).
+    """``ModelRoutingMiddleware`` whose strong model is the agent's own (``ModelRequest.model``).
 
     ``default_stack`` does not see the model given to ``create_agent``; this layer reads it
     at each call, so only the cheap model has to be named. One ``Router`` per strong model
@@ -282,9 +282,9 @@ class AgentModelRoutingMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.ledger = ledger
         self.threshold = threshold
         self.tags = dict(tags or {})
-        self._routers: dict[str, RouterMiddleware] = {}
+        self._routers: dict[str, ModelRoutingMiddleware] = {}
 
-    def _layer(self, request: ModelRequest[Any]) -> RouterMiddleware | None:
+    def _layer(self, request: ModelRequest[Any]) -> ModelRoutingMiddleware | None:
         strong = model_name(request.model)
         if strong is None or strong == self.cheap_name:
             return None  # nothing to route between: the call goes to the model as is
@@ -292,7 +292,7 @@ class AgentModelRoutingMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             router = Router(
                 cheap=self.cheap_name, strong=strong, ledger=self.ledger, threshold=self.threshold
             )
-            self._routers[strong] = RouterMiddleware(
+            self._routers[strong] = ModelRoutingMiddleware(
                 router, cheap_model=self.cheap_model, strong_model=request.model, tags=self.tags
             )
         return self._routers[strong]
