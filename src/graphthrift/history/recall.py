@@ -1,0 +1,401 @@
+"""Recall: folded turns kept verbatim in pgvector, brought back when a later message needs them.
+
+Folding bounds the prompt, but a bounded summary cannot hold hundreds of turns' facts. So
+the turns a fold takes out go, word for word and scoped by tenant and thread, into a table
+on the same ``Store``; on each turn the few most relevant to the latest user message are
+recalled and placed after the cached prefix, inside the token budget.
+
+Retrieval is hybrid. Vector similarity finds turns that talk about the same thing; the
+identifiers and numbers in the message (an order id, a date, a name, an amount) must match
+exactly, so a turn containing them gets a boost (``term_boost`` times the share of them it
+contains). Every lookup filters on tenant and thread first, by indexed equality, and scores
+only that thread's turns: recall is exact within a thread, and a thread's turns never reach
+another thread or tenant.
+
+A store outage never breaks the caller: ``recall`` then returns no snippets and ``add``
+keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
+``graphthrift.diagnostics``) and logged.
+
+Example:
+    >>> turns = FoldedTurnStore(store)                                  # doctest: +SKIP
+    >>> turns.add("acme", "thread-7", [FoldedTurn(3, "user", "My order is A-1042.")])
+    >>> turns.recall("acme", "thread-7", "Where is order A-1042?", k=2, token_budget=200)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+
+from graphthrift import diagnostics
+from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
+from graphthrift.errors import ConfigError
+from graphthrift.history.schema import FOLDED_TURNS_TABLE
+from graphthrift.store.postgres import Store
+from graphthrift.text.tokens import count_text
+
+__all__ = ["FoldedTurn", "FoldedTurnStore", "RecalledSnippet", "query_terms", "text_terms"]
+
+_WORD = re.compile(r"[\w][\w@.:/'$,+-]*[\w]|[\w]", re.UNICODE)
+_STOP = frozenset(
+    [
+        "i",
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "with",
+        "from",
+        "my",
+        "me",
+        "we",
+        "you",
+        "your",
+        "our",
+        "it",
+        "is",
+        "was",
+        "are",
+        "be",
+        "this",
+        "that",
+        "what",
+        "which",
+        "who",
+        "when",
+        "where",
+        "how",
+        "can",
+        "could",
+        "would",
+        "should",
+        "do",
+        "did",
+        "please",
+        "thanks",
+        "thank",
+        "hi",
+        "hello",
+        "yes",
+        "no",
+        "ok",
+        "okay",
+    ]
+)
+
+
+def text_terms(text_: str) -> list[str]:
+    """The lower-cased words of a stored turn, the side an identifier must match exactly."""
+    return sorted({w.lower().strip(".,:'") for w in _WORD.findall(text_)} - {""})
+
+
+def query_terms(query: str) -> list[str]:
+    """The identifiers and numbers in ``query``: words with a digit, an ``_``, an ``@``, or a
+    capital letter past their first (``A-1042``, ``7:30``, ``ana@example.com``, ``McKinley``),
+    and capitalised words not at the start of a sentence (names: ``Corte Madera``)."""
+    found: list[str] = []
+    sentence_start = True
+    for match in _WORD.finditer(query):
+        word = match.group(0).strip(".,:'")
+        before = query[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!"
+        if not word:
+            continue
+        special = (
+            any(c.isdigit() for c in word)
+            or "_" in word
+            or "@" in word
+            or any(c.isupper() for c in word[1:])
+        )
+        name = word[0].isupper() and not sentence_start and len(word) > 1
+        if (special or name) and word.lower() not in _STOP:
+            found.append(word.lower())
+    return sorted(set(found))
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedTurn:
+    """One turn a fold took out of the prompt: its position in the thread, role and text."""
+
+    index: int
+    role: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ConfigError("index", self.index, "a turn's index must be an int >= 0")
+        if not isinstance(self.text, str):
+            raise ConfigError("text", type(self.text).__name__, "a turn's text must be a str")
+
+
+@dataclass(frozen=True, slots=True)
+class RecalledSnippet:
+    """A folded turn brought back, with why: its similarity, exact matches and score."""
+
+    index: int
+    role: str
+    text: str
+    tokens: int
+    similarity: float
+    matched_terms: int
+    score: float
+
+
+def _scope(tenant: str, thread: str) -> None:
+    if not isinstance(tenant, str):
+        raise ConfigError("tenant", tenant, "must be a str (use '' for the default tenant)")
+    if not isinstance(thread, str) or not thread:
+        raise ConfigError("thread", thread, "must be a non-empty str")
+
+
+_INSERT = text(
+    f"INSERT INTO {FOLDED_TURNS_TABLE}"
+    " (tenant_id, thread_id, turn_index, role, content, tokens, terms, embedding_model, dim,"
+    " embedding)"
+    " SELECT :tenant, :thread, u.i, u.r, u.c, u.t, string_to_array(u.w, ' '), :model, :dim,"
+    " CAST(u.e AS vector)"
+    " FROM unnest(CAST(:idx AS integer[]), CAST(:roles AS text[]), CAST(:texts AS text[]),"
+    " CAST(:tokens AS integer[]), CAST(:words AS text[]), CAST(:vectors AS text[]))"
+    " AS u(i, r, c, t, w, e)"
+    " ON CONFLICT (tenant_id, thread_id, embedding_model, turn_index) DO NOTHING"
+)
+
+# Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
+_SEARCH = text(
+    f"WITH c AS MATERIALIZED (SELECT turn_index, role, content, tokens, terms, embedding"
+    f" FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
+    " s AS (SELECT turn_index, role, content, tokens,"
+    # a text without tokens embeds as a zero vector, whose cosine distance is NaN
+    " CASE WHEN d.d = 'NaN' THEN 0 ELSE 1 - d.d END AS similarity,"
+    " (SELECT count(*) FROM unnest(CAST(:q AS text[])) AS q(t) WHERE q.t = ANY(c.terms))"
+    " AS matched FROM c, LATERAL (SELECT c.embedding <=> CAST(:v AS vector) AS d) AS d)"
+    " SELECT *, similarity + :boost * matched / :nq AS score FROM s"
+    " ORDER BY score DESC, turn_index DESC LIMIT :n"
+)
+
+_FORGET = text(
+    f"DELETE FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :tenant AND thread_id = :thread"
+)
+
+
+class FoldedTurnStore:
+    """Folded turns of every thread, on the shared store, recalled by hybrid retrieval.
+
+    Args:
+        store: the shared ``Store``.
+        embedder: any embedder ``as_embedder`` accepts (default: the process's MiniLM).
+        term_boost: score added to a turn that contains every identifier and number of the
+            query (a share of it for some); similarity is in [-1, 1].
+        token_model: the model whose tokenizer counts snippet tokens for the budget.
+        timeout: seconds one store operation may take before it fails open.
+        candidates: how many top-scored turns are read before packing into the budget.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        embedder: object | None = None,
+        term_boost: float = 0.3,
+        token_model: str | None = None,
+        timeout: float = 0.5,
+        candidates: int = 32,
+    ) -> None:
+        if not term_boost >= 0:
+            raise ConfigError("term_boost", term_boost, "must be >= 0")
+        if not timeout > 0:
+            raise ConfigError("timeout", timeout, "must be > 0 seconds")
+        if candidates < 1:
+            raise ConfigError("candidates", candidates, "must be >= 1")
+        self.store = store
+        self.embedder: Embedder = default_embedder() if embedder is None else as_embedder(embedder)
+        self.term_boost = float(term_boost)
+        self.token_model = token_model
+        self.timeout = float(timeout)
+        self.candidates = candidates
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _rows(self, turns: Iterable[FoldedTurn]) -> list[FoldedTurn]:
+        rows = list(turns)
+        for turn in rows:
+            if not isinstance(turn, FoldedTurn):
+                raise ConfigError("turns", type(turn).__name__, "must be FoldedTurn items")
+        return rows
+
+    def _insert_params(
+        self, tenant: str, thread: str, rows: Sequence[FoldedTurn], vectors: Any
+    ) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            "dim": int(vectors.shape[1]),
+            "idx": [t.index for t in rows],
+            "roles": [t.role for t in rows],
+            "texts": [t.text for t in rows],
+            "tokens": [count_text(t.text, self.token_model) for t in rows],
+            "words": [" ".join(text_terms(t.text)) for t in rows],
+            "vectors": [_vector_literal(v) for v in vectors],
+        }
+
+    def add(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
+        """Keep ``turns`` for recall in this tenant's thread; returns how many were new.
+
+        A turn already kept (same index) is left as it was. Fails open: 0 on a store outage.
+        """
+        _scope(tenant, thread)
+        rows = self._rows(turns)
+        if not rows:
+            return 0
+        try:
+            params = self._insert_params(
+                tenant, thread, rows, self.embedder.embed([t.text for t in rows])
+            )
+            with self.store.deadline(self.timeout), self.store.connect() as conn:
+                return int(conn.execute(_INSERT, params).rowcount)
+        except Exception as exc:
+            _fail_open("add", exc)
+            return 0
+
+    async def aadd(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
+        """Async twin of ``add``."""
+        _scope(tenant, thread)
+        rows = self._rows(turns)
+        if not rows:
+            return 0
+        try:
+            vectors = await self.embedder.aembed([t.text for t in rows])
+            params = self._insert_params(tenant, thread, rows, vectors)
+            with self.store.deadline(self.timeout):
+                async with self.store.async_engine.begin() as conn:
+                    return int((await conn.execute(_INSERT, params)).rowcount)
+        except Exception as exc:
+            _fail_open("add", exc)
+            return 0
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _search_params(
+        self, tenant: str, thread: str, query: str, vector: Any, k: int, token_budget: int
+    ) -> dict[str, Any]:
+        terms = query_terms(query)
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            "v": _vector_literal(vector),
+            "q": terms,
+            "nq": max(1, len(terms)),
+            "boost": self.term_boost,
+            "n": max(self.candidates, k),
+        }
+
+    def recall(
+        self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
+    ) -> list[RecalledSnippet]:
+        """The up to ``k`` folded turns most relevant to ``query`` that fit ``token_budget``
+        together, in thread order. Fails open: [] on a store outage."""
+        _scope(tenant, thread)
+        _check_limits(k, token_budget)
+        if not query.strip() or k == 0 or token_budget == 0:
+            return []
+        try:
+            vector = self.embedder.embed([query])[0]
+            params = self._search_params(tenant, thread, query, vector, k, token_budget)
+            with self.store.deadline(self.timeout), self.store.connect() as conn:
+                rows = [dict(r._mapping) for r in conn.execute(_SEARCH, params)]
+        except Exception as exc:
+            _fail_open("recall", exc)
+            return []
+        return _pack(rows, k, token_budget)
+
+    async def arecall(
+        self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
+    ) -> list[RecalledSnippet]:
+        """Async twin of ``recall``."""
+        _scope(tenant, thread)
+        _check_limits(k, token_budget)
+        if not query.strip() or k == 0 or token_budget == 0:
+            return []
+        try:
+            vector = (await self.embedder.aembed([query]))[0]
+            params = self._search_params(tenant, thread, query, vector, k, token_budget)
+            with self.store.deadline(self.timeout):
+                async with self.store.async_engine.connect() as conn:
+                    result = await conn.execute(_SEARCH, params)
+                    rows = [dict(r._mapping) for r in result]
+        except Exception as exc:
+            _fail_open("recall", exc)
+            return []
+        return _pack(rows, k, token_budget)
+
+    def forget(self, tenant: str, thread: str) -> int:
+        """Delete a thread's folded turns (for example when the user deletes the thread).
+
+        Raises ``StoreUnavailable`` on an outage: a deletion must not fail silently.
+        """
+        _scope(tenant, thread)
+        with self.store.connect() as conn:
+            return int(conn.execute(_FORGET, {"tenant": tenant, "thread": thread}).rowcount)
+
+
+def _check_limits(k: int, token_budget: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError("k", k, "must be an int >= 0 snippets")
+    if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
+        raise ConfigError("token_budget", token_budget, "must be an int >= 0 tokens")
+
+
+def _pack(rows: list[dict[str, Any]], k: int, token_budget: int) -> list[RecalledSnippet]:
+    """The best-scored rows that fit the budget together (a row too large is skipped)."""
+    chosen: list[RecalledSnippet] = []
+    left = token_budget
+    for row in rows:  # best first
+        if len(chosen) >= k:
+            break
+        tokens = int(row["tokens"])
+        if tokens > left:
+            continue
+        left -= tokens
+        chosen.append(
+            RecalledSnippet(
+                int(row["turn_index"]),
+                str(row["role"]),
+                str(row["content"]),
+                tokens,
+                float(row["similarity"]),
+                int(row["matched"]),
+                float(row["score"]),
+            )
+        )
+    return sorted(chosen, key=lambda s: s.index)
+
+
+def _vector_literal(vector: Any) -> str:
+    return "[" + ",".join(f"{float(x):.6g}" for x in vector) + "]"
+
+
+def _fail_open(operation: str, exc: BaseException) -> None:
+    diagnostics.count(
+        f"recall_{operation}_failure" if operation != "recall" else "recall_failure",
+        "graphthrift: recall store %s failed open (%s: %s)",
+        operation,
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+    )
