@@ -24,21 +24,39 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-
 from graphthrift import diagnostics
+from graphthrift.cache.db import (
+    CacheEngines,
+    Plan,
+    Settings,
+    Sql,
+    awith_deadline,
+    run_async,
+    run_sync,
+    with_deadline,
+)
 from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
-from graphthrift.errors import ConfigError
+from graphthrift.embed.static import StaticEmbedder
+from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
 from graphthrift.text.tokens import count_text
 
-__all__ = ["FoldedTurn", "FoldedTurnStore", "RecalledSnippet", "query_terms", "text_terms"]
+__all__ = [
+    "FoldedTurn",
+    "FoldedTurnStore",
+    "RecalledSnippet",
+    "default_recall_embedder",
+    "query_terms",
+    "text_terms",
+]
 
 _WORD = re.compile(r"[\w][\w@.:/'$,+-]*[\w]|[\w]", re.UNICODE)
 _STOP = frozenset(
@@ -96,6 +114,22 @@ _STOP = frozenset(
         "okay",
     ]
 )
+
+
+_EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
+_static: StaticEmbedder | None = None
+_static_lock = threading.Lock()
+
+
+def default_recall_embedder() -> StaticEmbedder:
+    """The process-wide static embedder distilled from the default MiniLM (one token table
+    for every recall store, filled as texts bring new tokens)."""
+    global _static
+    if _static is None:
+        with _static_lock:
+            if _static is None:
+                _static = StaticEmbedder(default_embedder())
+    return _static
 
 
 def text_terms(text_: str) -> list[str]:
@@ -162,7 +196,7 @@ def _scope(tenant: str, thread: str) -> None:
         raise ConfigError("thread", thread, "must be a non-empty str")
 
 
-_INSERT = text(
+_INSERT = (
     f"INSERT INTO {FOLDED_TURNS_TABLE}"
     " (tenant_id, thread_id, turn_index, role, content, tokens, terms, embedding_model, dim,"
     " embedding)"
@@ -172,24 +206,26 @@ _INSERT = text(
     " CAST(:tokens AS integer[]), CAST(:words AS text[]), CAST(:vectors AS text[]))"
     " AS u(i, r, c, t, w, e)"
     " ON CONFLICT (tenant_id, thread_id, embedding_model, turn_index) DO NOTHING"
+    " RETURNING turn_index"
 )
 
 # Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
-_SEARCH = text(
-    f"WITH c AS MATERIALIZED (SELECT turn_index, role, content, tokens, terms, embedding"
+_SEARCH = (
+    f"WITH c AS MATERIALIZED (SELECT turn_index, embedding <=> CAST(:v AS vector) AS d,"
+    " terms && CAST(:q AS text[]) AS hit"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
-    " s AS (SELECT turn_index, role, content, tokens,"
-    # a text without tokens embeds as a zero vector, whose cosine distance is NaN
-    " CASE WHEN d.d = 'NaN' THEN 0 ELSE 1 - d.d END AS similarity,"
-    " (SELECT count(*) FROM unnest(CAST(:q AS text[])) AS q(t) WHERE q.t = ANY(c.terms))"
-    " AS matched FROM c, LATERAL (SELECT c.embedding <=> CAST(:v AS vector) AS d) AS d)"
-    " SELECT *, similarity + :boost * matched / :nq AS score FROM s"
-    " ORDER BY score DESC, turn_index DESC LIMIT :n"
+    # the nearest turns, and the nearest of those holding an identifier of the query
+    " pick AS ((SELECT turn_index, d FROM c ORDER BY d LIMIT :n)"
+    " UNION (SELECT turn_index, d FROM c WHERE hit ORDER BY d LIMIT :n))"
+    " SELECT t.turn_index, t.role, t.content, t.tokens, t.terms, pick.d"
+    f" FROM pick JOIN {FOLDED_TURNS_TABLE} AS t ON t.tenant_id = :tenant"
+    " AND t.thread_id = :thread AND t.embedding_model = :model AND t.turn_index = pick.turn_index"
 )
 
-_FORGET = text(
+_FORGET = (
     f"DELETE FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :tenant AND thread_id = :thread"
+    " RETURNING turn_index"
 )
 
 
@@ -198,7 +234,9 @@ class FoldedTurnStore:
 
     Args:
         store: the shared ``Store``.
-        embedder: any embedder ``as_embedder`` accepts (default: the process's MiniLM).
+        embedder: any embedder ``as_embedder`` accepts (default: ``default_recall_embedder``,
+            a static embedder: a query in well under a millisecond, where a MiniLM pass
+            takes several, and recall runs on every turn).
         term_boost: score added to a turn that contains every identifier and number of the
             query (a share of it for some); similarity is in [-1, 1].
         token_model: the model whose tokenizer counts snippet tokens for the budget.
@@ -223,11 +261,16 @@ class FoldedTurnStore:
         if candidates < 1:
             raise ConfigError("candidates", candidates, "must be >= 1")
         self.store = store
-        self.embedder: Embedder = default_embedder() if embedder is None else as_embedder(embedder)
+        self.embedder: Embedder = (
+            default_recall_embedder() if embedder is None else as_embedder(embedder)
+        )
         self.term_boost = float(term_boost)
         self.token_model = token_model
         self.timeout = float(timeout)
         self.candidates = candidates
+        # the caches' pools: no pre-ping and autocommit reads (no BEGIN/COMMIT round trips),
+        # statement_timeout set at connect time
+        self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
 
     # -- writing ------------------------------------------------------------------------
 
@@ -267,8 +310,7 @@ class FoldedTurnStore:
             params = self._insert_params(
                 tenant, thread, rows, self.embedder.embed([t.text for t in rows])
             )
-            with self.store.deadline(self.timeout), self.store.connect() as conn:
-                return int(conn.execute(_INSERT, params).rowcount)
+            return run_sync(self._engines.engine, _count_plan(_INSERT, params))
         except Exception as exc:
             _fail_open("add", exc)
             return 0
@@ -282,9 +324,7 @@ class FoldedTurnStore:
         try:
             vectors = await self.embedder.aembed([t.text for t in rows])
             params = self._insert_params(tenant, thread, rows, vectors)
-            with self.store.deadline(self.timeout):
-                async with self.store.async_engine.begin() as conn:
-                    return int((await conn.execute(_INSERT, params)).rowcount)
+            return await run_async(self._engines.async_engine, _count_plan(_INSERT, params))
         except Exception as exc:
             _fail_open("add", exc)
             return 0
@@ -292,17 +332,14 @@ class FoldedTurnStore:
     # -- reading ------------------------------------------------------------------------
 
     def _search_params(
-        self, tenant: str, thread: str, query: str, vector: Any, k: int, token_budget: int
+        self, tenant: str, thread: str, query: str, vector: Any, k: int
     ) -> dict[str, Any]:
-        terms = query_terms(query)
         return {
             "tenant": tenant,
             "thread": thread,
             "model": self.embedder.model_id,
             "v": _vector_literal(vector),
-            "q": terms,
-            "nq": max(1, len(terms)),
-            "boost": self.term_boost,
+            "q": query_terms(query),
             "n": max(self.candidates, k),
         }
 
@@ -317,13 +354,12 @@ class FoldedTurnStore:
             return []
         try:
             vector = self.embedder.embed([query])[0]
-            params = self._search_params(tenant, thread, query, vector, k, token_budget)
-            with self.store.deadline(self.timeout), self.store.connect() as conn:
-                rows = [dict(r._mapping) for r in conn.execute(_SEARCH, params)]
+            params = self._search_params(tenant, thread, query, vector, k)
+            rows = with_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return _pack(rows, k, token_budget)
+        return _pack(rows, params["q"], self.term_boost, k, token_budget)
 
     async def arecall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -335,15 +371,12 @@ class FoldedTurnStore:
             return []
         try:
             vector = (await self.embedder.aembed([query]))[0]
-            params = self._search_params(tenant, thread, query, vector, k, token_budget)
-            with self.store.deadline(self.timeout):
-                async with self.store.async_engine.connect() as conn:
-                    result = await conn.execute(_SEARCH, params)
-                    rows = [dict(r._mapping) for r in result]
+            params = self._search_params(tenant, thread, query, vector, k)
+            rows = await awith_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return _pack(rows, k, token_budget)
+        return _pack(rows, params["q"], self.term_boost, k, token_budget)
 
     def forget(self, tenant: str, thread: str) -> int:
         """Delete a thread's folded turns (for example when the user deletes the thread).
@@ -351,8 +384,21 @@ class FoldedTurnStore:
         Raises ``StoreUnavailable`` on an outage: a deletion must not fail silently.
         """
         _scope(tenant, thread)
-        with self.store.connect() as conn:
-            return int(conn.execute(_FORGET, {"tenant": tenant, "thread": thread}).rowcount)
+        plan = _count_plan(_FORGET, {"tenant": tenant, "thread": thread})
+        try:
+            return run_sync(self._engines.engine, plan)
+        except Exception as exc:
+            raise StoreUnavailable(self.store.display_url, f"forget failed: {exc}") from exc
+
+
+def _rows_plan(sql: str, params: dict[str, Any]) -> Plan[list[dict[str, Any]]]:
+    rows = yield Sql(sql, params)
+    return rows
+
+
+def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:
+    rows = yield Sql(sql, params)
+    return len(rows)
 
 
 def _check_limits(k: int, token_budget: int) -> None:
@@ -362,28 +408,38 @@ def _check_limits(k: int, token_budget: int) -> None:
         raise ConfigError("token_budget", token_budget, "must be an int >= 0 tokens")
 
 
-def _pack(rows: list[dict[str, Any]], k: int, token_budget: int) -> list[RecalledSnippet]:
-    """The best-scored rows that fit the budget together (a row too large is skipped)."""
-    chosen: list[RecalledSnippet] = []
-    left = token_budget
-    for row in rows:  # best first
-        if len(chosen) >= k:
-            break
-        tokens = int(row["tokens"])
-        if tokens > left:
-            continue
-        left -= tokens
-        chosen.append(
+def _pack(
+    rows: list[dict[str, Any]], terms: Sequence[str], boost: float, k: int, token_budget: int
+) -> list[RecalledSnippet]:
+    """Score the candidates (similarity plus ``boost`` times the share of the query's terms
+    they hold) and keep the best that fit the budget together (one too large is skipped)."""
+    wanted = set(terms)
+    scored: list[RecalledSnippet] = []
+    for row in rows:
+        distance = float(row["d"])
+        # a text without tokens embeds as a zero vector, whose cosine distance is NaN
+        similarity = 0.0 if math.isnan(distance) else 1.0 - distance
+        matched = len(wanted.intersection(row["terms"] or ()))
+        scored.append(
             RecalledSnippet(
                 int(row["turn_index"]),
                 str(row["role"]),
                 str(row["content"]),
-                tokens,
-                float(row["similarity"]),
-                int(row["matched"]),
-                float(row["score"]),
+                int(row["tokens"]),
+                similarity,
+                matched,
+                similarity + boost * matched / max(1, len(wanted)),
             )
         )
+    scored.sort(key=lambda s: (-s.score, -s.index))
+    chosen: list[RecalledSnippet] = []
+    left = token_budget
+    for snippet in scored:
+        if len(chosen) >= k:
+            break
+        if snippet.tokens <= left:
+            left -= snippet.tokens
+            chosen.append(snippet)
     return sorted(chosen, key=lambda s: s.index)
 
 
