@@ -170,3 +170,12 @@ def test_recall_never_returns_another_tenants_or_threads_turns(
     assert len(found) == len(mine)  # within its own thread recall is exact: all of it fits
     for s in found:
         assert s.text.endswith(f"[{reader[0]}/{reader[1]}/{s.index}]")
+
+
+def test_a_turn_with_a_nul_character_is_kept(turns: FoldedTurnStore, tenant: str) -> None:
+    # PostgreSQL text cannot hold U+0000: the turn must still be kept, not dropped
+    before = diagnostics.get("recall_add_failure")
+    assert turns.add(tenant, "t1", [FoldedTurn(0, "tool", "order A-1042\x00 shipped")]) == 1
+    assert diagnostics.get("recall_add_failure") == before
+    found = turns.recall(tenant, "t1", "order A-1042", k=1)
+    assert [s.text for s in found] == ["order A-1042 shipped"]

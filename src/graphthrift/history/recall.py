@@ -291,7 +291,8 @@ class FoldedTurnStore:
             "dim": int(vectors.shape[1]),
             "idx": [t.index for t in rows],
             "roles": [t.role for t in rows],
-            "texts": [t.text for t in rows],
+            # PostgreSQL text cannot hold U+0000; the turn is kept without it
+            "texts": [t.text.replace("\x00", "") for t in rows],
             "tokens": [count_text(t.text, self.token_model) for t in rows],
             "words": [" ".join(text_terms(t.text)) for t in rows],
             "vectors": [_vector_literal(v) for v in vectors],
