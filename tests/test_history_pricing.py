@@ -12,7 +12,9 @@ from graphthrift.history.pricing import (
     PromptTurn,
     SummarizerCall,
     effective_cost_usd,
+    effective_costs,
     effective_saved_fraction,
+    effective_saved_fractions,
     price_turns,
     turns_from_messages,
 )
@@ -152,3 +154,25 @@ def test_turns_from_messages_counts_the_shared_head() -> None:
     assert 0 < turns[2].shared_prefix_tokens < turns[0].prompt_tokens - 3
     with pytest.raises(ConfigError, match="output_tokens"):
         turns_from_messages([first], output_tokens=[1, 2])
+
+
+def test_costs_per_price_model_as_the_bench_reports_them() -> None:
+    full = [PromptTurn(2000 + 500 * k, 2000 + 500 * k - 500 if k else 0, 50) for k in range(12)]
+    # a policy that folds every fourth turn down to 1,200 tokens, with a summarizer call
+    policy = [
+        PromptTurn(1200, 0, 50, (SummarizerCall(3000, 150),))
+        if k % 4 == 3
+        else PromptTurn(1200 + 500 * (k % 4), 1200 + 500 * (k % 4) - 500 if k % 4 else 0, 50)
+        for k in range(12)
+    ]
+    full_costs = effective_costs(full)
+    policy_costs = effective_costs(policy)
+    assert set(full_costs) == set(policy_costs) == set(DEFAULT_PRICE_MODELS)
+    for model in DEFAULT_PRICE_MODELS:
+        assert full_costs[model] == pytest.approx(effective_cost_usd(full, model))
+    saved = effective_saved_fractions(policy_costs, full_costs)
+    for model in DEFAULT_PRICE_MODELS:
+        assert saved[model] == pytest.approx(1 - policy_costs[model] / full_costs[model])
+        assert saved[model] < 1
+    with pytest.raises(ConfigError, match="same price models"):
+        effective_saved_fractions({OPENAI: 1.0}, full_costs)

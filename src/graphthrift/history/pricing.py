@@ -39,7 +39,9 @@ __all__ = [
     "TurnPrice",
     "cache_rules_for",
     "effective_cost_usd",
+    "effective_costs",
     "effective_saved_fraction",
+    "effective_saved_fractions",
     "price_turns",
     "turns_from_messages",
 ]
@@ -270,6 +272,29 @@ def effective_saved_fraction(policy_cost: float, full_cost: float) -> float:
     if full_cost == 0:
         raise ConfigError("full_cost", full_cost, "must be > 0 USD to compare against")
     return 1.0 - policy_cost / full_cost
+
+
+def effective_costs(
+    turns: Sequence[PromptTurn],
+    price_models: Sequence[str] = DEFAULT_PRICE_MODELS,
+    *,
+    book: PriceBook | None = None,
+) -> dict[str, float]:
+    """``effective_cost_usd`` at each price model: the mapping the bench JSON reports."""
+    return {model: effective_cost_usd(turns, model, book=book) for model in price_models}
+
+
+def effective_saved_fractions(
+    policy_costs: Mapping[str, float], full_costs: Mapping[str, float]
+) -> dict[str, float]:
+    """``effective_saved_fraction`` per price model; both mappings must price the same models."""
+    if set(policy_costs) != set(full_costs):
+        raise ConfigError(
+            "policy_costs",
+            sorted(policy_costs),
+            f"must name the same price models as full_costs ({sorted(full_costs)})",
+        )
+    return {m: effective_saved_fraction(policy_costs[m], full_costs[m]) for m in policy_costs}
 
 
 def turns_from_messages(
