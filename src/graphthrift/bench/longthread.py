@@ -13,7 +13,9 @@ back the answer last occurred in the thread. ``fact_retention`` scores a policy 
 the prompt it sent at each question still holds the answer, by distance bucket
 (1-9, 10-99 and 100+ turns back). ``docs/history.md`` defines all of it.
 
-    >>> threads = build_long_threads(4, seed=LONG_THREAD_SEED)      # doctest: +SKIP
+Example (reads ``data/sgd_test``)::
+
+    threads = build_long_threads(4, seed=LONG_THREAD_SEED)
 """
 
 from __future__ import annotations

@@ -16,10 +16,11 @@ A store outage never breaks the caller: ``recall`` then returns no snippets and 
 keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
 ``graphthrift.diagnostics``) and logged.
 
-Example:
-    >>> turns = FoldedTurnStore(store)                                  # doctest: +SKIP
-    >>> turns.add("acme", "thread-7", [FoldedTurn(3, "user", "My order is A-1042.")])
-    >>> turns.recall("acme", "thread-7", "Where is order A-1042?", k=2, token_budget=200)
+Example (needs a database)::
+
+    turns = FoldedTurnStore(store)
+    turns.add("acme", "thread-7", [FoldedTurn(3, "user", "My order is A-1042.")])
+    turns.recall("acme", "thread-7", "Where is order A-1042?", k=2, token_budget=200)
 """
 
 from __future__ import annotations
