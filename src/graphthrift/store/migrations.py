@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from graphthrift.budget.schema import BUDGET_MIGRATIONS
 from graphthrift.cache.schema import CACHE_MIGRATIONS
+from graphthrift.history.schema import HISTORY_MIGRATIONS
 from graphthrift.ledger.schema import LEDGER_MIGRATIONS
 from graphthrift.ops.schema import BATCH_MIGRATIONS
 from graphthrift.resilience.schema import RESILIENCE_MIGRATIONS
@@ -20,13 +21,14 @@ __all__ = ["MIGRATIONS", "Migration", "all_migrations"]
 
 def all_migrations() -> tuple[Migration, ...]:
     """Every component's migrations, in version order (ledger 1-9, cache 10-19, budget 20-29,
-    resilience 30-39, operations 40-49)."""
+    resilience 30-39, operations 40-49, history 50-59)."""
     found = (
         *LEDGER_MIGRATIONS,
         *CACHE_MIGRATIONS,
         *BUDGET_MIGRATIONS,
         *RESILIENCE_MIGRATIONS,
         *BATCH_MIGRATIONS,
+        *HISTORY_MIGRATIONS,
     )
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):

@@ -1,0 +1,459 @@
+"""Recall: folded turns kept verbatim in pgvector, brought back when a later message needs them.
+
+Folding bounds the prompt, but a bounded summary cannot hold hundreds of turns' facts. So
+the turns a fold takes out go, word for word and scoped by tenant and thread, into a table
+on the same ``Store``; on each turn the few most relevant to the latest user message are
+recalled and placed after the cached prefix, inside the token budget.
+
+Retrieval is hybrid. Vector similarity finds turns that talk about the same thing; the
+identifiers and numbers in the message (an order id, a date, a name, an amount) must match
+exactly, so a turn containing them gets a boost (``term_boost`` times the share of them it
+contains). Every lookup filters on tenant and thread first, by indexed equality, and scores
+only that thread's turns: recall is exact within a thread, and a thread's turns never reach
+another thread or tenant.
+
+A store outage never breaks the caller: ``recall`` then returns no snippets and ``add``
+keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
+``graphthrift.diagnostics``) and logged.
+
+Example (needs a database)::
+
+    turns = FoldedTurnStore(store)
+    turns.add("acme", "thread-7", [FoldedTurn(3, "user", "My order is A-1042.")])
+    turns.recall("acme", "thread-7", "Where is order A-1042?", k=2, token_budget=200)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from graphthrift import diagnostics
+from graphthrift.cache.db import (
+    CacheEngines,
+    Plan,
+    Settings,
+    Sql,
+    awith_deadline,
+    run_async,
+    run_sync,
+    with_deadline,
+)
+from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
+from graphthrift.embed.static import StaticEmbedder
+from graphthrift.errors import ConfigError, StoreUnavailable
+from graphthrift.history.schema import FOLDED_TURNS_TABLE
+from graphthrift.store.postgres import Store
+from graphthrift.text.tokens import count_text
+
+__all__ = [
+    "FoldedTurn",
+    "FoldedTurnStore",
+    "RecalledSnippet",
+    "default_recall_embedder",
+    "query_terms",
+    "text_terms",
+]
+
+_WORD = re.compile(r"[\w][\w@.:/'$,+-]*[\w]|[\w]", re.UNICODE)
+_STOP = frozenset(
+    [
+        "i",
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "with",
+        "from",
+        "my",
+        "me",
+        "we",
+        "you",
+        "your",
+        "our",
+        "it",
+        "is",
+        "was",
+        "are",
+        "be",
+        "this",
+        "that",
+        "what",
+        "which",
+        "who",
+        "when",
+        "where",
+        "how",
+        "can",
+        "could",
+        "would",
+        "should",
+        "do",
+        "did",
+        "please",
+        "thanks",
+        "thank",
+        "hi",
+        "hello",
+        "yes",
+        "no",
+        "ok",
+        "okay",
+    ]
+)
+
+
+_EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
+_static: StaticEmbedder | None = None
+_static_lock = threading.Lock()
+
+
+def default_recall_embedder() -> StaticEmbedder:
+    """The process-wide static embedder distilled from the default MiniLM (one token table
+    for every recall store, filled as texts bring new tokens)."""
+    global _static
+    if _static is None:
+        with _static_lock:
+            if _static is None:
+                _static = StaticEmbedder(default_embedder())
+    return _static
+
+
+def text_terms(text_: str) -> list[str]:
+    """The lower-cased words of a stored turn, the side an identifier must match exactly."""
+    return sorted({w.lower().strip(".,:'") for w in _WORD.findall(text_)} - {""})
+
+
+def query_terms(query: str) -> list[str]:
+    """The identifiers and numbers in ``query``: words with a digit, an ``_``, an ``@``, or a
+    capital letter past their first (``A-1042``, ``7:30``, ``ana@example.com``, ``McKinley``),
+    and capitalised words not at the start of a sentence (names: ``Corte Madera``)."""
+    found: list[str] = []
+    sentence_start = True
+    for match in _WORD.finditer(query):
+        word = match.group(0).strip(".,:'")
+        before = query[: match.start()].rstrip()
+        sentence_start = not before or before[-1] in ".?!"
+        if not word:
+            continue
+        special = (
+            any(c.isdigit() for c in word)
+            or "_" in word
+            or "@" in word
+            or any(c.isupper() for c in word[1:])
+        )
+        name = word[0].isupper() and not sentence_start and len(word) > 1
+        if (special or name) and word.lower() not in _STOP:
+            found.append(word.lower())
+    return sorted(set(found))
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedTurn:
+    """One turn a fold took out of the prompt: its position in the thread, role and text."""
+
+    index: int
+    role: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise ConfigError("index", self.index, "a turn's index must be an int >= 0")
+        if not isinstance(self.text, str):
+            raise ConfigError("text", type(self.text).__name__, "a turn's text must be a str")
+
+
+@dataclass(frozen=True, slots=True)
+class RecalledSnippet:
+    """A folded turn brought back, with why: its similarity, exact matches and score."""
+
+    index: int
+    role: str
+    text: str
+    tokens: int
+    similarity: float
+    matched_terms: int
+    score: float
+
+
+def _scope(tenant: str, thread: str) -> None:
+    if not isinstance(tenant, str):
+        raise ConfigError("tenant", tenant, "must be a str (use '' for the default tenant)")
+    if not isinstance(thread, str) or not thread:
+        raise ConfigError("thread", thread, "must be a non-empty str")
+
+
+_INSERT = (
+    f"INSERT INTO {FOLDED_TURNS_TABLE}"
+    " (tenant_id, thread_id, turn_index, role, content, tokens, terms, embedding_model, dim,"
+    " embedding)"
+    " SELECT :tenant, :thread, u.i, u.r, u.c, u.t, string_to_array(u.w, ' '), :model, :dim,"
+    " CAST(u.e AS vector)"
+    " FROM unnest(CAST(:idx AS integer[]), CAST(:roles AS text[]), CAST(:texts AS text[]),"
+    " CAST(:tokens AS integer[]), CAST(:words AS text[]), CAST(:vectors AS text[]))"
+    " AS u(i, r, c, t, w, e)"
+    " ON CONFLICT (tenant_id, thread_id, embedding_model, turn_index) DO NOTHING"
+    " RETURNING turn_index"
+)
+
+# Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
+_SEARCH = (
+    f"WITH c AS MATERIALIZED (SELECT turn_index, embedding <=> CAST(:v AS vector) AS d,"
+    " terms && CAST(:q AS text[]) AS hit"
+    f" FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
+    # the nearest turns, and the nearest of those holding an identifier of the query
+    " pick AS ((SELECT turn_index, d FROM c ORDER BY d LIMIT :n)"
+    " UNION (SELECT turn_index, d FROM c WHERE hit ORDER BY d LIMIT :n))"
+    " SELECT t.turn_index, t.role, t.content, t.tokens, t.terms, pick.d"
+    f" FROM pick JOIN {FOLDED_TURNS_TABLE} AS t ON t.tenant_id = :tenant"
+    " AND t.thread_id = :thread AND t.embedding_model = :model AND t.turn_index = pick.turn_index"
+)
+
+_FORGET = (
+    f"DELETE FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :tenant AND thread_id = :thread"
+    " RETURNING turn_index"
+)
+
+
+class FoldedTurnStore:
+    """Folded turns of every thread, on the shared store, recalled by hybrid retrieval.
+
+    Args:
+        store: the shared ``Store``.
+        embedder: any embedder ``as_embedder`` accepts (default: ``default_recall_embedder``,
+            a static embedder: a query in well under a millisecond, where a MiniLM pass
+            takes several, and recall runs on every turn).
+        term_boost: score added to a turn that contains every identifier and number of the
+            query (a share of it for some); similarity is in [-1, 1].
+        token_model: the model whose tokenizer counts snippet tokens for the budget.
+        timeout: seconds one store operation may take before it fails open.
+        candidates: how many top-scored turns are read before packing into the budget.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        embedder: object | None = None,
+        term_boost: float = 0.3,
+        token_model: str | None = None,
+        timeout: float = 0.5,
+        candidates: int = 32,
+    ) -> None:
+        if not term_boost >= 0:
+            raise ConfigError("term_boost", term_boost, "must be >= 0")
+        if not timeout > 0:
+            raise ConfigError("timeout", timeout, "must be > 0 seconds")
+        if candidates < 1:
+            raise ConfigError("candidates", candidates, "must be >= 1")
+        self.store = store
+        self.embedder: Embedder = (
+            default_recall_embedder() if embedder is None else as_embedder(embedder)
+        )
+        self.term_boost = float(term_boost)
+        self.token_model = token_model
+        self.timeout = float(timeout)
+        self.candidates = candidates
+        # the caches' pools: no pre-ping and autocommit reads (no BEGIN/COMMIT round trips),
+        # statement_timeout set at connect time
+        self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _rows(self, turns: Iterable[FoldedTurn]) -> list[FoldedTurn]:
+        rows = list(turns)
+        for turn in rows:
+            if not isinstance(turn, FoldedTurn):
+                raise ConfigError("turns", type(turn).__name__, "must be FoldedTurn items")
+        return rows
+
+    def _insert_params(
+        self, tenant: str, thread: str, rows: Sequence[FoldedTurn], vectors: Any
+    ) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            "dim": int(vectors.shape[1]),
+            "idx": [t.index for t in rows],
+            "roles": [t.role for t in rows],
+            # PostgreSQL text cannot hold U+0000; the turn is kept without it
+            "texts": [t.text.replace("\x00", "") for t in rows],
+            "tokens": [count_text(t.text, self.token_model) for t in rows],
+            "words": [" ".join(text_terms(t.text)) for t in rows],
+            "vectors": [_vector_literal(v) for v in vectors],
+        }
+
+    def add(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
+        """Keep ``turns`` for recall in this tenant's thread; returns how many were new.
+
+        A turn already kept (same index) is left as it was. Fails open: 0 on a store outage.
+        """
+        _scope(tenant, thread)
+        rows = self._rows(turns)
+        if not rows:
+            return 0
+        try:
+            params = self._insert_params(
+                tenant, thread, rows, self.embedder.embed([t.text for t in rows])
+            )
+            return run_sync(self._engines.engine, _count_plan(_INSERT, params))
+        except Exception as exc:
+            _fail_open("add", exc)
+            return 0
+
+    async def aadd(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
+        """Async twin of ``add``."""
+        _scope(tenant, thread)
+        rows = self._rows(turns)
+        if not rows:
+            return 0
+        try:
+            vectors = await self.embedder.aembed([t.text for t in rows])
+            params = self._insert_params(tenant, thread, rows, vectors)
+            return await run_async(self._engines.async_engine, _count_plan(_INSERT, params))
+        except Exception as exc:
+            _fail_open("add", exc)
+            return 0
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _search_params(
+        self, tenant: str, thread: str, query: str, vector: Any, k: int
+    ) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            "v": _vector_literal(vector),
+            "q": query_terms(query),
+            "n": max(self.candidates, k),
+        }
+
+    def recall(
+        self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
+    ) -> list[RecalledSnippet]:
+        """The up to ``k`` folded turns most relevant to ``query`` that fit ``token_budget``
+        together, in thread order. Fails open: [] on a store outage."""
+        _scope(tenant, thread)
+        _check_limits(k, token_budget)
+        if not query.strip() or k == 0 or token_budget == 0:
+            return []
+        try:
+            vector = self.embedder.embed([query])[0]
+            params = self._search_params(tenant, thread, query, vector, k)
+            rows = with_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
+        except Exception as exc:
+            _fail_open("recall", exc)
+            return []
+        return _pack(rows, params["q"], self.term_boost, k, token_budget)
+
+    async def arecall(
+        self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
+    ) -> list[RecalledSnippet]:
+        """Async twin of ``recall``."""
+        _scope(tenant, thread)
+        _check_limits(k, token_budget)
+        if not query.strip() or k == 0 or token_budget == 0:
+            return []
+        try:
+            vector = (await self.embedder.aembed([query]))[0]
+            params = self._search_params(tenant, thread, query, vector, k)
+            rows = await awith_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
+        except Exception as exc:
+            _fail_open("recall", exc)
+            return []
+        return _pack(rows, params["q"], self.term_boost, k, token_budget)
+
+    def forget(self, tenant: str, thread: str) -> int:
+        """Delete a thread's folded turns (for example when the user deletes the thread).
+
+        Raises ``StoreUnavailable`` on an outage: a deletion must not fail silently.
+        """
+        _scope(tenant, thread)
+        plan = _count_plan(_FORGET, {"tenant": tenant, "thread": thread})
+        try:
+            return run_sync(self._engines.engine, plan)
+        except Exception as exc:
+            raise StoreUnavailable(self.store.display_url, f"forget failed: {exc}") from exc
+
+
+def _rows_plan(sql: str, params: dict[str, Any]) -> Plan[list[dict[str, Any]]]:
+    rows = yield Sql(sql, params)
+    return rows
+
+
+def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:
+    rows = yield Sql(sql, params)
+    return len(rows)
+
+
+def _check_limits(k: int, token_budget: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError("k", k, "must be an int >= 0 snippets")
+    if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
+        raise ConfigError("token_budget", token_budget, "must be an int >= 0 tokens")
+
+
+def _pack(
+    rows: list[dict[str, Any]], terms: Sequence[str], boost: float, k: int, token_budget: int
+) -> list[RecalledSnippet]:
+    """Score the candidates (similarity plus ``boost`` times the share of the query's terms
+    they hold) and keep the best that fit the budget together (one too large is skipped)."""
+    wanted = set(terms)
+    scored: list[RecalledSnippet] = []
+    for row in rows:
+        distance = float(row["d"])
+        # a text without tokens embeds as a zero vector, whose cosine distance is NaN
+        similarity = 0.0 if math.isnan(distance) else 1.0 - distance
+        matched = len(wanted.intersection(row["terms"] or ()))
+        scored.append(
+            RecalledSnippet(
+                int(row["turn_index"]),
+                str(row["role"]),
+                str(row["content"]),
+                int(row["tokens"]),
+                similarity,
+                matched,
+                similarity + boost * matched / max(1, len(wanted)),
+            )
+        )
+    scored.sort(key=lambda s: (-s.score, -s.index))
+    chosen: list[RecalledSnippet] = []
+    left = token_budget
+    for snippet in scored:
+        if len(chosen) >= k:
+            break
+        if snippet.tokens <= left:
+            left -= snippet.tokens
+            chosen.append(snippet)
+    return sorted(chosen, key=lambda s: s.index)
+
+
+def _vector_literal(vector: Any) -> str:
+    return "[" + ",".join(f"{float(x):.6g}" for x in vector) + "]"
+
+
+def _fail_open(operation: str, exc: BaseException) -> None:
+    diagnostics.count(
+        f"recall_{operation}_failure" if operation != "recall" else "recall_failure",
+        "graphthrift: recall store %s failed open (%s: %s)",
+        operation,
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+    )

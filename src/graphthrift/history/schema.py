@@ -1,0 +1,61 @@
+"""Table of the recall store (migration versions 50-59).
+
+``graphthrift_folded_turns``: one row per turn that history folding took out of the prompt,
+kept verbatim so that recall can bring it back. Every row carries what it may be recalled
+into (tenant_id, thread_id); a lookup filters on both with indexed equality before anything
+else. ``embedding`` is an untyped ``vector`` so that embedders of any size share the table
+(``embedding_model`` keeps vectors of different models apart); ``terms`` holds the text's
+lower-cased words, for the exact match of identifiers and numbers in hybrid retrieval.
+
+There is no HNSW index by default: every recall is filtered to one thread, whose few hundred
+to few thousand turns the (tenant, thread) index finds and an exact scan scores faster than
+a filtered graph walk would (``graphthrift.bench.recall`` measures both at 100,000 turns).
+``folded_hnsw_index_sql`` builds one for deployments with very long threads.
+"""
+
+from __future__ import annotations
+
+from graphthrift.store.migration import Migration
+
+FOLDED_TURNS_TABLE = "graphthrift_folded_turns"
+
+
+def folded_hnsw_index_sql(dim: int) -> str:
+    """The partial HNSW (cosine) index over folded turns embedded in ``dim`` dimensions."""
+    if not 1 <= dim <= 2000:
+        raise ValueError(f"pgvector HNSW indexes vectors of 1..2000 dimensions, got {dim}")
+    return (
+        f"CREATE INDEX IF NOT EXISTS {FOLDED_TURNS_TABLE}_hnsw_{dim} ON {FOLDED_TURNS_TABLE} "
+        f"USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
+        f"WITH (m = 16, ef_construction = 64) WHERE dim = {dim}"
+    )
+
+
+HISTORY_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        50,
+        "folded turns for recall",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {FOLDED_TURNS_TABLE} (
+                id bigserial PRIMARY KEY,
+                tenant_id text NOT NULL,
+                thread_id text NOT NULL,
+                turn_index integer NOT NULL,
+                role text NOT NULL,
+                content text NOT NULL,
+                tokens integer NOT NULL,
+                terms text[] NOT NULL DEFAULT '{{}}',
+                embedding_model text NOT NULL,
+                dim smallint NOT NULL,
+                embedding vector NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            # one row per turn of a thread: folding a turn twice keeps the first copy, and
+            # the (tenant, thread) prefix serves every recall's filter
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {FOLDED_TURNS_TABLE}_turn ON {FOLDED_TURNS_TABLE}"
+            " (tenant_id, thread_id, embedding_model, turn_index)",
+        ),
+    ),
+)

@@ -1,0 +1,181 @@
+"""Recall of folded turns from pgvector: hybrid retrieval, budget, isolation, failing open."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cache_helpers import scratch_database
+from graphthrift import diagnostics
+from graphthrift.embed.static import StaticEmbedder
+from graphthrift.errors import ConfigError
+from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, query_terms
+from graphthrift.store.postgres import Store
+
+
+@pytest.fixture(scope="module")
+def embedder() -> StaticEmbedder:
+    return StaticEmbedder()
+
+
+@pytest.fixture
+def turns(store: Store, embedder: StaticEmbedder) -> FoldedTurnStore:
+    return FoldedTurnStore(store, embedder=embedder)
+
+
+THREAD = [
+    FoldedTurn(0, "user", "Hi, I need a table for four at an Italian place in Oakland."),
+    FoldedTurn(1, "assistant", "Sure, which day would you like?"),
+    FoldedTurn(2, "user", "Next Friday at 7:30 pm, please."),
+    FoldedTurn(3, "user", "My order number is A-1042 and it was shipped to Berlin."),
+    FoldedTurn(4, "user", "My other order number is B-7731 and it was shipped to Munich."),
+    FoldedTurn(5, "assistant", "The weather in Oakland is sunny today."),
+    FoldedTurn(6, "user", "I also want to book a flight to Denver on March 3rd."),
+]
+
+
+def test_recall_finds_the_turn_by_meaning(turns: FoldedTurnStore, tenant: str) -> None:
+    assert turns.add(tenant, "t1", THREAD) == len(THREAD)
+    found = turns.recall(tenant, "t1", "Which flight did I want to book?", k=1, token_budget=200)
+    assert [s.index for s in found] == [6]
+    assert found[0].text == THREAD[6].text and found[0].role == "user"
+    assert found[0].tokens > 0
+
+
+def test_identifiers_in_the_query_win_over_similar_turns(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    turns.add(tenant, "t1", THREAD)
+    for order, index in (("B-7731", 4), ("A-1042", 3)):
+        found = turns.recall(
+            tenant, "t1", f"Where did order {order} ship to?", k=1, token_budget=200
+        )
+        assert [s.index for s in found] == [index]
+        assert found[0].matched_terms == 1
+    assert query_terms("Where did order B-7731 ship, at 7:30 in Berlin?") == [
+        "7:30",
+        "b-7731",
+        "berlin",
+    ]
+
+
+def test_k_and_the_token_budget_bound_what_comes_back(turns: FoldedTurnStore, tenant: str) -> None:
+    turns.add(tenant, "t1", THREAD)
+    found = turns.recall(tenant, "t1", "order shipped", k=3, token_budget=10_000)
+    assert len(found) == 3
+    assert [s.index for s in found] == sorted(s.index for s in found)  # thread order
+    one = min(s.tokens for s in found)
+    tight = turns.recall(tenant, "t1", "order shipped", k=3, token_budget=one)
+    assert len(tight) >= 1 and sum(s.tokens for s in tight) <= one
+    assert turns.recall(tenant, "t1", "order shipped", k=0) == []
+    assert turns.recall(tenant, "t1", "order shipped", token_budget=0) == []
+    assert turns.recall(tenant, "t1", "   ") == []
+    with pytest.raises(ConfigError, match="token_budget"):
+        turns.recall(tenant, "t1", "x", token_budget=-1)
+    with pytest.raises(ConfigError, match="thread"):
+        turns.recall(tenant, "", "x")
+
+
+def test_a_turn_added_twice_is_kept_once(turns: FoldedTurnStore, tenant: str) -> None:
+    assert turns.add(tenant, "t1", THREAD[:3]) == 3
+    assert turns.add(tenant, "t1", THREAD[:4]) == 1
+    found = turns.recall(tenant, "t1", "table", k=10, token_budget=10_000)
+    assert sorted(s.index for s in found) == [0, 1, 2, 3]
+    assert turns.forget(tenant, "t1") == 4
+    assert turns.recall(tenant, "t1", "table", k=10, token_budget=10_000) == []
+
+
+def test_empty_text_is_stored_and_never_outranks(turns: FoldedTurnStore, tenant: str) -> None:
+    turns.add(tenant, "t1", [FoldedTurn(0, "user", ""), FoldedTurn(1, "user", "Flight to Denver")])
+    found = turns.recall(tenant, "t1", "flight to Denver", k=1, token_budget=100)
+    assert [s.index for s in found] == [1]
+
+
+async def test_async_twins(turns: FoldedTurnStore, tenant: str) -> None:
+    assert await turns.aadd(tenant, "t2", THREAD) == len(THREAD)
+    found = await turns.arecall(tenant, "t2", "Where did order A-1042 ship to?", k=1)
+    assert [s.index for s in found] == [3]
+    assert found == turns.recall(tenant, "t2", "Where did order A-1042 ship to?", k=1)
+
+
+async def test_fail_open_when_the_database_is_down(
+    store: Store, embedder: StaticEmbedder, tmp_path: Path
+) -> None:
+    with scratch_database(store.url) as (url, set_down):
+        db = Store(url, home=tmp_path)
+        turns = FoldedTurnStore(db, embedder=embedder, timeout=0.5)
+        assert turns.add("t", "th", THREAD) == len(THREAD)
+        set_down(True)
+        before = diagnostics.counters()
+        assert turns.recall("t", "th", "order A-1042") == []
+        assert turns.add("t", "th", [FoldedTurn(9, "user", "later")]) == 0
+        assert await turns.arecall("t", "th", "order A-1042") == []
+        assert await turns.aadd("t", "th", [FoldedTurn(9, "user", "later")]) == 0
+        after = diagnostics.counters()
+        assert after.get("recall_failure", 0) == before.get("recall_failure", 0) + 2
+        assert after.get("recall_add_failure", 0) == before.get("recall_add_failure", 0) + 2
+        set_down(False)
+        for _ in range(3):  # stale pooled connections fail once each, then heal
+            if turns.recall("t", "th", "order A-1042"):
+                break
+        assert [s.index for s in turns.recall("t", "th", "order A-1042", k=1)] == [3]
+        db.close()
+
+
+# -- isolation: recall never crosses a tenant or a thread --------------------------------
+
+SCOPES = st.tuples(st.sampled_from(["acme", "globex", ""]), st.sampled_from(["a", "b", "c"]))
+WORDS = ["order", "A-1042", "Berlin", "flight", "7:30", "refund", "invoice", "Denver", "42"]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    writes=st.lists(
+        st.tuples(SCOPES, st.lists(st.sampled_from(WORDS), min_size=1, max_size=6)),
+        min_size=1,
+        max_size=12,
+    ),
+    reader=SCOPES,
+    query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
+)
+def test_recall_never_returns_another_tenants_or_threads_turns(
+    turns: FoldedTurnStore,
+    writes: list[tuple[tuple[str, str], list[str]]],
+    reader: tuple[str, str],
+    query: list[str],
+) -> None:
+    run = uuid.uuid4().hex[:10]  # examples share the database: a namespace per example
+
+    def scoped(scope: tuple[str, str]) -> tuple[str, str]:
+        return f"{scope[0]}{run}" if scope[0] else "", f"{scope[1]}-{run}"
+
+    owned: dict[tuple[str, str], set[str]] = {}
+    for k, (scope, words) in enumerate(writes):
+        tenant, thread = scoped(scope)
+        content = f"{' '.join(words)} [{scope[0]}/{scope[1]}/{k}]"
+        turns.add(tenant, thread, [FoldedTurn(k, "user", content)])
+        owned.setdefault((tenant, thread), set()).add(content)
+    tenant, thread = scoped(reader)
+    found = turns.recall(tenant, thread, " ".join(query), k=20, token_budget=100_000)
+    mine = owned.get((tenant, thread), set())
+    assert {s.text for s in found} <= mine
+    assert len(found) == len(mine)  # within its own thread recall is exact: all of it fits
+    for s in found:
+        assert s.text.endswith(f"[{reader[0]}/{reader[1]}/{s.index}]")
+
+
+def test_a_turn_with_a_nul_character_is_kept(turns: FoldedTurnStore, tenant: str) -> None:
+    # PostgreSQL text cannot hold U+0000: the turn must still be kept, not dropped
+    before = diagnostics.get("recall_add_failure")
+    assert turns.add(tenant, "t1", [FoldedTurn(0, "tool", "order A-1042\x00 shipped")]) == 1
+    assert diagnostics.get("recall_add_failure") == before
+    found = turns.recall(tenant, "t1", "order A-1042", k=1)
+    assert [s.text for s in found] == ["order A-1042 shipped"]
