@@ -48,10 +48,9 @@ from graphthrift.bench._data_history import (
     load_default_sets,
 )
 from graphthrift.bench._history_bound import fold_bound
-from graphthrift.history.pruner import HistoryPruner, HistoryState
-from graphthrift.summarize.summarizer import ExtractiveSummarizer, Summarizer
-from graphthrift.text.messages import Message, to_message
-from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_message, count_text
+from graphthrift.history import HistoryPruner, HistoryState
+from graphthrift.summarize import ExtractiveSummarizer, Summarizer
+from graphthrift.text import TOKENS_REPLY_PRIMING, Message, count_message, count_text, to_message
 
 __all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "run"]
 

@@ -7,28 +7,29 @@ from typing import TYPE_CHECKING
 from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
-    "HistoryConfigError": ".pruner",
+    "HistoryConfigError": "graphthrift.errors",
     "HistoryPruner": ".pruner",
-    "HistoryRequestTooLarge": ".pruner",
-    "HistoryState": ".pruner",
-    "HistoryStateError": ".pruner",
-    "PruneResult": ".pruner",
-    "SUMMARY_ID": ".pruner",
-    "UnsupportedMessage": ".pruner",
+    "HistoryRequestTooLarge": "graphthrift.errors",
+    "HistoryState": ".state",
+    "HistoryStateError": "graphthrift.errors",
+    "PruneResult": ".state",
+    "SUMMARY_ID": ".state",
+    "UnsupportedMessage": "graphthrift.errors",
     "prune_history": ".pruner",
-    "truncate_text": ".pruner",
+    "truncate_text": ".truncate",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pruner import SUMMARY_ID as SUMMARY_ID
-    from .pruner import HistoryConfigError as HistoryConfigError
+    from graphthrift.errors import HistoryConfigError as HistoryConfigError
+    from graphthrift.errors import HistoryRequestTooLarge as HistoryRequestTooLarge
+    from graphthrift.errors import HistoryStateError as HistoryStateError
+    from graphthrift.errors import UnsupportedMessage as UnsupportedMessage
+
     from .pruner import HistoryPruner as HistoryPruner
-    from .pruner import HistoryRequestTooLarge as HistoryRequestTooLarge
-    from .pruner import HistoryState as HistoryState
-    from .pruner import HistoryStateError as HistoryStateError
-    from .pruner import PruneResult as PruneResult
-    from .pruner import UnsupportedMessage as UnsupportedMessage
     from .pruner import prune_history as prune_history
-    from .pruner import truncate_text as truncate_text
+    from .state import SUMMARY_ID as SUMMARY_ID
+    from .state import HistoryState as HistoryState
+    from .state import PruneResult as PruneResult
+    from .truncate import truncate_text as truncate_text

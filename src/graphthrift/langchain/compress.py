@@ -16,7 +16,8 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.result import CompressionResult, Compressor
 from graphthrift.kernel import run_tags
 from graphthrift.ledger.records import TAG_FIELDS
 

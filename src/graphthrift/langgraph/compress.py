@@ -15,14 +15,10 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from typing_extensions import TypedDict  # LangGraph's own states (MessagesState) use it
 
-from graphthrift.compress.compressor import (
-    CompressionResult,
-    Compressor,
-    ExtractiveCompressor,
-    book_savings,
-    drop_savings,
-)
-from graphthrift.compress.compressor import defer_saving as defer_saving_of
+from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.result import CompressionResult, Compressor
+from graphthrift.compress.savings import book_savings, drop_savings
+from graphthrift.compress.savings import defer_saving as defer_saving_of
 from graphthrift.kernel import read_state, run_tags
 from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
 from graphthrift.text.messages import to_messages

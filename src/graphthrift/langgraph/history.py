@@ -30,11 +30,12 @@ from langchain_core.runnables import RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
-from graphthrift.history.pruner import HistoryPruner, PruneResult
+from graphthrift.history.pruner import HistoryPruner
+from graphthrift.history.state import PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
 from graphthrift.langgraph._state import latest
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.summarize.base import Summarizer
 
 __all__ = ["HistoryMessagesState", "HistoryState", "summarize_history", "to_langchain"]
 

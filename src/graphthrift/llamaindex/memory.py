@@ -28,8 +28,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtra("llamaindex", "llama-index-core") from exc
 
-from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult, truncate_text
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.history.pruner import HistoryPruner
+from graphthrift.history.state import HistoryState, PruneResult
+from graphthrift.history.truncate import truncate_text
+from graphthrift.summarize.base import Summarizer
 from graphthrift.text.messages import Message
 from graphthrift.text.tokens import count_text, seed_tiktoken_cache
 

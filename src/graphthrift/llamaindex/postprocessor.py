@@ -25,7 +25,8 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.result import CompressionResult, Compressor
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]

@@ -37,10 +37,11 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
-from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult
+from graphthrift.history.pruner import HistoryPruner
+from graphthrift.history.state import HistoryState, PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.summarize.base import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
 
