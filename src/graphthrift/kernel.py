@@ -44,6 +44,8 @@ __all__ = [
     "model_name",
     "read_state",
     "read_usage",
+    "reject_conflicts",
+    "renamed_argument",
     "run_config",
     "run_tags",
     "scoped",
@@ -292,3 +294,40 @@ def ask_human(payload: Any) -> Any:
     from langgraph.types import interrupt
 
     return interrupt(payload)
+
+
+def reject_conflicts(owner: str, name: str, given: Any, **settings: Any) -> None:
+    """Raise ``ConfigError`` when ``name`` is given together with settings it makes moot.
+
+    An adapter built around a ready object (``compressor=``, ``pruner=``, ``summarizer=``)
+    cannot honour the settings that would build one; ignoring them silently hides a
+    mistake. ``settings`` maps each such setting to its value (``None``: not given).
+    """
+    if given is None:
+        return
+    clash = sorted(key for key, value in settings.items() if value is not None)
+    if clash:
+        from graphthrift.errors import ConfigError
+
+        rule = (
+            f"{owner} takes either {name}= or the settings that build one "
+            f"({', '.join(clash)}), not both; configure the {name} itself"
+        )
+        raise ConfigError(name, type(given).__name__, rule)
+
+
+def renamed_argument(owner: str, old: str, new: str, value: Any, current: Any = None) -> Any:
+    """The value of a renamed argument: ``current`` (the new spelling), else ``value`` (the
+    old one) with a ``DeprecationWarning``; both given raises ``ConfigError``."""
+    if value is None:
+        return current
+    if current is not None:
+        from graphthrift.errors import ConfigError
+
+        raise ConfigError(old, type(value).__name__, f"{owner}: {old}= is the old name of {new}=")
+    import warnings
+
+    warnings.warn(
+        f"{owner}({old}=...) is deprecated; pass {new}= instead", DeprecationWarning, stacklevel=3
+    )
+    return value

@@ -54,7 +54,9 @@ from graphthrift.history.truncate import (
     truncate_message,
     truncate_text,
 )
+from graphthrift.kernel import reject_conflicts
 from graphthrift.summarize.base import SECTION_NAME, Summarizer
+from graphthrift.summarize.chat_model import ChatModelSummarizer
 from graphthrift.summarize.extractive import ExtractiveSummarizer
 from graphthrift.text.messages import Message, to_message
 from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_text
@@ -706,3 +708,31 @@ def prune_history(
         7
     """
     return HistoryPruner(**settings).prune(messages, state)
+
+
+def build_pruner(
+    owner: str,
+    pruner: HistoryPruner | None = None,
+    *,
+    summary_model: Any = None,
+    **settings: Any,
+) -> HistoryPruner:
+    """An adapter's pruner: ``pruner`` itself, or one built from ``settings``.
+
+    ``summary_model`` (a chat model) builds a ``ChatModelSummarizer``. ``None`` settings are
+    not given. Conflicting arguments raise ``ConfigError`` instead of being ignored:
+    ``pruner`` with any setting (or a ``summary_role`` other than the pruner's), and
+    ``summarizer`` with ``summary_model``.
+    """
+    given = {k: v for k, v in settings.items() if v is not None}
+    if pruner is not None:
+        role = given.pop("summary_role", None)
+        clash: dict[str, Any] = {**given, "summary_model": summary_model}
+        if role is not None and role != pruner.summary_role:
+            clash["summary_role"] = role
+        reject_conflicts(owner, "pruner", pruner, **clash)
+        return pruner
+    reject_conflicts(owner, "summarizer", given.get("summarizer"), summary_model=summary_model)
+    if summary_model is not None:
+        given["summarizer"] = ChatModelSummarizer(summary_model)
+    return HistoryPruner(**given)

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field
 
 from graphthrift.compress.compressor import ExtractiveCompressor
 from graphthrift.compress.result import CompressionResult, Compressor
-from graphthrift.kernel import run_tags
+from graphthrift.kernel import reject_conflicts, run_tags
 from graphthrift.ledger.records import TAG_FIELDS
 
 __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "callback_tags"]
@@ -26,7 +26,7 @@ __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "call
 
 def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
     """Ledger tags from the callback manager LangChain hands a compressor (its metadata),
-    read through ``graphthrift.kernel.run_tags``."""
+    read by ``graphthrift.kernel.run_tags`` alone."""
     metadata: Mapping[str, Any] = {}
     if callbacks is not None and not isinstance(callbacks, list):
         metadata = (
@@ -34,10 +34,7 @@ def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
             or getattr(callbacks, "metadata", None)
             or {}
         )
-    tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    # run_id, thread_id and the LangGraph node read the one way every adapter does
-    tags.update({k: v for k, v in run_tags({"metadata": metadata}).items() if k in TAG_FIELDS})
-    return tags
+    return {k: v for k, v in run_tags({"metadata": metadata}).items() if k in TAG_FIELDS}
 
 
 def _kept(documents: Sequence[Document], result: CompressionResult) -> list[Document]:
@@ -136,7 +133,18 @@ class ExtractiveDocumentCompressor(CompressorDocumentCompressor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        compressor = kwargs.pop("compressor", None) or ExtractiveCompressor(
+        compressor = kwargs.pop("compressor", None)
+        reject_conflicts(
+            "ExtractiveDocumentCompressor",
+            "compressor",
+            compressor,
+            target_ratio=target_ratio,
+            max_tokens=max_tokens,
+            model=model,
+            embedder=embedder,
+            scope=None if scope == "global" else scope,
+        )
+        compressor = compressor or ExtractiveCompressor(
             target_ratio=target_ratio,
             max_tokens=max_tokens,
             embedder=embedder,

@@ -27,6 +27,7 @@ from llama_index.core.schema import (
 
 from graphthrift.compress.compressor import ExtractiveCompressor
 from graphthrift.compress.result import CompressionResult, Compressor
+from graphthrift.kernel import reject_conflicts
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
@@ -61,7 +62,7 @@ class CompressionPostprocessor(BaseNodePostprocessor):
 
     Args:
         compressor: any graphthrift ``Compressor``; default an ``ExtractiveCompressor``
-            built from the settings below.
+            built from the settings below (given with any of them, raises ``ConfigError``).
         target_ratio: kept fraction in (0, 1] (kept tokens / original tokens).
         max_tokens: absolute budget for all text nodes together.
         model: the downstream model (counts tokens, prices the saving in the ledger).
@@ -99,6 +100,15 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        reject_conflicts(
+            "CompressionPostprocessor",
+            "compressor",
+            compressor,
+            target_ratio=target_ratio,
+            max_tokens=max_tokens,
+            model=model,
+            embedder=embedder,
+        )
         core = compressor or ExtractiveCompressor(
             target_ratio=target_ratio, max_tokens=max_tokens, model=model, embedder=embedder
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from graphthrift import diagnostics
 from graphthrift.config import env_int, env_str
+from graphthrift.kernel import renamed_argument
 from graphthrift.ledger.records import LedgerRecord, clean_tag, plausible_tokens
 from graphthrift.summarize.base import is_compaction
 from graphthrift.summarize.transcript import render_transcript
@@ -64,12 +65,14 @@ class ChatModelSummarizer:
     ``graphthrift_ledger_recorded=True`` so a cost-tagging callback can skip it.
 
     Args:
-        model: a LangChain chat model (or any Runnable that takes a list of role/content
-            dicts and returns a message with ``content``).
+        summary_model: a LangChain chat model (or any Runnable that takes a list of
+            role/content dicts and returns a message with ``content``); ``model=`` is its
+            deprecated spelling when given a chat model.
+        model: the model name to record in the ledger; default read from the chat model's
+            attributes (``model_name=`` is its deprecated spelling).
         max_output_tokens: hard cap on the summary's length (env
             ``GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS``; default: the pruner's section budget).
         ledger: where to record the call (anything with ``record(LedgerRecord)``).
-        model_name: the name to record; default read from the model's attributes.
         max_tokens_param: the keyword the model takes for its output cap.
         prompt, compaction_prompt: system prompts; ``{max_tokens}`` is filled in.
         tenant_id, feature, prompt_version, node, thread_id, run_id: ledger tags.
@@ -83,8 +86,9 @@ class ChatModelSummarizer:
 
     def __init__(
         self,
-        model: Any,
+        summary_model: Any = None,
         *,
+        model: Any = None,
         max_output_tokens: int | None = None,
         ledger: Any | None = None,
         model_name: str | None = None,
@@ -98,10 +102,15 @@ class ChatModelSummarizer:
         thread_id: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        if not (hasattr(model, "invoke") or hasattr(model, "ainvoke")):
+        if summary_model is None and model is not None and not isinstance(model, str):
+            # the old spelling: model= was the chat model (model is now its name)
+            summary_model = renamed_argument("ChatModelSummarizer", "model", "summary_model", model)
+            model = None
+        name = renamed_argument("ChatModelSummarizer", "model_name", "model", model_name, model)
+        if not (hasattr(summary_model, "invoke") or hasattr(summary_model, "ainvoke")):
             raise TypeError(
                 f"ChatModelSummarizer needs a LangChain chat model with invoke/ainvoke, "
-                f"got {type(model).__name__!r}"
+                f"got {type(summary_model).__name__!r}"
             )
         if max_output_tokens is None and env_str("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS"):
             max_output_tokens = env_int("GRAPHTHRIFT_SUMMARY_MAX_OUTPUT_TOKENS", 0)
@@ -111,10 +120,11 @@ class ChatModelSummarizer:
             raise TypeError(
                 f"ledger must have a record(LedgerRecord) method, got {type(ledger).__name__!r}"
             )
-        self.model = model
+        self.summary_model = summary_model
+        self.model = summary_model  # the earlier attribute name of ``summary_model``
         self.max_output_tokens = max_output_tokens
         self.ledger = ledger
-        self.model_name = model_name or _model_name(model)
+        self.model_name: str | None = name or _model_name(summary_model)
         self.max_tokens_param = max_tokens_param
         self.prompt = prompt
         self.compaction_prompt = compaction_prompt
@@ -153,9 +163,9 @@ class ChatModelSummarizer:
 
     def _runnable(self, cap: int) -> Any:
         if cap not in self._bound:
-            bind = getattr(self.model, "bind", None)
+            bind = getattr(self.summary_model, "bind", None)
             self._bound[cap] = (
-                bind(**{self.max_tokens_param: cap}) if callable(bind) else self.model
+                bind(**{self.max_tokens_param: cap}) if callable(bind) else self.summary_model
             )
         return self._bound[cap]
 
