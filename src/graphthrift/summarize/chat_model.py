@@ -14,6 +14,7 @@ from typing import Any
 
 from graphthrift import diagnostics
 from graphthrift.config import env_int, env_str
+from graphthrift.kernel import model_name as name_of_model
 from graphthrift.kernel import renamed_argument
 from graphthrift.ledger.records import LedgerRecord, clean_tag, plausible_tokens
 from graphthrift.summarize.base import is_compaction
@@ -35,14 +36,6 @@ DEFAULT_COMPACTION_PROMPT = (
     "name, number, date, time, place, id, amount and decision that is still relevant; drop "
     "repetition and superseded details. Reply with the summary text only."
 )
-
-
-def _model_name(model: Any) -> str | None:
-    for attr in ("model_name", "model", "model_id", "deployment_name"):
-        value = getattr(model, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +117,9 @@ class ChatModelSummarizer:
         self.model = summary_model  # the earlier attribute name of ``summary_model``
         self.max_output_tokens = max_output_tokens
         self.ledger = ledger
-        self.model_name: str | None = name or _model_name(summary_model)
+        self.model_name: str | None = name or name_of_model(
+            summary_model, getattr(summary_model, "deployment_name", None)
+        )
         self.max_tokens_param = max_tokens_param
         self.prompt = prompt
         self.compaction_prompt = compaction_prompt
