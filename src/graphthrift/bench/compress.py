@@ -1,5 +1,8 @@
 """``graphthrift bench compress``: answer retention and speed of context compression.
 
+Long because: the cases, the three baselines and the figures are one measurement, read
+together against docs/benchmarks.md.
+
 On SQuAD v1.1-format data (by default the bundled ``data/xquad_en/xquad.en.json.gz``) each
 question's gold paragraph is hidden among distractors, compressed to the target ratio,
 and counted as retained when a gold answer string is still in the compressed context.

@@ -1,5 +1,8 @@
 """``graphthrift bench history``: what each pruning policy would send, turn by turn.
 
+Long because: the replay, its four policies (ours and three peers) and the figures they feed
+are one measurement, read together against docs/benchmarks.md.
+
 Each conversation is replayed: before every assistant reply, the history so far goes
 through each policy, and what it would send is measured. Policies, in the same run and at
 the same token budget: the full history, ``langchain_core``'s ``trim_messages``, langmem's

@@ -55,7 +55,9 @@ class CompressState(TypedDict):
 def resolve_compression_savings(state: Any, model: str | None, *, served: bool) -> dict[str, Any]:
     """Book (``served``: a model answered) or drop (a cache answered) the state's held
     compression savings; the state update that clears them (``{}`` when none are held)."""
-    keys = state.get("compression_pending") if isinstance(state, Mapping) else None
+    keys = read_state(
+        state, "compression_pending", schema="CompressState", node="compress_context", default=None
+    )
     if not keys:
         return {}
     if served:
