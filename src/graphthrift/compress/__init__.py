@@ -15,6 +15,7 @@ _EXPORTS = {
     "LLMLinguaCompressor": ".lingua",
     "LinguaModelError": "graphthrift.errors",
     "book_savings": ".savings",
+    "build_compressor": ".compressor",
     "compression_record": ".savings",
     "defer_saving": ".savings",
     "drop_savings": ".savings",
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import BaseCompressor as BaseCompressor
     from .budget import resolve_budget as resolve_budget
     from .compressor import ExtractiveCompressor as ExtractiveCompressor
+    from .compressor import build_compressor as build_compressor
     from .compressor import normalise_answer_text as normalise_answer_text
     from .lingua import LLMLinguaCompressor as LLMLinguaCompressor
     from .result import CompressionResult as CompressionResult

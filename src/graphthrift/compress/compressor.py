@@ -60,6 +60,7 @@ from graphthrift.compress.scoring import (
     normalise_scores,
 )
 from graphthrift.errors import InvalidCompressionTarget
+from graphthrift.kernel import reject_conflicts
 from graphthrift.text.sentences import split_sentences
 from graphthrift.text.tokens import encoding_name_for, get_encoding
 
@@ -71,6 +72,7 @@ __all__ = [
     "ExtractiveCompressor",
     "InvalidCompressionTarget",
     "book_savings",
+    "build_compressor",
     "compression_record",
     "defer_saving",
     "drop_savings",
@@ -411,3 +413,15 @@ def _assemble(plan: _Plan, chosen: set[int]) -> tuple[list[str], list[int], list
 def normalise_answer_text(text: str) -> str:
     """NFKC + collapsed whitespace, for checking that an answer survived compression."""
     return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def build_compressor(
+    owner: str, compressor: Compressor | None = None, **settings: Any
+) -> Compressor:
+    """An adapter's compressor: ``compressor`` itself, or an ``ExtractiveCompressor`` built
+    from ``settings`` (``None`` values are not given). Both together raise ``ConfigError``:
+    the settings would be silently ignored."""
+    reject_conflicts(owner, "compressor", compressor, **settings)
+    if compressor is not None:
+        return compressor
+    return ExtractiveCompressor(**{k: v for k, v in settings.items() if v is not None})

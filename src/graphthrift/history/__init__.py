@@ -15,6 +15,7 @@ _EXPORTS = {
     "PruneResult": ".state",
     "SUMMARY_ID": ".state",
     "UnsupportedMessage": "graphthrift.errors",
+    "build_pruner": ".pruner",
     "prune_history": ".pruner",
     "truncate_text": ".truncate",
 }
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphthrift.errors import UnsupportedMessage as UnsupportedMessage
 
     from .pruner import HistoryPruner as HistoryPruner
+    from .pruner import build_pruner as build_pruner
     from .pruner import prune_history as prune_history
     from .state import SUMMARY_ID as SUMMARY_ID
     from .state import HistoryState as HistoryState

@@ -71,6 +71,7 @@ __all__ = [
     "HistoryStateError",
     "PruneResult",
     "UnsupportedMessage",
+    "build_pruner",
     "prune_history",
     "truncate_text",
 ]

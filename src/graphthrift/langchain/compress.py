@@ -16,9 +16,9 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.compressor import build_compressor
 from graphthrift.compress.result import CompressionResult, Compressor
-from graphthrift.kernel import reject_conflicts, run_tags
+from graphthrift.kernel import run_tags
 from graphthrift.ledger.records import TAG_FIELDS
 
 __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "callback_tags"]
@@ -54,7 +54,7 @@ class CompressorDocumentCompressor(BaseDocumentCompressor):
         tags: fixed ledger tags; the run's metadata tags are added per call.
 
     Example:
-        >>> from graphthrift.compress.compressor import ExtractiveCompressor
+        >>> from graphthrift.compress.compressor import build_compressor
         >>> dc = CompressorDocumentCompressor(compressor=ExtractiveCompressor(max_tokens=200))
         >>> dc.compress_documents([], "question")
         []
@@ -133,22 +133,13 @@ class ExtractiveDocumentCompressor(CompressorDocumentCompressor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        compressor = kwargs.pop("compressor", None)
-        reject_conflicts(
+        compressor = build_compressor(
             "ExtractiveDocumentCompressor",
-            "compressor",
-            compressor,
+            kwargs.pop("compressor", None),
             target_ratio=target_ratio,
             max_tokens=max_tokens,
             model=model,
             embedder=embedder,
-            scope=None if scope == "global" else scope,
-        )
-        compressor = compressor or ExtractiveCompressor(
-            target_ratio=target_ratio,
-            max_tokens=max_tokens,
-            embedder=embedder,
-            model=model,
-            scope=scope,
+            scope=None if scope == "global" else scope,  # the default is not a setting
         )
         super().__init__(compressor=compressor, ledger=ledger, tags=dict(tags or {}), **kwargs)

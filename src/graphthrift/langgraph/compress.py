@@ -15,11 +15,11 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from typing_extensions import TypedDict  # LangGraph's own states (MessagesState) use it
 
-from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.compressor import build_compressor
 from graphthrift.compress.result import CompressionResult, Compressor
 from graphthrift.compress.savings import book_savings, drop_savings
 from graphthrift.compress.savings import defer_saving as defer_saving_of
-from graphthrift.kernel import read_state, reject_conflicts, run_tags
+from graphthrift.kernel import read_state, run_tags
 from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
 from graphthrift.text.messages import to_messages
 
@@ -197,16 +197,12 @@ def compress_context(
         >>> builder.add_node("compress", compress_context(max_tokens=300))  # doctest: +ELLIPSIS
         <langgraph.graph.state.StateGraph object at ...>
     """
-    reject_conflicts(
+    core = build_compressor(
         "compress_context",
-        "compressor",
         compressor,
         target_ratio=target_ratio,
         max_tokens=max_tokens,
         model=model,
-    )
-    core: Compressor = compressor or ExtractiveCompressor(
-        target_ratio=target_ratio, max_tokens=max_tokens, model=model
     )
     fixed = dict(tags or {})
     target_key = output_key or documents_key

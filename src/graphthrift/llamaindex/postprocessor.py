@@ -25,9 +25,8 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from graphthrift.compress.compressor import ExtractiveCompressor
+from graphthrift.compress.compressor import build_compressor
 from graphthrift.compress.result import CompressionResult, Compressor
-from graphthrift.kernel import reject_conflicts
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
@@ -100,17 +99,13 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        reject_conflicts(
+        core = build_compressor(
             "CompressionPostprocessor",
-            "compressor",
             compressor,
             target_ratio=target_ratio,
             max_tokens=max_tokens,
             model=model,
             embedder=embedder,
-        )
-        core = compressor or ExtractiveCompressor(
-            target_ratio=target_ratio, max_tokens=max_tokens, model=model, embedder=embedder
         )
         fields: dict[str, Any] = {"compressor": core, "ledger": ledger, "tags": dict(tags or {})}
         super().__init__(**fields, **kwargs)
