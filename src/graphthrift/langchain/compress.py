@@ -54,7 +54,7 @@ class CompressorDocumentCompressor(BaseDocumentCompressor):
         tags: fixed ledger tags; the run's metadata tags are added per call.
 
     Example:
-        >>> from graphthrift.compress.compressor import build_compressor
+        >>> from graphthrift.compress import ExtractiveCompressor
         >>> dc = CompressorDocumentCompressor(compressor=ExtractiveCompressor(max_tokens=200))
         >>> dc.compress_documents([], "question")
         []
