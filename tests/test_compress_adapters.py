@@ -332,3 +332,22 @@ def test_langgraph_node_tags_come_from_the_kernel_alone(tenant: str) -> None:
     tags = config_tags(config)  # type: ignore[arg-type]
     assert tags == {k: v for k, v in run_tags(config).items() if k != "user_id"}
     assert tags["thread_id"] == "7" and "model" not in tags
+
+
+def test_llamaindex_postprocessor_reads_tags_bound_with_graphthrift_scoped(
+    ledger: Any, tenant: str
+) -> None:
+    """Every adapter reads the run's tags through the kernel, so ``graphthrift.scoped``
+    reaches the LlamaIndex postprocessor's ledger rows as it reaches the other adapters'."""
+    from llama_index.core.schema import NodeWithScore
+
+    import graphthrift
+    from graphthrift.llamaindex.postprocessor import CompressionPostprocessor
+
+    pp = CompressionPostprocessor(target_ratio=0.5, embedder=False, ledger=ledger)
+    texts = [NodeWithScore(node=n, score=1.0) for n in _nodes()]
+    with graphthrift.scoped(tenant_id=tenant, feature="li-rag"):
+        pp.postprocess_nodes(texts, query_str=QUESTION)
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant)
+    assert len(rows) == 1 and rows[0]["feature"] == "li-rag"

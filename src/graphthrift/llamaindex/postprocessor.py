@@ -27,6 +27,7 @@ from llama_index.core.schema import (
 
 from graphthrift.compress.compressor import build_compressor
 from graphthrift.compress.result import CompressionResult, Compressor
+from graphthrift.kernel import run_tags
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
@@ -146,9 +147,12 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         return self._merge(nodes, text_at, result)
 
     def _tags(self) -> dict[str, Any]:
-        """The constructor's tags, overridden by the enclosing ``tags()`` blocks."""
+        """Tags bound with ``graphthrift.scoped`` (read by ``graphthrift.kernel.run_tags``),
+        then the constructor's, then the enclosing ``tags()`` blocks': as the kernel orders
+        them, a run's own tags win over an adapter's fixed ones, which win over bound ones."""
+        bound = {k: v for k, v in run_tags(None).items() if k in TAG_KEYS}
         scoped = {k: v for k, v in current_tags().items() if k in TAG_KEYS}
-        return {**self.tags, **scoped}
+        return {**bound, **self.tags, **scoped}
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
