@@ -107,11 +107,10 @@ def test_langgraph_node_reads_strings_dicts_and_messages() -> None:
     builder.add_node(
         "compress",
         compress_context(
-            ExtractiveCompressor(embedder=False),
+            ExtractiveCompressor(target_ratio=0.5, embedder=False),
             documents_key="chunks",
             question_key="messages",
             output_key="kept",
-            target_ratio=0.5,
         ),
     )
     builder.add_edge(START, "compress")
@@ -300,3 +299,55 @@ def test_langgraph_node_on_a_state_without_its_keys_names_compress_state() -> No
     with pytest.raises(StateSchemaError, match="CompressState") as info:
         builder.compile().invoke({"messages": [HumanMessage(QUESTION)]})
     assert info.value.key == "documents" and info.value.node == "compress_context"
+
+
+# ---------------------------------------------------------------- one argument scheme (issue 15)
+
+
+def test_a_compressor_with_compressor_settings_is_refused_in_every_adapter() -> None:
+    from graphthrift.errors import ConfigError
+    from graphthrift.llamaindex.postprocessor import CompressionPostprocessor
+
+    compressor = ExtractiveCompressor(max_tokens=50, embedder=False)
+    with pytest.raises(ConfigError, match="target_ratio") as info:
+        compress_context(compressor, target_ratio=0.5)
+    assert info.value.name == "compressor"
+    with pytest.raises(ConfigError, match="max_tokens"):
+        CompressionPostprocessor(compressor, max_tokens=100)
+    with pytest.raises(ConfigError, match="model"):
+        ExtractiveDocumentCompressor(compressor=compressor, model="gpt-4o-mini")
+    # without a conflict each adapter takes the compressor as it is
+    assert CompressionPostprocessor(compressor).compressor is compressor
+    assert ExtractiveDocumentCompressor(compressor=compressor).compressor is compressor
+
+
+def test_langgraph_node_tags_come_from_the_kernel_alone(tenant: str) -> None:
+    from graphthrift.kernel import run_tags
+    from graphthrift.langgraph.compress import config_tags
+
+    config = {
+        "metadata": {"tenant_id": tenant, "feature": "rag", "user_id": "u1", "model": "x"},
+        "configurable": {"thread_id": 7},
+    }
+    tags = config_tags(config)  # type: ignore[arg-type]
+    assert tags == {k: v for k, v in run_tags(config).items() if k != "user_id"}
+    assert tags["thread_id"] == "7" and "model" not in tags
+
+
+def test_llamaindex_postprocessor_reads_tags_bound_with_graphthrift_scoped(
+    ledger: Any, tenant: str
+) -> None:
+    """Every adapter reads the run's tags through the kernel, so ``graphthrift.scoped``
+    reaches the LlamaIndex postprocessor's ledger rows as it reaches the other adapters'."""
+    from llama_index.core.schema import NodeWithScore
+
+    import graphthrift
+    from graphthrift.llamaindex.postprocessor import CompressionPostprocessor
+
+    pp = CompressionPostprocessor(target_ratio=0.5, embedder=False, ledger=ledger)
+    texts = [NodeWithScore(node=n, score=1.0) for n in _nodes()]
+    with graphthrift.scoped(tenant_id=tenant, feature="li-rag"):
+        pp.postprocess_nodes(texts, query_str=QUESTION)
+    ledger.flush()
+    rows = ledger.records(tenant_id=tenant)
+    assert len(rows) == 1 and rows[0]["feature"] == "li-rag"

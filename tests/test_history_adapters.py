@@ -401,9 +401,7 @@ def test_summary_calls_are_booked_under_route_summary(ledger: Any, tenant: str) 
 
 def test_summary_usage_is_estimated_when_the_model_reports_none(ledger: Any, tenant: str) -> None:
     model = GenericFakeChatModel(messages=iter(["- order A-100, Berlin"]))
-    summarizer = ChatModelSummarizer(
-        model, ledger=ledger, tenant_id=tenant, model_name="gpt-4o-mini"
-    )
+    summarizer = ChatModelSummarizer(model, ledger=ledger, tenant_id=tenant, model="gpt-4o-mini")
     summarizer.summarize(to_messages([user_turn(1), AIMessage(content="Shipped.")]), "", 64)
     ledger.flush()
     [row] = ledger.records(route="summary", tenant_id=tenant)
@@ -421,7 +419,7 @@ async def test_failed_summary_calls_are_booked_and_raised(ledger: Any, tenant: s
             raise TimeoutError("provider timed out")
 
     summarizer = ChatModelSummarizer(
-        Broken(messages=iter([])), ledger=ledger, tenant_id=tenant, model_name="m"
+        Broken(messages=iter([])), ledger=ledger, tenant_id=tenant, model="m"
     )
     with pytest.raises(TimeoutError):
         await summarizer.asummarize(to_messages([user_turn(1)]), "", 64)
@@ -481,3 +479,64 @@ def test_truncated_messages_come_back_as_langchain_copies() -> None:
     assert "tokens truncated]" in prompt[2].content and prompt[2].tool_call_id == "c1"
     assert messages[2].content.count("result") == 3000  # the originals are untouched
     check_prompt(prompt, 4000)
+
+
+# ---------------------------------------------------------------- one argument scheme (issue 15)
+
+
+def summary_type(prompts: list[list[BaseMessage]]) -> set[str]:
+    return {type(m).__name__ for p in prompts for m in p if m.id == SUMMARY_ID}
+
+
+def test_node_and_middleware_send_the_summary_with_the_same_role() -> None:
+    node_model, agent_model = AgentModel(seen=[]), AgentModel(seen=[])
+    graph = build_graph("view", node_model, InMemorySaver())
+    agent = make_agent("view", agent_model, InMemorySaver())
+    for i in range(12):
+        graph.invoke({"messages": [user_turn(i)]}, {"configurable": {"thread_id": "n"}})  # type: ignore[arg-type]
+        agent.invoke({"messages": [user_turn(i)]}, {"configurable": {"thread_id": "a"}})
+    assert summary_type(node_model.seen) == summary_type(agent_model.seen) == {"HumanMessage"}
+
+
+def test_a_pruner_with_pruner_settings_is_refused_not_ignored() -> None:
+    from graphthrift.errors import ConfigError
+    from graphthrift.llamaindex.memory import PrunedChatMemory
+    from graphthrift.middleware.history import HistoryPruningMiddleware
+
+    pruner = HistoryPruner(max_tokens=1000)
+    with pytest.raises(ConfigError, match="max_tokens") as info:
+        summarize_history(pruner=pruner, max_tokens=300)
+    assert info.value.name == "pruner"
+    with pytest.raises(ConfigError, match="keep_turns"):
+        HistoryPruningMiddleware(pruner=pruner, keep_turns=3)
+    with pytest.raises(ConfigError, match="summary_role"):
+        summarize_history(pruner=pruner, summary_role="system")
+    with pytest.raises(ConfigError, match="summarizer"):
+        PrunedChatMemory.from_defaults(pruner=pruner, summarizer=ExtractiveSummarizer())
+    assert summarize_history(pruner=pruner, summary_role="user") is not None  # no conflict
+
+
+def test_summary_model_builds_a_chat_model_summarizer_and_conflicts_with_summarizer() -> None:
+    from graphthrift.errors import ConfigError
+    from graphthrift.middleware.history import HistoryPruningMiddleware
+
+    chat = GenericFakeChatModel(messages=iter(["- A-100 shipped."]))
+    middleware = HistoryPruningMiddleware(summary_model=chat, max_tokens=BUDGET)
+    summarizer = middleware.pruner.summarizer
+    assert isinstance(summarizer, ChatModelSummarizer) and summarizer.summary_model is chat
+    with pytest.raises(ConfigError, match="summary_model"):
+        summarize_history(summarizer=ExtractiveSummarizer(), summary_model=chat)
+
+
+def test_chat_model_summarizer_takes_the_chat_model_as_summary_model_and_the_name_as_model() -> (
+    None
+):
+    chat = GenericFakeChatModel(messages=iter(["x"]))
+    new = ChatModelSummarizer(summary_model=chat, model="gpt-4o-mini")
+    assert (new.summary_model, new.model_name) == (chat, "gpt-4o-mini")
+    with pytest.warns(DeprecationWarning, match="summary_model"):
+        old = ChatModelSummarizer(model=chat)
+    assert old.summary_model is chat
+    with pytest.warns(DeprecationWarning, match="model_name"):
+        named = ChatModelSummarizer(chat, model_name="gpt-4o")
+    assert named.model_name == "gpt-4o"

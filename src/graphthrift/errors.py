@@ -498,3 +498,98 @@ class BudgetScopeMissing(GraphthriftError, ValueError):
             f"the budget limits the {scope_kind!r} scope but this call has no {tag!r} tag; "
             f"pass tags={{{tag!r}: ...}} (the adapters derive run_id from the run itself)"
         )
+
+
+# --- history ---
+
+
+class HistoryConfigError(ConfigError):
+    """A pruning setting is out of range; carries the setting, its value and the rule."""
+
+    def __init__(self, name: str, value: object, rule: str) -> None:
+        super().__init__(name, value, rule)
+        self.args = (f"HistoryPruner {name}={value!r} is invalid: {rule}",)
+
+
+class HistoryRequestTooLarge(GraphthriftError, ValueError):
+    """The latest human turn alone exceeds ``max_tokens`` (with ``oversized_request="raise"``).
+
+    Carries the request's tokens and the budget: the request is never cut or folded, so the
+    only remedies are a larger budget or a shorter request.
+    """
+
+    def __init__(self, tokens: int, max_tokens: int) -> None:
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+        super().__init__(
+            f"the latest user turn alone is {tokens} tokens, over the history budget "
+            f"max_tokens={max_tokens}; it is never truncated or folded, so raise max_tokens "
+            "or pass oversized_request='send' to send it over budget"
+        )
+
+
+class UnsupportedMessage(GraphthriftError, TypeError):
+    """An item of the history is not a chat message; carries its position and type."""
+
+    def __init__(self, index: int, type_name: str, reason: str) -> None:
+        self.index = index
+        self.type_name = type_name
+        super().__init__(f"history item {index} ({type_name}) is not a chat message: {reason}")
+
+
+class HistoryStateError(GraphthriftError, ValueError):
+    """A stored ``HistoryState`` could not be read; carries the offending field."""
+
+    def __init__(self, field_name: str, value: object) -> None:
+        self.field_name = field_name
+        self.value = value
+        super().__init__(
+            f"history state field {field_name!r} has an invalid value {value!r}; "
+            "drop the stored state to start a fresh summary"
+        )
+
+
+# --- compress ---
+
+
+class InvalidCompressionTarget(ConfigError):
+    """A budget that cannot be honoured: a kept fraction outside (0, 1] or a negative size.
+
+    ``allowed`` (also ``rule``) says what the setting must be.
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        super().__init__(name, value, allowed)
+        self.allowed = allowed
+        hint = ""
+        if name == "target_ratio" and isinstance(value, int | float) and value > 1:
+            hint = f" (to compress {value}x, pass target_ratio={1 / value:.3g})"
+        self.args = (f"{name} must be {allowed}, got {value!r}{hint}",)
+
+
+class LinguaModelError(GraphthriftError, RuntimeError):
+    """The LLMLingua model could not be loaded or does not fit the chosen mode."""
+
+    def __init__(self, model_path: str, mode: str, reason: str) -> None:
+        self.model_path, self.mode, self.reason = model_path, mode, reason
+        super().__init__(
+            f"cannot use LLMLingua model {model_path!r} in {mode} mode: {reason}. Pass "
+            "model_path= a local directory saved with save_pretrained (no model hub is "
+            "needed then), or set GRAPHTHRIFT_LLMLINGUA_MODEL."
+        )
+
+
+# --- embed ---
+
+
+class EmbeddingShapeError(GraphthriftError, ValueError):
+    """An embedding function returned the wrong number of vectors or a changing size."""
+
+    def __init__(
+        self, model_id: str, expected: tuple[int, int | None], got: tuple[int, ...]
+    ) -> None:
+        self.model_id, self.expected, self.got = model_id, expected, got
+        super().__init__(
+            f"embedder {model_id!r} returned shape {got} for {expected[0]} texts, expected "
+            f"{expected}; it must return one fixed-size vector per input text"
+        )

@@ -44,6 +44,7 @@ __all__ = [
     "model_name",
     "read_state",
     "read_usage",
+    "reject_conflicts",
     "renamed_argument",
     "run_config",
     "run_tags",
@@ -317,3 +318,23 @@ def renamed_argument(where: str, name: str, value: Any, old_name: str, old_value
         f"{where}({old_name}=...) is deprecated; use {name}=", DeprecationWarning, stacklevel=3
     )
     return old_value
+
+
+def reject_conflicts(owner: str, name: str, given: Any, **settings: Any) -> None:
+    """Raise ``ConfigError`` when ``name`` is given together with settings it makes moot.
+
+    An adapter built around a ready object (``compressor=``, ``pruner=``, ``summarizer=``)
+    cannot honour the settings that would build one; ignoring them silently hides a
+    mistake. ``settings`` maps each such setting to its value (``None``: not given).
+    """
+    if given is None:
+        return
+    clash = sorted(key for key, value in settings.items() if value is not None)
+    if clash:
+        from graphthrift.errors import ConfigError
+
+        rule = (
+            f"{owner} takes either {name}= or the settings that build one "
+            f"({', '.join(clash)}), not both; configure the {name} itself"
+        )
+        raise ConfigError(name, type(given).__name__, rule)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from graphthrift.bench._data_history import Conversation
-from graphthrift.text.tokens import TOKENS_REPLY_PRIMING
+from graphthrift.text import TOKENS_REPLY_PRIMING
 
 __all__ = ["fold_bound"]
 

@@ -1,5 +1,8 @@
 """``graphthrift bench compress``: answer retention and speed of context compression.
 
+Long because: the cases, the three baselines and the figures are one measurement, read
+together against docs/benchmarks.md.
+
 On SQuAD v1.1-format data (by default the bundled ``data/xquad_en/xquad.en.json.gz``) each
 question's gold paragraph is hidden among distractors, compressed to the target ratio,
 and counted as retained when a gold answer string is still in the compressed context.
@@ -46,13 +49,13 @@ from graphthrift.bench._common import (
     write_json,
 )
 from graphthrift.bench._data import DataFileError, DataSetMissing, data_file, read_text
-from graphthrift.compress.compressor import (
+from graphthrift.compress import (
     ExtractiveCompressor,
     normalise_answer_text,
     resolve_budget,
     split_sentences,
 )
-from graphthrift.text.tokens import get_encoding
+from graphthrift.text import get_encoding
 
 TARGETS = {"answer_retention": 0.9, "ratio": 3.0, "ms_per_1k_tokens": 15.0}
 CURVE_RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)

@@ -1,5 +1,8 @@
 """``graphthrift bench history``: what each pruning policy would send, turn by turn.
 
+Long because: the replay, its four policies (ours and three peers) and the figures they feed
+are one measurement, read together against docs/benchmarks.md.
+
 Each conversation is replayed: before every assistant reply, the history so far goes
 through each policy, and what it would send is measured. Policies, in the same run and at
 the same token budget: the full history, ``langchain_core``'s ``trim_messages``, langmem's
@@ -48,10 +51,9 @@ from graphthrift.bench._data_history import (
     load_default_sets,
 )
 from graphthrift.bench._history_bound import fold_bound
-from graphthrift.history.pruner import HistoryPruner, HistoryState
-from graphthrift.summarize.summarizer import ExtractiveSummarizer, Summarizer
-from graphthrift.text.messages import Message, to_message
-from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_message, count_text
+from graphthrift.history import HistoryPruner, HistoryState
+from graphthrift.summarize import ExtractiveSummarizer, Summarizer
+from graphthrift.text import TOKENS_REPLY_PRIMING, Message, count_message, count_text, to_message
 
 __all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "run"]
 

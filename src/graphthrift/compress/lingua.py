@@ -37,8 +37,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from graphthrift.compress.compressor import BaseCompressor, CompressionResult, resolve_budget
-from graphthrift.errors import GraphthriftError, MissingExtra
+from graphthrift.compress.base import BaseCompressor
+from graphthrift.compress.budget import resolve_budget
+from graphthrift.compress.result import CompressionResult
+from graphthrift.config import env_str
+from graphthrift.errors import LinguaModelError, MissingExtra
 from graphthrift.text.tokens import encoding_name_for, get_encoding, seed_tiktoken_cache
 
 __all__ = ["LLMLinguaCompressor", "LinguaModelError"]
@@ -46,18 +49,6 @@ __all__ = ["LLMLinguaCompressor", "LinguaModelError"]
 Mode = Literal["llmlingua2", "longllmlingua"]
 DEFAULT_LLMLINGUA2_MODEL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
 _LLMLINGUA2_NAMES = ("bert-base-multilingual-cased", "xlm-roberta-large")
-
-
-class LinguaModelError(GraphthriftError, RuntimeError):
-    """The LLMLingua model could not be loaded or does not fit the chosen mode."""
-
-    def __init__(self, model_path: str, mode: str, reason: str) -> None:
-        self.model_path, self.mode, self.reason = model_path, mode, reason
-        super().__init__(
-            f"cannot use LLMLingua model {model_path!r} in {mode} mode: {reason}. Pass "
-            "model_path= a local directory saved with save_pretrained (no model hub is "
-            "needed then), or set GRAPHTHRIFT_LLMLINGUA_MODEL."
-        )
 
 
 def _require_llmlingua() -> None:
@@ -117,7 +108,7 @@ class LLMLinguaCompressor(BaseCompressor):
             raise ValueError(f"mode must be 'llmlingua2' or 'longllmlingua', got {mode!r}")
         if prompt_compressor is None:
             _require_llmlingua()
-        path = str(model_path or os.environ.get("GRAPHTHRIFT_LLMLINGUA_MODEL") or "")
+        path = str(model_path or env_str("GRAPHTHRIFT_LLMLINGUA_MODEL") or "")
         if not path and mode == "llmlingua2":
             path = DEFAULT_LLMLINGUA2_MODEL
         if not path and prompt_compressor is None:

@@ -15,6 +15,7 @@ _EXPORTS = {
     "as_embedder": ".embedders",
     "bound_text": ".embedders",
     "default_embedder": ".embedders",
+    "normalise_rows": ".embedders",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -27,4 +28,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .embedders import as_embedder as as_embedder
     from .embedders import bound_text as bound_text
     from .embedders import default_embedder as default_embedder
+    from .embedders import normalise_rows as normalise_rows
     from .static import StaticEmbedder as StaticEmbedder

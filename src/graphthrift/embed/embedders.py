@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from graphthrift.config import env_int
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import EmbeddingShapeError
 from graphthrift.text.repair import clean_text
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "as_embedder",
     "bound_text",
     "default_embedder",
+    "normalise_rows",
 ]
 
 Vectors = npt.NDArray[np.float32]
@@ -78,17 +79,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> Vectors: ...
 
     async def aembed(self, texts: Sequence[str]) -> Vectors: ...
-
-
-class EmbeddingShapeError(GraphthriftError, ValueError):
-    """An embedding function returned the wrong number of vectors or a changing size."""
-
-    def __init__(self, model_id: str, expected: tuple[int, int | None], got: tuple[int, ...]):
-        self.model_id, self.expected, self.got = model_id, expected, got
-        super().__init__(
-            f"embedder {model_id!r} returned shape {got} for {expected[0]} texts, expected "
-            f"{expected}; it must return one fixed-size vector per input text"
-        )
 
 
 class MiniLMEmbedder:
@@ -155,7 +145,7 @@ class MiniLMEmbedder:
         hidden: npt.NDArray[np.float32] = session.run(["last_hidden_state"], feed)[0]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
-        return _normalise(pooled)
+        return normalise_rows(pooled)
 
     def _run_one(self, text: str) -> Vectors:
         session, tokenizer = self._load()
@@ -165,9 +155,9 @@ class MiniLMEmbedder:
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden: npt.NDArray[np.float32] = session.run(["last_hidden_state"], feed)[0]
         if mask.all():  # one text is never padded: a plain mean
-            return _normalise(hidden.mean(axis=1))
+            return normalise_rows(hidden.mean(axis=1))
         weights = mask[:, :, None].astype(np.float32)
-        return _normalise((hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
+        return normalise_rows((hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0))
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's vocabulary ids, truncated to ``max_length``, without [CLS] and [SEP]."""
@@ -277,7 +267,7 @@ class CallableEmbedder:
             if array.ndim != 2 or array.shape != (len(batch), self._dim):
                 raise EmbeddingShapeError(self.model_id, (len(batch), self._dim), array.shape)
             arrays.append(array)
-        return _normalise(np.concatenate(arrays))
+        return normalise_rows(np.concatenate(arrays))
 
 
 def as_embedder(
@@ -357,7 +347,7 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _normalise(rows: npt.NDArray[np.floating[Any]]) -> Vectors:
+def normalise_rows(rows: npt.NDArray[np.floating[Any]]) -> Vectors:
     """L2-normalise rows so a dot product is the cosine; an all-zero row stays zero."""
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     unit: Vectors = (rows / np.maximum(norms, 1e-12)).astype(np.float32)

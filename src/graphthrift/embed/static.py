@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from graphthrift.embed.embedders import MiniLMEmbedder, Vectors, _normalise
+from graphthrift.embed.embedders import MiniLMEmbedder, Vectors, normalise_rows
 
 __all__ = ["StaticEmbedder"]
 
@@ -63,7 +63,7 @@ class StaticEmbedder:
         for k, row in enumerate(ids):
             if row:
                 out[k] = np.mean([table[i] for i in row], axis=0)
-        return _normalise(out)
+        return normalise_rows(out)
 
     async def aembed(self, texts: Sequence[str]) -> Vectors:
         """Same as `embed`, off the event loop."""

@@ -1,5 +1,8 @@
 """History pruning that keeps tool pairs whole and the provider's prompt cache warm.
 
+Long because: the fold is one algorithm (read the list, resolve the sticky boundary, choose
+the new one, fold, render, fit) over one ``_Work``; its steps share that state.
+
 Long agent threads are pruned so each model call stays under a token budget. The peers
 (``trim_messages``, langmem's SummarizationNode, langchain's SummarizationMiddleware)
 have three failure modes this module is built against:
@@ -26,30 +29,39 @@ Example:
     ...         Message("user", "When does it arrive?")]
     >>> result = pruner.prune(chat)
     >>> [m.role for m in result.messages], result.folded
-    (['system', 'user'], (0, 1, 2, 3))
+    (['user', 'user'], (0, 1, 2, 3))
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from graphthrift import diagnostics
-from graphthrift.errors import GraphthriftError
-from graphthrift.summarize.summarizer import SECTION_NAME, ExtractiveSummarizer, Summarizer
-from graphthrift.text.messages import Message, ToolCall, to_message
-from graphthrift.text.tokens import (
-    TOKENS_REPLY_PRIMING,
-    count_message,
-    count_text,
-    encoding_name_for,
-    get_encoding,
+from graphthrift.config import env_int
+from graphthrift.errors import (
+    ConfigError,
+    HistoryConfigError,
+    HistoryRequestTooLarge,
+    HistoryStateError,
+    UnsupportedMessage,
 )
+from graphthrift.history.state import SUMMARY_ID, HistoryState, PruneResult
+from graphthrift.history.truncate import (
+    MIN_TRUNCATED_TOKENS,
+    message_tokens,
+    truncate_message,
+    truncate_text,
+)
+from graphthrift.kernel import reject_conflicts
+from graphthrift.summarize.base import SECTION_NAME, Summarizer
+from graphthrift.summarize.chat_model import ChatModelSummarizer
+from graphthrift.summarize.extractive import ExtractiveSummarizer
+from graphthrift.text.messages import Message, to_message
+from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_text
 
+# The names this module held before the package was split by idea stay importable here.
 __all__ = [
     "SUMMARY_ID",
     "HistoryConfigError",
@@ -59,215 +71,16 @@ __all__ = [
     "HistoryStateError",
     "PruneResult",
     "UnsupportedMessage",
+    "build_pruner",
     "prune_history",
     "truncate_text",
 ]
 
-SUMMARY_ID = "graphthrift-history-summary"
 DEFAULT_SUMMARY_PREFIX = "Summary of the earlier conversation:"
-TRUNCATION_MARKER = "[graphthrift: {n} tokens truncated]"
 DEFAULT_MAX_TOKENS = 8000
 DEFAULT_KEEP_TURNS = 1
-_MIN_TRUNCATED_TOKENS = 16
 _JOIN_SLACK = 2  # tokens a section may add where it joins the summary (merges at the seam)
 _T = TypeVar("_T")
-_O = TypeVar("_O")
-
-
-class HistoryConfigError(GraphthriftError, ValueError):
-    """A pruning setting is out of range; carries the setting, its value and the rule."""
-
-    def __init__(self, name: str, value: object, rule: str) -> None:
-        self.name = name
-        self.value = value
-        self.rule = rule
-        super().__init__(f"HistoryPruner {name}={value!r} is invalid: {rule}")
-
-
-class HistoryRequestTooLarge(GraphthriftError, ValueError):
-    """The latest human turn alone exceeds ``max_tokens`` (with ``oversized_request="raise"``).
-
-    Carries the request's tokens and the budget: the request is never cut or folded, so the
-    only remedies are a larger budget or a shorter request.
-    """
-
-    def __init__(self, tokens: int, max_tokens: int) -> None:
-        self.tokens = tokens
-        self.max_tokens = max_tokens
-        super().__init__(
-            f"the latest user turn alone is {tokens} tokens, over the history budget "
-            f"max_tokens={max_tokens}; it is never truncated or folded, so raise max_tokens "
-            "or pass oversized_request='send' to send it over budget"
-        )
-
-
-class UnsupportedMessage(GraphthriftError, TypeError):
-    """An item of the history is not a chat message; carries its position and type."""
-
-    def __init__(self, index: int, type_name: str, reason: str) -> None:
-        self.index = index
-        self.type_name = type_name
-        super().__init__(f"history item {index} ({type_name}) is not a chat message: {reason}")
-
-
-class HistoryStateError(GraphthriftError, ValueError):
-    """A stored ``HistoryState`` could not be read; carries the offending field."""
-
-    def __init__(self, field_name: str, value: object) -> None:
-        self.field_name = field_name
-        self.value = value
-        super().__init__(
-            f"history state field {field_name!r} has an invalid value {value!r}; "
-            "drop the stored state to start a fresh summary"
-        )
-
-
-@dataclass(slots=True)
-class HistoryState:
-    """Where the sticky boundary sits and what the running summary says.
-
-    Attributes:
-        sections: the summary, one appended section per fold (one after a compaction).
-        folded: how many messages of the list the pruner sees next (stale summary
-            renders excluded) lie behind the boundary.
-        folded_through_id: id of the last message behind the boundary, to re-find the
-            boundary when the list is not the one expected; None when messages carry no id.
-        summarizations: folds so far.
-        compactions: summary compactions so far.
-        folded_total: messages ever folded, also across destructive rewrites.
-        held: positions behind the boundary still sent verbatim after the summary: the
-            human turn that was the latest at the last fold. They stay until the next fold
-            even once a newer turn arrives, so the prompt keeps extending the last one.
-    """
-
-    sections: list[str] = field(default_factory=list)
-    folded: int = 0
-    folded_through_id: str | None = None
-    summarizations: int = 0
-    compactions: int = 0
-    folded_total: int = 0
-    version: int = 1
-    held: list[int] = field(default_factory=list)
-
-    @property
-    def summary(self) -> str:
-        """The running summary as one text."""
-        return "\n".join(s for s in self.sections if s)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict, for LangGraph state and checkpointers."""
-        return {
-            f.name: (
-                list(getattr(self, f.name))
-                if f.name in ("sections", "held")
-                else getattr(self, f.name)
-            )
-            for f in fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | HistoryState | None) -> HistoryState:
-        """Read a stored state; unknown keys are ignored, wrong types raise HistoryStateError."""
-        if data is None:
-            return cls()
-        if isinstance(data, HistoryState):
-            return replace(data, sections=list(data.sections), held=list(data.held))
-        if not isinstance(data, Mapping):
-            raise HistoryStateError("<state>", data)
-        sections = data.get("sections", [])
-        if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
-            raise HistoryStateError("sections", sections)
-        out = cls(sections=list(sections))
-        for name in ("folded", "summarizations", "compactions", "folded_total", "version"):
-            value = data.get(name, getattr(out, name))
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise HistoryStateError(name, value)
-            setattr(out, name, value)
-        through = data.get("folded_through_id")
-        if through is not None and not isinstance(through, str):
-            raise HistoryStateError("folded_through_id", through)
-        out.folded_through_id = through
-        held = data.get("held", [])
-        if not isinstance(held, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < out.folded for i in held
-        ):
-            raise HistoryStateError("held", held)
-        out.held = sorted(set(held))
-        return out
-
-    def rebased(self) -> HistoryState:
-        """The state for a list whose folded messages were deleted (destructive mode)."""
-        return replace(
-            self, sections=list(self.sections), folded=0, folded_through_id=None, held=[]
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """What to send, and how it maps back to the input list.
-
-    Attributes:
-        messages: the prompt: system messages, the summary (if any), the verbatim window.
-        origin: for each prompt message, its index in the input list (None for the summary).
-        state: the state to store for the next call.
-        folded: input indices folded into the summary by this call.
-        hidden: every input index not sent (folded now or before, or a stale summary render).
-        truncated: input indices sent with their content shortened (with a marker).
-        tokens_in: tokens of the whole input, as if sent unpruned.
-        tokens_out: tokens of ``messages``.
-        summarized: whether this call folded turns (the prefix changed).
-        compacted: whether this call compacted the summary.
-        over_budget: the prompt still exceeds ``max_tokens`` after every remedy.
-    """
-
-    messages: list[Message]
-    origin: tuple[int | None, ...]
-    state: HistoryState
-    folded: tuple[int, ...] = ()
-    hidden: tuple[int, ...] = ()
-    truncated: tuple[int, ...] = ()
-    tokens_in: int = 0
-    tokens_out: int = 0
-    summarized: bool = False
-    compacted: bool = False
-    over_budget: bool = False
-
-    @property
-    def kept(self) -> tuple[int, ...]:
-        """Input indices sent, in prompt order."""
-        return tuple(i for i in self.origin if i is not None)
-
-    @property
-    def summary(self) -> Message | None:
-        """The summary message of the prompt, if there is one."""
-        for i, m in zip(self.origin, self.messages, strict=True):
-            if i is None:
-                return m
-        return None
-
-    def materialize(
-        self,
-        make_summary: Callable[[Message], _O],
-        copy_truncated: Callable[[Any, Message], _O],
-    ) -> list[_O | Any]:
-        """The prompt in the caller's own message types, for adapters.
-
-        Kept messages come back as the very objects passed in (``Message.source``); the
-        summary is built by ``make_summary``; a truncated message by
-        ``copy_truncated(original, shortened)``.
-        """
-        truncated = set(self.truncated)
-        out: list[_O | Any] = []
-        for i, m in zip(self.origin, self.messages, strict=True):
-            if i is None:
-                out.append(make_summary(m))
-            elif m.source is None:
-                out.append(m)
-            elif i in truncated:
-                out.append(copy_truncated(m.source, m))
-            else:
-                out.append(m.source)
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,142 +92,16 @@ class _Ask:
     max_tokens: int
 
 
-# ---------------------------------------------------------------- token helpers
-
-
-@lru_cache(maxsize=65536)
-def _count_text_message(
-    model: str | None,
-    role: str,
-    text: str,
-    name: str | None,
-    tool_call_id: str | None,
-    calls: tuple[ToolCall, ...],
-) -> int:
-    return count_message(Message(role, text, calls, tool_call_id, name), model).tokens  # type: ignore[arg-type]
-
-
-def _tokens(message: Message, model: str | None) -> int:
-    if isinstance(message.content, str):
-        return _count_text_message(
-            model,
-            message.role,
-            message.content,
-            message.name,
-            message.tool_call_id,
-            message.tool_calls,
-        )
-    return count_message(message, model).tokens
-
-
-def truncate_text(text: str, max_tokens: int, model: str | None = None) -> str:
-    """``text`` cut to about ``max_tokens`` tokens, head and tail kept, with a visible marker."""
-    encoding = get_encoding(encoding_name_for(model)[0])
-    ids = encoding.encode(text, disallowed_special=())
-    if len(ids) <= max_tokens:
-        return text
-    room = max(max_tokens - 12, 2)  # the marker and its line breaks take about 12 tokens
-    head, tail = (room * 2) // 3, room - (room * 2) // 3
-    marker = TRUNCATION_MARKER.format(n=len(ids) - head - tail)
-    return (
-        f"{encoding.decode(ids[:head])}\n{marker}\n{encoding.decode(ids[-tail:]) if tail else ''}"
-    )
-
-
-def _shrink_args(args: str, keep: int, model: str | None) -> str:
-    """Tool-call arguments cut to about ``keep`` tokens by shortening their longest strings,
-    so they stay valid JSON."""
-    try:
-        value = json.loads(args)
-    except ValueError:
-        return truncate_text(args, keep, model)
-    leaves: list[tuple[Any, Any]] = []
-
-    def collect(node: Any) -> None:
-        items = (
-            node.items()
-            if isinstance(node, dict)
-            else enumerate(node)
-            if isinstance(node, list)
-            else ()
-        )
-        for key, child in items:
-            if isinstance(child, str):
-                leaves.append((node, key))
-            else:
-                collect(child)
-
-    collect(value)
-    encoding = get_encoding(encoding_name_for(model)[0])
-    changed = False
-    for _ in range(len(leaves) * 2):
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        excess = len(encoding.encode(text, disallowed_special=())) - keep
-        if excess <= 0 or not leaves:
-            break
-        node, key = max(leaves, key=lambda nk: len(nk[0][nk[1]]))
-        size = len(encoding.encode(node[key], disallowed_special=()))
-        if size <= _MIN_TRUNCATED_TOKENS:
-            break
-        node[key] = truncate_text(node[key], max(size - excess, _MIN_TRUNCATED_TOKENS), model)
-        changed = True
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if changed else args
-
-
-def _truncate(message: Message, limit: int, model: str | None) -> Message:
-    """A copy of ``message`` that fits about ``limit`` tokens, marked where it was cut.
-
-    Text and tool-call arguments give up tokens in proportion to their size; arguments stay
-    valid JSON. Non-text blocks (images, files) are kept whole.
-    """
-    bare = replace(
-        message, content="", tool_calls=tuple(replace(c, args="{}") for c in message.tool_calls)
-    )
-    room = max(limit - _tokens(bare, model), _MIN_TRUNCATED_TOKENS)
-    text_size = count_text(message.text, model)
-    arg_sizes = [count_text(c.args, model) for c in message.tool_calls]
-    total = max(text_size + sum(arg_sizes), 1)
-    calls = tuple(
-        replace(
-            c, args=_shrink_args(c.args, max(room * size // total, _MIN_TRUNCATED_TOKENS), model)
-        )
-        if size > room * size // total
-        else c
-        for c, size in zip(message.tool_calls, arg_sizes, strict=True)
-    )
-    keep = max(room * text_size // total, _MIN_TRUNCATED_TOKENS)
-    if isinstance(message.content, str):
-        content: str | tuple[Mapping[str, Any], ...] = truncate_text(message.content, keep, model)
-    else:
-        blocks = list(message.content)
-        text_idx = [
-            i
-            for i, b in enumerate(blocks)
-            if b.get("type", "text") in ("text", "input_text", "output_text")
-        ]
-        sizes = {i: max(1, count_text(str(blocks[i].get("text", "")), model)) for i in text_idx}
-        all_text = sum(sizes.values()) or 1
-        for i in text_idx:
-            share = max(_MIN_TRUNCATED_TOKENS, keep * sizes[i] // all_text)
-            blocks[i] = {
-                **blocks[i],
-                "text": truncate_text(str(blocks[i].get("text", "")), share, model),
-            }
-        content = tuple(blocks)
-    return replace(message, content=content, tool_calls=calls)
-
-
 # ---------------------------------------------------------------- the pruner
 
 
 def _setting(value: int | None, env: str | None, default: int) -> int:
-    """Keyword first, then the ``GRAPHTHRIFT_`` environment variable, then the default."""
-    if value is None and env and os.environ.get(env, "").strip():
-        raw = os.environ[env]
+    """Keyword first, then the ``GRAPHTHRIFT_`` setting (``graphthrift.config``), then the default."""
+    if value is None and env:
         try:
-            value = int(raw)
-        except ValueError:
-            raise HistoryConfigError(env, raw, "must be an integer") from None
+            value = env_int(env, default)
+        except ConfigError as exc:
+            raise HistoryConfigError(env, exc.value, exc.rule) from None
     return default if value is None else value
 
 
@@ -643,14 +330,14 @@ class HistoryPruner:
                 continue
             msgs.append(m)
             origin.append(i)
-        tokens = [_tokens(m, self.model) for m in msgs]
+        tokens = [message_tokens(m, self.model) for m in msgs]
         tokens_in = sum(tokens) + (TOKENS_REPLY_PRIMING if msgs else 0)
         truncated = [False] * len(msgs)
         request = self._request(msgs)
         for j, t in enumerate(tokens):
             if t > self.max_message_tokens and j not in request:
-                cut = _truncate(msgs[j], self.max_message_tokens, self.model)
-                cut_tokens = _tokens(cut, self.model)
+                cut = truncate_message(msgs[j], self.max_message_tokens, self.model)
+                cut_tokens = message_tokens(cut, self.model)
                 if cut_tokens < t:
                     msgs[j], tokens[j], truncated[j] = cut, cut_tokens, True
                     diagnostics.count("history_message_truncated")
@@ -747,7 +434,9 @@ class HistoryPruner:
         text = "\n".join(s for s in sections if s)
         if not text:
             return 0
-        return _tokens(Message(self.summary_role, f"{self.summary_prefix}\n{text}"), self.model)
+        return message_tokens(
+            Message(self.summary_role, f"{self.summary_prefix}\n{text}"), self.model
+        )
 
     def _steps(
         self,
@@ -989,13 +678,15 @@ class HistoryPruner:
             candidates = [
                 k
                 for k in range(len(sizes))
-                if k not in stuck and sizes[k] > _MIN_TRUNCATED_TOKENS * 2
+                if k not in stuck and sizes[k] > MIN_TRUNCATED_TOKENS * 2
             ]
             if excess <= 0 or not candidates:
                 break
             k = max(candidates, key=sizes.__getitem__)
-            cut = _truncate(msgs[k], max(sizes[k] - excess, _MIN_TRUNCATED_TOKENS * 2), self.model)
-            new_size = _tokens(cut, self.model)
+            cut = truncate_message(
+                msgs[k], max(sizes[k] - excess, MIN_TRUNCATED_TOKENS * 2), self.model
+            )
+            new_size = message_tokens(cut, self.model)
             if new_size >= sizes[k]:
                 stuck.add(k)
                 continue
@@ -1018,3 +709,31 @@ def prune_history(
         7
     """
     return HistoryPruner(**settings).prune(messages, state)
+
+
+def build_pruner(
+    owner: str,
+    pruner: HistoryPruner | None = None,
+    *,
+    summary_model: Any = None,
+    **settings: Any,
+) -> HistoryPruner:
+    """An adapter's pruner: ``pruner`` itself, or one built from ``settings``.
+
+    ``summary_model`` (a chat model) builds a ``ChatModelSummarizer``. ``None`` settings are
+    not given. Conflicting arguments raise ``ConfigError`` instead of being ignored:
+    ``pruner`` with any setting (or a ``summary_role`` other than the pruner's), and
+    ``summarizer`` with ``summary_model``.
+    """
+    given = {k: v for k, v in settings.items() if v is not None}
+    if pruner is not None:
+        role = given.pop("summary_role", None)
+        clash: dict[str, Any] = {**given, "summary_model": summary_model}
+        if role is not None and role != pruner.summary_role:
+            clash["summary_role"] = role
+        reject_conflicts(owner, "pruner", pruner, **clash)
+        return pruner
+    reject_conflicts(owner, "summarizer", given.get("summarizer"), summary_model=summary_model)
+    if summary_model is not None:
+        given["summarizer"] = ChatModelSummarizer(summary_model)
+    return HistoryPruner(**given)

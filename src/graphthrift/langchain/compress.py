@@ -16,7 +16,8 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import build_compressor
+from graphthrift.compress.result import CompressionResult, Compressor
 from graphthrift.kernel import run_tags
 from graphthrift.ledger.records import TAG_FIELDS
 
@@ -25,7 +26,7 @@ __all__ = ["CompressorDocumentCompressor", "ExtractiveDocumentCompressor", "call
 
 def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
     """Ledger tags from the callback manager LangChain hands a compressor (its metadata),
-    read through ``graphthrift.kernel.run_tags``."""
+    read by ``graphthrift.kernel.run_tags`` alone."""
     metadata: Mapping[str, Any] = {}
     if callbacks is not None and not isinstance(callbacks, list):
         metadata = (
@@ -33,10 +34,7 @@ def callback_tags(callbacks: Callbacks | None) -> dict[str, Any]:
             or getattr(callbacks, "metadata", None)
             or {}
         )
-    tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    # run_id, thread_id and the LangGraph node read the one way every adapter does
-    tags.update({k: v for k, v in run_tags({"metadata": metadata}).items() if k in TAG_FIELDS})
-    return tags
+    return {k: v for k, v in run_tags({"metadata": metadata}).items() if k in TAG_FIELDS}
 
 
 def _kept(documents: Sequence[Document], result: CompressionResult) -> list[Document]:
@@ -56,7 +54,7 @@ class CompressorDocumentCompressor(BaseDocumentCompressor):
         tags: fixed ledger tags; the run's metadata tags are added per call.
 
     Example:
-        >>> from graphthrift.compress.compressor import ExtractiveCompressor
+        >>> from graphthrift.compress import ExtractiveCompressor
         >>> dc = CompressorDocumentCompressor(compressor=ExtractiveCompressor(max_tokens=200))
         >>> dc.compress_documents([], "question")
         []
@@ -135,11 +133,13 @@ class ExtractiveDocumentCompressor(CompressorDocumentCompressor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        compressor = kwargs.pop("compressor", None) or ExtractiveCompressor(
+        compressor = build_compressor(
+            "ExtractiveDocumentCompressor",
+            kwargs.pop("compressor", None),
             target_ratio=target_ratio,
             max_tokens=max_tokens,
-            embedder=embedder,
             model=model,
-            scope=scope,
+            embedder=embedder,
+            scope=None if scope == "global" else scope,  # the default is not a setting
         )
         super().__init__(compressor=compressor, ledger=ledger, tags=dict(tags or {}), **kwargs)

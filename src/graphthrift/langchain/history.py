@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from graphthrift.history.pruner import PruneResult
+from graphthrift.history.state import PruneResult
 from graphthrift.text.messages import Message, message_fields
 
 __all__ = ["to_langchain"]

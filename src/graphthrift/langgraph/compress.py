@@ -15,14 +15,10 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from typing_extensions import TypedDict  # LangGraph's own states (MessagesState) use it
 
-from graphthrift.compress.compressor import (
-    CompressionResult,
-    Compressor,
-    ExtractiveCompressor,
-    book_savings,
-    drop_savings,
-)
-from graphthrift.compress.compressor import defer_saving as defer_saving_of
+from graphthrift.compress.compressor import build_compressor
+from graphthrift.compress.result import CompressionResult, Compressor
+from graphthrift.compress.savings import book_savings, drop_savings
+from graphthrift.compress.savings import defer_saving as defer_saving_of
 from graphthrift.kernel import read_state, run_tags
 from graphthrift.ledger.records import TAG_FIELDS, LedgerRecord
 from graphthrift.text.messages import to_messages
@@ -59,7 +55,9 @@ class CompressState(TypedDict):
 def resolve_compression_savings(state: Any, model: str | None, *, served: bool) -> dict[str, Any]:
     """Book (``served``: a model answered) or drop (a cache answered) the state's held
     compression savings; the state update that clears them (``{}`` when none are held)."""
-    keys = state.get("compression_pending") if isinstance(state, Mapping) else None
+    keys = read_state(
+        state, "compression_pending", schema="CompressState", node="compress_context", default=None
+    )
     if not keys:
         return {}
     if served:
@@ -80,14 +78,9 @@ class _Collect:
 
 
 def config_tags(config: RunnableConfig | None) -> dict[str, Any]:
-    """Ledger tags from a run's config (``graphthrift.kernel.run_tags``): metadata tags,
-    the LangGraph node, the thread id."""
-    if not config:
-        return {}
-    metadata = dict(config.get("metadata") or {})
-    tags = {k: metadata[k] for k in TAG_FIELDS if metadata.get(k) is not None}
-    tags.update({k: v for k, v in run_tags(config).items() if k in TAG_FIELDS})
-    return tags
+    """Ledger tags from a run's config, read by ``graphthrift.kernel.run_tags`` alone: the
+    metadata tags, the LangGraph node, the thread and run ids."""
+    return {k: v for k, v in run_tags(config).items() if k in TAG_FIELDS}
 
 
 def _read(state: Any, key: str) -> Any:
@@ -178,7 +171,9 @@ def compress_context(
 
     Args:
         compressor: any ``Compressor``; default an ``ExtractiveCompressor`` built from
-            ``target_ratio`` (kept fraction in (0, 1]), ``max_tokens`` and ``model``.
+            ``target_ratio`` (kept fraction in (0, 1]), ``max_tokens`` and ``model`` (the
+            downstream model's name). Given together with any of them, raises
+            ``ConfigError``: configure the compressor itself.
         ledger: where the saving is recorded (default: the compressor's own ledger, if any).
         tags: fixed ledger tags; the run's metadata (tenant_id, feature, ...), the node
             name and the thread id are added per call.
@@ -202,13 +197,13 @@ def compress_context(
         >>> builder.add_node("compress", compress_context(max_tokens=300))  # doctest: +ELLIPSIS
         <langgraph.graph.state.StateGraph object at ...>
     """
-    core: Compressor = compressor or ExtractiveCompressor(
-        target_ratio=target_ratio, max_tokens=max_tokens, model=model
+    core = build_compressor(
+        "compress_context",
+        compressor,
+        target_ratio=target_ratio,
+        max_tokens=max_tokens,
+        model=model,
     )
-    if compressor is not None and (target_ratio is not None or max_tokens is not None):
-        budget: dict[str, Any] = {"target_ratio": target_ratio, "max_tokens": max_tokens}
-    else:
-        budget = {}
     fixed = dict(tags or {})
     target_key = output_key or documents_key
 
@@ -246,13 +241,13 @@ def compress_context(
     def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
         question, items, texts, call_tags = inputs(state, config)
         sink = target(state)
-        result = core.compress(question, texts, ledger=sink, tags=call_tags, **budget)
+        result = core.compress(question, texts, ledger=sink, tags=call_tags)
         return update(items, result, sink)
 
     async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
         question, items, texts, call_tags = inputs(state, config)
         sink = target(state)
-        result = await core.acompress(question, texts, ledger=sink, tags=call_tags, **budget)
+        result = await core.acompress(question, texts, ledger=sink, tags=call_tags)
         return update(items, result, sink)
 
     return RunnableLambda(node, afunc=anode, name=name)

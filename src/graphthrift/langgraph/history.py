@@ -30,11 +30,12 @@ from langchain_core.runnables import RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
-from graphthrift.history.pruner import HistoryPruner, PruneResult
+from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.state import PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
 from graphthrift.langgraph._state import latest
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.summarize.base import Summarizer
 
 __all__ = ["HistoryMessagesState", "HistoryState", "summarize_history", "to_langchain"]
 
@@ -75,6 +76,7 @@ def summarize_history(
     *,
     pruner: HistoryPruner | None = None,
     summarizer: Summarizer | None = None,
+    summary_model: Any = None,
     max_tokens: int | None = None,
     target_tokens: int | None = None,
     keep_turns: int | None = None,
@@ -103,6 +105,11 @@ def summarize_history(
     Args:
         pruner: a configured ``HistoryPruner``; otherwise one is built from the settings
             below (see ``HistoryPruner`` for each, and their ``GRAPHTHRIFT_HISTORY_*`` env).
+            Given with any of them, raises ``ConfigError``.
+        summarizer: writes the summary (default ``ExtractiveSummarizer``, no LLM).
+        summary_model: a chat model that writes the summary instead (a
+            ``ChatModelSummarizer`` over it); not together with ``summarizer``.
+        model: the model *name* whose tokenizer counts tokens.
         summary_role: ``"user"`` (default, as ``HistoryPruningMiddleware`` and langchain's
             ``SummarizationMiddleware``) or ``"system"``. The summary is written from what
             users and tools said, so it must not carry a system prompt's authority (a tool
@@ -124,7 +131,10 @@ def summarize_history(
     """
     if mode not in ("view", "replace"):
         raise ValueError(f"summarize_history mode must be 'view' or 'replace', got {mode!r}")
-    core = pruner or HistoryPruner(
+    core = build_pruner(
+        "summarize_history",
+        pruner,
+        summary_model=summary_model,
         summarizer=summarizer,
         max_tokens=max_tokens,
         target_tokens=target_tokens,

@@ -28,8 +28,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtra("llamaindex", "llama-index-core") from exc
 
-from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult, truncate_text
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.state import HistoryState, PruneResult
+from graphthrift.history.truncate import truncate_text
+from graphthrift.summarize.base import Summarizer
 from graphthrift.text.messages import Message
 from graphthrift.text.tokens import count_text, seed_tiktoken_cache
 
@@ -40,15 +42,13 @@ _DEFAULT_SESSION = "default"
 _CONTEXT_WINDOW_RATIO = 0.75
 
 
-def _build_pruner(pruner: HistoryPruner | None, settings: dict[str, Any]) -> HistoryPruner:
+def _build_pruner(
+    owner: str, pruner: HistoryPruner | None, settings: dict[str, Any]
+) -> HistoryPruner:
     # llama_index's default tokenizer (cl100k_base) reads the tiktoken cache that
     # graphthrift.text.tokens points TIKTOKEN_CACHE_DIR at; seed it so Memory works offline too.
     seed_tiktoken_cache()
-    if pruner is not None:
-        if settings:
-            raise ValueError(f"pass either pruner or pruner settings, not both: {sorted(settings)}")
-        return pruner
-    return HistoryPruner(**settings)
+    return build_pruner(owner, pruner, **settings)
 
 
 def _to_llamaindex(result: PruneResult, summary_role: str) -> list[ChatMessage]:
@@ -99,7 +99,7 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
     def __init__(self, *, pruner: HistoryPruner | None = None, **data: Any) -> None:
         settings = {k: data.pop(k) for k in list(data) if k in _PRUNER_SETTINGS}
         super().__init__(**data)
-        self._pruner = _build_pruner(pruner, settings)
+        self._pruner = _build_pruner(type(self).__name__, pruner, settings)
 
     @property
     def pruner(self) -> HistoryPruner:
@@ -142,6 +142,7 @@ _PRUNER_SETTINGS = frozenset(
         "summary_role",
         "summary_prefix",
         "model",
+        "summary_model",
     }
 )
 
@@ -166,7 +167,7 @@ class PrunedChatMemory(BaseChatStoreMemory):
     def __init__(self, *, pruner: HistoryPruner | None = None, **data: Any) -> None:
         settings = {k: data.pop(k) for k in list(data) if k in _PRUNER_SETTINGS}
         super().__init__(**data)
-        self._pruner = _build_pruner(pruner, settings)
+        self._pruner = _build_pruner(type(self).__name__, pruner, settings)
 
     @classmethod
     def class_name(cls) -> str:
@@ -188,14 +189,13 @@ class PrunedChatMemory(BaseChatStoreMemory):
         the LLM's context window when ``llm`` is given, else to ``HistoryPruner``'s."""
         if llm is not None and max_tokens is None and pruner is None:
             max_tokens = int(llm.metadata.context_window * _CONTEXT_WINDOW_RATIO)
-        if pruner is None:
-            settings.update(
-                {
-                    k: v
-                    for k, v in (("summarizer", summarizer), ("max_tokens", max_tokens))
-                    if v is not None
-                }
-            )
+        settings.update(
+            {
+                k: v
+                for k, v in (("summarizer", summarizer), ("max_tokens", max_tokens))
+                if v is not None
+            }
+        )
         store = chat_store or SimpleChatStore()
         if chat_history is not None:
             store.set_messages(chat_store_key, chat_history)

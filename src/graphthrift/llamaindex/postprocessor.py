@@ -25,7 +25,9 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from graphthrift.compress.compressor import CompressionResult, Compressor, ExtractiveCompressor
+from graphthrift.compress.compressor import build_compressor
+from graphthrift.compress.result import CompressionResult, Compressor
+from graphthrift.kernel import run_tags
 from graphthrift.llamaindex.instrumentation import TAG_KEYS, current_tags
 
 __all__ = ["CompressionPostprocessor"]
@@ -60,7 +62,7 @@ class CompressionPostprocessor(BaseNodePostprocessor):
 
     Args:
         compressor: any graphthrift ``Compressor``; default an ``ExtractiveCompressor``
-            built from the settings below.
+            built from the settings below (given with any of them, raises ``ConfigError``).
         target_ratio: kept fraction in (0, 1] (kept tokens / original tokens).
         max_tokens: absolute budget for all text nodes together.
         model: the downstream model (counts tokens, prices the saving in the ledger).
@@ -98,8 +100,13 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         tags: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        core = compressor or ExtractiveCompressor(
-            target_ratio=target_ratio, max_tokens=max_tokens, model=model, embedder=embedder
+        core = build_compressor(
+            "CompressionPostprocessor",
+            compressor,
+            target_ratio=target_ratio,
+            max_tokens=max_tokens,
+            model=model,
+            embedder=embedder,
         )
         fields: dict[str, Any] = {"compressor": core, "ledger": ledger, "tags": dict(tags or {})}
         super().__init__(**fields, **kwargs)
@@ -140,9 +147,12 @@ class CompressionPostprocessor(BaseNodePostprocessor):
         return self._merge(nodes, text_at, result)
 
     def _tags(self) -> dict[str, Any]:
-        """The constructor's tags, overridden by the enclosing ``tags()`` blocks."""
+        """Tags bound with ``graphthrift.scoped`` (read by ``graphthrift.kernel.run_tags``),
+        then the constructor's, then the enclosing ``tags()`` blocks': as the kernel orders
+        them, a run's own tags win over an adapter's fixed ones, which win over bound ones."""
+        bound = {k: v for k, v in run_tags(None).items() if k in TAG_KEYS}
         scoped = {k: v for k, v in current_tags().items() if k in TAG_KEYS}
-        return {**self.tags, **scoped}
+        return {**bound, **self.tags, **scoped}
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None

@@ -37,10 +37,11 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
-from graphthrift.history.pruner import HistoryPruner, HistoryState, PruneResult
+from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.state import HistoryState, PruneResult
 from graphthrift.kernel import read_state
 from graphthrift.langchain.history import to_langchain
-from graphthrift.summarize.summarizer import Summarizer
+from graphthrift.summarize.base import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
 
@@ -59,9 +60,13 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
 
     Args:
         pruner: a configured ``HistoryPruner``; otherwise one is built from the settings
-            below (see ``HistoryPruner``; env ``GRAPHTHRIFT_HISTORY_*``).
+            below (see ``HistoryPruner``; env ``GRAPHTHRIFT_HISTORY_*``). Given with any
+            of them, raises ``ConfigError``.
         summarizer: writes the summary (default ``ExtractiveSummarizer``; use
-            ``ChatModelSummarizer(model, ledger=...)`` for an LLM summary booked in the ledger).
+            ``ChatModelSummarizer(chat_model, ledger=...)`` for an LLM summary booked in the
+            ledger).
+        summary_model: a chat model that writes the summary instead (a
+            ``ChatModelSummarizer`` over it); not together with ``summarizer``.
         max_tokens, target_tokens, keep_turns, max_summary_tokens, model: the pruner's
             high watermark, low watermark, verbatim turns, summary cap and token model.
         summary_role: ``"user"`` (default, as ``SummarizationMiddleware``, the LangGraph
@@ -88,6 +93,7 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
         *,
         pruner: HistoryPruner | None = None,
         summarizer: Summarizer | None = None,
+        summary_model: Any = None,
         max_tokens: int | None = None,
         target_tokens: int | None = None,
         keep_turns: int | None = None,
@@ -101,7 +107,10 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
             raise ValueError(
                 f"HistoryPruningMiddleware mode must be 'view' or 'replace', got {mode!r}"
             )
-        self.pruner = pruner or HistoryPruner(
+        self.pruner = build_pruner(
+            "HistoryPruningMiddleware",
+            pruner,
+            summary_model=summary_model,
             summarizer=summarizer,
             max_tokens=max_tokens,
             target_tokens=target_tokens,

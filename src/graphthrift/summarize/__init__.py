@@ -7,20 +7,20 @@ from typing import TYPE_CHECKING
 from graphthrift._lazy import lazy_getattr
 
 _EXPORTS = {
-    "ChatModelSummarizer": ".summarizer",
-    "ExtractiveSummarizer": ".summarizer",
-    "SECTION_NAME": ".summarizer",
-    "Summarizer": ".summarizer",
-    "is_compaction": ".summarizer",
-    "render_transcript": ".summarizer",
+    "ChatModelSummarizer": ".chat_model",
+    "ExtractiveSummarizer": ".extractive",
+    "SECTION_NAME": ".base",
+    "Summarizer": ".base",
+    "is_compaction": ".base",
+    "render_transcript": ".transcript",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .summarizer import SECTION_NAME as SECTION_NAME
-    from .summarizer import ChatModelSummarizer as ChatModelSummarizer
-    from .summarizer import ExtractiveSummarizer as ExtractiveSummarizer
-    from .summarizer import Summarizer as Summarizer
-    from .summarizer import is_compaction as is_compaction
-    from .summarizer import render_transcript as render_transcript
+    from .base import SECTION_NAME as SECTION_NAME
+    from .base import Summarizer as Summarizer
+    from .base import is_compaction as is_compaction
+    from .chat_model import ChatModelSummarizer as ChatModelSummarizer
+    from .extractive import ExtractiveSummarizer as ExtractiveSummarizer
+    from .transcript import render_transcript as render_transcript

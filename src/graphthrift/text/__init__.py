@@ -9,6 +9,7 @@ from graphthrift._lazy import lazy_getattr
 _EXPORTS = {
     "Message": ".messages",
     "REPLACEMENT": ".repair",
+    "TOKENS_REPLY_PRIMING": ".tokens",
     "TokenCount": ".tokens",
     "ToolCall": ".messages",
     "clean_json": ".repair",
@@ -24,6 +25,9 @@ _EXPORTS = {
     "seed_tiktoken_cache": ".tokens",
     "to_message": ".messages",
     "to_messages": ".messages",
+    "split_chat_sentences": ".sentences",
+    "split_sentences": ".sentences",
+    "truncate_head": ".tokens",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -39,6 +43,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .repair import clean_json as clean_json
     from .repair import clean_text as clean_text
     from .repair import needs_repair as needs_repair
+    from .sentences import split_chat_sentences as split_chat_sentences
+    from .sentences import split_sentences as split_sentences
+    from .tokens import TOKENS_REPLY_PRIMING as TOKENS_REPLY_PRIMING
     from .tokens import TokenCount as TokenCount
     from .tokens import count_message as count_message
     from .tokens import count_messages as count_messages
@@ -46,3 +53,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .tokens import encoding_name_for as encoding_name_for
     from .tokens import get_encoding as get_encoding
     from .tokens import seed_tiktoken_cache as seed_tiktoken_cache
+    from .tokens import truncate_head as truncate_head

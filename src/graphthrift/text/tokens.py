@@ -224,3 +224,12 @@ def count_messages(
         total += tokens
         reasons.extend(why)
     return TokenCount(total, name, bool(reasons), tuple(dict.fromkeys(reasons)))
+
+
+def truncate_head(text: str, max_tokens: int) -> str:
+    """The head of ``text`` in at most ``max_tokens`` o200k tokens, with "…" where it was cut."""
+    encoding = get_encoding("o200k_base")
+    ids = encoding.encode(text, disallowed_special=())
+    if len(ids) <= max_tokens:
+        return text
+    return encoding.decode(ids[: max(1, max_tokens - 1)]).rstrip() + "…"
