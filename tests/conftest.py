@@ -19,6 +19,10 @@ atexit.register(shutil.rmtree, _HOME, True)
 os.environ.setdefault("GRAPHTHRIFT_TEST_HOME", str(_HOME))
 os.environ["HOME"] = str(_HOME)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# A cache lookup past its deadline is a miss (fail open). On a loaded 2-core CI machine the
+# 0.1 s default turns hits into misses, and a test would measure the machine, not the cache;
+# the deadline tests pass timeout= themselves.
+os.environ.setdefault("GRAPHTHRIFT_CACHE_TIMEOUT", "2")
 # One embedded server for the session; notebooks run by nbmake inherit it through this.
 # Never the user's own home or database: GRAPHTHRIFT_TEST_DATABASE_URL selects a server.
 os.environ["GRAPHTHRIFT_HOME"] = str(_HOME / "graphthrift")

@@ -20,9 +20,9 @@ from graphthrift import CostTagger, diagnostics
 from graphthrift.budget import Budget
 from graphthrift.compress import ExtractiveCompressor
 from graphthrift.langgraph import BudgetState, CompressState, RouteState
-from graphthrift.langgraph.budget import budget_guard, route_on_budget
+from graphthrift.langgraph.budget import enforce_budget, route_on_budget
 from graphthrift.langgraph.compress import compress_context
-from graphthrift.langgraph.route import route_model
+from graphthrift.langgraph.route import choose_model
 from graphthrift.route import Router
 from graphthrift.text import count_text
 
@@ -68,7 +68,7 @@ class RagState(CompressState, BudgetState, RouteState):
 def _graph(ledger: Any, budget: Budget, *, compress: bool, cached: bool = False) -> Any:
     router = Router(CHEAP, STRONG, ledger=ledger)
     models = {CHEAP: CountingFake(model_name=CHEAP), STRONG: CountingFake(model_name=STRONG)}
-    guard = budget_guard(budget, model=STRONG)
+    guard = enforce_budget(budget, model=STRONG)
     builder = StateGraph(RagState)
     builder.add_node("retrieve", lambda s: {"documents": DOCS})
     compressor = ExtractiveCompressor(target_ratio=0.4, embedder=False, model=STRONG)
@@ -80,14 +80,14 @@ def _graph(ledger: Any, budget: Budget, *, compress: bool, cached: bool = False)
     builder.add_node("prompt", prompt)
     builder.add_node("guard", guard.guard)
     hit = AIMessage("cached answer", response_metadata={"graphthrift_cache": {"kind": "exact"}})
-    answer: Any = (lambda s: {"messages": [hit]}) if cached else route_model(router, models=models)
+    answer: Any = (lambda s: {"messages": [hit]}) if cached else choose_model(router, models=models)
     builder.add_node("answer", answer)
     builder.add_node("settle", guard.settle)
     builder.add_edge(START, "retrieve")
     builder.add_edge("retrieve", "compress" if compress else "prompt")
     builder.add_edge("compress", "prompt")
     builder.add_edge("prompt", "guard")
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "answer", "end": END})
+    builder.add_conditional_edges("guard", route_on_budget("answer"))
     builder.add_edge("answer", "settle")
     builder.add_edge("settle", END)
     return builder.compile()

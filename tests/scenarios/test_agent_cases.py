@@ -31,7 +31,7 @@ from graphthrift import Budget, CostTagger, ExactCache, Ledger, Router, Semantic
 from graphthrift.middleware import (
     BudgetMiddleware,
     HistoryPruningMiddleware,
-    RouterMiddleware,
+    ModelRoutingMiddleware,
     SemanticCacheMiddleware,
 )
 
@@ -173,7 +173,7 @@ def test_budget_outside_the_router_books_every_routed_call(store: Any, ledger: L
         log,
         [
             BudgetMiddleware(budget),
-            RouterMiddleware(router, cheap_model=cheap, strong_model=strong),
+            ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong),
         ],
     )
     tenant, thread = world.tenants[0], f"esc-{uuid.uuid4().hex[:8]}"
@@ -197,7 +197,7 @@ def test_budget_behind_the_router_prices_models_that_name_no_model(store: Any) -
         world,
         log,
         [
-            RouterMiddleware(router, cheap_model=cheap, strong_model=strong),
+            ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong),
             BudgetMiddleware(budget),
         ],
     )

@@ -7,7 +7,7 @@ the README's order (outermost first):
     tenant_prompt (dynamic_prompt)  -> the system prompt the cache key fingerprints
     SemanticCacheMiddleware         -> a hit skips everything below
     HistoryPruningMiddleware        -> what is sent is what gets routed, reserved and paid
-    RouterMiddleware                -> picks cheap or strong per call
+    ModelRoutingMiddleware                -> picks cheap or strong per call
     BudgetMiddleware                -> reserves the routed call at the model actually called
     ToolBudgetMiddleware            -> caps tool calls per step
     CostTagger (callback)           -> one ledger row per model call
@@ -51,7 +51,7 @@ from graphthrift import Budget, CostTagger, Ledger, Router, SemanticCache, diagn
 from graphthrift.middleware import (
     BudgetMiddleware,
     HistoryPruningMiddleware,
-    RouterMiddleware,
+    ModelRoutingMiddleware,
     SemanticCacheMiddleware,
     ToolBudgetMiddleware,
 )
@@ -104,7 +104,7 @@ def build_agent(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
             tenant_prompt,
             SemanticCacheMiddleware(cache),
             HistoryPruningMiddleware(max_tokens=700, target_tokens=400, model=CHEAP),
-            RouterMiddleware(router, cheap_model=cheap, strong_model=strong),
+            ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong),
             BudgetMiddleware(budget),
             ToolBudgetMiddleware(max_tool_calls_per_step=1),
         ],

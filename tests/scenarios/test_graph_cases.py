@@ -12,13 +12,13 @@ from graphthrift import Budget, CostTagger, ExactCache, Ledger, Router
 from graphthrift.errors import StateSchemaError
 from graphthrift.langgraph import (
     RouteState,
-    budget_guard,
     cache_answer,
+    choose_model,
+    enforce_budget,
     lookup_cache,
-    route_by_model,
-    route_model,
     route_on_budget,
     route_on_cache_hit,
+    route_on_model,
 )
 
 from fakes import CallLog, RecordingChatModel
@@ -65,13 +65,13 @@ def test_budget_guard_on_plain_messages_state_settles_or_says_why(store: Any) ->
     log = CallLog()
     model = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
     budget = Budget(store, max_tokens={"thread": 50_000}, max_output_tokens=100)
-    guard = budget_guard(budget, model=CHEAP)
+    guard = enforce_budget(budget, model=CHEAP)
     builder = StateGraph(MessagesState)
     builder.add_node("guard", guard.guard)
     builder.add_node("agent", guard.model_node(model))
     builder.add_node("settle", guard.settle)
     builder.add_edge(START, "guard")
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "agent", "end": END})
+    builder.add_conditional_edges("guard", route_on_budget("agent"))
     builder.add_edge("agent", "settle")
     builder.add_edge("settle", END)
     tenant, thread = World.make().tenants[0], f"plain-{uuid.uuid4().hex[:8]}"
@@ -97,9 +97,9 @@ def test_route_rows_name_their_node(store: Any, ledger: Ledger) -> None:
     }
     router = Router(cheap=CHEAP, strong=STRONG, ledger=ledger)
     builder = StateGraph(RouteState)
-    builder.add_node("route", route_model(router, models=models))
+    builder.add_node("route", choose_model(router, models=models))
     builder.add_edge(START, "route")
-    builder.add_conditional_edges("route", route_by_model, {END: END, CHEAP: END, STRONG: END})
+    builder.add_conditional_edges("route", route_on_model(END, END))
     tenant = World.make().tenants[0]
     builder.compile().invoke(
         {"messages": [("user", "What are your opening hours?")]},

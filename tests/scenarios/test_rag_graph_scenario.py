@@ -2,7 +2,7 @@
 
     START -> retrieve -> compress (compress_context, defer_saving=True) -> lookup (lookup_cache)
           -> hit: END | miss: prune (summarize_history) -> route (route_model)
-          -> guard (budget_guard) -> model -> settle -> route (accept or escalate)
+          -> guard (enforce_budget) -> model -> settle -> route (accept or escalate)
           -> store (cache_answer) -> END
 
 Two tenants x two users x two threads, seeded conversations over invoke,
@@ -50,14 +50,14 @@ from graphthrift.langgraph import (
     CompressState,
     HistoryState,
     RouteState,
-    budget_guard,
     cache_answer,
+    choose_model,
     compress_context,
+    enforce_budget,
     lookup_cache,
-    route_by_model,
-    route_model,
     route_on_budget,
     route_on_cache_hit,
+    route_on_model,
     summarize_history,
 )
 
@@ -164,7 +164,7 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
     cache = SemanticCache(store, namespace=f"rag-{world.tenants[0]}", ledger=ledger, timeout=5)
     budget = Budget(store, max_tokens={"thread": THREAD_TOKEN_LIMIT}, max_output_tokens=150)
     router = Router(cheap=CHEAP, strong=STRONG, ledger=ledger, threshold=0.95)
-    guard = budget_guard(budget, model=STRONG)
+    guard = enforce_budget(budget, model=STRONG)
 
     def retrieve(state: RagState, config: RunnableConfig) -> dict[str, Any]:
         md = config.get("metadata") or {}
@@ -195,7 +195,7 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
     )
     builder.add_node("lookup", lookup_cache(cache))
     builder.add_node("prune", summarize_history(max_tokens=400, model=CHEAP))
-    builder.add_node("route", route_model(router))
+    builder.add_node("route", choose_model(router))
     builder.add_node("guard", guard.guard)
     builder.add_node("model", model)
     builder.add_node("settle", guard.settle)
@@ -205,10 +205,8 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
     builder.add_edge("compress", "lookup")
     builder.add_conditional_edges("lookup", route_on_cache_hit("prune"))
     builder.add_edge("prune", "route")
-    builder.add_conditional_edges(
-        "route", route_by_model, {CHEAP: "guard", STRONG: "guard", END: "store"}
-    )
-    builder.add_conditional_edges("guard", route_on_budget, {"continue": "model", "end": "store"})
+    builder.add_conditional_edges("route", route_on_model("guard", "guard", "store"))
+    builder.add_conditional_edges("guard", route_on_budget("model", "store"))
     builder.add_edge("model", "settle")
     builder.add_edge("settle", "route")
     builder.add_edge("store", END)

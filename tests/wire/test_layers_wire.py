@@ -29,7 +29,7 @@ from graphthrift.langchain.cache import as_langchain_cache
 from graphthrift.middleware import (
     BudgetMiddleware,
     HistoryPruningMiddleware,
-    RouterMiddleware,
+    ModelRoutingMiddleware,
     SemanticCacheMiddleware,
 )
 
@@ -142,7 +142,7 @@ def test_router_names_its_model_in_the_body(wire: WireServer, ledger: Ledger, te
     agent = create_agent(
         cheap,
         tools=[],
-        middleware=[RouterMiddleware(router, cheap_model=cheap, strong_model=strong)],
+        middleware=[ModelRoutingMiddleware(router, cheap_model=cheap, strong_model=strong)],
     )
     wire.reply(text="I'm not sure.", input_tokens=40, output_tokens=5)
     wire.reply(text="Open the app, then Card > Freeze.", input_tokens=40, output_tokens=9)
