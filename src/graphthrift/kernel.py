@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from graphthrift.ledger.usage import read_usage
@@ -34,6 +34,7 @@ from graphthrift.ledger.usage import read_usage
 __all__ = [
     "CACHE_SCOPE_KEYS",
     "RUN_TAG_KEYS",
+    "RunTagsBinding",
     "answered_by",
     "ask_human",
     "bind_run_tags",
@@ -73,9 +74,48 @@ CACHE_SCOPE_KEYS: tuple[str, ...] = (
     "corpus_version",
 )
 
-_RUN_TAGS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "graphthrift_run_tags", default=None
+
+class RunTagsBinding:
+    """One binding of run tags: a frame on the current context's stack of bound tags.
+
+    Frames are removed by identity, not by resetting the variable, so bindings may end in
+    any order: two callback handlers see a call's start and end in the same order, and a
+    token reset would restore the first call's tags after both ended.
+    """
+
+    __slots__ = ("replace", "tags")
+
+    def __init__(self, tags: Mapping[str, Any], *, replace: bool = False) -> None:
+        self.tags = dict(tags)
+        self.replace = replace
+
+
+_RUN_TAGS: contextvars.ContextVar[tuple[RunTagsBinding, ...]] = contextvars.ContextVar(
+    "graphthrift_run_tags", default=()
 )
+
+
+def _bound_tags() -> dict[str, Any] | None:
+    frames = _RUN_TAGS.get()
+    if not frames:
+        return None
+    merged: dict[str, Any] = {}
+    for frame in frames:
+        if frame.replace:
+            merged = {}
+        merged.update(frame.tags)
+    return merged
+
+
+def _push(frame: RunTagsBinding) -> RunTagsBinding:
+    _RUN_TAGS.set((*_RUN_TAGS.get(), frame))
+    return frame
+
+
+def _pop(frame: RunTagsBinding) -> None:
+    frames = _RUN_TAGS.get()
+    if any(f is frame for f in frames):
+        _RUN_TAGS.set(tuple(f for f in frames if f is not frame))
 
 
 def _set(value: Any) -> bool:
@@ -92,7 +132,7 @@ def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
     metadata: Mapping[str, Any] = config.get("metadata") or {}
     configurable: Mapping[str, Any] = config.get("configurable") or {}
     out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
-    bound = _RUN_TAGS.get() or {}
+    bound = _bound_tags() or {}
     for key in RUN_TAG_KEYS:
         if _set(bound.get(key)) and key not in out:
             out[key] = bound[key]
@@ -116,7 +156,7 @@ def cache_scope(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any
     falling back to ``user_id``. ``fixed`` values are defaults the metadata overrides."""
     metadata: Mapping[str, Any] = (config or {}).get("metadata") or {}
     out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
-    bound = _RUN_TAGS.get() or {}
+    bound = _bound_tags() or {}
     if "tenant_id" not in out and _set(bound.get("tenant_id")):
         out["tenant_id"] = bound["tenant_id"]
     if "scope" not in out and _set(bound.get("user_id")):
@@ -155,27 +195,26 @@ def bound_run_tags(tags: Mapping[str, Any]) -> Iterator[None]:
     ``current_run_tags``. Context variables follow asyncio tasks and copied contexts, so
     concurrent runs never see each other's tags.
     """
-    token = _RUN_TAGS.set(dict(tags))
+    frame = _push(RunTagsBinding(tags, replace=True))
     try:
         yield
     finally:
-        _RUN_TAGS.reset(token)
+        _pop(frame)
 
 
-def bind_run_tags(tags: Mapping[str, Any]) -> contextvars.Token[Mapping[str, Any] | None]:
+def bind_run_tags(tags: Mapping[str, Any]) -> RunTagsBinding:
     """Bind ``tags`` (over the ones already bound) until ``unbind_run_tags(token)``.
 
     For callback handlers, whose start and end of a model call are two methods: the start
     binds, the end unbinds. ``bound_run_tags`` is the ``with`` form.
     """
-    merged = {**(_RUN_TAGS.get() or {}), **{k: v for k, v in tags.items() if _set(v)}}
-    return _RUN_TAGS.set(merged)
+    return _push(RunTagsBinding({k: v for k, v in tags.items() if _set(v)}))
 
 
-def unbind_run_tags(token: contextvars.Token[Mapping[str, Any] | None]) -> None:
-    """Undo ``bind_run_tags``; a token from another context (or used twice) is ignored."""
-    with suppress(ValueError, RuntimeError):
-        _RUN_TAGS.reset(token)
+def unbind_run_tags(binding: RunTagsBinding) -> None:
+    """Undo ``bind_run_tags``, in any order; a binding of another context (or undone twice)
+    is ignored."""
+    _pop(binding)
 
 
 @contextmanager
@@ -191,14 +230,16 @@ def scoped(**tags: Any) -> Iterator[None]:
 
     Blocks nest: an inner block overrides an outer one key by key; None leaves a key as is.
     """
-    merged = {**(_RUN_TAGS.get() or {}), **{k: v for k, v in tags.items() if v is not None}}
-    with bound_run_tags(merged):
+    frame = _push(RunTagsBinding({k: v for k, v in tags.items() if v is not None}))
+    try:
         yield
+    finally:
+        _pop(frame)
 
 
 def current_run_tags() -> Mapping[str, Any] | None:
     """The tags bound by ``bound_run_tags`` for the current context, or None."""
-    return _RUN_TAGS.get()
+    return _bound_tags()
 
 
 class _Missing:

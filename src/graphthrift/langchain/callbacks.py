@@ -176,6 +176,8 @@ class CostTagger(BaseCallbackHandler):
     # -- scope for code that cannot see the config (our BaseCache) ---------------------------
 
     def _bind(self, run_id: UUID, meta: dict[str, Any]) -> None:
+        if run_id in self._bound:  # the same handler twice in a call's callbacks: bind once
+            return
         tags = run_tags({"metadata": meta}, **self._defaults)
         if meta.get("scope") not in (None, ""):
             tags["scope"] = meta["scope"]
