@@ -34,6 +34,11 @@ __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from graphthrift.errors import HistoryConfigError as HistoryConfigError
+    from graphthrift.errors import HistoryRequestTooLarge as HistoryRequestTooLarge
+    from graphthrift.errors import HistoryStateError as HistoryStateError
+    from graphthrift.errors import UnsupportedMessage as UnsupportedMessage
+
     from .pricing import PromptTurn as PromptTurn
     from .pricing import SummarizerCall as SummarizerCall
     from .pricing import TurnPrice as TurnPrice
@@ -48,11 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .recall import FoldedTurn as FoldedTurn
     from .recall import FoldedTurnStore as FoldedTurnStore
     from .recall import RecalledSnippet as RecalledSnippet
+    from .state import SUMMARY_ID as SUMMARY_ID
     from .state import HistoryState as HistoryState
     from .state import PruneResult as PruneResult
-    from .state import SUMMARY_ID as SUMMARY_ID
     from .truncate import truncate_text as truncate_text
-    from graphthrift.errors import HistoryConfigError as HistoryConfigError
-    from graphthrift.errors import HistoryRequestTooLarge as HistoryRequestTooLarge
-    from graphthrift.errors import HistoryStateError as HistoryStateError
-    from graphthrift.errors import UnsupportedMessage as UnsupportedMessage
