@@ -213,9 +213,11 @@ class HistoryPruner:
         recall: a ``FoldedTurnStore``. Folded turns are kept in it verbatim, and each call
             given a ``thread`` recalls the ``recall_k`` folded turns most relevant to the
             latest user message into one message just before it (after the cached
-            prefix), inside ``max_tokens`` and at most ``recall_tokens``.
+            prefix), inside ``max_tokens`` and at most ``recall_tokens``. The window then
+            folds once it passes ``max_tokens - recall_tokens``, so they always have room.
         recall_k: snippets recalled per call (default 3).
-        recall_tokens: the recall message's cap (default an eighth of ``max_tokens``).
+        recall_tokens: the recall message's cap (default an eighth of ``max_tokens``, at
+            least 64); the room left under ``max_tokens`` bounds it too.
 
     The latest human turn (the last user message, with the user messages right before it)
     is always sent verbatim: it is never truncated, and when the budget cannot hold it with
@@ -315,7 +317,7 @@ class HistoryPruner:
         if recall is not None and not isinstance(recall, FoldedTurnStore):
             raise HistoryConfigError("recall", recall, "must be a FoldedTurnStore")
         _check("recall_k", recall_k, 1, None, "must be an integer >= 1 snippets")
-        recall_cap = _setting(recall_tokens, None, max(high // 8, 16))
+        recall_cap = _setting(recall_tokens, None, min(max(high // 8, 64), high))
         _check("recall_tokens", recall_cap, 1, high, f"must be in [1, max_tokens={high}]")
         self.fold_policy: Literal["cost", "budget"] = fold_policy
         self.price_model = price_model
@@ -662,7 +664,9 @@ class HistoryPruner:
         summary_now = self._summary_tokens(state.sections)
         forced = b < n and not work.cut_ok[b]  # an orphan ToolMessage would open the window
         held_extra = sum(work.tokens[i] for i in held if i not in work.request)
-        over = total(b, summary_now) + held_extra > self.max_tokens
+        # With recall the window leaves the recalled turns their room under the budget.
+        reserve = self.recall_tokens if scope is not None else 0
+        over = total(b, summary_now) + held_extra + reserve > self.max_tokens
         new_b, compacted = b, False
         folded_now: tuple[int, ...] = ()
         if fold and n and (forced or over):

@@ -144,6 +144,11 @@ _PRUNER_SETTINGS = frozenset(
         "model",
         "summary_model",
         "recall",
+        "recall_k",
+        "recall_tokens",
+        "fold_policy",
+        "price_model",
+        "cache_pricing",
     }
 )
 
