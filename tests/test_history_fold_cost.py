@@ -51,10 +51,9 @@ def test_the_module_examples_hold() -> None:
 def test_rates_come_from_the_price_book() -> None:
     book = default_price_book()
     pricing = CachePricing.for_model("anthropic:claude-sonnet-4-5")
-    million = 1_000_000
-    assert pricing.input_usd * million == pytest.approx(
-        book.cost("anthropic:claude-sonnet-4-5", million, 0)
-    )
+    n = 50_000  # a prompt of 50k tokens, as the pruner prices one (not a long-context tier)
+    assert pricing.input_usd * n == pytest.approx(book.cost("anthropic:claude-sonnet-4-5", n, 0))
+    assert pricing.output_usd * n == pytest.approx(book.cost("anthropic:claude-sonnet-4-5", 0, n))
     assert pricing.cached_read_usd < pricing.input_usd < pricing.cache_write_usd
     openai = CachePricing.for_model("openai:gpt-4o")
     assert openai.cache_write_usd == pytest.approx(openai.input_usd)  # no write surcharge

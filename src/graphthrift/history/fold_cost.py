@@ -30,7 +30,9 @@ __all__ = ["DEFAULT_FOLD_PRICE_MODEL", "CachePricing", "fold_pays"]
 #: Anthropic one (0.1x cached reads, 1.25x writes), where an early fold pays least, so the
 #: default folds early only in long threads.
 DEFAULT_FOLD_PRICE_MODEL = DEFAULT_PRICE_MODELS[0]
-_MTOK = 1_000_000
+# Rates are read off the cost of this many tokens: well under the long-context tiers
+# (Anthropic bills prompts over 200k tokens at a higher rate).
+_REF = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +80,14 @@ class CachePricing:
 
         def rate(inp: int, out: int, cached: int, written: int) -> float:
             cost = book.cost(price_model, inp, out, cached, cache_write_tokens=written)
-            return (cost or 0.0) / _MTOK
+            return (cost or 0.0) / _REF
 
-        written = rate(_MTOK, 0, 0, _MTOK) if rules.writes_cached else rate(_MTOK, 0, 0, 0)
+        written = rate(_REF, 0, 0, _REF) if rules.writes_cached else rate(_REF, 0, 0, 0)
         return cls(
-            input_usd=rate(_MTOK, 0, 0, 0),
-            cached_read_usd=rate(_MTOK, 0, _MTOK, 0),
+            input_usd=rate(_REF, 0, 0, 0),
+            cached_read_usd=rate(_REF, 0, _REF, 0),
             cache_write_usd=written,
-            output_usd=rate(0, _MTOK, 0, 0),
+            output_usd=rate(0, _REF, 0, 0),
             min_cacheable_tokens=rules.min_cacheable_tokens,
         )
 
