@@ -20,6 +20,7 @@ import pytest
 
 from graphthrift.bench._data_history import Conversation, load_default_sets
 from graphthrift.bench._history_bound import _replay
+from graphthrift.bench.history import prompt_points
 from graphthrift.bench.longthread import build_long_threads
 from graphthrift.history.fold_cost import CachePricing
 from graphthrift.history.pricing import (
@@ -34,15 +35,6 @@ from graphthrift.text.messages import Message
 from graphthrift.text.tokens import TOKENS_REPLY_PRIMING, count_messages
 
 
-def _points(conv: Conversation) -> list[int]:
-    turns = conv.turns
-    return [
-        i + 1
-        for i, t in enumerate(turns)
-        if t.role == "user" and (i + 1 == len(turns) or turns[i + 1].role != "user")
-    ]
-
-
 def _online(conv: Conversation, pruner: HistoryPruner) -> list[list[dict[str, str]]]:
     """The prompts the pruner sends at each prompt point."""
     history = [
@@ -50,7 +42,7 @@ def _online(conv: Conversation, pruner: HistoryPruner) -> list[list[dict[str, st
     ]
     state = None
     prompts: list[list[dict[str, str]]] = []
-    for end in _points(conv):
+    for end in prompt_points(conv):
         result = pruner.prune(history[:end], state)
         state = result.state
         assert result.tokens_out <= pruner.max_tokens or result.over_budget
@@ -76,7 +68,7 @@ def _optimum(
     tokens = [
         count_messages([Message(t.role, t.content)], reply_priming=False).tokens for t in conv.turns
     ]
-    r = _replay(conv, _points(conv), tokens)
+    r = _replay(conv, prompt_points(conv), tokens)
     cum, priming = r.cumulative, TOKENS_REPLY_PRIMING
     # last fold point (-1: none) -> (cost so far, size of the last prompt)
     states: dict[int, tuple[float, int]] = {-1: (0.0, 0)}
