@@ -192,16 +192,19 @@ def _config(tenant: str, thread: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread}, "metadata": {"tenant_id": tenant}}
 
 
-def test_langgraph_node_recalls_within_its_tenant_and_thread(
+async def test_langgraph_node_recalls_within_its_tenant_and_thread(
     turns: FoldedTurnStore, tenant: str
 ) -> None:
     log = CallLog()
     graph = _graph(turns, log)
     recalled: dict[tuple[str, str], str] = {}
-    for name, thread, code in SCOPES:
+    for k, (name, thread, code) in enumerate(SCOPES):
         config = _config(tenant + name, thread)
         for text in _user_turns(code):
-            graph.invoke({"messages": [HumanMessage(text)]}, config)
+            if k % 2:  # the async node as well
+                await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
+            else:
+                graph.invoke({"messages": [HumanMessage(text)]}, config)
             recalled[(name, thread)] = _check_prompt(log.calls[-1]["messages"], text)
     _own_code_only(recalled)
 
