@@ -1,7 +1,8 @@
 """History pruning that keeps tool pairs whole and the provider's prompt cache warm.
 
 Long because: the fold is one algorithm (read the list, resolve the sticky boundary, choose
-the new one, fold, render, fit) over one ``_Work``; its steps share that state.
+the new one, weigh an early fold, fold and keep, render, fit, recall) over one ``_Work``;
+its steps share that state and one generator drives them sync and async.
 
 Long agent threads are pruned so each model call stays under a token budget. The peers
 (``trim_messages``, langmem's SummarizationNode, langchain's SummarizationMiddleware)
