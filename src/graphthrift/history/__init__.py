@@ -29,6 +29,9 @@ _EXPORTS = {
     "effective_saved_fraction": ".pricing",
     "effective_saved_fractions": ".pricing",
     "price_turns": ".pricing",
+    "CachePricing": ".fold_cost",
+    "fold_pays": ".fold_cost",
+    "RECALL_ID": ".state",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -39,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphthrift.errors import HistoryStateError as HistoryStateError
     from graphthrift.errors import UnsupportedMessage as UnsupportedMessage
 
+    from .fold_cost import CachePricing as CachePricing
+    from .fold_cost import fold_pays as fold_pays
     from .pricing import PromptTurn as PromptTurn
     from .pricing import SummarizerCall as SummarizerCall
     from .pricing import TurnPrice as TurnPrice
@@ -53,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .recall import FoldedTurn as FoldedTurn
     from .recall import FoldedTurnStore as FoldedTurnStore
     from .recall import RecalledSnippet as RecalledSnippet
+    from .state import RECALL_ID as RECALL_ID
     from .state import SUMMARY_ID as SUMMARY_ID
     from .state import HistoryState as HistoryState
     from .state import PruneResult as PruneResult

@@ -1,7 +1,8 @@
 """History pruning that keeps tool pairs whole and the provider's prompt cache warm.
 
 Long because: the fold is one algorithm (read the list, resolve the sticky boundary, choose
-the new one, fold, render, fit) over one ``_Work``; its steps share that state.
+the new one, weigh an early fold, fold and keep, render, fit, recall) over one ``_Work``;
+its steps share that state and one generator drives them sync and async.
 
 Long agent threads are pruned so each model call stays under a token budget. The peers
 (``trim_messages``, langmem's SummarizationNode, langchain's SummarizationMiddleware)
@@ -47,7 +48,9 @@ from graphthrift.errors import (
     HistoryStateError,
     UnsupportedMessage,
 )
-from graphthrift.history.state import SUMMARY_ID, HistoryState, PruneResult
+from graphthrift.history.fold_cost import DEFAULT_FOLD_PRICE_MODEL, CachePricing, fold_pays
+from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, RecalledSnippet
+from graphthrift.history.state import RECALL_ID, SUMMARY_ID, HistoryState, PruneResult
 from graphthrift.history.truncate import (
     MIN_TRUNCATED_TOKENS,
     message_tokens,
@@ -55,6 +58,7 @@ from graphthrift.history.truncate import (
     truncate_text,
 )
 from graphthrift.kernel import reject_conflicts
+from graphthrift.ledger.prices import default_price_book
 from graphthrift.summarize.base import SECTION_NAME, Summarizer
 from graphthrift.summarize.chat_model import ChatModelSummarizer
 from graphthrift.summarize.extractive import ExtractiveSummarizer
@@ -77,6 +81,8 @@ __all__ = [
 ]
 
 DEFAULT_SUMMARY_PREFIX = "Summary of the earlier conversation:"
+DEFAULT_RECALL_PREFIX = "Recalled from earlier in this conversation:"
+DEFAULT_RECALL_K = 3
 DEFAULT_MAX_TOKENS = 8000
 DEFAULT_KEEP_TURNS = 1
 _JOIN_SLACK = 2  # tokens a section may add where it joins the summary (merges at the seam)
@@ -90,6 +96,31 @@ class _Ask:
     messages: list[Message]
     previous_summary: str
     max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Keep:
+    """Folded turns to keep verbatim in the recall store."""
+
+    tenant: str
+    thread: str
+    turns: list[FoldedTurn]
+
+
+@dataclass(frozen=True, slots=True)
+class _Recall:
+    """A recall lookup the prompt needs answered."""
+
+    tenant: str
+    thread: str
+    query: str
+    k: int
+    token_budget: int
+
+
+_Step = _Ask | _Keep | _Recall
+#: (tenant, thread) a call keeps and recalls folded turns under; None: no recall.
+Scope = tuple[str, str]
 
 
 # ---------------------------------------------------------------- the pruner
@@ -165,6 +196,29 @@ class HistoryPruner:
             ``HistoryRequestTooLarge``. ``"send"`` is the default because the budget is a
             cost target, well under the model's context window, and an agent that stops
             on a long question is worse than one call over budget.
+        fold_policy: ``"cost"`` (default) also folds before ``max_tokens`` when that is
+            cheaper under the provider's prompt cache (``fold_pays``): the prompt is past
+            ``target_tokens`` and the provider's cache minimum, the fold frees at least
+            ``min_fold_tokens``, and carrying the history over ``horizon_turns`` costs more
+            than the cache miss plus the summarizer call. ``"budget"`` folds only at
+            ``max_tokens``. Either way a fold the budget forces is always taken.
+        price_model: the ``provider:model`` whose cache pricing weighs early folds (via
+            the ledger's ``PriceBook``, genai-prices); default ``model`` when it has a
+            price, else ``DEFAULT_FOLD_PRICE_MODEL`` (Anthropic: cheap cached reads, so
+            early folds pay only in long threads).
+        cache_pricing: a ``CachePricing`` used as is, instead of ``price_model``'s.
+        horizon_turns: turns a fold is expected to pay back over (default: as many user
+            turns as the thread has had so far, at least 1).
+        min_fold_tokens: least a cost-driven fold frees (default half the distance
+            between the watermarks), so early folds do not run every turn.
+        recall: a ``FoldedTurnStore``. Folded turns are kept in it verbatim, and each call
+            given a ``thread`` recalls the ``recall_k`` folded turns most relevant to the
+            latest user message into one message just before it (after the cached
+            prefix), inside ``max_tokens`` and at most ``recall_tokens``. The window then
+            folds once it passes ``max_tokens - recall_tokens``, so they always have room.
+        recall_k: snippets recalled per call (default 3).
+        recall_tokens: the recall message's cap (default an eighth of ``max_tokens``, at
+            least 64); the room left under ``max_tokens`` bounds it too.
 
     The latest human turn (the last user message, with the user messages right before it)
     is always sent verbatim: it is never truncated, and when the budget cannot hold it with
@@ -199,6 +253,14 @@ class HistoryPruner:
         summary_prefix: str = DEFAULT_SUMMARY_PREFIX,
         model: str | None = None,
         oversized_request: Literal["send", "raise"] = "send",
+        fold_policy: Literal["cost", "budget"] = "cost",
+        price_model: str | None = None,
+        cache_pricing: CachePricing | None = None,
+        horizon_turns: int | None = None,
+        min_fold_tokens: int | None = None,
+        recall: FoldedTurnStore | None = None,
+        recall_k: int = DEFAULT_RECALL_K,
+        recall_tokens: int | None = None,
     ) -> None:
         if oversized_request not in ("send", "raise"):
             raise HistoryConfigError(
@@ -239,60 +301,182 @@ class HistoryPruner:
         self.summary_prefix = summary_prefix
         self.model = model
         self.oversized_request: Literal["send", "raise"] = oversized_request
+        if fold_policy not in ("cost", "budget"):
+            raise HistoryConfigError("fold_policy", fold_policy, "must be 'cost' or 'budget'")
+        if cache_pricing is not None and price_model is not None:
+            raise ConfigError(
+                "cache_pricing", cache_pricing, "give cache_pricing or price_model, not both"
+            )
+        if cache_pricing is not None and not isinstance(cache_pricing, CachePricing):
+            raise HistoryConfigError("cache_pricing", cache_pricing, "must be a CachePricing")
+        if price_model is not None and not default_price_book().is_known(price_model):
+            raise HistoryConfigError("price_model", price_model, "genai-prices has no price for it")
+        if horizon_turns is not None:
+            _check("horizon_turns", horizon_turns, 1, None, "must be an integer >= 1 turns")
+        gap = _setting(min_fold_tokens, None, max((high - low) // 2, 1))
+        _check("min_fold_tokens", gap, 1, high, f"must be in [1, max_tokens={high}]")
+        if recall is not None and not isinstance(recall, FoldedTurnStore):
+            raise HistoryConfigError("recall", recall, "must be a FoldedTurnStore")
+        _check("recall_k", recall_k, 1, None, "must be an integer >= 1 snippets")
+        recall_cap = _setting(recall_tokens, None, min(max(high // 8, 64), high))
+        _check("recall_tokens", recall_cap, 1, high, f"must be in [1, max_tokens={high}]")
+        self.fold_policy: Literal["cost", "budget"] = fold_policy
+        self.price_model = price_model
+        self._cache_pricing = cache_pricing
+        self.horizon_turns = horizon_turns
+        self.min_fold_tokens = gap
+        self.recall = recall
+        self.recall_k = recall_k
+        self.recall_tokens = recall_cap
+        self.recall_prefix = DEFAULT_RECALL_PREFIX
+
+    @property
+    def cache_pricing(self) -> CachePricing:
+        """The cache pricing early folds are weighed at (resolved on first use)."""
+        if self._cache_pricing is None:
+            model = self.price_model
+            if model is None:
+                known = self.model is not None and default_price_book().is_known(self.model)
+                model = self.model if known and self.model else DEFAULT_FOLD_PRICE_MODEL
+            try:
+                self._cache_pricing = CachePricing.for_model(model)
+            except ConfigError:  # a priced model whose provider's cache rules are unknown
+                self._cache_pricing = CachePricing.for_model(DEFAULT_FOLD_PRICE_MODEL)
+        return self._cache_pricing
 
     # ------------------------------------------------------------ public API
 
     def prune(
-        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+        recall: bool = True,
     ) -> PruneResult:
-        """Prune ``messages`` for the next model call, folding turns if the budget demands."""
-        return self._drive(self._steps(messages, state, fold=True))
+        """Prune ``messages`` for the next model call, folding turns if the budget demands.
+
+        With a ``recall`` store and a ``thread``, folded turns are kept under (``tenant``,
+        ``thread``) and, unless ``recall=False``, relevant ones are recalled into the prompt.
+        """
+        scope = self._scope(tenant, thread)
+        return self._drive(self._steps(messages, state, fold=True, scope=scope, recall=recall))
 
     async def aprune(
-        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+        recall: bool = True,
     ) -> PruneResult:
-        """Async twin of ``prune``: the same steps, with the summarizer awaited."""
-        return await self._adrive(self._steps(messages, state, fold=True))
-
-    def view(
-        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
-    ) -> PruneResult:
-        """The prompt for the current boundary and summary, without folding (no summarizer call)."""
-        return self._drive(self._steps(messages, state, fold=False))
-
-    def fold(
-        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
-    ) -> HistoryState:
-        """Fold ``messages`` into the summary unconditionally (for memories that evict by themselves)."""
-        return self._drive(self._fold_steps(self._plain(messages), HistoryState.from_dict(state)))
-
-    async def afold(
-        self, messages: Iterable[Any], state: HistoryState | Mapping[str, Any] | None = None
-    ) -> HistoryState:
-        """Async twin of ``fold``."""
+        """Async twin of ``prune``: the same steps, with the summarizer and store awaited."""
+        scope = self._scope(tenant, thread)
         return await self._adrive(
-            self._fold_steps(self._plain(messages), HistoryState.from_dict(state))
+            self._steps(messages, state, fold=True, scope=scope, recall=recall)
         )
 
-    def _drive(self, steps: Generator[_Ask, str, _T]) -> _T:
+    def view(
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+    ) -> PruneResult:
+        """The prompt for the current boundary and summary, without folding (no summarizer
+        call); with a ``recall`` store and a ``thread``, recalled snippets included."""
+        scope = self._scope(tenant, thread)
+        return self._drive(self._steps(messages, state, fold=False, scope=scope, recall=True))
+
+    async def aview(
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+    ) -> PruneResult:
+        """Async twin of ``view``."""
+        scope = self._scope(tenant, thread)
+        return await self._adrive(
+            self._steps(messages, state, fold=False, scope=scope, recall=True)
+        )
+
+    def fold(
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+    ) -> HistoryState:
+        """Fold ``messages`` into the summary unconditionally (for memories that evict by themselves)."""
+        scope = self._scope(tenant, thread)
+        return self._drive(
+            self._fold_steps(self._plain(messages), HistoryState.from_dict(state), scope)
+        )
+
+    async def afold(
+        self,
+        messages: Iterable[Any],
+        state: HistoryState | Mapping[str, Any] | None = None,
+        *,
+        tenant: str = "",
+        thread: str | None = None,
+    ) -> HistoryState:
+        """Async twin of ``fold``."""
+        scope = self._scope(tenant, thread)
+        return await self._adrive(
+            self._fold_steps(self._plain(messages), HistoryState.from_dict(state), scope)
+        )
+
+    def _scope(self, tenant: str, thread: str | None) -> Scope | None:
+        if self.recall is None or thread is None:
+            return None
+        if not isinstance(tenant, str):
+            raise HistoryConfigError("tenant", tenant, "must be a str ('' for the default tenant)")
+        if not isinstance(thread, str) or not thread:
+            raise HistoryConfigError("thread", thread, "must be a non-empty str")
+        return (tenant, thread)
+
+    def _answer(self, ask: _Step) -> Any:
+        if isinstance(ask, _Ask):
+            return self.summarizer.summarize(ask.messages, ask.previous_summary, ask.max_tokens)
+        assert self.recall is not None
+        if isinstance(ask, _Keep):
+            return self.recall.add(ask.tenant, ask.thread, ask.turns)
+        return self.recall.recall(
+            ask.tenant, ask.thread, ask.query, k=ask.k, token_budget=ask.token_budget
+        )
+
+    async def _aanswer(self, ask: _Step) -> Any:
+        if isinstance(ask, _Ask):
+            return await self.summarizer.asummarize(
+                ask.messages, ask.previous_summary, ask.max_tokens
+            )
+        assert self.recall is not None
+        if isinstance(ask, _Keep):
+            return await self.recall.aadd(ask.tenant, ask.thread, ask.turns)
+        return await self.recall.arecall(
+            ask.tenant, ask.thread, ask.query, k=ask.k, token_budget=ask.token_budget
+        )
+
+    def _drive(self, steps: Generator[_Step, Any, _T]) -> _T:
         try:
             ask = next(steps)
             while True:
-                ask = steps.send(
-                    self.summarizer.summarize(ask.messages, ask.previous_summary, ask.max_tokens)
-                )
+                ask = steps.send(self._answer(ask))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _adrive(self, steps: Generator[_Ask, str, _T]) -> _T:
+    async def _adrive(self, steps: Generator[_Step, Any, _T]) -> _T:
         try:
             ask = next(steps)
             while True:
-                ask = steps.send(
-                    await self.summarizer.asummarize(
-                        ask.messages, ask.previous_summary, ask.max_tokens
-                    )
-                )
+                ask = steps.send(await self._aanswer(ask))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -444,7 +628,9 @@ class HistoryPruner:
         state_in: HistoryState | Mapping[str, Any] | None,
         *,
         fold: bool,
-    ) -> Generator[_Ask, str, PruneResult]:
+        scope: Scope | None = None,
+        recall: bool = False,
+    ) -> Generator[_Step, Any, PruneResult]:
         state = HistoryState.from_dict(state_in)
         work = self._read(messages)
         n = work.n
@@ -479,12 +665,16 @@ class HistoryPruner:
         summary_now = self._summary_tokens(state.sections)
         forced = b < n and not work.cut_ok[b]  # an orphan ToolMessage would open the window
         held_extra = sum(work.tokens[i] for i in held if i not in work.request)
-        over = total(b, summary_now) + held_extra > self.max_tokens
+        # With recall the window leaves the recalled turns their room under the budget.
+        reserve = self.recall_tokens if scope is not None else 0
+        over = total(b, summary_now) + held_extra + reserve > self.max_tokens
         new_b, compacted = b, False
         folded_now: tuple[int, ...] = ()
         if fold and n and (forced or over):
             summary_text = count_text(state.summary, self.model)
             new_b = self._choose(work, b, summary_now, summary_text, total, over)
+        elif fold and n and self.fold_policy == "cost":
+            new_b = self._fold_if_it_pays(work, b, state, summary_now, total, held_extra)
         if new_b > b:
             to_fold = [
                 work.messages[i] for i in range(b, new_b) if work.messages[i].role != "system"
@@ -493,7 +683,7 @@ class HistoryPruner:
                 work.origin[i] for i in range(b, new_b) if work.messages[i].role != "system"
             )
             compactions_before = state.compactions
-            state = yield from self._fold_steps(to_fold, state)
+            state = yield from self._fold_steps(to_fold, state, scope)
             compacted = state.compactions > compactions_before
         if new_b > b:
             held = []  # a fold drops the older held turns: its summary has them
@@ -505,13 +695,104 @@ class HistoryPruner:
             folded_through_id=work.messages[b - 1].id if b else None,
             held=held,
         )
-        return self._render(work, b, state, folded_now, compacted)
+        result = self._render(work, b, state, folded_now, compacted)
+        if recall and scope is not None and state.folded_total and not result.over_budget:
+            result = yield from self._recall_steps(work, result, scope)
+        return result
+
+    def _fold_if_it_pays(
+        self,
+        work: _Work,
+        b: int,
+        state: HistoryState,
+        summary_now: int,
+        total: Callable[[int, int], int],
+        held_extra: int,
+    ) -> int:
+        """An early fold (to the low watermark) when it costs less than carrying the history."""
+        now = total(b, summary_now) + held_extra
+        pricing = self.cache_pricing
+        # Below the low watermark, or below the provider's cache minimum, the budget decides:
+        # such prompts cost little, and every fold loses some detail.
+        if now <= self.target_tokens or now < pricing.min_cacheable_tokens:
+            return b
+        summary_text = count_text(state.summary, self.model)
+        q = self._choose(work, b, summary_now, summary_text, total, True)
+        if q <= b:
+            return b
+        folded = sum(work.tokens[i] for i in range(b, q) if work.messages[i].role != "system")
+        section = min(max(self.section_tokens, self.max_summary_tokens - summary_text), folded)
+        after = total(q, (summary_now or self._summary_tokens(["x"])) + section)
+        if now - after < self.min_fold_tokens:
+            return b
+        llm = not isinstance(self.summarizer, ExtractiveSummarizer)
+        users = sum(1 for m in work.messages if m.role == "user") + state.folded_total // 2
+        if fold_pays(
+            pricing,
+            prompt_tokens=now,
+            folded_prompt_tokens=after,
+            horizon_turns=self.horizon_turns or max(users, 1),
+            summary_input_tokens=folded + summary_text if llm else 0,
+            summary_output_tokens=section if llm else 0,
+        ):
+            diagnostics.count("history_fold_paid")
+            return q
+        return b
+
+    def _recall_steps(
+        self, work: _Work, result: PruneResult, scope: Scope
+    ) -> Generator[_Step, Any, PruneResult]:
+        """Recalled folded turns in one message just before the latest human turn, in budget."""
+        if not work.request:
+            return result
+        query = "\n".join(work.messages[i].text for i in work.request).strip()
+        header = message_tokens(Message(self.summary_role, self.recall_prefix), self.model)
+        room = min(self.recall_tokens, self.max_tokens - result.tokens_out) - header
+        if not query or room <= 0:
+            return result
+        found: list[RecalledSnippet] = yield _Recall(*scope, query, self.recall_k, room)
+        shown = {m.text for m in result.messages}
+        snippets = [s for s in found if s.text not in shown]
+        while snippets:
+            message = self._recall_message(snippets)
+            size = message_tokens(message, self.model)
+            if result.tokens_out + size <= self.max_tokens:
+                break
+            snippets.remove(min(snippets, key=lambda s: s.score))
+        if not snippets:
+            return result
+        first = work.origin[work.request[0]]
+        at = result.origin.index(first) if first in result.origin else len(result.origin)
+        diagnostics.count("history_recalled")
+        return replace(
+            result,
+            messages=[*result.messages[:at], message, *result.messages[at:]],
+            origin=(*result.origin[:at], None, *result.origin[at:]),
+            tokens_out=result.tokens_out + size,
+            recalled=tuple(snippets),
+        )
+
+    def _recall_message(self, snippets: Sequence[RecalledSnippet]) -> Message:
+        lines = [f"[{s.role}] {s.text}" for s in snippets]
+        return Message(self.summary_role, "\n".join([self.recall_prefix, *lines]), id=RECALL_ID)
 
     def _fold_steps(
-        self, to_fold: list[Message], state: HistoryState
-    ) -> Generator[_Ask, str, HistoryState]:
-        """Append a section for ``to_fold``; compact the summary once it passes its cap."""
+        self, to_fold: list[Message], state: HistoryState, scope: Scope | None = None
+    ) -> Generator[_Step, Any, HistoryState]:
+        """Append a section for ``to_fold``; compact the summary once it passes its cap.
+
+        With a recall scope the folded turns are first kept verbatim, numbered by
+        ``folded_total`` (so a destructive rewrite never reuses a number).
+        """
         sections = list(state.sections)
+        if to_fold and scope is not None:
+            turns = [
+                FoldedTurn(state.folded_total + j, m.role, m.text)
+                for j, m in enumerate(to_fold)
+                if m.text.strip()
+            ]
+            if turns:
+                yield _Keep(*scope, turns)
         if to_fold:
             # A section may use whatever room the cap has left, and at least section_tokens.
             room = self.max_summary_tokens - count_text(state.summary, self.model)

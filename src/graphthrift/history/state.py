@@ -13,9 +13,12 @@ from typing import Any, TypeVar
 from graphthrift.errors import HistoryStateError
 from graphthrift.text.messages import Message
 
-__all__ = ["SUMMARY_ID", "HistoryState", "PruneResult"]
+__all__ = ["RECALL_ID", "SUMMARY_ID", "HistoryState", "PruneResult"]
 
 SUMMARY_ID = "graphthrift-history-summary"
+#: Id of the message carrying recalled folded turns. It starts with ``SUMMARY_ID``, so a
+#: render that found its way back into a thread is dropped as stale, never sent twice.
+RECALL_ID = SUMMARY_ID + "-recall"
 _O = TypeVar("_O")
 
 
@@ -115,6 +118,8 @@ class PruneResult:
         summarized: whether this call folded turns (the prefix changed).
         compacted: whether this call compacted the summary.
         over_budget: the prompt still exceeds ``max_tokens`` after every remedy.
+        recalled: the folded turns recalled into the prompt (``RecalledSnippet``s), in one
+            message with id ``RECALL_ID`` (origin None) just before the latest human turn.
     """
 
     messages: list[Message]
@@ -128,6 +133,7 @@ class PruneResult:
     summarized: bool = False
     compacted: bool = False
     over_budget: bool = False
+    recalled: tuple[Any, ...] = ()
 
     @property
     def kept(self) -> tuple[int, ...]:
@@ -138,9 +144,14 @@ class PruneResult:
     def summary(self) -> Message | None:
         """The summary message of the prompt, if there is one."""
         for i, m in zip(self.origin, self.messages, strict=True):
-            if i is None:
+            if i is None and m.id != RECALL_ID:
                 return m
         return None
+
+    @property
+    def recall_message(self) -> Message | None:
+        """The message of recalled folded turns, if there is one."""
+        return next((m for m in self.messages if m.id == RECALL_ID), None)
 
     def materialize(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from graphthrift.history.state import PruneResult
+from graphthrift.history.state import RECALL_ID, PruneResult
 from graphthrift.text.messages import Message, message_fields
 
 __all__ = ["to_langchain"]
@@ -34,7 +34,7 @@ def to_langchain(result: PruneResult, summary_role: str = "user") -> list[BaseMe
         return summary_cls(
             content=message_fields(m)["content"],
             id=m.id,
-            additional_kwargs={"lc_source": "summarization"},
+            additional_kwargs={"lc_source": "recall" if m.id == RECALL_ID else "summarization"},
         )
 
     return list(result.materialize(make_summary, _copy))

@@ -26,13 +26,15 @@ from langchain_core.messages import (
     AnyMessage,
     RemoveMessage,
 )
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
+from graphthrift.errors import ConfigError
 from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.recall import FoldedTurnStore
 from graphthrift.history.state import PruneResult
-from graphthrift.kernel import read_state
+from graphthrift.kernel import read_state, run_tags
 from graphthrift.langchain.history import to_langchain
 from graphthrift.langgraph._state import latest
 from graphthrift.summarize.base import Summarizer
@@ -84,6 +86,8 @@ def summarize_history(
     summary_role: Literal["system", "user"] = "user",
     model: str | None = None,
     mode: Mode = "view",
+    recall: FoldedTurnStore | None = None,
+    tenant_id: str | None = None,
     messages_key: str = "messages",
     output_key: str = "llm_input_messages",
     state_key: str = "history_state",
@@ -116,6 +120,12 @@ def summarize_history(
             result could plant instructions in it), and several providers take system
             text only at the start of the prompt.
         mode: ``"view"`` keeps ``messages`` intact; ``"replace"`` rewrites it.
+        recall: a ``FoldedTurnStore`` (``"view"`` mode only): folded turns are kept in it
+            verbatim, and the ones most relevant to the latest user message come back in
+            the prompt just before it, inside ``max_tokens``. Scoped by the run's
+            ``tenant_id`` (metadata, else ``tenant_id`` here, else ``""``) and
+            ``thread_id`` (``configurable``); a run without a thread id neither keeps
+            nor recalls.
         name: the runnable's name (shown in traces and in ``StateSchemaError``).
 
     Returns:
@@ -142,7 +152,16 @@ def summarize_history(
         max_summary_tokens=max_summary_tokens,
         summary_role=summary_role,
         model=model,
+        recall=recall,
     )
+    if core.recall is not None and mode != "view":
+        raise ConfigError(
+            "recall", core.recall, "needs mode='view' (a recalled snippet must not enter messages)"
+        )
+
+    def scope(config: RunnableConfig | None) -> dict[str, Any]:
+        tags = run_tags(config, tenant_id=tenant_id)
+        return {"tenant": str(tags.get("tenant_id") or ""), "thread": tags.get("thread_id")}
 
     def inputs(state: Any) -> tuple[list[Any], Any]:
         messages = read_state(state, messages_key, schema=SCHEMA, node=name)
@@ -160,12 +179,12 @@ def summarize_history(
             }
         return {state_key: result.state.to_dict()}
 
-    def node(state: Any) -> dict[str, Any]:
+    def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
         messages, stored = inputs(state)
-        return update(core.prune(messages, stored))
+        return update(core.prune(messages, stored, **scope(config)))
 
-    async def anode(state: Any) -> dict[str, Any]:
+    async def anode(state: Any, config: RunnableConfig) -> dict[str, Any]:
         messages, stored = inputs(state)
-        return update(await core.aprune(messages, stored))
+        return update(await core.aprune(messages, stored, **scope(config)))
 
     return RunnableLambda(node, afunc=anode, name=name)

@@ -29,8 +29,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingExtra("llamaindex", "llama-index-core") from exc
 
 from graphthrift.history.pruner import HistoryPruner, build_pruner
-from graphthrift.history.state import HistoryState, PruneResult
+from graphthrift.history.state import RECALL_ID, HistoryState, PruneResult
 from graphthrift.history.truncate import truncate_text
+from graphthrift.kernel import run_tags
 from graphthrift.summarize.base import Summarizer
 from graphthrift.text.messages import Message
 from graphthrift.text.tokens import count_text, seed_tiktoken_cache
@@ -55,9 +56,8 @@ def _to_llamaindex(result: PruneResult, summary_role: str) -> list[ChatMessage]:
     role = MessageRole.SYSTEM if summary_role == "system" else MessageRole.USER
 
     def make_summary(m: Message) -> ChatMessage:
-        return ChatMessage(
-            role=role, content=m.text, additional_kwargs={"graphthrift_summary": True}
-        )
+        flag = "graphthrift_recall" if m.id == RECALL_ID else "graphthrift_summary"
+        return ChatMessage(role=role, content=m.text, additional_kwargs={flag: True})
 
     def copy_truncated(original: Any, m: Message) -> ChatMessage:
         if isinstance(m.content, str):
@@ -143,6 +143,12 @@ _PRUNER_SETTINGS = frozenset(
         "summary_prefix",
         "model",
         "summary_model",
+        "recall",
+        "recall_k",
+        "recall_tokens",
+        "fold_policy",
+        "price_model",
+        "cache_pricing",
     }
 )
 
@@ -152,7 +158,10 @@ class PrunedChatMemory(BaseChatStoreMemory):
 
     ``get()`` prunes the stored thread with ``HistoryPruner``: it folds old turns into a
     summary once the thread passes ``max_tokens`` and keeps the boundary until the next
-    fold. The state (summary, boundary) is the ``history_state`` field.
+    fold. The state (summary, boundary) is the ``history_state`` field. With
+    ``recall=FoldedTurnStore(store)`` the folded turns are kept verbatim under
+    (``tenant_id``, ``thread_id``), and the ones most relevant to the latest user message
+    come back just before it, inside the budget.
 
     Example:
         >>> memory = PrunedChatMemory.from_defaults(max_tokens=4000)
@@ -162,6 +171,13 @@ class PrunedChatMemory(BaseChatStoreMemory):
     """
 
     history_state: dict[str, Any] | None = Field(default=None, description="HistoryState.to_dict()")
+    tenant_id: str | None = Field(
+        default=None, description="Recall scope; default the bound run tags' tenant_id, or ''."
+    )
+    thread_id: str | None = Field(
+        default=None,
+        description="Recall scope; default the bound run tags' thread_id, else chat_store_key.",
+    )
     _pruner: HistoryPruner = PrivateAttr()
 
     def __init__(self, *, pruner: HistoryPruner | None = None, **data: Any) -> None:
@@ -216,10 +232,18 @@ class PrunedChatMemory(BaseChatStoreMemory):
         """The pruner behind ``get()``."""
         return self._pruner
 
+    def _scope(self) -> dict[str, Any]:
+        """Tenant and thread for recall, through the adapter kernel (tags bound with
+        ``graphthrift.kernel.bound_run_tags`` fill what the fields leave unset)."""
+        tags = run_tags(None, tenant_id=self.tenant_id, thread_id=self.thread_id)
+        thread = tags.get("thread_id") or self.chat_store_key
+        return {"tenant": str(tags.get("tenant_id") or ""), "thread": str(thread)}
+
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
-        """The pruned view of the thread (folds old turns when it passes the budget)."""
+        """The pruned view of the thread (folds old turns when it passes the budget); with a
+        ``recall`` store, the folded turns most relevant to the latest user message too."""
         result = self._pruner.prune(
-            self.chat_store.get_messages(self.chat_store_key), self.history_state
+            self.chat_store.get_messages(self.chat_store_key), self.history_state, **self._scope()
         )
         self.history_state = result.state.to_dict()
         return _to_llamaindex(result, self._pruner.summary_role)
@@ -227,7 +251,7 @@ class PrunedChatMemory(BaseChatStoreMemory):
     async def aget(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         """Async twin of ``get``."""
         messages = await self.chat_store.aget_messages(self.chat_store_key)
-        result = await self._pruner.aprune(messages, self.history_state)
+        result = await self._pruner.aprune(messages, self.history_state, **self._scope())
         self.history_state = result.state.to_dict()
         return _to_llamaindex(result, self._pruner.summary_role)
 

@@ -37,9 +37,11 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
+from graphthrift.errors import ConfigError
 from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.recall import FoldedTurnStore
 from graphthrift.history.state import HistoryState, PruneResult
-from graphthrift.kernel import read_state
+from graphthrift.kernel import read_state, run_config, run_tags
 from graphthrift.langchain.history import to_langchain
 from graphthrift.summarize.base import Summarizer
 
@@ -74,6 +76,11 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
             what users and tools said, so by default it does not carry a system prompt's
             authority.
         mode: ``"view"`` (non-destructive) or ``"replace"`` (rewrites ``messages``).
+        recall: a ``FoldedTurnStore`` (``"view"`` mode only): ``before_model`` keeps the
+            turns it folds in it verbatim, and each model call gets the folded turns most
+            relevant to the latest user message just before it, inside ``max_tokens``.
+            Scoped by the run's ``tenant_id`` (metadata, else ``tenant_id`` here) and
+            ``thread_id``; a run without a thread id neither keeps nor recalls.
 
     Example:
         >>> from langchain.agents import create_agent
@@ -101,6 +108,8 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
         summary_role: Literal["system", "user"] = "user",
         model: str | None = None,
         mode: Literal["view", "replace"] = "view",
+        recall: FoldedTurnStore | None = None,
+        tenant_id: str | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("view", "replace"):
@@ -118,8 +127,21 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
             max_summary_tokens=max_summary_tokens,
             summary_role=summary_role,
             model=model,
+            recall=recall,
         )
+        if self.pruner.recall is not None and mode != "view":
+            raise ConfigError(
+                "recall",
+                self.pruner.recall,
+                "needs mode='view' (a recalled snippet must not enter messages)",
+            )
         self.mode = mode
+        self.tenant_id = tenant_id
+
+    def _scope(self) -> dict[str, Any]:
+        """Tenant and thread of the running call, through the adapter kernel."""
+        tags = run_tags(run_config(), tenant_id=self.tenant_id)
+        return {"tenant": str(tags.get("tenant_id") or ""), "thread": tags.get("thread_id")}
 
     # ------------------------------------------------------------ translation
 
@@ -151,25 +173,34 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
     ) -> dict[str, Any] | None:
         """Fold old turns into the summary once the history passes ``max_tokens``."""
         messages, stored = self._inputs(state)
-        return self._update(self.pruner.prune(messages, stored), stored)
+        result = self.pruner.prune(messages, stored, **self._scope(), recall=False)
+        return self._update(result, stored)
 
     async def abefore_model(
         self, state: HistoryPruningState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         """Async twin of ``before_model`` (the summarizer is awaited)."""
         messages, stored = self._inputs(state)
-        return self._update(await self.pruner.aprune(messages, stored), stored)
+        result = await self.pruner.aprune(messages, stored, **self._scope(), recall=False)
+        return self._update(result, stored)
+
+    @staticmethod
+    def _stored(request: ModelRequest[Any]) -> Any:
+        if not request.state:
+            return None
+        return read_state(request.state, "history_state", schema=_SCHEMA, node=_NODE, default=None)
 
     def _view(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         if self.mode != "view" or not request.messages:
             return request
-        stored: Any = (
-            read_state(request.state, "history_state", schema=_SCHEMA, node=_NODE, default=None)
-            if request.state
-            else None
-        )
-        view = self._to_langchain(self.pruner.view(request.messages, stored))
-        return request.override(messages=view)  # type: ignore[arg-type]
+        result = self.pruner.view(request.messages, self._stored(request), **self._scope())
+        return request.override(messages=self._to_langchain(result))  # type: ignore[arg-type]
+
+    async def _aview(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
+        if self.mode != "view" or not request.messages:
+            return request
+        result = await self.pruner.aview(request.messages, self._stored(request), **self._scope())
+        return request.override(messages=self._to_langchain(result))  # type: ignore[arg-type]
 
     def wrap_model_call(
         self,
@@ -185,4 +216,4 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage:
         """Async twin of ``wrap_model_call``."""
-        return await handler(self._view(request))
+        return await handler(await self._aview(request))
