@@ -42,6 +42,8 @@ __all__ = [
     "dedup_requests",
     "idempotent_tool",
     "message_fingerprint",
+    "message_usage",
+    "model_identity",
     "model_name",
     "tool_call_key",
 ]
@@ -86,14 +88,15 @@ def message_fingerprint(messages: Any, **settings: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _usage(message: Any) -> Usage | None:
+def message_usage(message: Any) -> Usage | None:
+    """The validated usage of an ``AIMessage`` (through the kernel), ``None`` for anything else."""
     if isinstance(message, AIMessage):
         return read_usage(message.usage_metadata)
     return None
 
 
-def _settings(model: Any) -> dict[str, Any]:
-    """The model's identity and settings that change its answer."""
+def model_identity(model: Any) -> dict[str, Any]:
+    """The model's class and the settings that change its answer (part of a single-flight key)."""
     try:
         params = dict(model._identifying_params)
     except Exception:  # not a LangChain model: its repr is its identity
@@ -123,7 +126,7 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
         self.model = model
         self.flight = flight
         self.model_name = name or model_name(model) or model_name(getattr(model, "bound", None))
-        self._identity = _settings(getattr(model, "bound", model))
+        self._identity = model_identity(getattr(model, "bound", model))
         if hasattr(model, "kwargs"):
             self._identity["bound_kwargs"] = getattr(model, "kwargs", None)
         if flight.engine.codec is JSON_CODEC:  # answers are messages: store them as such
@@ -140,7 +143,7 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
             "key": message_fingerprint(input, **self._identity),
             "scope": cache_scope(config),
             "model": self.model_name,
-            "usage_of": _usage,
+            "usage_of": message_usage,
             "tags": run_tags(config),
         }
 

@@ -30,9 +30,9 @@ from langgraph.types import Command
 from graphthrift import diagnostics
 from graphthrift.kernel import cache_scope, run_tags
 from graphthrift.langgraph.resilience import (
-    _settings,
-    _usage,
     message_fingerprint,
+    message_usage,
+    model_identity,
     model_name,
     tool_call_key,
 )
@@ -80,7 +80,7 @@ def _run_config() -> Mapping[str, Any]:
 def _response_usage(response: Any) -> Usage | None:
     if isinstance(response, ModelResponse):
         for message in reversed(response.result):
-            usage = _usage(message)
+            usage = message_usage(message)
             if usage is not None:
                 return usage
     return None
@@ -150,7 +150,7 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         tools = sorted(getattr(t, "name", None) or str(t) for t in request.tools or [])
         key = message_fingerprint(
             messages,
-            model=_settings(request.model),
+            model=model_identity(request.model),
             settings=dict(request.model_settings or {}),
             tools=tools,
             tool_choice=request.tool_choice,
