@@ -8,7 +8,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 
-from graphthrift import Ledger
+from graphthrift import Ledger, Store
 from graphthrift.errors import NoCandidateLeft
 from graphthrift.middleware import FailoverMiddleware
 from graphthrift.resilience import CircuitBreaker, Failover
@@ -223,3 +223,58 @@ def test_consecutive_failures_open_the_circuit_after_a_healthy_stretch() -> None
     assert breaker.state("m") == "open"
     with pytest.raises(ValueError, match="consecutive"):
         CircuitBreaker(consecutive=0)
+
+
+_OTHER_PROCESS = """
+import os, sys
+from graphthrift import Store
+from graphthrift.resilience import CircuitBreaker
+
+class UpstreamError(Exception):
+    status_code = 503
+
+store = Store(home=os.environ["GRAPHTHRIFT_HOME"])
+breaker = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=30, window_s=60)
+for _ in range(2):
+    breaker.record(sys.argv[1], UpstreamError("503 provider down"))
+print(breaker.state(sys.argv[1]), flush=True)
+store.close()
+"""
+
+
+def test_circuit_state_is_shared_across_processes(store: Store) -> None:
+    """A provider one worker found down is skipped by every worker on the store, and only one
+    of them probes it when the circuit half-opens."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+    from pathlib import Path
+
+    model = f"down-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "GRAPHTHRIFT_HOME": str(store.home),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, model],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "open"
+    here = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=30, window_s=60)
+    assert here.state(model) == "open" and not here.allow(model)
+    assert here.state("another-model") == "closed"
+
+    later = lambda: time.time() + 31  # noqa: E731  (open_s has passed)
+    one = CircuitBreaker(store=store, min_calls=2, open_s=30, window_s=60, clock=later)
+    two = CircuitBreaker(store=store, min_calls=2, open_s=30, window_s=60, clock=later)
+    assert one.state(model) == "half_open"
+    assert one.allow(model) and not two.allow(model)  # one probe between all processes
+    one.record(model, None)
+    assert two.state(model) == "closed" and two.allow(model)

@@ -12,23 +12,35 @@ and those that would break the run's budget (``fits``), records why, and moves o
 candidate fails with a provider error. A ``Retrier`` inside a candidate's call reports each
 failed attempt to the breaker (``RETRY_GATE``) and stops retrying once the circuit opens.
 Every decision is a ledger row ``kind="failover"``.
-Breakers are per process (each process learns a provider's health from its own calls).
+Breakers are per process, or, given a store, shared by every process on it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
 from graphthrift import diagnostics
-from graphthrift.errors import NoCandidateLeft, RetryBudgetExhausted, classify_error
+from graphthrift.errors import (
+    NoCandidateLeft,
+    RetryBudgetExhausted,
+    StoreUnavailable,
+    classify_error,
+)
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.records import LedgerRecord
 from graphthrift.resilience.retry import RETRY_GATE, RETRYABLE
+from graphthrift.resilience.schema import CIRCUITS_TABLE
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 
@@ -39,6 +51,8 @@ State = Literal["closed", "open", "half_open"]
 #: Error kinds that say a provider is unwell. A rate limit is not one: the provider answered,
 #: and its ``retry-after`` says when to come back (the ``Retrier`` honours it).
 _OUTAGE: frozenset[str | None] = frozenset(RETRYABLE - {"rate_limit"})
+#: Outcomes a shared circuit keeps (the most recent): enough for an error rate, a small row.
+_KEEP_OUTCOMES = 200
 
 
 @dataclass(slots=True)
@@ -48,6 +62,41 @@ class _Circuit:
     opened_at: float = 0.0
     probes: int = 0
     streak: int = 0  # outage failures in a row
+
+    def to_json(self, keep: int) -> str:
+        outcomes = [[t, bad] for t, bad in list(self.outcomes)[-keep:]]
+        return json.dumps(
+            {
+                "outcomes": outcomes,
+                "state": self.state,
+                "opened_at": self.opened_at,
+                "probes": self.probes,
+                "streak": self.streak,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: Any) -> _Circuit:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+        return cls(
+            outcomes=deque((float(t), bool(bad)) for t, bad in data["outcomes"]),
+            state=data["state"],
+            opened_at=float(data["opened_at"]),
+            probes=int(data["probes"]),
+            streak=int(data["streak"]),
+        )
+
+
+_ENSURE = text(f"""
+    INSERT INTO {CIRCUITS_TABLE} (model, data) VALUES (:model, CAST(:data AS jsonb))
+    ON CONFLICT (model) DO NOTHING
+""")
+_LOCK_ROW = text(f"SELECT data FROM {CIRCUITS_TABLE} WHERE model = :model FOR UPDATE")
+_READ_ROW = text(f"SELECT data FROM {CIRCUITS_TABLE} WHERE model = :model")
+_SAVE = text(f"""
+    UPDATE {CIRCUITS_TABLE} SET data = CAST(:data AS jsonb), updated_at = now()
+    WHERE model = :model
+""")
 
 
 class CircuitBreaker:
@@ -61,7 +110,11 @@ class CircuitBreaker:
             that goes down after a long healthy stretch keeps a low rate for a while).
         open_s: seconds it stays open before letting a probe through.
         probes: calls let through while half-open.
-        clock: the time source (tests pass their own).
+        store: share every circuit through PostgreSQL (``graphthrift_circuits``): a provider
+            one process found down is skipped by all, and half-open probes are counted across
+            processes. Without it, each process learns a provider's health on its own. A store
+            that is down falls back to this process's own circuits (counted).
+        clock: the time source (tests pass their own); with a store, wall-clock seconds.
     """
 
     def __init__(
@@ -73,7 +126,8 @@ class CircuitBreaker:
         open_s: float = 30.0,
         probes: int = 1,
         consecutive: int = 5,
-        clock: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not window_s > 0 or not open_s > 0:
             raise ValueError(f"window_s and open_s must be > 0, got {window_s!r}, {open_s!r}")
@@ -89,24 +143,57 @@ class CircuitBreaker:
         self.error_rate = error_rate
         self.open_s = open_s
         self.probes = probes
-        self.clock = clock
+        self.store = store
+        # processes share wall-clock time; a process's own monotonic clock suits one process
+        self.clock = clock or (time.time if store is not None else time.monotonic)
         self._circuits: dict[str, _Circuit] = {}
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _circuit(self, model: str, *, write: bool = True) -> Iterator[_Circuit]:
+        """The model's circuit, locked (in this process, and with a store in every process)
+        while the block runs, and saved after it."""
+        with self._lock:
+            if self.store is None:
+                yield self._circuits.setdefault(model, _Circuit())
+                return
+            used = False
+            try:
+                with self.store.connect() as conn:
+                    if write:
+                        conn.execute(_ENSURE, {"model": model, "data": _Circuit().to_json(0)})
+                        raw = conn.execute(_LOCK_ROW, {"model": model}).scalar()
+                    else:
+                        raw = conn.execute(_READ_ROW, {"model": model}).scalar()
+                    circuit = _Circuit() if raw is None else _Circuit.from_json(raw)
+                    used = True
+                    yield circuit
+                    if write:
+                        data = circuit.to_json(_KEEP_OUTCOMES)
+                        conn.execute(_SAVE, {"model": model, "data": data})
+                self._circuits[model] = circuit  # the fallback if the store goes down
+                return
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                diagnostics.count(
+                    "circuit_store_failure",
+                    "graphthrift circuit breaker: store unavailable (%s); using this "
+                    "process's own circuits",
+                    exc,
+                )
+                if used:  # the block ran; only its saving failed
+                    return
+            yield self._circuits.setdefault(model, _Circuit())
+
     def state(self, model: str) -> State:
         """The model's circuit now (an open one past ``open_s`` reads as half-open)."""
-        with self._lock:
-            circuit = self._circuits.get(model)
-            if circuit is None:
-                return "closed"
+        with self._circuit(model, write=False) as circuit:
             if circuit.state == "open" and self.clock() - circuit.opened_at >= self.open_s:
                 return "half_open"
             return circuit.state
 
     def allow(self, model: str) -> bool:
         """Whether a call to ``model`` may go now (taking a probe slot when half-open)."""
-        with self._lock:
-            circuit = self._circuits.setdefault(model, _Circuit())
+        with self._circuit(model) as circuit:
             if circuit.state == "closed":
                 return True
             if circuit.state == "open":
@@ -123,8 +210,7 @@ class CircuitBreaker:
         kind = None if error is None else classify_error(error)
         failed = kind in _OUTAGE
         now = self.clock()
-        with self._lock:
-            circuit = self._circuits.setdefault(model, _Circuit())
+        with self._circuit(model) as circuit:
             if kind == "rate_limit":  # up, but asks to come back later: not an outage
                 if circuit.state == "half_open":
                     circuit.probes = max(0, circuit.probes - 1)  # the probe told nothing
@@ -134,7 +220,8 @@ class CircuitBreaker:
                     circuit.state, circuit.opened_at = "open", now
                     diagnostics.count("circuit_reopened")
                 else:
-                    self._circuits[model] = _Circuit()
+                    circuit.outcomes.clear()
+                    circuit.state, circuit.probes, circuit.streak = "closed", 0, 0
                     diagnostics.count("circuit_closed")
                 return
             circuit.outcomes.append((now, failed))

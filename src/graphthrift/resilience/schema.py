@@ -10,6 +10,8 @@
   provider, model and tenant), shared by every process.
 - ``graphthrift_rate_waiters``: interactive callers waiting for room in a bucket, so batch
   callers in every process hold back until they are served (each row expires on its own).
+- ``graphthrift_circuits``: the circuit-breaker state of each model (recent outcomes, open or
+  half-open, probes taken), shared by every process on the store.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ TOOL_CLAIMS_TABLE = "graphthrift_tool_claims"
 RETRY_WINDOW_TABLE = "graphthrift_retry_window"
 RATE_BUCKETS_TABLE = "graphthrift_rate_buckets"
 RATE_WAITERS_TABLE = "graphthrift_rate_waiters"
+CIRCUITS_TABLE = "graphthrift_circuits"
 
 RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -105,6 +108,19 @@ RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
                 waiter text NOT NULL,
                 until timestamptz NOT NULL,
                 PRIMARY KEY (key, waiter)
+            )
+            """,
+        ),
+    ),
+    Migration(
+        35,
+        "shared circuit breakers",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {CIRCUITS_TABLE} (
+                model text PRIMARY KEY,
+                data jsonb NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,
         ),
