@@ -237,11 +237,12 @@ class SharedRateLimiter:
             return 0
         name, limit = found
         kinds = [k for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None]
+        total = 0
         with self.store.connect() as conn:
-            return sum(
-                int(conn.execute(_COUNT_QUEUED, {"key": self._key(k, name, tenant_id)}).scalar())
-                for k in kinds
-            )
+            for kind in kinds:
+                key = self._key(kind, name, tenant_id)
+                total += int(conn.execute(_COUNT_QUEUED, {"key": key}).scalar() or 0)
+        return total
 
     def _enqueue(self, full: _Full, waiter: str, for_s: float) -> None:
         """Mark an interactive caller as waiting for ``full.key`` (until it is served, gives
