@@ -45,6 +45,7 @@ __all__ = [
     "message_usage",
     "model_identity",
     "model_name",
+    "request_id_of",
     "tool_call_key",
 ]
 
@@ -162,6 +163,16 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
         return await self.flight.acall(fn=call, **args)
 
 
+def request_id_of(config: Mapping[str, Any], header: str | None = "x-request-id") -> str | None:
+    """The caller's request id of a run: config metadata ``request_id``, else the request
+    header ``header`` (LangGraph's server forwards allowed request headers into
+    ``config["configurable"]``, lower-cased); None when neither is set."""
+    request_id = (config.get("metadata") or {}).get("request_id")
+    if (request_id is None or request_id == "") and header:
+        request_id = (config.get("configurable") or {}).get(header.lower())
+    return None if request_id is None or request_id == "" else str(request_id)
+
+
 class _RequestDedupRunnable(Runnable[Any, Any]):
     def __init__(
         self,
@@ -178,16 +189,12 @@ class _RequestDedupRunnable(Runnable[Any, Any]):
             dedup.engine.codec = MESSAGE_CODEC
 
     def _args(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
-        metadata = config.get("metadata") or {}
-        request_id = metadata.get("request_id")
-        if (request_id is None or request_id == "") and self.header:
-            configurable = config.get("configurable") or {}
-            request_id = configurable.get(self.header)
-        if request_id is None or request_id == "":
+        request_id = request_id_of(config, self.header)
+        if request_id is None:
             return None
         messages = input.get("messages", input) if isinstance(input, Mapping) else input
         return {
-            "request_id": str(request_id),
+            "request_id": request_id,
             "scope": cache_scope(config),
             "fingerprint": message_fingerprint(messages) if self.fingerprint else None,
             "tags": run_tags(config),
