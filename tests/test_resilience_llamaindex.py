@@ -18,6 +18,7 @@ from llama_index.core.llms import (
 from llama_index.core.tools import FunctionTool
 
 from graphthrift import Ledger, Store
+from graphthrift.errors import ConfigError
 from graphthrift.kernel import bound_run_tags
 from graphthrift.llamaindex import SingleFlightLLM, idempotent_function_tool
 from graphthrift.resilience import RequestDedup, SingleFlight, ToolIdempotency
@@ -133,5 +134,7 @@ def test_function_tool_runs_once_per_key(store: Store, tenant: str) -> None:
     tool.call(invoice="INV-2", amount=5.0, idempotency_key=f"{tenant}-k")
     again = asyncio.run(tool.acall(invoice="INV-2", amount=6.0, idempotency_key=f"{tenant}-k"))
     assert len(paid) == 2 and again.raw_output["receipt"] == 2  # the explicit key decides
+    with pytest.raises(ConfigError, match="flight"):
+        SingleFlightLLM(llm=CountingLLM())
     with pytest.raises(TypeError):
         idempotent_function_tool(FunctionTool.from_defaults(fn=pay_invoice), object())  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.tools import FunctionTool
 from pydantic import ConfigDict, Field
 
+from graphthrift.errors import ConfigError
 from graphthrift.kernel import cache_scope, current_run_tags, run_tags
 from graphthrift.ledger.usage import Usage, read_usage
 from graphthrift.resilience import (
@@ -100,9 +101,15 @@ class SingleFlightLLM(LLM):
     model: str | None = None
     tags: dict[str, Any] = Field(default_factory=dict)
 
+    def __init__(self, **data: Any) -> None:
+        # Checked before pydantic validates, which would wrap a ConfigError in its own error.
+        if data.get("flight") is None and data.get("request_dedup") is None:
+            raise ConfigError(
+                "flight", None, "SingleFlightLLM needs a flight, a request_dedup or both"
+            )
+        super().__init__(**data)
+
     def model_post_init(self, __context: Any) -> None:
-        if self.flight is None and self.request_dedup is None:
-            raise ValueError("SingleFlightLLM needs a flight, a request_dedup or both")
         if self.flight is not None and not isinstance(self.flight, SingleFlight):
             raise TypeError(
                 f"SingleFlightLLM needs a graphthrift SingleFlight, got {self.flight!r}"

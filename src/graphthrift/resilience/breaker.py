@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
 from graphthrift.errors import (
+    ConfigError,
     NoCandidateLeft,
     RetryBudgetExhausted,
     StoreUnavailable,
@@ -136,7 +137,7 @@ class CircuitBreaker:
         if min_calls < 1 or probes < 1:
             raise ValueError(f"min_calls and probes must be >= 1, got {min_calls}, {probes}")
         if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
-            raise ValueError(f"consecutive must be an int >= 1, got {consecutive!r}")
+            raise ConfigError("consecutive", consecutive, "must be an int >= 1")
         self.consecutive = consecutive
         self.window_s = window_s
         self.min_calls = min_calls
