@@ -278,3 +278,25 @@ def test_circuit_state_is_shared_across_processes(store: Store) -> None:
     assert one.allow(model) and not two.allow(model)  # one probe between all processes
     one.record(model, None)
     assert two.state(model) == "closed" and two.allow(model)
+
+
+def test_shared_breaker_with_the_store_down_keeps_this_process_circuits() -> None:
+    """A breaker must not take the graph down with its store: it fails open to the
+    process's own circuits, counted."""
+    from sqlalchemy import create_engine
+
+    from graphthrift import diagnostics
+
+    store = Store.__new__(Store)
+    store.engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
+    store.display_url = "postgresql://127.0.0.1:1/none"
+    store._secrets = ()  # what Store.__init__ would set for a URL without secrets
+    breaker = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=60)
+    before = diagnostics.get("circuit_store_failure")
+    assert breaker.allow("m")
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open" and not breaker.allow("m")
+    assert diagnostics.get("circuit_store_failure") >= before + 5
