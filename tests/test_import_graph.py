@@ -42,9 +42,6 @@ KNOWN_VIOLATIONS: set[tuple[str, str, str]] = {
     # src/graphthrift/cache/exact.py (function level, when called): the deprecated
     # ExactCache.as_langchain_cache bridge; removed with the deprecation shims in 0.3
     ("core-imports-adapter", "graphthrift.cache.exact", "graphthrift.langchain.cache:as_langchain_cache"),
-    # src/graphthrift/middleware/resilience.py: the LangGraph adapter's helpers
-    ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_settings"),
-    ("private-name", "graphthrift.middleware.resilience", "graphthrift.langgraph.resilience:_usage"),
 }  # fmt: skip
 
 

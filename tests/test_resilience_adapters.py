@@ -206,3 +206,35 @@ def test_request_id_from_a_forwarded_header(store: Store, tenant: str) -> None:
     retry = agent.invoke({"messages": [HumanMessage("q")]}, config)
     assert len(raw.calls) == 1
     assert retry["messages"][-1].content == first["messages"][-1].content == "Header answer."
+
+
+@pytest.mark.parametrize("where", ["metadata", "header"])
+def test_middleware_serves_a_retried_request_its_stored_model_answers(
+    store: Store, ledger: Ledger, tenant: str, where: str
+) -> None:
+    """A client that retries a request (same request id, in the run's metadata or in a
+    request header LangGraph's server forwards into ``configurable``) gets the answers its
+    first attempt already paid for; another request id calls the model again."""
+    raw = gated()
+    dedup = RequestDedup(store, ledger=ledger)
+    agent = create_agent(
+        raw, tools=[], middleware=[ResilienceMiddleware(request_dedup=dedup, header="X-Request-Id")]
+    )
+
+    def run(request_id: str) -> str:
+        config: dict[str, Any] = {"metadata": {"tenant_id": tenant}}
+        if where == "metadata":
+            config["metadata"]["request_id"] = request_id
+        else:
+            config["configurable"] = {"x-request-id": request_id}
+        out = agent.invoke({"messages": [HumanMessage("How do I freeze my card?")]}, config)
+        return str(out["messages"][-1].content)
+
+    first = run(f"{tenant}-r1")
+    assert run(f"{tenant}-r1") == first  # the retry
+    assert len(raw.calls) == 1
+    run(f"{tenant}-r2")
+    assert len(raw.calls) == 2
+    ledger.flush()
+    dedups = [r for r in ledger.records(tenant_id=tenant) if r["kind"] == "dedup"]
+    assert len(dedups) == 1 and dedups[0]["saved_usd"] > 0

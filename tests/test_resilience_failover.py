@@ -8,7 +8,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 
-from graphthrift import Ledger
+from graphthrift import Ledger, Store
 from graphthrift.errors import NoCandidateLeft
 from graphthrift.middleware import FailoverMiddleware
 from graphthrift.resilience import CircuitBreaker, Failover
@@ -126,3 +126,177 @@ def test_failover_middleware_in_an_agent(ledger: Ledger, tenant: str) -> None:
     ledger.flush()
     (row,) = ledger.records(tenant_id=tenant, kind="failover")
     assert row["extra"] == {"chosen": "gpt-4o-mini", "skipped": {"gpt-4o": "upstream"}}
+
+
+def test_retries_inside_a_failover_stop_when_the_circuit_opens() -> None:
+    """Retrying a provider the breaker has given up on only spends the retry budget: each
+    failed attempt counts towards the circuit, and once it opens the failover moves on."""
+    from graphthrift.resilience import Backoff, Retrier
+
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60, window_s=60)
+    retrier = Retrier(
+        max_retries=5, backoff=Backoff(base_s=0.001, cap_s=0.001), sleep=lambda _: None
+    )
+    calls: list[str] = []
+
+    def call(model: str) -> str:
+        def attempt() -> str:
+            calls.append(model)
+            if model == "down":
+                raise UpstreamError("503 provider down")
+            return f"answer from {model}"
+
+        return retrier.call(attempt)
+
+    failover = Failover(["down", "backup"], breaker=breaker)
+    assert failover.call(call) == "answer from backup"
+    assert calls.count("down") == 2  # the second failure opened the circuit: no 3rd to 6th try
+    assert breaker.state("down") == "open"
+    assert failover.call(call) == "answer from backup"
+    assert calls.count("down") == 2  # skipped while open
+
+
+def test_the_last_candidate_still_retries_with_its_circuit_open() -> None:
+    from graphthrift.resilience import Backoff, Retrier
+
+    breaker = CircuitBreaker(min_calls=1, error_rate=0.5, open_s=60, window_s=60)
+    retrier = Retrier(
+        max_retries=3, backoff=Backoff(base_s=0.001, cap_s=0.001), sleep=lambda _: None
+    )
+    attempts: list[int] = []
+
+    def call(model: str) -> str:
+        def attempt() -> str:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise UpstreamError("503")
+            return "late answer"
+
+        return retrier.call(attempt)
+
+    assert Failover(["only"], breaker=breaker).call(call) == "late answer"
+    assert len(attempts) == 3
+
+
+def test_rate_limits_do_not_open_the_circuit() -> None:
+    """A 429 says the provider is up and asks to come back later (``retry-after``): opening
+    the circuit on it would send healthy traffic to a dearer fallback or fail it."""
+    from fakes import RateLimitError
+
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60, window_s=60)
+    for _ in range(6):
+        breaker.record("m", RateLimitError("429"))
+    breaker.record("m", None)
+    assert breaker.state("m") == "closed" and breaker.allow("m")
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open"
+
+
+def test_the_last_candidate_is_tried_when_every_circuit_is_open() -> None:
+    """Open circuits everywhere must not fail a run without one call: the breaker saves calls
+    to a provider while another can answer, the last resort is still asked."""
+    breaker = CircuitBreaker(min_calls=1, error_rate=0.5, open_s=60, window_s=60)
+    breaker.record("a", UpstreamError("503"))
+    breaker.record("b", UpstreamError("503"))
+    assert breaker.state("a") == breaker.state("b") == "open"
+    tried: list[str] = []
+
+    def call(model: str) -> str:
+        tried.append(model)
+        return f"answer from {model}"
+
+    assert Failover(["a", "b"], breaker=breaker).call(call) == "answer from b"
+    assert tried == ["b"]
+
+
+def test_consecutive_failures_open_the_circuit_after_a_healthy_stretch() -> None:
+    """A provider that goes down after hours of good calls keeps a low error rate over a long
+    window; consecutive failures open its circuit anyway (fail over sooner)."""
+    breaker = CircuitBreaker(min_calls=4, error_rate=0.5, window_s=600, consecutive=3)
+    for _ in range(50):
+        breaker.record("m", None)
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "closed"
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open"
+    with pytest.raises(ValueError, match="consecutive"):
+        CircuitBreaker(consecutive=0)
+
+
+_OTHER_PROCESS = """
+import os, sys
+from graphthrift import Store
+from graphthrift.resilience import CircuitBreaker
+
+class UpstreamError(Exception):
+    status_code = 503
+
+store = Store(home=os.environ["GRAPHTHRIFT_HOME"])
+breaker = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=30, window_s=60)
+for _ in range(2):
+    breaker.record(sys.argv[1], UpstreamError("503 provider down"))
+print(breaker.state(sys.argv[1]), flush=True)
+store.close()
+"""
+
+
+def test_circuit_state_is_shared_across_processes(store: Store) -> None:
+    """A provider one worker found down is skipped by every worker on the store, and only one
+    of them probes it when the circuit half-opens."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+    from pathlib import Path
+
+    model = f"down-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "GRAPHTHRIFT_HOME": str(store.home),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, model],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "open"
+    here = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=30, window_s=60)
+    assert here.state(model) == "open" and not here.allow(model)
+    assert here.state("another-model") == "closed"
+
+    later = lambda: time.time() + 31  # noqa: E731  (open_s has passed)
+    one = CircuitBreaker(store=store, min_calls=2, open_s=30, window_s=60, clock=later)
+    two = CircuitBreaker(store=store, min_calls=2, open_s=30, window_s=60, clock=later)
+    assert one.state(model) == "half_open"
+    assert one.allow(model) and not two.allow(model)  # one probe between all processes
+    one.record(model, None)
+    assert two.state(model) == "closed" and two.allow(model)
+
+
+def test_shared_breaker_with_the_store_down_keeps_this_process_circuits() -> None:
+    """A breaker must not take the graph down with its store: it fails open to the
+    process's own circuits, counted."""
+    from sqlalchemy import create_engine
+
+    from graphthrift import diagnostics
+
+    store = Store.__new__(Store)
+    store.engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
+    store.display_url = "postgresql://127.0.0.1:1/none"
+    store._secrets = ()  # what Store.__init__ would set for a URL without secrets
+    breaker = CircuitBreaker(store=store, min_calls=2, error_rate=0.5, open_s=60)
+    before = diagnostics.get("circuit_store_failure")
+    assert breaker.allow("m")
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open" and not breaker.allow("m")
+    assert diagnostics.get("circuit_store_failure") >= before + 5

@@ -150,3 +150,33 @@ def test_shed_calls_are_booked(store: Store, ledger: object, tenant: str) -> Non
     (row,) = ledger.records(tenant_id=tenant, kind="rate_limited")  # type: ignore[attr-defined]
     assert row["model"] == "m" and row["success"] is False and row["cost_usd"] == 0
     assert row["extra"]["priority"] == "batch" and row["extra"]["limit"] == f"rpm|m|{tenant}"
+
+
+def test_batch_waits_while_interactive_demand_is_queued(store: Store, tenant: str) -> None:
+    """Small batch calls must not starve a large interactive one: while an interactive caller
+    waits for room in a bucket (in any process), batch calls on it wait too."""
+    import threading
+
+    limits = {"m": RateLimit(tpm=1_000)}
+    batch = SharedRateLimiter(store, limits, max_wait_s=0, batch_reserve=0.0)
+    waiting = SharedRateLimiter(store, limits, max_wait_s=60, batch_reserve=0.0)
+    held = batch.acquire("m", tokens=600, tenant_id=tenant)  # 400 left
+    got: list[object] = []
+    worker = threading.Thread(
+        target=lambda: got.append(waiting.acquire("m", tokens=900, tenant_id=tenant))
+    )
+    worker.start()
+    for _ in range(600):  # until the interactive caller is queued (no timing asserted)
+        if batch.queued("m", tenant_id=tenant):
+            break
+        threading.Event().wait(0.05)
+    assert batch.queued("m", tenant_id=tenant) == 1
+    with pytest.raises(RateLimited) as err:  # 100 would fit in 400, but an interactive waits
+        batch.acquire("m", tokens=100, tenant_id=tenant, priority="batch")
+    assert err.value.limit == f"tpm|m|{tenant}"
+    batch.acquire("m", tokens=100, tenant_id=tenant)  # interactive callers are not held back
+    batch.settle(held, used_tokens=0)  # room for the queued 900
+    worker.join(60)
+    assert len(got) == 1 and batch.queued("m", tenant_id=tenant) == 0
+    batch.settle(got[0], used_tokens=0)  # type: ignore[arg-type]
+    batch.acquire("m", tokens=100, tenant_id=tenant, priority="batch")

@@ -42,7 +42,10 @@ __all__ = [
     "dedup_requests",
     "idempotent_tool",
     "message_fingerprint",
+    "message_usage",
+    "model_identity",
     "model_name",
+    "request_id_of",
     "tool_call_key",
 ]
 
@@ -86,14 +89,15 @@ def message_fingerprint(messages: Any, **settings: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _usage(message: Any) -> Usage | None:
+def message_usage(message: Any) -> Usage | None:
+    """The validated usage of an ``AIMessage`` (through the kernel), ``None`` for anything else."""
     if isinstance(message, AIMessage):
         return read_usage(message.usage_metadata)
     return None
 
 
-def _settings(model: Any) -> dict[str, Any]:
-    """The model's identity and settings that change its answer."""
+def model_identity(model: Any) -> dict[str, Any]:
+    """The model's class and the settings that change its answer (part of a single-flight key)."""
     try:
         params = dict(model._identifying_params)
     except Exception:  # not a LangChain model: its repr is its identity
@@ -123,7 +127,7 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
         self.model = model
         self.flight = flight
         self.model_name = name or model_name(model) or model_name(getattr(model, "bound", None))
-        self._identity = _settings(getattr(model, "bound", model))
+        self._identity = model_identity(getattr(model, "bound", model))
         if hasattr(model, "kwargs"):
             self._identity["bound_kwargs"] = getattr(model, "kwargs", None)
         if flight.engine.codec is JSON_CODEC:  # answers are messages: store them as such
@@ -140,7 +144,7 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
             "key": message_fingerprint(input, **self._identity),
             "scope": cache_scope(config),
             "model": self.model_name,
-            "usage_of": _usage,
+            "usage_of": message_usage,
             "tags": run_tags(config),
         }
 
@@ -159,6 +163,16 @@ class SingleFlightModel(Runnable[Any, BaseMessage]):
         return await self.flight.acall(fn=call, **args)
 
 
+def request_id_of(config: Mapping[str, Any], header: str | None = "x-request-id") -> str | None:
+    """The caller's request id of a run: config metadata ``request_id``, else the request
+    header ``header`` (LangGraph's server forwards allowed request headers into
+    ``config["configurable"]``, lower-cased); None when neither is set."""
+    request_id = (config.get("metadata") or {}).get("request_id")
+    if (request_id is None or request_id == "") and header:
+        request_id = (config.get("configurable") or {}).get(header.lower())
+    return None if request_id is None or request_id == "" else str(request_id)
+
+
 class _RequestDedupRunnable(Runnable[Any, Any]):
     def __init__(
         self,
@@ -175,16 +189,12 @@ class _RequestDedupRunnable(Runnable[Any, Any]):
             dedup.engine.codec = MESSAGE_CODEC
 
     def _args(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
-        metadata = config.get("metadata") or {}
-        request_id = metadata.get("request_id")
-        if (request_id is None or request_id == "") and self.header:
-            configurable = config.get("configurable") or {}
-            request_id = configurable.get(self.header)
-        if request_id is None or request_id == "":
+        request_id = request_id_of(config, self.header)
+        if request_id is None:
             return None
         messages = input.get("messages", input) if isinstance(input, Mapping) else input
         return {
-            "request_id": str(request_id),
+            "request_id": request_id,
             "scope": cache_scope(config),
             "fingerprint": message_fingerprint(messages) if self.fingerprint else None,
             "tags": run_tags(config),

@@ -19,6 +19,8 @@ _EXPORTS = {
     "BudgetedLLM": ".budget",
     "HistoryMemoryBlock": ".memory",
     "PrunedChatMemory": ".memory",
+    "SingleFlightLLM": ".resilience",
+    "idempotent_function_tool": ".resilience",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -33,3 +35,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .memory import HistoryMemoryBlock as HistoryMemoryBlock
     from .memory import PrunedChatMemory as PrunedChatMemory
     from .postprocessor import CompressionPostprocessor as CompressionPostprocessor
+    from .resilience import SingleFlightLLM as SingleFlightLLM
+    from .resilience import idempotent_function_tool as idempotent_function_tool

@@ -30,10 +30,11 @@ from langgraph.types import Command
 from graphthrift import diagnostics
 from graphthrift.kernel import cache_scope, run_tags
 from graphthrift.langgraph.resilience import (
-    _settings,
-    _usage,
     message_fingerprint,
+    message_usage,
+    model_identity,
     model_name,
+    request_id_of,
     tool_call_key,
 )
 from graphthrift.ledger.ledger import Ledger
@@ -43,6 +44,7 @@ from graphthrift.resilience import (
     CircuitBreaker,
     Codec,
     Failover,
+    RequestDedup,
     Retrier,
     SharedRateLimiter,
     SingleFlight,
@@ -80,7 +82,7 @@ def _run_config() -> Mapping[str, Any]:
 def _response_usage(response: Any) -> Usage | None:
     if isinstance(response, ModelResponse):
         for message in reversed(response.result):
-            usage = _usage(message)
+            usage = message_usage(message)
             if usage is not None:
                 return usage
     return None
@@ -101,6 +103,12 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             ``max_output_tokens``), waits for room up to its bound (then ``RateLimited``),
             and settles the real usage.
         priority: ``"interactive"`` or ``"batch"`` (batch leaves the limiter's reserve).
+        request_dedup: a ``RequestDedup``: in a run with a caller's request id (config
+            metadata ``request_id``, else the request header ``header`` that LangGraph's
+            server forwards into ``config["configurable"]``), each model call runs once per
+            request id; a client's retry of the request waits for it or gets its stored
+            answer instead of generating again. Runs without a request id pass through.
+        header: the request header holding the request id (case-insensitive).
         model_name: the priced name of the agent's model (default: read from the model).
 
     It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
@@ -119,13 +127,24 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         rate_limiter: SharedRateLimiter | None = None,
         priority: Priority = "interactive",
         max_output_tokens: int = 1024,
+        request_dedup: RequestDedup | None = None,
+        header: str | None = "x-request-id",
         model_name: str | None = None,
     ) -> None:
         super().__init__()
-        if single_flight is None and retrier is None and rate_limiter is None:
+        if all(x is None for x in (single_flight, retrier, rate_limiter, request_dedup)):
             raise ValueError(
-                "ResilienceMiddleware needs a single_flight, a retrier or a rate_limiter"
+                "ResilienceMiddleware needs a single_flight, a retrier, a rate_limiter "
+                "or a request_dedup"
             )
+        if request_dedup is not None and not isinstance(request_dedup, RequestDedup):
+            raise TypeError(
+                f"ResilienceMiddleware needs a graphthrift RequestDedup, got {request_dedup!r}"
+            )
+        if request_dedup is not None and request_dedup.engine.codec is JSON_CODEC:
+            request_dedup.engine.codec = RESPONSE_CODEC
+        self.request_dedup = request_dedup
+        self.header = header
         if priority not in ("interactive", "batch"):
             raise ValueError(f"priority must be 'interactive' or 'batch', got {priority!r}")
         if single_flight is not None and not isinstance(single_flight, SingleFlight):
@@ -150,7 +169,7 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         tools = sorted(getattr(t, "name", None) or str(t) for t in request.tools or [])
         key = message_fingerprint(
             messages,
-            model=_settings(request.model),
+            model=model_identity(request.model),
             settings=dict(request.model_settings or {}),
             tools=tools,
             tool_choice=request.tool_choice,
@@ -162,7 +181,24 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             "model": self.model_name or model_name(request.model),
             "usage_of": _response_usage,
             "tags": run_tags(config),
+            "request_id": request_id_of(config, self.header),
         }
+
+    def _request_args(self, args: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Request-id dedup of this model call: the request id plus the call's own key (each
+        step of the agent loop is its own call), or None when not deduped."""
+        if self.request_dedup is None or args["request_id"] is None:
+            return None
+        return {
+            "request_id": f"{args['request_id']}|{args['key']}",
+            "scope": args["scope"],
+            "model": args["model"],
+            "usage_of": _response_usage,
+            "tags": args["tags"],
+        }
+
+    def _flight_args(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in args.items() if k != "request_id"}
 
     def _rate_args(
         self, request: ModelRequest[Any], args: Mapping[str, Any]
@@ -206,9 +242,16 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             call: Callable[[], ModelResponse[Any]] = once
         else:
             call = lambda: retrier.call(once, tags=args["tags"])  # noqa: E731
-        if self.single_flight is None:
-            return call()
-        return self.single_flight.call(fn=call, **args)
+
+        def shared() -> ModelResponse[Any]:
+            if self.single_flight is None:
+                return call()
+            return self.single_flight.call(fn=call, **self._flight_args(args))
+
+        by_request = self._request_args(args)
+        if by_request is None or self.request_dedup is None:
+            return shared()
+        return self.request_dedup.call(fn=shared, **by_request)
 
     async def awrap_model_call(
         self,
@@ -239,9 +282,15 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                 return await once()
             return await self.retrier.acall(once, tags=args["tags"])
 
-        if self.single_flight is None:
-            return await call()
-        return await self.single_flight.acall(fn=call, **args)
+        async def shared() -> ModelResponse[Any]:
+            if self.single_flight is None:
+                return await call()
+            return await self.single_flight.acall(fn=call, **self._flight_args(args))
+
+        by_request = self._request_args(args)
+        if by_request is None or self.request_dedup is None:
+            return await shared()
+        return await self.request_dedup.acall(fn=shared, **by_request)
 
 
 class IdempotentToolMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):

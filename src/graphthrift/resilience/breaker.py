@@ -3,35 +3,57 @@
 A provider that is down answers every call with an error after a timeout: calling it anyway
 costs latency and retries. ``CircuitBreaker`` opens a model's circuit when its error rate over
 a window passes a threshold, refuses calls while open, and half-opens after ``open_s`` to let
-one probe through. Only errors that say the provider is unwell count (rate limits, timeouts,
-upstream errors); a bad request is the caller's fault and does not.
+one probe through. Only errors that say the provider is unwell count (timeouts, upstream
+errors); a bad request is the caller's fault and a rate limit says the provider is up, so
+neither does.
 
 ``Failover`` tries an ordered list of equivalent models: it skips those whose circuit is open
 and those that would break the run's budget (``fits``), records why, and moves on when a
-candidate fails with a provider error. Every decision is a ledger row ``kind="failover"``.
-Breakers are per process (each process learns a provider's health from its own calls).
+candidate fails with a provider error. A ``Retrier`` inside a candidate's call reports each
+failed attempt to the breaker (``RETRY_GATE``) and stops retrying once the circuit opens.
+Every decision is a ledger row ``kind="failover"``.
+Breakers are per process, or, given a store, shared by every process on it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
 from graphthrift import diagnostics
-from graphthrift.errors import NoCandidateLeft, RetryBudgetExhausted, classify_error
+from graphthrift.errors import (
+    ConfigError,
+    NoCandidateLeft,
+    RetryBudgetExhausted,
+    StoreUnavailable,
+    classify_error,
+)
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.records import LedgerRecord
-from graphthrift.resilience.retry import RETRYABLE
+from graphthrift.resilience.retry import RETRY_GATE, RETRYABLE
+from graphthrift.resilience.schema import CIRCUITS_TABLE
+from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 
 __all__ = ["CircuitBreaker", "Failover"]
 
 State = Literal["closed", "open", "half_open"]
+
+#: Error kinds that say a provider is unwell. A rate limit is not one: the provider answered,
+#: and its ``retry-after`` says when to come back (the ``Retrier`` honours it).
+_OUTAGE: frozenset[str | None] = frozenset(RETRYABLE - {"rate_limit"})
+#: Outcomes a shared circuit keeps (the most recent): enough for an error rate, a small row.
+_KEEP_OUTCOMES = 200
 
 
 @dataclass(slots=True)
@@ -40,6 +62,42 @@ class _Circuit:
     state: State = "closed"
     opened_at: float = 0.0
     probes: int = 0
+    streak: int = 0  # outage failures in a row
+
+    def to_json(self, keep: int) -> str:
+        outcomes = [[t, bad] for t, bad in list(self.outcomes)[-keep:]]
+        return json.dumps(
+            {
+                "outcomes": outcomes,
+                "state": self.state,
+                "opened_at": self.opened_at,
+                "probes": self.probes,
+                "streak": self.streak,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: Any) -> _Circuit:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+        return cls(
+            outcomes=deque((float(t), bool(bad)) for t, bad in data["outcomes"]),
+            state=data["state"],
+            opened_at=float(data["opened_at"]),
+            probes=int(data["probes"]),
+            streak=int(data["streak"]),
+        )
+
+
+_ENSURE = text(f"""
+    INSERT INTO {CIRCUITS_TABLE} (model, data) VALUES (:model, CAST(:data AS jsonb))
+    ON CONFLICT (model) DO NOTHING
+""")
+_LOCK_ROW = text(f"SELECT data FROM {CIRCUITS_TABLE} WHERE model = :model FOR UPDATE")
+_READ_ROW = text(f"SELECT data FROM {CIRCUITS_TABLE} WHERE model = :model")
+_SAVE = text(f"""
+    UPDATE {CIRCUITS_TABLE} SET data = CAST(:data AS jsonb), updated_at = now()
+    WHERE model = :model
+""")
 
 
 class CircuitBreaker:
@@ -49,9 +107,15 @@ class CircuitBreaker:
         window_s: the window the error rate is measured over.
         min_calls: calls needed in the window before the circuit may open.
         error_rate: the share of failed calls that opens it.
+        consecutive: failures in a row that open it whatever the window's rate (a provider
+            that goes down after a long healthy stretch keeps a low rate for a while).
         open_s: seconds it stays open before letting a probe through.
         probes: calls let through while half-open.
-        clock: the time source (tests pass their own).
+        store: share every circuit through PostgreSQL (``graphthrift_circuits``): a provider
+            one process found down is skipped by all, and half-open probes are counted across
+            processes. Without it, each process learns a provider's health on its own. A store
+            that is down falls back to this process's own circuits (counted).
+        clock: the time source (tests pass their own); with a store, wall-clock seconds.
     """
 
     def __init__(
@@ -62,7 +126,9 @@ class CircuitBreaker:
         error_rate: float = 0.5,
         open_s: float = 30.0,
         probes: int = 1,
-        clock: Callable[[], float] = time.monotonic,
+        consecutive: int = 5,
+        store: Store | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not window_s > 0 or not open_s > 0:
             raise ValueError(f"window_s and open_s must be > 0, got {window_s!r}, {open_s!r}")
@@ -70,29 +136,65 @@ class CircuitBreaker:
             raise ValueError(f"error_rate must be in (0, 1], got {error_rate!r}")
         if min_calls < 1 or probes < 1:
             raise ValueError(f"min_calls and probes must be >= 1, got {min_calls}, {probes}")
+        if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
+            raise ConfigError("consecutive", consecutive, "must be an int >= 1")
+        self.consecutive = consecutive
         self.window_s = window_s
         self.min_calls = min_calls
         self.error_rate = error_rate
         self.open_s = open_s
         self.probes = probes
-        self.clock = clock
+        self.store = store
+        # processes share wall-clock time; a process's own monotonic clock suits one process
+        self.clock = clock or (time.time if store is not None else time.monotonic)
         self._circuits: dict[str, _Circuit] = {}
         self._lock = threading.Lock()
 
+    @contextmanager
+    def _circuit(self, model: str, *, write: bool = True) -> Iterator[_Circuit]:
+        """The model's circuit, locked (in this process, and with a store in every process)
+        while the block runs, and saved after it."""
+        with self._lock:
+            if self.store is None:
+                yield self._circuits.setdefault(model, _Circuit())
+                return
+            used = False
+            try:
+                with self.store.connect() as conn:
+                    if write:
+                        conn.execute(_ENSURE, {"model": model, "data": _Circuit().to_json(0)})
+                        raw = conn.execute(_LOCK_ROW, {"model": model}).scalar()
+                    else:
+                        raw = conn.execute(_READ_ROW, {"model": model}).scalar()
+                    circuit = _Circuit() if raw is None else _Circuit.from_json(raw)
+                    used = True
+                    yield circuit
+                    if write:
+                        data = circuit.to_json(_KEEP_OUTCOMES)
+                        conn.execute(_SAVE, {"model": model, "data": data})
+                self._circuits[model] = circuit  # the fallback if the store goes down
+                return
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                diagnostics.count(
+                    "circuit_store_failure",
+                    "graphthrift circuit breaker: store unavailable (%s); using this "
+                    "process's own circuits",
+                    exc,
+                )
+                if used:  # the block ran; only its saving failed
+                    return
+            yield self._circuits.setdefault(model, _Circuit())
+
     def state(self, model: str) -> State:
         """The model's circuit now (an open one past ``open_s`` reads as half-open)."""
-        with self._lock:
-            circuit = self._circuits.get(model)
-            if circuit is None:
-                return "closed"
+        with self._circuit(model, write=False) as circuit:
             if circuit.state == "open" and self.clock() - circuit.opened_at >= self.open_s:
                 return "half_open"
             return circuit.state
 
     def allow(self, model: str) -> bool:
         """Whether a call to ``model`` may go now (taking a probe slot when half-open)."""
-        with self._lock:
-            circuit = self._circuits.setdefault(model, _Circuit())
+        with self._circuit(model) as circuit:
             if circuit.state == "closed":
                 return True
             if circuit.state == "open":
@@ -106,27 +208,32 @@ class CircuitBreaker:
 
     def record(self, model: str, error: BaseException | None) -> None:
         """Count a call's outcome; a provider error may open the circuit."""
-        failed = error is not None and classify_error(error) in RETRYABLE
+        kind = None if error is None else classify_error(error)
+        failed = kind in _OUTAGE
         now = self.clock()
-        with self._lock:
-            circuit = self._circuits.setdefault(model, _Circuit())
+        with self._circuit(model) as circuit:
+            if kind == "rate_limit":  # up, but asks to come back later: not an outage
+                if circuit.state == "half_open":
+                    circuit.probes = max(0, circuit.probes - 1)  # the probe told nothing
+                return
             if circuit.state == "half_open":
                 if failed:
                     circuit.state, circuit.opened_at = "open", now
                     diagnostics.count("circuit_reopened")
                 else:
-                    self._circuits[model] = _Circuit()
+                    circuit.outcomes.clear()
+                    circuit.state, circuit.probes, circuit.streak = "closed", 0, 0
                     diagnostics.count("circuit_closed")
                 return
             circuit.outcomes.append((now, failed))
             while circuit.outcomes and circuit.outcomes[0][0] < now - self.window_s:
                 circuit.outcomes.popleft()
+            circuit.streak = circuit.streak + 1 if failed else 0
             calls = len(circuit.outcomes)
             errors = sum(1 for _, bad in circuit.outcomes if bad)
-            if (
-                circuit.state == "closed"
-                and calls >= self.min_calls
-                and errors / calls >= self.error_rate
+            if circuit.state == "closed" and (
+                circuit.streak >= self.consecutive
+                or (calls >= self.min_calls and errors / calls >= self.error_rate)
             ):
                 circuit.state, circuit.opened_at = "open", now
                 diagnostics.count(
@@ -169,10 +276,15 @@ class Failover:
         self.fits = fits
         self.ledger = ledger
 
-    def _skip_reason(self, model: str) -> str | None:
+    def _skip_reason(self, model: str, reasons: Mapping[str, str]) -> str | None:
         if self.fits is not None and not self.fits(model):
             return "over budget"
         if not self.breaker.allow(model):
+            if model == self.models[-1] and all(r == "circuit open" for r in reasons.values()):
+                # every circuit open: the breaker spares a provider while another can answer,
+                # it must not fail the run without one call; the last resort is asked
+                diagnostics.count("failover_last_resort")
+                return None
             return "circuit open"
         return None
 
@@ -195,14 +307,29 @@ class Failover:
             )
         )
 
-    def _failed(self, model: str, exc: BaseException, reasons: dict[str, str]) -> None:
+    def _gate(self, model: str, seen: list[BaseException]) -> Callable[[BaseException], bool]:
+        """The ``RETRY_GATE`` for one candidate: every failed attempt counts towards its
+        circuit, and retrying stops once the circuit opens (unless no candidate is left)."""
+        last = model == self.models[-1]
+
+        def gate(exc: BaseException) -> bool:
+            self.breaker.record(model, exc)
+            seen.append(exc)
+            return last or self.breaker.state(model) == "closed"
+
+        return gate
+
+    def _failed(
+        self, model: str, exc: BaseException, reasons: dict[str, str], seen: list[BaseException]
+    ) -> None:
         """Record a candidate's failure and move on, or raise when no other model would do
         better (a bad request). A spent retry budget moves on too: it caps retries of this
         provider, not a first attempt on the next one."""
         cause = exc
         if isinstance(exc, RetryBudgetExhausted) and exc.__cause__ is not None:
             cause = exc.__cause__
-        self.breaker.record(model, cause)
+        if not any(cause is counted for counted in seen):  # the gate counted it already
+            self.breaker.record(model, cause)
         kind = classify_error(cause)
         if kind not in RETRYABLE:
             raise exc
@@ -213,16 +340,20 @@ class Failover:
         reasons: dict[str, str] = {}
         last: BaseException | None = None
         for model in self.models:
-            why = self._skip_reason(model)
+            why = self._skip_reason(model, reasons)
             if why is not None:
                 reasons[model] = why
                 continue
+            seen: list[BaseException] = []
+            token = RETRY_GATE.set(self._gate(model, seen))
             try:
                 value = fn(model)
             except Exception as exc:
-                self._failed(model, exc, reasons)
+                self._failed(model, exc, reasons, seen)
                 last = exc
                 continue
+            finally:
+                RETRY_GATE.reset(token)
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value
@@ -236,16 +367,20 @@ class Failover:
         reasons: dict[str, str] = {}
         last: BaseException | None = None
         for model in self.models:
-            why = self._skip_reason(model)
+            why = self._skip_reason(model, reasons)
             if why is not None:
                 reasons[model] = why
                 continue
+            seen: list[BaseException] = []
+            token = RETRY_GATE.set(self._gate(model, seen))
             try:
                 value = await fn(model)
             except Exception as exc:
-                self._failed(model, exc, reasons)
+                self._failed(model, exc, reasons, seen)
                 last = exc
                 continue
+            finally:
+                RETRY_GATE.reset(token)
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value

@@ -7,7 +7,9 @@ on the same allowance. A call reserves one request and its tokens (the counted i
 capped output) atomically, from both buckets or neither, and ``settle`` returns what it did not
 use. Over the limit a caller waits up to ``max_wait_s``, then is shed with ``RateLimited``.
 Priority classes keep interactive traffic ahead of batch traffic: a batch call may not take a
-bucket below ``batch_reserve`` of its capacity.
+bucket below ``batch_reserve`` of its capacity, and while an interactive caller (in any
+process) waits for room in a bucket, batch calls on it wait too, so a stream of small batch
+calls cannot starve a large interactive one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +29,7 @@ from graphthrift import diagnostics
 from graphthrift.errors import RateLimited, StoreUnavailable
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.resilience._booking import book_decision
-from graphthrift.resilience.schema import RATE_BUCKETS_TABLE
+from graphthrift.resilience.schema import RATE_BUCKETS_TABLE, RATE_WAITERS_TABLE
 from graphthrift.store.postgres import Store
 
 __all__ = ["Priority", "RateLimit", "RateReservation", "SharedRateLimiter"]
@@ -54,6 +57,22 @@ _LEVEL = text(f"""
 _GIVE = text(f"""
     UPDATE {RATE_BUCKETS_TABLE} SET level = LEAST(capacity, level + CAST(:amount AS float8)) WHERE key = :key
 """)
+_QUEUED = text(f"""
+    SELECT key FROM {RATE_WAITERS_TABLE}
+    WHERE key = ANY(:keys) AND until > clock_timestamp() LIMIT 1
+""")
+_COUNT_QUEUED = text(f"""
+    SELECT count(*) FROM {RATE_WAITERS_TABLE} WHERE key = :key AND until > clock_timestamp()
+""")
+_ENQUEUE = text(f"""
+    INSERT INTO {RATE_WAITERS_TABLE} AS w (key, waiter, until)
+    VALUES (:key, :waiter, clock_timestamp() + make_interval(secs => :for_s))
+    ON CONFLICT (key, waiter) DO UPDATE SET until = EXCLUDED.until
+""")
+_DEQUEUE = text(f"DELETE FROM {RATE_WAITERS_TABLE} WHERE waiter = :waiter")
+_PURGE_WAITERS = text(f"DELETE FROM {RATE_WAITERS_TABLE} WHERE until < clock_timestamp()")
+#: How soon a batch call held back by a queued interactive one looks again (seconds).
+_QUEUE_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +106,13 @@ class _Full(Exception):
         return max(0.0, (self.needed - self.available) / self.rate) if self.rate > 0 else 60.0
 
 
+class _Queued(_Full):
+    """Room enough, but an interactive caller is waiting for this bucket: a batch call waits."""
+
+    def wait_s(self) -> float:
+        return _QUEUE_POLL_S
+
+
 class SharedRateLimiter:
     """Token buckets (RPM and TPM) per provider, model and tenant, shared through the store.
 
@@ -96,7 +122,8 @@ class SharedRateLimiter:
             (``"openai:gpt-4o-mini"``); ``"*"`` applies to every other model.
         per_tenant: one bucket per tenant (True) or one per model for everyone (False).
         max_wait_s: how long a caller waits for room before ``RateLimited``.
-        batch_reserve: the share of each bucket that only interactive calls may use.
+        batch_reserve: the share of each bucket that only interactive calls may use; and
+            while an interactive caller waits for room in a bucket, batch calls on it wait.
         ledger: books each shed call as a zero-cost ``kind="rate_limited"`` row.
 
     A store that is down lets calls through (counted as ``rate_limit_store_failure``).
@@ -168,6 +195,11 @@ class SharedRateLimiter:
                 raise RateLimited(key, cost, capacity, 0.0, float("inf"))
         reserve = self.batch_reserve if priority == "batch" else 0.0
         with self.store.connect() as conn:
+            if priority == "batch":
+                queued = conn.execute(_QUEUED, {"keys": [k for k, _, _ in wants]}).scalar()
+                if queued is not None:
+                    cost, capacity = next((c, cap) for k, c, cap in wants if k == queued)
+                    raise _Queued(queued, cost, 0.0, capacity / 60.0)
             for key, cost, capacity in sorted(wants):
                 params = {
                     "key": key,
@@ -197,6 +229,38 @@ class SharedRateLimiter:
                 exc,
             )
             return RateReservation(None, 0)
+
+    def queued(self, model: str, *, tenant_id: str | None = None) -> int:
+        """Interactive callers (in every process) waiting for room in the model's buckets."""
+        found = self.limit_for(model)
+        if found is None:
+            return 0
+        name, limit = found
+        kinds = [k for k, v in (("rpm", limit.rpm), ("tpm", limit.tpm)) if v is not None]
+        total = 0
+        with self.store.connect() as conn:
+            for kind in kinds:
+                key = self._key(kind, name, tenant_id)
+                total += int(conn.execute(_COUNT_QUEUED, {"key": key}).scalar() or 0)
+        return total
+
+    def _enqueue(self, full: _Full, waiter: str, for_s: float) -> None:
+        """Mark an interactive caller as waiting for ``full.key`` (until it is served, gives
+        up, or ``for_s`` passes: a crashed caller holds nobody back for long)."""
+        try:
+            with self.store.connect() as conn:
+                conn.execute(_ENQUEUE, {"key": full.key, "waiter": waiter, "for_s": for_s})
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            diagnostics.count("rate_limit_store_failure", "graphthrift rate limit: %s", exc)
+
+    def _dequeue(self, waiter: str) -> None:
+        try:
+            with self.store.connect() as conn:
+                conn.execute(_DEQUEUE, {"waiter": waiter})
+                if self._rng.random() < 0.05:
+                    conn.execute(_PURGE_WAITERS)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            diagnostics.count("rate_limit_store_failure", "graphthrift rate limit: %s", exc)
 
     def _next_wait(self, full: _Full, waited: float) -> float | None:
         left = self.max_wait_s - waited
@@ -237,15 +301,23 @@ class SharedRateLimiter:
         """Take one request and ``tokens`` from the model's buckets, waiting up to
         ``max_wait_s``; raises ``RateLimited`` when there is still no room."""
         started = time.monotonic()
-        while True:
-            got = self._attempt(model, tokens, tenant_id, priority)
-            if isinstance(got, RateReservation):
-                return got
-            waited = time.monotonic() - started
-            delay = self._next_wait(got, waited)
-            if delay is None:
-                raise self._shed(got, waited, priority, model, tenant_id)
-            time.sleep(delay)
+        waiter: str | None = None
+        try:
+            while True:
+                got = self._attempt(model, tokens, tenant_id, priority)
+                if isinstance(got, RateReservation):
+                    return got
+                waited = time.monotonic() - started
+                delay = self._next_wait(got, waited)
+                if delay is None:
+                    raise self._shed(got, waited, priority, model, tenant_id)
+                if priority == "interactive" and waiter is None:
+                    waiter = uuid.uuid4().hex
+                    self._enqueue(got, waiter, self.max_wait_s - waited + 1.0)
+                time.sleep(delay)
+        finally:
+            if waiter is not None:
+                self._dequeue(waiter)
 
     async def aacquire(
         self,
@@ -257,15 +329,25 @@ class SharedRateLimiter:
     ) -> RateReservation:
         """``acquire`` without blocking the event loop."""
         started = time.monotonic()
-        while True:
-            got = await asyncio.to_thread(self._attempt, model, tokens, tenant_id, priority)
-            if isinstance(got, RateReservation):
-                return got
-            waited = time.monotonic() - started
-            delay = self._next_wait(got, waited)
-            if delay is None:
-                raise self._shed(got, waited, priority, model, tenant_id)
-            await asyncio.sleep(delay)
+        waiter: str | None = None
+        try:
+            while True:
+                got = await asyncio.to_thread(self._attempt, model, tokens, tenant_id, priority)
+                if isinstance(got, RateReservation):
+                    return got
+                waited = time.monotonic() - started
+                delay = self._next_wait(got, waited)
+                if delay is None:
+                    raise self._shed(got, waited, priority, model, tenant_id)
+                if priority == "interactive" and waiter is None:
+                    waiter = uuid.uuid4().hex
+                    await asyncio.to_thread(
+                        self._enqueue, got, waiter, self.max_wait_s - waited + 1.0
+                    )
+                await asyncio.sleep(delay)
+        finally:
+            if waiter is not None:
+                await asyncio.to_thread(self._dequeue, waiter)
 
     def settle(self, reservation: RateReservation, *, used_tokens: int) -> None:
         """Return the reserved tokens the call did not use (or charge what it overran)."""

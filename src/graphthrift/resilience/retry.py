@@ -19,6 +19,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +35,15 @@ from graphthrift.store.postgres import Store
 
 T = TypeVar("T")
 
-__all__ = ["RETRYABLE", "Backoff", "Retrier", "RetryBudget", "retry_after_of"]
+__all__ = ["RETRYABLE", "RETRY_GATE", "Backoff", "Retrier", "RetryBudget", "retry_after_of"]
+
+#: Set by an enclosing ``Failover`` around one candidate's call. Told of each failed attempt
+#: the ``Retrier`` would retry, it answers whether retrying the same candidate is still worth
+#: it: False once the candidate's circuit has opened, so the failover moves on at once instead
+#: of spending retries (and the shared retry budget) on a provider that is down.
+RETRY_GATE: ContextVar[Callable[[BaseException], bool] | None] = ContextVar(
+    "graphthrift_retry_gate", default=None
+)
 
 #: Error kinds worth retrying; ``bad_request`` and ``other`` fail at once.
 RETRYABLE: frozenset[str] = frozenset({"rate_limit", "timeout", "upstream"})
@@ -286,6 +295,10 @@ class Retrier:
         """Seconds to wait before retry number ``retry``; re-raises when not retrying."""
         kind = classify_error(exc)
         if kind not in self.retry_on or retry > self.max_retries:
+            raise exc
+        gate = RETRY_GATE.get()
+        if gate is not None and not gate(exc):
+            diagnostics.count("retry_skipped_circuit_open")
             raise exc
         delay = self.backoff.delay(retry, retry_after_of(exc), self.rng)
         if delay is None:

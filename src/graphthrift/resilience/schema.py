@@ -8,6 +8,10 @@
   that retry budgets read.
 - ``graphthrift_rate_buckets``: one token bucket per limit (requests or tokens per minute of a
   provider, model and tenant), shared by every process.
+- ``graphthrift_rate_waiters``: interactive callers waiting for room in a bucket, so batch
+  callers in every process hold back until they are served (each row expires on its own).
+- ``graphthrift_circuits``: the circuit-breaker state of each model (recent outcomes, open or
+  half-open, probes taken), shared by every process on the store.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ FLIGHTS_TABLE = "graphthrift_flights"
 TOOL_CLAIMS_TABLE = "graphthrift_tool_claims"
 RETRY_WINDOW_TABLE = "graphthrift_retry_window"
 RATE_BUCKETS_TABLE = "graphthrift_rate_buckets"
+RATE_WAITERS_TABLE = "graphthrift_rate_waiters"
+CIRCUITS_TABLE = "graphthrift_circuits"
 
 RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -88,6 +94,33 @@ RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
                 capacity double precision NOT NULL,
                 refill_per_s double precision NOT NULL,
                 updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """,
+        ),
+    ),
+    Migration(
+        34,
+        "interactive callers queued on a rate bucket",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {RATE_WAITERS_TABLE} (
+                key text NOT NULL,
+                waiter text NOT NULL,
+                until timestamptz NOT NULL,
+                PRIMARY KEY (key, waiter)
+            )
+            """,
+        ),
+    ),
+    Migration(
+        35,
+        "shared circuit breakers",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {CIRCUITS_TABLE} (
+                model text PRIMARY KEY,
+                data jsonb NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,
         ),
