@@ -1,4 +1,8 @@
-"""Error types. Each carries the values a user needs to act, not just a message."""
+"""Error types. Each carries the values a user needs to act, not just a message.
+
+Long because: every public error lives here, one short class each, so one module answers
+"what can graphthrift raise".
+"""
 
 from __future__ import annotations
 
