@@ -7,8 +7,15 @@ Each conversation is replayed: before every assistant reply, the history so far 
 through each policy, and what it would send is measured. Policies, in the same run and at
 the same token budget: the full history, ``langchain_core``'s ``trim_messages``, langmem's
 ``SummarizationNode`` (its model faked by our extractive summarizer, asked to extend the
-summary as langmem's prompt asks an LLM to), and our ``HistoryPruner`` with the
-``ExtractiveSummarizer``.
+summary as langmem's prompt asks an LLM to), LangChain 1.x's ``SummarizationMiddleware``
+under the real ``create_agent`` (``_history_middleware``), and our ``HistoryPruner`` with
+the ``ExtractiveSummarizer``.
+
+What a user pays is the measure (issue 16): every prompt is priced turn by turn with
+``graphthrift.history.pricing`` at each ``--price-model`` (cached prefix reads, cache writes,
+and the summarizer calls of the peers that summarize with an LLM), as ``effective_cost_usd``
+and ``effective_saved_fraction``, overall, per data set, at each budget of the sweep and on
+the long multi-session set (``graphthrift.bench.longthread``). docs/history.md defines them.
 
 Figures (defined in docs/benchmarks.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
 (prompt, fact) pairs where a fact stated in a turn that is no longer sent verbatim still
