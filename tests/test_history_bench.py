@@ -96,6 +96,11 @@ def test_bench_history_writes_the_design_figures(tmp_path: Path) -> None:
     assert figures["tokens_pruned"] < figures["tokens_full"]
     assert 0.0 < figures["fact_retention"] <= 1.0
     assert figures["baselines"]["full_history"]["saved_fraction"] == 0.0
+    assert figures["baselines"]["full_history"]["fact_retention_all"] == 1.0
+    # facts counted over everything stated, verbatim turns included: at least the dropped ones'
+    assert figures["fact_retention"] <= figures["fact_retention_all"] < 1.0
+    wide = {p["max_tokens"]: p for p in figures["curve"]}[8192]["graphthrift"]
+    assert wide["fact_retention_all"] == 1.0 and wide["fact_retention"] is None  # no fold
     # our saving can never beat the ceiling of any fold schedule at our own stability
     ceiling = fold_ceiling(
         load_conversations_jsonl(data), summary_tokens=(0,), stability=figures["prefix_stability"]

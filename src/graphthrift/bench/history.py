@@ -89,6 +89,9 @@ __all__ = [
 DEFAULT_MAX_TOKENS = 384
 QUICK_STRIDE = 15  # --quick: every 15th conversation of each set, keeping their proportions
 STRIDES = {"quick": QUICK_STRIDE, "default": 5, "full": 1}  # the default: every 5th
+#: The budget sweep replays every n-th of the run's conversations (all with --full), so the
+#: default run stays within its time: five policies, one of them a whole create_agent graph.
+CURVE_STRIDES = {"quick": 1, "default": 3, "full": 1}
 QUICK_FILE_LIMIT = 200
 MEMORY_SAMPLE = 8
 #: The budget sweep of every run (``--budgets``): where folds are forced, and one that forces none.
@@ -190,6 +193,8 @@ class _Tally:
     tokens_sent_20: int = 0
     facts_total: int = 0
     facts_kept: int = 0
+    facts_all: int = 0  # every fact stated before a prompt, verbatim turns included
+    facts_all_kept: int = 0
     transitions: int = 0
     stable: int = 0
     cacheable: int = 0
@@ -228,6 +233,9 @@ class _Tally:
             "saved_fraction_20plus": None if saved20 is None else round(saved20, 4),
             "fact_retention": None if retention is None else round(retention, 4),
             "facts_checked": self.facts_total,
+            "fact_retention_all": 1.0
+            if full and self.facts_all
+            else (round(self.facts_all_kept / self.facts_all, 4) if self.facts_all else None),
             "prefix_stability": round(self.stable / self.transitions, 4)
             if self.transitions
             else 1.0,
@@ -613,11 +621,15 @@ def _replay(
             verbatim = {ids[m.id] for m in sent if m.id in ids and originals[ids[m.id]] == _key(m)}
             text = "\n".join(t for _, t in keys).lower()
             for i in range(end):
+                tally.facts_all += len(conv.turns[i].facts)
                 if i in verbatim:
+                    tally.facts_all_kept += len(conv.turns[i].facts)
                     continue
                 for fact in conv.turns[i].facts:
                     tally.facts_total += 1
-                    tally.facts_kept += fact.lower() in text
+                    kept = fact.lower() in text
+                    tally.facts_kept += kept
+                    tally.facts_all_kept += kept
     tally.summary_tokens.append(policy.summary_tokens())
     calls1, inputs1 = policy.summarizer_usage()
     tally.summarizer_calls += calls1 - calls0
@@ -732,6 +744,8 @@ def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> li
     """The headline figures of every policy at each budget of ``--budgets``, effective
     costs included (overall and per data set)."""
     models = _price_models(args)
+    stride = CURVE_STRIDES[mode(args)]
+    prepared = {name: items[::stride] for name, items in prepared.items()}
     points = []
     for budget in _budgets(args):
         sub = argparse.Namespace(**{**vars(args), "max_tokens": budget})
@@ -744,6 +758,7 @@ def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> li
                 "saved_fraction": f["saved_fraction"],
                 "saved_fraction_20plus": f["saved_fraction_20plus"],
                 "fact_retention": f["fact_retention"],
+                "fact_retention_all": f["fact_retention_all"],
                 "fact_retention_sgd": sgd.figures(full=pname == "full_history")["fact_retention"]
                 if sgd
                 else None,
@@ -840,10 +855,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for name, convs in sets.items()
     }
     n_items = sum(len(items) for items in prepared.values())
-    passes = len(policies) * (1 + len(_budgets(args)))
+    n_curve = sum(len(items[:: CURVE_STRIDES[mode(args)]]) for items in prepared.values())
+    passes = len(policies)
     n_long = getattr(args, "long_threads", None)
     n_long = LONG_THREADS[mode(args)] if n_long is None else max(0, n_long)
-    total = n_items * passes + n_long * len(policies) + 1
+    total = (n_items + n_curve * len(_budgets(args))) * passes + n_long * len(policies) + 1
     models = _price_models(args)
     with progress(console, "bench history", total=total) as advance:
         per_set, totals = _measure(policies, prepared, args.max_tokens)
@@ -886,6 +902,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["bound"] = bound
     if curve is not None:
         result["curve"] = curve
+        result["curve_sample"] = (
+            "the run's conversations"
+            if CURVE_STRIDES[mode(args)] == 1
+            else f"every {CURVE_STRIDES[mode(args)]}th of the run's conversations"
+        )
     if long is not None:
         result["long"] = long
     result["targets_issue16"] = _issue16_targets(result, models)
@@ -977,7 +998,7 @@ def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str,
             checked = True
             for m in models:
                 cheaper = f["effective_cost_usd"][m] < ours["effective_cost_usd"][m]
-                keeps_more = (f["fact_retention"] or 0.0) > (ours["fact_retention"] or 0.0)
+                keeps_more = (f["fact_retention_all"] or 0.0) > (ours["fact_retention_all"] or 0.0)
                 if cheaper and keeps_more:
                     beaten.append({"max_tokens": budget, "peer": peer, "price_model": m})
     out["no_budgeted_peer_dominates"] = {
