@@ -905,7 +905,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         result["curve_sample"] = (
             "the run's conversations"
             if CURVE_STRIDES[mode(args)] == 1
-            else f"every {CURVE_STRIDES[mode(args)]}th of the run's conversations"
+            else f"one in {CURVE_STRIDES[mode(args)]} of the run's conversations"
         )
     if long is not None:
         result["long"] = long
