@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from graphthrift.bench._data_history import load_conversations_jsonl
-from graphthrift.bench.history import as_langchain, fold_ceiling, prompt_points
+from graphthrift.bench.history import as_langchain, fold_ceiling, prompt_points, run
 from graphthrift.cli import main
+from graphthrift.errors import ConfigError
 from graphthrift.history import HistoryPruner
 from graphthrift.history.pricing import (
     DEFAULT_PRICE_MODELS,
@@ -260,3 +264,21 @@ def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None
         saved = 1 - ours["effective_cost_usd"][model] / full["effective_cost_usd"][model]
         assert ours["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
         assert 0.0 < ours["effective_saved_fraction"][model] < 1.0  # 300+ turns: folding pays
+
+
+def test_an_unknown_price_model_is_refused_before_the_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _conversations(tmp_path / "convs.jsonl", n=1)
+    argv = ["bench", "history", "--conversations", str(data), "--long", "0", "--budgets", ""]
+    out = tmp_path / "h.json"
+    assert main([*argv, "--price-model", "openai:no-such-model", "--json", str(out)]) != 0
+    assert "openai:no-such-model" in capsys.readouterr().out
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="no-such-model"):
+        run(
+            argparse.Namespace(
+                conversations=data, price_models=["openai:no-such-model"], limit=None
+            ),
+            Console(file=io.StringIO()),
+        )

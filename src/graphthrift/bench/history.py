@@ -72,6 +72,7 @@ from graphthrift.history.pricing import (
     SummarizerCall,
     effective_costs,
     effective_saved_fractions,
+    price_turns,
 )
 from graphthrift.summarize import ExtractiveSummarizer, Summarizer
 from graphthrift.text import TOKENS_REPLY_PRIMING, Message, count_message, count_text, to_message
@@ -846,7 +847,14 @@ def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """Replay the conversations through every policy and return the figures."""
+    """Replay the conversations through every policy and return the figures.
+
+    Raises:
+        ConfigError: a ``--price-model`` has no price in genai-prices or no known
+            prompt-cache rules (checked before anything is replayed).
+    """
+    for model in _price_models(args):
+        price_turns([], model)  # raises ConfigError naming the model
     sets = _load(args, console)
     policies = _policies(args, console)
     count_text("warm up the tokenizer")
