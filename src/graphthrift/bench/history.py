@@ -92,7 +92,7 @@ QUICK_STRIDE = 15  # --quick: every 15th conversation of each set, keeping their
 STRIDES = {"quick": QUICK_STRIDE, "default": 5, "full": 1}  # the default: every 5th
 #: The budget sweep replays every n-th of the run's conversations (all with --full), so the
 #: default run stays within its time: five policies, one of them a whole create_agent graph.
-CURVE_STRIDES = {"quick": 1, "default": 3, "full": 1}
+CURVE_STRIDES = {"quick": 3, "default": 3, "full": 1}
 QUICK_FILE_LIMIT = 200
 MEMORY_SAMPLE = 8
 #: The budget sweep of every run (``--budgets``): where folds are forced, and one that forces none.
