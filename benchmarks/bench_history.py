@@ -1,9 +1,11 @@
-"""History pruning benchmark: tokens sent, fact retention and prefix stability turn by turn,
-ours against the full history, trim_messages and langmem's SummarizationNode at the same
-budget. Same as ``graphthrift bench history``; writes benchmarks/results/history.json.
+"""History pruning benchmark: effective cost with the provider's prompt cache, tokens sent, fact
+retention and prefix stability turn by turn, ours against the full history, trim_messages,
+langmem's SummarizationNode and LangChain's SummarizationMiddleware under create_agent at the
+same budgets, and the long multi-session set. Same as ``graphthrift bench history``; writes
+benchmarks/results/history.json.
 
     python benchmarks/bench_history.py [--quick | --full (the default here)] [--conversations PATH] [--max-tokens 256]
-                                       [--budgets 192,256,384] [--json PATH]
+                                       [--budgets 256,512,1024,8192] [--price-model M ...] [--long N] [--json PATH]
 """
 
 from __future__ import annotations

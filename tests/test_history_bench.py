@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
 from graphthrift.bench._data_history import load_conversations_jsonl
-from graphthrift.bench.history import fold_ceiling
+from graphthrift.bench.history import as_langchain, fold_ceiling, prompt_points, run
 from graphthrift.cli import main
+from graphthrift.errors import ConfigError
+from graphthrift.history import HistoryPruner
+from graphthrift.history.pricing import (
+    DEFAULT_PRICE_MODELS,
+    effective_cost_usd,
+    effective_saved_fraction,
+    turns_from_messages,
+)
+from graphthrift.summarize import ExtractiveSummarizer
+from graphthrift.text import count_text
 
 PLACES = ["Nopa", "Little Hunan", "The Foundry", "Zuni Cafe", "State Bird"]
 
@@ -54,6 +68,10 @@ def test_bench_history_writes_the_design_figures(tmp_path: Path) -> None:
                 str(data),
                 "--max-tokens",
                 "256",
+                "--budgets",
+                "256,8192",
+                "--long",
+                "0",
                 "--json",
                 str(out),
             ]
@@ -71,12 +89,22 @@ def test_bench_history_writes_the_design_figures(tmp_path: Path) -> None:
         "summary_tokens",
     ):
         assert key in figures
-        for peer in ("full_history", "trim_messages", "langmem_summarization"):
+        for peer in (
+            "full_history",
+            "trim_messages",
+            "langmem_summarization",
+            "summarization_middleware",
+        ):
             assert key in figures["baselines"][peer]
     assert figures["n_conversations"] == 24
     assert figures["tokens_pruned"] < figures["tokens_full"]
     assert 0.0 < figures["fact_retention"] <= 1.0
     assert figures["baselines"]["full_history"]["saved_fraction"] == 0.0
+    assert figures["baselines"]["full_history"]["fact_retention_all"] == 1.0
+    # facts counted over everything stated, verbatim turns included: at least the dropped ones'
+    assert figures["fact_retention"] <= figures["fact_retention_all"] < 1.0
+    wide = {p["max_tokens"]: p for p in figures["curve"]}[8192]["graphthrift"]
+    assert wide["fact_retention_all"] == 1.0 and wide["fact_retention"] is None  # no fold
     # our saving can never beat the ceiling of any fold schedule at our own stability
     ceiling = fold_ceiling(
         load_conversations_jsonl(data), summary_tokens=(0,), stability=figures["prefix_stability"]
@@ -96,3 +124,161 @@ def test_fold_bound_trades_savings_for_stability(tmp_path: Path) -> None:
         assert a["prefix_stability"] >= 0.5 and b["prefix_stability"] >= 0.95
         assert a["saved_fraction"] >= b["saved_fraction"] > 0.0
     assert loose[0]["saved_fraction"] > loose[1]["saved_fraction"]  # a summary costs tokens
+
+
+def _long_conversation(path: Path, turns: int = 12) -> Path:
+    """One conversation whose prompts pass the providers' 1,024-token cache minimum."""
+    rng = random.Random(5)
+    words = [
+        "table",
+        "booking",
+        "evening",
+        "quiet",
+        "garden",
+        "menu",
+        "window",
+        "party",
+        "dessert",
+        "wine",
+    ]
+    rows = []
+    for t in range(turns):
+        filler = " ".join(rng.choice(words) for _ in range(120))
+        place = PLACES[t % len(PLACES)]
+        rows.append({"role": "user", "content": f"Turn {t}: {place}. {filler}", "facts": [place]})
+        rows.append({"role": "assistant", "content": f"Noted {place} for turn {t}. {filler}"})
+    path.write_text(json.dumps({"id": "long", "turns": rows}) + "\n", encoding="utf-8")
+    return path
+
+
+def _run(data: Path, out: Path, *extra: str) -> dict[str, Any]:
+    argv = ["bench", "history", "--conversations", str(data), "--long", "0", "--json", str(out)]
+    assert main([*argv, *extra]) == 0
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_effective_costs_are_history_pricing_of_the_prompts_sent(tmp_path: Path) -> None:
+    data = _long_conversation(tmp_path / "long.jsonl")
+    figures = _run(data, tmp_path / "h.json", "--max-tokens", "1500", "--budgets", "")
+    conv = load_conversations_jsonl(data)[0]
+    history = as_langchain(conv)
+    ends = prompt_points(conv)
+    replies = [
+        sum(count_text(t.content) for t in conv.turns[end : end + 1] if t.role == "assistant")
+        for end in ends
+    ]
+    pruner = HistoryPruner(summarizer=ExtractiveSummarizer(), max_tokens=1500)
+    state = None
+    ours = []
+    for end in ends:
+        result = pruner.prune(history[:end], state)
+        state = result.state
+        ours.append(result.messages)
+    full_turns = turns_from_messages([history[:end] for end in ends], output_tokens=replies)
+    our_turns = turns_from_messages(ours, output_tokens=replies)
+    assert any(t.shared_prefix_tokens >= 1024 for t in full_turns)  # the cache is exercised
+    assert figures["price_models"] == list(DEFAULT_PRICE_MODELS)
+    for model in DEFAULT_PRICE_MODELS:
+        full = effective_cost_usd(full_turns, model)
+        mine = effective_cost_usd(our_turns, model)
+        assert figures["baselines"]["full_history"]["effective_cost_usd"][model] == pytest.approx(
+            full, abs=2e-6
+        )
+        assert figures["effective_cost_usd"][model] == pytest.approx(mine, abs=2e-6)
+        assert figures["effective_saved_fraction"][model] == pytest.approx(
+            effective_saved_fraction(mine, full), abs=1e-3
+        )
+        assert figures["datasets"]["long"]["graphthrift"]["effective_cost_usd"][
+            model
+        ] == pytest.approx(mine, abs=2e-6)
+        for peer, f in figures["baselines"].items():
+            assert f["effective_saved_fraction"][model] == pytest.approx(
+                1 - f["effective_cost_usd"][model] / full, abs=1e-3
+            ), peer
+    assert figures["baselines"]["full_history"]["effective_saved_fraction"] == {
+        m: 0.0 for m in DEFAULT_PRICE_MODELS
+    }
+
+
+def test_price_model_option_and_priced_summarizer_calls(tmp_path: Path) -> None:
+    data = _long_conversation(tmp_path / "long.jsonl")
+    figures = _run(
+        data,
+        tmp_path / "h.json",
+        "--max-tokens",
+        "1500",
+        "--budgets",
+        "",
+        "--price-model",
+        "openai:gpt-4o-mini",
+    )
+    assert figures["price_models"] == ["openai:gpt-4o-mini"]
+    middleware = figures["baselines"]["summarization_middleware"]
+    assert middleware["summarizer_calls"] > 0
+    assert set(middleware["effective_cost_usd"]) == {"openai:gpt-4o-mini"}
+
+
+def test_summarization_middleware_peer_runs_under_create_agent(tmp_path: Path) -> None:
+    from langchain.agents.middleware import SummarizationMiddleware
+    from langgraph.graph.state import CompiledStateGraph
+
+    from graphthrift.bench._history_middleware import SummarizationMiddlewarePeer
+    from graphthrift.text import count_messages, to_message
+
+    conv = load_conversations_jsonl(_long_conversation(tmp_path / "long.jsonl"))[0]
+    history = as_langchain(conv)
+    counter = lambda ms: count_messages([to_message(m) for m in ms]).tokens  # noqa: E731
+    peer = SummarizationMiddlewarePeer(1500, 120, counter)
+    assert isinstance(peer.agent, CompiledStateGraph)
+    assert isinstance(peer.middleware, SummarizationMiddleware)
+    peer.start(history)
+    prompts = [peer.step(history[:end]) for end in prompt_points(conv)]
+    calls = peer.take_calls()
+    assert calls, "the middleware never summarized a 12-turn thread over a 1,500-token budget"
+    # the summarizer model got LangChain's own summary prompt, which it is billed for
+    assert all(c.input_tokens > 300 and c.output_tokens > 0 for c in calls)
+    last = prompts[-1]
+    assert last[0].text.startswith("Here is a summary of the conversation to date")
+    assert len(last) < len(history)
+    # the summary is our extractive one: it keeps the facts of the summarized turns
+    summary = last[0].text.split("\n\n", 1)[1]
+    assert "Nopa" in summary and "Little Hunan" in summary
+    assert "Turn 0" not in "".join(m.text for m in last[1:])
+    # the agent's state went on with the recorded replies, not invented ones
+    assert prompts[1][-2].text == conv.turns[1].content
+
+
+def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None:
+    data = _conversations(tmp_path / "convs.jsonl", n=2)
+    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
+    assert main([*argv, "--long", "1", "--json", str(tmp_path / "h.json")]) == 0
+    long = json.loads((tmp_path / "h.json").read_text())["long"]
+    assert long["n_threads"] == 1 and long["n_questions"] > 0
+    full, ours = long["policies"]["full_history"], long["policies"]["graphthrift"]
+    assert full["fact_retention"] == 1.0  # every answer is still in the full history
+    assert full["effective_saved_fraction"] == {m: 0.0 for m in DEFAULT_PRICE_MODELS}
+    assert set(ours["fact_retention_by_distance"]) == {"1", "10", "100+"}
+    assert sum(ours["questions_by_distance"].values()) == long["n_questions"]
+    for model in DEFAULT_PRICE_MODELS:
+        saved = 1 - ours["effective_cost_usd"][model] / full["effective_cost_usd"][model]
+        assert ours["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
+        assert 0.0 < ours["effective_saved_fraction"][model] < 1.0  # 300+ turns: folding pays
+
+
+def test_an_unknown_price_model_is_refused_before_the_replay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _conversations(tmp_path / "convs.jsonl", n=1)
+    argv = ["bench", "history", "--conversations", str(data), "--long", "0", "--budgets", ""]
+    out = tmp_path / "h.json"
+    assert main([*argv, "--price-model", "openai:no-such-model", "--json", str(out)]) != 0
+    assert "openai:no-such-model" in capsys.readouterr().out
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="no-such-model"):
+        run(
+            argparse.Namespace(
+                conversations=data, price_models=["openai:no-such-model"], limit=None
+            ),
+            Console(file=io.StringIO()),
+        )

@@ -7,8 +7,15 @@ Each conversation is replayed: before every assistant reply, the history so far 
 through each policy, and what it would send is measured. Policies, in the same run and at
 the same token budget: the full history, ``langchain_core``'s ``trim_messages``, langmem's
 ``SummarizationNode`` (its model faked by our extractive summarizer, asked to extend the
-summary as langmem's prompt asks an LLM to), and our ``HistoryPruner`` with the
-``ExtractiveSummarizer``.
+summary as langmem's prompt asks an LLM to), LangChain 1.x's ``SummarizationMiddleware``
+under the real ``create_agent`` (``_history_middleware``), and our ``HistoryPruner`` with
+the ``ExtractiveSummarizer``.
+
+What a user pays is the measure (issue 16): every prompt is priced turn by turn with
+``graphthrift.history.pricing`` at each ``--price-model`` (cached prefix reads, cache writes,
+and the summarizer calls of the peers that summarize with an LLM), as ``effective_cost_usd``
+and ``effective_saved_fraction``, overall, per data set, at each budget of the sweep and on
+the long multi-session set (``graphthrift.bench.longthread``). docs/history.md defines them.
 
 Figures (defined in docs/benchmarks.md): tokens sent, ``saved_fraction``, ``fact_retention`` (share of
 (prompt, fact) pairs where a fact stated in a turn that is no longer sent verbatim still
@@ -51,18 +58,53 @@ from graphthrift.bench._data_history import (
     load_default_sets,
 )
 from graphthrift.bench._history_bound import fold_bound
+from graphthrift.bench.longthread import (
+    LONG_THREAD_SEED,
+    LongThread,
+    build_long_threads,
+    fact_retention,
+)
+from graphthrift.errors import ConfigError
 from graphthrift.history import HistoryPruner, HistoryState
+from graphthrift.history.pricing import (
+    DEFAULT_PRICE_MODELS,
+    PromptTurn,
+    SummarizerCall,
+    effective_costs,
+    effective_saved_fractions,
+    price_turns,
+)
 from graphthrift.summarize import ExtractiveSummarizer, Summarizer
 from graphthrift.text import TOKENS_REPLY_PRIMING, Message, count_message, count_text, to_message
 
-__all__ = ["add_arguments", "as_langchain", "fold_ceiling", "prompt_points", "run"]
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "add_arguments",
+    "as_langchain",
+    "fold_ceiling",
+    "prompt_points",
+    "run",
+]
 
 # the smallest budget of the sweep where fact retention and stability clear 0.9 with margin
 DEFAULT_MAX_TOKENS = 384
 QUICK_STRIDE = 15  # --quick: every 15th conversation of each set, keeping their proportions
 STRIDES = {"quick": QUICK_STRIDE, "default": 5, "full": 1}  # the default: every 5th
+#: The budget sweep replays every n-th of the run's conversations (all with --full), so the
+#: default run stays within its time: five policies, one of them a whole create_agent graph.
+CURVE_STRIDES = {"quick": 3, "default": 3, "full": 1}
 QUICK_FILE_LIMIT = 200
 MEMORY_SAMPLE = 8
+#: The budget sweep of every run (``--budgets``): where folds are forced, and one that forces none.
+DEFAULT_BUDGETS = {
+    "quick": (256, 1024, 8192),
+    "default": (256, 512, 1024, 8192),
+    "full": (256, 512, 1024, 8192),
+}
+#: Long multi-session threads replayed by ``--long`` (the default), per mode.
+LONG_THREADS = {"quick": 1, "default": 2, "full": 20}
+#: Budget-respecting peers the issue-16 dominance target compares us with.
+BUDGETED_PEERS = ("trim_messages", "langmem_summarization", "summarization_middleware")
 TARGETS = {
     "saved_fraction_20plus": 0.6,
     "fact_retention_sgd": 0.9,
@@ -97,10 +139,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budgets",
         type=lambda text: [int(x) for x in text.split(",") if x],
-        default=[],
-        help="also report every policy at these budgets, e.g. 192,256,384",
+        default=None,
+        help="also report every policy at these budgets, e.g. 192,256,384 ('' for none;"
+        " default 256,512,1024,8192, quick 256,1024,8192)",
     )
-    parser.add_argument("--no-peers", action="store_true", help="skip trim_messages and langmem")
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip trim_messages, langmem and SummarizationMiddleware",
+    )
+    parser.add_argument(
+        "--price-model",
+        action="append",
+        default=None,
+        dest="price_models",
+        help="price every policy's prompts at this model (repeatable; default "
+        + " and ".join(DEFAULT_PRICE_MODELS)
+        + ")",
+    )
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=None,
+        dest="long_threads",
+        help="long multi-session threads to replay (default: 2, quick 1, full 20; 0 for none)",
+    )
 
 
 # ---------------------------------------------------------------- measuring
@@ -131,6 +194,8 @@ class _Tally:
     tokens_sent_20: int = 0
     facts_total: int = 0
     facts_kept: int = 0
+    facts_all: int = 0  # every fact stated before a prompt, verbatim turns included
+    facts_all_kept: int = 0
     transitions: int = 0
     stable: int = 0
     cacheable: int = 0
@@ -141,6 +206,7 @@ class _Tally:
     over_budget: int = 0
     max_prompt: int = 0
     budget: int = 0
+    turns: list[PromptTurn] = field(default_factory=list)  # every prompt, for pricing
 
     def add(self, other: _Tally) -> None:
         for name in self.__slots__:
@@ -168,6 +234,9 @@ class _Tally:
             "saved_fraction_20plus": None if saved20 is None else round(saved20, 4),
             "fact_retention": None if retention is None else round(retention, 4),
             "facts_checked": self.facts_total,
+            "fact_retention_all": 1.0
+            if full and self.facts_all
+            else (round(self.facts_all_kept / self.facts_all, 4) if self.facts_all else None),
             "prefix_stability": round(self.stable / self.transitions, 4)
             if self.transitions
             else 1.0,
@@ -187,6 +256,29 @@ class _Tally:
         }
 
 
+def _priced(turns: Sequence[PromptTurn], models: Sequence[str]) -> dict[str, float]:
+    return {m: round(c, 6) for m, c in effective_costs(turns, models).items()}
+
+
+def _cost_figures(
+    tally: _Tally, full: _Tally | None, models: Sequence[str]
+) -> dict[str, dict[str, float] | None]:
+    """``effective_cost_usd`` and ``effective_saved_fraction`` (against ``full``, the full
+    history on the same conversations), each a mapping from price model to number."""
+    costs = effective_costs(tally.turns, models)
+    saved = None
+    if full is not None and full.turns:
+        full_costs = effective_costs(full.turns, models)
+        if all(c > 0 for c in full_costs.values()):
+            saved = {
+                m: round(v, 4) for m, v in effective_saved_fractions(costs, full_costs).items()
+            }
+    return {
+        "effective_cost_usd": {m: round(c, 6) for m, c in costs.items()},
+        "effective_saved_fraction": saved,
+    }
+
+
 class _TimedSummarizer:
     """Wraps a summarizer to book its time apart from the policy's overhead."""
 
@@ -195,15 +287,16 @@ class _TimedSummarizer:
         self.seconds = 0.0
         self.calls = 0
         self.input_tokens = 0
+        self.log: list[SummarizerCall] = []
 
     def summarize(self, messages: Sequence[Message], previous_summary: str, max_tokens: int) -> str:
         started = time.perf_counter()
         out = self.inner.summarize(messages, previous_summary, max_tokens)
         self.seconds += time.perf_counter() - started
         self.calls += 1
-        self.input_tokens += _prompt_tokens([_key(m) for m in messages]) + count_text(
-            previous_summary
-        )
+        tokens = _prompt_tokens([_key(m) for m in messages]) + count_text(previous_summary)
+        self.input_tokens += tokens
+        self.log.append(SummarizerCall(tokens, count_text(out)))
         return out
 
     async def asummarize(
@@ -216,12 +309,22 @@ class _TimedSummarizer:
 
 
 class _Policy:
-    """One pruning policy replayed over a conversation."""
+    """One pruning policy replayed over a conversation.
+
+    ``llm_summarizer``: the policy summarizes with a chat model in real use (faked here by
+    the extractive summarizer), so its summarizer calls are priced as calls; ours runs the
+    extractive summarizer itself, which costs nothing.
+    """
 
     name = ""
+    llm_summarizer = False
 
-    def start(self) -> None:
-        """A new conversation begins."""
+    def start(self, history: list[Any]) -> None:
+        """A new conversation begins (``history``: all of it, for peers that replay replies)."""
+
+    def take_calls(self) -> list[SummarizerCall]:
+        """Summarizer calls made since the last time they were taken."""
+        return []
 
     def step(self, history: list[Any]) -> list[Message]:
         raise NotImplementedError
@@ -256,7 +359,7 @@ class _Ours(_Policy):
         )
         self.state: HistoryState | None = None
 
-    def start(self) -> None:
+    def start(self, history: list[Any]) -> None:
         self.state = None
 
     def step(self, history: list[Any]) -> list[Message]:
@@ -272,6 +375,10 @@ class _Ours(_Policy):
 
     def summarizer_usage(self) -> tuple[int, int]:
         return self.timed.calls, self.timed.input_tokens
+
+    def take_calls(self) -> list[SummarizerCall]:
+        calls, self.timed.log = self.timed.log, []
+        return calls
 
 
 def _lc_counter() -> Callable[[Sequence[Any]], int]:
@@ -308,6 +415,7 @@ class _LangMem(_Policy):
     """langmem's SummarizationNode, its model faked by our extractive summarizer."""
 
     name = "langmem_summarization"
+    llm_summarizer = True
 
     def __init__(self, max_tokens: int, max_summary_tokens: int) -> None:
         from langchain_core.messages import AIMessage
@@ -317,6 +425,7 @@ class _LangMem(_Policy):
         self.seconds = 0.0
         self.calls = 0
         self.input_tokens = 0
+        self.log: list[SummarizerCall] = []
         extractive = ExtractiveSummarizer()
         marker = "This is summary of the conversation so far:"
 
@@ -324,7 +433,8 @@ class _LangMem(_Policy):
             started = time.perf_counter()
             msgs = [to_message(m) for m in getattr(prompt, "messages", prompt)]
             self.calls += 1
-            self.input_tokens += _prompt_tokens([_key(m) for m in msgs])
+            prompt_tokens = _prompt_tokens([_key(m) for m in msgs])
+            self.input_tokens += prompt_tokens
             instruction = msgs[-1].text
             previous = ""
             if instruction.startswith(marker):
@@ -342,6 +452,7 @@ class _LangMem(_Policy):
                 else extractive.summarize(body, "", max_summary_tokens)
             )
             self.seconds += time.perf_counter() - started
+            self.log.append(SummarizerCall(prompt_tokens, count_text(text)))
             return AIMessage(content=text)
 
         self.node = SummarizationNode(
@@ -353,7 +464,7 @@ class _LangMem(_Policy):
         )
         self.context: dict[str, Any] = {}
 
-    def start(self) -> None:
+    def start(self, history: list[Any]) -> None:
         self.context = {}
 
     def step(self, history: list[Any]) -> list[Message]:
@@ -370,6 +481,40 @@ class _LangMem(_Policy):
 
     def summarizer_usage(self) -> tuple[int, int]:
         return self.calls, self.input_tokens
+
+    def take_calls(self) -> list[SummarizerCall]:
+        calls, self.log = self.log, []
+        return calls
+
+
+class _Middleware(_Policy):
+    """LangChain 1.x ``SummarizationMiddleware`` under the real ``create_agent``."""
+
+    name = "summarization_middleware"
+    llm_summarizer = True
+
+    def __init__(self, max_tokens: int, max_summary_tokens: int) -> None:
+        from graphthrift.bench._history_middleware import SummarizationMiddlewarePeer
+
+        self.peer = SummarizationMiddlewarePeer(max_tokens, max_summary_tokens, _lc_counter())
+
+    def start(self, history: list[Any]) -> None:
+        self.peer.start(history)
+
+    def step(self, history: list[Any]) -> list[Message]:
+        return self.peer.step(history)
+
+    def summarizer_seconds(self) -> float:
+        return self.peer.summarizer_seconds()
+
+    def summary_tokens(self) -> int:
+        return self.peer.summary_tokens()
+
+    def summarizer_usage(self) -> tuple[int, int]:
+        return self.peer.summarizer_usage()
+
+    def take_calls(self) -> list[SummarizerCall]:
+        return self.peer.take_calls()
 
 
 # ---------------------------------------------------------------- replay
@@ -420,8 +565,12 @@ def _replay(
     *,
     timed: bool,
     budget: int,
+    texts: dict[tuple[str, int], str] | None = None,
 ) -> None:
-    policy.start()
+    """Replay ``conv`` through ``policy`` into ``tally``; ``texts`` gets the text of each
+    prompt sent, by (conversation id, history length)."""
+    policy.start(history)
+    policy.take_calls()
     previous: list[tuple[str, str]] | None = None
     long = len(conv.turns) >= 20
     originals = [(t.role, t.content) for t in conv.turns]
@@ -438,6 +587,8 @@ def _replay(
         keys = [_key(m) for m in sent]
         full_tokens = _prompt_tokens(originals[:end])
         sent_tokens = _prompt_tokens(keys)
+        calls = policy.take_calls()
+        shared = 0
         tally.prompts += 1
         tally.tokens_full += full_tokens
         tally.tokens_sent += sent_tokens
@@ -454,23 +605,48 @@ def _replay(
                     break
                 common += 1
             tally.stable += common == len(previous)
-            tally.cacheable += _prompt_tokens(keys[:common]) - (
-                TOKENS_REPLY_PRIMING if common else 0
-            )
+            shared = _prompt_tokens(keys[:common]) - (TOKENS_REPLY_PRIMING if common else 0)
+            tally.cacheable += shared
         previous = keys
+        tally.turns.append(
+            PromptTurn(
+                sent_tokens,
+                min(shared, sent_tokens),
+                _reply_tokens(originals, end),
+                tuple(calls) if policy.llm_summarizer else (),
+            )
+        )
+        if texts is not None:
+            texts[(conv.id, end)] = "\n".join(t for _, t in keys)
         if conv.has_facts:
             verbatim = {ids[m.id] for m in sent if m.id in ids and originals[ids[m.id]] == _key(m)}
             text = "\n".join(t for _, t in keys).lower()
             for i in range(end):
+                tally.facts_all += len(conv.turns[i].facts)
                 if i in verbatim:
+                    tally.facts_all_kept += len(conv.turns[i].facts)
                     continue
                 for fact in conv.turns[i].facts:
                     tally.facts_total += 1
-                    tally.facts_kept += fact.lower() in text
+                    kept = fact.lower() in text
+                    tally.facts_kept += kept
+                    tally.facts_all_kept += kept
     tally.summary_tokens.append(policy.summary_tokens())
     calls1, inputs1 = policy.summarizer_usage()
     tally.summarizer_calls += calls1 - calls0
     tally.summarizer_input_tokens += inputs1 - inputs0
+
+
+def _reply_tokens(turns: Sequence[tuple[str, str]], end: int) -> int:
+    """Tokens of the recorded answer to the prompt sent at ``end``: the assistant messages
+    that follow it (the same for every policy)."""
+    total = 0
+    for role, text in turns[end:]:
+        if role == "user":
+            break
+        if role == "assistant":
+            total += count_text(text)
+    return total
 
 
 def _policies(args: argparse.Namespace, console: Console) -> list[_Policy]:
@@ -485,6 +661,10 @@ def _policies(args: argparse.Namespace, console: Console) -> list[_Policy]:
             policies.append(_LangMem(args.max_tokens, ours.pruner.max_summary_tokens))
         except ImportError as exc:
             console.print(f"[yellow]skipping langmem (pip install langmem): {exc}[/yellow]")
+        try:
+            policies.append(_Middleware(args.max_tokens, ours.pruner.max_summary_tokens))
+        except ImportError as exc:
+            console.print(f"[yellow]skipping SummarizationMiddleware: {exc}[/yellow]")
     return policies
 
 
@@ -552,10 +732,23 @@ def _measure(
     return per_set, totals
 
 
+def _price_models(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(getattr(args, "price_models", None) or DEFAULT_PRICE_MODELS)
+
+
+def _budgets(args: argparse.Namespace) -> list[int]:
+    budgets = getattr(args, "budgets", None)
+    return list(DEFAULT_BUDGETS[mode(args)] if budgets is None else budgets)
+
+
 def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> list[dict[str, Any]]:
-    """The headline figures of every policy at each budget of ``--budgets``."""
+    """The headline figures of every policy at each budget of ``--budgets``, effective
+    costs included (overall and per data set)."""
+    models = _price_models(args)
+    stride = CURVE_STRIDES[mode(args)]
+    prepared = {name: items[::stride] for name, items in prepared.items()}
     points = []
-    for budget in args.budgets:
+    for budget in _budgets(args):
         sub = argparse.Namespace(**{**vars(args), "max_tokens": budget})
         per_set, totals = _measure(_policies(sub, console), prepared, budget)
         point: dict[str, Any] = {"max_tokens": budget}
@@ -565,19 +758,103 @@ def _curve(args: argparse.Namespace, console: Console, prepared: Prepared) -> li
             point[pname] = {
                 "saved_fraction": f["saved_fraction"],
                 "saved_fraction_20plus": f["saved_fraction_20plus"],
+                "fact_retention": f["fact_retention"],
+                "fact_retention_all": f["fact_retention_all"],
                 "fact_retention_sgd": sgd.figures(full=pname == "full_history")["fact_retention"]
                 if sgd
                 else None,
                 "prefix_stability": f["prefix_stability"],
                 "cacheable_fraction": f["cacheable_fraction"],
                 "over_budget_fraction": f["over_budget_fraction"],
+                **_cost_figures(tally, totals.get("full_history"), models),
+                "datasets": {
+                    ds: _cost_figures(tallies[pname], tallies.get("full_history"), models)
+                    for ds, tallies in per_set.items()
+                    if pname in tallies
+                },
             }
         points.append(point)
     return points
 
 
+def _question_points(conv: Conversation, thread: LongThread) -> dict[int, int]:
+    """Question turn index -> the history length at which the prompt holding it is sent."""
+    points = prompt_points(conv)
+    out = {}
+    for q in thread.questions:
+        after = [end for end in points if end > q.turn_index]
+        if after:
+            out[q.turn_index] = after[0]
+    return out
+
+
+def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
+    """Every policy at ``--max-tokens`` on the long multi-session set: effective cost and
+    saved fraction per price model, fact retention by distance (docs/history.md)."""
+    n_threads = getattr(args, "long_threads", None)
+    n_threads = LONG_THREADS[mode(args)] if n_threads is None else n_threads
+    if n_threads <= 0:
+        return None
+    try:
+        threads = build_long_threads(n_threads, LONG_THREAD_SEED, root=data_dir())
+    except (DataSetMissing, ConfigError, OSError) as exc:
+        console.print(f"[yellow]bench history: no long set ({exc})[/yellow]", soft_wrap=True)
+        return None
+    models = _price_models(args)
+    items = [(t, t.as_conversation()) for t in threads]
+    items_lc = [(t, c, as_langchain(c), _question_points(c, t)) for t, c in items]
+    tallies: dict[str, _Tally] = {}
+    retention: dict[str, dict[str, Any]] = {}
+    for policy in _policies(args, console):
+        tally, texts = _Tally(), dict[tuple[str, int], str]()
+        for _, conv, history, _ in items_lc:
+            _replay(policy, conv, history, tally, timed=False, budget=args.max_tokens, texts=texts)
+            tick()
+        prompts = {
+            (t.id, q): texts.get((t.id, end), "")
+            for t, _, _, points in items_lc
+            for q, end in points.items()
+        }
+        tallies[policy.name] = tally
+        retention[policy.name] = fact_retention(threads, prompts).as_json()
+    full = tallies.get("full_history")
+    policies: dict[str, Any] = {}
+    for pname, tally in tallies.items():
+        f = tally.figures(full=pname == "full_history")
+        policies[pname] = {
+            **_cost_figures(tally, full, models),
+            **{
+                k: (None if v is None else round(v, 4)) if k == "fact_retention" else v
+                for k, v in retention[pname].items()
+            },
+            "saved_fraction": f["saved_fraction"],
+            "prefix_stability": f["prefix_stability"],
+            "over_budget_fraction": f["over_budget_fraction"],
+            "summarizer_calls": f["summarizer_calls"],
+        }
+        by = policies[pname]["fact_retention_by_distance"]
+        policies[pname]["fact_retention_by_distance"] = {
+            b: None if v is None else round(v, 4) for b, v in by.items()
+        }
+    return {
+        "seed": LONG_THREAD_SEED,
+        "n_threads": len(threads),
+        "n_turns": sum(len(t.turns) for t in threads),
+        "n_questions": sum(len(t.questions) for t in threads),
+        "max_tokens": args.max_tokens,
+        "policies": policies,
+    }
+
+
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """Replay the conversations through every policy and return the figures."""
+    """Replay the conversations through every policy and return the figures.
+
+    Raises:
+        ConfigError: a ``--price-model`` has no price in genai-prices or no known
+            prompt-cache rules (checked before anything is replayed).
+    """
+    for model in _price_models(args):
+        price_turns([], model)  # raises ConfigError naming the model
     sets = _load(args, console)
     policies = _policies(args, console)
     count_text("warm up the tokenizer")
@@ -586,18 +863,26 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for name, convs in sets.items()
     }
     n_items = sum(len(items) for items in prepared.values())
-    passes = len(policies) * (1 + len(args.budgets))
-    with progress(console, "bench history", total=n_items * passes + 1) as advance:
+    n_curve = sum(len(items[:: CURVE_STRIDES[mode(args)]]) for items in prepared.values())
+    passes = len(policies)
+    n_long = getattr(args, "long_threads", None)
+    n_long = LONG_THREADS[mode(args)] if n_long is None else max(0, n_long)
+    total = (n_items + n_curve * len(_budgets(args))) * passes + n_long * len(policies) + 1
+    models = _price_models(args)
+    with progress(console, "bench history", total=total) as advance:
         per_set, totals = _measure(policies, prepared, args.max_tokens)
         sample = [item for items in prepared.values() for item in items[:MEMORY_SAMPLE]]
         peaks = {p.name: round(_memory_peak(p, sample, args.max_tokens), 1) for p in policies}
-        curve = _curve(args, console, prepared) if args.budgets else None
+        curve = _curve(args, console, prepared) if _budgets(args) else None
+        long = _long(args, console)
         bound = fold_ceiling(c for items in prepared.values() for c, _ in items)
         advance(1)
 
+    full_total = totals.get("full_history")
     figures = {pname: totals[pname].figures(full=pname == "full_history") for pname in totals}
     for pname in figures:
         figures[pname]["peak_memory_kb"] = peaks[pname]
+        figures[pname].update(_cost_figures(totals[pname], full_total, models))
     ours = figures.pop("graphthrift")
     result: dict[str, Any] = {
         **ours,
@@ -608,8 +893,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "mode": mode(args),
         "config": _config(policies[0]),
         "baselines": figures,
+        "price_models": list(models),
         "datasets": {
-            name: {pname: t.figures(full=pname == "full_history") for pname, t in tallies.items()}
+            name: {
+                pname: {
+                    **t.figures(full=pname == "full_history"),
+                    **_cost_figures(t, tallies.get("full_history"), models),
+                }
+                for pname, t in tallies.items()
+            }
             for name, tallies in per_set.items()
         },
     }
@@ -618,6 +910,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["bound"] = bound
     if curve is not None:
         result["curve"] = curve
+        result["curve_sample"] = (
+            "the run's conversations"
+            if CURVE_STRIDES[mode(args)] == 1
+            else f"one in {CURVE_STRIDES[mode(args)]} of the run's conversations"
+        )
+    if long is not None:
+        result["long"] = long
+    result["targets_issue16"] = _issue16_targets(result, models)
     result["machine"] = machine()
     _print(result, console)
     write_json(result, args.json)
@@ -671,6 +971,72 @@ def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             else (value < target if name.startswith("ms_") else value >= target)
         )
         out[name] = {"target": target, "value": value, "met": met}
+    return out
+
+
+def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The issue-16 targets this bench measures, each with its figures and whether it is met
+    (None when the run has no figures for it). Defined in docs/history.md."""
+    at = {p["max_tokens"]: p for p in result.get("curve", [])}
+    out: dict[str, dict[str, Any]] = {}
+    # 1. a budget that forces no fold: at or below full history's cost, per data set
+    wide = at.get(8192, {}).get("graphthrift")
+    if wide is not None:
+        value = {
+            ds: c["effective_saved_fraction"]
+            for ds, c in wide["datasets"].items()
+            if c["effective_saved_fraction"] is not None
+        }
+        met: bool | None = all(v >= -1e-9 for s in value.values() for v in s.values())
+        out["no_fold_budget_at_most_full_cost"] = {"max_tokens": 8192, "value": value, "met": met}
+    # 2. where folds are forced, no budget-respecting peer beats us on cost and retention
+    beaten: list[dict[str, Any]] = []
+    respecting: dict[str, list[str]] = {}
+    checked = False
+    for budget, point in sorted(at.items()):
+        if not 256 <= budget <= 1024:
+            continue
+        ours = point["graphthrift"]
+        respecting[str(budget)] = []
+        for peer in BUDGETED_PEERS:
+            f = point.get(peer)
+            if f is None or f["over_budget_fraction"] > 0:
+                continue
+            respecting[str(budget)].append(peer)
+            checked = True
+            for m in models:
+                cheaper = f["effective_cost_usd"][m] < ours["effective_cost_usd"][m]
+                keeps_more = (f["fact_retention_all"] or 0.0) > (ours["fact_retention_all"] or 0.0)
+                if cheaper and keeps_more:
+                    beaten.append({"max_tokens": budget, "peer": peer, "price_model": m})
+    out["no_budgeted_peer_dominates"] = {
+        "budgets": "256-1024",
+        "budget_respecting_peers": respecting,
+        "dominated_by": beaten,
+        "met": (not beaten) if checked else None,
+    }
+    # 3. the long multi-session set at the default budget
+    long = result.get("long", {}).get("policies", {}).get("graphthrift")
+    if long is not None:
+        saved = long["effective_saved_fraction"] or {}
+        by = long["fact_retention_by_distance"]
+        out["long_effective_saved_fraction"] = {
+            "target": 0.8,
+            "value": saved,
+            "met": bool(saved) and all(v >= 0.8 for v in saved.values()),
+        }
+        overall = long["fact_retention"]
+        out["long_fact_retention"] = {
+            "target": 0.85,
+            "value": overall,
+            "met": None if overall is None else overall >= 0.85,
+        }
+        far = by.get("100+")
+        out["long_fact_retention_100plus"] = {
+            "target": 0.8,
+            "value": far,
+            "met": None if far is None else far >= 0.8,
+        }
     return out
 
 
@@ -746,6 +1112,7 @@ def _print(result: dict[str, Any], console: Console) -> None:
             {True: "yes", False: "NO", None: "-"}[t["met"]],
         )
     console.print(targets)
+    _print_costs(result, rows, console)
     bound = result.get("bound")
     if bound:
         ceiling = ", ".join(
@@ -756,3 +1123,42 @@ def _print(result: dict[str, Any], console: Console) -> None:
             f"ceiling for any fold schedule at prefix stability {bound['prefix_stability']}"
             f" (saved on 20+ turns, folds chosen knowing the future): {ceiling}"
         )
+
+
+def _print_costs(result: dict[str, Any], rows: dict[str, Any], console: Console) -> None:
+    """Effective cost (USD) and saved fraction per price model; the long set; issue 16."""
+    models = result["price_models"]
+    costs = Table(title="effective cost with the provider's prompt cache (USD / saved)")
+    costs.add_column("policy")
+    for m in models:
+        costs.add_column(m, justify="right")
+    for name, f in rows.items():
+        saved = f.get("effective_saved_fraction") or {}
+        costs.add_row(
+            name,
+            *(f"{f['effective_cost_usd'][m]:.4f} / {_fmt(saved.get(m))}" for m in models),
+        )
+    console.print(costs)
+    long = result.get("long")
+    if long:
+        lt = Table(
+            title=f"long multi-session set: {long['n_threads']} threads, {long['n_turns']} turns,"
+            f" {long['n_questions']} questions, max_tokens={long['max_tokens']}"
+        )
+        lt.add_column("policy")
+        for m in models:
+            lt.add_column(f"saved {m}", justify="right")
+        for col in ("facts kept", "1", "10", "100+"):
+            lt.add_column(col, justify="right")
+        for name, f in long["policies"].items():
+            saved = f.get("effective_saved_fraction") or {}
+            by = f["fact_retention_by_distance"]
+            lt.add_row(
+                name,
+                *(_fmt(saved.get(m)) for m in models),
+                _fmt(f["fact_retention"]),
+                *(_fmt(by.get(b)) for b in ("1", "10", "100+")),
+            )
+        console.print(lt)
+    for name, t in result.get("targets_issue16", {}).items():
+        console.print(f"issue 16 target {name}: met={t.get('met')}", soft_wrap=True)
