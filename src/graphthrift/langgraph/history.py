@@ -30,12 +30,11 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from typing_extensions import TypedDict
 
-from graphthrift.errors import ConfigError
-from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.pruner import HistoryPruner
 from graphthrift.history.recall import FoldedTurnStore
 from graphthrift.history.state import PruneResult
-from graphthrift.kernel import read_state, run_tags
-from graphthrift.langchain.history import to_langchain
+from graphthrift.kernel import read_state
+from graphthrift.langchain.history import build_history_pruner, recall_scope, to_langchain
 from graphthrift.langgraph._state import latest
 from graphthrift.summarize.base import Summarizer
 
@@ -139,11 +138,10 @@ def summarize_history(
         >>> builder.add_edge(START, "prune")  # doctest: +ELLIPSIS
         <langgraph.graph.state.StateGraph object at ...>
     """
-    if mode not in ("view", "replace"):
-        raise ValueError(f"summarize_history mode must be 'view' or 'replace', got {mode!r}")
-    core = build_pruner(
+    core = build_history_pruner(
         "summarize_history",
         pruner,
+        mode,
         summary_model=summary_model,
         summarizer=summarizer,
         max_tokens=max_tokens,
@@ -154,14 +152,9 @@ def summarize_history(
         model=model,
         recall=recall,
     )
-    if core.recall is not None and mode != "view":
-        raise ConfigError(
-            "recall", core.recall, "needs mode='view' (a recalled snippet must not enter messages)"
-        )
 
     def scope(config: RunnableConfig | None) -> dict[str, Any]:
-        tags = run_tags(config, tenant_id=tenant_id)
-        return {"tenant": str(tags.get("tenant_id") or ""), "thread": tags.get("thread_id")}
+        return recall_scope(config, tenant_id)
 
     def inputs(state: Any) -> tuple[list[Any], Any]:
         messages = read_state(state, messages_key, schema=SCHEMA, node=name)

@@ -37,12 +37,11 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
-from graphthrift.errors import ConfigError
-from graphthrift.history.pruner import HistoryPruner, build_pruner
+from graphthrift.history.pruner import HistoryPruner
 from graphthrift.history.recall import FoldedTurnStore
 from graphthrift.history.state import HistoryState, PruneResult
-from graphthrift.kernel import read_state, run_config, run_tags
-from graphthrift.langchain.history import to_langchain
+from graphthrift.kernel import read_state, run_config
+from graphthrift.langchain.history import build_history_pruner, recall_scope, to_langchain
 from graphthrift.summarize.base import Summarizer
 
 __all__ = ["HistoryPruningMiddleware", "HistoryPruningState"]
@@ -112,13 +111,10 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
         tenant_id: str | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("view", "replace"):
-            raise ValueError(
-                f"HistoryPruningMiddleware mode must be 'view' or 'replace', got {mode!r}"
-            )
-        self.pruner = build_pruner(
+        self.pruner = build_history_pruner(
             "HistoryPruningMiddleware",
             pruner,
+            mode,
             summary_model=summary_model,
             summarizer=summarizer,
             max_tokens=max_tokens,
@@ -129,19 +125,12 @@ class HistoryPruningMiddleware(AgentMiddleware[HistoryPruningState, Any, Any]):
             model=model,
             recall=recall,
         )
-        if self.pruner.recall is not None and mode != "view":
-            raise ConfigError(
-                "recall",
-                self.pruner.recall,
-                "needs mode='view' (a recalled snippet must not enter messages)",
-            )
         self.mode = mode
         self.tenant_id = tenant_id
 
     def _scope(self) -> dict[str, Any]:
         """Tenant and thread of the running call, through the adapter kernel."""
-        tags = run_tags(run_config(), tenant_id=self.tenant_id)
-        return {"tenant": str(tags.get("tenant_id") or ""), "thread": tags.get("thread_id")}
+        return recall_scope(run_config(), self.tenant_id)
 
     # ------------------------------------------------------------ translation
 
