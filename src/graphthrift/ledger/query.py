@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Date as SADate
 from sqlalchemy import and_, case, cast, func, literal_column, select
 
-from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS
-from graphthrift.ledger.schema import ledger_table
+from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
+from graphthrift.ledger.schema import ROLLUP_TAGS, ledger_table, rollup_table
 from graphthrift.store.postgres import Store
 
 REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
@@ -52,6 +52,8 @@ class LedgerQueries:
     ) -> list[dict[str, Any]]:
         """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
 
+        Read from the hourly rollups when they hold the answer (see ``rollups_answer``),
+        from raw rows otherwise (thread or run ids, other columns, ranges cut mid-hour).
         Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
         ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
         ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
@@ -62,40 +64,10 @@ class LedgerQueries:
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
             raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
-        c = ledger_table.c
-        groups = [
-            cast(func.timezone(literal_column("'UTC'"), c.ts), SADate).label("day")
-            if k == "day"
-            else c[k].label(k)
-            for k in by
-        ]
-        is_llm = c.kind == "llm"
-        llm_int = case((is_llm, 1), else_=0)
-        query = (
-            select(
-                *groups,
-                func.sum(llm_int).label("requests"),
-                func.sum(case((is_llm, c.input_tokens), else_=0)).label("input_tokens"),
-                func.sum(case((is_llm, c.output_tokens), else_=0)).label("output_tokens"),
-                func.sum(case((is_llm, c.cached_tokens), else_=0)).label("cached_tokens"),
-                func.sum(case((is_llm, c.reasoning_tokens), else_=0)).label("reasoning_tokens"),
-                func.sum(case((is_llm, c.cache_write_tokens), else_=0)).label("cache_write_tokens"),
-                func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
-                func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"),
-                func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
-                (
-                    func.sum(case((and_(is_llm, c.success), 1), else_=0))
-                    * 1.0
-                    / func.nullif(func.sum(llm_int), 0)
-                ).label("success_rate"),
-                func.sum(case((c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
-                func.coalesce(func.sum(c.saved_usd), 0.0).label("saved_usd"),
-                func.sum(c.saved_tokens).label("saved_tokens"),
-            )
-            .where(*_conditions(since, until, filters))
-            .group_by(*groups)
-            .order_by(func.coalesce(func.sum(c.cost_usd), 0.0).desc(), *groups)
-        )
+        if rollups_answer(by, since, until, filters):
+            query = _rollup_report(by, since, until, filters)
+        else:
+            query = _raw_report(by, since, until, filters)
         with self.store.connect() as conn:
             rows = [dict(row._mapping) for row in conn.execute(query)]
         for row in rows:
@@ -127,6 +99,98 @@ class LedgerQueries:
     ) -> list[dict[str, Any]]:
         """``report`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.report(by, **kwargs))
+
+
+def rollups_answer(
+    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> bool:
+    """Whether the hourly rollups hold the answer: every group key and filter is a rolled-up
+    tag (or ``day``) and the range starts and ends on whole hours."""
+    return (
+        all(k in ROLLUP_TAGS or k == "day" for k in by)
+        and all(k in ROLLUP_TAGS for k in filters)
+        and all(_on_the_hour(t) for t in (since, until))
+    )
+
+
+def _on_the_hour(value: datetime | None) -> bool:
+    if value is None:
+        return True
+    value = _aware(value, "since/until").astimezone(UTC)
+    return value.minute == 0 and value.second == 0 and value.microsecond == 0
+
+
+def _raw_report(
+    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> Any:
+    """The report aggregated over raw ledger rows."""
+    c = ledger_table.c
+    groups = [_group(c.ts, k) if k == "day" else c[k].label(k) for k in by]
+    is_llm = c.kind == "llm"
+    llm_int = case((is_llm, 1), else_=0)
+    cost = func.coalesce(func.sum(c.cost_usd), 0.0)
+    return (
+        select(
+            *groups,
+            func.sum(llm_int).label("requests"),
+            *(func.sum(case((is_llm, c[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
+            func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
+            cost.label("cost_usd"),
+            func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
+            (
+                func.sum(case((and_(is_llm, c.success), 1), else_=0))
+                * 1.0
+                / func.nullif(func.sum(llm_int), 0)
+            ).label("success_rate"),
+            func.sum(case((c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
+            func.coalesce(func.sum(c.saved_usd), 0.0).label("saved_usd"),
+            func.sum(c.saved_tokens).label("saved_tokens"),
+        )
+        .where(*_conditions(since, until, filters))
+        .group_by(*groups)
+        .order_by(cost.desc(), *groups)
+    )
+
+
+def _rollup_report(
+    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> Any:
+    """The same report summed over hourly rollup rows: one row per hour and tag set."""
+    r = rollup_table.c
+    groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
+    is_llm = r.kind == "llm"
+    cost = func.coalesce(func.sum(r.cost_usd), 0.0)
+    llm_rows = func.sum(case((is_llm, r.rows), else_=0))
+    conds: list[Any] = [
+        r[key].is_(None) if value is None else r[key] == value for key, value in filters.items()
+    ]
+    if since is not None:
+        conds.append(r.hour >= _aware(since, "since"))
+    if until is not None:
+        conds.append(r.hour < _aware(until, "until"))
+    return (
+        select(
+            *groups,
+            llm_rows.label("requests"),
+            *(func.sum(case((is_llm, r[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
+            func.coalesce(func.sum(r.cache_savings_usd), 0.0).label("cache_savings_usd"),
+            cost.label("cost_usd"),
+            func.sum(case((is_llm, r.unpriced), else_=0)).label("unpriced"),
+            (func.sum(case((is_llm, r.successes), else_=0)) * 1.0 / func.nullif(llm_rows, 0)).label(
+                "success_rate"
+            ),
+            func.sum(case((r.kind == "cache_hit", r.rows), else_=0)).label("cache_hits"),
+            func.coalesce(func.sum(r.saved_usd), 0.0).label("saved_usd"),
+            func.sum(r.saved_tokens).label("saved_tokens"),
+        )
+        .where(*conds)
+        .group_by(*groups)
+        .order_by(cost.desc(), *groups)
+    )
+
+
+def _group(ts: Any, key: str) -> Any:
+    return cast(func.timezone(literal_column("'UTC'"), ts), SADate).label(key)
 
 
 def _conditions(

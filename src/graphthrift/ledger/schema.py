@@ -1,4 +1,4 @@
-"""The ledger's table and its migrations (versions 1-9)."""
+"""The ledger's table, its hourly rollups and their migrations (versions 1-9)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,125 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
         (
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0",
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_savings_usd double precision",
+        ),
+    ),
+)
+
+
+# -- hourly rollups (migration 4) ----------------------------------------------------------
+
+ROLLUP_TABLE = "graphthrift_ledger_hourly"
+ROLLUP_TAGS: tuple[str, ...] = (
+    "kind",
+    "tenant_id",
+    "feature",
+    "route",
+    "prompt_version",
+    "model",
+    "node",
+    "layer",
+)
+"""The tags a rollup row is keyed by (with its UTC hour): what ``report`` and ``alerts`` can
+group and filter on without reading raw rows. Thread and run ids are too many to roll up."""
+
+# NULL is a tag value of its own; PostgreSQL before 15 has no NULLS NOT DISTINCT, so the key
+# maps it to a control character that no real tag is made of.
+_NULL_KEY = "\x01"
+_KEY = ", ".join(["hour", "kind", *(f"(coalesce({t}, '{_NULL_KEY}'))" for t in ROLLUP_TAGS[1:])])
+
+ROLLUP_SUMS: tuple[tuple[str, str], ...] = (
+    ("rows", "count(*)"),
+    ("input_tokens", "sum(input_tokens)"),
+    ("output_tokens", "sum(output_tokens)"),
+    ("cached_tokens", "sum(cached_tokens)"),
+    ("reasoning_tokens", "sum(reasoning_tokens)"),
+    ("cache_write_tokens", "sum(cache_write_tokens)"),
+    ("cost_usd", "coalesce(sum(cost_usd), 0)"),
+    ("unpriced", "count(*) FILTER (WHERE cost_usd IS NULL)"),
+    ("successes", "count(*) FILTER (WHERE success)"),
+    ("errors", "count(*) FILTER (WHERE NOT success)"),
+    ("retries", "count(*) FILTER (WHERE retry)"),
+    ("retry_cost_usd", "coalesce(sum(cost_usd) FILTER (WHERE retry), 0)"),
+    ("cache_savings_usd", "coalesce(sum(cache_savings_usd), 0)"),
+    ("saved_usd", "coalesce(sum(saved_usd), 0)"),
+    ("saved_tokens", "sum(saved_tokens)"),
+    ("latency_ms", "coalesce(sum(latency_ms), 0)"),
+)
+"""Each rollup column and the aggregate over raw rows that it holds (all additive)."""
+
+_FLOAT_SUMS = {"cost_usd", "retry_cost_usd", "cache_savings_usd", "saved_usd", "latency_ms"}
+
+rollup_table = Table(
+    ROLLUP_TABLE,
+    metadata,
+    Column("hour", DateTime(timezone=True), nullable=False),
+    *(Column(t, Text) for t in ROLLUP_TAGS),
+    *(Column(name, Float if name in _FLOAT_SUMS else BigInteger) for name, _ in ROLLUP_SUMS),
+)
+
+
+def rollup_insert(source: str) -> str:
+    """SQL that adds ``source``'s rows (a table or transition table) into the rollups.
+
+    Keys are upserted in one sorted order, so concurrent writers that touch the same hours
+    wait for each other instead of deadlocking.
+    """
+    tags = ", ".join(ROLLUP_TAGS)
+    sums = ", ".join(name for name, _ in ROLLUP_SUMS)
+    aggs = ", ".join(expr for _, expr in ROLLUP_SUMS)
+    updates = ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name, _ in ROLLUP_SUMS)
+    order = ", ".join(str(i) for i in range(1, len(ROLLUP_TAGS) + 2))
+    return f"""
+        INSERT INTO {ROLLUP_TABLE} AS h (hour, {tags}, {sums})
+        SELECT date_trunc('hour', ts, 'UTC'), {tags}, {aggs}
+        FROM {source}
+        GROUP BY {order}
+        ORDER BY {order}
+        ON CONFLICT ({_KEY}) DO UPDATE SET {updates}
+    """
+
+
+_ROLLUP_COLUMNS = ",\n".join(
+    [
+        "hour timestamptz NOT NULL",
+        "kind text NOT NULL",
+        *(f"{t} text" for t in ROLLUP_TAGS[1:]),
+        *(
+            f"{name} {'double precision' if name in _FLOAT_SUMS else 'bigint'} NOT NULL DEFAULT 0"
+            for name, _ in ROLLUP_SUMS
+        ),
+    ]
+)
+
+LEDGER_MIGRATIONS = (
+    *LEDGER_MIGRATIONS,
+    Migration(
+        4,
+        "ledger hourly rollups",
+        (
+            # writers wait until the trigger exists and the backfill is done: no row is
+            # counted twice or missed between the two
+            f"LOCK TABLE {LEDGER_TABLE} IN SHARE ROW EXCLUSIVE MODE",
+            f"CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} ({_ROLLUP_COLUMNS})",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {ROLLUP_TABLE}_key ON {ROLLUP_TABLE} ({_KEY})",
+            f"CREATE INDEX IF NOT EXISTS {ROLLUP_TABLE}_hour ON {ROLLUP_TABLE} (hour)",
+            f"""
+            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
+            LANGUAGE plpgsql AS $body$
+            BEGIN
+                {rollup_insert("new_rows")};
+                RETURN NULL;
+            END
+            $body$
+            """,
+            f"DROP TRIGGER IF EXISTS {ROLLUP_TABLE}_add ON {LEDGER_TABLE}",
+            f"""
+            CREATE TRIGGER {ROLLUP_TABLE}_add AFTER INSERT ON {LEDGER_TABLE}
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {ROLLUP_TABLE}_add()
+            """,
+            f"DELETE FROM {ROLLUP_TABLE}",
+            rollup_insert(LEDGER_TABLE),
         ),
     ),
 )
