@@ -228,3 +228,76 @@ LEDGER_MIGRATIONS = (
         ),
     ),
 )
+
+
+# -- monthly partitions (migration 5) ------------------------------------------------------
+
+DEFAULT_PARTITION = f"{LEDGER_TABLE}_default"
+ADD_MONTH_FUNCTION = f"{LEDGER_TABLE}_add_month"
+
+_ADD_MONTH = f"""
+    CREATE OR REPLACE FUNCTION {ADD_MONTH_FUNCTION}(m date) RETURNS boolean
+    LANGUAGE plpgsql AS $body$
+    DECLARE
+        part text := format('{LEDGER_TABLE}_%s', to_char(m, 'YYYY_MM'));
+        lo timestamptz := date_trunc('month', m::timestamp) AT TIME ZONE 'UTC';
+        hi timestamptz := (date_trunc('month', m::timestamp) + interval '1 month')
+            AT TIME ZONE 'UTC';
+    BEGIN
+        IF to_regclass(part) IS NOT NULL THEN
+            RETURN false;
+        END IF;
+        EXECUTE format('CREATE TABLE %I (LIKE {LEDGER_TABLE} INCLUDING DEFAULTS)', part);
+        -- rows of that month written before it had a partition wait in the default one;
+        -- they move over before it is attached (no trigger fires: rollups stay as they are)
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE ts >= %L AND ts < %L'
+            ' RETURNING *) INSERT INTO %I SELECT * FROM moved', lo, hi, part);
+        EXECUTE format(
+            'ALTER TABLE {LEDGER_TABLE} ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+            part, lo, hi);
+        RETURN true;
+    END
+    $body$
+"""
+
+LEDGER_MIGRATIONS = (
+    *LEDGER_MIGRATIONS,
+    Migration(
+        5,
+        "ledger partitioned by month",
+        (
+            # one transaction: writers wait, and the table is swapped with every row moved
+            f"LOCK TABLE {LEDGER_TABLE} IN ACCESS EXCLUSIVE MODE",
+            f"""
+            CREATE TABLE {LEDGER_TABLE}_new (
+                LIKE {LEDGER_TABLE} INCLUDING DEFAULTS, PRIMARY KEY (id, ts)
+            ) PARTITION BY RANGE (ts)
+            """,
+            f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF {LEDGER_TABLE}_new DEFAULT",
+            f"INSERT INTO {LEDGER_TABLE}_new SELECT * FROM {LEDGER_TABLE}",
+            f"ALTER SEQUENCE {LEDGER_TABLE}_id_seq OWNED BY NONE",
+            f"DROP TABLE {LEDGER_TABLE}",
+            f"ALTER TABLE {LEDGER_TABLE}_new RENAME TO {LEDGER_TABLE}",
+            f"ALTER SEQUENCE {LEDGER_TABLE}_id_seq OWNED BY {LEDGER_TABLE}.id",
+            f"CREATE INDEX {LEDGER_TABLE}_ts ON {LEDGER_TABLE} (ts)",
+            f"CREATE INDEX {LEDGER_TABLE}_tenant_ts ON {LEDGER_TABLE} (tenant_id, ts)",
+            f"CREATE INDEX {LEDGER_TABLE}_kind_ts ON {LEDGER_TABLE} (kind, ts)",
+            _ADD_MONTH,
+            f"""
+            SELECT {ADD_MONTH_FUNCTION}(m) FROM (
+                SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC')::date AS m
+                FROM {DEFAULT_PARTITION}
+                UNION
+                SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + n * interval '1 month')::date
+                FROM generate_series(0, 2) AS n
+            ) AS months ORDER BY m
+            """,
+            f"""
+            CREATE TRIGGER {ROLLUP_TABLE}_add AFTER INSERT ON {LEDGER_TABLE}
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {ROLLUP_TABLE}_add()
+            """,
+        ),
+    ),
+)
