@@ -161,7 +161,7 @@ def test_report_reads_rollups_and_agrees_with_raw_rows(ledger: Ledger, tenant: s
     since, until = _BASE, _BASE + timedelta(hours=24)
     assert rollups_answer(["feature"], since, until, {"tenant_id": tenant})
     from_rollups = ledger.report(["feature", "day"], since=since, until=until, tenant_id=tenant)
-    # a range cut one microsecond off the hour covers the same rows but must read raw rows
+    # a range cut one microsecond off the hour covers the same rows: raw rows for that hour
     cut = since - timedelta(microseconds=1)
     assert not rollups_answer(["feature"], cut, until, {"tenant_id": tenant})
     from_raw = ledger.report(["feature", "day"], since=cut, until=until, tenant_id=tenant)
@@ -224,3 +224,23 @@ def test_rollup_sql_names_every_sum_once() -> None:
     sql = rollup_insert("new_rows")
     for name, _ in ROLLUP_SUMS:
         assert f"{name} = h.{name} + EXCLUDED.{name}" in sql
+
+
+def test_report_cut_mid_hour_adds_raw_edges_to_whole_hours(ledger: Ledger, tenant: str) -> None:
+    ledger.record_many(_records(tenant, 4, 200))  # one row every 7 minutes for 23 hours
+    ledger.flush()
+    since = _BASE + timedelta(hours=2, minutes=20)
+    until = _BASE + timedelta(hours=15, minutes=41)
+    rows = ledger.report(["feature", "model"], since=since, until=until, tenant_id=tenant)
+    inside = [r for r in ledger.records(tenant_id=tenant) if since <= r["ts"] < until]
+    assert {r["feature"] for r in rows} == {"f0", "f1", "f2"}
+    for row in rows:
+        mine = [r for r in inside if r["feature"] == row["feature"]]
+        llm = [r for r in mine if r["kind"] == "llm"]
+        assert row["requests"] == len(llm)
+        assert row["input_tokens"] == sum(r["input_tokens"] for r in llm)
+        assert row["cache_hits"] == sum(r["kind"] == "cache_hit" for r in mine)
+        assert row["saved_tokens"] == sum(r["saved_tokens"] for r in mine)
+        assert row["success_rate"] == pytest.approx(sum(r["success"] for r in llm) / len(llm))
+        assert row["cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in mine))
+    assert [r["cost_usd"] for r in rows] == sorted((r["cost_usd"] for r in rows), reverse=True)

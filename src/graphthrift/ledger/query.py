@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
@@ -52,8 +52,9 @@ class LedgerQueries:
     ) -> list[dict[str, Any]]:
         """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
 
-        Read from the hourly rollups when they hold the answer (see ``rollups_answer``),
-        from raw rows otherwise (thread or run ids, other columns, ranges cut mid-hour).
+        Whole hours are read from the hourly rollups when every key and filter is a
+        rolled-up tag, and hours cut by ``since``/``until`` from raw rows; a report by
+        thread or run id, or filtered on other columns, reads raw rows only.
         Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
         ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
         ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
@@ -64,12 +65,8 @@ class LedgerQueries:
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
             raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
-        if rollups_answer(by, since, until, filters):
-            query = _rollup_report(by, since, until, filters)
-        else:
-            query = _raw_report(by, since, until, filters)
         with self.store.connect() as conn:
-            rows = [dict(row._mapping) for row in conn.execute(query)]
+            rows = _run_report(conn, list(by), since, until, filters)
         for row in rows:
             for key in (
                 "requests",
@@ -111,6 +108,83 @@ def rollups_answer(
         and all(k in ROLLUP_TAGS for k in filters)
         and all(_on_the_hour(t) for t in (since, until))
     )
+
+
+def _run_report(
+    conn: Any,
+    by: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    filters: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Whole hours from the rollups, the cut hours at either end from raw rows."""
+    if not all(k in ROLLUP_TAGS or k == "day" for k in by) or not all(
+        k in ROLLUP_TAGS for k in filters
+    ):
+        return _fetch(conn, _raw_report(by, since, until, filters))
+    if rollups_answer(by, since, until, filters):
+        return _fetch(conn, _rollup_report(by, since, until, filters))
+    lo = None if since is None else _ceil_hour(_aware(since, "since"))
+    hi = None if until is None else _floor_hour(_aware(until, "until"))
+    if lo is not None and hi is not None and lo >= hi:  # under two hours: raw rows are few
+        return _fetch(conn, _raw_report(by, since, until, filters))
+    parts = [_fetch(conn, _rollup_report(by, lo, hi, filters))]
+    if since is not None and lo != since:
+        parts.append(_fetch(conn, _raw_report(by, since, lo, filters)))
+    if until is not None and hi != until:
+        parts.append(_fetch(conn, _raw_report(by, hi, until, filters)))
+    return _merge(parts, by)
+
+
+_SUMMED = (
+    "requests",
+    *TOKEN_FIELDS,
+    "unpriced",
+    "cache_hits",
+    "saved_tokens",
+    "cost_usd",
+    "cache_savings_usd",
+    "saved_usd",
+)
+
+
+def _fetch(conn: Any, query: Any) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _merge(parts: list[list[dict[str, Any]]], by: list[str]) -> list[dict[str, Any]]:
+    """Add up report rows of the same group from several parts of the range."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in parts:
+        for row in part:
+            requests = int(row["requests"] or 0)
+            rate = row["success_rate"]
+            successes = 0 if rate is None else round(float(rate) * requests)
+            into = merged.setdefault(
+                tuple(row[k] for k in by),
+                {**{k: row[k] for k in by}, **dict.fromkeys(_SUMMED, 0), "successes": 0},
+            )
+            for key in _SUMMED:
+                value = row[key] or 0
+                into[key] += float(value) if isinstance(into[key], float) else value
+            into["successes"] += successes
+    rows = list(merged.values())
+    for row in rows:
+        successes = row.pop("successes")
+        row["success_rate"] = successes / row["requests"] if row["requests"] else None
+        for key in ("cost_usd", "cache_savings_usd", "saved_usd"):
+            row[key] = float(row[key])
+    rows.sort(key=lambda r: (-r["cost_usd"], *((r[k] is None, r[k] or "") for k in by)))
+    return rows
+
+
+def _ceil_hour(value: datetime) -> datetime:
+    floor = _floor_hour(value)
+    return floor if floor == value else floor + timedelta(hours=1)
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _on_the_hour(value: datetime | None) -> bool:
