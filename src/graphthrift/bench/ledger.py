@@ -34,7 +34,7 @@ from graphthrift.bench._common import (
     write_json,
 )
 from graphthrift.bench.ledger_scale import TARGETS as TARGETS_SCALE
-from graphthrift.bench.ledger_scale import run_scale, scale_rows
+from graphthrift.bench.ledger_scale import run_scale, scale_rows, time_reports
 from graphthrift.ledger import Ledger, LedgerRecord
 from graphthrift.store import Store
 
@@ -234,15 +234,7 @@ def _report_speed(store: Store, rows: int) -> dict[str, Any]:
         conn.execute(text("ANALYZE graphthrift_ledger"))
     load_s = time.perf_counter() - t0
     ledger = Ledger(store)
-    timings: dict[str, float] = {}
-    for by in (["tenant_id"], ["model", "day"], ["node", "feature", "route"]):
-        ledger.report(by)  # warm the buffer cache
-        samples = []
-        for _ in range(3):
-            t1 = time.perf_counter()
-            ledger.report(by)
-            samples.append(time.perf_counter() - t1)
-        timings[",".join(by)] = round(statistics.median(samples), 4)
+    timings = time_reports(ledger, (["tenant_id"], ["model", "day"], ["node", "feature", "route"]))
     ledger.close()
     return {
         "rows": rows,

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import and_, case, cast, func, literal_column, select
+from sqlalchemy import case, cast, func, literal_column, select
 
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
 from graphthrift.ledger.schema import ROLLUP_TAGS, ledger_table, rollup_table
@@ -197,33 +197,17 @@ def _on_the_hour(value: datetime | None) -> bool:
 def _raw_report(
     by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
 ) -> Any:
-    """The report aggregated over raw ledger rows."""
+    """The report aggregated over raw ledger rows (each one a rollup of one row)."""
     c = ledger_table.c
+    source = {
+        **{name: c[name] for name in ("kind", "cost_usd", "cache_savings_usd", "saved_usd")},
+        **{name: c[name] for name in (*TOKEN_FIELDS, "saved_tokens")},
+        "rows": literal_column("1"),
+        "unpriced": case((c.cost_usd.is_(None), 1), else_=0),
+        "successes": case((c.success, 1), else_=0),
+    }
     groups = [_group(c.ts, k) if k == "day" else c[k].label(k) for k in by]
-    is_llm = c.kind == "llm"
-    llm_int = case((is_llm, 1), else_=0)
-    cost = func.coalesce(func.sum(c.cost_usd), 0.0)
-    return (
-        select(
-            *groups,
-            func.sum(llm_int).label("requests"),
-            *(func.sum(case((is_llm, c[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
-            func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
-            cost.label("cost_usd"),
-            func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
-            (
-                func.sum(case((and_(is_llm, c.success), 1), else_=0))
-                * 1.0
-                / func.nullif(func.sum(llm_int), 0)
-            ).label("success_rate"),
-            func.sum(case((c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
-            func.coalesce(func.sum(c.saved_usd), 0.0).label("saved_usd"),
-            func.sum(c.saved_tokens).label("saved_tokens"),
-        )
-        .where(*_conditions(since, until, filters))
-        .group_by(*groups)
-        .order_by(cost.desc(), *groups)
-    )
+    return _report_select(source, groups, _conditions(since, until, filters))
 
 
 def _rollup_report(
@@ -232,9 +216,6 @@ def _rollup_report(
     """The same report summed over hourly rollup rows: one row per hour and tag set."""
     r = rollup_table.c
     groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
-    is_llm = r.kind == "llm"
-    cost = func.coalesce(func.sum(r.cost_usd), 0.0)
-    llm_rows = func.sum(case((is_llm, r.rows), else_=0))
     conds: list[Any] = [
         r[key].is_(None) if value is None else r[key] == value for key, value in filters.items()
     ]
@@ -242,20 +223,32 @@ def _rollup_report(
         conds.append(r.hour >= _aware(since, "since"))
     if until is not None:
         conds.append(r.hour < _aware(until, "until"))
+    return _report_select({c.name: c for c in r}, groups, conds)
+
+
+def _report_select(source: dict[str, Any], groups: list[Any], conds: list[Any]) -> Any:
+    """The report's aggregates over rollup-shaped columns (``rows``, ``successes``...)."""
+    is_llm = source["kind"] == "llm"
+    llm_rows = func.sum(case((is_llm, source["rows"]), else_=0))
+    cost = func.coalesce(func.sum(source["cost_usd"]), 0.0)
     return (
         select(
             *groups,
             llm_rows.label("requests"),
-            *(func.sum(case((is_llm, r[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
-            func.coalesce(func.sum(r.cache_savings_usd), 0.0).label("cache_savings_usd"),
+            *(func.sum(case((is_llm, source[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
+            func.coalesce(func.sum(source["cache_savings_usd"]), 0.0).label("cache_savings_usd"),
             cost.label("cost_usd"),
-            func.sum(case((is_llm, r.unpriced), else_=0)).label("unpriced"),
-            (func.sum(case((is_llm, r.successes), else_=0)) * 1.0 / func.nullif(llm_rows, 0)).label(
-                "success_rate"
+            func.sum(case((is_llm, source["unpriced"]), else_=0)).label("unpriced"),
+            (
+                func.sum(case((is_llm, source["successes"]), else_=0))
+                * 1.0
+                / func.nullif(llm_rows, 0)
+            ).label("success_rate"),
+            func.sum(case((source["kind"] == "cache_hit", source["rows"]), else_=0)).label(
+                "cache_hits"
             ),
-            func.sum(case((r.kind == "cache_hit", r.rows), else_=0)).label("cache_hits"),
-            func.coalesce(func.sum(r.saved_usd), 0.0).label("saved_usd"),
-            func.sum(r.saved_tokens).label("saved_tokens"),
+            func.coalesce(func.sum(source["saved_usd"]), 0.0).label("saved_usd"),
+            func.sum(source["saved_tokens"]).label("saved_tokens"),
         )
         .where(*conds)
         .group_by(*groups)

@@ -114,7 +114,7 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
 # -- hourly rollups (migration 4) ----------------------------------------------------------
 
 ROLLUP_TABLE = "graphthrift_ledger_hourly"
-ROLLUP_TAGS: tuple[str, ...] = (
+ROLLUP_TAGS: tuple[str, ...] = (  # spelled out: migration 4's key is built from it
     "kind",
     "tenant_id",
     "feature",
