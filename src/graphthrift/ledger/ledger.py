@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from graphthrift import diagnostics
-from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.errors import LedgerFlushTimeout as LedgerFlushTimeout
+from graphthrift.errors import StoreUnavailable
 from graphthrift.ledger.items import _materialise, _size
 from graphthrift.ledger.observer import LedgerObserver
-from graphthrift.ledger.partitions import maintain_partitions
+from graphthrift.ledger.partitions import check_retention, maintain_partitions
 from graphthrift.ledger.prices import PriceBook, default_price_book
 from graphthrift.ledger.query import REPORT_KEYS, LedgerQueries
 from graphthrift.ledger.records import RECORD_COLUMNS, LedgerRecord
@@ -68,7 +68,8 @@ class Ledger(LedgerSpill, LedgerQueries):
             spilled to disk and read back when the database accepts writes again.
         retention_months: raw rows older than this many whole months are dropped (by
             month partition) when the ledger opens; hourly rollups are kept. ``None`` keeps
-            every row. Opening also makes the partitions of the coming months ready.
+            every row. Opening also makes the partitions of the coming months ready (on
+            the writer thread, before its first batch).
 
     Example:
         >>> ledger = Ledger(Store())
@@ -96,7 +97,8 @@ class Ledger(LedgerSpill, LedgerQueries):
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval}")
         self.store = store
-        self._maintain(retention_months)
+        check_retention(retention_months)
+        self.retention_months = retention_months
         self.prices = prices or default_price_book()
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -133,12 +135,11 @@ class Ledger(LedgerSpill, LedgerQueries):
         _live_ledgers.add(self)
         _install_signal_handlers()
 
-    def _maintain(self, retention_months: int | None) -> None:
-        """Partitions ahead and retention on open; a failure never stops the ledger."""
+    def _maintain(self) -> None:
+        """Partitions ahead and retention, first thing on the writer thread: opening a
+        ledger never waits for the database, and a failure never stops the ledger."""
         try:
-            maintain_partitions(self.store, retention_months=retention_months)
-        except ConfigError:
-            raise
+            maintain_partitions(self.store, retention_months=self.retention_months)
         except Exception as exc:
             diagnostics.count(
                 "ledger_partition_failure",
@@ -270,6 +271,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         self.close()
 
     def _run(self) -> None:
+        self._maintain()
         while True:
             with self._cond:
                 if not self._queue and not self._closed:

@@ -18,7 +18,7 @@ from graphthrift.errors import ConfigError
 from graphthrift.ledger.schema import ADD_MONTH_FUNCTION, DEFAULT_PARTITION, LEDGER_TABLE
 from graphthrift.store.postgres import Store
 
-__all__ = ["PartitionReport", "maintain_partitions"]
+__all__ = ["PartitionReport", "check_retention", "maintain_partitions"]
 
 _MAINTAIN_LOCK = 0x67745F70  # "gt_p": one maintainer at a time, for this transaction only
 
@@ -44,12 +44,7 @@ def maintain_partitions(
     first day of the month ``retention_months`` before this one) and delete older rows from
     the default partition. Rollups are never touched. Safe to run from any process at any
     time (a cron job, or ``Ledger(retention_months=...)`` on open)."""
-    if retention_months is not None and (
-        isinstance(retention_months, bool)
-        or not isinstance(retention_months, int)
-        or retention_months < 1
-    ):
-        raise ConfigError("retention_months", retention_months, "a whole number of months >= 1")
+    check_retention(retention_months)
     if isinstance(ahead_months, bool) or not isinstance(ahead_months, int) or ahead_months < 0:
         raise ConfigError("ahead_months", ahead_months, "a whole number of months >= 0")
     today = (now or datetime.now(UTC)).astimezone(UTC).date().replace(day=1)
@@ -80,6 +75,16 @@ def maintain_partitions(
                 text(f"DELETE FROM {DEFAULT_PARTITION} WHERE ts < :c"), {"c": start}
             ).rowcount
     return PartitionReport(created=created, dropped=dropped, deleted_rows=deleted)
+
+
+def check_retention(retention_months: int | None) -> None:
+    """Raise ``ConfigError`` unless ``retention_months`` is None or a whole number >= 1."""
+    if retention_months is not None and (
+        isinstance(retention_months, bool)
+        or not isinstance(retention_months, int)
+        or retention_months < 1
+    ):
+        raise ConfigError("retention_months", retention_months, "a whole number of months >= 1")
 
 
 def _add_months(month: date, n: int) -> date:
