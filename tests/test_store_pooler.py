@@ -192,3 +192,30 @@ def test_session_url_is_the_direct_one_unless_pooled(store: Store, tmp_path: Pat
     pooled.close()
     with pytest.raises(ConfigError, match="pgbouncer"):
         Store(f"{store.url}&pgbouncer=maybe", home=tmp_path)
+
+
+@needs_pgbouncer
+def test_single_flight_through_the_pooler_uses_the_session_url(
+    bouncer: str, store: Store, tmp_path: Path, tenant: str
+) -> None:
+    from graphthrift import diagnostics
+    from graphthrift.resilience import SingleFlight
+
+    pooled = Store(f"{bouncer}?pgbouncer=true", home=tmp_path)
+    before = diagnostics.get("single_flight_store_failure")
+    flight = SingleFlight(pooled)
+    # no session connection: within this process only, counted, and the call goes through
+    assert flight.call("k", lambda: "direct", scope={"tenant_id": tenant}) == "direct"
+    assert diagnostics.get("single_flight_store_failure") == before + 1
+    pooled.close()
+    with_session = Store(f"{bouncer}?pgbouncer=true", home=tmp_path, session_url=store.url)
+    flight = SingleFlight(with_session)
+    for _ in range(3):
+        assert flight.call("k2", lambda: "led", scope={"tenant_id": tenant}) == "led"
+    assert diagnostics.get("single_flight_store_failure") == before + 1
+    with with_session.connect() as conn:
+        held = conn.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        ).scalar()
+    assert held == 0  # each leader let go of its session lock
+    with_session.close()
