@@ -244,3 +244,20 @@ def test_report_cut_mid_hour_adds_raw_edges_to_whole_hours(ledger: Ledger, tenan
         assert row["success_rate"] == pytest.approx(sum(r["success"] for r in llm) / len(llm))
         assert row["cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in mine))
     assert [r["cost_usd"] for r in rows] == sorted((r["cost_usd"] for r in rows), reverse=True)
+
+
+def test_a_missing_tag_and_an_empty_one_are_rolled_up_apart(store: Store, tenant: str) -> None:
+    with store.connect() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO graphthrift_ledger (ts, kind, tenant_id, feature) VALUES"
+                " ('2026-03-02 10:05Z', 'llm', :t, NULL), ('2026-03-02 10:06Z', 'llm', :t, ''),"
+                " ('2026-03-02 10:07Z', 'llm', :t, '')"
+            ),
+            {"t": tenant},
+        )
+        rows = conn.execute(
+            text(f"SELECT feature, rows FROM {ROLLUP_TABLE} WHERE tenant_id = :t ORDER BY 1"),
+            {"t": tenant},
+        ).all()
+    assert [tuple(r) for r in rows] == [("", 2), (None, 1)]

@@ -3,7 +3,8 @@
 The rows are generated in the database with ``generate_series`` (in 1M-row statements, so
 the rollup trigger runs as it does for real batches), spread over ``N / 100k`` days (the
 seed's 100,000 requests a day, at least a week, at most a year) in monthly partitions, with
-60 tag sets (20 tenants, 5 features, 2 models, 4 nodes, 2 prompt versions) and the kinds
+20 tag sets (each tenant of 20 with one feature of 5, model of 2, node of 4 and prompt
+version of 2) and the kinds
 ``llm``, ``cache_hit``, ``route`` and ``refusal``. Then it times ``Ledger.report`` by each
 of several tags over all time (from the hourly rollups) and ``check_alerts`` over the last
 24 hours with its default 7-day baseline.
