@@ -11,7 +11,7 @@ from sqlalchemy import Date as SADate
 from sqlalchemy import case, cast, func, literal_column, select
 
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
-from graphthrift.ledger.schema import ROLLUP_TAGS, ledger_table, rollup_table
+from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
 from graphthrift.store.postgres import Store
 
 REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
@@ -122,6 +122,8 @@ def _run_report(
         k in ROLLUP_TAGS for k in filters
     ):
         return _fetch(conn, _raw_report(by, since, until, filters))
+    if all(_on_the_day(t) for t in (since, until)):
+        return _fetch(conn, _rollup_report(by, since, until, filters, daily_table))
     if rollups_answer(by, since, until, filters):
         return _fetch(conn, _rollup_report(by, since, until, filters))
     lo = None if since is None else _ceil_hour(_aware(since, "since"))
@@ -187,6 +189,12 @@ def _floor_hour(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def _on_the_day(value: datetime | None) -> bool:
+    if value is None:
+        return True
+    return _on_the_hour(value) and _aware(value, "since/until").astimezone(UTC).hour == 0
+
+
 def _on_the_hour(value: datetime | None) -> bool:
     if value is None:
         return True
@@ -211,10 +219,14 @@ def _raw_report(
 
 
 def _rollup_report(
-    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+    by: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    filters: dict[str, Any],
+    table: Any = rollup_table,
 ) -> Any:
-    """The same report summed over hourly rollup rows: one row per hour and tag set."""
-    r = rollup_table.c
+    """The same report summed over rollup rows: one row per hour (or day) and tag set."""
+    r = table.c
     groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
     conds: list[Any] = [
         r[key].is_(None) if value is None else r[key] == value for key, value in filters.items()
