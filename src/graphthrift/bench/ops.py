@@ -12,6 +12,8 @@ bulk-loaded, then ``export_distill`` timed (``export_seconds_100k`` at the full 
 The batch figures (``cost_ratio_vs_sync``, ``submissions_after_restart``) need a provider
 that speaks the Batch APIs; they are measured by ``tests/wire/test_batch_wire.py`` against
 the local wire server and reported here as null. Runs on a scratch database.
+``alerts_seconds_10m_rows`` is measured on 10M generated ledger rows under ``--full`` (the
+scale bench of ``graphthrift bench ledger --scale``, on a second scratch database), else null.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import machine, scratch_store, write_json
+from graphthrift.bench.ledger_scale import run_scale
 from graphthrift.ledger import Ledger, LedgerRecord
 from graphthrift.ops import AlertRules, check_alerts, export_distill
 from graphthrift.ops.schema import DISTILL_TABLE
@@ -172,6 +175,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         with scratch_store(base) as store:
             anomaly = _anomaly(store, args, trials)
             export = _export(store, export_rows)
+        scale = None
+        if getattr(args, "full", False):
+            with scratch_store(base) as big:
+                scale = run_scale(big, 10_000_000, console)
     finally:
         base.close()
     figures: dict[str, Any] = {
@@ -181,7 +188,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "submissions_after_restart": None,
             "note": "measured by tests/wire/test_batch_wire.py on the local wire server",
         },
-        "alerts_seconds_10m_rows": None,
+        "alerts_seconds_10m_rows": None if scale is None else scale["alerts_seconds_10m_rows"],
         "alerts_seconds": anomaly["alerts_seconds"],
         "export_seconds_100k": export["export_seconds"] if export_rows == 100_000 else None,
         **export,

@@ -32,6 +32,8 @@ _EXPORTS = {
     "set_pricing_rules": ".prices",
     "split_model_ref": ".prices",
     "trace_id_for_run": ".otel",
+    "PartitionReport": ".partitions",
+    "maintain_partitions": ".partitions",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -49,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .otel import OtelExporter as OtelExporter
     from .otel import provider_name as provider_name
     from .otel import trace_id_for_run as trace_id_for_run
+    from .partitions import PartitionReport as PartitionReport
+    from .partitions import maintain_partitions as maintain_partitions
     from .prices import Price as Price
     from .prices import PriceBook as PriceBook
     from .prices import PricingRules as PricingRules

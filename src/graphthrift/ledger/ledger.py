@@ -37,6 +37,7 @@ from graphthrift.errors import LedgerFlushTimeout as LedgerFlushTimeout
 from graphthrift.errors import StoreUnavailable
 from graphthrift.ledger.items import _materialise, _size
 from graphthrift.ledger.observer import LedgerObserver
+from graphthrift.ledger.partitions import check_retention, maintain_partitions
 from graphthrift.ledger.prices import PriceBook, default_price_book
 from graphthrift.ledger.query import REPORT_KEYS, LedgerQueries
 from graphthrift.ledger.records import RECORD_COLUMNS, LedgerRecord
@@ -65,6 +66,10 @@ class Ledger(LedgerSpill, LedgerQueries):
         spill_dir: where unwritten records are kept on disk (default: under the store home).
         max_queue_bytes: memory the queue may hold (estimated); beyond it records are
             spilled to disk and read back when the database accepts writes again.
+        retention_months: raw rows older than this many whole months are dropped (by
+            month partition) when the ledger opens; hourly rollups are kept. ``None`` keeps
+            every row. Opening also makes the partitions of the coming months ready (on
+            the writer thread, before its first batch).
 
     Example:
         >>> ledger = Ledger(Store())
@@ -83,6 +88,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         retry_interval: float = 1.0,
         spill_dir: str | Path | None = None,
         max_queue_bytes: int = 64 * 1024 * 1024,
+        retention_months: int | None = None,
     ) -> None:
         if max_queue_bytes < 1:
             raise ValueError(f"max_queue_bytes must be >= 1, got {max_queue_bytes}")
@@ -91,6 +97,8 @@ class Ledger(LedgerSpill, LedgerQueries):
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval}")
         self.store = store
+        check_retention(retention_months)
+        self.retention_months = retention_months
         self.prices = prices or default_price_book()
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -126,6 +134,19 @@ class Ledger(LedgerSpill, LedgerQueries):
         atexit.register(self._atexit_hook)
         _live_ledgers.add(self)
         _install_signal_handlers()
+
+    def _maintain(self) -> None:
+        """Partitions ahead and retention, first thing on the writer thread: opening a
+        ledger never waits for the database, and a failure never stops the ledger."""
+        try:
+            maintain_partitions(self.store, retention_months=self.retention_months)
+        except Exception as exc:
+            diagnostics.count(
+                "ledger_partition_failure",
+                "graphthrift: ledger partition maintenance failed (%r); rows wait in the"
+                " default partition",
+                exc,
+            )
 
     # -- writing -------------------------------------------------------------------------
 
@@ -250,6 +271,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         self.close()
 
     def _run(self) -> None:
+        self._maintain()
         while True:
             with self._cond:
                 if not self._queue and not self._closed:

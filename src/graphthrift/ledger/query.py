@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import and_, case, cast, func, literal_column, select
+from sqlalchemy import case, cast, func, literal_column, select
 
-from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS
-from graphthrift.ledger.schema import ledger_table
+from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
+from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
 from graphthrift.store.postgres import Store
 
 REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
@@ -52,6 +52,9 @@ class LedgerQueries:
     ) -> list[dict[str, Any]]:
         """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
 
+        Whole hours are read from the hourly rollups when every key and filter is a
+        rolled-up tag, and hours cut by ``since``/``until`` from raw rows; a report by
+        thread or run id, or filtered on other columns, reads raw rows only.
         Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
         ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
         ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
@@ -62,42 +65,8 @@ class LedgerQueries:
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
             raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
-        c = ledger_table.c
-        groups = [
-            cast(func.timezone(literal_column("'UTC'"), c.ts), SADate).label("day")
-            if k == "day"
-            else c[k].label(k)
-            for k in by
-        ]
-        is_llm = c.kind == "llm"
-        llm_int = case((is_llm, 1), else_=0)
-        query = (
-            select(
-                *groups,
-                func.sum(llm_int).label("requests"),
-                func.sum(case((is_llm, c.input_tokens), else_=0)).label("input_tokens"),
-                func.sum(case((is_llm, c.output_tokens), else_=0)).label("output_tokens"),
-                func.sum(case((is_llm, c.cached_tokens), else_=0)).label("cached_tokens"),
-                func.sum(case((is_llm, c.reasoning_tokens), else_=0)).label("reasoning_tokens"),
-                func.sum(case((is_llm, c.cache_write_tokens), else_=0)).label("cache_write_tokens"),
-                func.coalesce(func.sum(c.cache_savings_usd), 0.0).label("cache_savings_usd"),
-                func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"),
-                func.sum(case((and_(is_llm, c.cost_usd.is_(None)), 1), else_=0)).label("unpriced"),
-                (
-                    func.sum(case((and_(is_llm, c.success), 1), else_=0))
-                    * 1.0
-                    / func.nullif(func.sum(llm_int), 0)
-                ).label("success_rate"),
-                func.sum(case((c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
-                func.coalesce(func.sum(c.saved_usd), 0.0).label("saved_usd"),
-                func.sum(c.saved_tokens).label("saved_tokens"),
-            )
-            .where(*_conditions(since, until, filters))
-            .group_by(*groups)
-            .order_by(func.coalesce(func.sum(c.cost_usd), 0.0).desc(), *groups)
-        )
         with self.store.connect() as conn:
-            rows = [dict(row._mapping) for row in conn.execute(query)]
+            rows = _run_report(conn, list(by), since, until, filters)
         for row in rows:
             for key in (
                 "requests",
@@ -127,6 +96,180 @@ class LedgerQueries:
     ) -> list[dict[str, Any]]:
         """``report`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.report(by, **kwargs))
+
+
+def rollups_answer(
+    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> bool:
+    """Whether the hourly rollups hold the answer: every group key and filter is a rolled-up
+    tag (or ``day``) and the range starts and ends on whole hours."""
+    return (
+        all(k in ROLLUP_TAGS or k == "day" for k in by)
+        and all(k in ROLLUP_TAGS for k in filters)
+        and all(_on_the_hour(t) for t in (since, until))
+    )
+
+
+def _run_report(
+    conn: Any,
+    by: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    filters: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Whole hours from the rollups, the cut hours at either end from raw rows."""
+    if not all(k in ROLLUP_TAGS or k == "day" for k in by) or not all(
+        k in ROLLUP_TAGS for k in filters
+    ):
+        return _fetch(conn, _raw_report(by, since, until, filters))
+    if all(_on_the_day(t) for t in (since, until)):
+        return _fetch(conn, _rollup_report(by, since, until, filters, daily_table))
+    if rollups_answer(by, since, until, filters):
+        return _fetch(conn, _rollup_report(by, since, until, filters))
+    lo = None if since is None else _ceil_hour(_aware(since, "since"))
+    hi = None if until is None else _floor_hour(_aware(until, "until"))
+    if lo is not None and hi is not None and lo >= hi:  # under two hours: raw rows are few
+        return _fetch(conn, _raw_report(by, since, until, filters))
+    parts = [_fetch(conn, _rollup_report(by, lo, hi, filters))]
+    if since is not None and lo != since:
+        parts.append(_fetch(conn, _raw_report(by, since, lo, filters)))
+    if until is not None and hi != until:
+        parts.append(_fetch(conn, _raw_report(by, hi, until, filters)))
+    return _merge(parts, by)
+
+
+_SUMMED = (
+    "requests",
+    *TOKEN_FIELDS,
+    "unpriced",
+    "cache_hits",
+    "saved_tokens",
+    "cost_usd",
+    "cache_savings_usd",
+    "saved_usd",
+)
+
+
+def _fetch(conn: Any, query: Any) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _merge(parts: list[list[dict[str, Any]]], by: list[str]) -> list[dict[str, Any]]:
+    """Add up report rows of the same group from several parts of the range."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in parts:
+        for row in part:
+            requests = int(row["requests"] or 0)
+            rate = row["success_rate"]
+            successes = 0 if rate is None else round(float(rate) * requests)
+            into = merged.setdefault(
+                tuple(row[k] for k in by),
+                {**{k: row[k] for k in by}, **dict.fromkeys(_SUMMED, 0), "successes": 0},
+            )
+            for key in _SUMMED:
+                value = row[key] or 0
+                into[key] += float(value) if isinstance(into[key], float) else value
+            into["successes"] += successes
+    rows = list(merged.values())
+    for row in rows:
+        successes = row.pop("successes")
+        row["success_rate"] = successes / row["requests"] if row["requests"] else None
+        for key in ("cost_usd", "cache_savings_usd", "saved_usd"):
+            row[key] = float(row[key])
+    rows.sort(key=lambda r: (-r["cost_usd"], *((r[k] is None, r[k] or "") for k in by)))
+    return rows
+
+
+def _ceil_hour(value: datetime) -> datetime:
+    floor = _floor_hour(value)
+    return floor if floor == value else floor + timedelta(hours=1)
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _on_the_day(value: datetime | None) -> bool:
+    if value is None:
+        return True
+    return _on_the_hour(value) and _aware(value, "since/until").astimezone(UTC).hour == 0
+
+
+def _on_the_hour(value: datetime | None) -> bool:
+    if value is None:
+        return True
+    value = _aware(value, "since/until").astimezone(UTC)
+    return value.minute == 0 and value.second == 0 and value.microsecond == 0
+
+
+def _raw_report(
+    by: Sequence[str], since: datetime | None, until: datetime | None, filters: dict[str, Any]
+) -> Any:
+    """The report aggregated over raw ledger rows (each one a rollup of one row)."""
+    c = ledger_table.c
+    source = {
+        **{name: c[name] for name in ("kind", "cost_usd", "cache_savings_usd", "saved_usd")},
+        **{name: c[name] for name in (*TOKEN_FIELDS, "saved_tokens")},
+        "rows": literal_column("1"),
+        "unpriced": case((c.cost_usd.is_(None), 1), else_=0),
+        "successes": case((c.success, 1), else_=0),
+    }
+    groups = [_group(c.ts, k) if k == "day" else c[k].label(k) for k in by]
+    return _report_select(source, groups, _conditions(since, until, filters))
+
+
+def _rollup_report(
+    by: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    filters: dict[str, Any],
+    table: Any = rollup_table,
+) -> Any:
+    """The same report summed over rollup rows: one row per hour (or day) and tag set."""
+    r = table.c
+    groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
+    conds: list[Any] = [
+        r[key].is_(None) if value is None else r[key] == value for key, value in filters.items()
+    ]
+    if since is not None:
+        conds.append(r.hour >= _aware(since, "since"))
+    if until is not None:
+        conds.append(r.hour < _aware(until, "until"))
+    return _report_select({c.name: c for c in r}, groups, conds)
+
+
+def _report_select(source: dict[str, Any], groups: list[Any], conds: list[Any]) -> Any:
+    """The report's aggregates over rollup-shaped columns (``rows``, ``successes``...)."""
+    is_llm = source["kind"] == "llm"
+    llm_rows = func.sum(case((is_llm, source["rows"]), else_=0))
+    cost = func.coalesce(func.sum(source["cost_usd"]), 0.0)
+    return (
+        select(
+            *groups,
+            llm_rows.label("requests"),
+            *(func.sum(case((is_llm, source[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
+            func.coalesce(func.sum(source["cache_savings_usd"]), 0.0).label("cache_savings_usd"),
+            cost.label("cost_usd"),
+            func.sum(case((is_llm, source["unpriced"]), else_=0)).label("unpriced"),
+            (
+                func.sum(case((is_llm, source["successes"]), else_=0))
+                * 1.0
+                / func.nullif(llm_rows, 0)
+            ).label("success_rate"),
+            func.sum(case((source["kind"] == "cache_hit", source["rows"]), else_=0)).label(
+                "cache_hits"
+            ),
+            func.coalesce(func.sum(source["saved_usd"]), 0.0).label("saved_usd"),
+            func.sum(source["saved_tokens"]).label("saved_tokens"),
+        )
+        .where(*conds)
+        .group_by(*groups)
+        .order_by(cost.desc(), *groups)
+    )
+
+
+def _group(ts: Any, key: str) -> Any:
+    return cast(func.timezone(literal_column("'UTC'"), ts), SADate).label(key)
 
 
 def _conditions(

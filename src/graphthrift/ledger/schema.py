@@ -1,4 +1,4 @@
-"""The ledger's table and its migrations (versions 1-9)."""
+"""The ledger's table, its hourly rollups and their migrations (versions 1-9)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,246 @@ LEDGER_MIGRATIONS: tuple[Migration, ...] = (
         (
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_write_tokens bigint NOT NULL DEFAULT 0",
             f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS cache_savings_usd double precision",
+        ),
+    ),
+)
+
+
+# -- hourly rollups (migration 4) ----------------------------------------------------------
+
+ROLLUP_TABLE = "graphthrift_ledger_hourly"
+ROLLUP_TAGS: tuple[str, ...] = (  # spelled out: migration 4's key is built from it
+    "kind",
+    "tenant_id",
+    "feature",
+    "route",
+    "prompt_version",
+    "model",
+    "node",
+    "layer",
+)
+"""The tags a rollup row is keyed by (with its UTC hour): what ``report`` and ``alerts`` can
+group and filter on without reading raw rows. Thread and run ids are too many to roll up."""
+
+# NULL is a tag value of its own; PostgreSQL before 15 has no NULLS NOT DISTINCT, so the key
+# maps it to a control character that no real tag is made of.
+_NULL_KEY = "\x01"
+_KEY = ", ".join(["hour", "kind", *(f"(coalesce({t}, '{_NULL_KEY}'))" for t in ROLLUP_TAGS[1:])])
+
+ROLLUP_SUMS: tuple[tuple[str, str], ...] = (
+    ("rows", "count(*)"),
+    ("input_tokens", "sum(input_tokens)"),
+    ("output_tokens", "sum(output_tokens)"),
+    ("cached_tokens", "sum(cached_tokens)"),
+    ("reasoning_tokens", "sum(reasoning_tokens)"),
+    ("cache_write_tokens", "sum(cache_write_tokens)"),
+    ("cost_usd", "coalesce(sum(cost_usd), 0)"),
+    ("unpriced", "count(*) FILTER (WHERE cost_usd IS NULL)"),
+    ("successes", "count(*) FILTER (WHERE success)"),
+    ("errors", "count(*) FILTER (WHERE NOT success)"),
+    ("retries", "count(*) FILTER (WHERE retry)"),
+    ("retry_cost_usd", "coalesce(sum(cost_usd) FILTER (WHERE retry), 0)"),
+    ("cache_savings_usd", "coalesce(sum(cache_savings_usd), 0)"),
+    ("saved_usd", "coalesce(sum(saved_usd), 0)"),
+    ("saved_tokens", "sum(saved_tokens)"),
+    ("latency_ms", "coalesce(sum(latency_ms), 0)"),
+)
+"""Each rollup column and the aggregate over raw rows that it holds (all additive)."""
+
+_FLOAT_SUMS = {"cost_usd", "retry_cost_usd", "cache_savings_usd", "saved_usd", "latency_ms"}
+
+DAILY_TABLE = "graphthrift_ledger_daily"
+"""The same rollups per UTC day (migration 6; ``hour`` holds the day's midnight), for reports
+over whole days: a year is 365 rows per tag set instead of 8,760."""
+
+
+def _rollup_shape(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("hour", DateTime(timezone=True), nullable=False),
+        *(Column(t, Text) for t in ROLLUP_TAGS),
+        *(Column(n, Float if n in _FLOAT_SUMS else BigInteger) for n, _ in ROLLUP_SUMS),
+    )
+
+
+rollup_table = _rollup_shape(ROLLUP_TABLE)
+daily_table = _rollup_shape(DAILY_TABLE)
+
+
+def rollup_insert(source: str, table: str = ROLLUP_TABLE, unit: str = "hour") -> str:
+    """SQL that adds ``source``'s rows (a table or transition table) into the rollups of
+    ``unit`` (``hour`` or ``day``, in UTC) in ``table``.
+
+    Keys are upserted in one sorted order, so concurrent writers that touch the same hours
+    wait for each other instead of deadlocking.
+    """
+    tags = ", ".join(ROLLUP_TAGS)
+    sums = ", ".join(name for name, _ in ROLLUP_SUMS)
+    aggs = ", ".join(expr for _, expr in ROLLUP_SUMS)
+    updates = ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name, _ in ROLLUP_SUMS)
+    order = ", ".join(str(i) for i in range(1, len(ROLLUP_TAGS) + 2))
+    return f"""
+        INSERT INTO {table} AS h (hour, {tags}, {sums})
+        SELECT date_trunc('{unit}', ts, 'UTC'), {tags}, {aggs}
+        FROM {source}
+        GROUP BY {order}
+        ORDER BY {order}
+        ON CONFLICT ({_KEY}) DO UPDATE SET {updates}
+    """
+
+
+_ROLLUP_COLUMNS = ",\n".join(
+    [
+        "hour timestamptz NOT NULL",
+        "kind text NOT NULL",
+        *(f"{t} text" for t in ROLLUP_TAGS[1:]),
+        *(
+            f"{name} {'double precision' if name in _FLOAT_SUMS else 'bigint'} NOT NULL DEFAULT 0"
+            for name, _ in ROLLUP_SUMS
+        ),
+    ]
+)
+
+LEDGER_MIGRATIONS = (
+    *LEDGER_MIGRATIONS,
+    Migration(
+        4,
+        "ledger hourly rollups",
+        (
+            # writers wait until the trigger exists and the backfill is done: no row is
+            # counted twice or missed between the two
+            f"LOCK TABLE {LEDGER_TABLE} IN SHARE ROW EXCLUSIVE MODE",
+            f"CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} ({_ROLLUP_COLUMNS})",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {ROLLUP_TABLE}_key ON {ROLLUP_TABLE} ({_KEY})",
+            f"CREATE INDEX IF NOT EXISTS {ROLLUP_TABLE}_hour ON {ROLLUP_TABLE} (hour)",
+            f"""
+            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
+            LANGUAGE plpgsql AS $body$
+            BEGIN
+                {rollup_insert("new_rows")};
+                RETURN NULL;
+            END
+            $body$
+            """,
+            f"DROP TRIGGER IF EXISTS {ROLLUP_TABLE}_add ON {LEDGER_TABLE}",
+            f"""
+            CREATE TRIGGER {ROLLUP_TABLE}_add AFTER INSERT ON {LEDGER_TABLE}
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {ROLLUP_TABLE}_add()
+            """,
+            f"DELETE FROM {ROLLUP_TABLE}",
+            rollup_insert(LEDGER_TABLE),
+        ),
+    ),
+)
+
+
+# -- monthly partitions (migration 5) ------------------------------------------------------
+
+DEFAULT_PARTITION = f"{LEDGER_TABLE}_default"
+ADD_MONTH_FUNCTION = f"{LEDGER_TABLE}_add_month"
+
+_ADD_MONTH = f"""
+    CREATE OR REPLACE FUNCTION {ADD_MONTH_FUNCTION}(m date) RETURNS boolean
+    LANGUAGE plpgsql AS $body$
+    DECLARE
+        part text := format('{LEDGER_TABLE}_%s', to_char(m, 'YYYY_MM'));
+        lo timestamptz := date_trunc('month', m::timestamp) AT TIME ZONE 'UTC';
+        hi timestamptz := (date_trunc('month', m::timestamp) + interval '1 month')
+            AT TIME ZONE 'UTC';
+    BEGIN
+        IF to_regclass(part) IS NOT NULL THEN
+            RETURN false;
+        END IF;
+        EXECUTE format('CREATE TABLE %I (LIKE {LEDGER_TABLE} INCLUDING DEFAULTS)', part);
+        -- rows of that month written before it had a partition wait in the default one;
+        -- they move over before it is attached (no trigger fires: rollups stay as they are)
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM {DEFAULT_PARTITION} WHERE ts >= %L AND ts < %L'
+            ' RETURNING *) INSERT INTO %I SELECT * FROM moved', lo, hi, part);
+        EXECUTE format(
+            'ALTER TABLE {LEDGER_TABLE} ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+            part, lo, hi);
+        RETURN true;
+    END
+    $body$
+"""
+
+LEDGER_MIGRATIONS = (
+    *LEDGER_MIGRATIONS,
+    Migration(
+        5,
+        "ledger partitioned by month",
+        (
+            # one transaction: writers wait, and the table is swapped with every row moved
+            f"LOCK TABLE {LEDGER_TABLE} IN ACCESS EXCLUSIVE MODE",
+            f"""
+            CREATE TABLE {LEDGER_TABLE}_new (
+                LIKE {LEDGER_TABLE} INCLUDING DEFAULTS, PRIMARY KEY (id, ts)
+            ) PARTITION BY RANGE (ts)
+            """,
+            f"CREATE TABLE {DEFAULT_PARTITION} PARTITION OF {LEDGER_TABLE}_new DEFAULT",
+            f"INSERT INTO {LEDGER_TABLE}_new SELECT * FROM {LEDGER_TABLE}",
+            f"ALTER SEQUENCE {LEDGER_TABLE}_id_seq OWNED BY NONE",
+            f"DROP TABLE {LEDGER_TABLE}",
+            f"ALTER TABLE {LEDGER_TABLE}_new RENAME TO {LEDGER_TABLE}",
+            f"ALTER SEQUENCE {LEDGER_TABLE}_id_seq OWNED BY {LEDGER_TABLE}.id",
+            f"CREATE INDEX {LEDGER_TABLE}_ts ON {LEDGER_TABLE} (ts)",
+            f"CREATE INDEX {LEDGER_TABLE}_tenant_ts ON {LEDGER_TABLE} (tenant_id, ts)",
+            f"CREATE INDEX {LEDGER_TABLE}_kind_ts ON {LEDGER_TABLE} (kind, ts)",
+            _ADD_MONTH,
+            f"""
+            SELECT {ADD_MONTH_FUNCTION}(m) FROM (
+                SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC')::date AS m
+                FROM {DEFAULT_PARTITION}
+                UNION
+                SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + n * interval '1 month')::date
+                FROM generate_series(0, 2) AS n
+            ) AS months ORDER BY m
+            """,
+            f"""
+            CREATE TRIGGER {ROLLUP_TABLE}_add AFTER INSERT ON {LEDGER_TABLE}
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION {ROLLUP_TABLE}_add()
+            """,
+        ),
+    ),
+)
+
+
+# -- daily rollups (migration 6) -----------------------------------------------------------
+
+_DAILY_SUMS = ", ".join(f"sum({name})" for name, _ in ROLLUP_SUMS)
+_DAILY_ORDER = ", ".join(str(i) for i in range(1, len(ROLLUP_TAGS) + 2))
+
+LEDGER_MIGRATIONS = (
+    *LEDGER_MIGRATIONS,
+    Migration(
+        6,
+        "ledger daily rollups",
+        (
+            f"LOCK TABLE {LEDGER_TABLE} IN SHARE ROW EXCLUSIVE MODE",
+            f"CREATE TABLE IF NOT EXISTS {DAILY_TABLE} ({_ROLLUP_COLUMNS})",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {DAILY_TABLE}_key ON {DAILY_TABLE} ({_KEY})",
+            f"CREATE INDEX IF NOT EXISTS {DAILY_TABLE}_hour ON {DAILY_TABLE} (hour)",
+            f"""
+            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
+            LANGUAGE plpgsql AS $body$
+            BEGIN
+                {rollup_insert("new_rows")};
+                {rollup_insert("new_rows", DAILY_TABLE, "day")};
+                RETURN NULL;
+            END
+            $body$
+            """,
+            f"DELETE FROM {DAILY_TABLE}",
+            f"""
+            INSERT INTO {DAILY_TABLE} (hour, {", ".join(ROLLUP_TAGS)},
+                {", ".join(name for name, _ in ROLLUP_SUMS)})
+            SELECT date_trunc('day', hour, 'UTC'), {", ".join(ROLLUP_TAGS)}, {_DAILY_SUMS}
+            FROM {ROLLUP_TABLE} GROUP BY {_DAILY_ORDER} ORDER BY {_DAILY_ORDER}
+            """,
         ),
     ),
 )

@@ -43,7 +43,7 @@ from sqlalchemy import text
 from graphthrift import diagnostics
 from graphthrift.errors import AlertConfigError
 from graphthrift.ledger.records import LedgerRecord
-from graphthrift.ledger.schema import LEDGER_TABLE
+from graphthrift.ledger.schema import ROLLUP_TABLE
 
 logger = logging.getLogger("graphthrift.ops.alerts")
 
@@ -160,24 +160,27 @@ def _hourly(
             raise AlertConfigError("filter", key, f"one of {', '.join(_DIMENSIONS)}")
         where += f" AND {key} = :f{n}"
         params[f"f{n}"] = value
+    # alert dimensions and filters are rolled-up tags and the range is whole hours, so the
+    # hourly rollups always hold the answer: one row per hour and tag set, not per call
     sql = f"""
-        SELECT date_trunc('hour', ts AT TIME ZONE 'UTC') AS hour, {dimension} AS value,
+        SELECT hour, {dimension} AS value,
             coalesce(sum(cost_usd) FILTER (WHERE kind = 'llm'), 0) AS cost,
-            count(*) FILTER (WHERE kind = 'llm') AS calls,
-            count(*) FILTER (WHERE kind = 'cache_hit') AS hits,
-            count(*) FILTER (WHERE kind = 'route') AS routed,
-            count(*) FILTER (WHERE kind = 'route' AND route = 'escalated') AS escalated,
-            count(*) FILTER (WHERE kind = 'refusal') AS refusals,
-            coalesce(sum(cost_usd) FILTER (WHERE kind = 'llm' AND retry), 0) AS retry_cost
-        FROM {LEDGER_TABLE}
-        WHERE ts >= :start AND ts < :end AND {dimension} IS NOT NULL {where}
+            coalesce(sum(rows) FILTER (WHERE kind = 'llm'), 0) AS calls,
+            coalesce(sum(rows) FILTER (WHERE kind = 'cache_hit'), 0) AS hits,
+            coalesce(sum(rows) FILTER (WHERE kind = 'route'), 0) AS routed,
+            coalesce(sum(rows) FILTER (WHERE kind = 'route' AND route = 'escalated'), 0)
+                AS escalated,
+            coalesce(sum(rows) FILTER (WHERE kind = 'refusal'), 0) AS refusals,
+            coalesce(sum(retry_cost_usd) FILTER (WHERE kind = 'llm'), 0) AS retry_cost
+        FROM {ROLLUP_TABLE}
+        WHERE hour >= :start AND hour < :end AND {dimension} IS NOT NULL {where}
         GROUP BY 1, 2
     """
     out: dict[str, _Series] = {}
     with store.connect() as conn:
         for row in conn.execute(text(sql), params):
             series = out.setdefault(str(row.value), _Series())
-            hour = row.hour.replace(tzinfo=UTC)
+            hour = row.hour.astimezone(UTC)
             series.cost[hour] = float(row.cost)
             series.calls[hour] = int(row.calls)
             series.hits[hour] = int(row.hits)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
@@ -138,8 +138,21 @@ _LOCK_ENGINES_LOCK = threading.Lock()
 
 
 def _lock_engine_for(store: Store) -> Engine:
-    """One lock-session engine per database per process, shared by every flight engine."""
-    url = store.engine.url
+    """One lock-session engine per database per process, shared by every flight engine.
+
+    Its connections keep their session (``Store.session_url``): a session advisory lock
+    through a transaction pooler would stay on whichever server connection it landed on.
+    """
+    # a Store assembled without __init__ (a test's dead store) has only its engine
+    session_url = getattr(store, "session_url", store.engine.url)
+    if session_url is None:
+        raise StoreUnavailable(
+            store.display_url,
+            "single-flight across processes needs a connection that keeps its session, and"
+            " this URL goes through a transaction pooler: pass Store(session_url=...) (the"
+            " server itself or a session-mode pool); until then flights are per process",
+        )
+    url = make_url(session_url)
     key = url.render_as_string(hide_password=False)
     with _LOCK_ENGINES_LOCK:
         engine = _LOCK_ENGINES.get(key)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from graphthrift.config import env_str
-from graphthrift.errors import StoreUnavailable
+from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.store.deadline import PLUGIN_NAME, TIMEOUT_PARAM, DeadlinePlugin, deadline_scope
 from graphthrift.store.embedded import prune_dead_pids, start_embedded
 from graphthrift.store.migration import Migration
@@ -151,6 +151,15 @@ class Store:
             raises ``StoreUnavailable`` (counted as ``store_timeout``). Defaults to
             ``GRAPHTHRIFT_STORE_TIMEOUT``, then 2 s. ``None`` waits forever (not advised).
             Work that may legitimately take longer runs under ``Store.deadline``.
+        transaction_pooler: ``url`` goes through PgBouncer (or another pooler) in
+            transaction mode, so no session state survives a transaction: psycopg's
+            server-side prepared statements are turned off. ``None`` reads it from the URL
+            (``?pgbouncer=true``, removed before connecting).
+        session_url: a connection that keeps its session (the server itself, or a
+            session-mode pool), for the one feature that holds a lock across transactions:
+            single-flight across processes. Defaults to ``url`` unless ``url`` is pooled
+            in transaction mode; then, without it, single-flight coordinates within each
+            process only (counted and logged as a store failure).
 
     Example:
         >>> store = Store()                      # embedded, no setup
@@ -165,6 +174,8 @@ class Store:
         connect_timeout: float = 10.0,
         pool_size: int = 5,
         query_timeout: float | str | None = "env",
+        transaction_pooler: bool | None = None,
+        session_url: str | None = None,
     ) -> None:
         self.home = Path(home or env_str("GRAPHTHRIFT_HOME") or DEFAULT_HOME).expanduser().resolve()
         if connect_timeout <= 0:
@@ -173,11 +184,20 @@ class Store:
         url = url or env_str("GRAPHTHRIFT_DATABASE_URL")
         self.embedded = url is None
         raw_url = start_embedded(self.home) if url is None else url
+        raw_url, flagged = _pooler_flag(raw_url)
+        self.transaction_pooler = flagged if transaction_pooler is None else transaction_pooler
         self.display_url = hide_password(raw_url)
         self._secrets = _secrets_of(raw_url)
         self.url = driver_url(raw_url, "psycopg", self.query_timeout)
         self._connect_timeout = connect_timeout
         self._pool_size = pool_size
+        self.session_url: str | None = (
+            driver_url(_pooler_flag(session_url)[0], "psycopg", self.query_timeout)
+            if session_url is not None
+            else None
+            if self.transaction_pooler
+            else self.url
+        )
         # one async pool per event loop: a pool's connections belong to the loop that opened them
         self._async_engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncEngine] = (
             weakref.WeakKeyDictionary()
@@ -187,7 +207,7 @@ class Store:
             pool_size=pool_size,
             max_overflow=pool_size * 2,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": max(1, int(connect_timeout))},
+            connect_args=self._connect_args(),
         )
         try:
             with self.deadline(None), self.engine.begin() as conn:  # DDL may take long
@@ -199,6 +219,14 @@ class Store:
             logger.info(
                 "graphthrift: applied schema migrations %s at %s", applied, self.display_url
             )
+
+    def _connect_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"connect_timeout": max(1, int(self._connect_timeout))}
+        if self.transaction_pooler:
+            # a transaction pooler hands each transaction any server connection, where a
+            # statement prepared on another one does not exist
+            args["prepare_threshold"] = None
+        return args
 
     @property
     def async_engine(self) -> AsyncEngine:
@@ -212,7 +240,7 @@ class Store:
                 pool_size=self._pool_size,
                 max_overflow=self._pool_size * 2,
                 pool_pre_ping=True,
-                connect_args={"connect_timeout": max(1, int(self._connect_timeout))},
+                connect_args=self._connect_args(),
             )
             self._async_engines[loop] = engine
         return engine
@@ -289,6 +317,19 @@ class Store:
     def __repr__(self) -> str:
         kind = "embedded" if self.embedded else "external"
         return f"Store({self.display_url!r}, {kind})"
+
+
+def _pooler_flag(url: str) -> tuple[str, bool]:
+    """``url`` without its ``pgbouncer`` query flag, and whether the flag was on."""
+    parsed = make_url(url)
+    if "pgbouncer" not in parsed.query:
+        return url, False
+    value = parsed.query["pgbouncer"]
+    flag = str(value[-1] if isinstance(value, tuple) else value).lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ConfigError("pgbouncer", flag, "true or false in the database URL")
+    stripped = parsed.difference_update_query(["pgbouncer"]).render_as_string(hide_password=False)
+    return stripped, flag in ("true", "1", "yes", "on")
 
 
 def _query_timeout(value: float | str | None) -> float | None:
