@@ -264,6 +264,15 @@ def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None
         saved = 1 - ours["effective_cost_usd"][model] / full["effective_cost_usd"][model]
         assert ours["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
         assert 0.0 < ours["effective_saved_fraction"][model] < 1.0  # 300+ turns: folding pays
+    # with recall: same pricing, the recalled snippets are in the prompts it sent and paid for
+    recall = long["policies"]["graphthrift+recall"]
+    assert set(recall["fact_retention_by_distance"]) == {"1", "10", "100+"}
+    assert sum(recall["questions_by_distance"].values()) == long["n_questions"]
+    assert recall["over_budget_fraction"] == 0.0
+    for model in DEFAULT_PRICE_MODELS:
+        saved = 1 - recall["effective_cost_usd"][model] / full["effective_cost_usd"][model]
+        assert recall["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
+    assert long["recall_ms"]["p95"] >= long["recall_ms"]["p50"] > 0
 
 
 def test_an_unknown_price_model_is_refused_before_the_replay(

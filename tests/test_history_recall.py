@@ -13,7 +13,7 @@ from cache_helpers import scratch_database
 from graphthrift import diagnostics
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError
-from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, query_terms
+from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, lexical_terms, query_terms
 from graphthrift.store.postgres import Store
 
 
@@ -179,3 +179,44 @@ def test_a_turn_with_a_nul_character_is_kept(turns: FoldedTurnStore, tenant: str
     assert diagnostics.get("recall_add_failure") == before
     found = turns.recall(tenant, "t1", "order A-1042", k=1)
     assert [s.text for s in found] == ["order A-1042 shipped"]
+
+
+# An invented thread: the user asked questions phrased like the new one before; the fact
+# asked for is an answer that does not repeat its question's words.
+CHAT = [
+    FoldedTurn(0, "user", "Quick check: what was the hotel I gave for the trip?"),
+    FoldedTurn(1, "assistant", "You gave the Grand Budapest."),
+    FoldedTurn(2, "assistant", "Which restaurant would you like for the dinner?"),
+    FoldedTurn(3, "user", "Let's go with Nopa on Divisadero."),
+    FoldedTurn(4, "user", "Quick check: what was the airline I gave for the trip?"),
+    FoldedTurn(5, "assistant", "You gave Alaska."),
+    FoldedTurn(6, "user", "Book me a cab to the airport at noon."),
+    FoldedTurn(7, "assistant", "The weather will be sunny for the whole trip."),
+    FoldedTurn(8, "user", "Quick check: what was the museum I gave for the trip?"),
+    FoldedTurn(9, "assistant", "You gave the Exploratorium."),
+    FoldedTurn(10, "user", "Quick check: what was the car I gave for the trip?"),
+    FoldedTurn(11, "assistant", "You gave a compact hatchback."),
+]
+
+
+def test_content_words_find_the_answer_over_echoes_of_the_question(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    turns.add(tenant, "chat", CHAT)
+    query = "Quick check: what was the restaurant I gave for the trip?"
+    assert query_terms(query) == []  # no identifier or number: only words can match
+    found = turns.recall(tenant, "chat", query, k=2, token_budget=200)
+    # the turn about restaurants (vector similarity alone ranks it below the questions
+    # phrased like this one), and none of those earlier questions
+    indexes = {s.index for s in found}
+    assert 2 in indexes and not indexes & {0, 4, 8, 10}
+    # the answer is indexed by its question's words too (as context, at half weight)
+    assert 3 in {s.index for s in turns.recall(tenant, "chat", "restaurant", k=2)}
+    assert lexical_terms("Which restaurants?") == ["~restaurant"]
+
+
+def test_lexical_settings_are_checked(store: Store) -> None:
+    with pytest.raises(ConfigError, match="lexical_weight"):
+        FoldedTurnStore(store, lexical_weight=-1)
+    with pytest.raises(ConfigError, match="echo_penalty"):
+        FoldedTurnStore(store, echo_penalty=-0.5)

@@ -33,7 +33,8 @@ import argparse
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +49,7 @@ from graphthrift.bench._common import (
     mode,
     percentiles,
     progress,
+    scratch_store,
     tick,
     write_json,
 )
@@ -74,6 +76,8 @@ from graphthrift.history.pricing import (
     effective_saved_fractions,
     price_turns,
 )
+from graphthrift.history.recall import FoldedTurnStore, RecalledSnippet
+from graphthrift.store.postgres import Store
 from graphthrift.summarize import ExtractiveSummarizer, Summarizer
 from graphthrift.text import TOKENS_REPLY_PRIMING, Message, count_message, count_text, to_message
 
@@ -379,6 +383,56 @@ class _Ours(_Policy):
     def take_calls(self) -> list[SummarizerCall]:
         calls, self.timed.log = self.timed.log, []
         return calls
+
+
+class _TimedRecall(FoldedTurnStore):
+    """A ``FoldedTurnStore`` that books each recall's wall time, for its p50/p95."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.recall_ms: list[float] = []
+
+    def recall(
+        self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
+    ) -> list[RecalledSnippet]:
+        started = time.perf_counter()
+        try:
+            return super().recall(tenant, thread, query, k=k, token_budget=token_budget)
+        finally:
+            self.recall_ms.append((time.perf_counter() - started) * 1000.0)
+
+
+class _OursRecall(_Ours):
+    """Our pruner with recall: folded turns kept in a ``FoldedTurnStore`` on the bench's
+    store, each conversation its own thread (a fresh id), recalled snippets sent (and
+    priced) as part of the prompt."""
+
+    name = "graphthrift+recall"
+
+    def __init__(
+        self, max_tokens: int, keep_turns: int | None, target_tokens: int | None, store: Store
+    ) -> None:
+        super().__init__(max_tokens, keep_turns, target_tokens)
+        self.turns = _TimedRecall(store)
+        self.pruner = HistoryPruner(
+            summarizer=self.timed,
+            max_tokens=max_tokens,
+            keep_turns=keep_turns,
+            target_tokens=target_tokens,
+            recall=self.turns,
+        )
+        self.thread = ""
+        self.threads = 0
+
+    def start(self, history: list[Any]) -> None:
+        self.state = None
+        self.threads += 1
+        self.thread = f"bench-{self.threads}"
+
+    def step(self, history: list[Any]) -> list[Message]:
+        result = self.pruner.prune(history, self.state, tenant="bench", thread=self.thread)
+        self.state = result.state
+        return result.messages
 
 
 def _lc_counter() -> Callable[[Sequence[Any]], int]:
@@ -805,23 +859,37 @@ def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
     items_lc = [(t, c, as_langchain(c), _question_points(c, t)) for t, c in items]
     tallies: dict[str, _Tally] = {}
     retention: dict[str, dict[str, Any]] = {}
-    for policy in _policies(args, console):
-        tally, texts = _Tally(), dict[tuple[str, int], str]()
-        for _, conv, history, _ in items_lc:
-            _replay(policy, conv, history, tally, timed=False, budget=args.max_tokens, texts=texts)
-            tick()
-        prompts = {
-            (t.id, q): texts.get((t.id, end), "")
-            for t, _, _, points in items_lc
-            for q, end in points.items()
-        }
-        tallies[policy.name] = tally
-        retention[policy.name] = fact_retention(threads, prompts).as_json()
+    recall_ms: list[float] = []
+    with ExitStack() as stack:
+        policies = _policies(args, console)
+        try:
+            db = stack.enter_context(scratch_store(stack.enter_context(_store(args))))
+            with_recall = _OursRecall(args.max_tokens, args.keep_turns, args.target_tokens, db)
+            policies.insert(1, with_recall)
+        except Exception as exc:  # no database: the long set runs without recall
+            console.print(f"[yellow]bench history: no recall policy ({exc})[/yellow]")
+            with_recall = None
+        for policy in policies:
+            tally, texts = _Tally(), dict[tuple[str, int], str]()
+            for _, conv, history, _ in items_lc:
+                _replay(
+                    policy, conv, history, tally, timed=False, budget=args.max_tokens, texts=texts
+                )
+                tick()
+            prompts = {
+                (t.id, q): texts.get((t.id, end), "")
+                for t, _, _, points in items_lc
+                for q, end in points.items()
+            }
+            tallies[policy.name] = tally
+            retention[policy.name] = fact_retention(threads, prompts).as_json()
+        if with_recall is not None:
+            recall_ms = with_recall.turns.recall_ms
     full = tallies.get("full_history")
-    policies: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
     for pname, tally in tallies.items():
         f = tally.figures(full=pname == "full_history")
-        policies[pname] = {
+        figures[pname] = {
             **_cost_figures(tally, full, models),
             **{
                 k: (None if v is None else round(v, 4)) if k == "fact_retention" else v
@@ -832,8 +900,8 @@ def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
             "over_budget_fraction": f["over_budget_fraction"],
             "summarizer_calls": f["summarizer_calls"],
         }
-        by = policies[pname]["fact_retention_by_distance"]
-        policies[pname]["fact_retention_by_distance"] = {
+        by = figures[pname]["fact_retention_by_distance"]
+        figures[pname]["fact_retention_by_distance"] = {
             b: None if v is None else round(v, 4) for b, v in by.items()
         }
     return {
@@ -842,8 +910,19 @@ def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
         "n_turns": sum(len(t.turns) for t in threads),
         "n_questions": sum(len(t.questions) for t in threads),
         "max_tokens": args.max_tokens,
-        "policies": policies,
+        "policies": figures,
+        "recall_ms": percentiles(recall_ms, 50, 95) if recall_ms else None,
     }
+
+
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Store]:
+    """The bench's store (``--url``, else the embedded server), closed after the run."""
+    store = Store(getattr(args, "url", None))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -867,7 +946,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     passes = len(policies)
     n_long = getattr(args, "long_threads", None)
     n_long = LONG_THREADS[mode(args)] if n_long is None else max(0, n_long)
-    total = (n_items + n_curve * len(_budgets(args))) * passes + n_long * len(policies) + 1
+    total = (n_items + n_curve * len(_budgets(args))) * passes + n_long * (len(policies) + 1) + 1
     models = _price_models(args)
     with progress(console, "bench history", total=total) as advance:
         per_set, totals = _measure(policies, prepared, args.max_tokens)

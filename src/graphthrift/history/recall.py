@@ -8,7 +8,12 @@ recalled and placed after the cached prefix, inside the token budget.
 Retrieval is hybrid. Vector similarity finds turns that talk about the same thing; the
 identifiers and numbers in the message (an order id, a date, a name, an amount) must match
 exactly, so a turn containing them gets a boost (``term_boost`` times the share of them it
-contains). Every lookup filters on tenant and thread first, by indexed equality, and scores
+contains); the query's content words (service, slot and entity words, stemmed, stopwords
+out) score each turn by BM25 with the thread's own word frequencies (``lexical_weight``), a
+turn also indexed by the content words of the turn before it, since an answer ("On the
+12th.") rarely repeats its question ("When do you return?"); and a turn whose content words
+the query already holds (an earlier question asked the same way) is marked down
+(``echo_penalty``): it tells the model nothing the query does not. Every lookup filters on tenant and thread first, by indexed equality, and scores
 only that thread's turns: recall is exact within a thread, and a thread's turns never reach
 another thread or tenant.
 
@@ -48,6 +53,7 @@ from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
+from graphthrift.text.lexical import index_terms
 from graphthrift.text.tokens import count_text
 
 __all__ = [
@@ -55,6 +61,7 @@ __all__ = [
     "FoldedTurnStore",
     "RecalledSnippet",
     "default_recall_embedder",
+    "lexical_terms",
     "query_terms",
     "text_terms",
 ]
@@ -162,6 +169,39 @@ def query_terms(query: str) -> list[str]:
     return sorted(set(found))
 
 
+#: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
+#: identifier of ``query_terms`` (which are matched exactly, without the mark).
+LEXICAL_MARK = "~"
+#: Marks a content word a turn is indexed by from the turn before it (weighted by half).
+CONTEXT_MARK = "^"
+
+
+def lexical_terms(text_: str) -> list[str]:
+    """The content words of ``text_`` for the lexical (BM25) side of recall: stemmed, no
+    stopwords (``graphthrift.text.lexical.index_terms``), marked with ``LEXICAL_MARK``.
+    The query's service, slot and entity words meet the turns that use them, in any
+    inflection ("restaurants" meets "restaurant")."""
+    return sorted({LEXICAL_MARK + t.lower() for t in index_terms(text_) if len(t) > 1})
+
+
+def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
+    """Each turn's exact words and content words, with the content words of the turn
+    before it in the batch: an answer ("On the 12th.") is found by the words of the
+    question it answers ("When do you return?"), which it does not repeat."""
+    out: list[str] = []
+    previous: list[str] = []
+    for turn in turns:
+        own = lexical_terms(turn.text)
+        out.append(" ".join(sorted({*text_terms(turn.text), *own, *previous})))
+        previous = [CONTEXT_MARK + t[len(LEXICAL_MARK) :] for t in own]
+    return out
+
+
+def _with_context(terms: list[str]) -> list[str]:
+    """The query's content words in both marks: a turn's own words and its context's."""
+    return [*terms, *(CONTEXT_MARK + t[len(LEXICAL_MARK) :] for t in terms)]
+
+
 @dataclass(frozen=True, slots=True)
 class FoldedTurn:
     """One turn a fold took out of the prompt: its position in the thread, role and text."""
@@ -211,17 +251,31 @@ _INSERT = (
 )
 
 # Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
+# Candidates: the nearest turns, the nearest holding an identifier of the query, and the
+# best by BM25 over the query's content words (idf from the thread's own turns).
 _SEARCH = (
-    f"WITH c AS MATERIALIZED (SELECT turn_index, embedding <=> CAST(:v AS vector) AS d,"
+    "WITH c AS MATERIALIZED (SELECT turn_index, terms, embedding <=> CAST(:v AS vector) AS d,"
     " terms && CAST(:q AS text[]) AS hit"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
-    # the nearest turns, and the nearest of those holding an identifier of the query
+    " total AS (SELECT count(*) AS n FROM c),"
+    " df AS (SELECT w, count(*) AS n FROM c, unnest(c.terms) AS w"
+    " WHERE w = ANY(CAST(:lq AS text[])) GROUP BY w),"
+    " idf AS (SELECT df.w, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS x FROM df, total),"
+    " lex AS (SELECT c.turn_index,"
+    f" sum(CASE WHEN left(idf.w, 1) = '{CONTEXT_MARK}' THEN idf.x / 2 ELSE idf.x END) AS s"
+    " FROM c JOIN idf ON idf.w = ANY(c.terms)"
+    " GROUP BY c.turn_index),"
     " pick AS ((SELECT turn_index, d FROM c ORDER BY d LIMIT :n)"
-    " UNION (SELECT turn_index, d FROM c WHERE hit ORDER BY d LIMIT :n))"
-    " SELECT t.turn_index, t.role, t.content, t.tokens, t.terms, pick.d"
+    " UNION (SELECT turn_index, d FROM c WHERE hit ORDER BY d LIMIT :n)"
+    " UNION (SELECT c.turn_index, c.d FROM c JOIN lex USING (turn_index)"
+    " ORDER BY lex.s DESC, c.d LIMIT :n))"
+    " SELECT t.turn_index, t.role, t.content, t.tokens, t.terms, pick.d,"
+    " coalesce(lex.s, 0) AS lex,"
+    f" (SELECT coalesce(sum(x), 0) FROM idf WHERE left(w, 1) = '{LEXICAL_MARK}') AS lex_max"
     f" FROM pick JOIN {FOLDED_TURNS_TABLE} AS t ON t.tenant_id = :tenant"
     " AND t.thread_id = :thread AND t.embedding_model = :model AND t.turn_index = pick.turn_index"
+    " LEFT JOIN lex ON lex.turn_index = pick.turn_index"
 )
 
 _FORGET = (
@@ -240,6 +294,12 @@ class FoldedTurnStore:
             takes several, and recall runs on every turn).
         term_boost: score added to a turn that contains every identifier and number of the
             query (a share of it for some); similarity is in [-1, 1].
+        lexical_weight: score added to the turn with the best BM25 score over the query's
+            content words (stemmed, stopwords out; each turn also indexed with the content
+            words of the turn before it), in proportion for the others.
+        echo_penalty: score taken from a turn in proportion to the share of its content
+            words the query already holds past half of them (an earlier question phrased
+            like this one): a turn all of whose content words are in the query loses it all.
         token_model: the model whose tokenizer counts snippet tokens for the budget.
         timeout: seconds one store operation may take before it fails open.
         candidates: how many top-scored turns are read before packing into the budget.
@@ -251,12 +311,18 @@ class FoldedTurnStore:
         *,
         embedder: object | None = None,
         term_boost: float = 0.3,
+        lexical_weight: float = 0.5,
+        echo_penalty: float = 1.0,
         token_model: str | None = None,
         timeout: float = 0.5,
         candidates: int = 32,
     ) -> None:
         if not term_boost >= 0:
             raise ConfigError("term_boost", term_boost, "must be >= 0")
+        if not lexical_weight >= 0:
+            raise ConfigError("lexical_weight", lexical_weight, "must be >= 0")
+        if not echo_penalty >= 0:
+            raise ConfigError("echo_penalty", echo_penalty, "must be >= 0")
         if not timeout > 0:
             raise ConfigError("timeout", timeout, "must be > 0 seconds")
         if candidates < 1:
@@ -266,6 +332,8 @@ class FoldedTurnStore:
             default_recall_embedder() if embedder is None else as_embedder(embedder)
         )
         self.term_boost = float(term_boost)
+        self.lexical_weight = float(lexical_weight)
+        self.echo_penalty = float(echo_penalty)
         self.token_model = token_model
         self.timeout = float(timeout)
         self.candidates = candidates
@@ -295,7 +363,7 @@ class FoldedTurnStore:
             # PostgreSQL text cannot hold U+0000; the turn is kept without it
             "texts": [t.text.replace("\x00", "") for t in rows],
             "tokens": [count_text(t.text, self.token_model) for t in rows],
-            "words": [" ".join(text_terms(t.text)) for t in rows],
+            "words": _stored_terms(rows),
             "vectors": [_vector_literal(v) for v in vectors],
         }
 
@@ -342,6 +410,7 @@ class FoldedTurnStore:
             "model": self.embedder.model_id,
             "v": _vector_literal(vector),
             "q": query_terms(query),
+            "lq": _with_context(lexical_terms(query)),
             "n": max(self.candidates, k),
         }
 
@@ -361,7 +430,14 @@ class FoldedTurnStore:
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return _pack(rows, params["q"], self.term_boost, k, token_budget)
+        return _pack(
+            rows,
+            params["q"],
+            (self.term_boost, self.lexical_weight, self.echo_penalty),
+            k,
+            token_budget,
+            params["lq"],
+        )
 
     async def arecall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -378,7 +454,14 @@ class FoldedTurnStore:
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return _pack(rows, params["q"], self.term_boost, k, token_budget)
+        return _pack(
+            rows,
+            params["q"],
+            (self.term_boost, self.lexical_weight, self.echo_penalty),
+            k,
+            token_budget,
+            params["lq"],
+        )
 
     def forget(self, tenant: str, thread: str) -> int:
         """Delete a thread's folded turns (for example when the user deletes the thread).
@@ -411,17 +494,35 @@ def _check_limits(k: int, token_budget: int) -> None:
 
 
 def _pack(
-    rows: list[dict[str, Any]], terms: Sequence[str], boost: float, k: int, token_budget: int
+    rows: list[dict[str, Any]],
+    terms: Sequence[str],
+    weights: tuple[float, float, float],
+    k: int,
+    token_budget: int,
+    query_lexical: Sequence[str] = (),
 ) -> list[RecalledSnippet]:
-    """Score the candidates (similarity plus ``boost`` times the share of the query's terms
-    they hold) and keep the best that fit the budget together (one too large is skipped)."""
+    """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
+    identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
+    content words as a share of the most any turn could get) and keep the best that fit
+    the budget together (one too large is skipped)."""
+    boost, lexical, redundant = weights
     wanted = set(terms)
+    asked = set(query_lexical)
     scored: list[RecalledSnippet] = []
     for row in rows:
         distance = float(row["d"])
         # a text without tokens embeds as a zero vector, whose cosine distance is NaN
         similarity = 0.0 if math.isnan(distance) else 1.0 - distance
         matched = len(wanted.intersection(row["terms"] or ()))
+        lex_max = float(row.get("lex_max") or 0.0)
+        lex = float(row.get("lex") or 0.0) / lex_max if lex_max > 0 else 0.0
+        # a turn whose content words the query already holds (an earlier question asked
+        # the same way) tells the model nothing the query does not; marked down by how far
+        # more than half of them the query holds
+        own = lexical_terms(str(row["content"]))
+        # (most of its words): sharing a few of the query's words is what relevant turns do
+        share = len(asked.intersection(own)) / len(own) if own and asked else 0.0
+        echo = max(0.0, share - 0.5) * 2.0
         scored.append(
             RecalledSnippet(
                 int(row["turn_index"]),
@@ -430,7 +531,10 @@ def _pack(
                 int(row["tokens"]),
                 similarity,
                 matched,
-                similarity + boost * matched / max(1, len(wanted)),
+                similarity
+                + boost * matched / max(1, len(wanted))
+                + lexical * lex
+                - redundant * echo,
             )
         )
     scored.sort(key=lambda s: (-s.score, -s.index))
