@@ -9,7 +9,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 
 from graphthrift import Ledger, Store
-from graphthrift.errors import NoCandidateLeft
+from graphthrift.errors import ConfigError, NoCandidateLeft
 from graphthrift.middleware import FailoverMiddleware
 from graphthrift.resilience import CircuitBreaker, Failover
 
@@ -55,6 +55,40 @@ def test_failed_probe_reopens_and_bad_requests_do_not_count() -> None:
     assert breaker.allow("n")
     breaker.record("n", UpstreamError("still down"))
     assert breaker.state("n") == "open" and not breaker.allow("n")
+
+
+def test_open_circuit_probes_early_and_backs_off_while_the_outage_lasts() -> None:
+    """The first probe goes after ``probe_after_s``, not the whole ``open_s``: the dearer
+    fallback stops answering soon after the primary recovers. Failed probes double the wait,
+    up to ``open_s``."""
+    clock = Clock()
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60, probe_after_s=10, clock=clock)
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open"
+    clock.now += 11
+    assert breaker.state("m") == "half_open" and breaker.allow("m")
+    breaker.record("m", UpstreamError("still down"))  # waits 20 s now
+    clock.now += 11
+    assert breaker.state("m") == "open" and not breaker.allow("m")
+    clock.now += 10
+    assert breaker.allow("m")
+    breaker.record("m", UpstreamError("still down"))  # 40 s
+    clock.now += 41
+    assert breaker.allow("m")
+    breaker.record("m", UpstreamError("still down"))  # capped at open_s = 60 s
+    clock.now += 59
+    assert not breaker.allow("m")
+    clock.now += 2
+    assert breaker.allow("m")
+    breaker.record("m", None)
+    assert breaker.state("m") == "closed"
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    clock.now += 11  # a fresh outage starts again from the short wait
+    assert breaker.allow("m")
+    with pytest.raises(ConfigError):
+        CircuitBreaker(open_s=10, probe_after_s=11)
 
 
 def test_failover_moves_on_and_skips_an_open_circuit(ledger: Ledger, tenant: str) -> None:

@@ -63,6 +63,7 @@ class _Circuit:
     opened_at: float = 0.0
     probes: int = 0
     streak: int = 0  # outage failures in a row
+    wait_s: float = 0.0  # seconds from opened_at to the next probe (0: the breaker's first)
 
     def to_json(self, keep: int) -> str:
         outcomes = [[t, bad] for t, bad in list(self.outcomes)[-keep:]]
@@ -73,6 +74,7 @@ class _Circuit:
                 "opened_at": self.opened_at,
                 "probes": self.probes,
                 "streak": self.streak,
+                "wait_s": self.wait_s,
             }
         )
 
@@ -85,6 +87,7 @@ class _Circuit:
             opened_at=float(data["opened_at"]),
             probes=int(data["probes"]),
             streak=int(data["streak"]),
+            wait_s=float(data.get("wait_s", 0.0)),
         )
 
 
@@ -109,7 +112,11 @@ class CircuitBreaker:
         error_rate: the share of failed calls that opens it.
         consecutive: failures in a row that open it whatever the window's rate (a provider
             that goes down after a long healthy stretch keeps a low rate for a while).
-        open_s: seconds it stays open before letting a probe through.
+        open_s: the longest it stays open before letting a probe through.
+        probe_after_s: seconds after opening before the first probe (default ``open_s / 6``).
+            Each failed probe doubles the wait, up to ``open_s``. A short first wait returns
+            traffic to the primary soon after an outage ends, instead of paying the dearer
+            fallback for the whole ``open_s``; the doubling keeps a long outage cheap to probe.
         probes: calls let through while half-open.
         store: share every circuit through PostgreSQL (``graphthrift_circuits``): a provider
             one process found down is skipped by all, and half-open probes are counted across
@@ -127,6 +134,7 @@ class CircuitBreaker:
         open_s: float = 30.0,
         probes: int = 1,
         consecutive: int = 5,
+        probe_after_s: float | None = None,
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -138,7 +146,10 @@ class CircuitBreaker:
             raise ValueError(f"min_calls and probes must be >= 1, got {min_calls}, {probes}")
         if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
             raise ConfigError("consecutive", consecutive, "must be an int >= 1")
+        if probe_after_s is not None and not 0 < probe_after_s <= open_s:
+            raise ConfigError("probe_after_s", probe_after_s, f"must be in (0, open_s={open_s}]")
         self.consecutive = consecutive
+        self.probe_after_s = open_s / 6 if probe_after_s is None else probe_after_s
         self.window_s = window_s
         self.min_calls = min_calls
         self.error_rate = error_rate
@@ -188,9 +199,13 @@ class CircuitBreaker:
     def state(self, model: str) -> State:
         """The model's circuit now (an open one past ``open_s`` reads as half-open)."""
         with self._circuit(model, write=False) as circuit:
-            if circuit.state == "open" and self.clock() - circuit.opened_at >= self.open_s:
+            if circuit.state == "open" and self.clock() - circuit.opened_at >= self._wait(circuit):
                 return "half_open"
             return circuit.state
+
+    def _wait(self, circuit: _Circuit) -> float:
+        """Seconds from the circuit's opening to its next probe."""
+        return circuit.wait_s if circuit.wait_s > 0 else self.probe_after_s
 
     def allow(self, model: str) -> bool:
         """Whether a call to ``model`` may go now (taking a probe slot when half-open)."""
@@ -198,7 +213,7 @@ class CircuitBreaker:
             if circuit.state == "closed":
                 return True
             if circuit.state == "open":
-                if self.clock() - circuit.opened_at < self.open_s:
+                if self.clock() - circuit.opened_at < self._wait(circuit):
                     return False
                 circuit.state, circuit.probes = "half_open", 0
             if circuit.probes < self.probes:
@@ -219,10 +234,12 @@ class CircuitBreaker:
             if circuit.state == "half_open":
                 if failed:
                     circuit.state, circuit.opened_at = "open", now
+                    circuit.wait_s = min(self.open_s, 2 * self._wait(circuit))
                     diagnostics.count("circuit_reopened")
                 else:
                     circuit.outcomes.clear()
                     circuit.state, circuit.probes, circuit.streak = "closed", 0, 0
+                    circuit.wait_s = 0.0
                     diagnostics.count("circuit_closed")
                 return
             circuit.outcomes.append((now, failed))
@@ -235,7 +252,7 @@ class CircuitBreaker:
                 circuit.streak >= self.consecutive
                 or (calls >= self.min_calls and errors / calls >= self.error_rate)
             ):
-                circuit.state, circuit.opened_at = "open", now
+                circuit.state, circuit.opened_at, circuit.wait_s = "open", now, 0.0
                 diagnostics.count(
                     "circuit_opened",
                     "graphthrift: circuit of %s opened (%d of %d calls failed in %.0fs)",
