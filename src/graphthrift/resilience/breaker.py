@@ -326,13 +326,19 @@ class Failover:
 
     def _gate(self, model: str, seen: list[BaseException]) -> Callable[[BaseException], bool]:
         """The ``RETRY_GATE`` for one candidate: every failed attempt counts towards its
-        circuit, and retrying stops once the circuit opens (unless no candidate is left)."""
+        circuit, and retrying stops once the circuit opens (unless no candidate is left, or
+        the error is a rate limit: the provider is up and its ``retry-after`` is cheaper to
+        wait out than the next candidate's price)."""
         last = model == self.models[-1]
 
         def gate(exc: BaseException) -> bool:
             self.breaker.record(model, exc)
             seen.append(exc)
-            return last or self.breaker.state(model) == "closed"
+            if last or classify_error(exc) == "rate_limit":
+                # a 429 says the provider is up: waiting out its retry-after costs this
+                # candidate's price once more, failing over costs the next (dearer) one's
+                return True
+            return self.breaker.state(model) == "closed"
 
         return gate
 
