@@ -334,3 +334,81 @@ def test_shared_breaker_with_the_store_down_keeps_this_process_circuits() -> Non
     breaker.record("m", UpstreamError("503"))
     assert breaker.state("m") == "open" and not breaker.allow("m")
     assert diagnostics.get("circuit_store_failure") >= before + 5
+
+
+class ClientTimeoutError(Exception):
+    """A client-side timeout: the provider still generated, and bills, the answer."""
+
+
+def _budgeted_agent(spend: Any, ledger: Ledger) -> Any:
+    from graphthrift.middleware import ResilienceMiddleware
+    from graphthrift.resilience import Retrier
+
+    class _Retries(ResilienceMiddleware):
+        """Inside the failover (create_agent wants distinct names)."""
+
+    primary = flaky_model(
+        ClientTimeoutError("read timed out"), model_name="gpt-4o-mini", output_tokens=80
+    )
+    fallback = usage_model(model_name="claude-3-haiku-20240307", output_tokens=80)
+    return create_agent(
+        primary,
+        tools=[],
+        middleware=[
+            FailoverMiddleware(
+                {"claude-3-haiku-20240307": fallback},
+                model_name="gpt-4o-mini",
+                run_budget=spend,
+                max_output_tokens=80,
+            ),
+            _Retries(retrier=Retrier(max_retries=0), run_budget=spend, max_output_tokens=80),
+        ],
+    )
+
+
+def test_a_timed_out_call_is_spent_and_failover_skips_what_the_run_cannot_pay(
+    ledger: Ledger, tenant: str
+) -> None:
+    """The provider bills a call the client timed out on: the run's budget counts it, so
+    the dearer fallback that would take the run over its budget is skipped."""
+    from graphthrift.ledger import cost_usd
+    from graphthrift.resilience import RunBudget
+    from graphthrift.text.tokens import count_messages
+
+    question = [HumanMessage("What is the answer?")]
+    tokens = count_messages(question, "gpt-4o-mini").tokens
+    timeout_usd = cost_usd("gpt-4o-mini", tokens, 80) or 0.0
+    fallback_usd = cost_usd("claude-3-haiku-20240307", tokens, 80) or 0.0
+    tight = RunBudget(timeout_usd + 0.5 * fallback_usd, ledger=ledger)
+    config = {"metadata": {"tenant_id": tenant, "run_id": "run-tight"}}
+    with pytest.raises(NoCandidateLeft) as err:
+        _budgeted_agent(tight, ledger).invoke({"messages": question}, config)
+    assert err.value.reasons == {"gpt-4o-mini": "timeout", "claude-3-haiku-20240307": "over budget"}
+    assert tight.spent("run-tight") == pytest.approx(timeout_usd)
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="timeout_billed")
+    assert row["model"] == "gpt-4o-mini" and row["cost_usd"] == pytest.approx(timeout_usd)
+
+    roomy = RunBudget(timeout_usd + 2 * fallback_usd)
+    config = {"metadata": {"tenant_id": tenant, "run_id": "run-roomy"}}
+    out = _budgeted_agent(roomy, ledger).invoke({"messages": question}, config)
+    assert out["messages"][-1].content == "The answer is 42."
+    assert roomy.spent("run-roomy") > timeout_usd  # the fallback's answer is charged too
+
+
+def test_a_retry_that_would_break_the_run_budget_is_refused() -> None:
+    from graphthrift.errors import BudgetExceeded
+    from graphthrift.middleware import ResilienceMiddleware
+    from graphthrift.resilience import Retrier, RunBudget
+
+    spend = RunBudget(1e-9)
+    spend.charge("run-spent", 1.0)
+    model = flaky_model(ClientTimeoutError("read timed out"), model_name="gpt-4o-mini")
+    agent = create_agent(
+        model,
+        tools=[],
+        middleware=[ResilienceMiddleware(retrier=Retrier(max_retries=2), run_budget=spend)],
+    )
+    with pytest.raises(BudgetExceeded) as err:
+        agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": {"run_id": "run-spent"}})
+    assert err.value.scope == "run run-spent"
