@@ -28,6 +28,10 @@ class BadRequest(Exception):
     status_code = 400
 
 
+class ClientTimeoutError(Exception):
+    """A client-side timeout: the provider still generated, and bills, the answer."""
+
+
 def test_circuit_opens_on_error_rate_and_half_opens_to_probe() -> None:
     clock = Clock()
     breaker = CircuitBreaker(min_calls=4, error_rate=0.5, open_s=30, window_s=60, clock=clock)
@@ -59,8 +63,8 @@ def test_failed_probe_reopens_and_bad_requests_do_not_count() -> None:
 
 def test_open_circuit_probes_early_and_backs_off_while_the_outage_lasts() -> None:
     """The first probe goes after ``probe_after_s``, not the whole ``open_s``: the dearer
-    fallback stops answering soon after the primary recovers. Failed probes double the wait,
-    up to ``open_s``."""
+    fallback stops answering soon after the primary recovers. Probes refused at once (not
+    billed) keep the short wait; probes that time out (billed) double it, up to ``open_s``."""
     clock = Clock()
     breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60, probe_after_s=10, clock=clock)
     breaker.record("m", UpstreamError("503"))
@@ -68,15 +72,18 @@ def test_open_circuit_probes_early_and_backs_off_while_the_outage_lasts() -> Non
     assert breaker.state("m") == "open"
     clock.now += 11
     assert breaker.state("m") == "half_open" and breaker.allow("m")
-    breaker.record("m", UpstreamError("still down"))  # waits 20 s now
+    breaker.record("m", UpstreamError("still down"))  # unbilled: the wait stays 10 s
+    clock.now += 11
+    assert breaker.allow("m")
+    breaker.record("m", ClientTimeoutError("read timed out"))  # billed: 20 s
     clock.now += 11
     assert breaker.state("m") == "open" and not breaker.allow("m")
     clock.now += 10
     assert breaker.allow("m")
-    breaker.record("m", UpstreamError("still down"))  # 40 s
+    breaker.record("m", ClientTimeoutError("read timed out"))  # 40 s
     clock.now += 41
     assert breaker.allow("m")
-    breaker.record("m", UpstreamError("still down"))  # capped at open_s = 60 s
+    breaker.record("m", ClientTimeoutError("read timed out"))  # capped at open_s = 60 s
     clock.now += 59
     assert not breaker.allow("m")
     clock.now += 2
@@ -89,6 +96,39 @@ def test_open_circuit_probes_early_and_backs_off_while_the_outage_lasts() -> Non
     assert breaker.allow("m")
     with pytest.raises(ConfigError):
         CircuitBreaker(open_s=10, probe_after_s=11)
+
+
+def test_a_caller_waits_for_the_probe_in_flight_instead_of_failing_over() -> None:
+    """Right after an outage, the callers that arrive while one probe is answered wait for
+    its outcome (``probe_wait_s``) instead of all paying the dearer fallback."""
+    import threading
+
+    clock = Clock()
+    breaker = CircuitBreaker(
+        min_calls=2, error_rate=0.5, open_s=60, probe_after_s=10, probe_wait_s=30, clock=clock
+    )
+    for model in ("up", "down"):
+        breaker.record(model, UpstreamError("503"))
+        breaker.record(model, UpstreamError("503"))
+    clock.now += 11
+    assert breaker.allow("up") and breaker.allow("down")  # the two probes are in flight
+    answered = threading.Event()
+
+    def probe_answers() -> None:
+        answered.wait()
+        breaker.record("up", None)
+        breaker.record("down", UpstreamError("still down"))
+
+    prober = threading.Thread(target=probe_answers)
+    prober.start()
+    answered.set()
+    assert breaker.admit("up")  # the probe closed the circuit: go to the primary
+    assert not breaker.admit("down")  # the probe reopened it: go to the next candidate
+    prober.join()
+    no_wait = CircuitBreaker(min_calls=1, error_rate=0.5, open_s=60, probe_after_s=10, clock=clock)
+    no_wait.record("m", UpstreamError("503"))
+    clock.now += 11
+    assert no_wait.allow("m") and not no_wait.admit("m")  # probe_wait_s=0: no waiting
 
 
 def test_failover_moves_on_and_skips_an_open_circuit(ledger: Ledger, tenant: str) -> None:
@@ -334,10 +374,6 @@ def test_shared_breaker_with_the_store_down_keeps_this_process_circuits() -> Non
     breaker.record("m", UpstreamError("503"))
     assert breaker.state("m") == "open" and not breaker.allow("m")
     assert diagnostics.get("circuit_store_failure") >= before + 5
-
-
-class ClientTimeoutError(Exception):
-    """A client-side timeout: the provider still generated, and bills, the answer."""
 
 
 def _budgeted_agent(spend: Any, ledger: Ledger) -> Any:

@@ -234,7 +234,10 @@ def _policy_agent(name: str, provider: FaultyProvider, store: Store, scale: floa
         backoff=Backoff(base_s=2 * scale, cap_s=40 * scale, max_retry_after_s=60),
         budget=RetryBudget(store, max_share=0.5, min_retries=6, window_s=600),
     )
-    breaker = CircuitBreaker(min_calls=4, error_rate=0.5, open_s=60 * scale, window_s=10)
+    # callers wait for an in-flight probe up to about one call's time before failing over
+    breaker = CircuitBreaker(
+        min_calls=4, error_rate=0.5, open_s=60 * scale, window_s=10, probe_wait_s=15 * scale
+    )
     # the budget each run is judged by (``_run_policy``); the requests cap output at what
     # the simulation generates
     spend = RunBudget(RUN_BUDGET_CALLS * primary_price())

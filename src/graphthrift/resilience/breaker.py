@@ -114,10 +114,15 @@ class CircuitBreaker:
             that goes down after a long healthy stretch keeps a low rate for a while).
         open_s: the longest it stays open before letting a probe through.
         probe_after_s: seconds after opening before the first probe (default ``open_s / 6``).
-            Each failed probe doubles the wait, up to ``open_s``. A short first wait returns
-            traffic to the primary soon after an outage ends, instead of paying the dearer
-            fallback for the whole ``open_s``; the doubling keeps a long outage cheap to probe.
+            A probe that timed out (the provider bills it) doubles the wait, up to ``open_s``;
+            one refused at once (a 5xx, not billed) costs only its latency, so the wait stays
+            short. A short wait returns traffic to the primary soon after an outage ends,
+            instead of paying the dearer fallback for the whole ``open_s``.
         probes: calls let through while half-open.
+        probe_wait_s: while a probe is in flight, how long a ``Failover`` caller waits for
+            its outcome before going to the next candidate (0: it does not wait). Waiting
+            costs latency; going on costs the dearer candidate's price, and right after an
+            outage a whole wave of callers would pay it while one probe is answered.
         store: share every circuit through PostgreSQL (``graphthrift_circuits``): a provider
             one process found down is skipped by all, and half-open probes are counted across
             processes. Without it, each process learns a provider's health on its own. A store
@@ -135,6 +140,7 @@ class CircuitBreaker:
         probes: int = 1,
         consecutive: int = 5,
         probe_after_s: float | None = None,
+        probe_wait_s: float = 0.0,
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -150,6 +156,9 @@ class CircuitBreaker:
             raise ConfigError("probe_after_s", probe_after_s, f"must be in (0, open_s={open_s}]")
         self.consecutive = consecutive
         self.probe_after_s = open_s / 6 if probe_after_s is None else probe_after_s
+        if not probe_wait_s >= 0:
+            raise ConfigError("probe_wait_s", probe_wait_s, "must be >= 0")
+        self.probe_wait_s = probe_wait_s
         self.window_s = window_s
         self.min_calls = min_calls
         self.error_rate = error_rate
@@ -221,6 +230,25 @@ class CircuitBreaker:
                 return True
             return False
 
+    def admit(self, model: str) -> bool:
+        """``allow``, or, while a probe of ``model`` is in flight, wait up to
+        ``probe_wait_s`` for its outcome: allowed once it closes the circuit, refused once it
+        reopens it or the wait ends."""
+        if self.allow(model):
+            return True
+        if self.probe_wait_s <= 0 or self.state(model) != "half_open":
+            return False
+        deadline = time.monotonic() + self.probe_wait_s
+        pause = min(0.005, self.probe_wait_s / 10)
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            if self.state(model) == "open":
+                return False
+            if self.allow(model):
+                diagnostics.count("failover_waited_for_probe")
+                return True
+        return False
+
     def record(self, model: str, error: BaseException | None) -> None:
         """Count a call's outcome; a provider error may open the circuit."""
         kind = None if error is None else classify_error(error)
@@ -234,7 +262,8 @@ class CircuitBreaker:
             if circuit.state == "half_open":
                 if failed:
                     circuit.state, circuit.opened_at = "open", now
-                    circuit.wait_s = min(self.open_s, 2 * self._wait(circuit))
+                    if kind == "timeout":  # a billed probe: probe a long outage less often
+                        circuit.wait_s = min(self.open_s, 2 * self._wait(circuit))
                     diagnostics.count("circuit_reopened")
                 else:
                     circuit.outcomes.clear()
@@ -293,10 +322,13 @@ class Failover:
         self.fits = fits
         self.ledger = ledger
 
-    def _skip_reason(self, model: str, reasons: Mapping[str, str]) -> str | None:
+    def _skip_reason(
+        self, model: str, reasons: Mapping[str, str], *, wait: bool = True
+    ) -> str | None:
         if self.fits is not None and not self.fits(model):
             return "over budget"
-        if not self.breaker.allow(model):
+        allowed = self.breaker.admit(model) if wait else self.breaker.allow(model)
+        if not allowed:
             if model == self.models[-1] and all(r == "circuit open" for r in reasons.values()):
                 # every circuit open: the breaker spares a provider while another can answer,
                 # it must not fail the run without one call; the last resort is asked
@@ -390,7 +422,7 @@ class Failover:
         reasons: dict[str, str] = {}
         last: BaseException | None = None
         for model in self.models:
-            why = self._skip_reason(model, reasons)
+            why = self._skip_reason(model, reasons, wait=False)  # no blocking wait in a loop
             if why is not None:
                 reasons[model] = why
                 continue
