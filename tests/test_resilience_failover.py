@@ -13,7 +13,7 @@ from graphthrift.errors import ConfigError, NoCandidateLeft
 from graphthrift.middleware import FailoverMiddleware
 from graphthrift.resilience import CircuitBreaker, Failover
 
-from fakes import UpstreamError, flaky_model, usage_model
+from fakes import RateLimitError, UpstreamError, flaky_model, usage_model
 
 
 class Clock:
@@ -415,7 +415,7 @@ def test_a_timed_out_call_is_spent_and_failover_skips_what_the_run_cannot_pay(
     tokens = count_messages(question, "gpt-4o-mini").tokens
     timeout_usd = cost_usd("gpt-4o-mini", tokens, 80) or 0.0
     fallback_usd = cost_usd("claude-3-haiku-20240307", tokens, 80) or 0.0
-    tight = RunBudget(timeout_usd + 0.5 * fallback_usd, ledger=ledger)
+    tight = RunBudget(1.5 * timeout_usd, ledger=ledger)  # neither a retry nor the fallback
     config = {"metadata": {"tenant_id": tenant, "run_id": "run-tight"}}
     with pytest.raises(NoCandidateLeft) as err:
         _budgeted_agent(tight, ledger).invoke({"messages": question}, config)
@@ -448,3 +448,23 @@ def test_a_retry_that_would_break_the_run_budget_is_refused() -> None:
     with pytest.raises(BudgetExceeded) as err:
         agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": {"run_id": "run-spent"}})
     assert err.value.scope == "run run-spent"
+
+
+def test_when_failover_is_over_budget_the_cheaper_candidate_gets_a_second_chance() -> None:
+    """The primary's retries ran out on a transient error and the dearer fallback would break
+    the run's budget: the primary, which still fits, is tried once more instead of failing."""
+    failover = Failover(["cheap", "dear"], fits=lambda m: m == "cheap")
+    attempts: list[str] = []
+
+    def call(model: str) -> str:
+        attempts.append(model)
+        if len(attempts) == 1:
+            raise RateLimitError("429")
+        return f"answer from {model}"
+
+    assert failover.call(call) == "answer from cheap"
+    assert attempts == ["cheap", "cheap"]
+    never = Failover(["cheap", "dear"], fits=lambda m: m == "cheap")
+    with pytest.raises(NoCandidateLeft) as err:
+        never.call(lambda m: (_ for _ in ()).throw(RateLimitError("429")))
+    assert err.value.reasons == {"cheap": "rate_limit", "dear": "over budget"}

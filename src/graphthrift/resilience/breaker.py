@@ -390,6 +390,20 @@ class Failover:
             raise exc
         reasons[model] = kind if cause is exc else f"retry budget spent ({kind})"
 
+    def _second_chance(self, reasons: Mapping[str, str]) -> str | None:
+        """When the run's budget refused a candidate, the first one that failed with a
+        transient error and still fits gets one more go: retrying the cheaper model costs
+        less than failing the run, and the dearer one cannot be paid for."""
+        if "over budget" not in reasons.values():
+            return None
+        for model in self.models:
+            if reasons.get(model) not in RETRYABLE:
+                continue
+            if (self.fits is None or self.fits(model)) and self.breaker.allow(model):
+                diagnostics.count("failover_second_chance")
+                return model
+        return None
+
     def call(self, fn: Callable[[str], T], *, tags: Mapping[str, Any] | None = None) -> T:
         """``fn(model)`` on the first candidate that is allowed, fits and answers."""
         reasons: dict[str, str] = {}
@@ -412,6 +426,21 @@ class Failover:
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value
+        again = self._second_chance(reasons)
+        if again is not None:
+            seen = []
+            token = RETRY_GATE.set(self._gate(again, seen))
+            try:
+                value = fn(again)
+            except Exception as exc:
+                self._failed(again, exc, reasons, seen)
+                last = exc
+            else:
+                self.breaker.record(again, None)
+                self._book(again, reasons, tags or {})
+                return value
+            finally:
+                RETRY_GATE.reset(token)
         self._book(None, reasons, tags or {})
         raise NoCandidateLeft(reasons) from last
 
@@ -439,5 +468,20 @@ class Failover:
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value
+        again = self._second_chance(reasons)
+        if again is not None:
+            seen = []
+            token = RETRY_GATE.set(self._gate(again, seen))
+            try:
+                value = await fn(again)
+            except Exception as exc:
+                self._failed(again, exc, reasons, seen)
+                last = exc
+            else:
+                self.breaker.record(again, None)
+                self._book(again, reasons, tags or {})
+                return value
+            finally:
+                RETRY_GATE.reset(token)
         self._book(None, reasons, tags or {})
         raise NoCandidateLeft(reasons) from last
