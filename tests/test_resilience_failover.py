@@ -9,11 +9,11 @@ from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 
 from graphthrift import Ledger, Store
-from graphthrift.errors import NoCandidateLeft
+from graphthrift.errors import ConfigError, NoCandidateLeft
 from graphthrift.middleware import FailoverMiddleware
 from graphthrift.resilience import CircuitBreaker, Failover
 
-from fakes import UpstreamError, flaky_model, usage_model
+from fakes import RateLimitError, UpstreamError, flaky_model, usage_model
 
 
 class Clock:
@@ -26,6 +26,10 @@ class Clock:
 
 class BadRequest(Exception):
     status_code = 400
+
+
+class ClientTimeoutError(Exception):
+    """A client-side timeout: the provider still generated, and bills, the answer."""
 
 
 def test_circuit_opens_on_error_rate_and_half_opens_to_probe() -> None:
@@ -55,6 +59,76 @@ def test_failed_probe_reopens_and_bad_requests_do_not_count() -> None:
     assert breaker.allow("n")
     breaker.record("n", UpstreamError("still down"))
     assert breaker.state("n") == "open" and not breaker.allow("n")
+
+
+def test_open_circuit_probes_early_and_backs_off_while_the_outage_lasts() -> None:
+    """The first probe goes after ``probe_after_s``, not the whole ``open_s``: the dearer
+    fallback stops answering soon after the primary recovers. Probes refused at once (not
+    billed) keep the short wait; probes that time out (billed) double it, up to ``open_s``."""
+    clock = Clock()
+    breaker = CircuitBreaker(min_calls=2, error_rate=0.5, open_s=60, probe_after_s=10, clock=clock)
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    assert breaker.state("m") == "open"
+    clock.now += 11
+    assert breaker.state("m") == "half_open" and breaker.allow("m")
+    breaker.record("m", UpstreamError("still down"))  # unbilled: the wait stays 10 s
+    clock.now += 11
+    assert breaker.allow("m")
+    breaker.record("m", ClientTimeoutError("read timed out"))  # billed: 20 s
+    clock.now += 11
+    assert breaker.state("m") == "open" and not breaker.allow("m")
+    clock.now += 10
+    assert breaker.allow("m")
+    breaker.record("m", ClientTimeoutError("read timed out"))  # 40 s
+    clock.now += 41
+    assert breaker.allow("m")
+    breaker.record("m", ClientTimeoutError("read timed out"))  # capped at open_s = 60 s
+    clock.now += 59
+    assert not breaker.allow("m")
+    clock.now += 2
+    assert breaker.allow("m")
+    breaker.record("m", None)
+    assert breaker.state("m") == "closed"
+    breaker.record("m", UpstreamError("503"))
+    breaker.record("m", UpstreamError("503"))
+    clock.now += 11  # a fresh outage starts again from the short wait
+    assert breaker.allow("m")
+    with pytest.raises(ConfigError):
+        CircuitBreaker(open_s=10, probe_after_s=11)
+
+
+def test_a_caller_waits_for_the_probe_in_flight_instead_of_failing_over() -> None:
+    """Right after an outage, the callers that arrive while one probe is answered wait for
+    its outcome (``probe_wait_s``) instead of all paying the dearer fallback."""
+    import threading
+
+    clock = Clock()
+    breaker = CircuitBreaker(
+        min_calls=2, error_rate=0.5, open_s=60, probe_after_s=10, probe_wait_s=30, clock=clock
+    )
+    for model in ("up", "down"):
+        breaker.record(model, UpstreamError("503"))
+        breaker.record(model, UpstreamError("503"))
+    clock.now += 11
+    assert breaker.allow("up") and breaker.allow("down")  # the two probes are in flight
+    answered = threading.Event()
+
+    def probe_answers() -> None:
+        answered.wait()
+        breaker.record("up", None)
+        breaker.record("down", UpstreamError("still down"))
+
+    prober = threading.Thread(target=probe_answers)
+    prober.start()
+    answered.set()
+    assert breaker.admit("up")  # the probe closed the circuit: go to the primary
+    assert not breaker.admit("down")  # the probe reopened it: go to the next candidate
+    prober.join()
+    no_wait = CircuitBreaker(min_calls=1, error_rate=0.5, open_s=60, probe_after_s=10, clock=clock)
+    no_wait.record("m", UpstreamError("503"))
+    clock.now += 11
+    assert no_wait.allow("m") and not no_wait.admit("m")  # probe_wait_s=0: no waiting
 
 
 def test_failover_moves_on_and_skips_an_open_circuit(ledger: Ledger, tenant: str) -> None:
@@ -300,3 +374,97 @@ def test_shared_breaker_with_the_store_down_keeps_this_process_circuits() -> Non
     breaker.record("m", UpstreamError("503"))
     assert breaker.state("m") == "open" and not breaker.allow("m")
     assert diagnostics.get("circuit_store_failure") >= before + 5
+
+
+def _budgeted_agent(spend: Any, ledger: Ledger) -> Any:
+    from graphthrift.middleware import ResilienceMiddleware
+    from graphthrift.resilience import Retrier
+
+    class _Retries(ResilienceMiddleware):
+        """Inside the failover (create_agent wants distinct names)."""
+
+    primary = flaky_model(
+        ClientTimeoutError("read timed out"), model_name="gpt-4o-mini", output_tokens=80
+    )
+    fallback = usage_model(model_name="claude-3-haiku-20240307", output_tokens=80)
+    return create_agent(
+        primary,
+        tools=[],
+        middleware=[
+            FailoverMiddleware(
+                {"claude-3-haiku-20240307": fallback},
+                model_name="gpt-4o-mini",
+                run_budget=spend,
+                max_output_tokens=80,
+            ),
+            _Retries(retrier=Retrier(max_retries=0), run_budget=spend, max_output_tokens=80),
+        ],
+    )
+
+
+def test_a_timed_out_call_is_spent_and_failover_skips_what_the_run_cannot_pay(
+    ledger: Ledger, tenant: str
+) -> None:
+    """The provider bills a call the client timed out on: the run's budget counts it, so
+    the dearer fallback that would take the run over its budget is skipped."""
+    from graphthrift.ledger import cost_usd
+    from graphthrift.resilience import RunBudget
+    from graphthrift.text.tokens import count_messages
+
+    question = [HumanMessage("What is the answer?")]
+    tokens = count_messages(question, "gpt-4o-mini").tokens
+    timeout_usd = cost_usd("gpt-4o-mini", tokens, 80) or 0.0
+    fallback_usd = cost_usd("claude-3-haiku-20240307", tokens, 80) or 0.0
+    tight = RunBudget(1.5 * timeout_usd, ledger=ledger)  # neither a retry nor the fallback
+    config = {"metadata": {"tenant_id": tenant, "run_id": "run-tight"}}
+    with pytest.raises(NoCandidateLeft) as err:
+        _budgeted_agent(tight, ledger).invoke({"messages": question}, config)
+    assert err.value.reasons == {"gpt-4o-mini": "timeout", "claude-3-haiku-20240307": "over budget"}
+    assert tight.spent("run-tight") == pytest.approx(timeout_usd)
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="timeout_billed")
+    assert row["model"] == "gpt-4o-mini" and row["cost_usd"] == pytest.approx(timeout_usd)
+
+    roomy = RunBudget(timeout_usd + 2 * fallback_usd)
+    config = {"metadata": {"tenant_id": tenant, "run_id": "run-roomy"}}
+    out = _budgeted_agent(roomy, ledger).invoke({"messages": question}, config)
+    assert out["messages"][-1].content == "The answer is 42."
+    assert roomy.spent("run-roomy") > timeout_usd  # the fallback's answer is charged too
+
+
+def test_a_retry_that_would_break_the_run_budget_is_refused() -> None:
+    from graphthrift.errors import BudgetExceeded
+    from graphthrift.middleware import ResilienceMiddleware
+    from graphthrift.resilience import Retrier, RunBudget
+
+    spend = RunBudget(1e-9)
+    spend.charge("run-spent", 1.0)
+    model = flaky_model(ClientTimeoutError("read timed out"), model_name="gpt-4o-mini")
+    agent = create_agent(
+        model,
+        tools=[],
+        middleware=[ResilienceMiddleware(retrier=Retrier(max_retries=2), run_budget=spend)],
+    )
+    with pytest.raises(BudgetExceeded) as err:
+        agent.invoke({"messages": [HumanMessage("hi")]}, {"metadata": {"run_id": "run-spent"}})
+    assert err.value.scope == "run run-spent"
+
+
+def test_when_failover_is_over_budget_the_cheaper_candidate_gets_a_second_chance() -> None:
+    """The primary's retries ran out on a transient error and the dearer fallback would break
+    the run's budget: the primary, which still fits, is tried once more instead of failing."""
+    failover = Failover(["cheap", "dear"], fits=lambda m: m == "cheap")
+    attempts: list[str] = []
+
+    def call(model: str) -> str:
+        attempts.append(model)
+        if len(attempts) == 1:
+            raise RateLimitError("429")
+        return f"answer from {model}"
+
+    assert failover.call(call) == "answer from cheap"
+    assert attempts == ["cheap", "cheap"]
+    never = Failover(["cheap", "dear"], fits=lambda m: m == "cheap")
+    with pytest.raises(NoCandidateLeft) as err:
+        never.call(lambda m: (_ for _ in ()).throw(RateLimitError("429")))
+    assert err.value.reasons == {"cheap": "rate_limit", "dear": "over budget"}

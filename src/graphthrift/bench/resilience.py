@@ -39,6 +39,9 @@ from graphthrift.store import Store
 PRIMARY = "gpt-4o-mini"
 FALLBACK = "claude-3-haiku-20240307"
 INPUT_TOKENS, OUTPUT_TOKENS = 400, 80
+#: The agent's instructions: with the question, about the ``INPUT_TOKENS`` the provider bills,
+#: so that a budget counting the request's input prices a call as the provider does.
+SYSTEM_PROMPT = "Answer the user's question briefly and accurately. " * 48
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +165,15 @@ class SimChatModel(BaseChatModel):
 # -- the workload -------------------------------------------------------------------------------
 
 
+#: A run's budget, in primary calls: the answer plus a retry and a half.
+RUN_BUDGET_CALLS = 2.5
+
+
+def primary_price() -> float:
+    """What one call on the primary costs."""
+    return cost_usd(PRIMARY, INPUT_TOKENS, OUTPUT_TOKENS) or 0.0
+
+
 def _submissions(n: int, scale: float) -> list[tuple[str, str, float]]:
     """(content, request id, delay before sending): every task once; 10 % sent again by a
     client whose first attempt timed out (same request id, while it still runs); 5 % sent
@@ -184,13 +196,14 @@ def _policy_agent(name: str, provider: FaultyProvider, store: Store, scale: floa
     primary = SimChatModel(model_name=PRIMARY, provider=provider)
     fallback = SimChatModel(model_name=FALLBACK, provider=provider)
     if name == "raw":
-        return create_agent(primary, tools=[])
+        return create_agent(primary, tools=[], system_prompt=SYSTEM_PROMPT)
     if name == "langchain":
         from langchain.agents.middleware import ModelFallbackMiddleware, ModelRetryMiddleware
 
         return create_agent(
             primary,
             tools=[],
+            system_prompt=SYSTEM_PROMPT,
             middleware=[
                 ModelFallbackMiddleware(fallback),
                 ModelRetryMiddleware(
@@ -209,6 +222,7 @@ def _policy_agent(name: str, provider: FaultyProvider, store: Store, scale: floa
         RequestDedup,
         Retrier,
         RetryBudget,
+        RunBudget,
         SingleFlight,
     )
 
@@ -220,14 +234,30 @@ def _policy_agent(name: str, provider: FaultyProvider, store: Store, scale: floa
         backoff=Backoff(base_s=2 * scale, cap_s=40 * scale, max_retry_after_s=60),
         budget=RetryBudget(store, max_share=0.5, min_retries=6, window_s=600),
     )
-    breaker = CircuitBreaker(min_calls=4, error_rate=0.5, open_s=60 * scale, window_s=10)
+    # callers wait for an in-flight probe up to about one call's time before failing over
+    breaker = CircuitBreaker(
+        min_calls=4, error_rate=0.5, open_s=60 * scale, window_s=10, probe_wait_s=15 * scale
+    )
+    # the budget each run is judged by (``_run_policy``); the requests cap output at what
+    # the simulation generates
+    spend = RunBudget(RUN_BUDGET_CALLS * primary_price())
+    cap = OUTPUT_TOKENS
     agent = create_agent(
         primary,
         tools=[],
+        system_prompt=SYSTEM_PROMPT,
         middleware=[
             ResilienceMiddleware(SingleFlight(store, poll_interval=0.005), model_name=PRIMARY),
-            FailoverMiddleware({FALLBACK: fallback}, breaker=breaker, model_name=PRIMARY),
-            _RetryEachCandidate(retrier=retrier, model_name=PRIMARY),
+            FailoverMiddleware(
+                {FALLBACK: fallback},
+                breaker=breaker,
+                model_name=PRIMARY,
+                run_budget=spend,
+                max_output_tokens=cap,
+            ),
+            _RetryEachCandidate(
+                retrier=retrier, model_name=PRIMARY, run_budget=spend, max_output_tokens=cap
+            ),
         ],
     )
     return dedup_requests(agent, RequestDedup(store, poll_interval=0.005))
@@ -276,7 +306,7 @@ def _run_policy(name: str, args: argparse.Namespace, store: Store, tasks: int) -
     extra_usd = sum(
         max(0.0, provider.billed_usd[c] - (one if provider.billed[c] else 0.0)) for c in contents
     )
-    run_budget = 2.5 * one
+    run_budget = RUN_BUDGET_CALLS * one
     over = sum(
         1
         for c in contents

@@ -28,6 +28,7 @@ from langgraph.config import get_config
 from langgraph.types import Command
 
 from graphthrift import diagnostics
+from graphthrift.errors import BudgetExceeded, classify_error
 from graphthrift.kernel import cache_scope, run_tags
 from graphthrift.langgraph.resilience import (
     message_fingerprint,
@@ -46,6 +47,7 @@ from graphthrift.resilience import (
     Failover,
     RequestDedup,
     Retrier,
+    RunBudget,
     SharedRateLimiter,
     SingleFlight,
     ToolIdempotency,
@@ -88,6 +90,23 @@ def _response_usage(response: Any) -> Usage | None:
     return None
 
 
+def _call_tokens(request: ModelRequest[Any], name: str, default_cap: int) -> tuple[int, int]:
+    """The call's counted input tokens and its capped output (``max_tokens`` of the call or
+    the model, else ``default_cap``): what a budget must assume the provider bills."""
+    messages = list(request.messages)
+    if request.system_message is not None:
+        messages.insert(0, request.system_message)
+    settings = request.model_settings or {}
+    cap = settings.get("max_tokens") or getattr(request.model, "max_tokens", None)
+    cap = cap if isinstance(cap, int) and cap > 0 else default_cap
+    return count_messages(messages, name).tokens, cap
+
+
+def _run_id(tags: Mapping[str, Any]) -> str | None:
+    run_id = tags.get("run_id")
+    return None if run_id is None else str(run_id)
+
+
 class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Identical concurrent model calls make one provider call; failures retry within caps.
 
@@ -110,6 +129,10 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             answer instead of generating again. Runs without a request id pass through.
         header: the request header holding the request id (case-insensitive).
         model_name: the priced name of the agent's model (default: read from the model).
+        run_budget: a ``RunBudget``: each delivered call is charged to its run at its real
+            usage, each timed-out call at its input plus capped output (the provider bills
+            it), and an attempt that would take the run over its budget is refused with
+            ``BudgetExceeded`` instead of being retried.
 
     It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
     and fallbacks inside it are shared too.
@@ -130,12 +153,15 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         request_dedup: RequestDedup | None = None,
         header: str | None = "x-request-id",
         model_name: str | None = None,
+        run_budget: RunBudget | None = None,
     ) -> None:
         super().__init__()
-        if all(x is None for x in (single_flight, retrier, rate_limiter, request_dedup)):
+        self.run_budget = run_budget
+        layers = (single_flight, retrier, rate_limiter, request_dedup, run_budget)
+        if all(x is None for x in layers):
             raise ValueError(
-                "ResilienceMiddleware needs a single_flight, a retrier, a rate_limiter "
-                "or a request_dedup"
+                "ResilienceMiddleware needs a single_flight, a retrier, a rate_limiter, "
+                "a request_dedup or a run_budget"
             )
         if request_dedup is not None and not isinstance(request_dedup, RequestDedup):
             raise TypeError(
@@ -216,6 +242,48 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         tokens = count_messages(messages, name).tokens + cap
         return name, tokens, None if tenant is None else str(tenant)
 
+    def _spend_check(
+        self, request: ModelRequest[Any], args: Mapping[str, Any]
+    ) -> tuple[str, int, int] | None:
+        """(priced model, input tokens, output cap) of this attempt, after checking it fits
+        the run's budget (``BudgetExceeded`` when it does not); None without a run budget."""
+        budget = self.run_budget
+        if budget is None:
+            return None
+        name = model_name(request.model) or args["model"] or "unknown"
+        tokens, cap = _call_tokens(request, name, self.max_output_tokens)
+        run_id = _run_id(args["tags"])
+        if not budget.fits(run_id, name, tokens, cap):
+            raise BudgetExceeded(
+                "max_usd",
+                budget.max_usd,
+                budget.spent(run_id),
+                f"run {run_id}",
+                requested=budget.estimate(name, tokens, cap),
+            )
+        return name, tokens, cap
+
+    def _spend_failed(
+        self, spend: tuple[str, int, int] | None, args: Mapping[str, Any], exc: BaseException
+    ) -> None:
+        """A timed-out attempt ran at the provider, which bills it: book it as spent."""
+        if spend is not None and self.run_budget is not None and classify_error(exc) == "timeout":
+            self.run_budget.charge_timeout(args["tags"], *spend)
+
+    def _spend_done(
+        self, spend: tuple[str, int, int] | None, args: Mapping[str, Any], response: Any
+    ) -> None:
+        if spend is None or self.run_budget is None:
+            return
+        used = _response_usage(response)
+        name, tokens, cap = spend
+        usd = self.run_budget.estimate(
+            name,
+            tokens if used is None else used.input_tokens,
+            cap if used is None else used.output_tokens,
+        )
+        self.run_budget.charge(_run_id(args["tags"]), usd)
+
     def wrap_model_call(
         self,
         request: ModelRequest[Any],
@@ -226,13 +294,23 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         args = self._args(request)
         retrier = self.retrier
 
+        def billed() -> ModelResponse[Any]:
+            spend = self._spend_check(request, args)
+            try:
+                response = handler(request)
+            except Exception as exc:
+                self._spend_failed(spend, args, exc)
+                raise
+            self._spend_done(spend, args, response)
+            return response
+
         def once() -> ModelResponse[Any]:
             limiter = self.rate_limiter
             if limiter is None:
-                return handler(request)
+                return billed()
             name, tokens, tenant = self._rate_args(request, args)
             held = limiter.acquire(name, tokens=tokens, tenant_id=tenant, priority=self.priority)
-            response = handler(request)
+            response = billed()
             used = _response_usage(response)
             if used is not None:
                 limiter.settle(held, used_tokens=used.input_tokens + used.output_tokens)
@@ -261,15 +339,25 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         """Async twin of ``wrap_model_call``."""
         args = self._args(request)
 
+        async def billed() -> ModelResponse[Any]:
+            spend = self._spend_check(request, args)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                self._spend_failed(spend, args, exc)
+                raise
+            self._spend_done(spend, args, response)
+            return response
+
         async def once() -> ModelResponse[Any]:
             limiter = self.rate_limiter
             if limiter is None:
-                return await handler(request)
+                return await billed()
             name, tokens, tenant = self._rate_args(request, args)
             held = await limiter.aacquire(
                 name, tokens=tokens, tenant_id=tenant, priority=self.priority
             )
-            response = await handler(request)
+            response = await billed()
             used = _response_usage(response)
             if used is not None:
                 await asyncio.to_thread(
@@ -441,6 +529,11 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         fits: ``model name -> bool``, whether the call fits the run's budget.
         ledger: where decisions are written.
         model_name: the name of the agent's own model (default: read from the model).
+        run_budget: a ``RunBudget``: a candidate whose call (counted input plus capped
+            output, ``max_output_tokens`` unless the call sets ``max_tokens``) would take the
+            run past its budget, given what the run has spent (billed timeouts included), is
+            skipped as ``"over budget"``.
+        max_output_tokens: the output cap assumed when the call sets none.
     """
 
     def __init__(
@@ -451,6 +544,8 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         fits: Callable[[str], bool] | None = None,
         ledger: Ledger | None = None,
         model_name: str | None = None,
+        run_budget: RunBudget | None = None,
+        max_output_tokens: int = 1024,
     ) -> None:
         super().__init__()
         if not fallbacks:
@@ -460,11 +555,30 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.fits = fits
         self.ledger = ledger
         self.model_name = model_name
+        self.run_budget = run_budget
+        self.max_output_tokens = max_output_tokens
+
+    def _fits(self, request: ModelRequest[Any]) -> Callable[[str], bool] | None:
+        """``fits`` and the run budget's check, for this request."""
+        budget, fits = self.run_budget, self.fits
+        if budget is None:
+            return fits
+        run_id = _run_id(run_tags(_run_config()))
+
+        def check(name: str) -> bool:
+            if fits is not None and not fits(name):
+                return False
+            tokens, cap = _call_tokens(request, name, self.max_output_tokens)
+            return budget.fits(run_id, name, tokens, cap)
+
+        return check
 
     def _plan(self, request: ModelRequest[Any]) -> tuple[Failover, dict[str, Any]]:
         primary = self.model_name or model_name(request.model) or "primary"
         models = {primary: request.model, **self.fallbacks}
-        failover = Failover(list(models), breaker=self.breaker, fits=self.fits, ledger=self.ledger)
+        failover = Failover(
+            list(models), breaker=self.breaker, fits=self._fits(request), ledger=self.ledger
+        )
         return failover, models
 
     def wrap_model_call(

@@ -12,6 +12,7 @@ from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.retry import RETRYABLE, Backoff, Retrier, RetryBudget, retry_after_of
 from graphthrift.resilience.shutdown import DrainReport, GracefulShutdown
 from graphthrift.resilience.singleflight import SingleFlight
+from graphthrift.resilience.spend import RunBudget
 
 __all__ = [
     "JSON_CODEC",
@@ -28,6 +29,7 @@ __all__ = [
     "RequestDedup",
     "Retrier",
     "RetryBudget",
+    "RunBudget",
     "SharedRateLimiter",
     "SingleFlight",
     "ToolIdempotency",

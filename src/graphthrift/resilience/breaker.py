@@ -63,6 +63,7 @@ class _Circuit:
     opened_at: float = 0.0
     probes: int = 0
     streak: int = 0  # outage failures in a row
+    wait_s: float = 0.0  # seconds from opened_at to the next probe (0: the breaker's first)
 
     def to_json(self, keep: int) -> str:
         outcomes = [[t, bad] for t, bad in list(self.outcomes)[-keep:]]
@@ -73,6 +74,7 @@ class _Circuit:
                 "opened_at": self.opened_at,
                 "probes": self.probes,
                 "streak": self.streak,
+                "wait_s": self.wait_s,
             }
         )
 
@@ -85,6 +87,7 @@ class _Circuit:
             opened_at=float(data["opened_at"]),
             probes=int(data["probes"]),
             streak=int(data["streak"]),
+            wait_s=float(data.get("wait_s", 0.0)),
         )
 
 
@@ -109,8 +112,17 @@ class CircuitBreaker:
         error_rate: the share of failed calls that opens it.
         consecutive: failures in a row that open it whatever the window's rate (a provider
             that goes down after a long healthy stretch keeps a low rate for a while).
-        open_s: seconds it stays open before letting a probe through.
+        open_s: the longest it stays open before letting a probe through.
+        probe_after_s: seconds after opening before the first probe (default ``open_s / 6``).
+            A probe that timed out (the provider bills it) doubles the wait, up to ``open_s``;
+            one refused at once (a 5xx, not billed) costs only its latency, so the wait stays
+            short. A short wait returns traffic to the primary soon after an outage ends,
+            instead of paying the dearer fallback for the whole ``open_s``.
         probes: calls let through while half-open.
+        probe_wait_s: while a probe is in flight, how long a ``Failover`` caller waits for
+            its outcome before going to the next candidate (0: it does not wait). Waiting
+            costs latency; going on costs the dearer candidate's price, and right after an
+            outage a whole wave of callers would pay it while one probe is answered.
         store: share every circuit through PostgreSQL (``graphthrift_circuits``): a provider
             one process found down is skipped by all, and half-open probes are counted across
             processes. Without it, each process learns a provider's health on its own. A store
@@ -127,6 +139,8 @@ class CircuitBreaker:
         open_s: float = 30.0,
         probes: int = 1,
         consecutive: int = 5,
+        probe_after_s: float | None = None,
+        probe_wait_s: float = 0.0,
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -138,7 +152,13 @@ class CircuitBreaker:
             raise ValueError(f"min_calls and probes must be >= 1, got {min_calls}, {probes}")
         if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
             raise ConfigError("consecutive", consecutive, "must be an int >= 1")
+        if probe_after_s is not None and not 0 < probe_after_s <= open_s:
+            raise ConfigError("probe_after_s", probe_after_s, f"must be in (0, open_s={open_s}]")
         self.consecutive = consecutive
+        self.probe_after_s = open_s / 6 if probe_after_s is None else probe_after_s
+        if not probe_wait_s >= 0:
+            raise ConfigError("probe_wait_s", probe_wait_s, "must be >= 0")
+        self.probe_wait_s = probe_wait_s
         self.window_s = window_s
         self.min_calls = min_calls
         self.error_rate = error_rate
@@ -188,9 +208,13 @@ class CircuitBreaker:
     def state(self, model: str) -> State:
         """The model's circuit now (an open one past ``open_s`` reads as half-open)."""
         with self._circuit(model, write=False) as circuit:
-            if circuit.state == "open" and self.clock() - circuit.opened_at >= self.open_s:
+            if circuit.state == "open" and self.clock() - circuit.opened_at >= self._wait(circuit):
                 return "half_open"
             return circuit.state
+
+    def _wait(self, circuit: _Circuit) -> float:
+        """Seconds from the circuit's opening to its next probe."""
+        return circuit.wait_s if circuit.wait_s > 0 else self.probe_after_s
 
     def allow(self, model: str) -> bool:
         """Whether a call to ``model`` may go now (taking a probe slot when half-open)."""
@@ -198,13 +222,32 @@ class CircuitBreaker:
             if circuit.state == "closed":
                 return True
             if circuit.state == "open":
-                if self.clock() - circuit.opened_at < self.open_s:
+                if self.clock() - circuit.opened_at < self._wait(circuit):
                     return False
                 circuit.state, circuit.probes = "half_open", 0
             if circuit.probes < self.probes:
                 circuit.probes += 1
                 return True
             return False
+
+    def admit(self, model: str) -> bool:
+        """``allow``, or, while a probe of ``model`` is in flight, wait up to
+        ``probe_wait_s`` for its outcome: allowed once it closes the circuit, refused once it
+        reopens it or the wait ends."""
+        if self.allow(model):
+            return True
+        if self.probe_wait_s <= 0 or self.state(model) != "half_open":
+            return False
+        deadline = time.monotonic() + self.probe_wait_s
+        pause = min(0.005, self.probe_wait_s / 10)
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            if self.state(model) == "open":
+                return False
+            if self.allow(model):
+                diagnostics.count("failover_waited_for_probe")
+                return True
+        return False
 
     def record(self, model: str, error: BaseException | None) -> None:
         """Count a call's outcome; a provider error may open the circuit."""
@@ -219,10 +262,13 @@ class CircuitBreaker:
             if circuit.state == "half_open":
                 if failed:
                     circuit.state, circuit.opened_at = "open", now
+                    if kind == "timeout":  # a billed probe: probe a long outage less often
+                        circuit.wait_s = min(self.open_s, 2 * self._wait(circuit))
                     diagnostics.count("circuit_reopened")
                 else:
                     circuit.outcomes.clear()
                     circuit.state, circuit.probes, circuit.streak = "closed", 0, 0
+                    circuit.wait_s = 0.0
                     diagnostics.count("circuit_closed")
                 return
             circuit.outcomes.append((now, failed))
@@ -235,7 +281,7 @@ class CircuitBreaker:
                 circuit.streak >= self.consecutive
                 or (calls >= self.min_calls and errors / calls >= self.error_rate)
             ):
-                circuit.state, circuit.opened_at = "open", now
+                circuit.state, circuit.opened_at, circuit.wait_s = "open", now, 0.0
                 diagnostics.count(
                     "circuit_opened",
                     "graphthrift: circuit of %s opened (%d of %d calls failed in %.0fs)",
@@ -276,10 +322,13 @@ class Failover:
         self.fits = fits
         self.ledger = ledger
 
-    def _skip_reason(self, model: str, reasons: Mapping[str, str]) -> str | None:
+    def _skip_reason(
+        self, model: str, reasons: Mapping[str, str], *, wait: bool = True
+    ) -> str | None:
         if self.fits is not None and not self.fits(model):
             return "over budget"
-        if not self.breaker.allow(model):
+        allowed = self.breaker.admit(model) if wait else self.breaker.allow(model)
+        if not allowed:
             if model == self.models[-1] and all(r == "circuit open" for r in reasons.values()):
                 # every circuit open: the breaker spares a provider while another can answer,
                 # it must not fail the run without one call; the last resort is asked
@@ -309,13 +358,19 @@ class Failover:
 
     def _gate(self, model: str, seen: list[BaseException]) -> Callable[[BaseException], bool]:
         """The ``RETRY_GATE`` for one candidate: every failed attempt counts towards its
-        circuit, and retrying stops once the circuit opens (unless no candidate is left)."""
+        circuit, and retrying stops once the circuit opens (unless no candidate is left, or
+        the error is a rate limit: the provider is up and its ``retry-after`` is cheaper to
+        wait out than the next candidate's price)."""
         last = model == self.models[-1]
 
         def gate(exc: BaseException) -> bool:
             self.breaker.record(model, exc)
             seen.append(exc)
-            return last or self.breaker.state(model) == "closed"
+            if last or classify_error(exc) == "rate_limit":
+                # a 429 says the provider is up: waiting out its retry-after costs this
+                # candidate's price once more, failing over costs the next (dearer) one's
+                return True
+            return self.breaker.state(model) == "closed"
 
         return gate
 
@@ -334,6 +389,20 @@ class Failover:
         if kind not in RETRYABLE:
             raise exc
         reasons[model] = kind if cause is exc else f"retry budget spent ({kind})"
+
+    def _second_chance(self, reasons: Mapping[str, str]) -> str | None:
+        """When the run's budget refused a candidate, the first one that failed with a
+        transient error and still fits gets one more go: retrying the cheaper model costs
+        less than failing the run, and the dearer one cannot be paid for."""
+        if "over budget" not in reasons.values():
+            return None
+        for model in self.models:
+            if reasons.get(model) not in RETRYABLE:
+                continue
+            if (self.fits is None or self.fits(model)) and self.breaker.allow(model):
+                diagnostics.count("failover_second_chance")
+                return model
+        return None
 
     def call(self, fn: Callable[[str], T], *, tags: Mapping[str, Any] | None = None) -> T:
         """``fn(model)`` on the first candidate that is allowed, fits and answers."""
@@ -357,6 +426,21 @@ class Failover:
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value
+        again = self._second_chance(reasons)
+        if again is not None:
+            seen = []
+            token = RETRY_GATE.set(self._gate(again, seen))
+            try:
+                value = fn(again)
+            except Exception as exc:
+                self._failed(again, exc, reasons, seen)
+                last = exc
+            else:
+                self.breaker.record(again, None)
+                self._book(again, reasons, tags or {})
+                return value
+            finally:
+                RETRY_GATE.reset(token)
         self._book(None, reasons, tags or {})
         raise NoCandidateLeft(reasons) from last
 
@@ -367,7 +451,7 @@ class Failover:
         reasons: dict[str, str] = {}
         last: BaseException | None = None
         for model in self.models:
-            why = self._skip_reason(model, reasons)
+            why = self._skip_reason(model, reasons, wait=False)  # no blocking wait in a loop
             if why is not None:
                 reasons[model] = why
                 continue
@@ -384,5 +468,20 @@ class Failover:
             self.breaker.record(model, None)
             self._book(model, reasons, tags or {})
             return value
+        again = self._second_chance(reasons)
+        if again is not None:
+            seen = []
+            token = RETRY_GATE.set(self._gate(again, seen))
+            try:
+                value = await fn(again)
+            except Exception as exc:
+                self._failed(again, exc, reasons, seen)
+                last = exc
+            else:
+                self.breaker.record(again, None)
+                self._book(again, reasons, tags or {})
+                return value
+            finally:
+                RETRY_GATE.reset(token)
         self._book(None, reasons, tags or {})
         raise NoCandidateLeft(reasons) from last
