@@ -9,6 +9,7 @@ a fixed-usage chat completion. ``submissions`` counts ``POST /v1/batches``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from typing import Any
@@ -45,6 +46,7 @@ class BatchServer:
         h.expect_request(re.compile(r"^/v1/batches/[^/]+$"), method="GET").respond_with_handler(
             self._get
         )
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per poll in the bench
         h.start()
         return self
 
