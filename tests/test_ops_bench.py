@@ -35,3 +35,8 @@ def test_bench_ops_quick_writes_its_figures(store: Store, tmp_path: Path) -> Non
     assert anomaly["false_alerts_per_week_per_20_series"] <= 1  # the target
     assert figures["export_rows"] == 3000 and figures["export_seconds"] > 0
     assert set(figures["batch"]) >= {"cost_ratio_vs_sync", "submissions_after_restart"}
+    batch = figures["batch"]
+    assert batch["answered"] == 1_000 and batch["ledger_rows"] == 1_000
+    assert abs(batch["cost_ratio_vs_sync"] - 0.5) < 1e-6  # the target: half price
+    assert batch["submissions_before_restart"] == 1  # the restart came mid-job
+    assert batch["submissions_after_restart"] == 1  # picked up after the restart, not resubmitted

@@ -212,3 +212,46 @@ def test_distill_callback_captures_a_graphs_answers_with_its_tags(
     assert "eve@example.com" not in json.dumps([r["prompt"] for r in rows])
     figures = export_distill(store, tmp_path, feature="routing", route="strong", tenant_id=tenant)
     assert figures["pairs"] == 3
+
+
+def test_cli_export_distill_hf_datasets_layout_round_trips(
+    store: Store, tenant: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    from graphthrift.cli import main
+
+    capture = DistillCapture(store, enabled=True)
+    pairs = {n: f"label {n % 4} for {n}" for n in range(120)}
+    for n, answer in pairs.items():
+        capture.capture(prompt(n), answer, tenant_id=tenant, feature="hf-triage", route="strong")
+    out = tmp_path / "figures.json"
+    target = tmp_path / "hf"
+    where = ["--feature", "hf-triage", "--route", "strong", "--tenant-id", tenant]
+    how = ["--since", "1d", "--format", "hf-datasets", "--held-out", "0.25"]
+    into = ["--out", str(target), "--json", str(out)]
+    status = main(["--url", store.url, "export", "distill", *where, *how, *into])
+    assert status == 0
+    figures = json.loads(out.read_text())
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "test.jsonl", "train.jsonl"]
+    card = (target / "README.md").read_text()
+    front = card.split("---\n")[1]  # the YAML front matter datasets.load_dataset(dir) reads
+    config = yaml.safe_load(front)["configs"][0]
+    assert config["config_name"] == "default"
+    assert config["data_files"] == [
+        {"split": "train", "path": "train.jsonl"},
+        {"split": "test", "path": "test.jsonl"},
+    ]
+    splits = {
+        name: [json.loads(x) for x in (target / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "test")
+    }
+    assert len(splits["train"]) == figures["train"] and len(splits["test"]) == figures["held_out"]
+    assert 10 <= figures["held_out"] <= 50 and figures["pairs"] == 120
+    expected = {
+        json.dumps({"messages": [*prompt(n), {"role": "assistant", "content": a}]}, sort_keys=True)
+        for n, a in pairs.items()
+    }
+    written = [json.dumps(r, sort_keys=True) for r in splits["train"] + splits["test"]]
+    assert len(written) == len(set(written)) and set(written) == expected
+    assert all(set(r) == {"messages"} for r in splits["train"] + splits["test"])

@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
-from typing import Any, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from graphthrift import diagnostics
 from graphthrift.budget.ladder import (
@@ -84,6 +84,7 @@ from graphthrift.budget.limits import (
     tags_from_metadata,
     utc_day,
 )
+from graphthrift.budget.refusals import record_refusal
 from graphthrift.budget.reservation import Estimate, Reservation
 from graphthrift.budget.settlement import PendingCharges, actual_cost
 from graphthrift.budget.store import (
@@ -108,6 +109,9 @@ from graphthrift.errors import (
 )
 from graphthrift.ledger.prices import PriceBook, default_price_book
 from graphthrift.ledger.records import LedgerRecord
+
+if TYPE_CHECKING:
+    from graphthrift.ledger.ledger import Ledger
 from graphthrift.store.postgres import Store
 from graphthrift.text.tokens import count_messages
 
@@ -169,6 +173,8 @@ class Budget:
         clock: returns the current time (UTC days are taken from it); for tests.
         max_pending: settlements kept in process while the store is unreachable, charged
             when it answers again (default 10,000; older ones are dropped and counted).
+        ledger: a ``Ledger`` that gets one ``kind="refusal"`` row (the run's tags and the
+            limit's name) per refusal, which ``graphthrift alerts`` watches; fails open.
 
     Raises:
         ConfigError: a limit that is zero, negative or not finite, an unknown scope or
@@ -194,6 +200,7 @@ class Budget:
         clock: Callable[[], datetime] | None = None,
         max_pending: int | None = None,
         max_tool_calls_per_run: int | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.max_usd: dict[str, float] = scope_limits("max_usd", max_usd, integer=False)
         self.max_tokens: dict[str, int] = scope_limits("max_tokens", max_tokens, integer=True)
@@ -220,6 +227,7 @@ class Budget:
                 "scope limits (max_usd / max_tokens) need a store: Budget(Store(), ...)",
             )
         self.store = store
+        self.ledger = ledger
         self.fail_closed = (
             env_flag("GRAPHTHRIFT_BUDGET_FAIL_CLOSED") if fail_closed is None else fail_closed
         )
@@ -478,8 +486,10 @@ class Budget:
         Raises:
             ConfigError: an unknown keyword argument (also a ``TypeError``).
         """
-        result = self.try_reserve(model, messages, **_reserve_options("reserve", options))
+        opts = _reserve_options("reserve", options)
+        result = self.try_reserve(model, messages, **opts)
         if isinstance(result, Shortfall):
+            self.record_refusal(result.limit_name, opts.get("tags"), model)
             raise result.error()
         return result
 
@@ -490,8 +500,10 @@ class Budget:
         **options: Unpack[ReserveOptions],
     ) -> Reservation:
         """Async twin of ``reserve``."""
-        result = await self.atry_reserve(model, messages, **_reserve_options("areserve", options))
+        opts = _reserve_options("areserve", options)
+        result = await self.atry_reserve(model, messages, **opts)
         if isinstance(result, Shortfall):
+            self.record_refusal(result.limit_name, opts.get("tags"), model)
             raise result.error()
         return result
 
@@ -781,9 +793,14 @@ class Budget:
         can = available_steps(cheaper_model, compress, summarize, interrupt)
         steps = program(self, model, list(messages), cheaper_model, can, max_output_tokens)
         rungs = {"compress": compress, "summarize": summarize, "interrupt": interrupt}
-        return drive(
-            steps, lambda est, force: self._reserve_estimate(est, tags or {}, force), rungs
-        )
+        try:
+            done = drive(
+                steps, lambda est, force: self._reserve_estimate(est, tags or {}, force), rungs
+            )
+        except BudgetExceeded as exc:
+            self.record_refusal(exc.limit_name, tags, model)
+            raise
+        return self._stopped(done, tags)
 
     async def apreflight(
         self,
@@ -805,7 +822,24 @@ class Budget:
         def reserve(est: Estimate, force: bool) -> Awaitable[Reservation | Shortfall]:
             return self._areserve_estimate(est, tags or {}, force)
 
-        return await adrive(steps, reserve, rungs)
+        try:
+            done = await adrive(steps, reserve, rungs)
+        except BudgetExceeded as exc:
+            self.record_refusal(exc.limit_name, tags, model)
+            raise
+        return self._stopped(done, tags)
+
+    def _stopped(self, done: Preflight, tags: Mapping[str, Any] | None) -> Preflight:
+        """A ladder that ended the run is one refusal: write its row."""
+        if done.outcome == "end" and done.shortfall is not None:
+            self.record_refusal(done.shortfall.limit_name, tags, done.model)
+        return done
+
+    def record_refusal(
+        self, limit_name: str, tags: Mapping[str, Any] | None = None, model: str | None = None
+    ) -> None:
+        """Write one ``kind="refusal"`` ledger row (when this budget has a ``ledger``)."""
+        record_refusal(self.ledger, limit_name, tags, model)
 
     def allowed_tool_calls(self, requested: int, *, used_in_run: int = 0) -> int:
         """How many of ``requested`` tool calls in one step the budget lets run.

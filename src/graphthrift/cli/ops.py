@@ -9,7 +9,7 @@
         [--webhook URL] [--json PATH] [--prometheus-rules PATH]
     graphthrift batch list [--status S] [--limit N] [--json PATH]
     graphthrift export distill --feature F [--route strong] [--since 30d] --out DIR
-        [--format openai-jsonl|anthropic-jsonl] [--held-out 0.1] [--json PATH]
+        [--format openai-jsonl|anthropic-jsonl|hf-datasets] [--held-out 0.1] [--json PATH]
     graphthrift batch status JOB_ID [--json PATH]
     graphthrift batch resume JOB_ID [--timeout S]   # poll, collect and book a stored job
 
@@ -65,10 +65,17 @@ def add_parsers(subparsers: Any) -> None:
     distill.add_argument("--since", type=_since, help="window start (default: 30 days ago)")
     distill.add_argument("--tenant-id", dest="tenant_id")
     distill.add_argument(
-        "--format", dest="fmt", default="openai-jsonl", choices=["openai-jsonl", "anthropic-jsonl"]
+        "--format",
+        dest="fmt",
+        default="openai-jsonl",
+        choices=["openai-jsonl", "anthropic-jsonl", "hf-datasets"],
     )
     distill.add_argument("--held-out", type=float, default=0.1)
-    distill.add_argument("--out", required=True, help="directory for train/held_out JSONL")
+    distill.add_argument(
+        "--out",
+        required=True,
+        help="directory for train/held_out JSONL (hf-datasets: train/test + README card)",
+    )
     distill.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
 
     batch: argparse.ArgumentParser = subparsers.add_parser(

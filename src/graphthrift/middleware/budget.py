@@ -45,6 +45,7 @@ from graphthrift.kernel import (
     run_config,
     run_tags,
 )
+from graphthrift.ledger.ledger import Ledger
 from graphthrift.provenance import OWN_MESSAGE_KEY, degraded_call, fabricated
 from graphthrift.route.router import collect_calls
 
@@ -347,6 +348,8 @@ class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
         max_tool_calls_per_run: the cap per invocation (default: the ``budget``'s).
         budget: a ``Budget`` whose ``max_tool_calls_per_step``/``_per_run`` are used.
         exit_behavior: ``"continue"`` or ``"error"``.
+        ledger: gets one ``kind="refusal"`` row per refused call (default: the ``budget``'s).
+        tags: fixed run tags for those rows (the run's own metadata wins).
 
     Example:
         >>> agent = create_agent(model, tools, middleware=[
@@ -362,6 +365,8 @@ class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
         max_tool_calls_per_run: int | None = None,
         budget: Budget | None = None,
         exit_behavior: Literal["continue", "error"] = "continue",
+        ledger: Ledger | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if exit_behavior not in ("continue", "error"):
@@ -383,7 +388,12 @@ class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
                 raise ConfigError(label, limit, "must be an int >= 1")
         self.max_tool_calls_per_step = step
         self.max_tool_calls_per_run = run
-        self._limits = Budget(max_tool_calls_per_step=step, max_tool_calls_per_run=run)
+        self._limits = Budget(
+            max_tool_calls_per_step=step,
+            max_tool_calls_per_run=run,
+            ledger=budget.ledger if budget is not None else ledger,
+        )
+        self.tags = dict(tags or {})
         self.exit_behavior = exit_behavior
 
     def before_agent(self, state: Any, runtime: Runtime[Any]) -> dict[str, Any] | None:
@@ -438,6 +448,7 @@ class ToolBudgetMiddleware(AgentMiddleware[ToolBudgetAgentState, Any, Any]):
     def _refuse(self, request: Any, verdict: tuple[str, int, int]) -> ToolMessage:
         name, limit, index = verdict
         scope = "step" if name.endswith("step") else "run"
+        self._limits.record_refusal(name, _tags(self.tags, request.state))
         if self.exit_behavior == "error":
             raise BudgetExceeded(name, limit, index, scope, 1)
         return ToolMessage(

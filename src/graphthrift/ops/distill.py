@@ -6,7 +6,10 @@ may also drop the pair), and each row expires after ``retention_days`` (``purge`
 what expired; exports never read it).
 
 ``export_distill`` writes a deduplicated set of successful calls for one feature (and
-route) as OpenAI or Anthropic fine-tuning JSONL, with a held-out split chosen by hash (so a
+route) as OpenAI or Anthropic fine-tuning JSONL, or as a Hugging Face dataset directory
+(``hf-datasets``: ``train.jsonl`` / ``test.jsonl`` of ``messages`` records and a
+``README.md`` card whose YAML ``configs`` name the splits, so ``datasets.load_dataset(dir)``
+reads it with no conversion), with a held-out split chosen by hash (so a
 pair stays on its side across exports). It also says whether distilling pays: seed 001
 puts the break-even at roughly 1M calls per month per task, against the task's volume
 and cost in the ledger.
@@ -37,7 +40,7 @@ __all__ = [
 
 #: Seed 001: distilling a task onto a small model pays only above about this volume.
 BREAK_EVEN_CALLS_PER_MONTH = 1_000_000
-DISTILL_FORMATS: tuple[str, ...] = ("openai-jsonl", "anthropic-jsonl")
+DISTILL_FORMATS: tuple[str, ...] = ("openai-jsonl", "anthropic-jsonl", "hf-datasets")
 _ROLES = ("system", "user", "assistant")
 
 Message = Mapping[str, Any]
@@ -183,6 +186,30 @@ def _anthropic_line(prompt: list[dict[str, str]], answer: str) -> dict[str, Any]
     return line
 
 
+def _dataset_card(feature: str, route: str | None, counts: Mapping[str, int]) -> str:
+    """A Hugging Face dataset card: YAML ``configs`` naming the splits, then a summary."""
+    where = f"feature `{feature}`" + (f", route `{route}`" if route else "")
+    return (
+        "---\n"
+        "configs:\n"
+        "- config_name: default\n"
+        "  data_files:\n"
+        "  - split: train\n"
+        "    path: train.jsonl\n"
+        "  - split: test\n"
+        "    path: test.jsonl\n"
+        "task_categories:\n"
+        "- text-generation\n"
+        "---\n\n"
+        f"# Distillation set: {feature}\n\n"
+        f"Teacher outputs of the {where}, exported by `graphthrift export distill`:"
+        " successful calls only, deduplicated, one chat per line as `messages`"
+        " (`role`/`content`, the last one the teacher's answer).\n\n"
+        f"- train: {counts['train']} chats\n"
+        f"- test (held out by hash): {counts['held_out']} chats\n"
+    )
+
+
 def export_distill(
     store: Any,
     out_dir: str | Path,
@@ -197,6 +224,9 @@ def export_distill(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Write ``train.jsonl`` and ``held_out.jsonl`` under ``out_dir``; return the figures.
+
+    ``fmt="hf-datasets"`` writes the Hugging Face layout instead: ``train.jsonl``,
+    ``test.jsonl`` (the held-out split) and a ``README.md`` dataset card naming them.
 
     Only successful, unexpired, deduplicated pairs are written. The figures include the
     task's ``monthly_calls`` and ``monthly_cost_usd`` (from the ledger over the window,
@@ -238,14 +268,15 @@ def export_distill(
         ).one()
     if not rows:
         raise NothingToExport(feature, route)
-    line = _openai_line if fmt == "openai-jsonl" else _anthropic_line
+    line = _anthropic_line if fmt == "anthropic-jsonl" else _openai_line
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
     cut = int(held_out * 10_000)
     counts = {"train": 0, "held_out": 0}
+    test_name = "test.jsonl" if fmt == "hf-datasets" else "held_out.jsonl"
     with (
         (target / "train.jsonl").open("w", encoding="utf-8") as train,
-        (target / "held_out.jsonl").open("w", encoding="utf-8") as test,
+        (target / test_name).open("w", encoding="utf-8") as test,
     ):
         for row in rows:
             side = "held_out" if int(row.hash[:8], 16) % 10_000 < cut else "train"
@@ -253,6 +284,11 @@ def export_distill(
                 json.dumps(line(list(row.prompt), row.answer)) + "\n"
             )
             counts[side] += 1
+    files = [str(target / "train.jsonl"), str(target / test_name)]
+    if fmt == "hf-datasets":
+        card = target / "README.md"
+        card.write_text(_dataset_card(feature, route, counts), encoding="utf-8")
+        files.append(str(card))
     days = max((now - since).total_seconds() / 86_400, 1 / 24)
     monthly_calls = round(int(calls) * 30 / days)
     monthly_cost = float(cost) * 30 / days
@@ -276,5 +312,5 @@ def export_distill(
         "break_even_calls_per_month": break_even_calls,
         "pays": pays,
         "verdict": verdict,
-        "files": [str(target / "train.jsonl"), str(target / "held_out.jsonl")],
+        "files": files,
     }
