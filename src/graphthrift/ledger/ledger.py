@@ -461,14 +461,23 @@ def _is_outage(exc: BaseException) -> bool:
     import psycopg
     from sqlalchemy.exc import DBAPIError
 
+    # a record the server can never take (a value past a limit) is bad data, not an outage,
+    # although PostgreSQL files "program limit exceeded" under its operational errors
+    records_fault = (
+        psycopg.errors.DataError
+        | psycopg.errors.IntegrityError
+        | psycopg.errors.ProgramLimitExceeded
+    )
     if isinstance(exc, StoreUnavailable | OSError | TimeoutError):
         return True
     if isinstance(exc, DBAPIError):
+        if isinstance(exc.orig, records_fault):
+            return False
         return bool(exc.connection_invalidated) or isinstance(
             exc.orig, psycopg.OperationalError | psycopg.InterfaceError
         )
     if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.AdminShutdown):
         return True
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
-        exc, psycopg.errors.DataError | psycopg.errors.IntegrityError
+        exc, records_fault
     )

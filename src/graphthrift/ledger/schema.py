@@ -173,6 +173,20 @@ rollup_table = _rollup_shape(ROLLUP_TABLE)
 daily_table = _rollup_shape(DAILY_TABLE)
 
 
+TAG_KEY_BYTES = 128
+"""A tag longer than this (in bytes) is rolled up as its first 40 characters and its md5: the
+raw row keeps it whole, and the rollup key stays far below PostgreSQL's index row limit (a
+10 MB tag made every batch that carried it fail)."""
+
+
+def bounded_tag(column: str) -> str:
+    """SQL for ``column`` as the rollups key it: itself, or its head and md5 when too long."""
+    return (
+        f"CASE WHEN octet_length({column}) > {TAG_KEY_BYTES}"
+        f" THEN left({column}, 40) || '...md5:' || md5({column}) ELSE {column} END"
+    )
+
+
 def rollup_insert(source: str, table: str = ROLLUP_TABLE, unit: str = "hour") -> str:
     """SQL that adds ``source``'s rows (a table or transition table) into the rollups of
     ``unit`` (``hour`` or ``day``, in UTC) in ``table``.
@@ -181,13 +195,14 @@ def rollup_insert(source: str, table: str = ROLLUP_TABLE, unit: str = "hour") ->
     wait for each other instead of deadlocking.
     """
     tags = ", ".join(ROLLUP_TAGS)
+    bounded = ", ".join(bounded_tag(t) for t in ROLLUP_TAGS)
     sums = ", ".join(name for name, _ in ROLLUP_SUMS)
     aggs = ", ".join(expr for _, expr in ROLLUP_SUMS)
     updates = ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name, _ in ROLLUP_SUMS)
     order = ", ".join(str(i) for i in range(1, len(ROLLUP_TAGS) + 2))
     return f"""
         INSERT INTO {table} AS h (hour, {tags}, {sums})
-        SELECT date_trunc('{unit}', ts, 'UTC'), {tags}, {aggs}
+        SELECT date_trunc('{unit}', ts, 'UTC'), {bounded}, {aggs}
         FROM {source}
         GROUP BY {order}
         ORDER BY {order}
