@@ -1,5 +1,8 @@
 """Recall: folded turns kept verbatim in pgvector, brought back when a later message needs them.
 
+Long because: the store, its hybrid scoring (vector, identifiers, BM25 over content words) and
+their sync and async paths are one idea, the recall of folded turns.
+
 Folding bounds the prompt, but a bounded summary cannot hold hundreds of turns' facts. So
 the turns a fold takes out go, word for word and scoped by tenant and thread, into a table
 on the same ``Store``; on each turn the few most relevant to the latest user message are

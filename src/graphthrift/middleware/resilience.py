@@ -1,6 +1,9 @@
 """``ResilienceMiddleware`` (single-flight and capped retries for ``create_agent`` model calls)
 and ``IdempotentToolMiddleware`` (side-effecting tools run at most once per key).
 
+Long because: the three resilience middlewares share their run-scope and ledger plumbing, and
+each has the sync and async hooks ``AgentMiddleware`` asks for.
+
 LangChain's ``ModelRetryMiddleware`` and ``ModelFallbackMiddleware`` retry and fall back one
 call at a time; they cannot see that another thread, task or process is already generating
 the same answer. This middleware makes identical concurrent model calls (same model,
