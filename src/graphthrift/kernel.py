@@ -222,7 +222,7 @@ def scoped(**tags: Any) -> Iterator[None]:
     """Run the block as one tenant's (and user's) work, for code that cannot see a config.
 
     LangChain's ``BaseCache.lookup(prompt, llm_string)`` gets no config: without a scope
-    from the run, ``as_langchain_cache()`` serves nothing (issue 12, item 2). Our callbacks
+    from the run, ``as_langchain_cache(cache)`` serves nothing (issue 12, item 2). Our callbacks
     (``CostTagger``) bind the run's tags for each model call; outside them, say it here::
 
         with graphthrift.scoped(tenant_id="acme", user_id="alice"):

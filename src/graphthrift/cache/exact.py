@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
@@ -374,23 +373,6 @@ class ExactCache(CacheLayer):
             return int(rows[0]["n"])
 
         return run_sync(self._engines.engine, plan(), self.write_timeout)
-
-    def as_langchain_cache(
-        self, *, single_tenant: bool = False, **scope: Unpack[CacheScopeKwargs]
-    ) -> Any:
-        """Deprecated: use ``graphthrift.langchain.cache.as_langchain_cache(cache, ...)``.
-
-        Kept for old code; the core imports no adapter, so this one method does, when called.
-        """
-        warnings.warn(
-            "cache.as_langchain_cache() is deprecated; use"
-            " graphthrift.langchain.as_langchain_cache(cache, ...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from graphthrift.langchain.cache import as_langchain_cache
-
-        return as_langchain_cache(self, single_tenant=single_tenant, **scope)
 
 
 def checked_cache(cache: object, scope: Mapping[str, object]) -> ExactCache:
