@@ -337,6 +337,10 @@ class Driver:
         self.run = run
         self.config = config
 
+    def turn_config(self, plan: Plan, i: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The config turn ``i`` runs with (a subclass adds per-run tags): the thread's."""
+        return config
+
     def _begin(self, plan: Plan, i: int, asked: list[str], before: int) -> tuple[Turn, int, int]:
         turn = Turn(plan.tenant, plan.user, plan.thread, i, plan.mode, plan.questions[i], asked)
         return turn, before, len(self.run.log.of(thread_id=plan.thread))
@@ -353,11 +357,12 @@ class Driver:
         for i, question in enumerate(plan.questions):
             started = self._begin(plan, i, asked, _message_count(self.graph.get_state(config)))
             inputs = {"messages": [{"role": "user", "content": question}]}
+            this_turn = self.turn_config(plan, i, config)
             try:
                 if plan.mode == "invoke":
-                    self.graph.invoke(inputs, config)
+                    self.graph.invoke(inputs, this_turn)
                 else:
-                    for _chunk in self.graph.stream(inputs, config, stream_mode="messages"):
+                    for _chunk in self.graph.stream(inputs, this_turn, stream_mode="messages"):
                         pass
             except Exception as exc:  # recorded; each scenario's completion test reports it
                 started[0].error = repr(exc)
@@ -368,9 +373,10 @@ class Driver:
         for i, question in enumerate(plan.questions):
             state = await self.graph.aget_state(config)
             started = self._begin(plan, i, asked, _message_count(state))
+            this_turn = self.turn_config(plan, i, config)
             try:
                 async for _chunk in self.graph.astream(
-                    {"messages": [{"role": "user", "content": question}]}, config
+                    {"messages": [{"role": "user", "content": question}]}, this_turn
                 ):
                     pass
             except Exception as exc:
