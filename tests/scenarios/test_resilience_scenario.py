@@ -54,6 +54,7 @@ from scenario_kit import (
 )
 
 from graphthrift import Budget, CostTagger, Ledger, SemanticCache
+from graphthrift.errors import BudgetExceeded
 from graphthrift.ledger.query import rollups_answer
 from graphthrift.middleware import (
     BudgetMiddleware,
@@ -439,3 +440,29 @@ def test_the_report_from_the_rollups_equals_the_raw_rows(traffic: Traffic) -> No
         assert sum(v["cost_usd"] for v in raw.values()) == pytest.approx(price(calls), abs=1e-9)
         served = sum(len(t.served_from_cache) for t in traffic.turns if t.tenant == tenant)
         assert sum(v["cache_hits"] for v in raw.values()) == served
+
+
+def test_a_call_the_run_budget_refuses_is_a_refusal_row(store: Any, ledger: Ledger) -> None:
+    """Without a failover around it, ``ResilienceMiddleware`` refuses the call itself."""
+    world, log = World.make(), CallLog()
+    spend = RunBudget(0.01, ledger=ledger)
+    model = RecordingChatModel(model_name=PRIMARY, reply=support_reply, log=log)
+    retrier = Retrier(max_retries=1, sleep=lambda _s: None, asleep=_no_wait)
+    agent = support_agent(
+        world,
+        model,
+        support_tools(world),
+        [ResilienceMiddleware(retrier=retrier, run_budget=spend)],
+    )
+    tenant, run_id = world.tenants[0], f"spent-{world.tenants[0]}"
+    spend.charge(run_id, 0.01)  # an earlier step of the run spent it all
+    config = {
+        "configurable": {"thread_id": run_id},
+        "metadata": {"tenant_id": tenant, "user_id": "alice0", "run_id": run_id},
+    }
+    with pytest.raises(BudgetExceeded) as refused:
+        agent.invoke({"messages": [{"role": "user", "content": "Thanks!"}]}, config)
+    assert refused.value.scope == f"run {run_id}" and not log.calls
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="refusal")
+    assert (row["run_id"], row["model"], row["extra"]) == (run_id, PRIMARY, {"limit": "max_usd"})
