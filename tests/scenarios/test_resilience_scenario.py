@@ -26,6 +26,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -111,15 +112,26 @@ class FlakyRecordingModel(RecordingChatModel):
         return super()._answer(messages, run_manager)
 
 
+@dataclass
 class Traffic(ScenarioRun):
     """The run, plus the resilience layer's parts and what failed at the provider."""
 
-    faults: CallLog
-    spend: RunBudget
-    breaker: CircuitBreaker
-    outage: Outage
-    started: datetime
-    run_of: dict[str, int]
+    faults: CallLog = field(default_factory=CallLog)
+    outage: Outage = field(default_factory=lambda: Outage(*OUTAGE))
+    run_of: dict[str, int] = field(default_factory=dict)  # run id -> the turn it started at
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        self.spend = RunBudget(RUN_MAX_USD, ledger=self.ledger)
+        self.breaker = CircuitBreaker(
+            window_s=30,
+            min_calls=4,
+            error_rate=0.5,
+            consecutive=3,
+            open_s=12,
+            probe_after_s=4,
+            clock=self.outage.clock,  # the traffic's turns, not the machine's seconds
+        )
 
 
 class RunDriver(Driver):
@@ -179,15 +191,6 @@ async def traffic(store: Any) -> AsyncIterator[Traffic]:
         store, max_tokens={"thread": THREAD_TOKENS}, max_output_tokens=OUTPUT_CAP, ledger=ledger
     )
     run = Traffic(world, CallLog(), ledger, budget)
-    run.faults = CallLog()
-    run.outage = Outage(*OUTAGE)
-    run.spend = RunBudget(RUN_MAX_USD, ledger=ledger)
-    run.breaker = CircuitBreaker(
-        window_s=30, min_calls=4, error_rate=0.5, consecutive=3, open_s=12, probe_after_s=4,
-        clock=run.outage.clock,
-    )  # fmt: skip
-    run.started = datetime.now(UTC)
-    run.run_of = {}
     agent = build_agent(world, store, ledger, run)
     rng = random.Random(20261130)
     plans = plan_threads(world, THREADS, "o", lambda: conversation(rng, TURNS))
