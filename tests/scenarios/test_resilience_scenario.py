@@ -473,3 +473,33 @@ def test_a_call_the_run_budget_refuses_is_a_refusal_row(store: Any, ledger: Ledg
     ledger.flush()
     (row,) = ledger.records(tenant_id=tenant, kind="refusal")
     assert (row["run_id"], row["model"], row["extra"]) == (run_id, PRIMARY, {"limit": "max_usd"})
+
+
+def test_a_budget_stop_is_not_a_probe_of_a_provider_that_is_down(store: Any) -> None:
+    """A half-open circuit lets one probe through; a budget's stop message answers it without
+    any provider call, so it must not close the circuit (nor use up the probe)."""
+    world, log = World.make(), CallLog()
+    outage = Outage(0, 1_000)
+    breaker = CircuitBreaker(min_calls=1, consecutive=1, open_s=60, clock=outage.clock)
+    breaker.record(PRIMARY, UpstreamError("503"))
+    outage.turn = 30  # past probe_after_s: the next call is the probe
+    assert breaker.state(PRIMARY) == "half_open"
+    primary = FlakyRecordingModel(
+        model_name=PRIMARY, reply=support_reply, log=log, outage=outage, faults=CallLog()
+    )
+    backup = RecordingChatModel(model_name=BACKUP, reply=support_reply, log=log)
+    budget = Budget(store, max_tokens={"thread": 50}, max_output_tokens=OUTPUT_CAP)
+    agent = support_agent(
+        world,
+        primary,
+        support_tools(world),
+        [FailoverMiddleware({BACKUP: backup}, breaker=breaker), BudgetMiddleware(budget)],
+    )
+    config = {
+        "configurable": {"thread_id": f"stop-{world.tenants[0]}"},
+        "metadata": {"tenant_id": world.tenants[0], "user_id": "alice0"},
+    }
+    out = agent.invoke({"messages": [{"role": "user", "content": "Thanks!"}]}, config)
+    assert str(out["messages"][-1].content).startswith(BUDGET_STOP) and not log.calls
+    assert breaker.state(PRIMARY) == "half_open"
+    assert breaker.allow(PRIMARY)  # the probe is still there for a real call
