@@ -594,7 +594,11 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         primary = self.model_name or model_name(request.model) or "primary"
         models = {primary: request.model, **self.fallbacks}
         failover = Failover(
-            list(models), breaker=self.breaker, fits=self._fits(request), ledger=self.ledger
+            list(models),
+            breaker=self.breaker,
+            fits=self._fits(request),
+            ledger=self.ledger,
+            answered=lambda response: not _made_no_call(response),
         )
         return failover, models
 
