@@ -388,15 +388,11 @@ def test_tenants_stay_isolated(traffic: Traffic) -> None:
     assert {r["kind"] for r in rows} >= {"llm", "failover", "refusal", "cache_hit"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cache_hit row carries the tenant, feature and node, not the run or thread: "
-    "a report by run_id or thread_id shows no cache saving (reported, not fixed here)",
-)
 def test_each_cache_saving_is_booked_to_its_run_and_thread(traffic: Traffic) -> None:
+    """A report by run or thread shows the savings of its cache hits."""
+    hits = Counter((t.thread, _run_id(t)) for t in traffic.turns for _ in t.served_from_cache)
     rows = _rows(traffic, kind="cache_hit")
-    assert rows
-    assert all(r["run_id"] is not None and r["thread_id"] is not None for r in rows)
+    assert hits and Counter((r["thread_id"], r["run_id"]) for r in rows) == hits
 
 
 # ---------------------------------------------------------------- the report from the rollups
