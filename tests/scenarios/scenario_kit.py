@@ -10,15 +10,22 @@ tenant or order, and the checks below see it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from genai_prices import Usage, calc_price
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, dynamic_prompt
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_config
 
 CHEAP = "gpt-4o-mini"
 STRONG = "gpt-4o"
@@ -222,6 +229,192 @@ def orders_in(question: str) -> list[str]:
     return ORDER_RE.findall(question)
 
 
+# ---------------------------------------------------------------- the support agent
+
+
+def support_tools(world: World) -> list[Any]:
+    """The order tools: each answers for the run's own tenant and user (its metadata)."""
+
+    @tool
+    def lookup_order(order_id: str, config: RunnableConfig) -> str:
+        """The status and delivery date of one of the customer's orders."""
+        md = config.get("metadata") or {}
+        return world.order_status(md["tenant_id"], md["user_id"], order_id)
+
+    @tool
+    def refund_order(order_id: str, config: RunnableConfig) -> str:
+        """Refund one of the customer's orders."""
+        md = config.get("metadata") or {}
+        return world.refund(md["tenant_id"], md["user_id"], order_id)
+
+    return [lookup_order, refund_order]
+
+
+def tenant_prompt(world: World) -> AgentMiddleware[Any, Any, Any]:
+    """The run's tenant's system prompt (what the cache key fingerprints)."""
+
+    @dynamic_prompt
+    def prompt(request: ModelRequest) -> str:
+        return world.system_prompt(get_config()["metadata"]["tenant_id"])
+
+    return prompt
+
+
+def support_agent(world: World, model: Any, tools: list[Any], middleware: list[Any]) -> Any:
+    """A ``create_agent`` support agent: the tenant's prompt outermost, then ``middleware``,
+    on its own ``InMemorySaver``."""
+    return create_agent(
+        model,
+        tools,
+        middleware=[tenant_prompt(world), *middleware],
+        checkpointer=InMemorySaver(),
+    )
+
+
+# ---------------------------------------------------------------- driving conversations
+
+MODES = ("invoke", "stream", "astream")
+
+
+@dataclass
+class Plan:
+    """One thread's conversation and how it is driven (``MODES``)."""
+
+    tenant: str
+    user: str
+    thread: str
+    mode: str
+    questions: list[str]
+
+
+def plan_threads(
+    world: World, threads: int, suffix: str, questions: Callable[[], list[str]]
+) -> list[Plan]:
+    """``threads`` threads per user, modes in turn, each with ``questions()``'s conversation."""
+    plans: list[Plan] = []
+    for tenant in world.tenants:
+        for user in world.users[tenant]:
+            for t in range(threads):
+                mode = MODES[len(plans) % len(MODES)]
+                thread = f"{tenant}-{user}-{suffix}{t}"
+                plans.append(Plan(tenant, user, thread, mode, questions()))
+    return plans
+
+
+def thread_config(plan: Plan, **extra: Any) -> dict[str, Any]:
+    """The run config of a plan's turns: its thread, tenant, user and feature tags."""
+    return {
+        "configurable": {"thread_id": plan.thread},
+        "metadata": {"tenant_id": plan.tenant, "user_id": plan.user, "feature": "support"},
+        **extra,
+    }
+
+
+@dataclass
+class ScenarioRun:
+    """Everything one scenario run produced."""
+
+    world: World
+    log: Any
+    ledger: Any
+    budget: Any
+    turns: list[Turn] = field(default_factory=list)
+
+
+def _message_count(state: Any) -> int:
+    return len(state.values.get("messages", []))
+
+
+class Driver:
+    """Plays plans through a compiled graph and records each turn in ``run.turns``: the
+    sync plans one after the other in a worker thread, while the async ones run
+    concurrently on the loop (context variables must keep the runs apart)."""
+
+    def __init__(
+        self, graph: Any, run: ScenarioRun, config: Callable[[Plan], dict[str, Any]]
+    ) -> None:
+        self.graph = graph
+        self.run = run
+        self.config = config
+
+    def turn_config(self, plan: Plan, i: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The config turn ``i`` runs with (a subclass adds per-run tags): the thread's."""
+        return config
+
+    def _begin(self, plan: Plan, i: int, asked: list[str], before: int) -> tuple[Turn, int, int]:
+        turn = Turn(plan.tenant, plan.user, plan.thread, i, plan.mode, plan.questions[i], asked)
+        return turn, before, len(self.run.log.of(thread_id=plan.thread))
+
+    def _end(self, started: tuple[Turn, int, int], messages: list[BaseMessage]) -> list[str]:
+        turn, before, n_calls = started
+        turn.new_messages = messages[before:]
+        turn.calls = self.run.log.of(thread_id=turn.thread)[n_calls:]
+        self.run.turns.append(turn)
+        return [*turn.asked_before, *orders_in(turn.question)]
+
+    def _play_sync(self, plan: Plan) -> None:
+        config, asked = self.config(plan), []
+        for i, question in enumerate(plan.questions):
+            started = self._begin(plan, i, asked, _message_count(self.graph.get_state(config)))
+            inputs = {"messages": [{"role": "user", "content": question}]}
+            this_turn = self.turn_config(plan, i, config)
+            try:
+                if plan.mode == "invoke":
+                    self.graph.invoke(inputs, this_turn)
+                else:
+                    for _chunk in self.graph.stream(inputs, this_turn, stream_mode="messages"):
+                        pass
+            except Exception as exc:  # recorded; each scenario's completion test reports it
+                started[0].error = repr(exc)
+            asked = self._end(started, self.graph.get_state(config).values.get("messages", []))
+
+    async def _play_async(self, plan: Plan) -> None:
+        config, asked = self.config(plan), []
+        for i, question in enumerate(plan.questions):
+            state = await self.graph.aget_state(config)
+            started = self._begin(plan, i, asked, _message_count(state))
+            this_turn = self.turn_config(plan, i, config)
+            try:
+                async for _chunk in self.graph.astream(
+                    {"messages": [{"role": "user", "content": question}]}, this_turn
+                ):
+                    pass
+            except Exception as exc:
+                started[0].error = repr(exc)
+            state = await self.graph.aget_state(config)
+            asked = self._end(started, state.values.get("messages", []))
+
+    async def play(self, plans: list[Plan]) -> None:
+        def play_all_sync() -> None:
+            for plan in plans:
+                if plan.mode != "astream":
+                    self._play_sync(plan)
+
+        await asyncio.gather(
+            asyncio.to_thread(play_all_sync),
+            *(self._play_async(p) for p in plans if p.mode == "astream"),
+        )
+
+
+async def play_scenario(
+    graph: Any,
+    run: ScenarioRun,
+    plans: list[Plan],
+    config: Callable[[Plan], dict[str, Any]] = thread_config,
+) -> ScenarioRun:
+    """Play ``plans`` through ``graph`` into ``run``, then flush its ledger for the checks."""
+    await Driver(graph, run, config).play(plans)
+    run.ledger.flush()
+    return run
+
+
+def by_thread(turns: Iterable[Turn]) -> dict[str, list[Turn]]:
+    out: dict[str, list[Turn]] = {}
+    for t in turns:
+        out.setdefault(t.thread, []).append(t)
+    return out
+
+
 # ---------------------------------------------------------------- invariants
 
 
@@ -303,6 +496,26 @@ def tool_pair_problems(messages: Sequence[BaseMessage]) -> list[str]:
     if open_ids:
         out.append(f"prompt ends with unanswered tool calls {sorted(open_ids)}")
     return out
+
+
+def prompt_problems_of(turns: Iterable[Turn]) -> list[str]:
+    """``prompt_problems`` of every model call of every turn, each with where it was."""
+    return [
+        f"{t.where()} ({c['model']}): {p}"
+        for t in turns
+        for c in t.calls
+        for p in prompt_problems(c, t.question)
+    ]
+
+
+def tool_pair_problems_of(turns: Iterable[Turn]) -> list[str]:
+    """``tool_pair_problems`` of every model call's prompt, each with where it was."""
+    return [
+        f"{t.where()} ({c['model']}): {p}"
+        for t in turns
+        for c in t.calls
+        for p in tool_pair_problems(c["messages"])
+    ]
 
 
 def price(calls: Iterable[dict[str, Any]]) -> float:

@@ -8,13 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
-from langchain.agents import create_agent
-from langchain.agents.middleware import ModelRequest, dynamic_prompt
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.config import get_config
 from scenario_kit import (
     BUDGET_STOP,
     CHEAP,
@@ -23,7 +18,9 @@ from scenario_kit import (
     first,
     latest_human_index,
     prompt_problems,
+    support_agent,
     support_reply,
+    support_tools,
     tool_pair_problems,
 )
 
@@ -55,18 +52,6 @@ def _agent(world: World, log: CallLog, middleware: list[Any]) -> Any:
     hops = {"n": 0}
 
     @tool
-    def lookup_order(order_id: str, config: RunnableConfig) -> str:
-        """The status and delivery date of one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.order_status(md["tenant_id"], md["user_id"], order_id)
-
-    @tool
-    def refund_order(order_id: str, config: RunnableConfig) -> str:
-        """Refund one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.refund(md["tenant_id"], md["user_id"], order_id)
-
-    @tool
     def track_order(order_id: str) -> str:
         """The latest tracking event of an order."""
         hops["n"] += 1
@@ -76,16 +61,7 @@ def _agent(world: World, log: CallLog, middleware: list[Any]) -> Any:
             + "carrier scan at regional hub, parcel sorted and loaded onto the next truck. " * 6
         )
 
-    @dynamic_prompt
-    def tenant_prompt(request: ModelRequest) -> str:
-        return world.system_prompt(get_config()["metadata"]["tenant_id"])
-
-    return create_agent(
-        cheap,
-        [lookup_order, refund_order, track_order],
-        middleware=[tenant_prompt, *middleware],
-        checkpointer=InMemorySaver(),
-    )
+    return support_agent(world, cheap, [*support_tools(world), track_order], middleware)
 
 
 def _ask(agent: Any, tenant: str, user: str, thread: str, question: str, **extra: Any) -> Any:

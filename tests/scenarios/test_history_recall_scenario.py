@@ -22,13 +22,8 @@ import re
 from typing import Any
 
 import pytest
-from langchain.agents import create_agent
-from langchain.agents.middleware import ModelRequest, dynamic_prompt
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.config import get_config
 from scenario_kit import (
     BUDGET_STOP,
     CHEAP,
@@ -39,7 +34,9 @@ from scenario_kit import (
     first,
     latest_human_index,
     prompt_problems,
+    support_agent,
     support_reply,
+    support_tools,
     tool_pair_problems,
 )
 
@@ -95,38 +92,21 @@ def run(store: Any) -> Run:
     world, log = out.world, out.log
     model = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
 
-    @tool
-    def lookup_order(order_id: str, config: RunnableConfig) -> str:
-        """The status and delivery date of one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.order_status(md["tenant_id"], md["user_id"], order_id)
-
-    @tool
-    def refund_order(order_id: str, config: RunnableConfig) -> str:
-        """Refund one of the customer's orders."""
-        md = config.get("metadata") or {}
-        return world.refund(md["tenant_id"], md["user_id"], order_id)
-
-    @dynamic_prompt
-    def tenant_prompt(request: ModelRequest) -> str:
-        return world.system_prompt(get_config()["metadata"]["tenant_id"])
-
     ledger = Ledger(store)
     cache = SemanticCache(store, namespace=f"recall-{world.tenants[0]}", ledger=ledger, timeout=5)
     out.budget = Budget(store, max_usd={"thread": 5.0}, max_output_tokens=200)  # type: ignore[attr-defined]
     recall = FoldedTurnStore(store, embedder=StaticEmbedder())
     pruner = HistoryPruner(max_tokens=MAX_TOKENS, model=CHEAP, recall=recall, recall_tokens=80)
     out.pruner = pruner  # type: ignore[attr-defined]
-    agent = create_agent(
+    agent = support_agent(
+        world,
         model,
-        [lookup_order, refund_order],
-        middleware=[
-            tenant_prompt,
+        support_tools(world),
+        [
             SemanticCacheMiddleware(cache),
             HistoryPruningMiddleware(pruner=pruner),
             BudgetMiddleware(out.budget),  # type: ignore[attr-defined]
         ],
-        checkpointer=InMemorySaver(),
     )
     rng = random.Random(16)
     for tenant in world.tenants:

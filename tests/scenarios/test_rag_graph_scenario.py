@@ -38,7 +38,7 @@ from scenario_kit import (
     first,
     latest_human_index,
     price,
-    prompt_problems,
+    prompt_problems_of,
     written_by_graphthrift,
 )
 
@@ -346,12 +346,7 @@ def test_history_dependent_answers_stay_in_their_thread(rag_run: Run) -> None:
 
 
 def test_latest_human_turn_is_in_every_prompt(rag_run: Run) -> None:
-    problems = [
-        f"{t.where()}: {p}"
-        for t in rag_run.turns
-        for c in t.calls
-        for p in prompt_problems(c, t.question)
-    ]
+    problems = prompt_problems_of(rag_run.turns)
     assert not problems, first(problems)
     assert any(t.calls for t in rag_run.turns)
 

@@ -14,7 +14,6 @@ invariant family on every turn.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -30,19 +29,20 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from scenario_kit import (
     CHEAP,
     STRONG,
-    Turn,
+    ScenarioRun,
     World,
     boundary_violations,
     conversation,
     first,
     history_violations,
     latest_human_index,
-    orders_in,
+    plan_threads,
+    play_scenario,
     support_reply,
-    tool_pair_problems,
+    support_tools,
+    tool_pair_problems_of,
     written_by_graphthrift,
 )
-from test_agent_scenario import _tools as support_tools
 
 from graphthrift import Budget, ExtractiveCompressor, Ledger, SemanticCache, wrap_model
 
@@ -50,7 +50,6 @@ from fakes import CallLog, RecordingChatModel
 
 TURNS = 12
 THREADS = 2
-MODES = ("invoke", "stream", "astream")
 POLICY_Q = "What is the returns policy?"
 FILLER = (
     "Our stores carry a wide range of household goods and seasonal items. "
@@ -92,13 +91,7 @@ def _tools(world: World) -> list[Any]:
     return [*support_tools(world), search_policy]
 
 
-class Run:
-    def __init__(self, world: World, log: CallLog, ledger: Ledger, budget: Budget) -> None:
-        self.world = world
-        self.log = log
-        self.ledger = ledger
-        self.budget = budget
-        self.turns: list[Turn] = []
+Run = ScenarioRun
 
 
 def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple[Any, Budget]:
@@ -136,13 +129,6 @@ def build_graph(world: World, store: Any, ledger: Ledger, log: CallLog) -> tuple
     return builder.compile(checkpointer=InMemorySaver()), budget
 
 
-def _config(tenant: str, user: str, thread: str) -> dict[str, Any]:
-    return {
-        "configurable": {"thread_id": thread},
-        "metadata": {"tenant_id": tenant, "user_id": user, "feature": "support"},
-    }
-
-
 def _questions(rng: random.Random) -> list[str]:
     questions = conversation(rng, TURNS)
     questions.insert(1 + rng.randrange(len(questions) - 1), POLICY_Q)
@@ -155,69 +141,9 @@ async def wrapped_run(store: Any) -> AsyncIterator[Run]:
     log = CallLog()
     ledger = Ledger(store, flush_interval=0.05)
     graph, budget = build_graph(world, store, ledger, log)
-    run = Run(world, log, ledger, budget)
     rng = random.Random(20261130)
-    plans = []
-    for tenant in world.tenants:
-        for user in world.users[tenant]:
-            for t in range(THREADS):
-                mode = MODES[len(plans) % len(MODES)]
-                plans.append((tenant, user, f"{tenant}-{user}-w{t}", mode, _questions(rng)))
-
-    def turn_of(plan: tuple[Any, ...], i: int, question: str, asked: list[str]) -> Turn:
-        tenant, user, thread, mode, _ = plan
-        return Turn(tenant, user, thread, i, mode, question, list(asked))
-
-    def finish(turn: Turn, config: dict[str, Any], before: int, n_calls: int) -> None:
-        turn.new_messages = list(graph.get_state(config).values.get("messages", []))[before:]
-        turn.calls = log.of(thread_id=turn.thread)[n_calls:]
-        run.turns.append(turn)
-
-    def play_sync(plan: tuple[Any, ...]) -> None:
-        config = _config(*plan[:3])
-        asked: list[str] = []
-        for i, question in enumerate(plan[4]):
-            turn = turn_of(plan, i, question, asked)
-            before = len(graph.get_state(config).values.get("messages", []))
-            n_calls = len(log.of(thread_id=turn.thread))
-            inputs = {"messages": [("user", question)]}
-            try:
-                if plan[3] == "invoke":
-                    graph.invoke(inputs, config)
-                else:
-                    for _ in graph.stream(inputs, config, stream_mode="messages"):
-                        pass
-            except Exception as exc:  # recorded; test_every_turn_completes reports it
-                turn.error = repr(exc)
-            finish(turn, config, before, n_calls)
-            asked.extend(orders_in(question))
-
-    async def play_async(plan: tuple[Any, ...]) -> None:
-        config = _config(*plan[:3])
-        asked: list[str] = []
-        for i, question in enumerate(plan[4]):
-            turn = turn_of(plan, i, question, asked)
-            before = len((await graph.aget_state(config)).values.get("messages", []))
-            n_calls = len(log.of(thread_id=turn.thread))
-            try:
-                async for _ in graph.astream({"messages": [("user", question)]}, config):
-                    pass
-            except Exception as exc:
-                turn.error = repr(exc)
-            finish(turn, config, before, n_calls)
-            asked.extend(orders_in(question))
-
-    def play_all_sync() -> None:
-        for plan in plans:
-            if plan[3] != "astream":
-                play_sync(plan)
-
-    await asyncio.gather(
-        asyncio.to_thread(play_all_sync),
-        *(play_async(p) for p in plans if p[3] == "astream"),
-    )
-    ledger.flush()
-    yield run
+    plans = plan_threads(world, THREADS, "w", lambda: _questions(rng))
+    yield await play_scenario(graph, Run(world, log, ledger, budget), plans)
     ledger.close()
 
 
@@ -298,12 +224,7 @@ def test_retrieved_policy_is_compressed_and_still_answers(wrapped_run: Run) -> N
 
 
 def test_prompts_keep_tool_pairs(wrapped_run: Run) -> None:
-    problems = [
-        f"{t.where()}: {p}"
-        for t in wrapped_run.turns
-        for c in t.calls
-        for p in tool_pair_problems(c["messages"])
-    ]
+    problems = tool_pair_problems_of(wrapped_run.turns)
     assert not problems, first(problems)
 
 

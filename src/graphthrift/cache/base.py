@@ -296,7 +296,13 @@ class CacheLayer:
         return None if cost is None else float(cost)
 
     def _finish_lookup(
-        self, decision: _Decision, feature: str | None, node: str | None
+        self,
+        decision: _Decision,
+        feature: str | None,
+        node: str | None,
+        *,
+        thread_id: str | None = None,
+        run_id: str | None = None,
     ) -> CacheHit | None:
         if decision.pending is not None:
             with self._pending_lock:
@@ -322,6 +328,8 @@ class CacheLayer:
                         tenant_id=hit.tenant_id or None,
                         feature=feature,
                         node=node,
+                        thread_id=thread_id,
+                        run_id=run_id,
                         cost_usd=0.0,
                         usage_source="estimated",
                         extra={

@@ -102,12 +102,15 @@ class ExactCache(CacheLayer):
         context: Any = None,
         feature: str | None = None,
         node: str | None = None,
+        thread_id: str | None = None,
+        run_id: str | None = None,
         **scope: Unpack[CacheScopeKwargs],
     ) -> CacheHit | None:
         """The cached answer to ``query`` in this scope, or None (also when the DB fails).
 
         ``query`` is a string or a list of messages; ``context`` joins the key fingerprint;
-        ``feature`` and ``node`` tag the ledger record; scope fields override the defaults.
+        ``feature``, ``node``, ``thread_id`` and ``run_id`` tag the ledger record (so a
+        report by thread or run shows its savings); scope fields override the defaults.
         """
         check_scope_keywords(scope)
         key = self._key(query, context)
@@ -125,7 +128,7 @@ class ExactCache(CacheLayer):
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
-        return self._finish_lookup(decision, feature, node)
+        return self._finish_lookup(decision, feature, node, thread_id=thread_id, run_id=run_id)
 
     async def alookup(
         self,
@@ -134,6 +137,8 @@ class ExactCache(CacheLayer):
         context: Any = None,
         feature: str | None = None,
         node: str | None = None,
+        thread_id: str | None = None,
+        run_id: str | None = None,
         **scope: Unpack[CacheScopeKwargs],
     ) -> CacheHit | None:
         """Async twin of ``lookup``."""
@@ -153,7 +158,7 @@ class ExactCache(CacheLayer):
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             self._fail_open("lookup", exc)
             return None
-        return self._finish_lookup(decision, feature, node)
+        return self._finish_lookup(decision, feature, node, thread_id=thread_id, run_id=run_id)
 
     def _prepare_update(
         self,

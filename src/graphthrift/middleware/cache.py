@@ -102,7 +102,7 @@ class ExactCacheMiddleware(AgentMiddleware):
 
     def _lookup_tags(self) -> dict[str, Any]:
         tags = run_tags(run_config())
-        return {"feature": tags.get("feature"), "node": tags.get("node")}
+        return {k: tags.get(k) for k in ("feature", "node", "thread_id", "run_id")}
 
     @staticmethod
     def _hit_response(hit: CacheHit) -> ModelResponse[Any]:

@@ -31,7 +31,8 @@ from langgraph.config import get_config
 from langgraph.types import Command
 
 from graphthrift import diagnostics
-from graphthrift.errors import BudgetExceeded, classify_error
+from graphthrift.budget.refusals import record_refusal
+from graphthrift.errors import BudgetExceeded, NoCandidateLeft, classify_error
 from graphthrift.kernel import cache_scope, run_tags
 from graphthrift.langgraph.resilience import (
     message_fingerprint,
@@ -43,6 +44,7 @@ from graphthrift.langgraph.resilience import (
 )
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.usage import Usage
+from graphthrift.provenance import fabricated
 from graphthrift.resilience import (
     JSON_CODEC,
     CircuitBreaker,
@@ -105,6 +107,14 @@ def _call_tokens(request: ModelRequest[Any], name: str, default_cap: int) -> tup
     return count_messages(messages, name).tokens, cap
 
 
+def _made_no_call(response: Any) -> bool:
+    """Whether graphthrift wrote the answer in place of a model call (a budget's stop, a
+    cache hit): the provider billed nothing, so the run's budget is not charged."""
+    if not isinstance(response, ModelResponse) or not response.result:
+        return False
+    return fabricated(response.result[-1])
+
+
 def _run_id(tags: Mapping[str, Any]) -> str | None:
     run_id = tags.get("run_id")
     return None if run_id is None else str(run_id)
@@ -135,7 +145,9 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         run_budget: a ``RunBudget``: each delivered call is charged to its run at its real
             usage, each timed-out call at its input plus capped output (the provider bills
             it), and an attempt that would take the run over its budget is refused with
-            ``BudgetExceeded`` instead of being retried.
+            ``BudgetExceeded`` instead of being retried (a ``kind="refusal"`` row in the
+            run budget's ledger). An answer graphthrift wrote in place of a call (a budget's
+            stop) is not charged: the provider billed nothing.
 
     It writes no state. Place it outermost (first in ``middleware=[...]``) so that retries
     and fallbacks inside it are shared too.
@@ -257,6 +269,7 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         tokens, cap = _call_tokens(request, name, self.max_output_tokens)
         run_id = _run_id(args["tags"])
         if not budget.fits(run_id, name, tokens, cap):
+            record_refusal(budget.ledger, "max_usd", args["tags"], name)
             raise BudgetExceeded(
                 "max_usd",
                 budget.max_usd,
@@ -276,7 +289,7 @@ class ResilienceMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def _spend_done(
         self, spend: tuple[str, int, int] | None, args: Mapping[str, Any], response: Any
     ) -> None:
-        if spend is None or self.run_budget is None:
+        if spend is None or self.run_budget is None or _made_no_call(response):
             return
         used = _response_usage(response)
         name, tokens, cap = spend
@@ -535,7 +548,8 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         run_budget: a ``RunBudget``: a candidate whose call (counted input plus capped
             output, ``max_output_tokens`` unless the call sets ``max_tokens``) would take the
             run past its budget, given what the run has spent (billed timeouts included), is
-            skipped as ``"over budget"``.
+            skipped as ``"over budget"``; a run left with no candidate for that reason is a
+            ``kind="refusal"`` row (in ``ledger``, else the run budget's).
         max_output_tokens: the output cap assumed when the call sets none.
     """
 
@@ -580,7 +594,11 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         primary = self.model_name or model_name(request.model) or "primary"
         models = {primary: request.model, **self.fallbacks}
         failover = Failover(
-            list(models), breaker=self.breaker, fits=self._fits(request), ledger=self.ledger
+            list(models),
+            breaker=self.breaker,
+            fits=self._fits(request),
+            ledger=self.ledger,
+            answered=lambda response: not _made_no_call(response),
         )
         return failover, models
 
@@ -591,10 +609,14 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     ) -> ModelResponse[Any]:
         """Call the first candidate that is healthy, affordable and answers."""
         failover, models = self._plan(request)
-        return failover.call(
-            lambda name: handler(request.override(model=models[name])),
-            tags=run_tags(_run_config()),
-        )
+        tags = run_tags(_run_config())
+        try:
+            return failover.call(
+                lambda name: handler(request.override(model=models[name])), tags=tags
+            )
+        except NoCandidateLeft as refused:
+            self._refused(refused, tags)
+            raise
 
     async def awrap_model_call(
         self,
@@ -603,8 +625,21 @@ class FailoverMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     ) -> ModelResponse[Any]:
         """Async twin of ``wrap_model_call``."""
         failover, models = self._plan(request)
+        tags = run_tags(_run_config())
 
         async def call(name: str) -> ModelResponse[Any]:
             return await handler(request.override(model=models[name]))
 
-        return await failover.acall(call, tags=run_tags(_run_config()))
+        try:
+            return await failover.acall(call, tags=tags)
+        except NoCandidateLeft as refused:
+            self._refused(refused, tags)
+            raise
+
+    def _refused(self, refused: NoCandidateLeft, tags: Mapping[str, Any]) -> None:
+        """A run the budget left no model for is a budget refusal: one ``kind="refusal"``
+        row (the ``failover`` row says why each candidate was skipped)."""
+        over = [name for name, why in refused.reasons.items() if why == "over budget"]
+        if over:
+            ledger = self.ledger or (self.run_budget.ledger if self.run_budget else None)
+            record_refusal(ledger, "max_usd", tags, over[0])

@@ -13,6 +13,9 @@ candidate fails with a provider error. A ``Retrier`` inside a candidate's call r
 failed attempt to the breaker (``RETRY_GATE``) and stops retrying once the circuit opens.
 Every decision is a ledger row ``kind="failover"``.
 Breakers are per process, or, given a store, shared by every process on it.
+
+Long because: the failover is the breaker's one reader, and each of its rules (probes, the
+last resort, the second chance, answers no provider made) has a sync and an async path.
 """
 
 from __future__ import annotations
@@ -249,6 +252,13 @@ class CircuitBreaker:
                 return True
         return False
 
+    def release(self, model: str) -> None:
+        """A call ``allow`` let through that reached no provider (a budget's stop answered
+        it): it tells nothing, so nothing is counted and a probe slot it took is freed."""
+        with self._circuit(model) as circuit:
+            if circuit.state == "half_open":
+                circuit.probes = max(0, circuit.probes - 1)
+
     def record(self, model: str, error: BaseException | None) -> None:
         """Count a call's outcome; a provider error may open the circuit."""
         kind = None if error is None else classify_error(error)
@@ -302,6 +312,9 @@ class Failover:
         fits: ``model -> bool``: whether this call on ``model`` stays within the run's budget
             (e.g. a ``Budget`` check); a candidate that does not fit is skipped.
         ledger: where each decision is written (``kind="failover"``).
+        answered: ``value -> bool``, whether a candidate's value came from its provider;
+            a value that did not (a budget's stop message) is neither a success nor a
+            failure of that provider's circuit.
 
     Errors that are not the provider's (a bad request) are raised at once: another provider
     would refuse the same request.
@@ -314,6 +327,7 @@ class Failover:
         breaker: CircuitBreaker | None = None,
         fits: Callable[[str], bool] | None = None,
         ledger: Ledger | None = None,
+        answered: Callable[[Any], bool] | None = None,
     ) -> None:
         if not models:
             raise ValueError("Failover needs at least one model")
@@ -321,6 +335,14 @@ class Failover:
         self.breaker = breaker or CircuitBreaker()
         self.fits = fits
         self.ledger = ledger
+        self.answered = answered
+
+    def _succeeded(self, model: str, value: Any) -> None:
+        """Count a candidate's answer as its provider's success, unless no provider made it."""
+        if self.answered is not None and not self.answered(value):
+            self.breaker.release(model)
+        else:
+            self.breaker.record(model, None)
 
     def _skip_reason(
         self, model: str, reasons: Mapping[str, str], *, wait: bool = True
@@ -423,7 +445,7 @@ class Failover:
                 continue
             finally:
                 RETRY_GATE.reset(token)
-            self.breaker.record(model, None)
+            self._succeeded(model, value)
             self._book(model, reasons, tags or {})
             return value
         again = self._second_chance(reasons)
@@ -436,7 +458,7 @@ class Failover:
                 self._failed(again, exc, reasons, seen)
                 last = exc
             else:
-                self.breaker.record(again, None)
+                self._succeeded(again, value)
                 self._book(again, reasons, tags or {})
                 return value
             finally:
@@ -465,7 +487,7 @@ class Failover:
                 continue
             finally:
                 RETRY_GATE.reset(token)
-            self.breaker.record(model, None)
+            self._succeeded(model, value)
             self._book(model, reasons, tags or {})
             return value
         again = self._second_chance(reasons)
@@ -478,7 +500,7 @@ class Failover:
                 self._failed(again, exc, reasons, seen)
                 last = exc
             else:
-                self.breaker.record(again, None)
+                self._succeeded(again, value)
                 self._book(again, reasons, tags or {})
                 return value
             finally:
