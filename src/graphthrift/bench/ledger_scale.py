@@ -37,19 +37,32 @@ TARGETS = {"report_seconds": 1.0, "alerts_seconds": 5.0}
 _CHUNK = 1_000_000
 _ROWS_PER_DAY = 100_000
 
+_CALLS_PER_RUN = 8  # 7 calls and the run's outcome row (kind ``task``)
+_RUNS_PER_THREAD = 3
+
+# Row g belongs to run g / 8 and thread g / 24: a run's rows sit within seconds of each other,
+# its tags (tenant, feature, prompt version) are its thread's, and its last row is the task's
+# outcome, so ``report --per task`` and groupings by thread or run see realistic cardinality
+# (100M rows: 12.5M runs, 4.2M threads).
 _INSERT = f"""
     INSERT INTO {LEDGER_TABLE} (ts, kind, tenant_id, feature, route, prompt_version, model,
-        node, thread_id, input_tokens, output_tokens, cached_tokens, cost_usd, latency_ms,
-        success, retry, saved_tokens)
-    SELECT CAST(:end AS timestamptz) - ((g * 7919) % :span) * interval '1 second',
-        CASE WHEN g % 10 = 0 THEN 'cache_hit' WHEN g % 10 = 1 THEN 'route'
+        node, thread_id, run_id, input_tokens, output_tokens, cached_tokens, cost_usd,
+        latency_ms, success, retry, saved_tokens)
+    SELECT CAST(:end AS timestamptz) - interval '1 second'
+            * ((((g / {_CALLS_PER_RUN}) * 7919) % :span) + {_CALLS_PER_RUN} - g % {_CALLS_PER_RUN}),
+        CASE WHEN g % {_CALLS_PER_RUN} = {_CALLS_PER_RUN - 1} THEN 'task'
+             WHEN g % 10 = 0 THEN 'cache_hit' WHEN g % 10 = 1 THEN 'route'
              WHEN g % 97 = 0 THEN 'refusal' ELSE 'llm' END,
-        'tenant-' || (g % 60) % 20, 'feature-' || (g % 60) % 5,
+        'tenant-' || (t % 60) % 20, 'feature-' || (t % 60) % 5,
         CASE WHEN g % 10 = 1 AND g % 7 = 0 THEN 'escalated' ELSE NULL END,
-        'v' || (g % 60) % 2, CASE WHEN (g % 60) % 2 = 0 THEN 'gpt-4o-mini' ELSE 'gpt-4o' END,
-        'node-' || (g % 60) % 4, 'thread-' || g % 50000, 500 + g % 1500, 50 + g % 300,
-        g % 200, (g % 1000) / 1e6, 200 + g % 900, g % 50 <> 0, g % 23 = 0, 0
-    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
+        'v' || (t % 60) % 2, CASE WHEN g % 2 = 0 THEN 'gpt-4o-mini' ELSE 'gpt-4o' END,
+        'node-' || g % 4, 'thread-' || t, 'run-' || g / {_CALLS_PER_RUN},
+        500 + g % 1500, 50 + g % 300, g % 200, (g % 1000) / 1e6, 200 + g % 900,
+        CASE WHEN g % {_CALLS_PER_RUN} = {_CALLS_PER_RUN - 1} THEN (g / {_CALLS_PER_RUN}) % 5 <> 0
+             ELSE g % 50 <> 0 END,
+        g % 23 = 0, 0
+    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g,
+        LATERAL (SELECT g / {_CALLS_PER_RUN * _RUNS_PER_THREAD} AS t) AS th
 """
 
 
