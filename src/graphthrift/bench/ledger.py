@@ -331,9 +331,17 @@ def _run_scale(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     table.add_row(
         "report (s)", f"{scale['report_seconds']:.3f}", f"< {TARGETS_SCALE['report_seconds']}"
     )
+    for label, key in (
+        ("report by thread_id (s)", "report_by_thread_id_seconds"),
+        ("report by run_id (s)", "report_by_run_id_seconds"),
+        ("report --per task (s)", "report_per_task_seconds"),
+    ):
+        table.add_row(label, f"{scale[key]:.3f}", f"< {TARGETS_SCALE['report_seconds']}")
     table.add_row(
         "alerts (s)", f"{scale['alerts_seconds']:.3f}", f"< {TARGETS_SCALE['alerts_seconds']}"
     )
     console.print(table)
+    if scale["raw_reports_bounded"]:
+        console.print(f"thread/run reports: {scale['raw_reports_bounded']}", soft_wrap=True)
     write_json(figures, getattr(args, "json", None))
     return figures
