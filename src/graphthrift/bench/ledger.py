@@ -6,7 +6,9 @@ Figures (all in one run, on a scratch database of the store's server):
   the ratio. ``invoke_overhead_us`` is the same comparison end to end through a fake model.
 - ``write``: records per second from ``record()`` to a committed ``flush()``, and the
   writer's peak Python memory.
-- ``report``: seconds for ``Ledger.report`` over ``report_rows`` records.
+- ``report``: seconds for ``Ledger.report`` over ``report_rows`` records, by three rolled-up
+  groupings (read from the rollups) and by ``thread_id`` (raw rows; over more than
+  ``RAW_REPORT_MAX_ROWS`` rows it reads the last 24 hours, and ``thread_id_bounded`` says so).
 """
 
 from __future__ import annotations
@@ -234,13 +236,17 @@ def _report_speed(store: Store, rows: int) -> dict[str, Any]:
         conn.execute(text("ANALYZE graphthrift_ledger"))
     load_s = time.perf_counter() - t0
     ledger = Ledger(store)
-    timings = time_reports(ledger, (["tenant_id"], ["model", "day"], ["node", "feature", "route"]))
+    timings = time_reports(
+        ledger, (["tenant_id"], ["model", "day"], ["node", "feature", "route"], ["thread_id"])
+    )
+    bounded = ledger.report(["thread_id"]).range.bounded
     ledger.close()
     return {
         "rows": rows,
         "load_s": round(load_s, 2),
         "seconds_by": timings,
         "max_s": max(timings.values()),
+        "thread_id_bounded": bounded,
     }
 
 
