@@ -3,6 +3,7 @@ the last day with a message, and equal to the raw rows of the range they say the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -263,3 +264,53 @@ def test_bounded_range_names_its_range(ledger: Ledger, tenant: str) -> None:
     assert read.bounded is not None
     assert read.since.isoformat() in read.bounded and until.isoformat() in read.bounded
     assert "report by run_id reads raw ledger rows" in read.bounded
+
+
+def test_cli_says_when_thread_and_task_reports_were_bounded(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graphthrift.cli import main
+    from graphthrift.ledger.query import RAW_REPORT_MAX_ROWS
+
+    with scratch_database(store.url) as (url, _):
+        db = Store(url, home=tmp_path)
+        Ledger(db).close()  # the schema
+        with db.connect() as conn:  # more rows than a raw report reads whole, a month ago
+            conn.execute(
+                text(
+                    "INSERT INTO graphthrift_ledger (ts, kind, tenant_id, thread_id, run_id,"
+                    " cost_usd) SELECT now() - interval '30 days' - g * interval '1 second',"
+                    " 'llm', 'old', 'old-' || g % 1000, 'old-run-' || g, 0.001"
+                    " FROM generate_series(1, :n) AS g"
+                ),
+                {"n": RAW_REPORT_MAX_ROWS + 1},
+            )
+        ledger = Ledger(db)
+        ledger.record_many(recent_records("new", 0, 60, datetime.now(UTC)))
+        ledger.record(
+            LedgerRecord(
+                kind="task", tenant_id="new", thread_id="t0-0", run_id="r0-0", success=True
+            )
+        )
+        ledger.close()
+        out = tmp_path / "threads.json"
+        assert main(["--url", url, "report", "--by", "thread_id", "--json", str(out)]) == 0
+        printed = capsys.readouterr().out
+        figures = json.loads(out.read_text())
+        threads = {r["thread_id"] for r in figures["rows"]}
+        per = tmp_path / "per.json"
+        assert main(["--url", url, "report", "--per", "task", "--json", str(per)]) == 0
+        per_printed = capsys.readouterr().out
+        per_figures = json.loads(per.read_text())
+        (task_row,) = per_figures["rows"]
+        whole = main(["--url", url, "report", "--by", "thread_id", "--since", "60d"])
+        whole_printed = capsys.readouterr().out
+        db.close()
+    assert "covers only the last 24 hours" in " ".join(printed.split())
+    assert "covers only the last 24 hours" in figures["bounded"]
+    assert "covers only the last 24 hours" in per_figures["bounded"]
+    assert threads == {f"t0-{i}" for i in range(5)}  # 60 rows, 12 to a thread
+    assert "report --per task reads raw ledger rows" in " ".join(per_printed.split())
+    assert (task_row["tasks"], task_row["successful"]) == (15, 1)
+    assert whole == 0 and "covers only" not in " ".join(whole_printed.split())
+    assert "old-999" in whole_printed

@@ -203,7 +203,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         console.print(table)
     finally:
         console.width = narrow
-    figures = {"by": by, "rows": rows}
+    figures = {"by": by, "rows": rows, "bounded": rows.range.bounded}
     write_json(figures, args.json)
     return figures
 

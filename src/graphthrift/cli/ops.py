@@ -155,6 +155,7 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             )
             _print_tasks(by, rows, console)
             figures = {"by": by, "per": "task", "task": args.task_key, "rows": rows}
+        figures["bounded"] = read.bounded
     finally:
         store.close()
     write_json(figures, args.json)
