@@ -159,6 +159,8 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     finally:
         ledger.close()
         store.close()
+    if rows.range.bounded:
+        console.print(f"[yellow]{rows.range.bounded}[/yellow]", soft_wrap=True)
     for row in rows:
         # An LLM row without a price has no known cost: None, never 0.0 (issue 11.10).
         if row.get("requests") and row.get("unpriced") == row["requests"]:
@@ -201,7 +203,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         console.print(table)
     finally:
         console.width = narrow
-    figures = {"by": by, "rows": rows}
+    figures = {"by": by, "rows": rows, "bounded": rows.range.bounded}
     write_json(figures, args.json)
     return figures
 

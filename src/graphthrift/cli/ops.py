@@ -119,12 +119,17 @@ def handles_report(args: argparse.Namespace) -> bool:
 
 def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """``report --per task`` or ``report --compare DIM=A,B``."""
+    from graphthrift.ledger.query import bounded_range
     from graphthrift.ops.tasks import compare, cost_per_task
     from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
     store = Store(args.url)
     try:
+        with store.connect() as conn:  # a task report reads raw rows: bound it on a big ledger
+            read = bounded_range(conn, "report --per task", args.since, args.until)
+        if read.bounded:
+            console.print(f"[yellow]{read.bounded}[/yellow]", soft_wrap=True)
         if args.compare:
             dimension, _, values = args.compare.partition("=")
             pair = [v for v in values.split(",") if v]
@@ -138,18 +143,19 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 pair,
                 task=args.task_key,
                 confidence=args.confidence,
-                since=args.since,
-                until=args.until,
+                since=read.since,
+                until=read.until,
                 **filters,
             )
             _print_compare(figures, console)
         else:
             by = [k.strip() for k in args.by.split(",") if k.strip()]
             rows = cost_per_task(
-                store, by, task=args.task_key, since=args.since, until=args.until, **filters
+                store, by, task=args.task_key, since=read.since, until=read.until, **filters
             )
             _print_tasks(by, rows, console)
             figures = {"by": by, "per": "task", "task": args.task_key, "rows": rows}
+        figures["bounded"] = read.bounded
     finally:
         store.close()
     write_json(figures, args.json)

@@ -4,7 +4,8 @@ dropped whole (rollups stay).
 Raw rows are what grows: 100,000 calls a day is 36M rows a year. Dropping a month's
 partition frees its space at once, where ``DELETE`` would leave a bloated table to vacuum.
 The hourly rollups (``graphthrift_ledger_hourly``) are kept, so ``report`` and ``alerts``
-still answer for the dropped months by any rolled-up tag.
+still answer for the dropped months by any rolled-up tag (not by thread or run id, which only
+raw rows hold).
 """
 
 from __future__ import annotations

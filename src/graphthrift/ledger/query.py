@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import case, cast, func, literal_column, select
+from sqlalchemy import case, cast, func, literal_column, select, text
 
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
 from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
@@ -16,6 +18,82 @@ from graphthrift.store.postgres import Store
 
 REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
 _FILTERABLE = frozenset(RECORD_COLUMNS) - {"extra"}
+
+RAW_REPORT_MAX_ROWS = 250_000
+"""A report that must read raw rows (by ``thread_id`` or ``run_id``, or filtered on a column
+the rollups do not keep) and is given no ``since`` reads all of them only while the ledger
+holds at most this many rows in its range (about 0.5 s here); beyond it, it reads the last
+``RAW_REPORT_WINDOW`` and says so. Measured on 2M rows (100,000 a day): by thread_id over all
+of them 3.0 s, over the last 24 hours 0.37 s; the 24 hours take the same time at 100M rows
+(one month's partition, read through its ``ts`` index)."""
+
+RAW_REPORT_WINDOW = timedelta(hours=24)
+"""The range a raw-row report without ``since`` is bounded to over a large ledger."""
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRange:
+    """The range a report read: ``since``/``until`` as asked, or bounded (``bounded`` then
+    says why and how to read more)."""
+
+    since: datetime | None
+    until: datetime | None
+    bounded: str | None = None
+
+
+class ReportRows(list[dict[str, Any]]):
+    """``report``'s rows (a plain list), with the range they cover in ``range``."""
+
+    range: ReportRange
+
+    def __init__(self, rows: list[dict[str, Any]], range_: ReportRange) -> None:
+        super().__init__(rows)
+        self.range = range_
+
+
+def reads_raw_rows(by: Sequence[str], filters: dict[str, Any]) -> bool:
+    """Whether a report must read raw rows whatever its range: a key or a filter that the
+    rollups do not keep (``thread_id``, ``run_id``, ``success``...)."""
+    return not (
+        all(k in ROLLUP_TAGS or k == "day" for k in by) and all(k in ROLLUP_TAGS for k in filters)
+    )
+
+
+def bounded_range(
+    conn: Any,
+    what: str,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    max_raw_rows: int | None = RAW_REPORT_MAX_ROWS,
+    now: datetime | None = None,
+) -> ReportRange:
+    """The range a raw-row read of ``what`` covers: as given when ``since`` is given or the
+    ledger holds at most ``max_raw_rows`` rows before ``until`` (counted from the daily
+    rollups, which keep months that retention dropped, so the count can only be high), else
+    the last ``RAW_REPORT_WINDOW`` before ``until`` (or now), with a message saying so."""
+    if since is not None or max_raw_rows is None:
+        return ReportRange(since, until)
+    d = daily_table.c
+    count = select(func.coalesce(func.sum(d.rows), 0))
+    if until is not None:
+        count = count.where(d.hour < _aware(until, "until"))
+    held = int(conn.execute(count).scalar() or 0)
+    if held <= max_raw_rows:
+        return ReportRange(since, until)
+    end = _aware(until, "until") if until is not None else (now or datetime.now(UTC))
+    start = end - RAW_REPORT_WINDOW
+    hours = RAW_REPORT_WINDOW.total_seconds() / 3600
+    message = (
+        f"{what} reads raw ledger rows and the ledger holds {held:,} (more than"
+        f" {max_raw_rows:,}), so it covers only the last {hours:g} hours:"
+        f" {start.isoformat()} to {end.isoformat()}. Pass since= (--since) to choose the"
+        " range."
+    )
+    _log.warning(message)
+    return ReportRange(start, until, message)
 
 
 class LedgerQueries:
@@ -48,13 +126,17 @@ class LedgerQueries:
         *,
         since: datetime | None = None,
         until: datetime | None = None,
+        max_raw_rows: int | None = RAW_REPORT_MAX_ROWS,
         **filters: Any,
-    ) -> list[dict[str, Any]]:
+    ) -> ReportRows:
         """Totals grouped by any of ``REPORT_KEYS``, most expensive first.
 
         Whole hours are read from the hourly rollups when every key and filter is a
         rolled-up tag, and hours cut by ``since``/``until`` from raw rows; a report by
-        thread or run id, or filtered on other columns, reads raw rows only.
+        thread or run id, or filtered on other columns, reads raw rows only. Such a report
+        without ``since`` over a ledger of more than ``max_raw_rows`` rows (``None``: no
+        bound) covers only the last ``RAW_REPORT_WINDOW``: the returned list's ``range``
+        says which range was read and, when bounded, why (it is also logged as a warning).
         Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
         ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
         ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
@@ -65,8 +147,17 @@ class LedgerQueries:
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
             raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
+        _conditions(since, until, filters)  # bad filters and times fail before any read
         with self.store.connect() as conn:
-            rows = _run_report(conn, list(by), since, until, filters)
+            read = ReportRange(since, until)
+            if reads_raw_rows(by, filters):
+                read = bounded_range(
+                    conn, f"report by {','.join(by)}", since, until, max_raw_rows=max_raw_rows
+                )
+                # a day of raw rows grouped by run id outgrows the default 4 MB and sorts on
+                # disk; with room it hashes (this transaction only: poolers keep no state)
+                conn.execute(text("SET LOCAL work_mem = '64MB'"))
+            rows = _run_report(conn, list(by), read.since, read.until, filters)
         for row in rows:
             for key in (
                 "requests",
@@ -85,15 +176,13 @@ class LedgerQueries:
             row["success_rate"] = (
                 None if row["success_rate"] is None else float(row["success_rate"])
             )
-        return rows
+        return ReportRows(rows, read)
 
     async def arecords(self, **kwargs: Any) -> list[dict[str, Any]]:
         """``records`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.records(**kwargs))
 
-    async def areport(
-        self, by: Sequence[str] = ("tenant_id",), **kwargs: Any
-    ) -> list[dict[str, Any]]:
+    async def areport(self, by: Sequence[str] = ("tenant_id",), **kwargs: Any) -> ReportRows:
         """``report`` without blocking the event loop."""
         return await asyncio.to_thread(lambda: self.report(by, **kwargs))
 
@@ -118,9 +207,7 @@ def _run_report(
     filters: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Whole hours from the rollups, the cut hours at either end from raw rows."""
-    if not all(k in ROLLUP_TAGS or k == "day" for k in by) or not all(
-        k in ROLLUP_TAGS for k in filters
-    ):
+    if reads_raw_rows(by, filters):
         return _fetch(conn, _raw_report(by, since, until, filters))
     if all(_on_the_day(t) for t in (since, until)):
         return _fetch(conn, _rollup_report(by, since, until, filters, daily_table))

@@ -129,12 +129,17 @@ def _where(
     return (" AND " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _outcomes_cte(task: str) -> str:
-    """Each task's latest outcome row (NULL when nobody said)."""
+def _outcomes_cte(task: str, params: Mapping[str, Any]) -> str:
+    """Each task's latest outcome row (NULL when nobody said). With ``since``, only outcomes
+    written since then are read: an outcome is written when its run ends or later, so a run
+    with a call in the range has its outcome there too, and the read stays within the
+    range's partitions instead of every outcome ever written."""
+    since = " AND ts >= :since" if "since" in params else ""
     return (
         f"WITH outcome AS (SELECT {task} AS task,"
         f" (array_agg(success ORDER BY ts DESC, id DESC))[1] AS ok"
-        f" FROM {LEDGER_TABLE} WHERE kind = 'task' AND {task} IS NOT NULL GROUP BY {task})"
+        f" FROM {LEDGER_TABLE} WHERE kind = 'task' AND {task} IS NOT NULL{since}"
+        f" GROUP BY {task})"
     )
 
 
@@ -154,7 +159,9 @@ def cost_per_task(
     ``unknown_cost_usd``), ``cost_usd`` (tasks with an outcome), ``success_rate``,
     ``cost_per_successful_task``, ``retry_cost_usd`` (paid for attempts after the first),
     ``cache_saved_usd`` (cache hits plus providers' prompt caches) and ``saved_usd``.
-    A task whose calls span two routes counts in both route groups.
+    A task whose calls span two routes counts in both route groups. With ``since``, only
+    outcomes written since then are read (a thread marked before ``since`` and carried on
+    after it counts as unknown).
     """
     _check("task", task, TASK_KEYS)
     if isinstance(by, str):
@@ -164,7 +171,7 @@ def cost_per_task(
     select_groups = "".join(f"r.{k} AS {k}, " for k in groups)
     group_by = ("GROUP BY " + ", ".join(f"r.{k}" for k in groups)) if groups else ""
     sql = f"""
-        {_outcomes_cte(task)}
+        {_outcomes_cte(task, params)}
         SELECT {select_groups}
             count(DISTINCT r.{task}) AS tasks,
             count(DISTINCT r.{task}) FILTER (WHERE o.ok) AS successful,
@@ -209,7 +216,7 @@ def _task_costs(
     store: Any, dimension: str, value: str, task: str, where: str, params: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     sql = f"""
-        {_outcomes_cte(task)}
+        {_outcomes_cte(task, params)}
         SELECT r.{task} AS task, coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm'), 0)
             AS cost, bool_or(o.ok) AS ok
         FROM {LEDGER_TABLE} r JOIN outcome o ON o.task = r.{task}
