@@ -220,3 +220,86 @@ def test_lexical_settings_are_checked(store: Store) -> None:
         FoldedTurnStore(store, lexical_weight=-1)
     with pytest.raises(ConfigError, match="echo_penalty"):
         FoldedTurnStore(store, echo_penalty=-0.5)
+
+
+# A long chat in the shape of the long multi-session set: many questions asked in one
+# phrasing, each answered, and the turn holding the fact asked for phrased otherwise.
+TEMPLATED = [
+    FoldedTurn(0, "assistant", "What preferences do you have for the type of events?"),
+    FoldedTurn(1, "user", "I really enjoy Music."),
+    FoldedTurn(2, "assistant", "Is smoking allowed in the hotel?"),
+    FoldedTurn(3, "user", "No, smoking is not allowed in the hotel."),
+    *(
+        turn
+        for k, (slot, service, value) in enumerate(
+            [
+                ("return date", "flights", "the 5th"),
+                ("origin airport", "flights", "San Diego"),
+                ("departure date", "flights", "the 12th"),
+                ("pickup location", "rentalcars", "SFO"),
+                ("subtitle language", "media", "English"),
+            ]
+        )
+        for turn in (
+            FoldedTurn(
+                4 + 2 * k,
+                "user",
+                f"Quick check before we go on: what was the {slot} I gave for the"
+                f" {service} request?",
+            ),
+            FoldedTurn(5 + 2 * k, "assistant", f"You gave {value}."),
+        )
+    ),
+]
+
+
+def test_phrasing_shared_with_earlier_questions_scores_nothing(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """Five earlier questions in the query's phrasing (each more similar to it than any
+    other turn) must not crowd out the answer: the words they share with the query are
+    phrasing, and they are echoes."""
+    turns.add(tenant, "long", TEMPLATED)
+    query = "Quick check before we go on: what was the event type I gave for the events request?"
+    found = turns.recall(tenant, "long", query, k=2, token_budget=200)
+    texts = [s.text for s in found]
+    assert "I really enjoy Music." in texts, texts
+    assert not any(t.startswith("Quick check") for t in texts), texts
+
+
+def test_a_turn_stating_a_value_outranks_one_on_the_same_topic_without(
+    turns: FoldedTurnStore, tenant: str, store: Store, embedder: StaticEmbedder
+) -> None:
+    chat = [
+        FoldedTurn(0, "user", "Which location of the hotels allows smoking?"),
+        FoldedTurn(1, "user", "I need hotels in London, UK."),
+    ]
+    turns.add(tenant, "v", chat)
+    query = "Which location did I give for the hotels?"
+    assert [s.index for s in turns.recall(tenant, "v", query, k=1)] == [1]
+    # without the value boost the turn about smoking, closer in wording, wins
+    plain = FoldedTurnStore(store, embedder=embedder, value_boost=0.0)
+    assert [s.index for s in plain.recall(tenant, "v", query, k=1)] == [0]
+    with pytest.raises(ConfigError, match="value_boost"):
+        FoldedTurnStore(store, value_boost=-1)
+
+
+def test_no_recall_room_is_reserved_before_anything_is_folded(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """A thread that fits the budget is sent whole: the recall room is only held once the
+    thread has folded turns to recall (holding it earlier folded recent turns for nothing)."""
+    from graphthrift.history import HistoryPruner
+    from graphthrift.text.messages import Message
+
+    chat = [
+        Message("user" if k % 2 == 0 else "assistant", f"Turn {k}: the {word} is {k * 7}.")
+        for k, word in enumerate(["table", "car", "hotel", "flight", "museum", "concert"] * 2)
+    ]
+    alone = HistoryPruner(max_tokens=180, fold_policy="budget").prune(chat)
+    with_recall = HistoryPruner(max_tokens=180, fold_policy="budget", recall=turns)
+    # the thread fits the budget but not the budget less the recall room
+    assert 180 - with_recall.recall_tokens < alone.tokens_out <= 180
+    result = with_recall.prune(chat, tenant=tenant, thread="fits")
+    assert result.state.folded == 0 and result.state.folded_total == 0
+    assert [m.text for m in result.messages] == [m.text for m in chat]

@@ -56,7 +56,8 @@ from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
-from graphthrift.text.lexical import index_terms
+from graphthrift.summarize.facts import fact_spans
+from graphthrift.text.lexical import STOPWORDS, index_terms
 from graphthrift.text.tokens import count_text
 
 __all__ = [
@@ -69,64 +70,18 @@ __all__ = [
     "text_terms",
 ]
 
-_WORD = re.compile(r"[\w][\w@.:/'$,+-]*[\w]|[\w]", re.UNICODE)
-_STOP = frozenset(
-    [
-        "i",
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "if",
-        "of",
-        "to",
-        "in",
-        "on",
-        "at",
-        "for",
-        "by",
-        "with",
-        "from",
-        "my",
-        "me",
-        "we",
-        "you",
-        "your",
-        "our",
-        "it",
-        "is",
-        "was",
-        "are",
-        "be",
-        "this",
-        "that",
-        "what",
-        "which",
-        "who",
-        "when",
-        "where",
-        "how",
-        "can",
-        "could",
-        "would",
-        "should",
-        "do",
-        "did",
-        "please",
-        "thanks",
-        "thank",
-        "hi",
-        "hello",
-        "yes",
-        "no",
-        "ok",
-        "okay",
-    ]
+# Unlike ``text.lexical.WORD`` (content words, split at every punctuation mark), this keeps
+# an identifier whole: ``A-1042``, ``7:30``, ``ana@example.com``, ``$12.50``.
+_IDENTIFIER_WORD = re.compile(r"[\w][\w@.:/'$,+-]*[\w]|[\w]", re.UNICODE)
+# Capitalised words that are no name: the stopwords, and courtesy words.
+_NOT_IDENTIFIERS = STOPWORDS | frozenset(
+    ["please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay"]
 )
 
 
+#: An echo of the query shares at least this many content words with it (and more than
+#: half of its own): fewer is what any two turns on one topic share.
+_ECHO_SHARED = 3
 _EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
 _static: StaticEmbedder | None = None
 _static_lock = threading.Lock()
@@ -145,7 +100,7 @@ def default_recall_embedder() -> StaticEmbedder:
 
 def text_terms(text_: str) -> list[str]:
     """The lower-cased words of a stored turn, the side an identifier must match exactly."""
-    return sorted({w.lower().strip(".,:'") for w in _WORD.findall(text_)} - {""})
+    return sorted({w.lower().strip(".,:'") for w in _IDENTIFIER_WORD.findall(text_)} - {""})
 
 
 def query_terms(query: str) -> list[str]:
@@ -154,7 +109,7 @@ def query_terms(query: str) -> list[str]:
     and capitalised words not at the start of a sentence (names: ``Corte Madera``)."""
     found: list[str] = []
     sentence_start = True
-    for match in _WORD.finditer(query):
+    for match in _IDENTIFIER_WORD.finditer(query):
         word = match.group(0).strip(".,:'")
         before = query[: match.start()].rstrip()
         sentence_start = not before or before[-1] in ".?!"
@@ -167,7 +122,7 @@ def query_terms(query: str) -> list[str]:
             or any(c.isupper() for c in word[1:])
         )
         name = word[0].isupper() and not sentence_start and len(word) > 1
-        if (special or name) and word.lower() not in _STOP:
+        if (special or name) and word.lower() not in _NOT_IDENTIFIERS:
             found.append(word.lower())
     return sorted(set(found))
 
@@ -177,6 +132,10 @@ def query_terms(query: str) -> list[str]:
 LEXICAL_MARK = "~"
 #: Marks a content word a turn is indexed by from the turn before it (weighted by half).
 CONTEXT_MARK = "^"
+#: The term of a turn that states a value (a name, number, date, amount: ``fact_spans``):
+#: recall exists to bring back facts, and a turn without one ("Is smoking allowed?") rarely
+#: answers a later question about what was said.
+VALUE_TERM = "#value"
 
 
 def lexical_terms(text_: str) -> list[str]:
@@ -195,7 +154,8 @@ def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
     previous: list[str] = []
     for turn in turns:
         own = lexical_terms(turn.text)
-        out.append(" ".join(sorted({*text_terms(turn.text), *own, *previous})))
+        value = [VALUE_TERM] if fact_spans(turn.text) else []
+        out.append(" ".join(sorted({*text_terms(turn.text), *own, *previous, *value})))
         previous = [CONTEXT_MARK + t[len(LEXICAL_MARK) :] for t in own]
     return out
 
@@ -255,30 +215,55 @@ _INSERT = (
 
 # Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
 # Candidates: the nearest turns, the nearest holding an identifier of the query, and the
-# best by BM25 over the query's content words (idf from the thread's own turns).
+# best by BM25 over the query's content words (idf from the thread's own turns). The CTEs
+# are materialized and joined only by scalar subqueries or hash joins: the planner guesses
+# one row for a CTE, and the nested loops it picks for that cost 20 ms on a 500-turn thread.
+# Only turns sharing a content word with the query (``lexhit``) can have a BM25 score or
+# count in a document frequency, so BM25 is computed on those alone.
+# Echoes are earlier messages phrased like the query (``_ECHO_SHARED`` or more of their
+# content words in it, and more than half of them); a query word at least half of the
+# echoes use is phrasing ("quick check: what was the ... I gave for the ... request?"),
+# not the need, and scores nothing.
 _SEARCH = (
-    "WITH c AS MATERIALIZED (SELECT turn_index, terms, embedding <=> CAST(:v AS vector) AS d,"
-    " terms && CAST(:q AS text[]) AS hit"
+    "WITH c AS MATERIALIZED (SELECT turn_index, role, content, tokens, terms,"
+    " embedding <=> CAST(:v AS vector) AS d, terms && CAST(:q AS text[]) AS hit,"
+    " terms && CAST(:lq AS text[]) AS lexhit"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
     " total AS (SELECT count(*) AS n FROM c),"
-    " df AS (SELECT w, count(*) AS n FROM c, unnest(c.terms) AS w"
-    " WHERE w = ANY(CAST(:lq AS text[])) GROUP BY w),"
-    " idf AS (SELECT df.w, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS x FROM df, total),"
-    " lex AS (SELECT c.turn_index,"
-    f" sum(CASE WHEN left(idf.w, 1) = '{CONTEXT_MARK}' THEN idf.x / 2 ELSE idf.x END) AS s"
-    " FROM c JOIN idf ON idf.w = ANY(c.terms)"
-    " GROUP BY c.turn_index),"
-    " pick AS ((SELECT turn_index, d FROM c ORDER BY d LIMIT :n)"
-    " UNION (SELECT turn_index, d FROM c WHERE hit ORDER BY d LIMIT :n)"
-    " UNION (SELECT c.turn_index, c.d FROM c JOIN lex USING (turn_index)"
-    " ORDER BY lex.s DESC, c.d LIMIT :n))"
-    " SELECT t.turn_index, t.role, t.content, t.tokens, t.terms, pick.d,"
-    " coalesce(lex.s, 0) AS lex,"
+    " hits AS MATERIALIZED (SELECT turn_index, d, terms,"
+    f" (SELECT count(*) FROM unnest(terms) AS t(w) WHERE left(t.w, 1) = '{LEXICAL_MARK}')"
+    " AS own,"
+    f" (SELECT count(*) FROM unnest(terms) AS t(w) WHERE left(t.w, 1) = '{LEXICAL_MARK}'"
+    " AND t.w = ANY(CAST(:lq AS text[]))) AS shared"
+    " FROM c WHERE lexhit),"
+    " echo AS MATERIALIZED (SELECT terms FROM hits WHERE shared >= :echo_shared"
+    " AND shared * 2 > own),"
+    " echoes AS (SELECT count(*) AS n FROM echo),"
+    " phrasing AS MATERIALIZED (SELECT substr(q.w, 2) AS w"
+    " FROM unnest(CAST(:lq AS text[])) AS q(w), echoes"
+    f" WHERE left(q.w, 1) = '{LEXICAL_MARK}' AND echoes.n >= 2"
+    " AND (SELECT count(*) FROM echo WHERE echo.terms @> ARRAY[q.w]) * 2 >= echoes.n),"
+    " df AS (SELECT q.w, (SELECT count(*) FROM hits WHERE hits.terms @> ARRAY[q.w]) AS n"
+    " FROM unnest(CAST(:lq AS text[])) AS q(w)"
+    " WHERE substr(q.w, 2) NOT IN (SELECT w FROM phrasing)),"
+    " idf AS MATERIALIZED (SELECT df.w, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS x"
+    " FROM df, total WHERE df.n > 0),"
+    " lex AS MATERIALIZED (SELECT hits.turn_index, hits.d, hits.shared >= :echo_shared"
+    " AND hits.shared * 2 > hits.own AS echo, (SELECT"
+    f" sum(CASE WHEN left(idf.w, 1) = '{CONTEXT_MARK}' THEN idf.x / 2 ELSE idf.x END)"
+    " FROM idf WHERE idf.w = ANY(hits.terms)) AS s FROM hits),"
+    " pick AS ((SELECT turn_index FROM c ORDER BY d LIMIT :n)"
+    " UNION (SELECT turn_index FROM c WHERE hit ORDER BY d LIMIT :n)"
+    " UNION (SELECT turn_index FROM lex WHERE s > 0 AND NOT echo"
+    " ORDER BY s DESC, d LIMIT :n))"
+    " SELECT c.turn_index, c.role, c.content, c.tokens, c.terms, c.d,"
+    " coalesce((SELECT lex.s FROM lex WHERE lex.turn_index = c.turn_index), 0) AS lex,"
+    " coalesce((SELECT lex.echo FROM lex WHERE lex.turn_index = c.turn_index), false)"
+    " AS echo,"
     f" (SELECT coalesce(sum(x), 0) FROM idf WHERE left(w, 1) = '{LEXICAL_MARK}') AS lex_max"
-    f" FROM pick JOIN {FOLDED_TURNS_TABLE} AS t ON t.tenant_id = :tenant"
-    " AND t.thread_id = :thread AND t.embedding_model = :model AND t.turn_index = pick.turn_index"
-    " LEFT JOIN lex ON lex.turn_index = pick.turn_index"
+    " , (SELECT max(turn_index) FROM c) AS newest"
+    " FROM c WHERE c.turn_index IN (SELECT turn_index FROM pick)"
 )
 
 _FORGET = (
@@ -300,6 +285,7 @@ class FoldedTurnStore:
         lexical_weight: score added to the turn with the best BM25 score over the query's
             content words (stemmed, stopwords out; each turn also indexed with the content
             words of the turn before it), in proportion for the others.
+        value_boost: score added to a turn that states a value (``VALUE_TERM``).
         echo_penalty: score taken from a turn in proportion to the share of its content
             words the query already holds past half of them (an earlier question phrased
             like this one): a turn all of whose content words are in the query loses it all.
@@ -314,8 +300,11 @@ class FoldedTurnStore:
         *,
         embedder: object | None = None,
         term_boost: float = 0.3,
-        lexical_weight: float = 0.5,
+        lexical_weight: float = 1.0,
         echo_penalty: float = 1.0,
+        value_boost: float = 0.6,
+        recency_weight: float = 0.0,
+        recency_half_life: float = 50.0,
         token_model: str | None = None,
         timeout: float = 0.5,
         candidates: int = 32,
@@ -326,6 +315,12 @@ class FoldedTurnStore:
             raise ConfigError("lexical_weight", lexical_weight, "must be >= 0")
         if not echo_penalty >= 0:
             raise ConfigError("echo_penalty", echo_penalty, "must be >= 0")
+        if not value_boost >= 0:
+            raise ConfigError("value_boost", value_boost, "must be >= 0")
+        if not recency_weight >= 0:
+            raise ConfigError("recency_weight", recency_weight, "must be >= 0")
+        if not recency_half_life > 0:
+            raise ConfigError("recency_half_life", recency_half_life, "must be > 0 turns")
         if not timeout > 0:
             raise ConfigError("timeout", timeout, "must be > 0 seconds")
         if candidates < 1:
@@ -337,6 +332,8 @@ class FoldedTurnStore:
         self.term_boost = float(term_boost)
         self.lexical_weight = float(lexical_weight)
         self.echo_penalty = float(echo_penalty)
+        self.value_boost = float(value_boost)
+        self.recency = (float(recency_weight), float(recency_half_life))
         self.token_model = token_model
         self.timeout = float(timeout)
         self.candidates = candidates
@@ -415,6 +412,7 @@ class FoldedTurnStore:
             "q": query_terms(query),
             "lq": _with_context(lexical_terms(query)),
             "n": max(self.candidates, k),
+            "echo_shared": _ECHO_SHARED,
         }
 
     def recall(
@@ -436,7 +434,8 @@ class FoldedTurnStore:
         return _pack(
             rows,
             params["q"],
-            (self.term_boost, self.lexical_weight, self.echo_penalty),
+            (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
+            self.recency,
             k,
             token_budget,
             params["lq"],
@@ -460,7 +459,8 @@ class FoldedTurnStore:
         return _pack(
             rows,
             params["q"],
-            (self.term_boost, self.lexical_weight, self.echo_penalty),
+            (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
+            self.recency,
             k,
             token_budget,
             params["lq"],
@@ -499,7 +499,8 @@ def _check_limits(k: int, token_budget: int) -> None:
 def _pack(
     rows: list[dict[str, Any]],
     terms: Sequence[str],
-    weights: tuple[float, float, float],
+    weights: tuple[float, float, float, float],
+    recency: tuple[float, float],
     k: int,
     token_budget: int,
     query_lexical: Sequence[str] = (),
@@ -508,7 +509,8 @@ def _pack(
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
     content words as a share of the most any turn could get) and keep the best that fit
     the budget together (one too large is skipped)."""
-    boost, lexical, redundant = weights
+    boost, lexical, redundant, value = weights
+    recent, half_life = recency
     wanted = set(terms)
     asked = set(query_lexical)
     scored: list[RecalledSnippet] = []
@@ -522,10 +524,11 @@ def _pack(
         # a turn whose content words the query already holds (an earlier question asked
         # the same way) tells the model nothing the query does not; marked down by how far
         # more than half of them the query holds
-        own = lexical_terms(str(row["content"]))
+        # the stored terms hold them already (``_stored_terms``): no re-stemming per lookup
+        own = [t for t in row["terms"] or () if t.startswith(LEXICAL_MARK)]
         # (most of its words): sharing a few of the query's words is what relevant turns do
         share = len(asked.intersection(own)) / len(own) if own and asked else 0.0
-        echo = max(0.0, share - 0.5) * 2.0
+        echo = 1.0 if row.get("echo") else max(0.0, share - 0.5) * 2.0
         scored.append(
             RecalledSnippet(
                 int(row["turn_index"]),
@@ -537,6 +540,9 @@ def _pack(
                 similarity
                 + boost * matched / max(1, len(wanted))
                 + lexical * lex
+                + value * (VALUE_TERM in (row["terms"] or ()))
+                + recent
+                * 0.5 ** ((int(row.get("newest") or 0) - int(row["turn_index"])) / half_life)
                 - redundant * echo,
             )
         )
