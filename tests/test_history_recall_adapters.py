@@ -256,3 +256,52 @@ def test_llamaindex_memory_recalls_within_its_tenant_and_thread(
             memory.put(ChatMessage(role="assistant", content="Noted, happy to help with that."))
         assert prompt[-2].additional_kwargs.get("graphthrift_recall") is True
     _own_code_only(recalled)
+
+
+async def test_llamaindex_memory_block_recalls_within_its_tenant_and_session(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """``HistoryMemoryBlock`` in a real ``Memory``: the turns Memory flushes are kept under
+    (tenant, session id), and the block's content brings the fact back for the question,
+    in its own tenant and session only."""
+    from llama_index.core.memory import Memory
+
+    from graphthrift.llamaindex.memory import HistoryMemoryBlock
+
+    recalled: dict[tuple[str, str], str] = {}
+    for name, session, code in SCOPES:
+        block = HistoryMemoryBlock(
+            max_summary_tokens=24, recall=turns, tenant_id=tenant + name, recall_tokens=64
+        )
+        memory = Memory.from_defaults(
+            session_id=f"{session}-{tenant}",
+            token_limit=400,
+            chat_history_token_ratio=0.3,
+            token_flush_size=60,
+            memory_blocks=[block],
+        )
+        for text in _user_turns(code):
+            await memory.aput(ChatMessage(role="user", content=text))
+            view = await memory.aget()
+            await memory.aput(ChatMessage(role="assistant", content="Noted, happy to help."))
+        state = block.states[f"{session}-{tenant}"]
+        assert state["folded_total"] > 0, "Memory flushed turns into the block"
+        assert view[-1].content == QUESTION  # the question is still the latest message
+        system = view[0].content or ""
+        assert view[0].role.value == "system" and "Recalled from earlier" in system
+        recalled[(name, session)] = system.split("Recalled from earlier", 1)[1]
+    _own_code_only(recalled)
+
+
+async def test_llamaindex_memory_block_without_recall_keeps_nothing(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    from graphthrift.llamaindex.memory import HistoryMemoryBlock
+
+    block = HistoryMemoryBlock(max_summary_tokens=24)
+    await block.aput(
+        [ChatMessage(role="user", content="My gym locker code is 4417.")], session_id="plain"
+    )
+    content = await block.aget([ChatMessage(role="user", content=QUESTION)], session_id="plain")
+    assert "Recalled from earlier" not in content
+    assert turns.recall(tenant, "plain", QUESTION) == []

@@ -760,7 +760,7 @@ class HistoryPruner:
         shown = {m.text for m in result.messages}
         snippets = [s for s in found if s.text not in shown]
         while snippets:
-            message = self._recall_message(snippets)
+            message = self.render_recall(snippets)
             size = message_tokens(message, self.model)
             if result.tokens_out + size <= self.max_tokens:
                 break
@@ -778,7 +778,9 @@ class HistoryPruner:
             recalled=tuple(snippets),
         )
 
-    def _recall_message(self, snippets: Sequence[RecalledSnippet]) -> Message:
+    def render_recall(self, snippets: Sequence[RecalledSnippet]) -> Message:
+        """The recall message for ``snippets``: the recall header, then ``[role] text`` lines
+        (what ``prune`` places before the latest human turn; memory blocks render it too)."""
         lines = [f"[{s.role}] {s.text}" for s in snippets]
         return Message(self.summary_role, "\n".join([self.recall_prefix, *lines]), id=RECALL_ID)
 

@@ -76,10 +76,16 @@ def _to_llamaindex(result: PruneResult, summary_role: str) -> list[ChatMessage]:
 class HistoryMemoryBlock(BaseMemoryBlock[str]):
     """A ``Memory`` block that folds ejected messages into a running summary.
 
+    With ``recall=FoldedTurnStore(store)`` the ejected messages are also kept verbatim under
+    (``tenant_id``, the Memory's ``session_id``), and the block's content adds the ones most
+    relevant to the latest user message (at most ``recall_k``, within ``recall_tokens``)
+    after the summary.
+
     Args:
         pruner: the ``HistoryPruner`` whose summarizer and caps to use; default one from
-            ``pruner_settings`` (``summarizer``, ``max_summary_tokens``, ...).
+            ``pruner_settings`` (``summarizer``, ``max_summary_tokens``, ``recall``, ...).
         name, priority: as for any memory block (priority 1: Memory may shorten it last).
+        tenant_id: recall scope; default the bound run tags' tenant_id, or ''.
 
     Example:
         >>> from llama_index.core.memory import Memory
@@ -93,6 +99,9 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
     )
     states: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="HistoryState per session."
+    )
+    tenant_id: str | None = Field(
+        default=None, description="Recall scope; default the bound run tags' tenant_id, or ''."
     )
     _pruner: HistoryPruner = PrivateAttr()
 
@@ -110,8 +119,33 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
         """The running summary of a session."""
         return HistoryState.from_dict(self.states.get(session_id or _DEFAULT_SESSION)).summary
 
+    def _tenant(self) -> str:
+        """The recall tenant, through the adapter kernel (bound run tags fill it if unset)."""
+        return str(run_tags(None, tenant_id=self.tenant_id).get("tenant_id") or "")
+
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        return self.summary(block_kwargs.get("session_id"))
+        session = str(block_kwargs.get("session_id") or _DEFAULT_SESSION)
+        recalled = await self._arecall(messages or [], session)
+        return "\n\n".join(part for part in (self.summary(session), recalled) if part)
+
+    async def _arecall(self, messages: list[ChatMessage], session: str) -> str:
+        """The recall message's text for the latest user message, or '' (no store, nothing
+        folded yet in this session, no user message, or nothing relevant)."""
+        store = self._pruner.recall
+        if store is None or not HistoryState.from_dict(self.states.get(session)).folded_total:
+            return ""
+        users = [m for m in messages if m.role == MessageRole.USER]
+        query = (users[-1].content or "") if users else ""
+        if not query.strip():
+            return ""
+        snippets = await store.arecall(
+            self._tenant(),
+            session,
+            query,
+            k=self._pruner.recall_k,
+            token_budget=self._pruner.recall_tokens,
+        )
+        return self._pruner.render_recall(snippets).text if snippets else ""
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         by_session: dict[str, list[ChatMessage]] = {}
@@ -120,7 +154,9 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
                 str(m.additional_kwargs.get("session_id", _DEFAULT_SESSION)), []
             ).append(m)
         for session, batch in by_session.items():
-            state = await self._pruner.afold(batch, self.states.get(session))
+            state = await self._pruner.afold(
+                batch, self.states.get(session), tenant=self._tenant(), thread=session
+            )
             self.states[session] = state.to_dict()
 
     async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
