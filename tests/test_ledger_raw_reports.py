@@ -4,10 +4,6 @@ the last day with a message, and equal to the raw rows of the range they say the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,7 @@ from cache_helpers import scratch_database
 from graphthrift import Ledger, LedgerRecord, Store
 from graphthrift.ledger.query import RAW_REPORT_WINDOW, bounded_range, reads_raw_rows
 from graphthrift.ops.tasks import cost_per_task
+from ledger_writers import write_from_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +41,11 @@ def recent_records(tenant: str, worker: int, n: int, end: datetime) -> list[Ledg
         )
         for i in range(n)
     ]
+
+
+def writer_records(tenant: str, worker: int, end: str) -> list[LedgerRecord]:
+    """What a writer process of ``write_from_processes`` writes: 400 recent records."""
+    return recent_records(tenant, worker, 400, datetime.fromisoformat(end))
 
 
 def _raw(conn: Any, key: str, tenant: str, since: datetime | None) -> dict[str, tuple[Any, ...]]:
@@ -80,44 +82,9 @@ def test_bounded_report_by_thread_and_run_equals_raw_rows_after_concurrent_write
     store: Store, tenant: str
 ) -> None:
     end = datetime.now(UTC)
-    script = textwrap.dedent(
-        """
-        import sys
-        from datetime import datetime
-        sys.path.insert(0, sys.argv[3])
-        from graphthrift import Ledger, Store
-        from test_ledger_raw_reports import recent_records
-        store = Store(sys.argv[1], home=sys.argv[4])
-        ledger = Ledger(store, batch_size=37, flush_interval=0.01)
-        end = datetime.fromisoformat(sys.argv[6])
-        ledger.record_many(recent_records(sys.argv[2], int(sys.argv[5]), 400, end))
-        ledger.close()
-        store.close()
-        """
+    write_from_processes(
+        store, tenant, "test_ledger_raw_reports:writer_records", 3, end.isoformat()
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                script,
-                store.url,
-                tenant,
-                str(REPO / "tests"),
-                str(store.home),
-                str(w),
-                end.isoformat(),
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(3)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
     ledger = Ledger(store)
     try:
         for key in ("thread_id", "run_id"):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from graphthrift.ledger.schema import (
 )
 from graphthrift.store import apply_migrations
 from graphthrift.store.migrations import MIGRATIONS
+from ledger_writers import write_from_processes
 
 REPO = Path(__file__).resolve().parents[1]
 _BASE = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -85,44 +82,15 @@ def _records(tenant: str, worker: int, n: int) -> list[LedgerRecord]:
     ]
 
 
+def writer_records(tenant: str, worker: int) -> list[LedgerRecord]:
+    """What a writer process of ``write_from_processes`` writes: 400 records."""
+    return _records(tenant, worker, 400)
+
+
 def test_rollups_equal_raw_rows_after_concurrent_writer_processes(
     store: Store, tenant: str, tmp_path: Path
 ) -> None:
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.path.insert(0, sys.argv[3])
-        from graphthrift import Ledger, Store
-        from test_ledger_rollups import _records
-        store = Store(sys.argv[1], home=sys.argv[4])
-        ledger = Ledger(store, batch_size=37, flush_interval=0.01)
-        ledger.record_many(_records(sys.argv[2], int(sys.argv[5]), 400))
-        ledger.close()
-        store.close()
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                script,
-                store.url,
-                tenant,
-                str(REPO / "tests"),
-                str(store.home),
-                str(w),
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(4)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    write_from_processes(store, tenant, "test_ledger_rollups:writer_records", 4)
     with store.connect() as conn:
         raw = _from_raw(conn, tenant)
         rolled = _from_rollups(conn, tenant)
