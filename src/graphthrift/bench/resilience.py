@@ -370,6 +370,78 @@ _KILLED = textwrap.dedent(
 )
 
 
+_DRAINED = textwrap.dedent(
+    """
+    import sys, threading, time
+    from graphthrift import Ledger, Store
+    from graphthrift.resilience import GracefulShutdown
+    tenant = sys.argv[1]
+    store = Store(sys.argv[2])
+    shutdown = GracefulShutdown(ledger=Ledger(store), grace_s=0.5)
+    shutdown.install()
+    go, started = threading.Event(), threading.Semaphore(0)
+
+    def unit(key, slow):
+        with shutdown.work(key, tenant_id=tenant, payload={"job": key}):
+            started.release()
+            while slow or not go.is_set():
+                time.sleep(0.01)
+
+    for key, slow in (("finishes", False), ("outlives-grace", True)):
+        threading.Thread(target=unit, args=(key, slow), daemon=True).start()
+    started.acquire(); started.acquire()
+    print("ready", flush=True)
+    threading.Timer(0.05, go.set).start()  # the short unit ends inside the grace period
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+def _drained_and_resumed(store: Store, url: str, env: dict[str, str]) -> dict[str, int]:
+    """SIGTERM a worker with two units (one outlives the grace period); then two resumers
+    race for what it left interrupted. Each interrupted unit must be resumed exactly once."""
+    from graphthrift.resilience import GracefulShutdown
+
+    tenant = f"bench-drain-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRAINED, tenant, url], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    recorded = len(GracefulShutdown(store=store).interrupted(tenant_id=tenant)) if ready else 0
+    runs: Counter[str] = Counter()
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def resumer() -> None:
+        shutdown = GracefulShutdown(store=store)
+        barrier.wait(30)
+
+        def resume(unit: Any) -> None:
+            with lock:
+                runs[unit.unit_id] += 1
+
+        shutdown.resume_interrupted(resume, tenant_id=tenant)
+
+    threads = [threading.Thread(target=resumer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return {
+        "interrupted_units_recorded": recorded,
+        "resumed_once": sum(1 for n in runs.values() if n == 1),
+        "resumed_twice_or_more": sum(1 for n in runs.values() if n > 1),
+    }
+
+
 def _restart(store: Store) -> dict[str, int]:
     from graphthrift.budget import Budget
     from graphthrift.ledger import Ledger
@@ -397,7 +469,11 @@ def _restart(store: Store) -> dict[str, int]:
     time.sleep(1.2)
     budget.reclaim()
     held = budget.usage({"tenant_id": tenant})["tenant"]["reserved_usd"] > 1e-12
-    return {"flushed_rows_lost": 20 - found, "reservations_held_after_expiry": 3 if held else 0}
+    return {
+        "flushed_rows_lost": 20 - found,
+        "reservations_held_after_expiry": 3 if held else 0,
+        **_drained_and_resumed(store, url, env),
+    }
 
 
 def _overhead(store: Store, n: int) -> dict[str, float]:
@@ -439,6 +515,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "retry_cost_under_half_of_langchain": ours["retry_cost_usd"] < 0.5 * lc["retry_cost_usd"],
         "no_run_over_budget": ours["over_budget_runs"] == 0,
         "overhead_p95_under_1ms": figures["overhead_ms"]["p95"] < 1.0,
+        "interrupted_units_resumed_once": (
+            figures["restart"]["interrupted_units_recorded"] == 1
+            and figures["restart"]["resumed_once"] == 1
+            and figures["restart"]["resumed_twice_or_more"] == 0
+        ),
     }
     figures["settings"] = {"tasks": tasks, "concurrency": args.concurrency, "scale": args.scale}
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
