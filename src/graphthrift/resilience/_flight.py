@@ -112,6 +112,14 @@ _TRY_LOCK = text(f"""
       ON f.key_hash = :key AND f.expires_at > now()
      AND f.finished_at >= clock_timestamp() - make_interval(secs => :window)
 """)
+# Single-flight (no window): an answer finished before this caller asked is never its answer,
+# so there is no row to look up.
+_TRY_LOCK_NOW = text("""
+    SELECT pg_try_advisory_lock(:lock) AS got, clock_timestamp() AS now,
+           NULL::jsonb AS result, NULL::jsonb AS usage, NULL::text AS model,
+           NULL::text AS fingerprint
+    FROM (SELECT pg_advisory_lock_shared(:waiters) OFFSET 0) AS registered
+""")
 # A leader with no caller of another process registered on the key: release the lock without
 # writing the answer (nobody could read it). The waiters' key is taken exclusively for the
 # length of this one statement, so a caller registering meanwhile waits a moment and then
@@ -458,8 +466,11 @@ class FlightEngine:
         conn: Connection | None = None
         try:
             conn = self._sessions().connect()
-            params = {"lock": lock, "waiters": waiters_lock_id(key), "key": key}
-            row = conn.execute(_TRY_LOCK, {**params, "window": self.window_s}).one()
+            params: dict[str, Any] = {"lock": lock, "waiters": waiters_lock_id(key)}
+            if self.window_s == 0:
+                row = conn.execute(_TRY_LOCK_NOW, params).one()
+            else:
+                row = conn.execute(_TRY_LOCK, {**params, "key": key, "window": self.window_s}).one()
             got, started = bool(row.got), row.now
             stored = self._answer(row, ticket)
             deadline = time.monotonic() + self.wait_timeout
