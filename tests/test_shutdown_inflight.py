@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from graphthrift import Ledger, Store, diagnostics
+from graphthrift.errors import ShuttingDown
 from graphthrift.resilience import GracefulShutdown, InFlightLog, InFlightUnit
 from graphthrift.resilience.schema import INFLIGHT_TABLE
 
@@ -236,3 +237,36 @@ def test_bad_input_is_refused_with_a_clear_error(store: Store) -> None:
         InFlightLog(store).start("")
     with pytest.raises(ValueError, match="lease_s"):
         GracefulShutdown(store=store, lease_s=0)
+
+
+def test_a_draining_process_claims_nothing_and_a_resume_cut_short_is_interrupted_again(
+    ledger: Ledger, tenant: str
+) -> None:
+    first = _interrupted_unit(ledger, tenant, key="first", payload=1)
+    second = _interrupted_unit(ledger, tenant, key="second", payload=2)
+    shutdown = GracefulShutdown(ledger=ledger, grace_s=0.1)
+    drained: list[Any] = []
+
+    def resume(u: InFlightUnit) -> None:
+        drained.append(shutdown.drain())  # a SIGTERM while the first unit resumes: the
+        raise SystemExit(0)  # handler drains, then the process exits through the work
+
+    with pytest.raises(SystemExit):
+        shutdown.resume_interrupted(resume, tenant_id=tenant)
+    assert drained[0].interrupted == 1
+    [cut, untouched] = sorted(shutdown.inflight.interrupted(tenant_id=tenant), key=lambda u: u.key)
+    assert (cut.unit_id, cut.claims) == (first.unit_id, 1)
+    assert cut.reason is not None and "grace period" in cut.reason
+    assert (untouched.unit_id, untouched.claims) == (second.unit_id, 0)  # never claimed
+    with pytest.raises(ShuttingDown):
+        shutdown.resume_interrupted(resume, tenant_id=tenant)
+
+
+def test_resume_claims_no_further_unit_once_the_process_drains(ledger: Ledger, tenant: str) -> None:
+    first = _interrupted_unit(ledger, tenant, key="a-first", payload=1)
+    second = _interrupted_unit(ledger, tenant, key="b-second", payload=2)
+    shutdown = GracefulShutdown(ledger=ledger, grace_s=0.1)
+    report = shutdown.resume_interrupted(lambda u: shutdown.drain(), tenant_id=tenant)
+    assert report.resumed == (first.unit_id,)  # it finished (after the drain gave up on it)
+    [left] = GracefulShutdown(ledger=ledger).interrupted(tenant_id=tenant)
+    assert (left.unit_id, left.claims) == (second.unit_id, 0)

@@ -473,14 +473,18 @@ class InFlightLog:
         tenant_id: str | None = None,
         where: Callable[[InFlightUnit], bool] | None = None,
         limit: int = 100,
+        stop: Callable[[], bool] | None = None,
     ) -> ResumeReport:
         """Claim each interrupted unit (that ``where`` accepts) and run ``fn(unit)``; a unit
-        whose ``fn`` raises is interrupted again (reason: the error) for a later try."""
+        whose ``fn`` raises is interrupted again (reason: the error) for a later try. Once
+        ``stop()`` is true no further unit is claimed (the process began to drain)."""
         resumed: list[str] = []
         failed: list[str] = []
         taken: list[str] = []
         results: dict[str, Any] = {}
         for unit in self.interrupted(tenant_id=tenant_id, limit=limit):
+            if stop is not None and stop():
+                break
             if where is not None and not where(unit):
                 continue
             mine = self.claim(unit)

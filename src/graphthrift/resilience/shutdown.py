@@ -287,8 +287,16 @@ class GracefulShutdown:
         Each resume counts as work in flight: a drain waits for it, and marks it interrupted
         again if it does not finish in time; a unit whose ``fn`` raises is interrupted again
         (reason: the error), for a later try."""
+        with self._cond:
+            if self._draining:
+                diagnostics.count("shutdown_refused")
+                raise ShuttingDown(self._in_flight, self.grace_s)
         return self.inflight.resume(
-            lambda unit: self._run_resumed(unit, fn), tenant_id=tenant_id, where=where, limit=limit
+            lambda unit: self._run_resumed(unit, fn),
+            tenant_id=tenant_id,
+            where=where,
+            limit=limit,
+            stop=lambda: self.draining,
         )
 
     def _run_resumed(self, unit: InFlightUnit, fn: Callable[[InFlightUnit], Any]) -> Any:
