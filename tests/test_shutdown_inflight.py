@@ -270,3 +270,22 @@ def test_resume_claims_no_further_unit_once_the_process_drains(ledger: Ledger, t
     assert report.resumed == (first.unit_id,)  # it finished (after the drain gave up on it)
     [left] = GracefulShutdown(ledger=ledger).interrupted(tenant_id=tenant)
     assert (left.unit_id, left.claims) == (second.unit_id, 0)
+
+
+def test_a_store_that_is_down_never_stops_the_work_and_is_counted(tenant: str) -> None:
+    from sqlalchemy import create_engine
+
+    dead = Store.__new__(Store)  # a store whose database is gone
+    dead.engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
+    dead.display_url = "postgresql://127.0.0.1:1/none"
+    shutdown = GracefulShutdown(store=dead, grace_s=1)
+    before = diagnostics.get("inflight_store_failure")
+    ran: list[int] = []
+    with shutdown.work("job", tenant_id=tenant) as unit:
+        ran.append(1)
+    assert unit is None and ran == [1]  # ran unrecorded
+    assert shutdown.interrupted(tenant_id=tenant) == []  # listing fails open too
+    assert shutdown.resume_interrupted(lambda u: ran.append(2)).resumed == ()
+    assert ran == [1] and diagnostics.get("inflight_store_failure") >= before + 3

@@ -255,7 +255,7 @@ class InFlightLog:
     def _failed(self, what: str, exc: BaseException) -> None:
         diagnostics.count(
             "inflight_store_failure",
-            "graphthrift graceful restart: could not %s (%s); the work runs unrecorded",
+            "graphthrift graceful restart: could not %s (%s)",
             what,
             exc,
         )
@@ -304,7 +304,7 @@ class InFlightLog:
                     },
                 )
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            self._failed(f"record unit {key!r}", exc)
+            self._failed(f"record unit {key!r}; it runs unrecorded", exc)
             return None
         with self._lock:
             self._mine.add(unit_id)
@@ -487,7 +487,11 @@ class InFlightLog:
                 break
             if where is not None and not where(unit):
                 continue
-            mine = self.claim(unit)
+            try:
+                mine = self.claim(unit)
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                self._failed("claim an interrupted unit; it stays for a later resume", exc)
+                break
             if mine is None:
                 taken.append(unit.unit_id)
                 continue
