@@ -280,6 +280,7 @@ def test_a_store_that_is_down_never_stops_the_work_and_is_counted(tenant: str) -
         "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
     dead.display_url = "postgresql://127.0.0.1:1/none"
+    dead._secrets = ()
     shutdown = GracefulShutdown(store=dead, grace_s=1)
     before = diagnostics.get("inflight_store_failure")
     ran: list[int] = []
