@@ -21,7 +21,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -139,7 +139,7 @@ class GracefulShutdown:
         tenant_id: str | None = None,
         checkpoint_ns: str | None = None,
         payload: Any = None,
-        tags: dict[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> Iterator[InFlightUnit | None]:
         """Run one unit of work, or raise ``ShuttingDown`` if the process is draining.
 
@@ -210,8 +210,9 @@ class GracefulShutdown:
             self._held.pop(reservation.id, None)
 
     def drain(self) -> DrainReport:
-        """Refuse new work, wait for the calls in flight (up to ``grace_s``), release the
-        reservations still held, flush the ledger."""
+        """Refuse new work, wait for the calls in flight (up to ``grace_s``), mark the
+        recorded units still running interrupted (and book them), release the reservations
+        still held, flush the ledger."""
         started = time.monotonic()
         deadline = started + self.grace_s
         with self._cond:
