@@ -290,3 +290,16 @@ def test_a_store_that_is_down_never_stops_the_work_and_is_counted(tenant: str) -
     assert shutdown.interrupted(tenant_id=tenant) == []  # listing fails open too
     assert shutdown.resume_interrupted(lambda u: ran.append(2)).resumed == ()
     assert ran == [1] and diagnostics.get("inflight_store_failure") >= before + 3
+
+
+def test_a_pid_is_only_checked_on_the_host_and_pid_namespace_it_belongs_to(
+    store: Store, ledger: Ledger, tenant: str
+) -> None:
+    log = InFlightLog(store, ledger=ledger)
+    name = log.host.split("~")[0]
+    # the same host name, another pid namespace (a container sharing the host's network):
+    # the pid means nothing here, so only a lapsed lease would make the unit interrupted
+    other = _insert_running(store, tenant, host=f"{name}~1~0", pid=_dead_pid(), lease_s=3600)
+    assert log.interrupted(tenant_id=tenant) == []
+    found = log.get(other)
+    assert found is not None and found.status == "running"

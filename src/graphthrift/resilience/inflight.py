@@ -169,6 +169,26 @@ def _unit(row: Any) -> InFlightUnit:
     )
 
 
+def host_identity() -> str:
+    """This host as pids are meaningful on it: the host name, the pid namespace and the boot.
+
+    Two containers sharing the host's name (``network_mode: host``) but not its pids, or the
+    same host after a reboot, are different "hosts" here, so a pid is only ever checked where
+    it means the same process; elsewhere the lease decides.
+    """
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
+    except OSError:
+        namespace = ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip().replace("-", "")[:8]
+    except OSError:
+        boot = ""
+    name = socket.gethostname().replace(":", "_")
+    return "~".join(part for part in (name, namespace, boot) if part)
+
+
 def _start_ticks(pid: int) -> str:
     """The process's start time in clock ticks since boot (Linux), or "" where unknown: with
     the pid, it tells a live owner from a new process that reused its pid."""
@@ -234,7 +254,7 @@ class InFlightLog:
         self.ledger = ledger
         self.lease_s = lease_s
         self.keep_s = keep_s
-        self.host = socket.gethostname()
+        self.host = host_identity()
         self._lock = threading.Lock()
         self._mine: set[str] = set()
         self._finished = 0
