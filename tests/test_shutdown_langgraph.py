@@ -7,6 +7,8 @@ Postgres saver is installed here, and ``InMemorySaver`` alone would not survive 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import operator
 import os
@@ -17,11 +19,13 @@ import textwrap
 from pathlib import Path
 from typing import Annotated, TypedDict
 
+import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 
 from graphthrift import Ledger, Store
-from graphthrift.langgraph import resume_interrupted, unit_config
+from graphthrift.errors import ShuttingDown
+from graphthrift.langgraph import aresume_interrupted, resume_interrupted, unit_config
 from graphthrift.resilience import GracefulShutdown
 
 _ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -203,3 +207,56 @@ def test_a_unit_without_a_thread_is_left_to_other_resumers(ledger: Ledger, tenan
         assert "no thread_id" in str(exc)
     else:
         raise AssertionError("a unit without a thread_id has no config to resume")
+
+
+async def test_async_a_run_stopped_between_super_steps_continues_without_rerunning_them(
+    ledger: Ledger, tenant: str
+) -> None:
+    ran: list[str] = []
+
+    async def plan(state: _State) -> dict[str, list[str]]:
+        ran.append("plan")
+        return {"steps": ["plan"]}
+
+    async def act(state: _State) -> dict[str, list[str]]:
+        ran.append("act")
+        return {"steps": ["act"]}
+
+    builder = StateGraph(_State)
+    builder.add_node("plan", plan)
+    builder.add_node("act", act)
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "act")
+    builder.add_edge("act", END)
+    saver = InMemorySaver()
+    stopping = builder.compile(checkpointer=saver, interrupt_before=["act"])  # stops after plan
+    graph = builder.compile(checkpointer=saver)
+    thread = f"{tenant}-async"
+    worker = GracefulShutdown(ledger=ledger)
+    with contextlib.suppress(asyncio.CancelledError):
+        async with worker.awork(thread_id=thread, tenant_id=tenant, payload={"steps": []}):
+            await stopping.ainvoke({"steps": []}, {"configurable": {"thread_id": thread}})
+            raise asyncio.CancelledError  # the server cancels the request as it stops
+    [unit] = worker.interrupted(tenant_id=tenant)
+    assert unit.reason == "stopped by CancelledError"
+
+    report = await aresume_interrupted(graph, GracefulShutdown(ledger=ledger), tenant_id=tenant)
+    assert list(report.results.values()) == [{"steps": ["plan", "act"]}]
+    assert ran == ["plan", "act"]  # plan was not run again
+    assert worker.interrupted(tenant_id=tenant) == []
+
+
+async def test_async_work_is_refused_while_draining_and_done_when_it_finishes(
+    ledger: Ledger, tenant: str
+) -> None:
+    shutdown = GracefulShutdown(ledger=ledger, grace_s=1)
+    async with shutdown.awork("async-job", tenant_id=tenant) as unit:
+        assert unit is not None and shutdown.in_flight == 1
+    stored = shutdown.inflight.get(unit.unit_id)
+    assert stored is not None and stored.status == "done"
+    shutdown.drain()
+    with pytest.raises(ShuttingDown):
+        async with shutdown.awork("late", tenant_id=tenant):
+            pass
+    with pytest.raises(ShuttingDown):
+        await shutdown.aresume_interrupted(lambda u: asyncio.sleep(0), tenant_id=tenant)

@@ -21,7 +21,7 @@ from langchain_core.runnables import RunnableConfig
 from graphthrift.resilience.inflight import InFlightUnit, ResumeReport
 from graphthrift.resilience.shutdown import GracefulShutdown
 
-__all__ = ["resume_interrupted", "unit_config"]
+__all__ = ["aresume_interrupted", "resume_interrupted", "unit_config"]
 
 
 def unit_config(unit: InFlightUnit, config: RunnableConfig | None = None) -> RunnableConfig:
@@ -74,6 +74,38 @@ def resume_interrupted(
         return graph.invoke(None, run_config)
 
     return shutdown.resume_interrupted(
+        resume,
+        tenant_id=tenant_id,
+        where=lambda unit: unit.thread_id is not None,
+        limit=limit,
+    )
+
+
+async def aresume_interrupted(
+    graph: Any,
+    shutdown: GracefulShutdown,
+    *,
+    config: RunnableConfig | None = None,
+    tenant_id: str | None = None,
+    limit: int = 100,
+) -> ResumeReport:
+    """``resume_interrupted`` for async graphs and checkpointers (``ainvoke``)."""
+
+    async def resume(unit: InFlightUnit) -> Any:
+        run_config = unit_config(unit, config)
+        snapshot = await graph.aget_state(run_config)
+        if snapshot.created_at is None:
+            if unit.payload is None:
+                raise ValueError(
+                    f"thread {unit.thread_id!r} has no checkpoint and unit {unit.key!r} no"
+                    " payload to start it again"
+                )
+            return await graph.ainvoke(unit.payload, run_config)
+        if not snapshot.next:
+            return snapshot.values
+        return await graph.ainvoke(None, run_config)
+
+    return await shutdown.aresume_interrupted(
         resume,
         tenant_id=tenant_id,
         where=lambda unit: unit.thread_id is not None,

@@ -22,12 +22,13 @@ modules its status transitions could no longer be read in one place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -529,6 +530,52 @@ class InFlightLog:
                 failed.append(mine.unit_id)
                 continue
             self.finish(mine)
+            resumed.append(mine.unit_id)
+        return ResumeReport(tuple(resumed), tuple(failed), tuple(taken), results)
+
+    async def aresume(
+        self,
+        fn: Callable[[InFlightUnit], Awaitable[Any]],
+        *,
+        tenant_id: str | None = None,
+        where: Callable[[InFlightUnit], bool] | None = None,
+        limit: int = 100,
+        stop: Callable[[], bool] | None = None,
+    ) -> ResumeReport:
+        """``resume`` for coroutines (the store calls run in a worker thread)."""
+        resumed: list[str] = []
+        failed: list[str] = []
+        taken: list[str] = []
+        results: dict[str, Any] = {}
+        for unit in await asyncio.to_thread(self.interrupted, tenant_id=tenant_id, limit=limit):
+            if stop is not None and stop():
+                break
+            if where is not None and not where(unit):
+                continue
+            try:
+                mine = await asyncio.to_thread(self.claim, unit)
+            except (SQLAlchemyError, StoreUnavailable) as exc:
+                self._failed("claim an interrupted unit; it stays for a later resume", exc)
+                break
+            if mine is None:
+                taken.append(unit.unit_id)
+                continue
+            try:
+                results[mine.unit_id] = await fn(mine)
+            except Exception as exc:
+                diagnostics.count(
+                    "inflight_resume_failed",
+                    "graphthrift graceful restart: resuming unit %r failed (%r); it stays"
+                    " interrupted",
+                    mine.key,
+                    exc,
+                )
+                await asyncio.to_thread(
+                    self.interrupt, [mine], f"resume failed: {type(exc).__name__}: {exc}"[:500]
+                )
+                failed.append(mine.unit_id)
+                continue
+            await asyncio.to_thread(self.finish, mine)
             resumed.append(mine.unit_id)
         return ResumeReport(tuple(resumed), tuple(failed), tuple(taken), results)
 

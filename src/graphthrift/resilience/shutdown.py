@@ -18,11 +18,12 @@ its checkpointer: ``graphthrift.langgraph.resume_interrupted(graph, shutdown)``)
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -148,29 +149,15 @@ class GracefulShutdown:
         interrupted. ``payload`` (JSON) is what a restarted process needs to start it again.
         Without either nothing is recorded (no database round trip) and None is yielded.
         """
-        with self._cond:
-            if self._draining:
-                diagnostics.count("shutdown_refused")
-                raise ShuttingDown(self._in_flight, self.grace_s)
-            self._in_flight += 1
-            self._started += 1
+        self._enter()
         unit: InFlightUnit | None = None
         outcome: BaseException | None = None
         try:
             name = key if key is not None else thread_id
             if name is not None:
-                unit = self.inflight.start(
-                    name,
-                    tenant_id=tenant_id,
-                    thread_id=thread_id,
-                    run_id=run_id,
-                    checkpoint_ns=checkpoint_ns,
-                    payload=payload,
-                    tags=tags,
+                unit = self._start_unit(
+                    name, thread_id, run_id, tenant_id, checkpoint_ns, payload, tags
                 )
-                if unit is not None:
-                    with self._cond:
-                        self._units[unit.unit_id] = unit
             yield unit
         except BaseException as exc:
             outcome = exc
@@ -178,9 +165,83 @@ class GracefulShutdown:
         finally:
             if unit is not None:
                 self._close_unit(unit, outcome)
+            self._leave()
+
+    @asynccontextmanager
+    async def awork(
+        self,
+        key: str | None = None,
+        *,
+        thread_id: str | None = None,
+        run_id: str | None = None,
+        tenant_id: str | None = None,
+        checkpoint_ns: str | None = None,
+        payload: Any = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[InFlightUnit | None]:
+        """``work`` for coroutines (the store calls run in a worker thread). A task cancelled
+        inside it (how an asyncio server stops its requests) leaves the unit interrupted."""
+        self._enter()
+        unit: InFlightUnit | None = None
+        outcome: BaseException | None = None
+        try:
+            name = key if key is not None else thread_id
+            if name is not None:
+                unit = await asyncio.to_thread(
+                    self._start_unit,
+                    name,
+                    thread_id,
+                    run_id,
+                    tenant_id,
+                    checkpoint_ns,
+                    payload,
+                    tags,
+                )
+            yield unit
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if unit is not None:
+                await asyncio.shield(asyncio.to_thread(self._close_unit, unit, outcome))
+            self._leave()
+
+    def _enter(self) -> None:
+        with self._cond:
+            if self._draining:
+                diagnostics.count("shutdown_refused")
+                raise ShuttingDown(self._in_flight, self.grace_s)
+            self._in_flight += 1
+            self._started += 1
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _start_unit(
+        self,
+        name: str,
+        thread_id: str | None,
+        run_id: str | None,
+        tenant_id: str | None,
+        checkpoint_ns: str | None,
+        payload: Any,
+        tags: Mapping[str, Any] | None,
+    ) -> InFlightUnit | None:
+        unit = self.inflight.start(
+            name,
+            tenant_id=tenant_id,
+            thread_id=thread_id,
+            run_id=run_id,
+            checkpoint_ns=checkpoint_ns,
+            payload=payload,
+            tags=tags,
+        )
+        if unit is not None:
             with self._cond:
-                self._in_flight -= 1
-                self._cond.notify_all()
+                self._units[unit.unit_id] = unit
+        return unit
 
     def _close_unit(self, unit: InFlightUnit, outcome: BaseException | None) -> None:
         """Done if it finished (or failed on its own); interrupted if the process is being
@@ -300,7 +361,39 @@ class GracefulShutdown:
             stop=lambda: self.draining,
         )
 
+    async def aresume_interrupted(
+        self,
+        fn: Callable[[InFlightUnit], Awaitable[Any]],
+        *,
+        tenant_id: str | None = None,
+        where: Callable[[InFlightUnit], bool] | None = None,
+        limit: int = 100,
+    ) -> ResumeReport:
+        """``resume_interrupted`` for coroutines, one unit after another."""
+        with self._cond:
+            if self._draining:
+                diagnostics.count("shutdown_refused")
+                raise ShuttingDown(self._in_flight, self.grace_s)
+
+        async def run(unit: InFlightUnit) -> Any:
+            self._resuming(unit)
+            try:
+                return await fn(unit)
+            finally:
+                self._resumed(unit)
+
+        return await self.inflight.aresume(
+            run, tenant_id=tenant_id, where=where, limit=limit, stop=lambda: self.draining
+        )
+
     def _run_resumed(self, unit: InFlightUnit, fn: Callable[[InFlightUnit], Any]) -> Any:
+        self._resuming(unit)
+        try:
+            return fn(unit)
+        finally:
+            self._resumed(unit)
+
+    def _resuming(self, unit: InFlightUnit) -> None:
         with self._cond:
             if self._draining:
                 diagnostics.count("shutdown_refused")
@@ -308,14 +401,13 @@ class GracefulShutdown:
             self._in_flight += 1
             self._started += 1
             self._units[unit.unit_id] = unit
-        try:
-            return fn(unit)
-        finally:
-            with self._cond:
-                self._units.pop(unit.unit_id, None)
-                self._interrupted.discard(unit.unit_id)
-                self._in_flight -= 1
-                self._cond.notify_all()
+
+    def _resumed(self, unit: InFlightUnit) -> None:
+        with self._cond:
+            self._units.pop(unit.unit_id, None)
+            self._interrupted.discard(unit.unit_id)
+            self._in_flight -= 1
+            self._cond.notify_all()
 
     def install(self, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
         """Drain on these signals (main thread only), then call ``on_drained``."""
