@@ -31,5 +31,13 @@ def test_bench_resilience_quick_writes_the_figures(store: Store, tmp_path: Path)
     assert policies["graphthrift"]["duplicate_generations"] == 0
     assert policies["graphthrift"]["completion_rate"] > policies["raw"]["completion_rate"]
     assert figures["single_flight"] == {"requests": 50, "provider_calls": 1}
-    assert figures["restart"] == {"flushed_rows_lost": 0, "reservations_held_after_expiry": 0}
+    assert figures["restart"] == {
+        "flushed_rows_lost": 0,
+        "reservations_held_after_expiry": 0,
+        # the drained worker's unit that outlived the grace period, resumed by one of two
+        "interrupted_units_recorded": 1,
+        "resumed_once": 1,
+        "resumed_twice_or_more": 0,
+    }
+    assert figures["targets"]["interrupted_units_resumed_once"] is True
     assert set(figures["overhead_ms"]) == {"p50", "p95"}

@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -33,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench._common import machine, percentiles, scratch_store, write_json
+from graphthrift.bench._restart import restart_figures
 from graphthrift.ledger import cost_usd
 from graphthrift.store import Store
 
@@ -351,55 +348,6 @@ def _single_flight(store: Store) -> dict[str, int]:
     return {"requests": n, "provider_calls": len(calls)}
 
 
-_KILLED = textwrap.dedent(
-    """
-    import sys, time
-    from graphthrift import Budget, Ledger, LedgerRecord, Store
-    store = Store(sys.argv[2])
-    ledger = Ledger(store)
-    for i in range(20):
-        ledger.record(LedgerRecord(model="gpt-4o-mini", tenant_id=sys.argv[1], input_tokens=i))
-    ledger.flush()
-    budget = Budget(store, max_usd={"tenant": 5.0}, reservation_ttl=1.0)
-    for _ in range(3):
-        budget.reserve("gpt-4o-mini", [{"role": "user", "content": "hi"}],
-                       tags={"tenant_id": sys.argv[1]})
-    print("ready", flush=True)
-    time.sleep(600)
-    """
-)
-
-
-def _restart(store: Store) -> dict[str, int]:
-    from graphthrift.budget import Budget
-    from graphthrift.ledger import Ledger
-
-    tenant = f"bench-restart-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "GRAPHTHRIFT_HOME": str(store.home)}
-    url = store.engine.url.render_as_string(hide_password=False)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED, tenant, url], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert proc.stdout is not None
-        ready = proc.stdout.readline().strip() == "ready"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ledger = Ledger(store)
-    try:
-        found = len(ledger.records(tenant_id=tenant)) if ready else 0
-    finally:
-        ledger.close()
-    budget = Budget(store, max_usd={"tenant": 5.0})
-    time.sleep(1.2)
-    budget.reclaim()
-    held = budget.usage({"tenant_id": tenant})["tenant"]["reserved_usd"] > 1e-12
-    return {"flushed_rows_lost": 20 - found, "reservations_held_after_expiry": 3 if held else 0}
-
-
 def _overhead(store: Store, n: int) -> dict[str, float]:
     """Milliseconds single-flight plus a retrier add to a call on the no-fault path."""
     from graphthrift.resilience import Retrier, SingleFlight
@@ -426,7 +374,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             figures: dict[str, Any] = {
                 "policies": policies,
                 "single_flight": _single_flight(store),
-                "restart": _restart(store),
+                "restart": restart_figures(store),
                 "overhead_ms": _overhead(store, 100 if quick else 300),
             }
     finally:
@@ -439,6 +387,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "retry_cost_under_half_of_langchain": ours["retry_cost_usd"] < 0.5 * lc["retry_cost_usd"],
         "no_run_over_budget": ours["over_budget_runs"] == 0,
         "overhead_p95_under_1ms": figures["overhead_ms"]["p95"] < 1.0,
+        "interrupted_units_resumed_once": (
+            figures["restart"]["interrupted_units_recorded"] == 1
+            and figures["restart"]["resumed_once"] == 1
+            and figures["restart"]["resumed_twice_or_more"] == 0
+        ),
     }
     figures["settings"] = {"tasks": tasks, "concurrency": args.concurrency, "scale": args.scale}
     figures["machine"] = {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}

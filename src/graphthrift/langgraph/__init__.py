@@ -34,6 +34,9 @@ _EXPORTS = {
     "enforce_budget": ".budget",
     "choose_model": ".route",
     "route_on_model": ".route",
+    "resume_interrupted": ".restart",
+    "aresume_interrupted": ".restart",
+    "unit_config": ".restart",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -57,6 +60,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .resilience import SingleFlightModel as SingleFlightModel
     from .resilience import dedup_requests as dedup_requests
     from .resilience import idempotent_tool as idempotent_tool
+    from .restart import aresume_interrupted as aresume_interrupted
+    from .restart import resume_interrupted as resume_interrupted
+    from .restart import unit_config as unit_config
     from .route import RouteState as RouteState
     from .route import choose_model as choose_model
     from .route import route_by_model as route_by_model

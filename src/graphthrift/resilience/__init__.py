@@ -7,6 +7,7 @@ from __future__ import annotations
 from graphthrift.resilience._flight import JSON_CODEC, Codec, FlightStats
 from graphthrift.resilience.breaker import CircuitBreaker, Failover
 from graphthrift.resilience.idempotency import ToolIdempotency, derive_tool_key
+from graphthrift.resilience.inflight import InFlightLog, InFlightUnit, ResumeReport
 from graphthrift.resilience.ratelimit import RateLimit, RateReservation, SharedRateLimiter
 from graphthrift.resilience.requests import RequestDedup
 from graphthrift.resilience.retry import RETRYABLE, Backoff, Retrier, RetryBudget, retry_after_of
@@ -24,9 +25,12 @@ __all__ = [
     "Failover",
     "FlightStats",
     "GracefulShutdown",
+    "InFlightLog",
+    "InFlightUnit",
     "RateLimit",
     "RateReservation",
     "RequestDedup",
+    "ResumeReport",
     "Retrier",
     "RetryBudget",
     "RunBudget",

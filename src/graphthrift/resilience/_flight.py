@@ -78,6 +78,12 @@ def lock_id(digest: str) -> int:
     return int.from_bytes(bytes.fromhex(digest[:16]), "big", signed=True)
 
 
+def waiters_lock_id(digest: str) -> int:
+    """The advisory lock every caller of the key holds shared while it waits or leads: a
+    leader that can take it exclusively knows no other process waits for its answer."""
+    return int.from_bytes(bytes.fromhex(digest[16:32]), "big", signed=True)
+
+
 def usage_json(usage: Usage | None) -> str | None:
     if usage is None:
         return None
@@ -101,10 +107,29 @@ def usage_from(raw: Any) -> Usage | None:
 _TRY_LOCK = text(f"""
     SELECT pg_try_advisory_lock(:lock) AS got, clock_timestamp() AS now,
            f.result, f.usage, f.model, f.fingerprint
-    FROM (SELECT 1) AS one
+    FROM (SELECT pg_advisory_lock_shared(:waiters) OFFSET 0) AS registered
     LEFT JOIN {FLIGHTS_TABLE} AS f
       ON f.key_hash = :key AND f.expires_at > now()
      AND f.finished_at >= clock_timestamp() - make_interval(secs => :window)
+""")
+# Single-flight (no window): an answer finished before this caller asked is never its answer,
+# so there is no row to look up.
+_TRY_LOCK_NOW = text("""
+    SELECT pg_try_advisory_lock(:lock) AS got, clock_timestamp() AS now,
+           NULL::jsonb AS result, NULL::jsonb AS usage, NULL::text AS model,
+           NULL::text AS fingerprint
+    FROM (SELECT pg_advisory_lock_shared(:waiters) OFFSET 0) AS registered
+""")
+# A leader with no caller of another process registered on the key: release the lock without
+# writing the answer (nobody could read it). The waiters' key is taken exclusively for the
+# length of this one statement, so a caller registering meanwhile waits a moment and then
+# finds the lock free: it asked after the answer was finished, and calls the model itself.
+_QUIET_UNLOCK = text("""
+    SELECT s.quiet,
+           CASE WHEN s.quiet THEN pg_advisory_unlock(:lock) END AS unlocked,
+           CASE WHEN s.quiet THEN pg_advisory_unlock(:waiters) END AS released,
+           pg_advisory_unlock_shared(:waiters) AS unregistered
+    FROM (SELECT pg_try_advisory_lock(:waiters) AS quiet OFFSET 0) AS s
 """)
 _RELOCK = text("SELECT pg_try_advisory_lock(:lock)")
 _READ = text(f"""
@@ -125,7 +150,6 @@ _WRITE = text(f"""
             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             expires_at = EXCLUDED.expires_at
 """)
-_UNLOCK = text("SELECT pg_advisory_unlock(:lock)")
 _UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
 _PURGE = text(f"""
     DELETE FROM {FLIGHTS_TABLE} WHERE key_hash IN (
@@ -442,13 +466,18 @@ class FlightEngine:
         conn: Connection | None = None
         try:
             conn = self._sessions().connect()
-            row = conn.execute(_TRY_LOCK, {"lock": lock, "key": key, "window": self.window_s}).one()
+            params: dict[str, Any] = {"lock": lock, "waiters": waiters_lock_id(key)}
+            if self.window_s == 0:
+                row = conn.execute(_TRY_LOCK_NOW, params).one()
+            else:
+                row = conn.execute(_TRY_LOCK, {**params, "key": key, "window": self.window_s}).one()
             got, started = bool(row.got), row.now
             stored = self._answer(row, ticket)
             deadline = time.monotonic() + self.wait_timeout
             while not got and stored is None:
                 if time.monotonic() >= deadline:
                     self._timed_out()
+                    conn.execute(_UNLOCK_ALL)  # its registration as a waiter
                     conn.close()
                     return _Held(None, lock, None)
                 time.sleep(self.poll_interval)
@@ -458,8 +487,7 @@ class FlightEngine:
                 ).one_or_none()
                 stored = self._answer(read, ticket)
             if stored is not None:
-                if got:
-                    conn.execute(_UNLOCK, {"lock": lock})
+                conn.execute(_UNLOCK_ALL)  # the lock if it got it, and its registration
                 conn.close()
                 self.stats.shared_store += 1
                 return _Held(None, lock, started, stored)
@@ -493,7 +521,7 @@ class FlightEngine:
         if held.conn is None:
             return
         try:
-            held.conn.execute(_UNLOCK, {"lock": held.lock})
+            held.conn.execute(_UNLOCK_ALL)  # the lock and its registration as a caller
             held.conn.close()
         except (SQLAlchemyError, OSError) as exc:  # the session is gone, so is its lock
             held.conn.invalidate()
@@ -503,10 +531,20 @@ class FlightEngine:
         """Write (and commit) the answer for the waiters, then release the lock.
 
         Two statements: an unlock inside the writing statement would let a waiter in before
-        the row is committed, and it would call the model again."""
+        the row is committed, and it would call the model again. A single-flight answer is
+        only for callers waiting now: with none registered in another process, one statement
+        releases the lock and nothing is written (the no-fault path's third round trip)."""
         if held.conn is None:
             return
         try:
+            if self.window_s == 0:
+                quiet = held.conn.execute(
+                    _QUIET_UNLOCK, {"lock": held.lock, "waiters": waiters_lock_id(ticket.key)}
+                ).one()
+                if quiet.quiet:
+                    self._leads += 1
+                    held.conn.close()
+                    return
             held.conn.execute(
                 _WRITE,
                 {
@@ -521,7 +559,7 @@ class FlightEngine:
                     "keep": self.keep_s,
                 },
             )
-            held.conn.execute(_UNLOCK, {"lock": held.lock})
+            held.conn.execute(_UNLOCK_ALL)  # the lock and its registration as a caller
             self._leads += 1
             if self._leads % 200 == 0:
                 held.conn.execute(_PURGE)

@@ -12,6 +12,9 @@
   callers in every process hold back until they are served (each row expires on its own).
 - ``graphthrift_circuits``: the circuit-breaker state of each model (recent outcomes, open or
   half-open, probes taken), shared by every process on the store.
+- ``graphthrift_inflight``: one row per unit of work in flight (its key, thread, run, tenant,
+  payload, owner process), so a restarted process knows what a drain or a ``kill -9``
+  interrupted, and exactly one process resumes each unit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RETRY_WINDOW_TABLE = "graphthrift_retry_window"
 RATE_BUCKETS_TABLE = "graphthrift_rate_buckets"
 RATE_WAITERS_TABLE = "graphthrift_rate_waiters"
 CIRCUITS_TABLE = "graphthrift_circuits"
+INFLIGHT_TABLE = "graphthrift_inflight"
 
 RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -123,6 +127,36 @@ RESILIENCE_MIGRATIONS: tuple[Migration, ...] = (
                 updated_at timestamptz NOT NULL DEFAULT now()
             )
             """,
+        ),
+    ),
+    Migration(
+        36,
+        "units of work in flight, for graceful restart",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS {INFLIGHT_TABLE} (
+                unit_id text PRIMARY KEY,
+                key text NOT NULL,
+                tenant_id text,
+                thread_id text,
+                run_id text,
+                checkpoint_ns text,
+                payload jsonb,
+                tags jsonb,
+                status text NOT NULL,
+                owner text NOT NULL,
+                owner_host text NOT NULL,
+                owner_pid integer NOT NULL,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                lease_until timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                reason text,
+                elapsed_s double precision,
+                claims integer NOT NULL DEFAULT 0
+            )
+            """,
+            f"CREATE INDEX IF NOT EXISTS {INFLIGHT_TABLE}_status"
+            f" ON {INFLIGHT_TABLE} (status, updated_at)",
         ),
     ),
 )

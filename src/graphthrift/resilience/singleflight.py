@@ -4,7 +4,8 @@ A client that times out and retries, or a fan-out that asks the same thing twice
 for the same generation again. ``SingleFlight`` lets the first caller of a key lead and
 hands its answer to every caller that asked while it ran: threads and asyncio tasks of this
 process, and other processes on the same PostgreSQL (an advisory lock keyed by a hash of the
-key, the answer handed over through a row of ``graphthrift_flights``). A caller only ever
+key, the answer handed over through a row of ``graphthrift_flights``, written only when a
+caller of another process is registered as waiting for it). A caller only ever
 gets an answer finished after it asked, so nothing stale is served; this is not a cache.
 """
 
