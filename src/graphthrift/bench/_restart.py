@@ -50,7 +50,7 @@ _DRAINED = textwrap.dedent(
     from graphthrift.resilience import GracefulShutdown
     tenant = sys.argv[1]
     store = Store(sys.argv[2])
-    shutdown = GracefulShutdown(ledger=Ledger(store), grace_s=0.5)
+    shutdown = GracefulShutdown(ledger=Ledger(store), grace_s=2.0)
     shutdown.install()
     go, started = threading.Event(), threading.Semaphore(0)
 
@@ -63,8 +63,10 @@ _DRAINED = textwrap.dedent(
     for key, slow in (("finishes", False), ("outlives-grace", True)):
         threading.Thread(target=unit, args=(key, slow), daemon=True).start()
     started.acquire(); started.acquire()
+    # the short unit ends inside the grace period; the timer starts before "ready", since
+    # the SIGTERM handler may run at the very next line and would then wait for it in vain
+    threading.Timer(0.05, go.set).start()
     print("ready", flush=True)
-    threading.Timer(0.05, go.set).start()  # the short unit ends inside the grace period
     while True:
         time.sleep(0.05)
     """
