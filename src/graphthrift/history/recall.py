@@ -54,6 +54,7 @@ from graphthrift.cache.db import (
 from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
+from graphthrift.history.recall_lexical import CONTEXT_MARK, LEXICAL_MARK, lexical_scores
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
 from graphthrift.summarize.facts import fact_spans
@@ -79,9 +80,6 @@ _NOT_IDENTIFIERS = STOPWORDS | frozenset(
 )
 
 
-#: An echo of the query shares at least this many content words with it (and more than
-#: half of its own): fewer is what any two turns on one topic share.
-_ECHO_SHARED = 3
 _EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
 _static: StaticEmbedder | None = None
 _static_lock = threading.Lock()
@@ -127,11 +125,6 @@ def query_terms(query: str) -> list[str]:
     return sorted(set(found))
 
 
-#: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
-#: identifier of ``query_terms`` (which are matched exactly, without the mark).
-LEXICAL_MARK = "~"
-#: Marks a content word a turn is indexed by from the turn before it (weighted by half).
-CONTEXT_MARK = "^"
 #: The term of a turn that states a value (a name, number, date, amount: ``fact_spans``):
 #: recall exists to bring back facts, and a turn without one ("Is smoking allowed?") rarely
 #: answers a later question about what was said.
@@ -213,57 +206,23 @@ _INSERT = (
     " RETURNING turn_index"
 )
 
-# Exact within the thread: its rows are found by the (tenant, thread) index and scored all.
-# Candidates: the nearest turns, the nearest holding an identifier of the query, and the
-# best by BM25 over the query's content words (idf from the thread's own turns). The CTEs
-# are materialized and joined only by scalar subqueries or hash joins: the planner guesses
-# one row for a CTE, and the nested loops it picks for that cost 20 ms on a 500-turn thread.
-# Only turns sharing a content word with the query (``lexhit``) can have a BM25 score or
-# count in a document frequency, so BM25 is computed on those alone.
-# Echoes are earlier messages phrased like the query (``_ECHO_SHARED`` or more of their
-# content words in it, and more than half of them); a query word at least half of the
-# echoes use is phrasing ("quick check: what was the ... I gave for the ... request?"),
-# not the need, and scores nothing.
+# Exact within the thread: its rows are found by the (tenant, thread) index. The nearest
+# turns, the nearest holding an identifier of the query, and every turn sharing a content
+# word with it (``lexhit``, with its terms, for BM25 in ``recall_lexical``) come back.
 _SEARCH = (
     "WITH c AS MATERIALIZED (SELECT turn_index, role, content, tokens, terms,"
     " embedding <=> CAST(:v AS vector) AS d, terms && CAST(:q AS text[]) AS hit,"
     " terms && CAST(:lq AS text[]) AS lexhit"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
-    " total AS (SELECT count(*) AS n FROM c),"
-    " hits AS MATERIALIZED (SELECT turn_index, d, terms,"
-    f" (SELECT count(*) FROM unnest(terms) AS t(w) WHERE left(t.w, 1) = '{LEXICAL_MARK}')"
-    " AS own,"
-    f" (SELECT count(*) FROM unnest(terms) AS t(w) WHERE left(t.w, 1) = '{LEXICAL_MARK}'"
-    " AND t.w = ANY(CAST(:lq AS text[]))) AS shared"
-    " FROM c WHERE lexhit),"
-    " echo AS MATERIALIZED (SELECT terms FROM hits WHERE shared >= :echo_shared"
-    " AND shared * 2 > own),"
-    " echoes AS (SELECT count(*) AS n FROM echo),"
-    " phrasing AS MATERIALIZED (SELECT substr(q.w, 2) AS w"
-    " FROM unnest(CAST(:lq AS text[])) AS q(w), echoes"
-    f" WHERE left(q.w, 1) = '{LEXICAL_MARK}' AND echoes.n >= 2"
-    " AND (SELECT count(*) FROM echo WHERE echo.terms @> ARRAY[q.w]) * 2 >= echoes.n),"
-    " df AS (SELECT q.w, (SELECT count(*) FROM hits WHERE hits.terms @> ARRAY[q.w]) AS n"
-    " FROM unnest(CAST(:lq AS text[])) AS q(w)"
-    " WHERE substr(q.w, 2) NOT IN (SELECT w FROM phrasing)),"
-    " idf AS MATERIALIZED (SELECT df.w, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS x"
-    " FROM df, total WHERE df.n > 0),"
-    " lex AS MATERIALIZED (SELECT hits.turn_index, hits.d, hits.shared >= :echo_shared"
-    " AND hits.shared * 2 > hits.own AS echo, (SELECT"
-    f" sum(CASE WHEN left(idf.w, 1) = '{CONTEXT_MARK}' THEN idf.x / 2 ELSE idf.x END)"
-    " FROM idf WHERE idf.w = ANY(hits.terms)) AS s FROM hits),"
-    " pick AS ((SELECT turn_index FROM c ORDER BY d LIMIT :n)"
-    " UNION (SELECT turn_index FROM c WHERE hit ORDER BY d LIMIT :n)"
-    " UNION (SELECT turn_index FROM lex WHERE s > 0 AND NOT echo"
-    " ORDER BY s DESC, d LIMIT :n))"
-    " SELECT c.turn_index, c.role, c.content, c.tokens, c.terms, c.d,"
-    " coalesce((SELECT lex.s FROM lex WHERE lex.turn_index = c.turn_index), 0) AS lex,"
-    " coalesce((SELECT lex.echo FROM lex WHERE lex.turn_index = c.turn_index), false)"
-    " AS echo,"
-    f" (SELECT coalesce(sum(x), 0) FROM idf WHERE left(w, 1) = '{LEXICAL_MARK}') AS lex_max"
-    " , (SELECT max(turn_index) FROM c) AS newest"
-    " FROM c WHERE c.turn_index IN (SELECT turn_index FROM pick)"
+    " near AS (SELECT turn_index FROM c ORDER BY d LIMIT :n),"
+    " ids AS (SELECT turn_index FROM c WHERE hit ORDER BY d LIMIT :n)"
+    " SELECT turn_index, role, content, tokens, terms, d, lexhit,"
+    " turn_index IN (SELECT turn_index FROM near)"
+    " OR turn_index IN (SELECT turn_index FROM ids) AS picked,"
+    " (SELECT count(*) FROM c) AS total, (SELECT max(turn_index) FROM c) AS newest"
+    " FROM c WHERE lexhit OR turn_index IN (SELECT turn_index FROM near)"
+    " OR turn_index IN (SELECT turn_index FROM ids)"
 )
 
 _FORGET = (
@@ -412,7 +371,6 @@ class FoldedTurnStore:
             "q": query_terms(query),
             "lq": _with_context(lexical_terms(query)),
             "n": max(self.candidates, k),
-            "echo_shared": _ECHO_SHARED,
         }
 
     def recall(
@@ -432,13 +390,12 @@ class FoldedTurnStore:
             _fail_open("recall", exc)
             return []
         return _pack(
-            rows,
+            _candidates(rows, params["lq"], params["n"]),
             params["q"],
             (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
             self.recency,
             k,
             token_budget,
-            params["lq"],
         )
 
     async def arecall(
@@ -457,13 +414,12 @@ class FoldedTurnStore:
             _fail_open("recall", exc)
             return []
         return _pack(
-            rows,
+            _candidates(rows, params["lq"], params["n"]),
             params["q"],
             (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
             self.recency,
             k,
             token_budget,
-            params["lq"],
         )
 
     def forget(self, tenant: str, thread: str) -> int:
@@ -496,6 +452,28 @@ def _check_limits(k: int, token_budget: int) -> None:
         raise ConfigError("token_budget", token_budget, "must be an int >= 0 tokens")
 
 
+def _candidates(
+    rows: list[dict[str, Any]], query_lexical: Sequence[str], n: int
+) -> list[dict[str, Any]]:
+    """The turns to score: the nearest and the identifier matches the store picked, and the
+    ``n`` best by BM25 (``recall_lexical``), each with its BM25 score and echo flag."""
+    hits = [r for r in rows if r["lexhit"]]
+    total = int(rows[0]["total"]) if rows else 0
+    lexical = lexical_scores(hits, query_lexical, total, n)
+    keep = set(lexical.top)
+    return [
+        {
+            **row,
+            "lex": lexical.score.get(int(row["turn_index"]), 0.0),
+            "echo": int(row["turn_index"]) in lexical.echo,
+            "share": lexical.share.get(int(row["turn_index"]), 0.0),
+            "lex_max": lexical.best_possible,
+        }
+        for row in rows
+        if row["picked"] or int(row["turn_index"]) in keep
+    ]
+
+
 def _pack(
     rows: list[dict[str, Any]],
     terms: Sequence[str],
@@ -503,7 +481,6 @@ def _pack(
     recency: tuple[float, float],
     k: int,
     token_budget: int,
-    query_lexical: Sequence[str] = (),
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
@@ -512,7 +489,6 @@ def _pack(
     boost, lexical, redundant, value = weights
     recent, half_life = recency
     wanted = set(terms)
-    asked = set(query_lexical)
     scored: list[RecalledSnippet] = []
     for row in rows:
         distance = float(row["d"])
@@ -522,12 +498,10 @@ def _pack(
         lex_max = float(row.get("lex_max") or 0.0)
         lex = float(row.get("lex") or 0.0) / lex_max if lex_max > 0 else 0.0
         # a turn whose content words the query already holds (an earlier question asked
-        # the same way) tells the model nothing the query does not; marked down by how far
-        # more than half of them the query holds
-        # the stored terms hold them already (``_stored_terms``): no re-stemming per lookup
-        own = [t for t in row["terms"] or () if t.startswith(LEXICAL_MARK)]
-        # (most of its words): sharing a few of the query's words is what relevant turns do
-        share = len(asked.intersection(own)) / len(own) if own and asked else 0.0
+        # the same way) tells the model nothing the query does not: an echo loses all, any
+        # other turn by how far more than half of its words the query holds (sharing a few
+        # is what relevant turns do)
+        share = float(row.get("share") or 0.0)
         echo = 1.0 if row.get("echo") else max(0.0, share - 0.5) * 2.0
         scored.append(
             RecalledSnippet(
