@@ -120,3 +120,84 @@ def test_llamaindex_engine_reads_through_the_kernel(store: Store) -> None:
     hit = _stored(cache)
     assert hit.tenant_id == "0" and hit.model == MODEL
     assert hit.input_tokens > 0  # estimated with tiktoken for the named model
+
+
+# -- a hit's saving is booked to its run and thread, whichever adapter served it ---------
+
+
+def _hit_row(ledger: Any, tenant: str) -> dict[str, Any]:
+    ledger.flush()
+    (row,) = ledger.records(tenant_id=tenant, kind="cache_hit")
+    return dict(row)
+
+
+def _booking_cache(store: Store, ledger: Any) -> ExactCache:
+    return ExactCache(store, namespace=f"hit-tags-{uuid.uuid4().hex[:10]}", ledger=ledger)
+
+
+def test_a_langgraph_hit_is_booked_to_its_thread_and_run(
+    store: Store, ledger: Any, tenant: str
+) -> None:
+    calls: list[int] = []
+    model = GenericFakeChatModel(messages=iter([AIMessage("We open at 9.")]))
+    graph = cache_graph(_booking_cache(store, ledger), model, calls)
+    for run in ("r-1", "r-2"):
+        graph.invoke(
+            {"messages": [HumanMessage(QUESTION)]},
+            {
+                "metadata": {"tenant_id": tenant, "run_id": run},
+                "configurable": {"thread_id": "t-7"},
+            },
+        )
+    assert calls == [1]
+    row = _hit_row(ledger, tenant)
+    assert (row["thread_id"], row["run_id"]) == ("t-7", "r-2")
+
+
+def test_a_langchain_cache_hit_is_booked_to_its_thread_and_run(
+    store: Store, ledger: Any, tenant: str
+) -> None:
+    import graphthrift
+    from graphthrift.langchain.cache import as_langchain_cache
+
+    model = GenericFakeChatModel(messages=iter([AIMessage("We open at 9.")]))
+    model.cache = as_langchain_cache(_booking_cache(store, ledger))
+    for run in ("r-1", "r-2"):  # the fake has one answer: the second call must be a hit
+        with graphthrift.scoped(tenant_id=tenant, thread_id="t-8", run_id=run):
+            model.invoke([HumanMessage(QUESTION)])
+    row = _hit_row(ledger, tenant)
+    assert (row["thread_id"], row["run_id"]) == ("t-8", "r-2")
+
+
+def test_a_llamaindex_engine_hit_is_booked_to_its_thread(
+    store: Store, ledger: Any, tenant: str
+) -> None:
+    from llama_index.core.base.base_query_engine import BaseQueryEngine
+    from llama_index.core.base.response.schema import Response
+    from llama_index.core.callbacks import CallbackManager
+
+    from graphthrift.llamaindex import tags
+    from graphthrift.llamaindex.cache import CachedQueryEngine
+
+    answered: list[str] = []
+
+    class Engine(BaseQueryEngine):
+        def __init__(self) -> None:
+            super().__init__(CallbackManager([]))
+
+        def _get_prompt_modules(self) -> dict[str, Any]:
+            return {}
+
+        def _query(self, query_bundle: Any) -> Response:
+            answered.append(str(query_bundle))
+            return Response(response="We open at 9.")
+
+        async def _aquery(self, query_bundle: Any) -> Response:
+            return self._query(query_bundle)
+
+    engine = CachedQueryEngine(Engine(), _booking_cache(store, ledger), model="gpt-4o-mini")
+    for thread in ("t-8", "t-9"):  # LlamaIndex has threads (chat sessions), no run ids
+        with tags(tenant_id=tenant, thread_id=thread):
+            engine.query(QUESTION)
+    assert len(answered) == 1
+    assert _hit_row(ledger, tenant)["thread_id"] == "t-9"

@@ -42,6 +42,7 @@ __all__ = [
     "cache_request",
     "cache_scope",
     "current_run_tags",
+    "hit_tags",
     "model_name",
     "read_state",
     "read_usage",
@@ -184,6 +185,16 @@ def cache_request(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, A
         if user is not None:
             out["user_id"] = user
     return out
+
+
+#: The run tags a cache hit's ledger row carries (so a report by thread or run counts it).
+HIT_TAG_KEYS: tuple[str, ...] = ("feature", "node", "thread_id", "run_id")
+
+
+def hit_tags(tags: Mapping[str, Any]) -> dict[str, Any]:
+    """What every cache adapter passes to a lookup besides the scope: the run's feature,
+    node, thread and run, from its ``run_tags``, so the hit's saving is booked to them."""
+    return {key: tags.get(key) for key in HIT_TAG_KEYS}
 
 
 @contextmanager

@@ -43,7 +43,15 @@ from graphthrift.cache.exact import ExactCache, checked_cache
 from graphthrift.cache.hit import CacheHit
 from graphthrift.cache.keys import fingerprint
 from graphthrift.cache.scope import CacheScopeKwargs
-from graphthrift.kernel import answered_by, cache_request, current_run_tags, read_usage, run_config
+from graphthrift.kernel import (
+    answered_by,
+    cache_request,
+    current_run_tags,
+    hit_tags,
+    read_usage,
+    run_config,
+    run_tags,
+)
 from graphthrift.provenance import own_marker, unstorable
 
 __all__ = ["CACHE_HIT_KEY", "GraphthriftLangChainCache", "as_langchain_cache"]
@@ -52,6 +60,12 @@ _MODEL_RE = re.compile(r"""['"](?:model_name|model|model_id)['"]\s*[:,]\s*['"]([
 logger = logging.getLogger("graphthrift.cache")
 #: ``response_metadata`` key of a generation served by this cache.
 CACHE_HIT_KEY = "graphthrift_cache"
+
+
+def _hit_tags() -> dict[str, Any]:
+    """The running call's feature, node, thread and run (the enclosing runnable's config,
+    else the tags bound for this call), for the hit's ledger row."""
+    return hit_tags(run_tags(run_config()))
 
 
 def _run_scope() -> dict[str, Any]:
@@ -198,14 +212,14 @@ class GraphthriftLangChainCache(BaseCache):
         scope = self._scope(llm_string)
         if scope is None:
             return None
-        return self._result(self.cache.lookup(self._query(prompt), **scope))
+        return self._result(self.cache.lookup(self._query(prompt), **scope, **_hit_tags()))
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async twin of ``lookup``."""
         scope = self._scope(llm_string)
         if scope is None:
             return None
-        return self._result(await self.cache.alookup(self._query(prompt), **scope))
+        return self._result(await self.cache.alookup(self._query(prompt), **scope, **_hit_tags()))
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store the generations (skipped for tool calls unless ``cache_tool_calls``, for

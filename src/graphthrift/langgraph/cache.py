@@ -36,7 +36,14 @@ from graphthrift import diagnostics
 from graphthrift.cache.exact import ExactCache
 from graphthrift.cache.hit import CacheHit
 from graphthrift.errors import ConfigError
-from graphthrift.kernel import answered_by, cache_request, read_state, read_usage, run_tags
+from graphthrift.kernel import (
+    answered_by,
+    cache_request,
+    hit_tags,
+    read_state,
+    read_usage,
+    run_tags,
+)
 from graphthrift.langgraph._state import latest
 from graphthrift.langgraph.compress import resolve_compression_savings
 from graphthrift.provenance import own_marker
@@ -95,12 +102,7 @@ def _lookup_args(
 ) -> tuple[Any, dict[str, Any]]:
     messages = read_state(state, messages_key, schema=_SCHEMA, node="lookup_cache")
     read_state(state, hit_key, schema=_SCHEMA, node="lookup_cache")
-    tags = run_tags(config)
-    return messages, {
-        **cache_request(config),
-        "feature": tags.get("feature"),
-        "node": tags.get("node"),
-    }
+    return messages, {**cache_request(config), **hit_tags(run_tags(config))}
 
 
 def lookup_cache(

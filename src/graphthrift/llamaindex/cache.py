@@ -26,7 +26,7 @@ from graphthrift import diagnostics
 from graphthrift.cache.exact import ExactCache, checked_cache
 from graphthrift.cache.hit import CacheHit
 from graphthrift.cache.scope import CacheScopeKwargs
-from graphthrift.kernel import cache_request, model_name, run_tags
+from graphthrift.kernel import cache_request, hit_tags, model_name, run_tags
 from graphthrift.llamaindex.instrumentation import current_tags
 from graphthrift.provenance import own_marker, watch_degraded
 from graphthrift.text.tokens import count_text
@@ -99,11 +99,7 @@ class CachedQueryEngine(BaseQueryEngine):
     def _scope(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cache scope, ledger tags) of this query: ``tags()`` over the constructor's."""
         run = {"metadata": current_tags()}
-        tags = run_tags(run)
-        return cache_request(run, **self.scope), {
-            "feature": tags.get("feature"),
-            "node": tags.get("node"),
-        }
+        return cache_request(run, **self.scope), hit_tags(run_tags(run))
 
     def _store_args(self, question: str, response: Any) -> tuple[str, dict[str, Any]] | None:
         text = getattr(response, "response", None)

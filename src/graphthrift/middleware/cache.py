@@ -44,7 +44,14 @@ from graphthrift.cache.hit import CacheHit
 from graphthrift.cache.scope import CacheScopeKwargs
 from graphthrift.cache.semantic import SemanticCache
 from graphthrift.errors import CacheArgumentError
-from graphthrift.kernel import answered_by, cache_request, read_usage, run_config, run_tags
+from graphthrift.kernel import (
+    answered_by,
+    cache_request,
+    hit_tags,
+    read_usage,
+    run_config,
+    run_tags,
+)
 from graphthrift.provenance import own_marker
 
 __all__ = ["CacheMiddleware", "ExactCacheMiddleware", "SemanticCacheMiddleware"]
@@ -101,8 +108,7 @@ class ExactCacheMiddleware(AgentMiddleware):
         return messages, scope
 
     def _lookup_tags(self) -> dict[str, Any]:
-        tags = run_tags(run_config())
-        return {k: tags.get(k) for k in ("feature", "node", "thread_id", "run_id")}
+        return hit_tags(run_tags(run_config()))
 
     @staticmethod
     def _hit_response(hit: CacheHit) -> ModelResponse[Any]:
