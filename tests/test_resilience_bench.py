@@ -40,4 +40,28 @@ def test_bench_resilience_quick_writes_the_figures(store: Store, tmp_path: Path)
         "resumed_twice_or_more": 0,
     }
     assert figures["targets"]["interrupted_units_resumed_once"] is True
+    assert figures["retry_cost_floor_usd"] > 0
     assert set(figures["overhead_ms"]) == {"p50", "p95"}
+
+
+def test_the_retry_cost_floor_prices_the_outage_at_least() -> None:
+    """An oracle must answer every outage task on the fallback, so its retry cost is at
+    least the fallback's premium on those tasks; and it is below any policy that retries
+    blindly (here: the same draws, every model's attempts until an answer, both paid)."""
+    from graphthrift.bench.resilience import (
+        FALLBACK,
+        INPUT_TOKENS,
+        OUTPUT_TOKENS,
+        PRIMARY,
+        cost_usd,
+        retry_cost_floor,
+    )
+
+    tasks = 160
+    primary = cost_usd(PRIMARY, INPUT_TOKENS, OUTPUT_TOKENS) or 0.0
+    fallback = cost_usd(FALLBACK, INPUT_TOKENS, OUTPUT_TOKENS) or 0.0
+    outage = int(tasks * 0.45) - int(tasks * 0.25)
+    floor = retry_cost_floor(17, tasks)
+    assert floor >= outage * (fallback - primary) - 1e-12
+    assert floor < outage * fallback + tasks * primary  # far below paying both everywhere
+    assert retry_cost_floor(18, tasks) != floor  # it reads the run's own draws
