@@ -65,3 +65,38 @@ def test_the_retry_cost_floor_prices_the_outage_at_least() -> None:
     assert floor >= outage * (fallback - primary) - 1e-12
     assert floor < outage * fallback + tasks * primary  # far below paying both everywhere
     assert retry_cost_floor(18, tasks) != floor  # it reads the run's own draws
+
+
+def test_the_oracle_pays_what_the_simulated_provider_bills() -> None:
+    """The oracle's cost of a task is what the simulated provider bills for the cheaper
+    model's attempts up to its answer (checked against the provider itself), and the
+    completion ceiling counts the tasks whose cheapest answer fits the run budget."""
+    from graphthrift.bench.resilience import (
+        FALLBACK,
+        PRIMARY,
+        RUN_BUDGET_CALLS,
+        FaultyProvider,
+        completion_ceiling,
+        oracle_costs,
+        primary_price,
+    )
+
+    seed, tasks = 17, 160
+    costs = oracle_costs(seed, tasks)
+    down = (int(tasks * 0.25), int(tasks * 0.45))
+    for task in (3, 5, 47, 59, 100):
+        content = f"question #{task}" + (" (slow)" if task % 10 == 5 else "")
+        billed = []
+        for model in (PRIMARY, FALLBACK):
+            provider = FaultyProvider(seed, 0.0, down)
+            for _ in range(20):
+                try:
+                    provider.complete(model, content)
+                    billed.append(provider.billed_usd[content])
+                    break
+                except Exception:
+                    continue
+        assert costs[task] is not None and abs(costs[task] - min(billed)) < 1e-12
+    budget = RUN_BUDGET_CALLS * primary_price()
+    fits = sum(1 for c in costs if c is not None and c <= budget + 1e-12)
+    assert completion_ceiling(seed, tasks) == round(fits / tasks, 4) <= 1.0
