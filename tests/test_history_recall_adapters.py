@@ -30,7 +30,7 @@ from graphthrift.llamaindex.memory import PrunedChatMemory
 from graphthrift.middleware.history import HistoryPruningMiddleware
 from graphthrift.store.postgres import Store
 from graphthrift.text.messages import to_messages
-from graphthrift.text.tokens import count_messages
+from graphthrift.text.tokens import count_messages, count_text
 
 from fakes import CallLog, RecordingChatModel
 
@@ -305,3 +305,40 @@ async def test_llamaindex_memory_block_without_recall_keeps_nothing(
     content = await block.aget([ChatMessage(role="user", content=QUESTION)], session_id="plain")
     assert "Recalled from earlier" not in content
     assert turns.recall(tenant, "plain", QUESTION) == []
+
+
+async def test_memory_block_truncation_shortens_the_summary_before_the_recalled_turns() -> None:
+    """When ``Memory`` shortens the block, the recalled turns (what the latest question
+    needs) are kept whole and the summary is cut; with no room for both, the summary goes
+    and the recall header stays with as many whole turns as fit."""
+    from graphthrift.history.recall import RecalledSnippet
+    from graphthrift.llamaindex.memory import HistoryMemoryBlock
+
+    block = HistoryMemoryBlock()
+    model = block.pruner.model
+    summary = "\n".join(
+        f"User: order A-{k:03d} ships to Lisbon on May {k % 28 + 1}." for k in range(40)
+    )
+    snippets = [
+        RecalledSnippet(2, "user", "My locker combination is 31-07-55.", 12, 0.9, 1, 1.5),
+        *(
+            RecalledSnippet(
+                10 + k, "assistant", f"Sure, here is a helpful reply {k}.", 10, 0.5, 0, 0.5
+            )
+            for k in range(5)
+        ),
+    ]
+    recalled = block.pruner.render_recall(snippets).text
+    content = f"{summary}\n\n{recalled}"
+    total = count_text(content, model)
+    cut = total - 160
+    short = await block.atruncate(content, cut)
+    assert short is not None and count_text(short, model) <= 160 + 2
+    assert recalled in short  # every recalled turn, whole
+    assert "tokens truncated]" in short.split(block.pruner.recall_prefix)[0]
+    # room for the recall header and two turns only: the summary goes
+    tight = count_text("\n".join(recalled.split("\n")[:3]), model)
+    shortest = await block.atruncate(content, total - tight)
+    assert shortest is not None and shortest.startswith(block.pruner.recall_prefix)
+    assert "31-07-55" in shortest and "Lisbon" not in shortest
+    assert count_text(shortest, model) <= tight

@@ -303,3 +303,42 @@ def test_a_pid_is_only_checked_on_the_host_and_pid_namespace_it_belongs_to(
     assert log.interrupted(tenant_id=tenant) == []
     found = log.get(other)
     assert found is not None and found.status == "running"
+
+
+def test_a_drain_that_starts_while_a_unit_is_being_recorded_still_marks_it(
+    ledger: Ledger, tenant: str
+) -> None:
+    """``work()`` counts the call in flight before its row is written: a drain that begins
+    in between (here with no grace at all) waits for the row, then marks the unit
+    interrupted and books it, as it does for a unit recorded earlier."""
+    shutdown = GracefulShutdown(ledger=ledger, grace_s=0)
+    log = shutdown.inflight
+    writing, release = threading.Event(), threading.Event()
+    start = log.start
+
+    def slow_start(*args: Any, **kwargs: Any) -> InFlightUnit | None:
+        writing.set()
+        release.wait(5)
+        return start(*args, **kwargs)
+
+    log.start = slow_start  # type: ignore[method-assign]
+    done = threading.Event()
+
+    def job() -> None:
+        with shutdown.work("just-started", tenant_id=tenant, payload={"n": 1}):
+            done.wait(5)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    assert writing.wait(5)
+    threading.Timer(0.2, release.set).start()  # the row lands while the drain has begun
+    report = shutdown.drain()
+    try:
+        assert report.interrupted == 1 and report.abandoned == 1
+        listed = GracefulShutdown(ledger=ledger).interrupted(tenant_id=tenant)
+        assert [u.key for u in listed] == ["just-started"]
+        ledger.flush()
+        assert len(ledger.records(tenant_id=tenant, kind="interrupted")) == 1
+    finally:
+        done.set()  # (a unit that finishes after all is marked done, by design)
+        worker.join(5)

@@ -160,9 +160,31 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
             self.states[session] = state.to_dict()
 
     async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
-        """Shorten the summary (head and tail kept, marked), or drop it if little would be left."""
-        keep = count_text(content, self._pruner.model) - tokens_to_truncate
-        return None if keep < 32 else truncate_text(content, keep, self._pruner.model)
+        """Shorten the content, or drop it if little would be left.
+
+        The recalled turns answer the latest question, so they go last: the summary is
+        shortened first (head and tail kept, marked), and only when the recall section alone
+        is over the limit are its later lines dropped (the header and whole lines kept).
+        """
+        model = self._pruner.model
+        keep = count_text(content, model) - tokens_to_truncate
+        if keep < 32:
+            return None
+        prefix = self._pruner.recall_prefix
+        at = content.find(prefix)
+        if at < 0:
+            return truncate_text(content, keep, model)
+        summary, recalled = content[:at].rstrip(), content[at:]
+        room = keep - count_text(recalled, model) - 2
+        if summary and room >= 32:
+            return f"{truncate_text(summary, room, model)}\n\n{recalled}"
+        lines = recalled.split("\n")
+        kept = lines[:1]
+        for line in lines[1:]:
+            if count_text("\n".join([*kept, line]), model) > keep:
+                break
+            kept.append(line)
+        return "\n".join(kept) if len(kept) > 1 else None
 
 
 _PRUNER_SETTINGS = frozenset(

@@ -37,6 +37,9 @@ from graphthrift.store.postgres import Store
 
 __all__ = ["DrainReport", "GracefulShutdown"]
 
+#: The most a drain waits, past the grace period, for units whose rows are being written.
+_RECORDING_WAIT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class DrainReport:
@@ -102,6 +105,7 @@ class GracefulShutdown:
         self._lease_s = lease_s
         self._log: InFlightLog | None = None
         self._units: dict[str, InFlightUnit] = {}
+        self._recording = 0  # units whose row is being written
         self._interrupted: set[str] = set()
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0 seconds, got {lease_s!r}")
@@ -229,18 +233,27 @@ class GracefulShutdown:
         payload: Any,
         tags: Mapping[str, Any] | None,
     ) -> InFlightUnit | None:
-        unit = self.inflight.start(
-            name,
-            tenant_id=tenant_id,
-            thread_id=thread_id,
-            run_id=run_id,
-            checkpoint_ns=checkpoint_ns,
-            payload=payload,
-            tags=tags,
-        )
-        if unit is not None:
+        # a drain that begins while the row is being written waits for it (``_recording``),
+        # so a unit that has just started is marked interrupted like any other
+        with self._cond:
+            self._recording += 1
+        unit: InFlightUnit | None = None
+        try:
+            unit = self.inflight.start(
+                name,
+                tenant_id=tenant_id,
+                thread_id=thread_id,
+                run_id=run_id,
+                checkpoint_ns=checkpoint_ns,
+                payload=payload,
+                tags=tags,
+            )
+        finally:
             with self._cond:
-                self._units[unit.unit_id] = unit
+                self._recording -= 1
+                if unit is not None:
+                    self._units[unit.unit_id] = unit
+                self._cond.notify_all()
         return unit
 
     def _close_unit(self, unit: InFlightUnit, outcome: BaseException | None) -> None:
@@ -281,6 +294,11 @@ class GracefulShutdown:
             at_start = self._in_flight
             while self._in_flight > 0 and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            # units whose rows are still being written: wait for them (a store call, bounded
+            # by its own deadline, and by _RECORDING_WAIT_S here) so they can be marked
+            recorded_by = time.monotonic() + _RECORDING_WAIT_S
+            while self._recording > 0 and time.monotonic() < recorded_by:
+                self._cond.wait(0.05)
             abandoned = self._in_flight
             held = list(self._held.values())
             self._held.clear()
