@@ -14,11 +14,12 @@ exactly, so a turn containing them gets a boost (``term_boost`` times the share 
 contains); the query's content words (service, slot and entity words, stemmed, stopwords
 out) score each turn by BM25 with the thread's own word frequencies (``lexical_weight``), a
 turn also indexed by the content words of the turn before it, since an answer ("On the
-12th.") rarely repeats its question ("When do you return?"); and a turn whose content words
+12th.") rarely repeats its question ("When do you return?"); a turn whose content words
 the query already holds (an earlier question asked the same way) is marked down
-(``echo_penalty``): it tells the model nothing the query does not. Every lookup filters on tenant and thread first, by indexed equality, and scores
-only that thread's turns: recall is exact within a thread, and a thread's turns never reach
-another thread or tenant.
+(``echo_penalty``), and the words such echoes share with the query score nothing
+(``recall_lexical``); a turn that states a value gets ``value_boost``. Every lookup filters
+on tenant and thread first, by indexed equality, and scores only that thread's turns:
+recall is exact within a thread, and a thread's turns never reach another thread or tenant.
 
 A store outage never breaks the caller: ``recall`` then returns no snippets and ``add``
 keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
@@ -389,14 +390,7 @@ class FoldedTurnStore:
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return _pack(
-            _candidates(rows, params["lq"], params["n"]),
-            params["q"],
-            (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
-            self.recency,
-            k,
-            token_budget,
-        )
+        return self._score(rows, params, k, token_budget)
 
     async def arecall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -413,6 +407,12 @@ class FoldedTurnStore:
         except Exception as exc:
             _fail_open("recall", exc)
             return []
+        return self._score(rows, params, k, token_budget)
+
+    def _score(
+        self, rows: list[dict[str, Any]], params: dict[str, Any], k: int, token_budget: int
+    ) -> list[RecalledSnippet]:
+        """The store's rows scored (``_candidates``, ``_pack``) with this store's weights."""
         return _pack(
             _candidates(rows, params["lq"], params["n"]),
             params["q"],
