@@ -519,14 +519,7 @@ class InFlightLog:
             try:
                 results[mine.unit_id] = fn(mine)
             except Exception as exc:
-                diagnostics.count(
-                    "inflight_resume_failed",
-                    "graphthrift graceful restart: resuming unit %r failed (%r); it stays"
-                    " interrupted",
-                    mine.key,
-                    exc,
-                )
-                self.interrupt([mine], f"resume failed: {type(exc).__name__}: {exc}"[:500])
+                self.interrupt([mine], _resume_failed(mine, exc))
                 failed.append(mine.unit_id)
                 continue
             self.finish(mine)
@@ -563,16 +556,7 @@ class InFlightLog:
             try:
                 results[mine.unit_id] = await fn(mine)
             except Exception as exc:
-                diagnostics.count(
-                    "inflight_resume_failed",
-                    "graphthrift graceful restart: resuming unit %r failed (%r); it stays"
-                    " interrupted",
-                    mine.key,
-                    exc,
-                )
-                await asyncio.to_thread(
-                    self.interrupt, [mine], f"resume failed: {type(exc).__name__}: {exc}"[:500]
-                )
+                await asyncio.to_thread(self.interrupt, [mine], _resume_failed(mine, exc))
                 failed.append(mine.unit_id)
                 continue
             await asyncio.to_thread(self.finish, mine)
@@ -621,3 +605,14 @@ class InFlightLog:
                     unit.key,
                     exc,
                 )
+
+
+def _resume_failed(unit: InFlightUnit, exc: Exception) -> str:
+    """Count and log a resume that raised; the reason its unit is interrupted again."""
+    diagnostics.count(
+        "inflight_resume_failed",
+        "graphthrift graceful restart: resuming unit %r failed (%r); it stays interrupted",
+        unit.key,
+        exc,
+    )
+    return f"resume failed: {type(exc).__name__}: {exc}"[:500]
