@@ -303,3 +303,73 @@ def test_no_recall_room_is_reserved_before_anything_is_folded(
     result = with_recall.prune(chat, tenant=tenant, thread="fits")
     assert result.state.folded == 0 and result.state.folded_total == 0
     assert [m.text for m in result.messages] == [m.text for m in chat]
+
+
+def test_a_phrasing_word_the_query_uses_more_often_than_its_echoes_still_counts(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """ "Quick check ...: what was the check out date ...": "check" is the phrasing's word
+    in every earlier question, but this query uses it twice, once for what it needs."""
+    chat = [
+        *TEMPLATED,
+        FoldedTurn(14, "assistant", "Which days do you need the room?"),
+        FoldedTurn(15, "user", "I want to check out on the 4th of March."),
+        FoldedTurn(16, "user", "Book me a table for 2 on the 9th of March."),
+    ]
+    turns.add(tenant, "checkout", chat)
+    query = (
+        "Quick check before we go on: what was the check out date I gave for the hotels request?"
+    )
+    found = turns.recall(tenant, "checkout", query, k=1, token_budget=200)
+    assert [s.text for s in found] == ["I want to check out on the 4th of March."]
+
+
+def test_a_turn_is_found_by_the_words_of_the_turns_two_away(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """The request ("a rental car") is two turns before the answer ("At Warsaw Chopin
+    Airport."), with the assistant's question in between."""
+    chat = [
+        FoldedTurn(0, "user", "I need to rent a car."),
+        FoldedTurn(1, "assistant", "Where would you like to pick it up?"),
+        FoldedTurn(2, "user", "At Warsaw Chopin Airport."),
+        FoldedTurn(3, "assistant", "Which dates do you need?"),
+        FoldedTurn(4, "user", "From March 7th to March 13th."),
+        FoldedTurn(5, "user", "Now find me a restaurant in Oakland."),
+        FoldedTurn(6, "assistant", "Encuentro in Oakland has a table at 12 pm."),
+        FoldedTurn(7, "user", "And a hotel in Paris for two nights."),
+        FoldedTurn(8, "assistant", "The Ace Hotel in Paris has a room."),
+    ]
+    turns.add(tenant, "rental", chat)
+    query = "Which city did I give for the car I rent?"
+    found = turns.recall(tenant, "rental", query, k=2, token_budget=200)
+    assert 2 in [s.index for s in found]
+
+
+def test_a_long_turn_is_recalled_as_its_sentences_that_matter(
+    store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """Only the sentences of a recalled turn that state a value or use a word of the query
+    come back, so more turns fit the room; ``focus=False`` recalls turns whole."""
+    chat = [
+        FoldedTurn(
+            0,
+            "assistant",
+            "Sure, I can help with that. Let me look at what is available. The flight"
+            " leaves at 6:40 am from Gate 12. Is there anything else I can do for you?",
+        ),
+        FoldedTurn(1, "user", "Great, and the return flight is on the 14th."),
+    ]
+    focused = FoldedTurnStore(store, embedder=embedder)
+    focused.add(tenant, "focus", chat)
+    query = "When does the flight leave?"
+    whole = FoldedTurnStore(store, embedder=embedder, focus=False)
+    kept = {s.index: s for s in focused.recall(tenant, "focus", query, k=2, token_budget=200)}
+    full = {s.index: s for s in whole.recall(tenant, "focus", query, k=2, token_budget=200)}
+    assert kept[0].text == "… The flight leaves at 6:40 am from Gate 12. …"
+    assert kept[0].tokens < full[0].tokens and full[0].text == chat[0].text
+    assert kept[1].text == full[1].text == chat[1].text  # one sentence: whole
+    # the room that holds both focused turns holds only one whole turn
+    room = kept[0].tokens + kept[1].tokens
+    assert len(focused.recall(tenant, "focus", query, k=2, token_budget=room)) == 2
+    assert len(whole.recall(tenant, "focus", query, k=2, token_budget=room)) == 1

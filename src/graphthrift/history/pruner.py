@@ -82,7 +82,7 @@ __all__ = [
 
 DEFAULT_SUMMARY_PREFIX = "Summary of the earlier conversation:"
 DEFAULT_RECALL_PREFIX = "Recalled from earlier in this conversation:"
-DEFAULT_RECALL_K = 6
+DEFAULT_RECALL_K = 10
 DEFAULT_MAX_TOKENS = 8000
 DEFAULT_KEEP_TURNS = 1
 _JOIN_SLACK = 2  # tokens a section may add where it joins the summary (merges at the seam)
@@ -216,7 +216,7 @@ class HistoryPruner:
             latest user message into one message just before it (after the cached
             prefix), inside ``max_tokens`` and at most ``recall_tokens``. The window then
             folds once it passes ``max_tokens - recall_tokens``, so they always have room.
-        recall_k: snippets recalled per call (default 6).
+        recall_k: snippets recalled per call (default 10; focused snippets are short).
         recall_tokens: the recall message's cap (default a third of ``max_tokens``, at
             least 64 and at most 256: on the long multi-session set at 384 tokens an eighth
             kept 0.72 of the facts asked for, a third 0.80, a half 0.78, docs/history.md;

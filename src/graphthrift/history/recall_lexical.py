@@ -9,27 +9,31 @@ CTEs whose size the planner cannot know), here well under a millisecond.
   content words are in the query, and more than half of them. Echoes score nothing.
 - A query word that at least half of the echoes use (when there are two or more) is
   **phrasing** ("Quick check before we go on: what was the ... I gave for the ...
-  request?"), not the need: it counts in no document frequency and no score.
+  request?"), not the need: it counts in no document frequency and no score, unless the
+  query uses it more often than most echoes do ("... what was the check out date ...").
 - **BM25** (without length normalisation, as turns are short): the sum of the idf of the
   query's terms a turn holds, idf from the thread's own turns, a term it holds only as the
-  context of the turn before it (``CONTEXT_MARK``) at half weight. ``lex_max`` is the most
+  context of the turns around it (``CONTEXT_MARK``) at half weight. ``lex_max`` is the most
   any turn could score, for normalising.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from graphthrift.text.lexical import index_terms
 
 __all__ = ["CONTEXT_MARK", "ECHO_SHARED", "LEXICAL_MARK", "LexicalScores", "lexical_scores"]
 
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
 #: identifier of ``query_terms`` (which are matched exactly, without the mark).
 LEXICAL_MARK = "~"
-#: Marks a content word a turn is indexed by from the turn before it (weighted by half).
+#: Marks a content word a turn is indexed by from the turns around it (weighted by half).
 CONTEXT_MARK = "^"
 #: An echo of the query shares at least this many content words with it (and more than
 #: half of its own): fewer is what any two turns on one topic share.
@@ -50,11 +54,17 @@ class LexicalScores:
 
 
 def lexical_scores(
-    rows: Sequence[Mapping[str, Any]], query_terms: Sequence[str], total: int, n: int
+    rows: Sequence[Mapping[str, Any]],
+    query_terms: Sequence[str],
+    total: int,
+    n: int,
+    query_counts: Mapping[str, int] | None = None,
 ) -> LexicalScores:
-    """Score the rows that share a query term (``rows``: ``turn_index``, ``terms``, ``d``);
-    ``query_terms`` are the query's content words in both marks, ``total`` the thread's
-    turn count (for idf)."""
+    """Score the rows that share a query term (``rows``: ``turn_index``, ``terms``, ``d``,
+    ``content``); ``query_terms`` are the query's content words in both marks, ``total`` the
+    thread's turn count (for idf), ``query_counts`` how often the query uses each content
+    word (a word the query uses more often than its echoes do is need as well as phrasing:
+    "Quick check ...: what was the check out date ...")."""
     asked = set(query_terms)
     matched: dict[int, set[str]] = {}
     share: dict[int, float] = {}
@@ -74,6 +84,8 @@ def lexical_scores(
     if len(echo) >= 2:
         uses = Counter(t for i in echo for t in matched[i] if t.startswith(LEXICAL_MARK))
         phrasing = {t[1:] for t, k in uses.items() if k * 2 >= len(echo)}
+        if query_counts:
+            phrasing -= _repeated_in_query(rows, echo, phrasing, query_counts)
     df = Counter(t for held in matched.values() for t in held if t[1:] not in phrasing)
     idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
     score = {
@@ -90,3 +102,21 @@ def lexical_scores(
     )[:n]
     best = sum(x for t, x in idf.items() if t.startswith(LEXICAL_MARK))
     return LexicalScores(score, share, frozenset(echo), best, tuple(top))
+
+
+def _repeated_in_query(
+    rows: Sequence[Mapping[str, Any]],
+    echo: set[int],
+    phrasing: set[str],
+    query_counts: Mapping[str, int],
+) -> set[str]:
+    """The phrasing words the query uses more often than most of its echoes do."""
+    counts: dict[str, list[int]] = {t: [] for t in phrasing}
+    for row in rows:
+        if int(row["turn_index"]) in echo:
+            used = Counter(t.lower() for t in index_terms(str(row.get("content") or "")))
+            for t in phrasing:
+                counts[t].append(used[t])
+    return {
+        t for t in phrasing if counts[t] and query_counts.get(t, 0) > statistics.median(counts[t])
+    }
