@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -31,6 +33,20 @@ RAW_REPORT_WINDOW = timedelta(hours=24)
 """The range a raw-row report without ``since`` is bounded to over a large ledger."""
 
 _log = logging.getLogger(__name__)
+
+_SHOWN_BY_CALLER: ContextVar[bool] = ContextVar("graphthrift_bounds_shown_by_caller", default=False)
+
+
+@contextmanager
+def bounds_shown_by_caller() -> Iterator[None]:
+    """Within it, a bounded range is returned but not logged: for a caller that shows
+    ``ReportRange.bounded`` itself (the CLI prints it on its console), so its user reads the
+    message once. Elsewhere the warning is how a Python caller learns its report was cut."""
+    token = _SHOWN_BY_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _SHOWN_BY_CALLER.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +108,8 @@ def bounded_range(
         f" {start.isoformat()} to {end.isoformat()}. Pass since= (--since) to choose the"
         " range."
     )
-    _log.warning(message)
+    if not _SHOWN_BY_CALLER.get():
+        _log.warning(message)
     return ReportRange(start, until, message)
 
 
