@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Date as SADate
 from sqlalchemy import case, cast, func, literal_column, select, text
 
+from graphthrift.errors import UnknownReportKey
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
 from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
 from graphthrift.store.postgres import Store
@@ -163,7 +164,7 @@ class LedgerQueries:
             by = [k for k in by.split(",") if k]
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
-            raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
+            raise UnknownReportKey("report by", unknown, REPORT_KEYS)
         _conditions(since, until, filters)  # bad filters and times fail before any read
         with self.store.connect() as conn:
             read = ReportRange(since, until)
