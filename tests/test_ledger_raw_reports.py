@@ -4,6 +4,11 @@ the last day with a message, and equal to the raw rows of the range they say the
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,12 @@ from sqlalchemy import text
 
 from cache_helpers import scratch_database
 from graphthrift import Ledger, LedgerRecord, Store
-from graphthrift.ledger.query import RAW_REPORT_WINDOW, bounded_range, reads_raw_rows
+from graphthrift.ledger.query import (
+    RAW_REPORT_MAX_ROWS,
+    RAW_REPORT_WINDOW,
+    bounded_range,
+    reads_raw_rows,
+)
 from graphthrift.ops.tasks import cost_per_task
 from ledger_writers import write_from_processes
 
@@ -233,16 +243,16 @@ def test_bounded_range_names_its_range(ledger: Ledger, tenant: str) -> None:
     assert "report by run_id reads raw ledger rows" in read.bounded
 
 
-def test_cli_says_when_thread_and_task_reports_were_bounded(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from graphthrift.cli import main
-    from graphthrift.ledger.query import RAW_REPORT_MAX_ROWS
-
+@pytest.fixture(scope="module")
+def big_ledger(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a database of its own whose ledger holds more rows than a raw report reads
+    whole (``RAW_REPORT_MAX_ROWS + 1``, a month old, written by SQL) and 60 recent rows of
+    tenant ``new`` (threads ``t0-0``..``t0-4``) with one task outcome; shared by the module's
+    CLI tests, which only read it."""
     with scratch_database(store.url) as (url, _):
-        db = Store(url, home=tmp_path)
+        db = Store(url, home=tmp_path_factory.mktemp("big-ledger"))
         Ledger(db).close()  # the schema
-        with db.connect() as conn:  # more rows than a raw report reads whole, a month ago
+        with db.connect() as conn:
             conn.execute(
                 text(
                     "INSERT INTO graphthrift_ledger (ts, kind, tenant_id, thread_id, run_id,"
@@ -260,19 +270,28 @@ def test_cli_says_when_thread_and_task_reports_were_bounded(
             )
         )
         ledger.close()
-        out = tmp_path / "threads.json"
-        assert main(["--url", url, "report", "--by", "thread_id", "--json", str(out)]) == 0
-        printed = capsys.readouterr().out
-        figures = json.loads(out.read_text())
-        threads = {r["thread_id"] for r in figures["rows"]}
-        per = tmp_path / "per.json"
-        assert main(["--url", url, "report", "--per", "task", "--json", str(per)]) == 0
-        per_printed = capsys.readouterr().out
-        per_figures = json.loads(per.read_text())
-        (task_row,) = per_figures["rows"]
-        whole = main(["--url", url, "report", "--by", "thread_id", "--since", "60d"])
-        whole_printed = capsys.readouterr().out
         db.close()
+        yield url
+
+
+def test_cli_says_when_thread_and_task_reports_were_bounded(
+    big_ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graphthrift.cli import main
+
+    url = big_ledger
+    out = tmp_path / "threads.json"
+    assert main(["--url", url, "report", "--by", "thread_id", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    threads = {r["thread_id"] for r in figures["rows"]}
+    per = tmp_path / "per.json"
+    assert main(["--url", url, "report", "--per", "task", "--json", str(per)]) == 0
+    per_printed = capsys.readouterr().out
+    per_figures = json.loads(per.read_text())
+    (task_row,) = per_figures["rows"]
+    whole = main(["--url", url, "report", "--by", "thread_id", "--since", "60d"])
+    whole_printed = capsys.readouterr().out
     assert "covers only the last 24 hours" in " ".join(printed.split())
     assert "covers only the last 24 hours" in figures["bounded"]
     assert "covers only the last 24 hours" in per_figures["bounded"]
@@ -281,3 +300,74 @@ def test_cli_says_when_thread_and_task_reports_were_bounded(
     assert (task_row["tasks"], task_row["successful"]) == (15, 1)
     assert whole == 0 and "covers only" not in " ".join(whole_printed.split())
     assert "old-999" in whole_printed
+
+
+_BOUNDED = f"(more than {RAW_REPORT_MAX_ROWS:,}), so it covers only the last 24 hours"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--by", "thread_id"],
+        ["report", "--by", "run_id", "--tenant-id", "new"],
+        ["report", "--per", "task"],
+        ["report", "--compare", "prompt_version=v1,v2"],
+    ],
+)
+def test_cli_shows_the_bounded_range_once(
+    big_ledger: str,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from graphthrift.cli import main
+
+    caplog.set_level(logging.WARNING)
+    assert main(["--url", big_ledger, *argv]) == 0
+    captured = capsys.readouterr()
+    shown = " ".join((captured.out + captured.err + caplog.text).split())
+    assert shown.count(_BOUNDED) == 1, shown
+    assert "covers only the last 24 hours" in " ".join(captured.out.split())
+
+
+def test_cli_process_shows_the_bounded_range_once_on_its_terminal(big_ledger: str) -> None:
+    """The installed command in a process of its own, where the log goes to stderr."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graphthrift.cli",
+            "--url",
+            big_ledger,
+            "report",
+            "--by",
+            "thread_id",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert shown.count(_BOUNDED) == 1, shown
+    assert _BOUNDED in " ".join(done.stdout.split())
+
+
+def test_python_report_logs_the_bounded_range_once(
+    big_ledger: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From Python there is no console line: the warning is how the caller learns it."""
+    caplog.set_level(logging.WARNING)
+    db = Store(big_ledger, home=tmp_path)
+    ledger = Ledger(db)
+    try:
+        rows = ledger.report(["thread_id"])
+    finally:
+        ledger.close()
+        db.close()
+    assert rows.range.bounded is not None and _BOUNDED in rows.range.bounded
+    warned = [r for r in caplog.records if _BOUNDED in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING

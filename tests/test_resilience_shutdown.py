@@ -177,3 +177,25 @@ def test_kill_9_loses_no_flushed_row_and_reservations_expire(
         0, abs=1e-12
     )
     assert len(ledger.records(tenant_id=tenant)) == 5
+
+
+def test_drain_releases_the_budgets_open_reservations_it_was_never_handed(
+    store: Store, ledger: Ledger, tenant: str
+) -> None:
+    """A call stopped mid-flight (``BudgetMiddleware`` reserved it; nothing called ``hold``)
+    strands no reservation: the drain releases what its budget still holds open."""
+    budget = Budget(store, max_usd={"tenant": 1.0}, max_output_tokens=100)
+    settled = budget.reserve(
+        "gpt-4o-mini", [{"role": "user", "content": "hi"}], tags={"tenant_id": tenant}
+    )
+    running = budget.reserve(
+        "gpt-4o-mini", [{"role": "user", "content": "hello"}], tags={"tenant_id": tenant}
+    )
+    budget.settle(settled, input_tokens=9, output_tokens=20)
+    assert [r.id for r in budget.open_reservations()] == [running.id]
+    assert budget.usage(tenant_id=tenant)["tenant"]["reserved_usd"] > 0
+    report = GracefulShutdown(ledger=ledger, budget=budget, grace_s=0).drain()
+    assert report.released == 1 and running.settled
+    row = budget.usage(tenant_id=tenant)["tenant"]
+    assert (row["reserved_usd"], row["reserved_tokens"]) == (0, 0)
+    assert budget.open_reservations() == []

@@ -260,3 +260,32 @@ async def test_async_work_is_refused_while_draining_and_done_when_it_finishes(
             pass
     with pytest.raises(ShuttingDown):
         await shutdown.aresume_interrupted(lambda u: asyncio.sleep(0), tenant_id=tenant)
+
+
+def test_a_resumed_run_carries_its_units_tenant_and_tags(ledger: Ledger, tenant: str) -> None:
+    """One resumer serves every tenant: each run gets its own unit's tags back, over the
+    resumer's config, so its prompt, cache, budget and ledger rows are its tenant's."""
+    shutdown = GracefulShutdown(ledger=ledger)
+    with (
+        contextlib.suppress(SystemExit),
+        shutdown.work(
+            thread_id=f"{tenant}-tags",
+            tenant_id=tenant,
+            run_id="run-7",
+            tags={"user_id": "alice", "feature": "support"},
+        ),
+    ):
+        raise SystemExit(0)
+    [unit] = shutdown.interrupted(tenant_id=tenant)
+    config = unit_config(unit, {"metadata": {"tenant_id": "other", "feature": "x", "k": 1}})
+    assert config["metadata"] == {
+        "tenant_id": tenant,
+        "user_id": "alice",
+        "feature": "support",
+        "k": 1,
+        "resumed_run_id": "run-7",
+    }
+    assert config["configurable"] == {"thread_id": f"{tenant}-tags"}
+    claimed = shutdown.claim(unit)  # leave no interrupted unit to other tests' resumers
+    assert claimed is not None
+    shutdown.finish(claimed)

@@ -98,6 +98,7 @@ _EXPORTS = {
     "CacheArgumentError": ".errors",
     "UnknownScopeKey": ".errors",
     "ConfigTypeError": ".errors",
+    "UnknownReportKey": ".errors",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
@@ -145,6 +146,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import ToolCallInProgress as ToolCallInProgress
     from .errors import TrafficFileError as TrafficFileError
     from .errors import UnknownModelPrice as UnknownModelPrice
+    from .errors import UnknownReportKey as UnknownReportKey
     from .errors import UnknownScopeKey as UnknownScopeKey
     from .history import HistoryConfigError as HistoryConfigError
     from .history import HistoryPruner as HistoryPruner

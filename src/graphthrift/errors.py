@@ -6,6 +6,7 @@ Long because: every public error lives here, one short class each, so one module
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -477,6 +478,35 @@ class UnknownScopeKey(CacheArgumentError):
             given[first],
             f"not a cache scope keyword{others}; use one of {', '.join(allowed)}",
         )
+
+
+class UnknownReportKey(ConfigError):
+    """A report was grouped, compared or counted by a key it does not know. Names the key
+    plainly (``key``; all of them in ``keys``), lists ``choices`` and suggests the close one
+    (``suggestion``: ``thread_id`` for ``thread``, or ``None``). A ``ConfigError``, so the
+    ``ValueError`` reports always raised for a bad key still catches it."""
+
+    def __init__(self, what: str, keys: Sequence[str], choices: Sequence[str]) -> None:
+        self.keys = list(keys)
+        self.key = self.keys[0]
+        self.choices = tuple(choices)
+        self.suggestion = close_match(self.key, self.choices)
+        hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
+        others = f" (also unknown: {', '.join(self.keys[1:])})" if len(self.keys) > 1 else ""
+        rule = f"not a key it knows{hint}{others}; choose from {', '.join(self.choices)}"
+        super().__init__(what, self.key, rule, message=f"cannot {what} {self.key}: {rule}")
+
+
+def close_match(given: str, choices: Sequence[str]) -> str | None:
+    """The one choice ``given`` was probably meant to be: the only choice it begins
+    (``thread`` -> ``thread_id``), else the closest spelling (``modle`` -> ``model``)."""
+    import difflib
+
+    starts = [c for c in choices if c.startswith(given)] if given else []
+    if len(starts) == 1:
+        return starts[0]
+    close = difflib.get_close_matches(given, list(choices), n=1)
+    return close[0] if close else None
 
 
 # --- budget ---

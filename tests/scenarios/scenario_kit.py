@@ -260,14 +260,21 @@ def tenant_prompt(world: World) -> AgentMiddleware[Any, Any, Any]:
     return prompt
 
 
-def support_agent(world: World, model: Any, tools: list[Any], middleware: list[Any]) -> Any:
+def support_agent(
+    world: World,
+    model: Any,
+    tools: list[Any],
+    middleware: list[Any],
+    *,
+    checkpointer: Any = None,
+) -> Any:
     """A ``create_agent`` support agent: the tenant's prompt outermost, then ``middleware``,
-    on its own ``InMemorySaver``."""
+    on ``checkpointer`` (default: its own ``InMemorySaver``)."""
     return create_agent(
         model,
         tools,
         middleware=[tenant_prompt(world), *middleware],
-        checkpointer=InMemorySaver(),
+        checkpointer=InMemorySaver() if checkpointer is None else checkpointer,
     )
 
 

@@ -52,6 +52,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -148,6 +149,10 @@ def _reserve_options(where: str, options: Mapping[str, Any]) -> ReserveOptions:
     """``options`` checked: an unknown keyword raises ``ConfigError`` naming it."""
     known = ReserveOptions.__annotations__
     return cast(ReserveOptions, check_keywords(f"Budget.{where}", options, known, "argument"))
+
+
+#: Open reservations kept in process past which those older than the TTL are forgotten.
+_OPEN_SWEEP_AT = 10_000
 
 
 class Budget:
@@ -252,6 +257,8 @@ class Budget:
             )
         )
         self._pending = PendingCharges(self.max_pending)
+        self._open: dict[str, Reservation] = {}  # backed, not yet settled (a drain releases)
+        self._open_lock = threading.Lock()
 
     # -- estimates --------------------------------------------------------------------------
 
@@ -407,7 +414,22 @@ class Budget:
         return self._new(r.estimate, r.scopes, backed=False, forced=r.forced)
 
     def _outcome(self, r: Reservation, refusal: Refusal | None) -> Reservation | Shortfall:
-        return self._shortfall_of(refusal, r.estimate) if isinstance(refusal, Refusal) else r
+        if isinstance(refusal, Refusal):
+            return self._shortfall_of(refusal, r.estimate)
+        with self._open_lock:
+            self._open[r.id] = r
+            if len(self._open) > _OPEN_SWEEP_AT:  # never settled: the store reclaims them
+                old = time.monotonic() - self.reservation_ttl
+                for key in [k for k, v in self._open.items() if v.created < old]:
+                    del self._open[key]
+        return r
+
+    def open_reservations(self) -> list[Reservation]:
+        """This process's reservations held in the store and not yet settled or released:
+        the calls still running. ``GracefulShutdown(budget=...)`` releases them when its
+        grace period ends, so a call stopped with the process strands nothing."""
+        with self._open_lock:
+            return [r for r in self._open.values() if not r.settled]
 
     def _reserve_estimate(
         self, est: Estimate, tags: Mapping[str, Any], force: bool
@@ -641,6 +663,8 @@ class Budget:
         self._pending.defer(r, usd, tokens)
 
     def _apply(self, r: Reservation, usd: float, tokens: int) -> None:
+        with self._open_lock:
+            self._open.pop(r.id, None)
         r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
         if self.store is None:
             return
@@ -654,6 +678,8 @@ class Budget:
             self._settle_failed(r, usd, tokens, exc)
 
     async def _aapply(self, r: Reservation, usd: float, tokens: int) -> None:
+        with self._open_lock:
+            self._open.pop(r.id, None)
         r.settled, r.actual_usd, r.actual_tokens = True, usd, tokens
         if self.store is None:
             return

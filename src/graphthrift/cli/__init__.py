@@ -143,6 +143,7 @@ def _cost_cell(row: dict[str, Any], key: str) -> str:
 
 def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from graphthrift.ledger.ledger import Ledger
+    from graphthrift.ledger.query import bounds_shown_by_caller
 
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k)}
@@ -155,7 +156,8 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     console.print(f"ledger: {where}", soft_wrap=True)
     ledger = Ledger(store)
     try:
-        rows = ledger.report(by, since=args.since, until=args.until, **filters)
+        with bounds_shown_by_caller():  # printed below, not logged too
+            rows = ledger.report(by, since=args.since, until=args.until, **filters)
     finally:
         ledger.close()
         store.close()

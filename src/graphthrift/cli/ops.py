@@ -119,15 +119,17 @@ def handles_report(args: argparse.Namespace) -> bool:
 
 def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """``report --per task`` or ``report --compare DIM=A,B``."""
-    from graphthrift.ledger.query import bounded_range
+    from graphthrift.ledger.query import bounded_range, bounds_shown_by_caller
     from graphthrift.ops.tasks import compare, cost_per_task
     from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
     store = Store(args.url)
     try:
-        with store.connect() as conn:  # a task report reads raw rows: bound it on a big ledger
-            read = bounded_range(conn, "report --per task", args.since, args.until)
+        what = "report --compare" if args.compare else "report --per task"
+        # a task report reads raw rows: bound it on a big ledger (printed, not logged too)
+        with store.connect() as conn, bounds_shown_by_caller():
+            read = bounded_range(conn, what, args.since, args.until)
         if read.bounded:
             console.print(f"[yellow]{read.bounded}[/yellow]", soft_wrap=True)
         if args.compare:

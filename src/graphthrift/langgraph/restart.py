@@ -26,7 +26,12 @@ __all__ = ["aresume_interrupted", "resume_interrupted", "unit_config"]
 
 def unit_config(unit: InFlightUnit, config: RunnableConfig | None = None) -> RunnableConfig:
     """The run config that points the graph at the unit's thread (and checkpoint namespace),
-    merged over ``config`` (callbacks, recursion limit, other configurable keys)."""
+    merged over ``config`` (callbacks, recursion limit, other configurable keys).
+
+    The run's metadata gets the unit's ``tenant_id`` and ``tags`` as recorded when it started
+    (over ``config``'s): one resumer serves every tenant, and a resumed run must read its own
+    tenant's prompt, cache scope and budget and book its ledger rows to it, not run
+    untagged."""
     if unit.thread_id is None:
         raise ValueError(f"in-flight unit {unit.key!r} carries no thread_id to resume")
     base: dict[str, Any] = dict(config or {})
@@ -35,9 +40,13 @@ def unit_config(unit: InFlightUnit, config: RunnableConfig | None = None) -> Run
     if unit.checkpoint_ns:
         configurable["checkpoint_ns"] = unit.checkpoint_ns
     base["configurable"] = configurable
+    metadata = dict(base.get("metadata") or {})
+    metadata.update({k: v for k, v in unit.tags.items() if v is not None})
+    if unit.tenant_id is not None:
+        metadata["tenant_id"] = unit.tenant_id
     if unit.run_id is not None:
-        metadata = dict(base.get("metadata") or {})
         metadata.setdefault("resumed_run_id", unit.run_id)
+    if metadata:
         base["metadata"] = metadata
     return base  # type: ignore[return-value]  # a RunnableConfig is a TypedDict
 

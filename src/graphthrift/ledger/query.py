@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from sqlalchemy import Date as SADate
 from sqlalchemy import case, cast, func, literal_column, select, text
 
+from graphthrift.errors import UnknownReportKey
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
 from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
 from graphthrift.store.postgres import Store
@@ -31,6 +34,20 @@ RAW_REPORT_WINDOW = timedelta(hours=24)
 """The range a raw-row report without ``since`` is bounded to over a large ledger."""
 
 _log = logging.getLogger(__name__)
+
+_SHOWN_BY_CALLER: ContextVar[bool] = ContextVar("graphthrift_bounds_shown_by_caller", default=False)
+
+
+@contextmanager
+def bounds_shown_by_caller() -> Iterator[None]:
+    """Within it, a bounded range is returned but not logged: for a caller that shows
+    ``ReportRange.bounded`` itself (the CLI prints it on its console), so its user reads the
+    message once. Elsewhere the warning is how a Python caller learns its report was cut."""
+    token = _SHOWN_BY_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _SHOWN_BY_CALLER.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +109,8 @@ def bounded_range(
         f" {start.isoformat()} to {end.isoformat()}. Pass since= (--since) to choose the"
         " range."
     )
-    _log.warning(message)
+    if not _SHOWN_BY_CALLER.get():
+        _log.warning(message)
     return ReportRange(start, until, message)
 
 
@@ -146,7 +164,7 @@ class LedgerQueries:
             by = [k for k in by.split(",") if k]
         unknown = [k for k in by if k not in REPORT_KEYS]
         if unknown:
-            raise ValueError(f"cannot report by {unknown}; choose from {', '.join(REPORT_KEYS)}")
+            raise UnknownReportKey("report by", unknown, REPORT_KEYS)
         _conditions(since, until, filters)  # bad filters and times fail before any read
         with self.store.connect() as conn:
             read = ReportRange(since, until)

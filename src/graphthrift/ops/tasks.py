@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from graphthrift.errors import GraphthriftError
+from graphthrift.errors import GraphthriftError, UnknownReportKey
 from graphthrift.kernel import current_run_tags, run_tags
 from graphthrift.ledger.records import LedgerRecord
 from graphthrift.ledger.schema import LEDGER_TABLE
@@ -105,10 +105,13 @@ def mark_task(
     return record
 
 
-def _check(name: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
+def _check(what: str, keys: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """``keys`` when all are ``allowed``; else ``UnknownReportKey`` naming the bad ones
+    plainly (``what`` says what was asked: "report by", "compare by"...)."""
+    unknown = [k for k in keys if k not in allowed]
+    if unknown:
+        raise UnknownReportKey(what, unknown, allowed)
+    return list(keys)
 
 
 def _where(
@@ -117,7 +120,7 @@ def _where(
     clauses: list[str] = []
     params: dict[str, Any] = {}
     for n, (key, value) in enumerate(filters.items()):
-        _check("filter", key, TASK_DIMENSIONS)
+        _check("filter tasks on", [key], TASK_DIMENSIONS)
         clauses.append(f"r.{key} = :f{n}")
         params[f"f{n}"] = value
     if since is not None:
@@ -163,10 +166,10 @@ def cost_per_task(
     outcomes written since then are read (a thread marked before ``since`` and carried on
     after it counts as unknown).
     """
-    _check("task", task, TASK_KEYS)
+    _check("count tasks by", [task], TASK_KEYS)
     if isinstance(by, str):
         by = [k for k in by.split(",") if k]
-    groups = [_check("by", k, TASK_DIMENSIONS) for k in by]
+    groups = _check("report by", by, TASK_DIMENSIONS)
     where, params = _where(since, until, filters)
     select_groups = "".join(f"r.{k} AS {k}, " for k in groups)
     group_by = ("GROUP BY " + ", ".join(f"r.{k}" for k in groups)) if groups else ""
@@ -249,8 +252,8 @@ def compare(
     replacement, ``resamples`` times, seeded): it needs no assumption about how costs are
     distributed, and a ratio of sums has no simple closed-form interval.
     """
-    _check("task", task, TASK_KEYS)
-    _check("dimension", dimension, TASK_DIMENSIONS)
+    _check("count tasks by", [task], TASK_KEYS)
+    _check("compare by", [dimension], TASK_DIMENSIONS)
     if len(values) != 2:
         raise ValueError(f"compare needs two values of {dimension}, got {list(values)}")
     if not 0 < confidence < 1:

@@ -60,8 +60,9 @@ class GracefulShutdown:
 
     Args:
         ledger: the ``Ledger`` to flush.
-        budget: the ``Budget`` whose held reservations (``hold``) are released when their
-            call does not finish within the grace period.
+        budget: the ``Budget`` whose reservations still open when the grace period ends
+            (its calls still running, ``BudgetMiddleware``'s included, and those passed to
+            ``hold``) are released, so a stopped call strands none of them.
         grace_s: seconds the calls in flight get to finish.
         on_drained: called after a signal-driven drain (default: ``SystemExit(0)`` in the
             main thread, so ``atexit`` hooks run and the process exits cleanly).
@@ -311,6 +312,9 @@ class GracefulShutdown:
             )
         released = 0
         if self.budget is not None:
+            # every call still running holds one, whether or not it was ``hold``-ed
+            known = {r.id for r in held}
+            held += [r for r in self.budget.open_reservations() if r.id not in known]
             for reservation in held:
                 if not reservation.settled:
                     self.budget.release(reservation)
