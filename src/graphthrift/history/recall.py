@@ -515,7 +515,7 @@ def focused(text_: str, query_words: frozenset[str]) -> str:
     if not keep or len(keep) == len(spans):
         return text_
     parts: list[str] = []
-    for n, (a, b) in enumerate(spans):
+    for a, b in spans:
         if (a, b) in keep:
             parts.append(text_[a:b])
         elif not parts or parts[-1] != "…":
