@@ -14,6 +14,7 @@ from rich.console import Console
 
 from graphthrift.bench._data_history import load_conversations_jsonl
 from graphthrift.bench.history import as_langchain, fold_ceiling, prompt_points, run
+from graphthrift.bench.longthread import LONG_THREAD_SEED
 from graphthrift.cli import main
 from graphthrift.errors import ConfigError
 from graphthrift.history import HistoryPruner
@@ -273,6 +274,21 @@ def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None
         saved = 1 - recall["effective_cost_usd"][model] / full["effective_cost_usd"][model]
         assert recall["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
     assert long["recall_ms"]["p95"] >= long["recall_ms"]["p50"] > 0
+
+
+def test_long_seed_replays_a_held_out_long_set(tmp_path: Path) -> None:
+    """``--long-seed`` builds another long set (for settings tuned on the default seed) and
+    the JSON names the seed it measured."""
+    data = _conversations(tmp_path / "convs.jsonl", n=2)
+    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
+    sets = {}
+    for seed in (LONG_THREAD_SEED, LONG_THREAD_SEED + 1):
+        out = tmp_path / f"h{seed}.json"
+        assert main([*argv, "--long", "1", "--long-seed", str(seed), "--json", str(out)]) == 0
+        sets[seed] = json.loads(out.read_text())["long"]
+        assert sets[seed]["seed"] == seed
+    first, second = sets.values()
+    assert (first["n_turns"], first["n_questions"]) != (second["n_turns"], second["n_questions"])
 
 
 def test_an_unknown_price_model_is_refused_before_the_replay(

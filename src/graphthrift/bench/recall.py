@@ -25,6 +25,7 @@ from graphthrift.bench._common import machine, percentiles, scratch_store, write
 from graphthrift.bench._data import read_set_file
 from graphthrift.embed.embedders import default_embedder
 from graphthrift.embed.static import StaticEmbedder
+from graphthrift.history.pruner import DEFAULT_RECALL_K
 from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, query_terms
 from graphthrift.history.schema import FOLDED_TURNS_TABLE, folded_hnsw_index_sql
 from graphthrift.store.postgres import Store
@@ -64,7 +65,7 @@ def run_recall_bench(
     per_thread: int = 500,
     tenants: int = 10,
     queries: int = 300,
-    k: int = 4,
+    k: int = DEFAULT_RECALL_K,
     token_budget: int = 512,
     seed: int = 7,
 ) -> dict[str, Any]:
