@@ -199,3 +199,23 @@ def test_drain_releases_the_budgets_open_reservations_it_was_never_handed(
     row = budget.usage(tenant_id=tenant)["tenant"]
     assert (row["reserved_usd"], row["reserved_tokens"]) == (0, 0)
     assert budget.open_reservations() == []
+
+
+def test_a_call_that_finishes_after_the_drain_still_books_its_spend(
+    store: Store, ledger: Ledger, tenant: str
+) -> None:
+    """The drain releases the reservation of a call it stopped waiting for, but the call may
+    still finish (a worker thread, a custom ``on_drained``): its settle must book what it
+    spent, not be skipped as already settled."""
+    budget = Budget(store, max_usd={"tenant": 1.0}, max_output_tokens=100)
+    running = budget.reserve(
+        "gpt-4o-mini", [{"role": "user", "content": "hello"}], tags={"tenant_id": tenant}
+    )
+    assert GracefulShutdown(ledger=ledger, budget=budget, grace_s=0).drain().released == 1
+    assert budget.usage(tenant_id=tenant)["tenant"]["spent_usd"] == 0
+    budget.settle(running, input_tokens=1000, output_tokens=100)  # the call came back
+    row = budget.usage(tenant_id=tenant)["tenant"]
+    assert row["spent_usd"] == pytest.approx(running.actual_usd) and row["spent_usd"] > 0
+    assert (row["reserved_usd"], row["reserved_tokens"]) == (0, 0)
+    budget.settle(running, input_tokens=1000, output_tokens=100)  # twice is still once
+    assert budget.usage(tenant_id=tenant)["tenant"]["spent_usd"] == pytest.approx(row["spent_usd"])

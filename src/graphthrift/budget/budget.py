@@ -259,6 +259,7 @@ class Budget:
         self._pending = PendingCharges(self.max_pending)
         self._open: dict[str, Reservation] = {}  # backed, not yet settled (a drain releases)
         self._open_lock = threading.Lock()
+        self._open_swept = 0.0
 
     # -- estimates --------------------------------------------------------------------------
 
@@ -418,8 +419,12 @@ class Budget:
             return self._shortfall_of(refusal, r.estimate)
         with self._open_lock:
             self._open[r.id] = r
-            if len(self._open) > _OPEN_SWEEP_AT:  # never settled: the store reclaims them
-                old = time.monotonic() - self.reservation_ttl
+            now = time.monotonic()
+            if len(self._open) > _OPEN_SWEEP_AT and now >= self._open_swept + min(
+                self.reservation_ttl, 60.0
+            ):  # never settled: the store reclaims them; swept at most once a minute
+                self._open_swept = now
+                old = now - self.reservation_ttl
                 for key in [k for k, v in self._open.items() if v.created < old]:
                     del self._open[key]
         return r
@@ -556,8 +561,9 @@ class Budget:
                 (counted as ``budget_bad_settle``; nothing is booked, the reservation stays
                 open until it is settled properly or expires).
         """
-        if reservation.settled:
+        if reservation.settled and not reservation.drained:
             return
+        reservation.drained = False
         usd, tokens = actual_cost(
             self.prices,
             reservation,
@@ -584,8 +590,9 @@ class Budget:
         calls: Sequence[tuple[str | None, Any]] | None = None,
     ) -> None:
         """Async twin of ``settle``."""
-        if reservation.settled:
+        if reservation.settled and not reservation.drained:
             return
+        reservation.drained = False
         usd, tokens = actual_cost(
             self.prices,
             reservation,
@@ -608,6 +615,17 @@ class Budget:
         """Async twin of ``release``."""
         if not reservation.settled:
             await self._aapply(reservation, 0.0, 0)
+
+    def release_for_drain(self, reservation: Reservation) -> bool:
+        """Release a reservation whose call a shutdown stopped waiting for; return whether it
+        was open. The call may still finish: its ``settle`` then books what it spent (the
+        reservation's row is gone, so only the spend is added), where after ``release`` it
+        would book nothing."""
+        if reservation.settled:
+            return False
+        self._apply(reservation, 0.0, 0)
+        reservation.drained = True
+        return True
 
     # -- settlement, and spend that waits for the store ----------------------------------------
 

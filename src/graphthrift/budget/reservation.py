@@ -42,6 +42,8 @@ class Reservation:
     backed: bool = True
     forced: bool = False
     settled: bool = False
+    #: released by a drain while its call may still run: a later ``settle`` still books it
+    drained: bool = False
     actual_usd: float | None = None
     actual_tokens: int | None = None
     created: float = field(default_factory=time.monotonic)

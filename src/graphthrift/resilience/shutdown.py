@@ -316,9 +316,7 @@ class GracefulShutdown:
             known = {r.id for r in held}
             held += [r for r in self.budget.open_reservations() if r.id not in known]
             for reservation in held:
-                if not reservation.settled:
-                    self.budget.release(reservation)
-                    released += 1
+                released += self.budget.release_for_drain(reservation)
         flushed = True
         if self.ledger is not None:
             try:
