@@ -272,7 +272,14 @@ def test_a_resumed_run_carries_its_units_tenant_and_tags(ledger: Ledger, tenant:
             thread_id=f"{tenant}-tags",
             tenant_id=tenant,
             run_id="run-7",
-            tags={"user_id": "alice", "feature": "support"},
+            # as ``current_run_tags()`` gives them inside a node: where it ran is not carried
+            tags={
+                "user_id": "alice",
+                "feature": "support",
+                "run_id": "run-7",
+                "thread_id": "elsewhere",
+                "node": "agent",
+            },
         ),
     ):
         raise SystemExit(0)

@@ -24,14 +24,20 @@ from graphthrift.resilience.shutdown import GracefulShutdown
 __all__ = ["aresume_interrupted", "resume_interrupted", "unit_config"]
 
 
+#: The recorded tags a resumed run keeps (who and what it is for, not where it ran).
+_CARRIED = frozenset({"tenant_id", "user_id", "feature", "route", "prompt_version"})
+
+
 def unit_config(unit: InFlightUnit, config: RunnableConfig | None = None) -> RunnableConfig:
     """The run config that points the graph at the unit's thread (and checkpoint namespace),
     merged over ``config`` (callbacks, recursion limit, other configurable keys).
 
-    The run's metadata gets the unit's ``tenant_id`` and ``tags`` as recorded when it started
-    (over ``config``'s): one resumer serves every tenant, and a resumed run must read its own
-    tenant's prompt, cache scope and budget and book its ledger rows to it, not run
-    untagged."""
+    The run's metadata gets the unit's ``tenant_id`` and its ``tags`` that describe who and
+    what the work is for (``_CARRIED``: tenant, user, feature, route, prompt version) as
+    recorded when it started, over ``config``'s: one resumer serves every tenant, and a
+    resumed run must read its own tenant's prompt, cache scope and budget and book its
+    ledger rows to it. Its old ``run_id``, ``thread_id`` and ``node`` are not carried: the
+    resumed run is a new run (``resumed_run_id`` names the old one)."""
     if unit.thread_id is None:
         raise ValueError(f"in-flight unit {unit.key!r} carries no thread_id to resume")
     base: dict[str, Any] = dict(config or {})
@@ -41,7 +47,7 @@ def unit_config(unit: InFlightUnit, config: RunnableConfig | None = None) -> Run
         configurable["checkpoint_ns"] = unit.checkpoint_ns
     base["configurable"] = configurable
     metadata = dict(base.get("metadata") or {})
-    metadata.update({k: v for k, v in unit.tags.items() if v is not None})
+    metadata.update({k: v for k, v in unit.tags.items() if k in _CARRIED and v is not None})
     if unit.tenant_id is not None:
         metadata["tenant_id"] = unit.tenant_id
     if unit.run_id is not None:
