@@ -87,3 +87,26 @@ def test_task_reports_raise_with_the_bad_key(store: Store) -> None:
     with pytest.raises(UnknownReportKey) as task:
         cost_per_task(store, ["model"], task="thread")
     assert (task.value.key, task.value.suggestion) == ("thread", "thread_id")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--per", "task", "--by", "tenant"],
+        ["report", "--compare", "promptversion=v1,v2"],
+        ["report", "--compare", "prompt_version=v1"],
+    ],
+)
+def test_task_report_arguments_are_checked_before_the_database_is_read(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A bad key or ``--compare`` spec is refused before the ledger is counted (on a big
+    ledger that count comes first): with a server nobody listens on, the argument error is
+    still what the user reads."""
+    from graphthrift.cli import main
+
+    dead = "postgresql+psycopg://u:p@127.0.0.1:9/none?connect_timeout=1"
+    assert main(["--url", dead, *argv]) == 1
+    said = _said(capsys)
+    assert "cannot " in said or "--compare takes DIM=A,B" in said, said
+    assert "unavailable" not in said.lower() and "connect" not in said.lower(), said

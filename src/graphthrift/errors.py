@@ -487,7 +487,7 @@ class UnknownReportKey(ConfigError):
     ``ValueError`` reports always raised for a bad key still catches it."""
 
     def __init__(self, what: str, keys: Sequence[str], choices: Sequence[str]) -> None:
-        self.keys = list(keys)
+        self.keys = [str(k) for k in keys] or [""]
         self.key = self.keys[0]
         self.choices = tuple(choices)
         self.suggestion = close_match(self.key, self.choices)
@@ -505,7 +505,7 @@ def close_match(given: str, choices: Sequence[str]) -> str | None:
     starts = [c for c in choices if c.startswith(given)] if given else []
     if len(starts) == 1:
         return starts[0]
-    close = difflib.get_close_matches(given, list(choices), n=1)
+    close = difflib.get_close_matches(given, list(choices), n=1, cutoff=0.75)
     return close[0] if close else None
 
 

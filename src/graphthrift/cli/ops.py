@@ -120,10 +120,23 @@ def handles_report(args: argparse.Namespace) -> bool:
 def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """``report --per task`` or ``report --compare DIM=A,B``."""
     from graphthrift.ledger.query import bounded_range, bounds_shown_by_caller
-    from graphthrift.ops.tasks import compare, cost_per_task
+    from graphthrift.ops.tasks import check_task_report, compare, cost_per_task
     from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
+    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    dimension: str | None = None
+    pair: list[str] = []
+    if args.compare:  # arguments first: a bad one must not wait for a big ledger's count
+        dimension, _, values = args.compare.partition("=")
+        pair = [v for v in values.split(",") if v]
+        if not dimension or len(pair) != 2:
+            raise ValueError(
+                f"--compare takes DIM=A,B (e.g. prompt_version=v1,v2), got {args.compare!r}"
+            )
+    check_task_report(
+        [] if args.compare else by, task=args.task_key, dimension=dimension, filters=list(filters)
+    )
     store = Store(args.url)
     try:
         what = "report --compare" if args.compare else "report --per task"
@@ -132,13 +145,7 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             read = bounded_range(conn, what, args.since, args.until)
         if read.bounded:
             console.print(f"[yellow]{read.bounded}[/yellow]", soft_wrap=True)
-        if args.compare:
-            dimension, _, values = args.compare.partition("=")
-            pair = [v for v in values.split(",") if v]
-            if not dimension or len(pair) != 2:
-                raise ValueError(
-                    f"--compare takes DIM=A,B (e.g. prompt_version=v1,v2), got {args.compare!r}"
-                )
+        if dimension is not None:
             figures = compare(
                 store,
                 dimension,
@@ -151,7 +158,6 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             )
             _print_compare(figures, console)
         else:
-            by = [k.strip() for k in args.by.split(",") if k.strip()]
             rows = cost_per_task(
                 store, by, task=args.task_key, since=read.since, until=read.until, **filters
             )

@@ -30,6 +30,7 @@ __all__ = [
     "TASK_DIMENSIONS",
     "TASK_KEYS",
     "TaskNotIdentified",
+    "check_task_report",
     "compare",
     "cost_per_task",
     "mark_task",
@@ -112,6 +113,23 @@ def _check(what: str, keys: Sequence[str], allowed: Sequence[str]) -> list[str]:
     if unknown:
         raise UnknownReportKey(what, unknown, allowed)
     return list(keys)
+
+
+def check_task_report(
+    by: Sequence[str] = (),
+    *,
+    task: str = "run_id",
+    dimension: str | None = None,
+    filters: Sequence[str] = (),
+) -> None:
+    """Raise ``UnknownReportKey`` for a bad grouping, task key, compared dimension or filter
+    before anything is read (the CLI checks its arguments before it counts a big ledger)."""
+    _check("count tasks by", [task], TASK_KEYS)
+    _check("report by", by, TASK_DIMENSIONS)
+    if dimension is not None:
+        _check("compare by", [dimension], TASK_DIMENSIONS)
+    for key in filters:
+        _check("filter tasks on", [key], TASK_DIMENSIONS)
 
 
 def _where(
