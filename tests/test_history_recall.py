@@ -373,3 +373,19 @@ def test_a_long_turn_is_recalled_as_its_sentences_that_matter(
     room = kept[0].tokens + kept[1].tokens
     assert len(focused.recall(tenant, "focus", query, k=2, token_budget=room)) == 2
     assert len(whole.recall(tenant, "focus", query, k=2, token_budget=room)) == 1
+
+
+def test_a_focused_turn_found_by_its_neighbours_words_keeps_its_reply(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """ "No thanks." answers the turn before ("Would you like breakfast?"): a turn the query
+    reaches through that turn's words keeps its first sentence, or the recall would read as
+    if the user never answered."""
+    chat = [
+        FoldedTurn(0, "assistant", "Would you like breakfast included at the hotel?"),
+        FoldedTurn(1, "user", "No thanks. I do need parking for my car though."),
+    ]
+    turns.add(tenant, "reply", chat)
+    query = "Did I want breakfast, and do I need parking?"
+    found = {s.index: s.text for s in turns.recall(tenant, "reply", query, k=2)}
+    assert found[1] == chat[1].text

@@ -143,7 +143,9 @@ def lexical_terms(text_: str) -> list[str]:
 
 
 #: A turn is also indexed by the content words of this many turns before and after it in
-#: its fold: an answer ("On the 12th.") rarely repeats its question ("When do you
+#: its fold (one ``add`` call: the first turns of a fold get no words from the fold before,
+#: the last none from the next, and turns stored before this window existed keep the one
+#: turn before): an answer ("On the 12th.") rarely repeats its question ("When do you
 #: return?"), and the request it belongs to ("a rental car in NY") is often a turn or two
 #: away. On the long set (3 seeds x 6 threads) the window of 2 and 2 kept 0.825 of the
 #: facts where the turn before alone kept 0.792.
@@ -498,18 +500,21 @@ def _candidates(
     ]
 
 
-def focused(text_: str, query_words: frozenset[str]) -> str:
+def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False) -> str:
     """The sentences of a recalled turn that state a value or use a content word of the
     query, in order, with ``…`` where sentences were left out; the whole turn when it has
     one sentence or none qualifies. A long turn's answer is usually one sentence of it, and
-    each sentence left out makes room for another turn."""
+    each sentence left out makes room for another turn. ``keep_first`` keeps the first
+    sentence too: a turn found by the words of the turn before it answers that turn first
+    ("No thanks. I do need parking though." to "Breakfast?")."""
     spans = split_sentences(text_)
     if len(spans) < 2:
         return text_
     keep = [
         (a, b)
-        for a, b in spans
-        if fact_spans(text_[a:b])
+        for n, (a, b) in enumerate(spans)
+        if (keep_first and n == 0)
+        or fact_spans(text_[a:b])
         or query_words.intersection(t.lower() for t in index_terms(text_[a:b]))
     ]
     if not keep or len(keep) == len(spans):
@@ -540,6 +545,7 @@ def _pack(
     boost, lexical, redundant, value = weights
     recent, half_life = recency
     wanted = set(terms)
+    row_terms = {int(row["turn_index"]): row["terms"] or () for row in rows}
     scored: list[RecalledSnippet] = []
     for row in rows:
         distance = float(row["d"])
@@ -578,7 +584,12 @@ def _pack(
         if len(chosen) >= k:
             break
         if focus is not False:
-            text_ = focused(snippet.text, query_words)
+            held = set(row_terms[snippet.index])
+            # a query word the turn holds only from the turns around it: keep its reply
+            replies = any(
+                CONTEXT_MARK + w in held and LEXICAL_MARK + w not in held for w in query_words
+            )
+            text_ = focused(snippet.text, query_words, keep_first=replies)
             if text_ != snippet.text:
                 model = focus if isinstance(focus, str) else None
                 snippet = replace(snippet, text=text_, tokens=count_text(text_, model))
