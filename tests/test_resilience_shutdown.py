@@ -213,6 +213,8 @@ def test_a_call_that_finishes_after_the_drain_still_books_its_spend(
     )
     assert GracefulShutdown(ledger=ledger, budget=budget, grace_s=0).drain().released == 1
     assert budget.usage(tenant_id=tenant)["tenant"]["spent_usd"] == 0
+    with pytest.raises(ValueError):  # a bad settle books nothing and keeps it bookable
+        budget.settle(running, input_tokens=-1, output_tokens=100)
     budget.settle(running, input_tokens=1000, output_tokens=100)  # the call came back
     row = budget.usage(tenant_id=tenant)["tenant"]
     assert row["spent_usd"] == pytest.approx(running.actual_usd) and row["spent_usd"] > 0

@@ -563,7 +563,6 @@ class Budget:
         """
         if reservation.settled and not reservation.drained:
             return
-        reservation.drained = False
         usd, tokens = actual_cost(
             self.prices,
             reservation,
@@ -575,6 +574,7 @@ class Budget:
             model,
             calls,
         )
+        reservation.drained = False  # booked once: a second settle is a no-op again
         self._apply(reservation, usd, tokens)
 
     async def asettle(
@@ -592,7 +592,6 @@ class Budget:
         """Async twin of ``settle``."""
         if reservation.settled and not reservation.drained:
             return
-        reservation.drained = False
         usd, tokens = actual_cost(
             self.prices,
             reservation,
@@ -604,6 +603,7 @@ class Budget:
             model,
             calls,
         )
+        reservation.drained = False
         await self._aapply(reservation, usd, tokens)
 
     def release(self, reservation: Reservation) -> None:
