@@ -441,7 +441,8 @@ class FoldedTurnStore:
             self.recency,
             k,
             token_budget,
-            self.token_model if self.focus else False,
+            self.focus,
+            self.token_model,
             frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
         )
 
@@ -510,13 +511,13 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
     spans = split_sentences(text_)
     if len(spans) < 2:
         return text_
-    keep = [
+    keep = {
         (a, b)
         for n, (a, b) in enumerate(spans)
         if (keep_first and n == 0)
         or fact_spans(text_[a:b])
         or query_words.intersection(t.lower() for t in index_terms(text_[a:b]))
-    ]
+    }
     if not keep or len(keep) == len(spans):
         return text_
     parts: list[str] = []
@@ -535,7 +536,8 @@ def _pack(
     recency: tuple[float, float],
     k: int,
     token_budget: int,
-    focus: str | bool | None = False,
+    focus: bool = False,
+    token_model: str | None = None,
     query_words: frozenset[str] = frozenset(),
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
@@ -583,7 +585,7 @@ def _pack(
     for snippet in scored:
         if len(chosen) >= k:
             break
-        if focus is not False:
+        if focus:
             held = set(row_terms[snippet.index])
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
@@ -591,8 +593,7 @@ def _pack(
             )
             text_ = focused(snippet.text, query_words, keep_first=replies)
             if text_ != snippet.text:
-                model = focus if isinstance(focus, str) else None
-                snippet = replace(snippet, text=text_, tokens=count_text(text_, model))
+                snippet = replace(snippet, text=text_, tokens=count_text(text_, token_model))
         if snippet.tokens <= left:
             left -= snippet.tokens
             chosen.append(snippet)
