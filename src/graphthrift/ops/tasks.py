@@ -123,7 +123,8 @@ def check_task_report(
     filters: Sequence[str] = (),
 ) -> None:
     """Raise ``UnknownReportKey`` for a bad grouping, task key, compared dimension or filter
-    before anything is read (the CLI checks its arguments before it counts a big ledger)."""
+    before anything is read: ``cost_per_task`` and ``compare`` check through it, and the CLI
+    calls it before it counts a big ledger."""
     _check("count tasks by", [task], TASK_KEYS)
     _check("report by", by, TASK_DIMENSIONS)
     if dimension is not None:
@@ -137,8 +138,7 @@ def _where(
 ) -> tuple[str, dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
-    for n, (key, value) in enumerate(filters.items()):
-        _check("filter tasks on", [key], TASK_DIMENSIONS)
+    for n, (key, value) in enumerate(filters.items()):  # keys checked: check_task_report
         clauses.append(f"r.{key} = :f{n}")
         params[f"f{n}"] = value
     if since is not None:
@@ -184,10 +184,10 @@ def cost_per_task(
     outcomes written since then are read (a thread marked before ``since`` and carried on
     after it counts as unknown).
     """
-    _check("count tasks by", [task], TASK_KEYS)
     if isinstance(by, str):
         by = [k for k in by.split(",") if k]
-    groups = _check("report by", by, TASK_DIMENSIONS)
+    check_task_report(by, task=task, filters=list(filters))
+    groups = list(by)
     where, params = _where(since, until, filters)
     select_groups = "".join(f"r.{k} AS {k}, " for k in groups)
     group_by = ("GROUP BY " + ", ".join(f"r.{k}" for k in groups)) if groups else ""
@@ -270,8 +270,7 @@ def compare(
     replacement, ``resamples`` times, seeded): it needs no assumption about how costs are
     distributed, and a ratio of sums has no simple closed-form interval.
     """
-    _check("count tasks by", [task], TASK_KEYS)
-    _check("compare by", [dimension], TASK_DIMENSIONS)
+    check_task_report(task=task, dimension=dimension, filters=list(filters))
     if len(values) != 2:
         raise ValueError(f"compare needs two values of {dimension}, got {list(values)}")
     if not 0 < confidence < 1:
