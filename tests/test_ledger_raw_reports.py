@@ -179,7 +179,7 @@ def test_bounded_report_equals_raw_rows_after_spill_replay(
     assert _reported(threads, "thread_id") == raw_threads
 
 
-def test_per_task_reads_outcomes_written_since_the_range_start(
+def test_per_task_counts_the_calls_in_the_range_and_each_task_latest_outcome(
     ledger: Ledger, store: Store, tenant: str
 ) -> None:
     start = datetime(2026, 4, 6, 10, 30, tzinfo=UTC)
@@ -203,7 +203,7 @@ def test_per_task_reads_outcomes_written_since_the_range_start(
                 success=True,
             )
         )
-    ledger.record(  # a stale outcome of a later run, before the range: not read
+    ledger.record(  # an outcome written before the range, of a run with a call inside it
         LedgerRecord(
             ts=start - timedelta(hours=1),
             kind="task",
@@ -223,9 +223,10 @@ def test_per_task_reads_outcomes_written_since_the_range_start(
     )
     ledger.flush()
     (row,) = cost_per_task(store, ["prompt_version"], since=start, tenant_id=tenant)
-    assert (row["tasks"], row["successful"], row["unknown"]) == (3, 2, 1)
-    assert row["cost_usd"] == pytest.approx(0.25 + 0.5 * 2)  # the straddling run's later call
-    assert row["unknown_cost_usd"] == pytest.approx(1.0)
+    assert (row["tasks"], row["successful"], row["unknown"]) == (3, 3, 0)
+    # the straddling run's later call only; the late run's outcome counts wherever it lies
+    assert row["cost_usd"] == pytest.approx(0.25 + 0.5 * 2 + 1.0)
+    assert row["unknown_cost_usd"] == 0
     (everything,) = cost_per_task(store, ["prompt_version"], tenant_id=tenant)
     assert (everything["tasks"], everything["successful"]) == (3, 3)
 
@@ -296,7 +297,7 @@ def test_cli_says_when_thread_and_task_reports_were_bounded(
     assert "covers only the last 24 hours" in figures["bounded"]
     assert "covers only the last 24 hours" in per_figures["bounded"]
     assert threads == {f"t0-{i}" for i in range(5)}  # 60 rows, 12 to a thread
-    assert "report --per task reads raw ledger rows" in " ".join(per_printed.split())
+    assert "report --per task reads a row per task and hour" in " ".join(per_printed.split())
     assert (task_row["tasks"], task_row["successful"]) == (15, 1)
     assert whole == 0 and "covers only" not in " ".join(whole_printed.split())
     assert "old-999" in whole_printed

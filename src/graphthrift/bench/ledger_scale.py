@@ -35,10 +35,9 @@ from rich.console import Console
 from sqlalchemy import text
 
 from graphthrift.ledger.ledger import Ledger
-from graphthrift.ledger.query import bounded_range
 from graphthrift.ledger.schema import ADD_MONTH_FUNCTION, LEDGER_TABLE, ROLLUP_TABLE
 from graphthrift.ops.alerts import check_alerts
-from graphthrift.ops.tasks import cost_per_task
+from graphthrift.ops.tasks import cost_per_task, task_range
 from graphthrift.store.postgres import Store
 
 SCALE_ROWS = {"quick": 200_000, "default": 1_000_000, "full": 100_000_000}
@@ -124,7 +123,7 @@ def time_per_task(store: Store, until: datetime) -> tuple[float, str | None]:
     for n in range(4):  # the first one warms the buffer cache
         t0 = time.perf_counter()
         with store.connect() as conn:
-            read = bounded_range(conn, "report --per task", None, until)
+            read = task_range(conn, "report --per task", None, until)
         cost_per_task(store, ["prompt_version"], since=read.since, until=read.until)
         if n:
             samples.append(time.perf_counter() - t0)

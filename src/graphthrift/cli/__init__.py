@@ -145,7 +145,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from graphthrift.ledger.ledger import Ledger
     from graphthrift.ledger.query import bounds_shown_by_caller
 
-    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    by = ops_cli.comma_list(args.by)
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k)}
     store = _existing_store(args)
     where = (

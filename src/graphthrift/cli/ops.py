@@ -112,6 +112,11 @@ def extend_report(report: argparse.ArgumentParser) -> None:
     report.add_argument("--confidence", type=float, default=0.95)
 
 
+def comma_list(value: str) -> list[str]:
+    """The non-empty items of a comma-separated option (``--by tenant_id,feature``)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def handles_report(args: argparse.Namespace) -> bool:
     """Whether this ``report`` invocation is a task report (``--per`` or ``--compare``)."""
     return bool(getattr(args, "per", None) or getattr(args, "compare", None))
@@ -119,12 +124,12 @@ def handles_report(args: argparse.Namespace) -> bool:
 
 def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """``report --per task`` or ``report --compare DIM=A,B``."""
-    from graphthrift.ledger.query import bounded_range, bounds_shown_by_caller
-    from graphthrift.ops.tasks import check_task_report, compare, cost_per_task
+    from graphthrift.ledger.query import bounds_shown_by_caller
+    from graphthrift.ops.tasks import check_task_report, compare, cost_per_task, task_range
     from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
-    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    by = comma_list(args.by)
     dimension: str | None = None
     pair: list[str] = []
     if args.compare:  # arguments first: a bad one must not wait for a big ledger's count
@@ -140,9 +145,9 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     store = Store(args.url)
     try:
         what = "report --compare" if args.compare else "report --per task"
-        # a task report reads raw rows: bound it on a big ledger (printed, not logged too)
+        # bounded on a big ledger, on whole hours (printed, not logged too)
         with store.connect() as conn, bounds_shown_by_caller():
-            read = bounded_range(conn, what, args.since, args.until)
+            read = task_range(conn, what, args.since, args.until)
         if read.bounded:
             console.print(f"[yellow]{read.bounded}[/yellow]", soft_wrap=True)
         if dimension is not None:
@@ -267,7 +272,7 @@ def _alerts(args: argparse.Namespace, store: Any, console: Console) -> dict[str,
     from graphthrift.ops.alerts import AlertMonitor, AlertRules, write_prometheus_rules
 
     rules = AlertRules(
-        dimensions=tuple(d.strip() for d in args.dimensions.split(",") if d.strip()),
+        dimensions=tuple(comma_list(args.dimensions)),
         escalation_target=args.escalation_target,
         k=args.k,
         baseline_days=args.baseline_days,

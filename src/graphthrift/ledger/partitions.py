@@ -1,5 +1,5 @@
 """Monthly partitions of the ledger: the months ahead made ready, the months past retention
-dropped whole (rollups stay).
+dropped whole (tag rollups stay; per-task rollups, which name runs, go with them).
 
 Raw rows are what grows: 100,000 calls a day is 36M rows a year. Dropping a month's
 partition frees its space at once, where ``DELETE`` would leave a bloated table to vacuum.
@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from graphthrift.errors import ConfigError
 from graphthrift.ledger.schema import ADD_MONTH_FUNCTION, DEFAULT_PARTITION, LEDGER_TABLE
+from graphthrift.ledger.task_rollups import TASK_OUTCOME_TABLE, TASK_ROLLUP_TABLE
 from graphthrift.store.postgres import Store
 
 __all__ = ["PartitionReport", "check_retention", "maintain_partitions"]
@@ -43,7 +44,8 @@ def maintain_partitions(
     """Create the partitions of this month and ``ahead_months`` more; with
     ``retention_months``, drop the partitions of months that ended before the cutoff (the
     first day of the month ``retention_months`` before this one) and delete older rows from
-    the default partition. Rollups are never touched. Safe to run from any process at any
+    the default partition, and per-task rollups of those months. The tag rollups are never
+    touched. Safe to run from any process at any
     time (a cron job, or ``Ledger(retention_months=...)`` on open)."""
     check_retention(retention_months)
     if isinstance(ahead_months, bool) or not isinstance(ahead_months, int) or ahead_months < 0:
@@ -75,6 +77,9 @@ def maintain_partitions(
             deleted = conn.execute(
                 text(f"DELETE FROM {DEFAULT_PARTITION} WHERE ts < :c"), {"c": start}
             ).rowcount
+            # per-task rollups name runs and threads, as raw rows do: they go with them
+            conn.execute(text(f"DELETE FROM {TASK_ROLLUP_TABLE} WHERE hour < :c"), {"c": start})
+            conn.execute(text(f"DELETE FROM {TASK_OUTCOME_TABLE} WHERE ts < :c"), {"c": start})
     return PartitionReport(created=created, dropped=dropped, deleted_rows=deleted)
 
 

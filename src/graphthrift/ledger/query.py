@@ -86,11 +86,13 @@ def bounded_range(
     *,
     max_raw_rows: int | None = RAW_REPORT_MAX_ROWS,
     now: datetime | None = None,
+    reason: str = "reads raw ledger rows",
 ) -> ReportRange:
     """The range a raw-row read of ``what`` covers: as given when ``since`` is given or the
     ledger holds at most ``max_raw_rows`` rows before ``until`` (counted from the daily
     rollups, which keep months that retention dropped, so the count can only be high), else
-    the last ``RAW_REPORT_WINDOW`` before ``until`` (or now), with a message saying so."""
+    the last ``RAW_REPORT_WINDOW`` before ``until`` (or now), with a message saying so
+    (``reason`` says why the read is bounded)."""
     if since is not None or max_raw_rows is None:
         return ReportRange(since, until)
     d = daily_table.c
@@ -104,7 +106,7 @@ def bounded_range(
     start = end - RAW_REPORT_WINDOW
     hours = RAW_REPORT_WINDOW.total_seconds() / 3600
     message = (
-        f"{what} reads raw ledger rows and the ledger holds {held:,} (more than"
+        f"{what} {reason} and the ledger holds {held:,} (more than"
         f" {max_raw_rows:,}), so it covers only the last {hours:g} hours:"
         f" {start.isoformat()} to {end.isoformat()}. Pass since= (--since) to choose the"
         " range."
@@ -213,7 +215,7 @@ def rollups_answer(
     return (
         all(k in ROLLUP_TAGS or k == "day" for k in by)
         and all(k in ROLLUP_TAGS for k in filters)
-        and all(_on_the_hour(t) for t in (since, until))
+        and all(on_the_hour(t) for t in (since, until))
     )
 
 
@@ -297,10 +299,10 @@ def _floor_hour(value: datetime) -> datetime:
 def _on_the_day(value: datetime | None) -> bool:
     if value is None:
         return True
-    return _on_the_hour(value) and _aware(value, "since/until").astimezone(UTC).hour == 0
+    return on_the_hour(value) and _aware(value, "since/until").astimezone(UTC).hour == 0
 
 
-def _on_the_hour(value: datetime | None) -> bool:
+def on_the_hour(value: datetime | None) -> bool:
     if value is None:
         return True
     value = _aware(value, "since/until").astimezone(UTC)

@@ -1,4 +1,5 @@
-"""The ledger's table, its hourly rollups and their migrations (versions 1-9)."""
+"""The ledger's table, its hourly and daily rollups and their migrations (versions 1-6; the
+per-task rollups of version 7 are in ``graphthrift.ledger.task_rollups``)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,8 @@ big ledger (``graphthrift.ledger.query.RAW_REPORT_MAX_ROWS``)."""
 # NULL is a tag value of its own; PostgreSQL before 15 has no NULLS NOT DISTINCT, so the key
 # maps it to a control character that no real tag is made of.
 _NULL_KEY = "\x01"
+NULL_KEY = _NULL_KEY
+"""What a NULL tag is keyed as in a rollup's unique index."""
 _KEY = ", ".join(["hour", "kind", *(f"(coalesce({t}, '{_NULL_KEY}'))" for t in ROLLUP_TAGS[1:])])
 
 ROLLUP_SUMS: tuple[tuple[str, str], ...] = (

@@ -10,12 +10,17 @@ the cost of the tasks with a known outcome by the number that succeeded (retries
 the caches saved, are reported beside it). ``compare`` puts a confidence interval on the
 change between two values of one dimension (e.g. two prompt versions) with a bootstrap
 over tasks.
+
+Both read the per-task rollups (``graphthrift.ledger.task_rollups``) that the ledger's
+trigger keeps: each task's latest outcome as one row, and its spend by hour and tag set.
+A range that starts or ends off the hour reads raw rows for the spend instead (same
+figures, slower).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,8 +28,21 @@ from sqlalchemy import text
 
 from graphthrift.errors import GraphthriftError, UnknownReportKey
 from graphthrift.kernel import current_run_tags, run_tags
+from graphthrift.ledger.query import (
+    RAW_REPORT_MAX_ROWS,
+    ReportRange,
+    bounded_range,
+    on_the_hour,
+)
 from graphthrift.ledger.records import LedgerRecord
-from graphthrift.ledger.schema import LEDGER_TABLE
+from graphthrift.ledger.schema import LEDGER_TABLE, bounded_tag
+from graphthrift.ledger.task_rollups import (
+    TASK_KEYS,
+    TASK_ROLLUP_TABLE,
+    TASK_SUMS,
+    TASK_TAGS,
+    per_task,
+)
 
 __all__ = [
     "TASK_DIMENSIONS",
@@ -35,13 +53,12 @@ __all__ = [
     "cost_per_task",
     "mark_task",
     "set_task_ledger",
+    "task_range",
     "task_record",
 ]
 
-#: What a task is: a graph run or a conversation thread.
-TASK_KEYS: tuple[str, ...] = ("run_id", "thread_id")
-#: Tags cost per task can be grouped and compared by.
-TASK_DIMENSIONS: tuple[str, ...] = ("tenant_id", "feature", "route", "prompt_version", "model")
+#: Tags cost per task can be grouped and compared by (those the per-task rollups keep).
+TASK_DIMENSIONS: tuple[str, ...] = TASK_TAGS
 _TAGS = ("tenant_id", "feature", "route", "prompt_version", "thread_id", "run_id", "node")
 
 _default_ledger: Any | None = None
@@ -133,35 +150,67 @@ def check_task_report(
         _check("filter tasks on", [key], TASK_DIMENSIONS)
 
 
-def _where(
-    since: datetime | None, until: datetime | None, filters: Mapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
+def task_range(
+    conn: Any,
+    what: str,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    now: datetime | None = None,
+    max_raw_rows: int | None = RAW_REPORT_MAX_ROWS,
+) -> ReportRange:
+    """``bounded_range`` for a task report: on a big ledger, the last 24 whole hours up to
+    the end of the current one, so that the read stays on the hour and the per-task rollups
+    answer it (a bound ending at an odd minute would read raw rows)."""
+    end = (now or datetime.now(UTC)).astimezone(UTC)
+    hour = end.replace(minute=0, second=0, microsecond=0)
+    return bounded_range(
+        conn,
+        what,
+        since,
+        until,
+        max_raw_rows=max_raw_rows,
+        now=hour if hour == end else hour + timedelta(hours=1),
+        reason="reads a row per task and hour",
+    )
+
+
+def _source(
+    task: str,
+    since: datetime | None,
+    until: datetime | None,
+    filters: Mapping[str, Any],
+    params: dict[str, Any],
+) -> str:
+    """A subquery of each task's spend rows (``task``, the tags, the sums of
+    ``graphthrift.ledger.task_rollups.TASK_SUMS``) in the range: from the per-task rollups
+    when the range is on the hour, else from raw rows (a task's id bounded as the rollups
+    bound them, so both read alike)."""
+    hourly = on_the_hour(since) and on_the_hour(until)
+    clauses = [f"{task} IS NOT NULL"]
     for n, (key, value) in enumerate(filters.items()):  # keys checked: check_task_report
-        clauses.append(f"r.{key} = :f{n}")
+        clauses.append(f"{key} = :f{n}")
         params[f"f{n}"] = value
+    column = "hour" if hourly else "ts"
     if since is not None:
-        clauses.append("r.ts >= :since")
+        clauses.append(f"{column} >= :since")
         params["since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
     if until is not None:
-        clauses.append("r.ts < :until")
+        clauses.append(f"{column} < :until")
         params["until"] = until if until.tzinfo else until.replace(tzinfo=UTC)
-    return (" AND " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _outcomes_cte(task: str, params: Mapping[str, Any]) -> str:
-    """Each task's latest outcome row (NULL when nobody said). With ``since``, only outcomes
-    written since then are read: an outcome is written when its run ends or later, so a run
-    with a call in the range has its outcome there too, and the read stays within the
-    range's partitions instead of every outcome ever written."""
-    since = " AND ts >= :since" if "since" in params else ""
-    return (
-        f"WITH outcome AS (SELECT {task} AS task,"
-        f" (array_agg(success ORDER BY ts DESC, id DESC))[1] AS ok"
-        f" FROM {LEDGER_TABLE} WHERE kind = 'task' AND {task} IS NOT NULL{since}"
-        f" GROUP BY {task})"
-    )
+    where = " AND ".join(clauses)
+    if hourly:
+        tags = ", ".join(TASK_TAGS)
+        sums = ", ".join(name for name, _ in TASK_SUMS)
+        return f"SELECT {task} AS task, {tags}, {sums} FROM {TASK_ROLLUP_TABLE} WHERE {where}"
+    return f"""
+        SELECT {bounded_tag(task)} AS task, {", ".join(f"{bounded_tag(t)} AS {t}" for t in TASK_TAGS)},
+            CASE WHEN kind = 'llm' THEN cost_usd END AS llm_cost_usd,
+            CASE WHEN kind = 'llm' AND retry THEN cost_usd END AS retry_cost_usd,
+            CASE WHEN kind = 'cache_hit' THEN saved_usd END AS hit_saved_usd,
+            cache_savings_usd, saved_usd
+        FROM {LEDGER_TABLE} WHERE kind <> 'task' AND {where}
+    """
 
 
 def cost_per_task(
@@ -180,38 +229,38 @@ def cost_per_task(
     ``unknown_cost_usd``), ``cost_usd`` (tasks with an outcome), ``success_rate``,
     ``cost_per_successful_task``, ``retry_cost_usd`` (paid for attempts after the first),
     ``cache_saved_usd`` (cache hits plus providers' prompt caches) and ``saved_usd``.
-    A task whose calls span two routes counts in both route groups. With ``since``, only
-    outcomes written since then are read (a thread marked before ``since`` and carried on
-    after it counts as unknown).
+    A task whose calls span two routes counts in both route groups. ``since``/``until``
+    choose the tasks with calls in the range (and only those calls' cost); a task's outcome
+    is its latest, whenever it was written.
     """
     if isinstance(by, str):
         by = [k for k in by.split(",") if k]
     check_task_report(by, task=task, filters=list(filters))
     groups = list(by)
-    where, params = _where(since, until, filters)
-    select_groups = "".join(f"r.{k} AS {k}, " for k in groups)
-    group_by = ("GROUP BY " + ", ".join(f"r.{k}" for k in groups)) if groups else ""
+    params: dict[str, Any] = {}
+    spend = _source(task, since, until, filters, params)
+    tasks = per_task(task, spend, groups, since="since" if since is not None else None)
+    select_groups = "".join(f"t.g_{k} AS {k}, " for k in groups)
+    group_by = ("GROUP BY " + ", ".join(f"t.g_{k}" for k in groups)) if groups else ""
     sql = f"""
-        {_outcomes_cte(task, params)}
         SELECT {select_groups}
-            count(DISTINCT r.{task}) AS tasks,
-            count(DISTINCT r.{task}) FILTER (WHERE o.ok) AS successful,
-            count(DISTINCT r.{task}) FILTER (WHERE o.ok = false) AS failed,
-            count(DISTINCT r.{task}) FILTER (WHERE o.ok IS NULL) AS unknown,
-            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND o.ok IS NOT NULL), 0)
-                AS cost_usd,
-            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND o.ok IS NULL), 0)
-                AS unknown_cost_usd,
-            coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm' AND r.retry), 0)
-                AS retry_cost_usd,
-            coalesce(sum(r.saved_usd) FILTER (WHERE r.kind = 'cache_hit'), 0)
-                + coalesce(sum(r.cache_savings_usd), 0) AS cache_saved_usd,
-            coalesce(sum(r.saved_usd), 0) AS saved_usd
-        FROM {LEDGER_TABLE} r LEFT JOIN outcome o ON o.task = r.{task}
-        WHERE r.kind <> 'task' AND r.{task} IS NOT NULL {where}
+            count(*) AS tasks,
+            count(*) FILTER (WHERE t.ok) AS successful,
+            count(*) FILTER (WHERE NOT t.ok) AS failed,
+            count(*) FILTER (WHERE t.ok IS NULL) AS unknown,
+            coalesce(sum(t.llm_cost_usd) FILTER (WHERE t.ok IS NOT NULL), 0) AS cost_usd,
+            coalesce(sum(t.llm_cost_usd) FILTER (WHERE t.ok IS NULL), 0) AS unknown_cost_usd,
+            coalesce(sum(t.retry_cost_usd), 0) AS retry_cost_usd,
+            coalesce(sum(t.hit_saved_usd), 0) + coalesce(sum(t.cache_savings_usd), 0)
+                AS cache_saved_usd,
+            coalesce(sum(t.saved_usd), 0) AS saved_usd
+        FROM ({tasks}) AS t
         {group_by}
     """
     with store.connect() as conn:
+        # a day of tasks grouped by id outgrows the default 4 MB and sorts on disk; with
+        # room it hashes (this transaction only: poolers keep no state)
+        conn.execute(text("SET LOCAL work_mem = '64MB'"))
         rows = [dict(r) for r in conn.execute(text(sql), params).mappings()]
     for row in rows:
         for key in ("tasks", "successful", "failed", "unknown"):
@@ -234,18 +283,26 @@ def cost_per_task(
 
 
 def _task_costs(
-    store: Any, dimension: str, value: str, task: str, where: str, params: dict[str, Any]
+    store: Any,
+    dimension: str,
+    value: str,
+    task: str,
+    since: datetime | None,
+    until: datetime | None,
+    filters: Mapping[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each task's LLM cost and outcome where ``dimension`` is ``value`` (tasks with an
+    outcome only)."""
+    params: dict[str, Any] = {}
+    spend = _source(task, since, until, {**filters, dimension: value}, params)
     sql = f"""
-        {_outcomes_cte(task, params)}
-        SELECT r.{task} AS task, coalesce(sum(r.cost_usd) FILTER (WHERE r.kind = 'llm'), 0)
-            AS cost, bool_or(o.ok) AS ok
-        FROM {LEDGER_TABLE} r JOIN outcome o ON o.task = r.{task}
-        WHERE r.kind <> 'task' AND r.{dimension} = :value {where}
-        GROUP BY r.{task}
+        SELECT coalesce(t.llm_cost_usd, 0) AS cost, t.ok
+        FROM ({per_task(task, spend, since="since" if since is not None else None)}) AS t
+        WHERE t.ok IS NOT NULL
     """
     with store.connect() as conn:
-        rows = conn.execute(text(sql), {**params, "value": value}).all()
+        conn.execute(text("SET LOCAL work_mem = '64MB'"))  # as cost_per_task
+        rows = conn.execute(text(sql), params).all()
     cost = np.array([float(r.cost) for r in rows], dtype=float)
     ok = np.array([1.0 if r.ok else 0.0 for r in rows], dtype=float)
     return cost, ok
@@ -277,12 +334,11 @@ def compare(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if resamples < 100:
         raise ValueError(f"resamples must be >= 100, got {resamples}")
-    where, params = _where(since, until, filters)
     rng = np.random.default_rng(seed)
     sides: list[dict[str, Any]] = []
     draws: list[np.ndarray] = []
     for value in values:
-        cost, ok = _task_costs(store, dimension, value, task, where, params)
+        cost, ok = _task_costs(store, dimension, value, task, since, until, filters)
         successes = float(ok.sum())
         sides.append(
             {

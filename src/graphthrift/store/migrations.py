@@ -12,6 +12,7 @@ from graphthrift.budget.schema import BUDGET_MIGRATIONS
 from graphthrift.cache.schema import CACHE_MIGRATIONS
 from graphthrift.history.schema import HISTORY_MIGRATIONS
 from graphthrift.ledger.schema import LEDGER_MIGRATIONS
+from graphthrift.ledger.task_rollups import TASK_ROLLUP_MIGRATIONS
 from graphthrift.ops.schema import BATCH_MIGRATIONS
 from graphthrift.resilience.schema import RESILIENCE_MIGRATIONS
 from graphthrift.store.migration import Migration
@@ -24,6 +25,7 @@ def all_migrations() -> tuple[Migration, ...]:
     resilience 30-39, operations 40-49, history 50-59)."""
     found = (
         *LEDGER_MIGRATIONS,
+        *TASK_ROLLUP_MIGRATIONS,
         *CACHE_MIGRATIONS,
         *BUDGET_MIGRATIONS,
         *RESILIENCE_MIGRATIONS,
