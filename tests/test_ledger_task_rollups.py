@@ -21,7 +21,6 @@ from graphthrift.ledger.task_rollups import (
     TASK_ROLLUP_TABLE,
     TASK_SUMS,
     TASK_TAGS,
-    task_rollup_insert,
 )
 from graphthrift.ops.tasks import compare, cost_per_task, task_range
 from graphthrift.store import apply_migrations
@@ -211,12 +210,14 @@ def test_compare_reads_the_same_tasks_on_and_off_the_hour(
     assert (on["delta"], on["ci_low"]) == pytest.approx((off["delta"], off["ci_low"]))
 
 
+@pytest.mark.parametrize("since", [None, _BASE, _BASE + timedelta(minutes=30)])
 def test_an_older_outcome_written_later_does_not_override_a_newer_one(
-    ledger: Ledger, store: Store, tenant: str
+    ledger: Ledger, store: Store, tenant: str, since: datetime | None
 ) -> None:
     """A batch replayed late (a spill) carries an outcome older than feedback already held."""
     run = f"run-late-{tenant}"
-    ledger.record(LedgerRecord(tenant_id=tenant, run_id=run, cost_usd=0.01, ts=_BASE))
+    call = _BASE + timedelta(minutes=45)  # inside every range tried
+    ledger.record(LedgerRecord(tenant_id=tenant, run_id=run, cost_usd=0.01, ts=call))
     ledger.record(
         LedgerRecord(
             kind="task", tenant_id=tenant, run_id=run, success=True, ts=_BASE + timedelta(hours=1)
@@ -225,7 +226,9 @@ def test_an_older_outcome_written_later_does_not_override_a_newer_one(
     ledger.flush()
     ledger.record(LedgerRecord(kind="task", tenant_id=tenant, run_id=run, success=False, ts=_BASE))
     ledger.flush()
-    [row] = cost_per_task(store, [], tenant_id=tenant)
+    [row] = cost_per_task(
+        store, [], since=since, until=_BASE + timedelta(hours=2), tenant_id=tenant
+    )
     assert (row["successful"], row["failed"]) == (1, 0)
 
 
@@ -274,12 +277,15 @@ def test_an_outcome_counts_only_within_the_tenant_it_names(
 def test_a_task_id_too_long_for_a_key_is_one_task_on_both_reads(
     ledger: Ledger, store: Store, tenant: str
 ) -> None:
+    """Ids and tags over 128 bytes are keyed by their head and md5: a filter on such a tag
+    (here the tenant) must find them on the rollups as on raw rows."""
     run = f"run-{tenant}-" + "x" * 5_000
+    tenant = f"{tenant}-" + "é" * 200
     for cost in (0.01, 0.02):
         ledger.record(LedgerRecord(tenant_id=tenant, run_id=run, cost_usd=cost, ts=_BASE))
     ledger.record(LedgerRecord(kind="task", tenant_id=tenant, run_id=run, success=True, ts=_BASE))
     ledger.flush()
-    for since in (_BASE, _BASE - timedelta(seconds=1)):
+    for since in (None, _BASE, _BASE - timedelta(seconds=1)):
         [row] = cost_per_task(store, [], since=since, tenant_id=tenant)
         assert (row["tasks"], row["successful"]) == (1, 1)
         assert row["cost_per_successful_task"] == pytest.approx(0.03)
@@ -293,11 +299,20 @@ def test_task_range_bounds_a_big_ledger_to_whole_hours(
     now = datetime(2026, 3, 2, 10, 17, 5, tzinfo=UTC)
     with store.connect() as conn:
         read = task_range(conn, "report --per task", None, None, now=now, max_raw_rows=0)
+        on_hour = task_range(
+            conn,
+            "report --per task",
+            None,
+            None,
+            now=now.replace(minute=0, second=0),
+            max_raw_rows=0,
+        )
         small = task_range(conn, "report --per task", None, None, now=now)
     assert read.bounded is not None and "24 hours" in read.bounded
     assert read.since == datetime(2026, 3, 1, 11, tzinfo=UTC)
     assert read.until is None
-    assert small.since is None or on_the_hour(small.since)
+    assert on_hour.since == datetime(2026, 3, 1, 10, tzinfo=UTC)  # no hour is lost
+    assert (small.since, small.bounded) == (None, None)  # a small ledger is read whole
 
 
 _OLD_ROWS = """
@@ -385,7 +400,50 @@ def test_retention_drops_the_task_rollups_of_the_months_it_drops(
     assert after[0]["tasks"] == kept < 120
 
 
-def test_rollup_sql_names_every_sum_once() -> None:
-    sql = task_rollup_insert("new_rows")
-    for name, _ in TASK_SUMS:
-        assert f"{name} = h.{name} + EXCLUDED.{name}" in sql
+@pytest.mark.parametrize("after", [None, 0, 30, 90, 3_600])
+def test_a_tenant_outcome_newer_than_an_untenanted_one_decides_that_tenant_only(
+    ledger: Ledger, store: Store, tenant: str, after: int | None
+) -> None:
+    since = None if after is None else _BASE + timedelta(seconds=after)
+    other, feature, run = f"{tenant}-b", f"feat-{tenant}", f"run-{tenant}"
+    for who in (tenant, other):
+        ledger.record(LedgerRecord(tenant_id=who, feature=feature, run_id=run, cost_usd=0.01))
+    ledger.record(
+        LedgerRecord(kind="task", run_id=run, success=False, ts=_BASE + timedelta(minutes=1))
+    )
+    ledger.record(
+        LedgerRecord(
+            kind="task", tenant_id=tenant, run_id=run, success=True, ts=_BASE + timedelta(minutes=2)
+        )
+    )
+    ledger.flush()
+    rows = cost_per_task(store, ["tenant_id"], since=since, feature=feature)
+    assert {r["tenant_id"]: (r["successful"], r["failed"]) for r in rows} == {
+        tenant: (1, 0),
+        other: (0, 1),
+    }
+
+
+@pytest.mark.parametrize("since", [None, _BASE, _BASE + timedelta(seconds=1)])
+def test_calls_that_name_no_tenant_take_their_id_outcome_from_any_tenant(
+    ledger: Ledger, store: Store, tenant: str, since: datetime | None
+) -> None:
+    """A tracker given a tenant beside calls that were not: the run is not left unknown."""
+    run, feature = f"run-{tenant}", f"feat-{tenant}"
+    ledger.record(
+        LedgerRecord(feature=feature, run_id=run, cost_usd=0.02, ts=_BASE + timedelta(minutes=5))
+    )
+    ledger.record(
+        LedgerRecord(
+            kind="task", tenant_id=tenant, run_id=run, success=True, ts=_BASE + timedelta(minutes=6)
+        )
+    )
+    ledger.flush()
+    [row] = cost_per_task(store, [], since=since, feature=feature)
+    assert (row["tasks"], row["successful"], row["unknown"]) == (1, 1, 0)
+    assert row["cost_per_successful_task"] == pytest.approx(0.02)
+
+
+def test_compare_refuses_a_filter_on_the_dimension_it_compares(store: Store) -> None:
+    with pytest.raises(ValueError, match="compare by prompt_version takes its two values"):
+        compare(store, "prompt_version", ["v0", "v1"], prompt_version="v0")

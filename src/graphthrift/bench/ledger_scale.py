@@ -14,7 +14,7 @@ no ``since`` they cover the last 24 hours, and ``raw_reports_bounded`` gives the
 ``report --per task`` as the CLI runs it (bounded the same way), and ``check_alerts`` over
 the last 24 hours with its default 7-day baseline.
 
-Figures: ``rows``, ``rollup_rows``, ``runs``, ``load_s``, ``report_seconds_by`` (median of
+Figures: ``rows``, ``rollup_rows``, ``task_rollup_rows`` (per-task rollups), ``runs``, ``load_s``, ``report_seconds_by`` (median of
 3 per grouping), ``report_seconds`` (the slowest grouping), ``report_by_thread_id_seconds``,
 ``report_by_run_id_seconds``, ``report_per_task_seconds`` (median of 3), ``alerts_seconds``
 (median of 3), and ``alerts_seconds_10m_rows`` (the same figure when ``rows`` is 10M or
@@ -36,6 +36,7 @@ from sqlalchemy import text
 
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.schema import ADD_MONTH_FUNCTION, LEDGER_TABLE, ROLLUP_TABLE
+from graphthrift.ledger.task_rollups import TASK_OUTCOME_TABLE, TASK_ROLLUP_TABLE
 from graphthrift.ops.alerts import check_alerts
 from graphthrift.ops.tasks import cost_per_task, task_range
 from graphthrift.store.postgres import Store
@@ -98,6 +99,8 @@ def load(store: Store, rows: int, end: datetime, console: Console | None = None)
     with store.deadline(None), store.connect() as conn:
         conn.execute(text(f"ANALYZE {LEDGER_TABLE}"))
         conn.execute(text(f"ANALYZE {ROLLUP_TABLE}"))
+        conn.execute(text(f"ANALYZE {TASK_ROLLUP_TABLE}"))
+        conn.execute(text(f"ANALYZE {TASK_OUTCOME_TABLE}"))
     return time.perf_counter() - t0
 
 
@@ -157,6 +160,7 @@ def measure(store: Store, rows: int, end: datetime) -> dict[str, Any]:
         with store.connect() as conn:
             raw = conn.execute(text(f"SELECT count(*) FROM {LEDGER_TABLE}")).scalar()
             rolled = conn.execute(text(f"SELECT count(*) FROM {ROLLUP_TABLE}")).scalar()
+            per_task = conn.execute(text(f"SELECT count(*) FROM {TASK_ROLLUP_TABLE}")).scalar()
             runs = conn.execute(
                 text(f"SELECT count(*) FROM {LEDGER_TABLE} WHERE kind = 'task'")
             ).scalar()
@@ -165,6 +169,7 @@ def measure(store: Store, rows: int, end: datetime) -> dict[str, Any]:
     return {
         "rows": int(raw or 0),
         "rollup_rows": int(rolled or 0),
+        "task_rollup_rows": int(per_task or 0),
         "runs": int(runs or 0),
         "report_seconds_by": by_tag,
         "report_seconds": max(by_tag.values()),

@@ -77,7 +77,11 @@ def maintain_partitions(
             deleted = conn.execute(
                 text(f"DELETE FROM {DEFAULT_PARTITION} WHERE ts < :c"), {"c": start}
             ).rowcount
-            # per-task rollups name runs and threads, as raw rows do: they go with them
+    if retention_months is not None:
+        # per-task rollups name runs and threads, as raw rows do: they go with them, in a
+        # transaction of their own, so writers wait for the partition drops only
+        with store.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MAINTAIN_LOCK})
             conn.execute(text(f"DELETE FROM {TASK_ROLLUP_TABLE} WHERE hour < :c"), {"c": start})
             conn.execute(text(f"DELETE FROM {TASK_OUTCOME_TABLE} WHERE ts < :c"), {"c": start})
     return PartitionReport(created=created, dropped=dropped, deleted_rows=deleted)

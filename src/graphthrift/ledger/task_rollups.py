@@ -134,18 +134,20 @@ def per_task(task: str, spend: str, groups: Sequence[str] = (), *, since: str | 
     task of one group, and counting rows counts tasks (no distinct sort).
 
     The outcome is the latest of the one given within the task's tenant and the one given
-    naming no tenant (which speaks for the id everywhere). With ``since`` (the name of a
-    bind parameter), outcomes written since then are hash-joined in one pass, and only a
-    task with none there (a thread marked before the range, or never) looks up its older
-    outcome through the index: a lookup per task cost 0.25 s for a day of 37,500 runs.
+    naming no tenant (which speaks for the id everywhere). A task whose calls name no tenant
+    takes the latest outcome of its id whatever tenant that names: a tracker given a tenant
+    beside calls that were not must not leave every run unknown. With ``since`` (the name of
+    a bind parameter), outcomes written since then are hash-joined in one pass, and only a
+    task with none there (a thread marked before the range, or never) or with no tenant looks
+    its outcome up through the index: a lookup per task cost 0.25 s for a day of 37,500 runs.
     """
     keys = "".join(f"s.{k} AS g_{k}, " for k in groups)
     by = "".join(f"s.{k}, " for k in groups)
     sums = ", ".join(f"sum(s.{name}) AS {name}" for name, _ in TASK_SUMS[1:])
-    tenant = f"coalesce(p.task_tenant, '{NULL_KEY}')"
     lookup = f"""(
         SELECT ok FROM {TASK_OUTCOME_TABLE}
-        WHERE task_key = '{task}' AND task = p.task AND tenant IN ({tenant}, '{NULL_KEY}')
+        WHERE task_key = '{task}' AND task = p.task
+            AND (p.task_tenant IS NULL OR tenant IN (p.task_tenant, '{NULL_KEY}'))
         ORDER BY ts DESC, id DESC LIMIT 1)"""
     grouped = f"""
         SELECT {keys}s.tenant_id AS task_tenant, s.task, {sums}
@@ -160,12 +162,12 @@ def per_task(task: str, spend: str, groups: Sequence[str] = (), *, since: str | 
             WHERE task_key = '{task}' AND ts >= :{since}
         )
         SELECT p.*, CASE
-                WHEN t.task IS NULL AND n.task IS NULL THEN {lookup}
+                WHEN p.task_tenant IS NULL OR (t.task IS NULL AND n.task IS NULL) THEN {lookup}
                 WHEN n.task IS NULL OR (t.task IS NOT NULL AND (t.ts, t.id) > (n.ts, n.id))
                     THEN t.ok
                 ELSE n.ok END AS ok
         FROM ({grouped}) AS p
-        LEFT JOIN recent t ON t.task = p.task AND t.tenant = {tenant}
+        LEFT JOIN recent t ON t.task = p.task AND t.tenant = p.task_tenant
         LEFT JOIN recent n ON n.task = p.task AND n.tenant = '{NULL_KEY}'
     """
 
@@ -224,6 +226,7 @@ TASK_ROLLUP_MIGRATIONS: tuple[Migration, ...] = (
             outcome_upsert(LEDGER_TABLE),
             f"ANALYZE {TASK_ROLLUP_TABLE}",
             f"ANALYZE {TASK_OUTCOME_TABLE}",
+            "SET LOCAL work_mem TO DEFAULT",  # the migrations after this one run as before
         ),
     ),
 )

@@ -185,11 +185,12 @@ def _source(
     """A subquery of each task's spend rows (``task``, the tags, the sums of
     ``graphthrift.ledger.task_rollups.TASK_SUMS``) in the range: from the per-task rollups
     when the range is on the hour, else from raw rows (a task's id bounded as the rollups
-    bound them, so both read alike)."""
+    bound them, so both read alike; so is a filter's value on the rollups)."""
     hourly = on_the_hour(since) and on_the_hour(until)
     clauses = [f"{task} IS NOT NULL"]
     for n, (key, value) in enumerate(filters.items()):  # keys checked: check_task_report
-        clauses.append(f"{key} = :f{n}")
+        wanted = bounded_tag(f"CAST(:f{n} AS text)") if hourly else f":f{n}"
+        clauses.append(f"{key} = {wanted}")
         params[f"f{n}"] = value
     column = "hour" if hourly else "ts"
     if since is not None:
@@ -328,6 +329,11 @@ def compare(
     distributed, and a ratio of sums has no simple closed-form interval.
     """
     check_task_report(task=task, dimension=dimension, filters=list(filters))
+    if dimension in filters:
+        raise ValueError(
+            f"compare by {dimension} takes its two values from values=, not from a"
+            f" {dimension}= filter too (got {dimension}={filters[dimension]!r})"
+        )
     if len(values) != 2:
         raise ValueError(f"compare needs two values of {dimension}, got {list(values)}")
     if not 0 < confidence < 1:
