@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 
 from graphthrift.kernel import bind_run_tags, current_run_tags, scoped, unbind_run_tags
@@ -76,3 +77,68 @@ def test_one_cost_tagger_listed_twice_binds_the_call_once() -> None:
     config: Any = {"metadata": {"tenant_id": "acme"}, "callbacks": [tagger, tagger]}
     model.invoke("hi", config)
     assert not current_run_tags()
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    def record(self, record: Any) -> None:
+        self.rows.append(record)
+
+    def record_deferred(self, build: Any) -> None:
+        self.rows.append(build())
+
+
+def _graph(seen: list[Any], fail: bool = False) -> Any:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    model = GenericFakeChatModel(messages=iter(["one", "two", "three", "four"]))
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        seen.append(current_run_tags())
+        if fail:
+            raise RuntimeError("node failed")
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_edge(START, "agent")
+    return graph.compile()
+
+
+@pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke", "astream"])
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_graph_run_binds_its_root_run_id_for_its_nodes_then_unbinds_it(
+    how: str, fail: bool
+) -> None:
+    """Middleware and cache nodes book rows (a cache hit, a refusal) from what is bound:
+    they must name the run the call rows name, and nothing may stay bound after the run."""
+    seen: list[Any] = []
+    ledger = _Recording()
+    graph = _graph(seen, fail)
+    config: Any = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": "acme"}}
+    inputs = {"messages": [("user", "hi")]}
+
+    async def run_async() -> None:
+        if how == "ainvoke":
+            await graph.ainvoke(inputs, config)
+        else:
+            async for _ in graph.astream(inputs, config):
+                pass
+
+    try:
+        if how == "invoke":
+            graph.invoke(inputs, config)
+        elif how == "stream":
+            for _ in graph.stream(inputs, config):
+                pass
+        else:
+            asyncio.run(run_async())
+    except RuntimeError:
+        assert fail
+    assert not current_run_tags()
+    assert seen and seen[0] and seen[0].get("run_id")
+    if not fail:
+        [row] = ledger.rows
+        assert row.run_id == seen[0]["run_id"]

@@ -7,8 +7,10 @@ metadata, and usage from the response. When usage is missing (streaming without
 ``usage_source="estimated"`` instead of recording zero, which is what LangChain's
 ``UsageMetadataCallbackHandler`` does in those cases.
 
-It also binds the run's tags (``graphthrift.kernel.bind_run_tags``) for the duration of
-each model call, which is how ``as_langchain_cache()`` (a ``BaseCache``, which never sees
+It binds the root run's id (``graphthrift.kernel.bind_run_tags``) while a graph runs, so
+that rows booked by middleware and cache nodes (a cache hit, a refusal) name the run that
+the call rows name, and ``report --per task`` counts a run answered from the cache. It
+also binds the run's tags for the duration of each model call, which is how ``as_langchain_cache()`` (a ``BaseCache``, which never sees
 the config) knows the tenant and user. LangChain calls ``on_chat_model_start`` before its
 cache lookup. A call answered from our ``BaseCache`` is not booked: the cache already
 booked it as a ``cache_hit`` record (issue 12, item 3).
@@ -69,6 +71,7 @@ class CostTagger(BaseCallbackHandler):
         self._parents: dict[UUID, UUID | None] = {}
         self._defaults = dict(default_tags)
         self._bound: dict[UUID, Any] = {}
+        self._roots: dict[UUID, Any] = {}
 
     # -- chains: only to find each call's root run ------------------------------------------
 
@@ -82,12 +85,22 @@ class CostTagger(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self._parents[run_id] = parent_run_id
+        if parent_run_id is None and run_id not in self._roots:
+            # the graph's nodes inherit this binding: what middleware and cache nodes book
+            # (a cache hit, a refusal) carries the run id the call rows carry
+            self._roots[run_id] = bind_run_tags({"run_id": str(run_id)})
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._parents.pop(run_id, None)
+        self._end_chain(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._end_chain(run_id)
+
+    def _end_chain(self, run_id: UUID) -> None:
         self._parents.pop(run_id, None)
+        binding = self._roots.pop(run_id, None)
+        if binding is not None:
+            unbind_run_tags(binding)
 
     def _root(self, run_id: UUID, parent: UUID | None) -> UUID:
         root = run_id
