@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 
-from graphthrift.kernel import bind_run_tags, current_run_tags, scoped, unbind_run_tags
+from graphthrift.kernel import (
+    bind_run_tags,
+    current_run_tags,
+    run_tags,
+    scoped,
+    unbind_run_tags,
+)
 from graphthrift.langchain.callbacks import CostTagger
 
 
@@ -91,12 +97,13 @@ class _Recording:
 
 
 def _graph(seen: list[Any], fail: bool = False) -> Any:
+    from langgraph.config import get_config
     from langgraph.graph import START, MessagesState, StateGraph
 
     model = GenericFakeChatModel(messages=iter(["one", "two", "three", "four"]))
 
     def agent(state: MessagesState) -> dict[str, Any]:
-        seen.append(current_run_tags())
+        seen.append(run_tags(get_config()))  # what middleware and cache nodes book with
         if fail:
             raise RuntimeError("node failed")
         return {"messages": [model.invoke(state["messages"])]}
@@ -109,23 +116,28 @@ def _graph(seen: list[Any], fail: bool = False) -> Any:
 
 @pytest.mark.parametrize("how", ["invoke", "stream", "ainvoke", "astream"])
 @pytest.mark.parametrize("fail", [False, True])
-def test_a_graph_run_binds_its_root_run_id_for_its_nodes_then_unbinds_it(
+def test_a_node_reads_its_graph_run_id_and_nothing_stays_bound_after_the_run(
     how: str, fail: bool
 ) -> None:
-    """Middleware and cache nodes book rows (a cache hit, a refusal) from what is bound:
-    they must name the run the call rows name, and nothing may stay bound after the run."""
+    """Middleware and cache nodes book rows (a cache hit, a refusal) with ``run_tags`` of
+    the node's config: they must name the run the call rows name. Nothing may stay bound
+    in the caller's context after the run (a root binding did, after async runs)."""
     seen: list[Any] = []
     ledger = _Recording()
     graph = _graph(seen, fail)
     config: Any = {"callbacks": [CostTagger(ledger)], "metadata": {"tenant_id": "acme"}}
     inputs = {"messages": [("user", "hi")]}
+    after: list[Any] = []
 
     async def run_async() -> None:
-        if how == "ainvoke":
-            await graph.ainvoke(inputs, config)
-        else:
-            async for _ in graph.astream(inputs, config):
-                pass
+        try:
+            if how == "ainvoke":
+                await graph.ainvoke(inputs, config)
+            else:
+                async for _ in graph.astream(inputs, config):
+                    pass
+        finally:
+            after.append(current_run_tags())  # in the task that ran the graph
 
     try:
         if how == "invoke":
@@ -137,8 +149,9 @@ def test_a_graph_run_binds_its_root_run_id_for_its_nodes_then_unbinds_it(
             asyncio.run(run_async())
     except RuntimeError:
         assert fail
-    assert not current_run_tags()
-    assert seen and seen[0] and seen[0].get("run_id")
+    after.append(current_run_tags())
+    assert not any(after), after
+    assert seen and seen[0].get("run_id")
     if not fail:
         [row] = ledger.rows
         assert row.run_id == seen[0]["run_id"]

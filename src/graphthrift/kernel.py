@@ -128,6 +128,8 @@ def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
 
     ``fixed`` values (an adapter's constructor tags) are the defaults; the run's own
     metadata wins over them. Tags bound with ``bound_run_tags`` fill what the config lacks.
+    Without a ``run_id`` anywhere, a node's config gives its graph run's id when a
+    ``CostTagger`` is among its callbacks.
     """
     config = config or {}
     metadata: Mapping[str, Any] = config.get("metadata") or {}
@@ -144,12 +146,32 @@ def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
         out["thread_id"] = configurable["thread_id"]
     if not _set(metadata.get("run_id")) and _set(config.get("run_id")):
         out["run_id"] = config["run_id"]
+    if "run_id" not in out:
+        root = _root_run(config)
+        if root is not None:
+            out["run_id"] = root
     if _set(metadata.get("langgraph_node")):
         out["node"] = metadata["langgraph_node"]
     for key in ("thread_id", "run_id"):
         if key in out:
             out[key] = str(out[key])
     return out
+
+
+def _root_run(config: Mapping[str, Any]) -> str | None:
+    """The root run of the node whose config this is, from a handler in its callbacks that
+    tracks runs (``CostTagger.graphthrift_root_run``): a node's config names its own chain
+    run (``callbacks.parent_run_id``), never the graph run that the call rows name."""
+    manager = config.get("callbacks")
+    parent = getattr(manager, "parent_run_id", None)
+    if parent is None:
+        return None
+    for handler in getattr(manager, "handlers", None) or ():
+        find = getattr(handler, "graphthrift_root_run", None)
+        root = find(parent) if callable(find) else None
+        if root is not None:
+            return str(root)
+    return None
 
 
 def cache_scope(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:

@@ -7,10 +7,10 @@ metadata, and usage from the response. When usage is missing (streaming without
 ``usage_source="estimated"`` instead of recording zero, which is what LangChain's
 ``UsageMetadataCallbackHandler`` does in those cases.
 
-It binds the root run's id (``graphthrift.kernel.bind_run_tags``) while a graph runs, so
+It tells ``graphthrift.kernel.run_tags`` a node's root run (``graphthrift_root_run``), so
 that rows booked by middleware and cache nodes (a cache hit, a refusal) name the run that
 the call rows name, and ``report --per task`` counts a run answered from the cache. It
-also binds the run's tags for the duration of each model call, which is how ``as_langchain_cache()`` (a ``BaseCache``, which never sees
+also binds the run's tags, root run id included, for the duration of each model call, which is how ``as_langchain_cache()`` (a ``BaseCache``, which never sees
 the config) knows the tenant and user. LangChain calls ``on_chat_model_start`` before its
 cache lookup. A call answered from our ``BaseCache`` is not booked: the cache already
 booked it as a ``cache_hit`` record (issue 12, item 3).
@@ -71,7 +71,6 @@ class CostTagger(BaseCallbackHandler):
         self._parents: dict[UUID, UUID | None] = {}
         self._defaults = dict(default_tags)
         self._bound: dict[UUID, Any] = {}
-        self._roots: dict[UUID, Any] = {}
 
     # -- chains: only to find each call's root run ------------------------------------------
 
@@ -85,22 +84,23 @@ class CostTagger(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self._parents[run_id] = parent_run_id
-        if parent_run_id is None and run_id not in self._roots:
-            # the graph's nodes inherit this binding: what middleware and cache nodes book
-            # (a cache hit, a refusal) carries the run id the call rows carry
-            self._roots[run_id] = bind_run_tags({"run_id": str(run_id)})
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end_chain(run_id)
+        self._parents.pop(run_id, None)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._end_chain(run_id)
-
-    def _end_chain(self, run_id: UUID) -> None:
         self._parents.pop(run_id, None)
-        binding = self._roots.pop(run_id, None)
-        if binding is not None:
-            unbind_run_tags(binding)
+
+    def graphthrift_root_run(self, run_id: UUID) -> UUID | None:
+        """The root run of ``run_id`` (a node's chain run), if this handler saw it start.
+
+        ``graphthrift.kernel.run_tags`` asks the handlers of a node's config, so that the
+        rows middleware and cache nodes book (a cache hit, a refusal) name the run that the
+        call rows name. A context variable bound at the root's start cannot do it: LangGraph
+        ends an async run in another context, and the binding outlived the run."""
+        if run_id not in self._parents:
+            return None
+        return self._root(run_id, self._parents[run_id])
 
     def _root(self, run_id: UUID, parent: UUID | None) -> UUID:
         root = run_id
@@ -120,7 +120,8 @@ class CostTagger(BaseCallbackHandler):
         invocation_params: dict[str, Any] | None,
     ) -> None:
         meta = metadata or {}
-        self._bind(run_id, meta)
+        root = self._root(run_id, parent_run_id)
+        self._bind(run_id, meta, root)
         if meta.get(RECORDED_FLAG):
             return  # a graphthrift component books this call itself (e.g. ChatModelSummarizer)
         model = meta.get("ls_model_name")
@@ -133,7 +134,6 @@ class CostTagger(BaseCallbackHandler):
                 ),
                 None,
             )
-        root = self._root(run_id, parent_run_id)
         self._recorder.start(
             run_id,
             model=model,
@@ -188,10 +188,10 @@ class CostTagger(BaseCallbackHandler):
 
     # -- scope for code that cannot see the config (our BaseCache) ---------------------------
 
-    def _bind(self, run_id: UUID, meta: dict[str, Any]) -> None:
+    def _bind(self, run_id: UUID, meta: dict[str, Any], root: UUID) -> None:
         if run_id in self._bound:  # the same handler twice in a call's callbacks: bind once
             return
-        tags = run_tags({"metadata": meta}, **self._defaults)
+        tags = run_tags({"metadata": meta, "run_id": root}, **self._defaults)
         if meta.get("scope") not in (None, ""):
             tags["scope"] = meta["scope"]
         if len(self._bound) >= _MAX_BOUND:  # calls that never ended (abandoned streams)
