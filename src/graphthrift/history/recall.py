@@ -34,7 +34,6 @@ Example (needs a database)::
 
 from __future__ import annotations
 
-import heapq
 import math
 import re
 import threading
@@ -250,24 +249,25 @@ _INSERT = (
     " SELECT turn_index FROM ins"
 )
 
-# Recall reads in two or three indexed steps, each filtered on tenant and thread first.
-# 1. Every turn of the thread by its index: its embedding distance to the query and its own
-#    content-word count, as three arrays in turn order (nothing of its text or terms).
+# Recall reads in two or more indexed steps, each filtered on tenant and thread first.
+# 1. One row: every turn of the thread by its index, nearest first, as arrays of turn index,
+#    embedding distance to the query and own content-word count (nothing of its text or
+#    terms), and the posting lists of the query's terms (identifiers, content words, the
+#    value mark) as one JSON object: which turns hold which of them, and so the thread's
+#    document frequencies. PostgreSQL orders NaN (a text without tokens) last.
 _THREAD = (
-    "SELECT array_agg(turn_index ORDER BY turn_index) AS idx,"
-    " array_agg(embedding <=> CAST(:v AS vector) ORDER BY turn_index) AS d,"
-    " array_agg(own_terms ORDER BY turn_index) AS own"
+    "WITH t AS (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
     f" FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model)"
+    " SELECT array_agg(turn_index ORDER BY d, turn_index) AS idx,"
+    " array_agg(d ORDER BY d, turn_index) AS d,"
+    " array_agg(own_terms ORDER BY d, turn_index) AS own,"
+    f" (SELECT jsonb_object_agg(term, turns) FROM {FOLDED_TERMS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND term = ANY(CAST(:terms AS text[]))) AS postings"
+    " FROM t"
 )
-# 2. The posting lists of the query's terms (identifiers, content words, the value mark):
-#    which turns hold which of them, and so the thread's document frequencies.
-_POSTINGS = (
-    f"SELECT term, turns FROM {FOLDED_TERMS_TABLE}"
-    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
-    " AND term = ANY(CAST(:terms AS text[]))"
-)
-# 3. The texts of the few turns scoring puts first (and of the query's echoes, when their
+# 2. The texts of the few turns scoring puts first (and of the query's echoes, when their
 #    wording decides what is phrasing).
 _TEXTS = (
     f"SELECT turn_index, role, content, tokens FROM {FOLDED_TURNS_TABLE}"
@@ -534,12 +534,6 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
     return " ".join(parts)
 
 
-def _nearness(distance: float, index: int) -> tuple[int, float, int]:
-    """Sort key of the nearest turns: a text without tokens embeds as a zero vector, whose
-    cosine distance is NaN, and comes last (as PostgreSQL orders NaN)."""
-    return (1, 0.0, index) if math.isnan(distance) else (0, distance, index)
-
-
 def _recall(
     params: Mapping[str, Any],
     weights: tuple[float, float, float, float],
@@ -549,8 +543,8 @@ def _recall(
     focus: bool,
     token_model: str | None,
 ) -> Plan[list[RecalledSnippet]]:
-    """Read, score and pack one recall (``_THREAD``, ``_POSTINGS``, then ``_TEXTS`` of the
-    turns scoring puts first).
+    """Read, score and pack one recall (``_THREAD``, then ``_TEXTS`` of the turns scoring
+    puts first).
 
     The turns to score are the ``n`` nearest, the ``n`` nearest holding an identifier of the
     query, and the ``n`` best by BM25 (``recall_lexical``). Each scores its similarity, plus
@@ -560,15 +554,17 @@ def _recall(
     ``echo_penalty`` times how far it echoes the query; the best that fit the budget
     together are kept (one too large is skipped)."""
     scope = {"tenant": params["tenant"], "thread": params["thread"], "model": params["model"]}
-    head = yield Sql(_THREAD, {**scope, "v": params["v"]})
-    order = head[0]["idx"] if head else None
-    if not order:
+    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]})
+    nearest = [int(i) for i in head[0]["idx"] or ()] if head else []
+    if not nearest:
         return []
-    distance = {int(i): float(d) for i, d in zip(order, head[0]["d"], strict=True)}
-    own = {int(i): int(o) for i, o in zip(order, head[0]["own"], strict=True)}
-    posted = yield Sql(_POSTINGS, {**scope, "terms": params["terms"]}, rows="tuples")
-    # a turn added after the first read is not scored (it has no distance yet)
-    postings = {str(t): [int(i) for i in turns if i in distance] for t, turns in posted}
+    distance = {i: float(d) for i, d in zip(nearest, head[0]["d"], strict=True)}
+    own = {i: int(o) for i, o in zip(nearest, head[0]["own"], strict=True)}
+    # read in the same snapshot as the turns; a turn not among them is never scored
+    postings = {
+        str(t): [i for i in turns if i in distance]
+        for t, turns in (head[0]["postings"] or {}).items()
+    }
     lexical_query = set(params["lq"])
     held: dict[int, set[str]] = {}
     for term, turns in postings.items():
@@ -586,8 +582,8 @@ def _recall(
     n = int(params["n"])
     lexical = bm25(matches, phrasing, len(distance), distance, n)
     identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()))
-    near = heapq.nsmallest(n, distance, key=lambda i: _nearness(distance[i], i))
-    with_ids = heapq.nsmallest(n, identifiers, key=lambda i: _nearness(distance[i], i))
+    near = nearest[:n]
+    with_ids = [i for i in nearest if i in identifiers][:n]
     values = set(postings.get(VALUE_TERM, ()))
     boost, lexical_weight, redundant, value = weights
     recent, half_life = recency
