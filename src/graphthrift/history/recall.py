@@ -21,6 +21,14 @@ the query already holds (an earlier question asked the same way) is marked down
 on tenant and thread first, by indexed equality, and scores only that thread's turns:
 recall is exact within a thread, and a thread's turns never reach another thread or tenant.
 
+Recall reads narrow rows first and texts last. One statement returns the thread's turns,
+nearest first, as arrays of index, embedding distance and own content-word count, with the
+posting lists of the query's terms (``graphthrift_folded_terms``, written in the same
+statement as the turns): enough to score every turn. A second returns the texts of the few
+turns the scores put first. The one read it replaced returned every turn sharing a content
+word with the query, with its terms and text (about 270 of a 500-turn thread), and took
+most of recall's time.
+
 A store outage never breaks the caller: ``recall`` then returns no snippets and ``add``
 keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
 ``graphthrift.diagnostics``) and logged.

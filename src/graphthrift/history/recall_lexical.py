@@ -1,9 +1,11 @@
 """The lexical side of recall: BM25 over the query's content words, with echoes set aside.
 
-The store returns every turn of the thread that shares a content word with the query (with
-its stored terms); this module scores them, in process, the way the SQL once did: computed
-in PostgreSQL the same scores took 8-25 ms on a 500-turn thread (per-row subqueries over
-CTEs whose size the planner cannot know), here well under a millisecond.
+The store returns the posting lists of the query's terms in the thread (which turns hold
+each) and each turn's count of its own content words; this module scores the turns that
+share a term with the query, in process, the way the SQL once did: computed in PostgreSQL
+the same scores took 8-25 ms on a 500-turn thread (per-row subqueries over CTEs whose size
+the planner cannot know), here about a millisecond. ``lexical_scores`` does the same from
+whole rows (each turn's terms and text), as recall once read them.
 
 - An **echo** is an earlier message phrased like the query: at least ``ECHO_SHARED`` of its
   content words are in the query, and more than half of them. Echoes score nothing.
