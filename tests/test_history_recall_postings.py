@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from cache_helpers import scratch_database
 from graphthrift.bench._data import read_set_file
@@ -27,11 +28,17 @@ def embedder() -> StaticEmbedder:
 
 
 def _sgd_turns(count: int, offset: int = 0) -> list[FoldedTurn]:
-    """``count`` consecutive SGD test utterances (the data shipped in the repo) as turns."""
+    """``count`` SGD test utterances (the data shipped in the repo) as turns, each with
+    words of its own: two turns with the same words (in any order) embed alike, and the
+    one-read reference ordered such ties as the database returned them."""
     found: list[str] = []
+    seen: set[tuple[str, ...]] = set()
     for line in read_set_file("sgd_test", "sgd_test_compact.jsonl").splitlines():
-        if line.strip():
-            found.extend(t["utterance"] for t in json.loads(line)["turns"])
+        for turn in json.loads(line)["turns"] if line.strip() else []:
+            words = tuple(sorted(re.findall(r"\w+", turn["utterance"].lower())))
+            if words not in seen:
+                seen.add(words)
+                found.append(turn["utterance"])
         if len(found) >= offset + count:
             break
     return [
@@ -230,3 +237,36 @@ def test_migration_51_backfills_posting_lists_and_own_counts(
         assert turns.recall(tenant, "x", QUESTIONS[0].text, k=10) != []
     finally:
         db.close()
+
+
+def test_recall_reads_no_text_but_the_chosen_turns(
+    store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """The first read returns no turn's terms or text; texts are read for at most ``2 * k``
+    turns at a time; a query whose phrasing words each echo holds once reads no echo's
+    text. Each statement is scoped to the tenant and the thread."""
+    turns = FoldedTurnStore(store, embedder=embedder)
+    turns.add(tenant, "narrow", [*_sgd_turns(200), *QUESTIONS])
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def record(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        seen.append((statement, dict(params)))  # type: ignore[call-overload]
+
+    engine = turns._engines.read_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        query = "Quick check before we go on: what was the city I gave?"
+        found = turns.recall(tenant, "narrow", query, k=3, token_budget=400)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert found
+    reads = [(sql, p) for sql, p in seen if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(reads) == 2, [sql[:60] for sql, _ in reads]
+    first, texts = reads
+    # neither the text nor the term list of any turn (the query's terms are a parameter)
+    assert "content" not in first[0] and re.search(r"\bterms\b(?!\)s)", first[0]) is None
+    assert "content" in texts[0] and len(texts[1]["idx"]) <= 2 * 3  # type: ignore[arg-type]
+    assert {s.index for s in found} <= set(texts[1]["idx"])  # type: ignore[call-overload]
+    for sql, p in reads:
+        assert "tenant_id = " in sql and "thread_id = " in sql
+        assert (p["tenant"], p["thread"]) == (tenant, "narrow")

@@ -71,6 +71,7 @@ from graphthrift.history.recall_lexical import (
     match_turns,
     phrasing_words,
     repeated_in_query,
+    undecided_phrasing,
 )
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
@@ -582,11 +583,12 @@ def _recall(
     matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
     phrasing = phrasing_words(matches)
     texts: dict[int, Mapping[str, Any] | None] = {}
-    if phrasing and params["lq_counts"]:
+    undecided = undecided_phrasing(matches, phrasing, params["lq_counts"])
+    if undecided:  # only the echoes' texts can tell
         rows = yield Sql(_TEXTS, {**scope, "idx": sorted(matches.echo)})
         texts.update((int(r["turn_index"]), r) for r in rows)
         echoes = [str(r["content"]) for r in rows]
-        phrasing -= repeated_in_query(echoes, phrasing, params["lq_counts"])
+        phrasing -= repeated_in_query(echoes, undecided, params["lq_counts"])
     n = int(params["n"])
     lexical = bm25(matches, phrasing, len(distance), distance, n)
     identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()))

@@ -41,6 +41,7 @@ __all__ = [
     "match_turns",
     "phrasing_words",
     "repeated_in_query",
+    "undecided_phrasing",
 ]
 
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
@@ -117,6 +118,25 @@ def repeated_in_query(
     }
 
 
+def undecided_phrasing(
+    matches: Matches, phrasing: set[str], query_counts: Mapping[str, int] | None
+) -> set[str]:
+    """The phrasing words ``repeated_in_query`` must read the echoes' texts for.
+
+    An echo that does not hold a word uses it 0 times, one that holds it at least once. With
+    those least counts the median is the lowest it can be: a word the query uses no more
+    often than that is phrasing whatever the texts say (as when each echo holds it and the
+    query uses it once), so most recalls read no echo's text."""
+    if not phrasing or not query_counts:
+        return set()
+    undecided: set[str] = set()
+    for t in phrasing:
+        least = [1 if LEXICAL_MARK + t in matches.held[i] else 0 for i in matches.echo]
+        if query_counts.get(t, 0) > statistics.median(least):
+            undecided.add(t)
+    return undecided
+
+
 def bm25(
     matches: Matches,
     phrasing: set[str],
@@ -126,7 +146,7 @@ def bm25(
 ) -> LexicalScores:
     """Score the matched turns (``phrasing`` words set aside); ``total`` is the thread's turn
     count (for idf), ``distance`` each turn's embedding distance (NaN for a text without
-    tokens, ranked last), for ties."""
+    tokens, ranked last), for ties, and then the earlier turn."""
     df = Counter(t for held in matches.held.values() for t in held if t[1:] not in phrasing)
     idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
     score = {
@@ -136,7 +156,7 @@ def bm25(
     far = {i: math.inf if math.isnan(distance[i]) else distance[i] for i in matches.held}
     top = sorted(
         (i for i, s in score.items() if s > 0 and i not in matches.echo),
-        key=lambda i: (-score[i], far[i]),
+        key=lambda i: (-score[i], far[i], i),
     )[:n]
     best = sum(x for t, x in idf.items() if t.startswith(LEXICAL_MARK))
     return LexicalScores(score, matches.share, matches.echo, best, tuple(top))
