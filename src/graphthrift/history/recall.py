@@ -567,19 +567,17 @@ def _recall(
     nearest = [int(i) for i in head[0]["idx"] or ()] if head else []
     if not nearest:
         return []
-    distance = {i: float(d) for i, d in zip(nearest, head[0]["d"], strict=True)}
-    own = {i: int(o) for i, o in zip(nearest, head[0]["own"], strict=True)}
+    distance: dict[int, float] = dict(zip(nearest, map(float, head[0]["d"]), strict=True))
+    own: dict[int, int] = dict(zip(nearest, map(int, head[0]["own"]), strict=True))
     # read in the same snapshot as the turns; a turn not among them is never scored
-    postings = {
-        str(t): [i for i in turns if i in distance]
-        for t, turns in (head[0]["postings"] or {}).items()
-    }
+    postings: dict[str, list[int]] = head[0]["postings"] or {}
     lexical_query = set(params["lq"])
     held: dict[int, set[str]] = {}
     for term, turns in postings.items():
         if term in lexical_query:
             for i in turns:
-                held.setdefault(i, set()).add(term)
+                if i in distance:
+                    held.setdefault(i, set()).add(term)
     matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
     phrasing = phrasing_words(matches)
     texts: dict[int, Mapping[str, Any] | None] = {}
@@ -591,10 +589,10 @@ def _recall(
         phrasing -= repeated_in_query(echoes, undecided, params["lq_counts"])
     n = int(params["n"])
     lexical = bm25(matches, phrasing, len(distance), distance, n)
-    identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()))
+    identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()) if i in distance)
     near = nearest[:n]
     with_ids = [i for i in nearest if i in identifiers][:n]
-    values = set(postings.get(VALUE_TERM, ()))
+    values = set(postings.get(VALUE_TERM, ())).intersection(distance)
     boost, lexical_weight, redundant, value = weights
     recent, half_life = recency
     newest = max(distance)

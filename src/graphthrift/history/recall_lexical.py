@@ -149,10 +149,8 @@ def bm25(
     tokens, ranked last), for ties, and then the earlier turn."""
     df = Counter(t for held in matches.held.values() for t in held if t[1:] not in phrasing)
     idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
-    score = {
-        i: sum(idf[t] / 2 if t.startswith(CONTEXT_MARK) else idf[t] for t in held if t in idf)
-        for i, held in matches.held.items()
-    }
+    weight = {t: x / 2 if t.startswith(CONTEXT_MARK) else x for t, x in idf.items()}
+    score = {i: sum(weight[t] for t in held if t in weight) for i, held in matches.held.items()}
     far = {i: math.inf if math.isnan(distance[i]) else distance[i] for i in matches.held}
     top = sorted(
         (i for i, s in score.items() if s > 0 and i not in matches.echo),
