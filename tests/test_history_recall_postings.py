@@ -210,8 +210,7 @@ def test_migration_51_backfills_posting_lists_and_own_counts(
 ) -> None:
     """Turns kept before migration 51 get their posting lists and own counts, and recall
     over them answers as the one-read recall did."""
-    writer = FoldedTurnStore.__new__(FoldedTurnStore)  # only for its insert parameters
-    writer.embedder, writer.token_model = embedder, None
+    writer = FoldedTurnStore(store, embedder=embedder)  # for its insert parameters only
     chat = [*_sgd_turns(120), *QUESTIONS]
     with old_database.begin() as conn:
         for thread, rows in (("x", chat), ("y", chat[:40])):
