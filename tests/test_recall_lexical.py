@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 
 from graphthrift.history.recall import _with_context, lexical_terms
-from graphthrift.history.recall_lexical import lexical_scores
+from graphthrift.history.recall_lexical import (
+    lexical_scores,
+    match_turns,
+    phrasing_words,
+    repeated_in_query,
+    undecided_phrasing,
+)
 
 
 def _row(index: int, text: str, context: str = "", d: float = 0.5) -> dict[str, object]:
@@ -50,3 +56,33 @@ def test_without_two_echoes_nothing_is_phrasing() -> None:
     assert scores.echo == {1}
     assert scores.score[3] > 0  # its context's "quick check ... gave" words count again
     assert scores.share[1] > 0.5 and scores.share.get(0, 0.0) == 0.0
+
+
+def test_phrasing_needs_the_echoes_texts_only_when_their_counts_could_decide() -> None:
+    """The echoes' texts are read only for a phrasing word the query may use more often
+    than most echoes do; where it cannot (each echo holds the word, the query uses it
+    once), the decision without texts is the one with them."""
+    asked = set(_with_context(lexical_terms(QUERY)))
+    texts = {
+        1: "Quick check before we go on: what was the return date I gave for the flights request?",
+        2: "Quick check before we go on: what was the city I gave for the hotels request?",
+        9: "I really enjoy Music.",
+    }
+    terms = {i: lexical_terms(t) for i, t in texts.items()}
+    matches = match_turns(
+        {i: frozenset(asked.intersection(t)) for i, t in terms.items()},
+        {i: len(t) for i, t in terms.items()},
+    )
+    phrasing = phrasing_words(matches)
+    assert matches.echo == {1, 2} and {"quick", "check", "request"} <= phrasing
+    once = {"quick": 1, "check": 1, "request": 1}
+    assert undecided_phrasing(matches, phrasing, once) == set()
+    # read or not, the same words are phrasing
+    echoes = [texts[i] for i in matches.echo]
+    assert repeated_in_query(echoes, phrasing, once) == set()
+    # "check" twice in the query: the echoes' counts decide, so their texts are read
+    twice = {**once, "check": 2}
+    assert undecided_phrasing(matches, phrasing, twice) == {"check"}
+    assert repeated_in_query(echoes, phrasing, twice) == {"check"}
+    assert undecided_phrasing(matches, phrasing, None) == set()
+    assert undecided_phrasing(matches, set(), twice) == set()

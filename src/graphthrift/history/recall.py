@@ -21,6 +21,14 @@ the query already holds (an earlier question asked the same way) is marked down
 on tenant and thread first, by indexed equality, and scores only that thread's turns:
 recall is exact within a thread, and a thread's turns never reach another thread or tenant.
 
+Recall reads narrow rows first and texts last. One statement returns the thread's turns,
+nearest first, as arrays of index, embedding distance and own content-word count, with the
+posting lists of the query's terms (``graphthrift_folded_terms``, written in the same
+statement as the turns): enough to score every turn. A second returns the texts of the few
+turns the scores put first. The one read it replaced returned every turn sharing a content
+word with the query, with its terms and text (about 270 of a 500-turn thread), and took
+most of recall's time.
+
 A store outage never breaks the caller: ``recall`` then returns no snippets and ``add``
 keeps nothing, each counted (``recall_failure``, ``recall_add_failure`` in
 ``graphthrift.diagnostics``) and logged.
@@ -38,7 +46,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,8 +64,16 @@ from graphthrift.cache.db import (
 from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
-from graphthrift.history.recall_lexical import CONTEXT_MARK, LEXICAL_MARK, lexical_scores
-from graphthrift.history.schema import FOLDED_TURNS_TABLE
+from graphthrift.history.recall_lexical import (
+    CONTEXT_MARK,
+    LEXICAL_MARK,
+    bm25,
+    match_turns,
+    phrasing_words,
+    repeated_in_query,
+    undecided_phrasing,
+)
+from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
 from graphthrift.summarize.facts import fact_spans
 from graphthrift.text.lexical import STOPWORDS, index_terms
@@ -170,6 +186,12 @@ def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
     return out
 
 
+def _own_counts(words: Sequence[str]) -> list[int]:
+    """How many content words of its own text each stored turn is indexed by (the
+    ``own_terms`` column: a turn's share of the query's words is counted against it)."""
+    return [sum(1 for t in w.split(" ") if t.startswith(LEXICAL_MARK)) for w in words]
+
+
 def _with_context(terms: list[str]) -> list[str]:
     """The query's content words in both marks: a turn's own words and its context's."""
     return [*terms, *(CONTEXT_MARK + t[len(LEXICAL_MARK) :] for t in terms)]
@@ -210,40 +232,62 @@ def _scope(tenant: str, thread: str) -> None:
         raise ConfigError("thread", thread, "must be a non-empty str")
 
 
+# The turns and their posting lists in one statement: a turn already kept (same index) is
+# left as it was and adds nothing to the lists; the lists are upserted in term order, so two
+# writers of one thread lock them in the same order.
 _INSERT = (
+    "WITH ins AS ("
     f"INSERT INTO {FOLDED_TURNS_TABLE}"
-    " (tenant_id, thread_id, turn_index, role, content, tokens, terms, embedding_model, dim,"
-    " embedding)"
-    " SELECT :tenant, :thread, u.i, u.r, u.c, u.t, string_to_array(u.w, ' '), :model, :dim,"
-    " CAST(u.e AS vector)"
+    " (tenant_id, thread_id, turn_index, role, content, tokens, terms, own_terms,"
+    " embedding_model, dim, embedding)"
+    " SELECT :tenant, :thread, u.i, u.r, u.c, u.t, string_to_array(u.w, ' '), u.o, :model,"
+    " :dim, CAST(u.e AS vector)"
     " FROM unnest(CAST(:idx AS integer[]), CAST(:roles AS text[]), CAST(:texts AS text[]),"
-    " CAST(:tokens AS integer[]), CAST(:words AS text[]), CAST(:vectors AS text[]))"
-    " AS u(i, r, c, t, w, e)"
+    " CAST(:tokens AS integer[]), CAST(:words AS text[]), CAST(:own AS integer[]),"
+    " CAST(:vectors AS text[]))"
+    " AS u(i, r, c, t, w, o, e)"
     " ON CONFLICT (tenant_id, thread_id, embedding_model, turn_index) DO NOTHING"
-    " RETURNING turn_index"
+    " RETURNING turn_index, terms),"
+    f" post AS (INSERT INTO {FOLDED_TERMS_TABLE}"
+    " (tenant_id, thread_id, embedding_model, term, turns)"
+    " SELECT :tenant, :thread, :model, w.term, array_agg(ins.turn_index ORDER BY ins.turn_index)"
+    " FROM ins, unnest(ins.terms) AS w(term) GROUP BY w.term ORDER BY w.term"
+    " ON CONFLICT (tenant_id, thread_id, embedding_model, term)"
+    f" DO UPDATE SET turns = {FOLDED_TERMS_TABLE}.turns || EXCLUDED.turns"
+    " RETURNING 1)"
+    " SELECT turn_index FROM ins"
 )
 
-# Exact within the thread: its rows are found by the (tenant, thread) index. The nearest
-# turns, the nearest holding an identifier of the query, and every turn sharing a content
-# word with it (``lexhit``, with its terms, for BM25 in ``recall_lexical``) come back.
-_SEARCH = (
-    "WITH c AS MATERIALIZED (SELECT turn_index, role, content, tokens, terms,"
-    " embedding <=> CAST(:v AS vector) AS d, terms && CAST(:q AS text[]) AS hit,"
-    " terms && CAST(:lq AS text[]) AS lexhit"
+# Recall reads in two or more indexed steps, each filtered on tenant and thread first.
+# 1. One row: every turn of the thread by its index, nearest first, as arrays of turn index,
+#    embedding distance to the query and own content-word count (nothing of its text or
+#    terms), and the posting lists of the query's terms (identifiers, content words, the
+#    value mark) as one JSON object: which turns hold which of them, and so the thread's
+#    document frequencies. PostgreSQL orders NaN (a text without tokens) last.
+_THREAD = (
+    "WITH t AS (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
     f" FROM {FOLDED_TURNS_TABLE}"
-    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model),"
-    " near AS (SELECT turn_index FROM c ORDER BY d LIMIT :n),"
-    " ids AS (SELECT turn_index FROM c WHERE hit ORDER BY d LIMIT :n)"
-    " SELECT turn_index, role, content, tokens, terms, d, lexhit,"
-    " turn_index IN (SELECT turn_index FROM near)"
-    " OR turn_index IN (SELECT turn_index FROM ids) AS picked,"
-    " (SELECT count(*) FROM c) AS total, (SELECT max(turn_index) FROM c) AS newest"
-    " FROM c WHERE lexhit OR turn_index IN (SELECT turn_index FROM near)"
-    " OR turn_index IN (SELECT turn_index FROM ids)"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model)"
+    " SELECT array_agg(turn_index ORDER BY d, turn_index) AS idx,"
+    " array_agg(d ORDER BY d, turn_index) AS d,"
+    " array_agg(own_terms ORDER BY d, turn_index) AS own,"
+    f" (SELECT jsonb_object_agg(term, turns) FROM {FOLDED_TERMS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND term = ANY(CAST(:terms AS text[]))) AS postings"
+    " FROM t"
+)
+# 2. The texts of the few turns scoring puts first (and of the query's echoes, when their
+#    wording decides what is phrasing).
+_TEXTS = (
+    f"SELECT turn_index, role, content, tokens FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND turn_index = ANY(CAST(:idx AS integer[]))"
 )
 
 _FORGET = (
-    f"DELETE FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :tenant AND thread_id = :thread"
+    f"WITH gone AS (DELETE FROM {FOLDED_TERMS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread)"
+    f" DELETE FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :tenant AND thread_id = :thread"
     " RETURNING turn_index"
 )
 
@@ -333,6 +377,7 @@ class FoldedTurnStore:
     def _insert_params(
         self, tenant: str, thread: str, rows: Sequence[FoldedTurn], vectors: Any
     ) -> dict[str, Any]:
+        words = _stored_terms(rows)
         return {
             "tenant": tenant,
             "thread": thread,
@@ -343,7 +388,8 @@ class FoldedTurnStore:
             # PostgreSQL text cannot hold U+0000; the turn is kept without it
             "texts": [t.text.replace("\x00", "") for t in rows],
             "tokens": [count_text(t.text, self.token_model) for t in rows],
-            "words": _stored_terms(rows),
+            "words": words,
+            "own": _own_counts(words),
             "vectors": [_vector_literal(v) for v in vectors],
         }
 
@@ -384,13 +430,16 @@ class FoldedTurnStore:
     def _search_params(
         self, tenant: str, thread: str, query: str, vector: Any, k: int
     ) -> dict[str, Any]:
+        lexical = _with_context(lexical_terms(query))
+        identifiers = query_terms(query)
         return {
             "tenant": tenant,
             "thread": thread,
             "model": self.embedder.model_id,
             "v": _vector_literal(vector),
-            "q": query_terms(query),
-            "lq": _with_context(lexical_terms(query)),
+            "q": identifiers,
+            "lq": lexical,
+            "terms": sorted({*identifiers, *lexical, VALUE_TERM}),
             "n": max(self.candidates, k),
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
         }
@@ -406,12 +455,11 @@ class FoldedTurnStore:
             return []
         try:
             vector = self.embedder.embed([query])[0]
-            params = self._search_params(tenant, thread, query, vector, k)
-            rows = with_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
+            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            return with_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return self._score(rows, params, k, token_budget)
 
     async def arecall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -423,28 +471,24 @@ class FoldedTurnStore:
             return []
         try:
             vector = (await self.embedder.aembed([query]))[0]
-            params = self._search_params(tenant, thread, query, vector, k)
-            rows = await awith_deadline(self._engines, _rows_plan(_SEARCH, params), self.timeout)
+            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            return await awith_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
             return []
-        return self._score(rows, params, k, token_budget)
 
-    def _score(
-        self, rows: list[dict[str, Any]], params: dict[str, Any], k: int, token_budget: int
-    ) -> list[RecalledSnippet]:
-        """The store's rows scored (``_candidates``, ``_pack``) with this store's weights."""
-        return _pack(
-            _candidates(rows, params["lq"], params["n"], params["lq_counts"]),
-            params["q"],
-            (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost),
-            self.recency,
-            k,
-            token_budget,
-            self.focus,
-            self.token_model,
-            frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
-        )
+    def _recall_plan(
+        self, params: dict[str, Any]
+    ) -> Callable[[int, int], Plan[list[RecalledSnippet]]]:
+        """``_recall`` with this store's weights, for ``params``."""
+        weights = (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost)
+
+        def plan(k: int, token_budget: int) -> Plan[list[RecalledSnippet]]:
+            return _recall(
+                params, weights, self.recency, k, token_budget, self.focus, self.token_model
+            )
+
+        return plan
 
     def forget(self, tenant: str, thread: str) -> int:
         """Delete a thread's folded turns (for example when the user deletes the thread).
@@ -459,11 +503,6 @@ class FoldedTurnStore:
             raise StoreUnavailable(self.store.display_url, f"forget failed: {exc}") from exc
 
 
-def _rows_plan(sql: str, params: dict[str, Any]) -> Plan[list[dict[str, Any]]]:
-    rows = yield Sql(sql, params)
-    return rows
-
-
 def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:
     rows = yield Sql(sql, params)
     return len(rows)
@@ -474,31 +513,6 @@ def _check_limits(k: int, token_budget: int) -> None:
         raise ConfigError("k", k, "must be an int >= 0 snippets")
     if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 0:
         raise ConfigError("token_budget", token_budget, "must be an int >= 0 tokens")
-
-
-def _candidates(
-    rows: list[dict[str, Any]],
-    query_lexical: Sequence[str],
-    n: int,
-    query_counts: Mapping[str, int] | None = None,
-) -> list[dict[str, Any]]:
-    """The turns to score: the nearest and the identifier matches the store picked, and the
-    ``n`` best by BM25 (``recall_lexical``), each with its BM25 score and echo flag."""
-    hits = [r for r in rows if r["lexhit"]]
-    total = int(rows[0]["total"]) if rows else 0
-    lexical = lexical_scores(hits, query_lexical, total, n, query_counts)
-    keep = set(lexical.top)
-    return [
-        {
-            **row,
-            "lex": lexical.score.get(int(row["turn_index"]), 0.0),
-            "echo": int(row["turn_index"]) in lexical.echo,
-            "share": lexical.share.get(int(row["turn_index"]), 0.0),
-            "lex_max": lexical.best_possible,
-        }
-        for row in rows
-        if row["picked"] or int(row["turn_index"]) in keep
-    ]
 
 
 def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False) -> str:
@@ -529,67 +543,108 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
     return " ".join(parts)
 
 
-def _pack(
-    rows: list[dict[str, Any]],
-    terms: Sequence[str],
+def _recall(
+    params: Mapping[str, Any],
     weights: tuple[float, float, float, float],
     recency: tuple[float, float],
     k: int,
     token_budget: int,
-    focus: bool = False,
-    token_model: str | None = None,
-    query_words: frozenset[str] = frozenset(),
-) -> list[RecalledSnippet]:
-    """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
-    identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
-    content words as a share of the most any turn could get) and keep the best that fit
-    the budget together (one too large is skipped)."""
-    boost, lexical, redundant, value = weights
+    focus: bool,
+    token_model: str | None,
+) -> Plan[list[RecalledSnippet]]:
+    """Read, score and pack one recall (``_THREAD``, then ``_TEXTS`` of the turns scoring
+    puts first).
+
+    The turns to score are the ``n`` nearest, the ``n`` nearest holding an identifier of the
+    query, and the ``n`` best by BM25 (``recall_lexical``). Each scores its similarity, plus
+    ``term_boost`` times the share of the query's identifiers it holds, plus
+    ``lexical_weight`` times its BM25 score over the query's content words as a share of the
+    most any turn could get, plus ``value_boost`` if it states a value, less
+    ``echo_penalty`` times how far it echoes the query; the best that fit the budget
+    together are kept (one too large is skipped)."""
+    scope = {"tenant": params["tenant"], "thread": params["thread"], "model": params["model"]}
+    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]})
+    nearest = [int(i) for i in head[0]["idx"] or ()] if head else []
+    if not nearest:
+        return []
+    distance: dict[int, float] = dict(zip(nearest, map(float, head[0]["d"]), strict=True))
+    own: dict[int, int] = dict(zip(nearest, map(int, head[0]["own"]), strict=True))
+    # read in the same snapshot as the turns; a turn not among them is never scored
+    postings: dict[str, list[int]] = head[0]["postings"] or {}
+    lexical_query = set(params["lq"])
+    held: dict[int, set[str]] = {}
+    for term, turns in postings.items():
+        if term in lexical_query:
+            for i in turns:
+                if i in distance:
+                    held.setdefault(i, set()).add(term)
+    matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
+    phrasing = phrasing_words(matches)
+    texts: dict[int, Mapping[str, Any] | None] = {}
+    undecided = undecided_phrasing(matches, phrasing, params["lq_counts"])
+    if undecided:  # only the echoes' texts can tell
+        rows = yield Sql(_TEXTS, {**scope, "idx": sorted(matches.echo)})
+        texts.update((int(r["turn_index"]), r) for r in rows)
+        echoes = [str(r["content"]) for r in rows]
+        phrasing -= repeated_in_query(echoes, undecided, params["lq_counts"])
+    n = int(params["n"])
+    lexical = bm25(matches, phrasing, len(distance), distance, n)
+    identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()) if i in distance)
+    near = nearest[:n]
+    with_ids = [i for i in nearest if i in identifiers][:n]
+    values = set(postings.get(VALUE_TERM, ())).intersection(distance)
+    boost, lexical_weight, redundant, value = weights
     recent, half_life = recency
-    wanted = set(terms)
-    row_terms = {int(row["turn_index"]): row["terms"] or () for row in rows}
-    scored: list[RecalledSnippet] = []
-    for row in rows:
-        distance = float(row["d"])
-        # a text without tokens embeds as a zero vector, whose cosine distance is NaN
-        similarity = 0.0 if math.isnan(distance) else 1.0 - distance
-        matched = len(wanted.intersection(row["terms"] or ()))
-        lex_max = float(row.get("lex_max") or 0.0)
-        lex = float(row.get("lex") or 0.0) / lex_max if lex_max > 0 else 0.0
+    newest = max(distance)
+    wanted = max(1, len(params["q"]))
+    best = lexical.best_possible
+    ranked: list[tuple[float, int, float]] = []
+    for i in {*near, *with_ids, *lexical.top}:
+        similarity = 0.0 if math.isnan(distance[i]) else 1.0 - distance[i]
+        lex = lexical.score.get(i, 0.0) / best if best > 0 else 0.0
         # a turn whose content words the query already holds (an earlier question asked
         # the same way) tells the model nothing the query does not: an echo loses all, any
         # other turn by how far more than half of its words the query holds (sharing a few
         # is what relevant turns do)
-        share = float(row.get("share") or 0.0)
-        echo = 1.0 if row.get("echo") else max(0.0, share - 0.5) * 2.0
-        scored.append(
-            RecalledSnippet(
-                int(row["turn_index"]),
-                str(row["role"]),
-                str(row["content"]),
-                int(row["tokens"]),
-                similarity,
-                matched,
-                similarity
-                + boost * matched / max(1, len(wanted))
-                + lexical * lex
-                + value * (VALUE_TERM in (row["terms"] or ()))
-                + recent
-                * 0.5 ** ((int(row.get("newest") or 0) - int(row["turn_index"])) / half_life)
-                - redundant * echo,
-            )
+        echo = 1.0 if i in lexical.echo else max(0.0, lexical.share.get(i, 0.0) - 0.5) * 2.0
+        score = (
+            similarity
+            + boost * identifiers[i] / wanted
+            + lexical_weight * lex
+            + value * (i in values)
+            + recent * 0.5 ** ((newest - i) / half_life)
+            - redundant * echo
         )
-    scored.sort(key=lambda s: (-s.score, -s.index))
+        ranked.append((score, i, similarity))
+    ranked.sort(key=lambda r: (-r[0], -r[1]))
+    query_words = frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK))
     chosen: list[RecalledSnippet] = []
     left = token_budget
-    for snippet in scored:
+    for place, (score, i, similarity) in enumerate(ranked):
         if len(chosen) >= k:
             break
+        if i not in texts:  # the texts of the next few turns in score order, in one read
+            batch = [r[1] for r in ranked[place : place + 2 * k] if r[1] not in texts]
+            rows = yield Sql(_TEXTS, {**scope, "idx": batch})
+            texts.update({j: None for j in batch})  # a turn forgotten since is skipped
+            texts.update((int(r["turn_index"]), r) for r in rows)
+        row = texts[i]
+        if row is None:
+            continue
+        snippet = RecalledSnippet(
+            i,
+            str(row["role"]),
+            str(row["content"]),
+            int(row["tokens"]),
+            similarity,
+            identifiers[i],
+            score,
+        )
         if focus:
-            held = set(row_terms[snippet.index])
+            mine = held.get(i, set())
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
-                CONTEXT_MARK + w in held and LEXICAL_MARK + w not in held for w in query_words
+                CONTEXT_MARK + w in mine and LEXICAL_MARK + w not in mine for w in query_words
             )
             text_ = focused(snippet.text, query_words, keep_first=replies)
             if text_ != snippet.text:

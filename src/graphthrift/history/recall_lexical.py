@@ -1,9 +1,11 @@
 """The lexical side of recall: BM25 over the query's content words, with echoes set aside.
 
-The store returns every turn of the thread that shares a content word with the query (with
-its stored terms); this module scores them, in process, the way the SQL once did: computed
-in PostgreSQL the same scores took 8-25 ms on a 500-turn thread (per-row subqueries over
-CTEs whose size the planner cannot know), here well under a millisecond.
+The store returns the posting lists of the query's terms in the thread (which turns hold
+each) and each turn's count of its own content words; this module scores the turns that
+share a term with the query, in process, the way the SQL once did: computed in PostgreSQL
+the same scores took 8-25 ms on a 500-turn thread (per-row subqueries over CTEs whose size
+the planner cannot know), here about a millisecond. ``lexical_scores`` does the same from
+whole rows (each turn's terms and text), as recall once read them.
 
 - An **echo** is an earlier message phrased like the query: at least ``ECHO_SHARED`` of its
   content words are in the query, and more than half of them. Echoes score nothing.
@@ -22,13 +24,25 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from graphthrift.text.lexical import index_terms
 
-__all__ = ["CONTEXT_MARK", "ECHO_SHARED", "LEXICAL_MARK", "LexicalScores", "lexical_scores"]
+__all__ = [
+    "CONTEXT_MARK",
+    "ECHO_SHARED",
+    "LEXICAL_MARK",
+    "LexicalScores",
+    "Matches",
+    "bm25",
+    "lexical_scores",
+    "match_turns",
+    "phrasing_words",
+    "repeated_in_query",
+    "undecided_phrasing",
+]
 
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
 #: identifier of ``query_terms`` (which are matched exactly, without the mark).
@@ -53,6 +67,99 @@ class LexicalScores:
     top: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Matches:
+    """The turns that share a query term: the query's terms each holds, the share of its own
+    content words the query holds (where it holds any), and the echoes among them."""
+
+    held: Mapping[int, frozenset[str]]
+    share: Mapping[int, float]
+    echo: frozenset[int]
+
+
+def match_turns(held: Mapping[int, frozenset[str]], own: Mapping[int, int]) -> Matches:
+    """``held``: per turn sharing a query term, the query's terms (both marks) it holds;
+    ``own``: per turn, how many content words of its own (``LEXICAL_MARK``) it is indexed by.
+    A turn's share and echo flag are counted only where it holds one of the query's own
+    words."""
+    share: dict[int, float] = {}
+    echo: set[int] = set()
+    for index, terms in held.items():
+        shared = sum(1 for t in terms if t[0] == LEXICAL_MARK)
+        if shared:
+            mine = own[index]
+            share[index] = shared / mine
+            if shared >= ECHO_SHARED and shared * 2 > mine:
+                echo.add(index)
+    return Matches(held, share, frozenset(echo))
+
+
+def phrasing_words(matches: Matches) -> set[str]:
+    """The query's words (unmarked) that at least half of the echoes use, when there are two
+    echoes or more: the way questions are asked in this thread, not what this one needs."""
+    if len(matches.echo) < 2:
+        return set()
+    uses = Counter(t for i in matches.echo for t in matches.held[i] if t.startswith(LEXICAL_MARK))
+    return {t[1:] for t, k in uses.items() if k * 2 >= len(matches.echo)}
+
+
+def repeated_in_query(
+    echo_texts: Iterable[str], phrasing: set[str], query_counts: Mapping[str, int]
+) -> set[str]:
+    """The phrasing words the query uses more often than most of its echoes (their texts
+    ``echo_texts``) do."""
+    counts: dict[str, list[int]] = {t: [] for t in phrasing}
+    for content in echo_texts:
+        used = Counter(t.lower() for t in index_terms(content))
+        for t in phrasing:
+            counts[t].append(used[t])
+    return {
+        t for t in phrasing if counts[t] and query_counts.get(t, 0) > statistics.median(counts[t])
+    }
+
+
+def undecided_phrasing(
+    matches: Matches, phrasing: set[str], query_counts: Mapping[str, int] | None
+) -> set[str]:
+    """The phrasing words ``repeated_in_query`` must read the echoes' texts for.
+
+    An echo that does not hold a word uses it 0 times, one that holds it at least once. With
+    those least counts the median is the lowest it can be: a word the query uses no more
+    often than that is phrasing whatever the texts say (as when each echo holds it and the
+    query uses it once), so most recalls read no echo's text."""
+    if not phrasing or not query_counts:
+        return set()
+    undecided: set[str] = set()
+    for t in phrasing:
+        least = [1 if LEXICAL_MARK + t in matches.held[i] else 0 for i in matches.echo]
+        if query_counts.get(t, 0) > statistics.median(least):
+            undecided.add(t)
+    return undecided
+
+
+def bm25(
+    matches: Matches,
+    phrasing: set[str],
+    total: int,
+    distance: Mapping[int, float],
+    n: int,
+) -> LexicalScores:
+    """Score the matched turns (``phrasing`` words set aside); ``total`` is the thread's turn
+    count (for idf), ``distance`` each turn's embedding distance (NaN for a text without
+    tokens, ranked last), for ties, and then the earlier turn."""
+    df = Counter(t for held in matches.held.values() for t in held if t[1:] not in phrasing)
+    idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
+    weight = {t: x / 2 if t.startswith(CONTEXT_MARK) else x for t, x in idf.items()}
+    score = {i: sum(weight[t] for t in held if t in weight) for i, held in matches.held.items()}
+    far = {i: math.inf if math.isnan(distance[i]) else distance[i] for i in matches.held}
+    top = sorted(
+        (i for i, s in score.items() if s > 0 and i not in matches.echo),
+        key=lambda i: (-score[i], far[i], i),
+    )[:n]
+    best = sum(x for t, x in idf.items() if t.startswith(LEXICAL_MARK))
+    return LexicalScores(score, matches.share, matches.echo, best, tuple(top))
+
+
 def lexical_scores(
     rows: Sequence[Mapping[str, Any]],
     query_terms: Sequence[str],
@@ -64,59 +171,20 @@ def lexical_scores(
     ``content``); ``query_terms`` are the query's content words in both marks, ``total`` the
     thread's turn count (for idf), ``query_counts`` how often the query uses each content
     word (a word the query uses more often than its echoes do is need as well as phrasing:
-    "Quick check ...: what was the check out date ...")."""
+    "Quick check ...: what was the check out date ...").
+
+    The one-read form (every matching turn with its terms and text); recall itself reads
+    only the query's terms' postings (``match_turns``, ``phrasing_words``, ``bm25``)."""
     asked = set(query_terms)
-    matched: dict[int, set[str]] = {}
-    share: dict[int, float] = {}
-    echo: set[int] = set()
-    for row in rows:
-        terms = row["terms"] or ()
-        index = int(row["turn_index"])
-        held = asked.intersection(terms)
-        matched[index] = held
-        shared = sum(1 for t in held if t[0] == LEXICAL_MARK)
-        if shared:  # the turn's own words are counted only where the query holds some
-            own = sum(1 for t in terms if t[0] == LEXICAL_MARK)
-            share[index] = shared / own
-            if shared >= ECHO_SHARED and shared * 2 > own:
-                echo.add(index)
-    phrasing: set[str] = set()
-    if len(echo) >= 2:
-        uses = Counter(t for i in echo for t in matched[i] if t.startswith(LEXICAL_MARK))
-        phrasing = {t[1:] for t, k in uses.items() if k * 2 >= len(echo)}
-        if query_counts:
-            phrasing -= _repeated_in_query(rows, echo, phrasing, query_counts)
-    df = Counter(t for held in matched.values() for t in held if t[1:] not in phrasing)
-    idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
-    score = {
-        i: sum(idf[t] / 2 if t.startswith(CONTEXT_MARK) else idf[t] for t in held if t in idf)
-        for i, held in matched.items()
+    by_index = {int(row["turn_index"]): row for row in rows}
+    held = {i: frozenset(asked.intersection(row["terms"] or ())) for i, row in by_index.items()}
+    own = {
+        i: sum(1 for t in row["terms"] or () if t[0] == LEXICAL_MARK) for i, row in by_index.items()
     }
-    # a text without tokens embeds as a zero vector, whose cosine distance is NaN: last
-    distance = {
-        int(r["turn_index"]): math.inf if math.isnan(float(r["d"])) else float(r["d"]) for r in rows
-    }
-    top = sorted(
-        (i for i, s in score.items() if s > 0 and i not in echo),
-        key=lambda i: (-score[i], distance[i]),
-    )[:n]
-    best = sum(x for t, x in idf.items() if t.startswith(LEXICAL_MARK))
-    return LexicalScores(score, share, frozenset(echo), best, tuple(top))
-
-
-def _repeated_in_query(
-    rows: Sequence[Mapping[str, Any]],
-    echo: set[int],
-    phrasing: set[str],
-    query_counts: Mapping[str, int],
-) -> set[str]:
-    """The phrasing words the query uses more often than most of its echoes do."""
-    counts: dict[str, list[int]] = {t: [] for t in phrasing}
-    for row in rows:
-        if int(row["turn_index"]) in echo:
-            used = Counter(t.lower() for t in index_terms(str(row.get("content") or "")))
-            for t in phrasing:
-                counts[t].append(used[t])
-    return {
-        t for t in phrasing if counts[t] and query_counts.get(t, 0) > statistics.median(counts[t])
-    }
+    matches = match_turns(held, own)
+    phrasing = phrasing_words(matches)
+    if phrasing and query_counts:
+        texts = [str(by_index[i].get("content") or "") for i in matches.echo]
+        phrasing -= repeated_in_query(texts, phrasing, query_counts)
+    distance = {i: float(row["d"]) for i, row in by_index.items()}
+    return bm25(matches, phrasing, total, distance, n)

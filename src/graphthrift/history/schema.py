@@ -5,7 +5,15 @@ kept verbatim so that recall can bring it back. Every row carries what it may be
 into (tenant_id, thread_id); a lookup filters on both with indexed equality before anything
 else. ``embedding`` is an untyped ``vector`` so that embedders of any size share the table
 (``embedding_model`` keeps vectors of different models apart); ``terms`` holds the text's
-lower-cased words, for the exact match of identifiers and numbers in hybrid retrieval.
+lower-cased words, for the exact match of identifiers and numbers in hybrid retrieval, and
+its content words (``own_terms`` counts those of its own text).
+
+``graphthrift_folded_terms`` (migration 51) inverts ``terms`` per thread: one row per
+(tenant, thread, embedding model, term) with the turns that hold it, written in the same
+statement as the turns. Recall reads only the rows of the query's terms, so the thread's
+document frequencies and each turn's matches come without reading any turn's terms or text
+(the few chosen turns' texts are read after scoring). Every row carries its tenant and
+thread like the turns it indexes.
 
 There is no HNSW index by default: every recall is filtered to one thread, whose few hundred
 to few thousand turns the (tenant, thread) index finds and an exact scan scores faster than
@@ -18,6 +26,8 @@ from __future__ import annotations
 from graphthrift.store.migration import Migration
 
 FOLDED_TURNS_TABLE = "graphthrift_folded_turns"
+#: Per thread, each stored term's posting list: the turns (``turn_index``) that hold it.
+FOLDED_TERMS_TABLE = "graphthrift_folded_terms"
 
 
 def folded_hnsw_index_sql(dim: int) -> str:
@@ -56,6 +66,33 @@ HISTORY_MIGRATIONS: tuple[Migration, ...] = (
             # the (tenant, thread) prefix serves every recall's filter
             f"CREATE UNIQUE INDEX IF NOT EXISTS {FOLDED_TURNS_TABLE}_turn ON {FOLDED_TURNS_TABLE}"
             " (tenant_id, thread_id, embedding_model, turn_index)",
+        ),
+    ),
+    Migration(
+        51,
+        "folded turns: posting lists per thread, own content-word counts",
+        (
+            f"ALTER TABLE {FOLDED_TURNS_TABLE} ADD COLUMN IF NOT EXISTS own_terms integer"
+            " NOT NULL DEFAULT 0",
+            # backfill: the turn's content words of its own text (marked '~')
+            f"UPDATE {FOLDED_TURNS_TABLE} SET own_terms ="
+            " (SELECT count(*) FROM unnest(terms) AS t WHERE left(t, 1) = '~')",
+            f"""
+            CREATE TABLE IF NOT EXISTS {FOLDED_TERMS_TABLE} (
+                tenant_id text NOT NULL,
+                thread_id text NOT NULL,
+                embedding_model text NOT NULL,
+                term text NOT NULL,
+                turns integer[] NOT NULL,
+                PRIMARY KEY (tenant_id, thread_id, embedding_model, term)
+            )
+            """,
+            # backfill: the posting lists of the turns already kept
+            f"INSERT INTO {FOLDED_TERMS_TABLE} (tenant_id, thread_id, embedding_model, term, turns)"
+            " SELECT tenant_id, thread_id, embedding_model, t, array_agg(turn_index ORDER BY turn_index)"
+            f" FROM {FOLDED_TURNS_TABLE}, unnest(terms) AS t"
+            " GROUP BY tenant_id, thread_id, embedding_model, t"
+            " ON CONFLICT (tenant_id, thread_id, embedding_model, term) DO NOTHING",
         ),
     ),
 )
