@@ -264,3 +264,30 @@ def test_report_over_whole_days_reads_daily_rollups_and_agrees(ledger: Ledger, t
     for a, b in zip(daily, hourly, strict=True):
         for key in a:
             assert a[key] == (pytest.approx(b[key]) if isinstance(b[key], float) else b[key])
+
+
+def test_a_report_filtered_on_a_tag_too_long_for_a_key_finds_it_in_the_rollups(
+    ledger: Ledger, tenant: str
+) -> None:
+    """The rollups key a tag over 128 bytes by its head and md5: a filter on it must be
+    keyed the same way (it found nothing there, while raw rows found the calls)."""
+    feature = f"{tenant}-" + "é" * 200
+    for hour in range(3):
+        ledger.record(
+            LedgerRecord(
+                ts=_BASE + timedelta(hours=hour, minutes=5),
+                tenant_id=tenant,
+                feature=feature,
+                model="gpt-4o-mini",
+                cost_usd=0.01,
+            )
+        )
+    ledger.flush()
+    since, until = _BASE, _BASE + timedelta(hours=3)
+    assert rollups_answer(["tenant_id"], since, until, {"feature": feature})
+    [rolled] = ledger.report(["tenant_id"], since=since, until=until, feature=feature)
+    [raw] = ledger.report(
+        ["tenant_id"], since=since + timedelta(minutes=1), until=until, feature=feature
+    )
+    assert rolled["requests"] == raw["requests"] == 3
+    assert rolled["cost_usd"] == pytest.approx(0.03)

@@ -12,11 +12,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import case, cast, func, literal_column, select, text
+from sqlalchemy import Text, case, cast, func, literal, literal_column, select, text
 
 from graphthrift.errors import UnknownReportKey
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
-from graphthrift.ledger.schema import ROLLUP_TAGS, daily_table, ledger_table, rollup_table
+from graphthrift.ledger.schema import (
+    ROLLUP_TAGS,
+    TAG_KEY_BYTES,
+    daily_table,
+    ledger_table,
+    rollup_table,
+)
 from graphthrift.store.postgres import Store
 
 REPORT_KEYS: tuple[str, ...] = (*TAG_FIELDS, "day", "kind", "layer")
@@ -336,13 +342,23 @@ def _rollup_report(
     r = table.c
     groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
     conds: list[Any] = [
-        r[key].is_(None) if value is None else r[key] == value for key, value in filters.items()
+        r[key].is_(None) if value is None else r[key] == _as_keyed(value)
+        for key, value in filters.items()
     ]
     if since is not None:
         conds.append(r.hour >= _aware(since, "since"))
     if until is not None:
         conds.append(r.hour < _aware(until, "until"))
     return _report_select({c.name: c for c in r}, groups, conds)
+
+
+def _as_keyed(value: Any) -> Any:
+    """``value`` as the rollups key a tag (``schema.bounded_tag``): a tag over
+    ``TAG_KEY_BYTES`` is its first 40 characters and its md5 there, so a filter on it must
+    be too, or the rollups answer nothing for it while raw rows answer."""
+    v = cast(literal(value), Text)
+    head = func.concat(func.left(v, 40), "...md5:", func.md5(v))
+    return case((func.octet_length(v) > TAG_KEY_BYTES, head), else_=v)
 
 
 def _report_select(source: dict[str, Any], groups: list[Any], conds: list[Any]) -> Any:
