@@ -5,6 +5,8 @@ dropped with the raw months retention drops."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -326,16 +328,27 @@ _OLD_ROWS = """
 """
 
 
-def test_migration_backfills_task_rollups_and_outcomes_from_existing_rows(
-    store: Store, tmp_path: Path
-) -> None:
+@contextmanager
+def _migrated(store: Store, tmp_path: Path, rows: str) -> Iterator[Store]:
+    """A database of its own written before migration 7 (``rows``, SQL), then opened by
+    this version: the per-task rollups are built from what it held."""
     with scratch_database(store.url) as (url, _):
         engine = create_engine(url)
         with engine.begin() as conn:
             apply_migrations(conn, [m for m in MIGRATIONS if m.version < 7])
-            conn.execute(text(_OLD_ROWS))
+            conn.execute(text(rows))
         engine.dispose()
         migrated = Store(url, home=tmp_path)
+        try:
+            yield migrated
+        finally:
+            migrated.close()
+
+
+def test_migration_backfills_task_rollups_and_outcomes_from_existing_rows(
+    store: Store, tmp_path: Path
+) -> None:
+    with _migrated(store, tmp_path, _OLD_ROWS) as migrated:
         with migrated.connect() as conn:
             raw = _from_raw(conn, "old")
             rolled = _from_rollups(conn, "old")
@@ -360,7 +373,6 @@ def test_migration_backfills_task_rollups_and_outcomes_from_existing_rows(
             after_raw = _from_raw(conn, "old")
             after_rolled = _from_rollups(conn, "old")
         ledger.close()
-        migrated.close()
     assert len(runs) == 120 and held == runs
     assert rolled == raw and len(rolled) > 100
     assert sum(r["tasks"] for r in rows) == 120
@@ -370,13 +382,8 @@ def test_migration_backfills_task_rollups_and_outcomes_from_existing_rows(
 def test_retention_drops_the_task_rollups_of_the_months_it_drops(
     store: Store, tmp_path: Path
 ) -> None:
-    with scratch_database(store.url) as (url, _):
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            apply_migrations(conn, [m for m in MIGRATIONS if m.version < 7])
-            conn.execute(text(_OLD_ROWS.replace("7 minutes", "3 hours")))  # Jan to Mar
-        engine.dispose()
-        migrated = Store(url, home=tmp_path)
+    january_to_march = _OLD_ROWS.replace("7 minutes", "3 hours")
+    with _migrated(store, tmp_path, january_to_march) as migrated:
         before = cost_per_task(migrated, [], tenant_id="old")
         maintain_partitions(
             migrated, retention_months=1, ahead_months=0, now=datetime(2026, 3, 5, tzinfo=UTC)
@@ -393,7 +400,6 @@ def test_retention_drops_the_task_rollups_of_the_months_it_drops(
                     " WHERE kind <> 'task' AND tenant_id = 'old'"
                 )
             ).scalar()
-        migrated.close()
     cutoff = datetime(2026, 2, 1, tzinfo=UTC)
     assert oldest >= cutoff and oldest_outcome >= cutoff
     assert before[0]["tasks"] == 120

@@ -12,13 +12,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Date as SADate
-from sqlalchemy import Text, case, cast, func, literal, literal_column, select, text
+from sqlalchemy import case, cast, func, literal_column, select, text
 
 from graphthrift.errors import UnknownReportKey
 from graphthrift.ledger.records import RECORD_COLUMNS, TAG_FIELDS, TOKEN_FIELDS
 from graphthrift.ledger.schema import (
     ROLLUP_TAGS,
-    TAG_KEY_BYTES,
+    bounded_value,
     daily_table,
     ledger_table,
     rollup_table,
@@ -239,7 +239,7 @@ def _run_report(
         return _fetch(conn, _rollup_report(by, since, until, filters, daily_table))
     if rollups_answer(by, since, until, filters):
         return _fetch(conn, _rollup_report(by, since, until, filters))
-    lo = None if since is None else _ceil_hour(_aware(since, "since"))
+    lo = None if since is None else ceil_hour(_aware(since, "since"))
     hi = None if until is None else _floor_hour(_aware(until, "until"))
     if lo is not None and hi is not None and lo >= hi:  # under two hours: raw rows are few
         return _fetch(conn, _raw_report(by, since, until, filters))
@@ -293,7 +293,8 @@ def _merge(parts: list[list[dict[str, Any]]], by: list[str]) -> list[dict[str, A
     return rows
 
 
-def _ceil_hour(value: datetime) -> datetime:
+def ceil_hour(value: datetime) -> datetime:
+    """``value`` if on the hour, else the next whole hour (UTC)."""
     floor = _floor_hour(value)
     return floor if floor == value else floor + timedelta(hours=1)
 
@@ -342,7 +343,7 @@ def _rollup_report(
     r = table.c
     groups = [_group(r.hour, k) if k == "day" else r[k].label(k) for k in by]
     conds: list[Any] = [
-        r[key].is_(None) if value is None else r[key] == _as_keyed(value)
+        r[key].is_(None) if value is None else r[key] == bounded_value(value)
         for key, value in filters.items()
     ]
     if since is not None:
@@ -350,15 +351,6 @@ def _rollup_report(
     if until is not None:
         conds.append(r.hour < _aware(until, "until"))
     return _report_select({c.name: c for c in r}, groups, conds)
-
-
-def _as_keyed(value: Any) -> Any:
-    """``value`` as the rollups key a tag (``schema.bounded_tag``): a tag over
-    ``TAG_KEY_BYTES`` is its first 40 characters and its md5 there, so a filter on it must
-    be too, or the rollups answer nothing for it while raw rows answer."""
-    v = cast(literal(value), Text)
-    head = func.concat(func.left(v, 40), "...md5:", func.md5(v))
-    return case((func.octet_length(v) > TAG_KEY_BYTES, head), else_=v)
 
 
 def _report_select(source: dict[str, Any], groups: list[Any], conds: list[Any]) -> Any:

@@ -3,6 +3,9 @@ per-task rollups of version 7 are in ``graphthrift.ledger.task_rollups``)."""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -186,12 +189,27 @@ raw row keeps it whole, and the rollup key stays far below PostgreSQL's index ro
 10 MB tag made every batch that carried it fail)."""
 
 
+_TAG_HEAD_CHARS = 40
+_TAG_MD5_MARK = "...md5:"
+
+
 def bounded_tag(column: str) -> str:
     """SQL for ``column`` as the rollups key it: itself, or its head and md5 when too long."""
     return (
         f"CASE WHEN octet_length({column}) > {TAG_KEY_BYTES}"
-        f" THEN left({column}, 40) || '...md5:' || md5({column}) ELSE {column} END"
+        f" THEN left({column}, {_TAG_HEAD_CHARS}) || '{_TAG_MD5_MARK}' || md5({column})"
+        f" ELSE {column} END"
     )
+
+
+def bounded_value(value: Any) -> Any:
+    """``value`` as ``bounded_tag`` keys it (the same rule, in Python): what a filter on a
+    rolled-up tag compares with, since a tag over ``TAG_KEY_BYTES`` is its head and md5
+    there. Anything but a string is returned as it is."""
+    if not isinstance(value, str) or len(value.encode()) <= TAG_KEY_BYTES:
+        return value
+    digest = hashlib.md5(value.encode(), usedforsecurity=False).hexdigest()
+    return value[:_TAG_HEAD_CHARS] + _TAG_MD5_MARK + digest
 
 
 def rollup_insert(source: str, table: str = ROLLUP_TABLE, unit: str = "hour") -> str:
@@ -215,6 +233,21 @@ def rollup_insert(source: str, table: str = ROLLUP_TABLE, unit: str = "hour") ->
         ORDER BY {order}
         ON CONFLICT ({_KEY}) DO UPDATE SET {updates}
     """
+
+
+def rollup_trigger_function(*inserts: str) -> str:
+    """SQL that (re)defines the function of the ledger's insert trigger to run ``inserts``
+    (each a statement over the transition table ``new_rows``) for every batch written:
+    each rollup migration redefines it with one more."""
+    body = "".join(f"\n                {insert};" for insert in inserts)
+    return f"""
+            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
+            LANGUAGE plpgsql AS $body$
+            BEGIN{body}
+                RETURN NULL;
+            END
+            $body$
+            """
 
 
 _ROLLUP_COLUMNS = ",\n".join(
@@ -241,15 +274,7 @@ LEDGER_MIGRATIONS = (
             f"CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} ({_ROLLUP_COLUMNS})",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {ROLLUP_TABLE}_key ON {ROLLUP_TABLE} ({_KEY})",
             f"CREATE INDEX IF NOT EXISTS {ROLLUP_TABLE}_hour ON {ROLLUP_TABLE} (hour)",
-            f"""
-            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
-            LANGUAGE plpgsql AS $body$
-            BEGIN
-                {rollup_insert("new_rows")};
-                RETURN NULL;
-            END
-            $body$
-            """,
+            rollup_trigger_function(rollup_insert("new_rows")),
             f"DROP TRIGGER IF EXISTS {ROLLUP_TABLE}_add ON {LEDGER_TABLE}",
             f"""
             CREATE TRIGGER {ROLLUP_TABLE}_add AFTER INSERT ON {LEDGER_TABLE}
@@ -351,16 +376,9 @@ LEDGER_MIGRATIONS = (
             f"CREATE TABLE IF NOT EXISTS {DAILY_TABLE} ({_ROLLUP_COLUMNS})",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {DAILY_TABLE}_key ON {DAILY_TABLE} ({_KEY})",
             f"CREATE INDEX IF NOT EXISTS {DAILY_TABLE}_hour ON {DAILY_TABLE} (hour)",
-            f"""
-            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
-            LANGUAGE plpgsql AS $body$
-            BEGIN
-                {rollup_insert("new_rows")};
-                {rollup_insert("new_rows", DAILY_TABLE, "day")};
-                RETURN NULL;
-            END
-            $body$
-            """,
+            rollup_trigger_function(
+                rollup_insert("new_rows"), rollup_insert("new_rows", DAILY_TABLE, "day")
+            ),
             f"DELETE FROM {DAILY_TABLE}",
             f"""
             INSERT INTO {DAILY_TABLE} (hour, {", ".join(ROLLUP_TAGS)},

@@ -24,10 +24,10 @@ from graphthrift.ledger.schema import (
     DAILY_TABLE,
     LEDGER_TABLE,
     NULL_KEY,
-    ROLLUP_TABLE,
     bounded_tag,
     metadata,
     rollup_insert,
+    rollup_trigger_function,
 )
 from graphthrift.store.migration import Migration
 
@@ -206,18 +206,12 @@ TASK_ROLLUP_MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             f"CREATE INDEX IF NOT EXISTS {TASK_OUTCOME_TABLE}_ts ON {TASK_OUTCOME_TABLE} (ts)",
-            f"""
-            CREATE OR REPLACE FUNCTION {ROLLUP_TABLE}_add() RETURNS trigger
-            LANGUAGE plpgsql AS $body$
-            BEGIN
-                {rollup_insert("new_rows")};
-                {rollup_insert("new_rows", DAILY_TABLE, "day")};
-                {task_rollup_insert("new_rows")};
-                {outcome_upsert("new_rows")};
-                RETURN NULL;
-            END
-            $body$
-            """,
+            rollup_trigger_function(
+                rollup_insert("new_rows"),
+                rollup_insert("new_rows", DAILY_TABLE, "day"),
+                task_rollup_insert("new_rows"),
+                outcome_upsert("new_rows"),
+            ),
             # a big ledger's backfill groups millions of runs: let it hash and sort in memory
             "SET LOCAL work_mem = '256MB'",
             f"DELETE FROM {TASK_ROLLUP_TABLE}",

@@ -20,7 +20,7 @@ figures, slower).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,10 +32,11 @@ from graphthrift.ledger.query import (
     RAW_REPORT_MAX_ROWS,
     ReportRange,
     bounded_range,
+    ceil_hour,
     on_the_hour,
 )
 from graphthrift.ledger.records import LedgerRecord
-from graphthrift.ledger.schema import LEDGER_TABLE, bounded_tag
+from graphthrift.ledger.schema import LEDGER_TABLE, bounded_tag, bounded_value
 from graphthrift.ledger.task_rollups import (
     TASK_KEYS,
     TASK_ROLLUP_TABLE,
@@ -162,15 +163,13 @@ def task_range(
     """``bounded_range`` for a task report: on a big ledger, the last 24 whole hours up to
     the end of the current one, so that the read stays on the hour and the per-task rollups
     answer it (a bound ending at an odd minute would read raw rows)."""
-    end = (now or datetime.now(UTC)).astimezone(UTC)
-    hour = end.replace(minute=0, second=0, microsecond=0)
     return bounded_range(
         conn,
         what,
         since,
         until,
         max_raw_rows=max_raw_rows,
-        now=hour if hour == end else hour + timedelta(hours=1),
+        now=ceil_hour(now or datetime.now(UTC)),
         reason="reads a row per task and hour",
     )
 
@@ -189,9 +188,8 @@ def _source(
     hourly = on_the_hour(since) and on_the_hour(until)
     clauses = [f"{task} IS NOT NULL"]
     for n, (key, value) in enumerate(filters.items()):  # keys checked: check_task_report
-        wanted = bounded_tag(f"CAST(:f{n} AS text)") if hourly else f":f{n}"
-        clauses.append(f"{key} = {wanted}")
-        params[f"f{n}"] = value
+        clauses.append(f"{key} = :f{n}")
+        params[f"f{n}"] = bounded_value(value) if hourly else value
     column = "hour" if hourly else "ts"
     if since is not None:
         clauses.append(f"{column} >= :since")
