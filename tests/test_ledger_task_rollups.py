@@ -5,6 +5,7 @@ dropped with the raw months retention drops."""
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cache_helpers import scratch_database
-from graphthrift import Ledger, LedgerRecord, Store
+from graphthrift import Ledger, LedgerRecord, Store, diagnostics
 from graphthrift.ledger.partitions import maintain_partitions
 from graphthrift.ledger.query import on_the_hour
+from graphthrift.ledger.task_compaction import compact_task_rollups
 from graphthrift.ledger.task_rollups import (
+    TASK_COMPACTED_TABLE,
     TASK_OUTCOME_TABLE,
     TASK_ROLLUP_TABLE,
     TASK_SUMS,
@@ -38,10 +41,13 @@ def _rounded(values: Any) -> tuple[Any, ...]:
 
 
 def _from_rollups(conn: Any, tenant: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    sums = ", ".join(name for name, _ in TASK_SUMS)
+    """The rollups summed per key: a key has a row per batch until its hour is merged."""
+    keys = ", ".join(_KEYS)
+    sums = ", ".join(f"sum({name})" for name, _ in TASK_SUMS)
     rows = conn.execute(
         text(
-            f"SELECT hour, {', '.join(_KEYS)}, {sums} FROM {TASK_ROLLUP_TABLE} WHERE tenant_id = :t"
+            f"SELECT hour, {keys}, {sums} FROM {TASK_ROLLUP_TABLE} WHERE tenant_id = :t"
+            f" GROUP BY hour, {keys}"
         ),
         {"t": tenant},
     )
@@ -453,3 +459,181 @@ def test_calls_that_name_no_tenant_take_their_id_outcome_from_any_tenant(
 def test_compare_refuses_a_filter_on_the_dimension_it_compares(store: Store) -> None:
     with pytest.raises(ValueError, match="compare by prompt_version takes its two values"):
         compare(store, "prompt_version", ["v0", "v1"], prompt_version="v0")
+
+
+# -- appended rows, merged once their hour closes (migration 8) ----------------------------
+
+
+@contextmanager
+def _scratch(store: Store, tmp_path: Path) -> Iterator[Store]:
+    """A database of its own, so that no other test has merged (and marked) its hours."""
+    with scratch_database(store.url) as (url, _):
+        scratch = Store(url, home=tmp_path)
+        try:
+            yield scratch
+        finally:
+            scratch.close()
+
+
+def _rounded_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row with its sums rounded: merging adds the same numbers in another order."""
+    return {k: round(v, 9) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _row_counts(conn: Any) -> tuple[int, int]:
+    """Rows held, and the distinct keys they hold."""
+    keys = ", ".join(f"coalesce({k}, '-')" for k in ("hour::text", *_KEYS))
+    return tuple(  # type: ignore[return-value]
+        conn.execute(
+            text(f"SELECT count(*), count(DISTINCT ({keys})) FROM {TASK_ROLLUP_TABLE}")
+        ).one()
+    )
+
+
+def test_merging_closed_hours_leaves_one_row_per_key_and_the_same_figures(
+    store: Store, tmp_path: Path, tenant: str
+) -> None:
+    with _scratch(store, tmp_path) as db:
+        ledger = Ledger(db, batch_size=23, flush_interval=0.01)
+        ledger.record_many(_records(tenant, 0, 400))
+        ledger.close()
+        with db.connect() as conn:
+            appended, keys = _row_counts(conn)
+        before = cost_per_task(db, ["prompt_version"], tenant_id=tenant)
+        removed = compact_task_rollups(db, now=_BASE + timedelta(hours=6))
+        again = compact_task_rollups(db, now=_BASE + timedelta(hours=6))
+        with db.connect() as conn:
+            merged, merged_keys = _row_counts(conn)
+            marked = conn.execute(text(f"SELECT count(*) FROM {TASK_COMPACTED_TABLE}")).scalar()
+        after = cost_per_task(db, ["prompt_version"], tenant_id=tenant)
+        # a late batch into a merged hour stays beside the merged row, and still counts
+        late = Ledger(db)
+        late.record(
+            LedgerRecord(
+                tenant_id=tenant,
+                run_id="run-1",
+                thread_id="th-0",
+                prompt_version="v1",
+                feature="f1",
+                model="gpt-4o",
+                cost_usd=0.5,
+                ts=_BASE,
+            )
+        )
+        late.close()
+        with db.connect() as conn:
+            late_rows, _ = _row_counts(conn)
+            assert _from_rollups(conn, tenant) == _from_raw(conn, tenant)
+    assert appended > keys  # a key's calls in several batches are appended, not upserted
+    assert removed == appended - keys and merged == merged_keys == keys
+    assert again == 0 and marked == 5  # the five hours written, each merged once
+    assert [_rounded_row(r) for r in after] == [_rounded_row(r) for r in before]
+    assert late_rows == merged + 1
+
+
+def test_merging_while_writers_write_loses_and_counts_nothing_twice(
+    store: Store, tmp_path: Path, tenant: str
+) -> None:
+    with _scratch(store, tmp_path) as db:
+        done = threading.Event()
+        merges: list[int] = []
+
+        def merge_again_and_again() -> None:
+            while not done.is_set():
+                with db.connect() as conn:
+                    conn.execute(text(f"DELETE FROM {TASK_COMPACTED_TABLE}"))
+                merges.append(compact_task_rollups(db, now=_BASE + timedelta(hours=6)))
+
+        merger = threading.Thread(target=merge_again_and_again)
+        merger.start()
+        try:
+            write_from_processes(db, tenant, "test_ledger_task_rollups:writer_records", 4)
+        finally:
+            done.set()
+            merger.join()
+        with db.connect() as conn:
+            raw = _from_raw(conn, tenant)
+            rolled = _from_rollups(conn, tenant)
+    assert len(merges) > 1 and sum(merges) > 0
+    assert rolled == raw and sum(v[0] for v in raw.values()) > 4 * 200
+
+
+def test_a_writer_merges_the_hours_that_closed_once_an_hour(
+    store: Store, tmp_path: Path, tenant: str
+) -> None:
+    earlier = datetime.now(UTC) - timedelta(hours=2)
+    with _scratch(store, tmp_path) as db:
+        with db.connect() as conn:  # as if a writer had merged up to now: nothing merges yet
+            conn.execute(
+                text(
+                    f"INSERT INTO {TASK_COMPACTED_TABLE} SELECT generate_series("
+                    " date_trunc('hour', now(), 'UTC') - interval '24 hours',"
+                    " date_trunc('hour', now(), 'UTC') - interval '1 hour', interval '1 hour')"
+                )
+            )
+        first = Ledger(db, batch_size=1, flush_interval=0.01)
+        for i in range(6):
+            first.record(
+                LedgerRecord(
+                    tenant_id=tenant,
+                    run_id="run-a",
+                    cost_usd=0.01,
+                    ts=earlier + timedelta(seconds=i),
+                )
+            )
+            first.flush()
+        first.close()
+        with db.connect() as conn:
+            appended, _ = _row_counts(conn)
+            conn.execute(text(f"DELETE FROM {TASK_COMPACTED_TABLE}"))
+        second = Ledger(db)
+        second.record(LedgerRecord(tenant_id=tenant, run_id="run-b", cost_usd=0.01))
+        second.close()
+        with db.connect() as conn:
+            merged, keys = _row_counts(conn)
+            spend = _from_rollups(conn, tenant)
+    assert appended == 6 and merged == keys == 2  # run-a in six batches; then run-b
+    assert sorted(round(v[1], 6) for v in spend.values()) == [0.01, 0.06]
+
+
+def test_migration_8_appends_beside_rows_upserted_before_it(store: Store, tmp_path: Path) -> None:
+    with scratch_database(store.url) as (url, _):
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            apply_migrations(conn, [m for m in MIGRATIONS if m.version < 8])
+            conn.execute(text(_OLD_ROWS))
+            conn.execute(text(_OLD_ROWS))  # upserted onto the same keys
+        engine.dispose()
+        migrated = Store(url, home=tmp_path)
+        try:
+            with migrated.connect() as conn:
+                upserted, upserted_keys = _row_counts(conn)
+                conn.execute(text(_OLD_ROWS))  # appended beside them from now on
+                appended, keys = _row_counts(conn)
+                index = conn.execute(
+                    text("SELECT to_regclass(:i)"), {"i": f"{TASK_ROLLUP_TABLE}_key"}
+                ).scalar()
+                assert _from_rollups(conn, "old") == _from_raw(conn, "old")
+        finally:
+            migrated.close()
+    assert upserted == upserted_keys == keys and appended == 2 * keys
+    assert index is None
+
+
+def test_a_failed_merge_is_counted_and_the_ledger_writes_on(
+    store: Store, tmp_path: Path, tenant: str
+) -> None:
+    with _scratch(store, tmp_path) as db:
+        with db.connect() as conn:  # the merge fails for want of its marker table
+            conn.execute(text(f"DROP TABLE {TASK_COMPACTED_TABLE}"))
+        failures = diagnostics.get("ledger_compaction_failure")
+        ledger = Ledger(db)
+        ledger.record(LedgerRecord(tenant_id=tenant, run_id="run-a", cost_usd=0.01))
+        ledger.close()
+        with db.connect() as conn:
+            written = conn.execute(
+                text("SELECT count(*) FROM graphthrift_ledger WHERE tenant_id = :t"),
+                {"t": tenant},
+            ).scalar()
+    assert diagnostics.get("ledger_compaction_failure") == failures + 1
+    assert written == 1

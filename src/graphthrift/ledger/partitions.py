@@ -17,7 +17,11 @@ from sqlalchemy import text
 
 from graphthrift.errors import ConfigError
 from graphthrift.ledger.schema import ADD_MONTH_FUNCTION, DEFAULT_PARTITION, LEDGER_TABLE
-from graphthrift.ledger.task_rollups import TASK_OUTCOME_TABLE, TASK_ROLLUP_TABLE
+from graphthrift.ledger.task_rollups import (
+    TASK_COMPACTED_TABLE,
+    TASK_OUTCOME_TABLE,
+    TASK_ROLLUP_TABLE,
+)
 from graphthrift.store.postgres import Store
 
 __all__ = ["PartitionReport", "check_retention", "maintain_partitions"]
@@ -84,6 +88,7 @@ def maintain_partitions(
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MAINTAIN_LOCK})
             conn.execute(text(f"DELETE FROM {TASK_ROLLUP_TABLE} WHERE hour < :c"), {"c": start})
             conn.execute(text(f"DELETE FROM {TASK_OUTCOME_TABLE} WHERE ts < :c"), {"c": start})
+            conn.execute(text(f"DELETE FROM {TASK_COMPACTED_TABLE} WHERE hour < :c"), {"c": start})
     return PartitionReport(created=created, dropped=dropped, deleted_rows=deleted)
 
 
