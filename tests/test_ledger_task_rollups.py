@@ -561,7 +561,7 @@ def test_merging_while_writers_write_loses_and_counts_nothing_twice(
 def test_a_writer_merges_the_hours_that_closed_once_an_hour(
     store: Store, tmp_path: Path, tenant: str
 ) -> None:
-    earlier = datetime.now(UTC) - timedelta(hours=2)
+    earlier = datetime.now(UTC).replace(minute=10, second=0) - timedelta(hours=2)
     with _scratch(store, tmp_path) as db:
         with db.connect() as conn:  # as if a writer had merged up to now: nothing merges yet
             conn.execute(
@@ -608,6 +608,12 @@ def test_migration_8_appends_beside_rows_upserted_before_it(store: Store, tmp_pa
         try:
             with migrated.connect() as conn:
                 upserted, upserted_keys = _row_counts(conn)
+                hours, marked = conn.execute(
+                    text(
+                        f"SELECT (SELECT count(DISTINCT hour) FROM {TASK_ROLLUP_TABLE}),"
+                        f" (SELECT count(*) FROM {TASK_COMPACTED_TABLE})"
+                    )
+                ).one()
                 conn.execute(text(_OLD_ROWS))  # appended beside them from now on
                 appended, keys = _row_counts(conn)
                 index = conn.execute(
@@ -618,6 +624,7 @@ def test_migration_8_appends_beside_rows_upserted_before_it(store: Store, tmp_pa
             migrated.close()
     assert upserted == upserted_keys == keys and appended == 2 * keys
     assert index is None
+    assert marked == hours > 1  # hours upserted before hold a row per key: none to merge
 
 
 def test_a_failed_merge_is_counted_and_the_ledger_writes_on(

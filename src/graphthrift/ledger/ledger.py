@@ -120,6 +120,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         self._closed = False
         self._failing = False  # the last write attempt failed for an outage
         self._merged_hour: int | None = None  # the hour this writer last merged rollups in
+        self._merger: threading.Thread | None = None
         self._queued_bytes = 0
         self._inflight = 0
         self._overflow: dict[Path, int] = {}  # locked spill files of this ledger's overflow
@@ -248,6 +249,8 @@ class Ledger(LedgerSpill, LedgerQueries):
             self._cond.notify_all()
         self._thread.join(timeout=max(1.0, timeout))
         self._spill(include_inflight=self._thread.is_alive())
+        if self._merger is not None:  # a merge cut short rolls back whole: nothing is lost
+            self._merger.join(timeout=max(1.0, timeout))
         atexit.unregister(self._atexit_hook)
         _live_ledgers.discard(self)
 
@@ -347,11 +350,18 @@ class Ledger(LedgerSpill, LedgerQueries):
 
     def _merge_closed_hours(self) -> None:
         """Once an hour, after a write, merge the task rollups of the hours that closed
-        (``graphthrift.ledger.task_compaction``); a failure only leaves them unmerged."""
+        (``graphthrift.ledger.task_compaction``) on a thread of its own, so that writes
+        never wait for it; a failure only leaves them unmerged."""
         hour = int(time.time() // 3600)
-        if hour == self._merged_hour:
+        if hour == self._merged_hour or (self._merger is not None and self._merger.is_alive()):
             return
         self._merged_hour = hour
+        self._merger = threading.Thread(
+            target=self._merge, name="graphthrift-ledger-merge", daemon=True
+        )
+        self._merger.start()
+
+    def _merge(self) -> None:
         try:
             compact_task_rollups(self.store)
         except Exception as exc:

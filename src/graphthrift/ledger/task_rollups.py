@@ -8,8 +8,8 @@ then sorted the day's rows to count tasks. Here an outcome is one row per task, 
 outcome rows are written (the latest ``ts``, then ``id``, wins; a task is its id within its
 tenant), and a task's calls are
 summed per hour and tag set: a run's calls share an hour and differ in model and route
-only, so there are about a third as many rows as raw ones, all in their hour's index range.
-Since migration 8 the trigger appends those sums per batch rather than upserting them (reads
+only, so once an hour is merged there are about a third as many rows as raw ones, all in
+their hour's index range. Since migration 8 the trigger appends those sums per batch rather than upserting them (reads
 sum rows per task), and ``graphthrift.ledger.task_compaction`` merges a closed hour's rows.
 
 Like raw rows, and unlike the tag rollups, these rows name runs and threads, so retention
@@ -261,6 +261,13 @@ TASK_ROLLUP_MIGRATIONS: tuple[Migration, ...] = (
             ),
             f"DROP INDEX IF EXISTS {TASK_ROLLUP_TABLE}_key",
             f"CREATE TABLE IF NOT EXISTS {TASK_COMPACTED_TABLE} (hour timestamptz PRIMARY KEY)",
+            # the closed hours hold one row per key already: nothing to merge there
+            f"""
+            INSERT INTO {TASK_COMPACTED_TABLE}
+            SELECT DISTINCT hour FROM {TASK_ROLLUP_TABLE}
+            WHERE hour < date_trunc('hour', now(), 'UTC')
+            ON CONFLICT DO NOTHING
+            """,
         ),
     ),
 )
