@@ -361,7 +361,7 @@ def test_migration_backfills_task_rollups_and_outcomes_from_existing_rows(
             runs = _latest_outcomes(conn, "old", "run_id")
             held = _held_outcomes(conn, set(runs), "run_id")
         rows = cost_per_task(migrated, ["prompt_version"], tenant_id="old")
-        # later writes add to the backfilled rows instead of beside them
+        # later writes sum with the backfilled rows (appended beside them since migration 8)
         ledger = Ledger(migrated)
         ledger.record(
             LedgerRecord(
