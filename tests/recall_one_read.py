@@ -53,13 +53,20 @@ def one_read_recall(
     return _pack(
         _candidates(rows, params["lq"], params["n"], params["lq_counts"]),
         params["q"],
-        (turns.term_boost, turns.lexical_weight, turns.echo_penalty, turns.value_boost),
+        (
+            turns.term_boost,
+            turns.lexical_weight,
+            turns.echo_penalty,
+            turns.value_boost,
+            turns.kind_boost,
+        ),
         turns.recency,
         k,
         token_budget,
         turns.focus,
         turns.token_model,
         frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
+        frozenset(params["kinds"]),
     )
 
 
@@ -91,19 +98,20 @@ def _candidates(
 def _pack(
     rows: list[dict[str, Any]],
     terms: Sequence[str],
-    weights: tuple[float, float, float, float],
+    weights: tuple[float, float, float, float, float],
     recency: tuple[float, float],
     k: int,
     token_budget: int,
     focus: bool = False,
     token_model: str | None = None,
     query_words: frozenset[str] = frozenset(),
+    kinds: frozenset[str] = frozenset(),
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
     content words as a share of the most any turn could get) and keep the best that fit
     the budget together (one too large is skipped)."""
-    boost, lexical, redundant, value = weights
+    boost, lexical, redundant, value, kind = weights
     recent, half_life = recency
     wanted = set(terms)
     row_terms = {int(row["turn_index"]): row["terms"] or () for row in rows}
@@ -133,6 +141,7 @@ def _pack(
                 + boost * matched / max(1, len(wanted))
                 + lexical * lex
                 + value * (VALUE_TERM in (row["terms"] or ()))
+                + kind * bool(kinds.intersection(row["terms"] or ()))
                 + recent
                 * 0.5 ** ((int(row.get("newest") or 0) - int(row["turn_index"])) / half_life)
                 - redundant * echo,

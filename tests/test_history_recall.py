@@ -389,3 +389,26 @@ def test_a_focused_turn_found_by_its_neighbours_words_keeps_its_reply(
     query = "Did I want breakfast, and do I need parking?"
     found = {s.index: s.text for s in turns.recall(tenant, "reply", query, k=2)}
     assert found[1] == chat[1].text
+
+
+def test_a_turn_stating_a_value_of_the_asked_kind_outranks_other_values(
+    turns: FoldedTurnStore, tenant: str, store: Store, embedder: StaticEmbedder
+) -> None:
+    """ "What time ..." asks for a time: the turn that states one ("11:30 in the morning",
+    with no word of the query) beats a turn on the same topic stating a name."""
+    chat = [
+        FoldedTurn(0, "user", "I want to book a table at a restaurant in San Jose."),
+        FoldedTurn(1, "assistant", "What time would you like the reservation for?"),
+        FoldedTurn(2, "user", "Make it for 11:30 in the morning."),
+        FoldedTurn(3, "assistant", "Sakura Sushi is a lovely restaurant in San Jose."),
+        FoldedTurn(4, "user", "Is it a restaurant with vegetarian dishes?"),
+        FoldedTurn(5, "assistant", "Yes, Sakura Sushi serves vegetarian dishes."),
+    ]
+    turns.add(tenant, "kind", chat)
+    query = "What time did I ask for at the restaurant?"
+    assert [s.index for s in turns.recall(tenant, "kind", query, k=1)] == [2]
+    # without the kind boost a turn on the restaurant, stating a name, wins
+    plain = FoldedTurnStore(store, embedder=embedder, kind_boost=0.0)
+    assert [s.index for s in plain.recall(tenant, "kind", query, k=1)] != [2]
+    with pytest.raises(ConfigError, match="kind_boost"):
+        FoldedTurnStore(store, kind_boost=-1)

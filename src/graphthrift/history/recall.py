@@ -17,7 +17,9 @@ turn also indexed by the content words of the two turns before and after it, sin
 answer ("On the 12th.") rarely repeats its question ("When do you return?"); a turn whose content words
 the query already holds (an earlier question asked the same way) is marked down
 (``echo_penalty``), and the words such echoes share with the query score nothing
-(``recall_lexical``); a turn that states a value gets ``value_boost``. Every lookup filters
+(``recall_lexical``); a turn that states a value gets ``value_boost``, and one more
+(``kind_boost``) if the value is of a kind the query asks for ("what time ..." and a turn
+stating 11:30; ``recall_lexical.asked_kinds``). Every lookup filters
 on tenant and thread first, by indexed equality, and scores only that thread's turns:
 recall is exact within a thread, and a thread's turns never reach another thread or tenant.
 
@@ -67,11 +69,13 @@ from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.history.recall_lexical import (
     CONTEXT_MARK,
     LEXICAL_MARK,
+    asked_kinds,
     bm25,
     match_turns,
     phrasing_words,
     repeated_in_query,
     undecided_phrasing,
+    value_kinds,
 )
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
@@ -175,7 +179,7 @@ def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
     own = [lexical_terms(turn.text) for turn in turns]
     out: list[str] = []
     for i, turn in enumerate(turns):
-        value = [VALUE_TERM] if fact_spans(turn.text) else []
+        value = [VALUE_TERM, *value_kinds(turn.text)] if fact_spans(turn.text) else []
         near = [
             CONTEXT_MARK + t[len(LEXICAL_MARK) :]
             for j in range(max(0, i - CONTEXT_BEFORE), min(len(turns), i + CONTEXT_AFTER + 1))
@@ -306,6 +310,9 @@ class FoldedTurnStore:
             content words (stemmed, stopwords out; each turn also indexed with the content
             words of the turns around it), in proportion for the others.
         value_boost: score added to a turn that states a value (``VALUE_TERM``).
+        kind_boost: score added to a turn that states a value of a kind the query asks
+            for (``recall_lexical.asked_kinds``: a time for "what time ...", a name for
+            "which city ..."), on top of ``value_boost``.
         echo_penalty: score taken from a turn in proportion to the share of its content
             words the query already holds past half of them (an earlier question phrased
             like this one): a turn all of whose content words are in the query loses it all.
@@ -325,6 +332,7 @@ class FoldedTurnStore:
         lexical_weight: float = 1.0,
         echo_penalty: float = 1.0,
         value_boost: float = 0.6,
+        kind_boost: float = 0.3,
         recency_weight: float = 0.0,
         recency_half_life: float = 50.0,
         token_model: str | None = None,
@@ -340,6 +348,8 @@ class FoldedTurnStore:
             raise ConfigError("echo_penalty", echo_penalty, "must be >= 0")
         if not value_boost >= 0:
             raise ConfigError("value_boost", value_boost, "must be >= 0")
+        if not kind_boost >= 0:
+            raise ConfigError("kind_boost", kind_boost, "must be >= 0")
         if not recency_weight >= 0:
             raise ConfigError("recency_weight", recency_weight, "must be >= 0")
         if not recency_half_life > 0:
@@ -356,6 +366,7 @@ class FoldedTurnStore:
         self.lexical_weight = float(lexical_weight)
         self.echo_penalty = float(echo_penalty)
         self.value_boost = float(value_boost)
+        self.kind_boost = float(kind_boost)
         self.recency = (float(recency_weight), float(recency_half_life))
         self.token_model = token_model
         self.timeout = float(timeout)
@@ -432,6 +443,7 @@ class FoldedTurnStore:
     ) -> dict[str, Any]:
         lexical = _with_context(lexical_terms(query))
         identifiers = query_terms(query)
+        kinds = asked_kinds(query)
         return {
             "tenant": tenant,
             "thread": thread,
@@ -439,7 +451,8 @@ class FoldedTurnStore:
             "v": _vector_literal(vector),
             "q": identifiers,
             "lq": lexical,
-            "terms": sorted({*identifiers, *lexical, VALUE_TERM}),
+            "terms": sorted({*identifiers, *lexical, *kinds, VALUE_TERM}),
+            "kinds": sorted(kinds),
             "n": max(self.candidates, k),
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
         }
@@ -481,7 +494,13 @@ class FoldedTurnStore:
         self, params: dict[str, Any]
     ) -> Callable[[int, int], Plan[list[RecalledSnippet]]]:
         """``_recall`` with this store's weights, for ``params``."""
-        weights = (self.term_boost, self.lexical_weight, self.echo_penalty, self.value_boost)
+        weights = (
+            self.term_boost,
+            self.lexical_weight,
+            self.echo_penalty,
+            self.value_boost,
+            self.kind_boost,
+        )
 
         def plan(k: int, token_budget: int) -> Plan[list[RecalledSnippet]]:
             return _recall(
@@ -545,7 +564,7 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
 
 def _recall(
     params: Mapping[str, Any],
-    weights: tuple[float, float, float, float],
+    weights: tuple[float, float, float, float, float],
     recency: tuple[float, float],
     k: int,
     token_budget: int,
@@ -593,7 +612,8 @@ def _recall(
     near = nearest[:n]
     with_ids = [i for i in nearest if i in identifiers][:n]
     values = set(postings.get(VALUE_TERM, ())).intersection(distance)
-    boost, lexical_weight, redundant, value = weights
+    typed = {i for kind in params["kinds"] for i in postings.get(kind, ()) if i in distance}
+    boost, lexical_weight, redundant, value, kind = weights
     recent, half_life = recency
     newest = max(distance)
     wanted = max(1, len(params["q"]))
@@ -612,6 +632,7 @@ def _recall(
             + boost * identifiers[i] / wanted
             + lexical_weight * lex
             + value * (i in values)
+            + kind * (i in typed)
             + recent * 0.5 ** ((newest - i) / half_life)
             - redundant * echo
         )

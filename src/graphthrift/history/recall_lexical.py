@@ -17,31 +17,41 @@ whole rows (each turn's terms and text), as recall once read them.
   query's terms a turn holds, idf from the thread's own turns, a term it holds only as the
   context of the turns around it (``CONTEXT_MARK``) at half weight. ``lex_max`` is the most
   any turn could score, for normalising.
+- **Value kinds**: a turn is stored with the kinds of value it states (``value_kinds``:
+  time, date, money, number, name), and a query with the kinds its words ask for
+  (``asked_kinds``: "what time", "which city"); recall favours a turn stating the asked kind.
+  An answer seldom repeats the words of the question it answers ("Make it for 11:30 in the
+  morning." to "What time would you like?"), but it does state a value of the kind asked.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graphthrift.text.lexical import index_terms
+from graphthrift.summarize.facts import fact_spans
+from graphthrift.text.lexical import index_terms, word_set
 
 __all__ = [
     "CONTEXT_MARK",
     "ECHO_SHARED",
+    "KIND_MARK",
     "LEXICAL_MARK",
     "LexicalScores",
     "Matches",
+    "asked_kinds",
     "bm25",
     "lexical_scores",
     "match_turns",
     "phrasing_words",
     "repeated_in_query",
     "undecided_phrasing",
+    "value_kinds",
 ]
 
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
@@ -188,3 +198,56 @@ def lexical_scores(
         phrasing -= repeated_in_query(texts, phrasing, query_counts)
     distance = {i: float(row["d"]) for i, row in by_index.items()}
     return bm25(matches, phrasing, total, distance, n)
+
+
+#: Marks the kind of value a turn states (``value_kinds``) in its stored terms.
+KIND_MARK = "#"
+_NUMBER = r"(?:\d{1,2}(?::\d\d)?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
+_TIME = re.compile(
+    rf"\b\d{{1,2}}:\d\d\b|\b{_NUMBER}\s*(?:am|pm|a\.m\.|p\.m\.|o.clock)(?!\w)"
+    rf"|\b{_NUMBER}(?: in the| at)? (?:morning|afternoon|evening|night)\b"
+    rf"|\b(?:morning|afternoon|evening|night) (?:at )?{_NUMBER}\b"
+    r"|\b(?:noon|midnight|half past|quarter past|quarter to)\b",
+    re.I,
+)
+#: The words of a question that ask for a value of one kind ("what time ...", "which city
+#: ..."): a turn stating a value of that kind is likelier the answer than one on the same
+#: topic stating another.
+_ASKS = {
+    "time": word_set("time times hour hours when o'clock"),
+    "date": word_set("date dates day days when"),
+    "money": word_set("price prices cost costs fare fee amount much pay budget"),
+    "number": word_set("number numbers many count amount quantity phone"),
+    "name": word_set(
+        "name names who city cities town where place location address area destination "
+        "origin airport station called title venue"
+    ),
+}
+_KINDS = ("time", "date", "money", "number", "name")
+_ASK_WORD = re.compile(r"[a-z']+")
+
+
+def value_kinds(text: str) -> set[str]:
+    """The kinds of value ``text`` states (marked ``KIND_MARK``): ``time`` (4:45, 10 am,
+    five in the evening), ``date``, ``money``, ``number``, ``name`` (a capitalised run)."""
+    kinds: set[str] = set()
+    if _TIME.search(text):
+        kinds.add("time")
+    for span in fact_spans(text):
+        # a span's kind carries the preposition before it ("dateuntil")
+        kind = next((k for k in _KINDS if span.kind.startswith(k)), "")
+        if kind == "name":
+            if any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text):
+                kinds.add("name")
+        elif kind == "number":
+            if not _TIME.search(span.text):
+                kinds.add("number")
+        else:
+            kinds.add(kind)
+    return {KIND_MARK + k for k in kinds}
+
+
+def asked_kinds(query: str) -> set[str]:
+    """The kinds of value ``query`` asks for (marked ``KIND_MARK``), from its words."""
+    words = set(_ASK_WORD.findall(query.lower()))
+    return {KIND_MARK + kind for kind, asks in _ASKS.items() if words & asks}
