@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 
 from graphthrift.history.recall import (
+    ANSWER_ECHO,
     VALUE_TERM,
     FoldedTurnStore,
     RecalledSnippet,
@@ -82,11 +83,13 @@ def _candidates(
     total = int(rows[0]["total"]) if rows else 0
     lexical = lexical_scores(hits, query_lexical, total, n, query_counts)
     keep = set(lexical.top)
+    answers = {i + 1 for i in lexical.echo if i + 1 not in lexical.echo and lexical.share[i] < 1.0}
     return [
         {
             **row,
             "lex": lexical.score.get(int(row["turn_index"]), 0.0),
             "echo": int(row["turn_index"]) in lexical.echo,
+            "answer": int(row["turn_index"]) in answers,
             "share": lexical.share.get(int(row["turn_index"]), 0.0),
             "lex_max": lexical.best_possible,
         }
@@ -129,6 +132,8 @@ def _pack(
         # is what relevant turns do)
         share = float(row.get("share") or 0.0)
         echo = 1.0 if row.get("echo") else max(0.0, share - 0.5) * 2.0
+        if row.get("answer"):
+            echo = max(echo, ANSWER_ECHO)
         scored.append(
             RecalledSnippet(
                 int(row["turn_index"]),

@@ -412,3 +412,27 @@ def test_a_turn_stating_a_value_of_the_asked_kind_outranks_other_values(
     assert [s.index for s in plain.recall(tenant, "kind", query, k=1)] != [2]
     with pytest.raises(ConfigError, match="kind_boost"):
         FoldedTurnStore(store, kind_boost=-1)
+
+
+def test_the_answer_to_an_earlier_question_for_something_else_is_marked_down(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """ "You gave Oakland." answers an earlier question asked like the query but for another
+    thing (the city): it is not the answer now, though it borrows the query's words from
+    that question. The answer to the same question asked earlier is not marked down."""
+    ask = "Quick check before we go on: what was the {} I gave for the {} request?"
+    chat = [
+        FoldedTurn(0, "user", "I need a hotel in Oakland for two nights."),
+        FoldedTurn(1, "assistant", "The Marriott has rooms in Oakland. Shall I book it?"),
+        FoldedTurn(2, "user", "Yes, please book it."),
+        FoldedTurn(3, "user", ask.format("number of nights", "hotels")),
+        FoldedTurn(4, "assistant", "You gave two nights."),
+        FoldedTurn(5, "user", ask.format("city", "hotels")),
+        FoldedTurn(6, "assistant", "You gave Oakland."),
+        FoldedTurn(7, "user", ask.format("destination", "flights")),
+        FoldedTurn(8, "assistant", "You gave Denver."),
+    ]
+    turns.add(tenant, "answers", chat)
+    query = ask.format("number of nights", "hotels")
+    found = {s.index for s in turns.recall(tenant, "answers", query, k=4)}
+    assert {0, 4} <= found and not found & {6, 8}, found

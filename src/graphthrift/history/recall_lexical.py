@@ -44,6 +44,7 @@ __all__ = [
     "LEXICAL_MARK",
     "LexicalScores",
     "Matches",
+    "answers_to_echoes",
     "asked_kinds",
     "bm25",
     "lexical_scores",
@@ -198,6 +199,15 @@ def lexical_scores(
         phrasing -= repeated_in_query(texts, phrasing, query_counts)
     distance = {i: float(row["d"]) for i, row in by_index.items()}
     return bm25(matches, phrasing, total, distance, n)
+
+
+def answers_to_echoes(matches: Matches) -> frozenset[int]:
+    """The turns right after an echo that asked for something else (it holds a content
+    word the query does not): an earlier question asked like this one. Such a turn answers
+    that other question, so the value it states is another fact than the one asked for."""
+    return frozenset(
+        i + 1 for i in matches.echo if i + 1 not in matches.echo and matches.share[i] < 1.0
+    )
 
 
 #: Marks the kind of value a turn states (``value_kinds``) in its stored terms.
