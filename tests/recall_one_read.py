@@ -21,7 +21,12 @@ from graphthrift.history.recall import (
     _vector_literal,
     focused,
 )
-from graphthrift.history.recall_lexical import CONTEXT_MARK, LEXICAL_MARK, lexical_scores
+from graphthrift.history.recall_lexical import (
+    CONTEXT_MARK,
+    LEXICAL_MARK,
+    as_own,
+    lexical_scores,
+)
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.text.tokens import count_text
 
@@ -50,7 +55,8 @@ def one_read_recall(
     params = turns._search_params(tenant, thread, query, vector, k)
     params["v"] = _vector_literal(vector)
     with turns.store.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), params)]
+        lexhit = {**params, "lq": [*params["lq"], *params["cq"]]}
+        rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), lexhit)]
     return _pack(
         _candidates(rows, params["lq"], params["n"], params["lq_counts"]),
         params["q"],
@@ -159,7 +165,7 @@ def _pack(
         if len(chosen) >= k:
             break
         if focus:
-            held = set(row_terms[snippet.index])
+            held = as_own(row_terms[snippet.index])
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
                 CONTEXT_MARK + w in held and LEXICAL_MARK + w not in held for w in query_words

@@ -436,3 +436,17 @@ def test_the_answer_to_an_earlier_question_for_something_else_is_marked_down(
     query = ask.format("number of nights", "hotels")
     found = {s.index for s in turns.recall(tenant, "answers", query, k=4)}
     assert {0, 4} <= found and not found & {6, 8}, found
+
+
+def test_a_compound_meets_its_words_written_apart(turns: FoldedTurnStore, tenant: str) -> None:
+    """ "the rentalcars request" names what a turn called "a rental car", and "pickup" what
+    it called "pick up": a turn is also indexed by its word pairs written as one."""
+    chat = [
+        FoldedTurn(0, "user", "I'd like to find a rental car and pick it up in Phoenix."),
+        FoldedTurn(1, "assistant", "The Hilton in the city of Tucson has rooms on March 3rd."),
+        FoldedTurn(2, "user", "Book me a table in the city of Tempe at Sakura Sushi."),
+        FoldedTurn(3, "user", "I need a hotel in the city of Mesa instead."),
+    ]
+    turns.add(tenant, "compound", chat)
+    query = "Which city did I give for the rentalcars request?"
+    assert [s.index for s in turns.recall(tenant, "compound", query, k=1)] == [0]

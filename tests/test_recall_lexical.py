@@ -6,7 +6,9 @@ import math
 
 from graphthrift.history.recall import _with_context, lexical_terms
 from graphthrift.history.recall_lexical import (
+    as_own,
     asked_kinds,
+    compound_terms,
     lexical_scores,
     match_turns,
     phrasing_words,
@@ -103,3 +105,10 @@ def test_value_kinds_and_the_kinds_a_question_asks_for() -> None:
     assert asked_kinds("Which city was it in?") == {"#name"}
     assert asked_kinds("When do I fly?") == {"#time", "#date"}
     assert asked_kinds("What was the genre?") == set()
+
+
+def test_compounds_are_adjacent_words_written_as_one() -> None:
+    assert compound_terms("Find a rental car to pick up at noon.") >= {"&rentalcar", "&pickup"}
+    # a stopword before, or after unless it is a particle, makes no compound
+    assert compound_terms("the car is red") == set()
+    assert as_own({"&rentalcar", "^car", "~car"}) == {"~rentalcar", "^car", "~car"}

@@ -68,11 +68,13 @@ from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
 from graphthrift.history.recall_lexical import (
+    COMPOUND_MARK,
     CONTEXT_MARK,
     LEXICAL_MARK,
     answers_to_echoes,
     asked_kinds,
     bm25,
+    compound_terms,
     match_turns,
     phrasing_words,
     repeated_in_query,
@@ -178,11 +180,18 @@ CONTEXT_BEFORE, CONTEXT_AFTER = 2, 2
 ANSWER_ECHO = 0.5
 
 
-def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
-    """Each turn's exact words and content words, with the content words of the turns
-    around it in the batch (``CONTEXT_BEFORE``, ``CONTEXT_AFTER``, marked
-    ``CONTEXT_MARK``)."""
+def _stored_terms(turns: Sequence[FoldedTurn]) -> tuple[list[str], list[int]]:
+    """Each turn's exact words and content words (with its compounds written as one word,
+    ``compound_terms``), with the content words of the turns around it in the batch
+    (``CONTEXT_BEFORE``, ``CONTEXT_AFTER``, marked ``CONTEXT_MARK``); and how many content
+    words of its own text each is indexed by (the ``own_terms`` column: a turn's share of
+    the query's words is counted against it; its compounds are not counted, as they repeat
+    its words)."""
     own = [lexical_terms(turn.text) for turn in turns]
+    joined = [
+        sorted(t for t in compound_terms(turn.text) if LEXICAL_MARK + t[1:] not in mine)
+        for turn, mine in zip(turns, own, strict=True)
+    ]
     out: list[str] = []
     for i, turn in enumerate(turns):
         value = [VALUE_TERM, *value_kinds(turn.text)] if fact_spans(turn.text) else []
@@ -190,16 +199,10 @@ def _stored_terms(turns: Sequence[FoldedTurn]) -> list[str]:
             CONTEXT_MARK + t[len(LEXICAL_MARK) :]
             for j in range(max(0, i - CONTEXT_BEFORE), min(len(turns), i + CONTEXT_AFTER + 1))
             if j != i
-            for t in own[j]
+            for t in (*own[j], *joined[j])
         ]
-        out.append(" ".join(sorted({*text_terms(turn.text), *own[i], *near, *value})))
-    return out
-
-
-def _own_counts(words: Sequence[str]) -> list[int]:
-    """How many content words of its own text each stored turn is indexed by (the
-    ``own_terms`` column: a turn's share of the query's words is counted against it)."""
-    return [sum(1 for t in w.split(" ") if t.startswith(LEXICAL_MARK)) for w in words]
+        out.append(" ".join(sorted({*text_terms(turn.text), *own[i], *joined[i], *near, *value})))
+    return out, [len(mine) for mine in own]
 
 
 def _with_context(terms: list[str]) -> list[str]:
@@ -394,7 +397,7 @@ class FoldedTurnStore:
     def _insert_params(
         self, tenant: str, thread: str, rows: Sequence[FoldedTurn], vectors: Any
     ) -> dict[str, Any]:
-        words = _stored_terms(rows)
+        words, own = _stored_terms(rows)
         return {
             "tenant": tenant,
             "thread": thread,
@@ -406,7 +409,7 @@ class FoldedTurnStore:
             "texts": [t.text.replace("\x00", "") for t in rows],
             "tokens": [count_text(t.text, self.token_model) for t in rows],
             "words": words,
-            "own": _own_counts(words),
+            "own": own,
             "vectors": [_vector_literal(v) for v in vectors],
         }
 
@@ -450,6 +453,8 @@ class FoldedTurnStore:
         lexical = _with_context(lexical_terms(query))
         identifiers = query_terms(query)
         kinds = asked_kinds(query)
+        # the query's content words as the compounds of a turn ("rentalcar": "rental car")
+        compounds = [COMPOUND_MARK + t[1:] for t in lexical if t[0] == LEXICAL_MARK]
         return {
             "tenant": tenant,
             "thread": thread,
@@ -457,7 +462,8 @@ class FoldedTurnStore:
             "v": _vector_literal(vector),
             "q": identifiers,
             "lq": lexical,
-            "terms": sorted({*identifiers, *lexical, *kinds, VALUE_TERM}),
+            "cq": compounds,
+            "terms": sorted({*identifiers, *lexical, *compounds, *kinds, VALUE_TERM}),
             "kinds": sorted(kinds),
             "n": max(self.candidates, k),
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
@@ -597,12 +603,16 @@ def _recall(
     # read in the same snapshot as the turns; a turn not among them is never scored
     postings: dict[str, list[int]] = head[0]["postings"] or {}
     lexical_query = set(params["lq"])
+    compound_query = set(params["cq"])
     held: dict[int, set[str]] = {}
     for term, turns in postings.items():
-        if term in lexical_query:
-            for i in turns:
-                if i in distance:
-                    held.setdefault(i, set()).add(term)
+        if term in compound_query:  # a compound of the turn's words counts as its own word
+            term = LEXICAL_MARK + term[1:]
+        elif term not in lexical_query:
+            continue
+        for i in turns:
+            if i in distance:
+                held.setdefault(i, set()).add(term)
     matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
     phrasing = phrasing_words(matches)
     texts: dict[int, Mapping[str, Any] | None] = {}

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphthrift.summarize.facts import fact_spans
-from graphthrift.text.lexical import index_terms, word_set
+from graphthrift.text.lexical import STOPWORDS, index_terms, word_set
 
 __all__ = [
+    "COMPOUND_MARK",
     "CONTEXT_MARK",
     "ECHO_SHARED",
     "KIND_MARK",
@@ -45,8 +46,10 @@ __all__ = [
     "LexicalScores",
     "Matches",
     "answers_to_echoes",
+    "as_own",
     "asked_kinds",
     "bm25",
+    "compound_terms",
     "lexical_scores",
     "match_turns",
     "phrasing_words",
@@ -58,6 +61,9 @@ __all__ = [
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
 #: identifier of ``query_terms`` (which are matched exactly, without the mark).
 LEXICAL_MARK = "~"
+#: Marks a compound of two of a turn's words written as one (``compound_terms``): it counts
+#: as the turn's own content word, but not in its ``own_terms`` count (it repeats them).
+COMPOUND_MARK = "&"
 #: Marks a content word a turn is indexed by from the turns around it (weighted by half).
 CONTEXT_MARK = "^"
 #: An echo of the query shares at least this many content words with it (and more than
@@ -86,6 +92,11 @@ class Matches:
     held: Mapping[int, frozenset[str]]
     share: Mapping[int, float]
     echo: frozenset[int]
+
+
+def as_own(terms: Iterable[str]) -> set[str]:
+    """``terms`` with each compound (``COMPOUND_MARK``) read as an own content word."""
+    return {LEXICAL_MARK + t[1:] if t[0] == COMPOUND_MARK else t for t in terms if t}
 
 
 def match_turns(held: Mapping[int, frozenset[str]], own: Mapping[int, int]) -> Matches:
@@ -188,7 +199,9 @@ def lexical_scores(
     only the query's terms' postings (``match_turns``, ``phrasing_words``, ``bm25``)."""
     asked = set(query_terms)
     by_index = {int(row["turn_index"]): row for row in rows}
-    held = {i: frozenset(asked.intersection(row["terms"] or ())) for i, row in by_index.items()}
+    held = {
+        i: frozenset(asked.intersection(as_own(row["terms"] or ()))) for i, row in by_index.items()
+    }
     own = {
         i: sum(1 for t in row["terms"] or () if t[0] == LEXICAL_MARK) for i, row in by_index.items()
     }
@@ -261,3 +274,22 @@ def asked_kinds(query: str) -> set[str]:
     """The kinds of value ``query`` asks for (marked ``KIND_MARK``), from its words."""
     words = set(_ASK_WORD.findall(query.lower()))
     return {KIND_MARK + kind for kind, asks in _ASKS.items() if words & asks}
+
+
+# Particles that make one word with the verb before them ("pick up", "check in").
+_PARTICLES = word_set("up down in out off on over back")
+_PAIR = re.compile(r"\b([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")
+
+
+def compound_terms(text: str) -> set[str]:
+    """The content words (``COMPOUND_MARK``) of ``text``'s adjacent word pairs written as one
+    ("rental car" as "rentalcar", "pick up" as "pickup"): people write a compound both
+    ways, and a question may name a thing in the other form than the turn that stated it
+    ("the rentalcars request" for "a rental car"; "the pickup time" for "pick it up at")."""
+    out: set[str] = set()
+    for match in _PAIR.finditer(text):
+        first, second = match.group(1).lower(), match.group(2).lower()
+        if first in STOPWORDS or (second in STOPWORDS and second not in _PARTICLES):
+            continue
+        out.update(COMPOUND_MARK + t.lower() for t in index_terms(first + second) if len(t) > 1)
+    return out
