@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from graphthrift.history.recall import (
     ANSWER_ECHO,
+    KIND_WITHOUT_EVIDENCE,
     VALUE_TERM,
     FoldedTurnStore,
     RecalledSnippet,
@@ -152,7 +153,9 @@ def _pack(
                 + boost * matched / max(1, len(wanted))
                 + lexical * lex
                 + value * (VALUE_TERM in (row["terms"] or ()))
-                + kind * bool(kinds.intersection(row["terms"] or ()))
+                + kind
+                * bool(kinds.intersection(row["terms"] or ()))
+                * (1.0 if lex > 0 or matched else KIND_WITHOUT_EVIDENCE)
                 + recent
                 * 0.5 ** ((int(row.get("newest") or 0) - int(row["turn_index"])) / half_life)
                 - redundant * echo,

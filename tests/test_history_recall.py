@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
@@ -450,3 +451,17 @@ def test_a_compound_meets_its_words_written_apart(turns: FoldedTurnStore, tenant
     turns.add(tenant, "compound", chat)
     query = "Which city did I give for the rentalcars request?"
     assert [s.index for s in turns.recall(tenant, "compound", query, k=1)] == [0]
+
+
+def test_a_value_of_the_asked_kind_counts_half_in_a_turn_about_something_else(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """A time in a turn that shares no word with "What time ... dentist?" is weaker
+    evidence than one in a turn about the dentist: it gets half the kind boost."""
+    # two folds, so that neither turn is indexed by the other's words
+    turns.add(tenant, "evidence", [FoldedTurn(0, "user", "The show starts at 9:30 pm.")])
+    turns.add(tenant, "evidence", [FoldedTurn(1, "user", "Book the dentist for 4:45 pm.")])
+    found = {s.index: s for s in turns.recall(tenant, "evidence", "What time is the dentist?")}
+    alone, about = found[0], found[1]
+    assert math.isclose(alone.score, alone.similarity + turns.value_boost + turns.kind_boost / 2)
+    assert about.score > about.similarity + turns.value_boost + turns.kind_boost
