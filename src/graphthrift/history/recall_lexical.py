@@ -32,6 +32,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from graphthrift.summarize.facts import fact_spans
@@ -291,5 +292,11 @@ def compound_terms(text: str) -> set[str]:
         first, second = match.group(1).lower(), match.group(2).lower()
         if first in STOPWORDS or (second in STOPWORDS and second not in _PARTICLES):
             continue
-        out.update(COMPOUND_MARK + t.lower() for t in index_terms(first + second) if len(t) > 1)
+        out.update(_compound(first + second))
     return out
+
+
+@lru_cache(maxsize=65536)
+def _compound(joined: str) -> tuple[str, ...]:
+    """The marked stem of a joined pair (cached: the stemmer is the cost of indexing)."""
+    return tuple(COMPOUND_MARK + t.lower() for t in index_terms(joined) if len(t) > 1)
