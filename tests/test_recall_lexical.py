@@ -105,6 +105,7 @@ def test_value_kinds_and_the_kinds_a_question_asks_for() -> None:
     assert asked_kinds("Which city was it in?") == {"#name"}
     assert asked_kinds("When do I fly?") == {"#time", "#date"}
     assert asked_kinds("What was the genre?") == set()
+    assert asked_kinds("Which year was the album from?") == {"#number"}
 
 
 def test_compounds_are_adjacent_words_written_as_one() -> None:

@@ -241,7 +241,7 @@ _ASKS = {
     "time": word_set("time times hour hours when o'clock"),
     "date": word_set("date dates day days when"),
     "money": word_set("price prices cost costs fare fee amount much pay budget"),
-    "number": word_set("number numbers many count amount quantity phone"),
+    "number": word_set("number numbers many count amount quantity phone year years rating age"),
     "name": word_set(
         "name names who city cities town where place location address area destination "
         "origin airport station called title venue"
