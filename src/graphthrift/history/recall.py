@@ -12,17 +12,18 @@ Retrieval is hybrid. Vector similarity finds turns that talk about the same thin
 identifiers and numbers in the message (an order id, a date, a name, an amount) must match
 exactly, so a turn containing them gets a boost (``term_boost`` times the share of them it
 contains); the query's content words (service, slot and entity words, stemmed, stopwords
-out) score each turn by BM25 with the thread's own word frequencies (``lexical_weight``), a
-turn also indexed by the content words of the two turns before and after it, since an
-answer ("On the 12th.") rarely repeats its question ("When do you return?"); a turn whose content words
+out, also met by a turn's word pairs written as one: "rentalcars" and "rental car") score
+each turn by BM25 with the thread's own word frequencies (``lexical_weight``), a turn also
+indexed by the content words of the two turns before and after it, since an answer ("On
+the 12th.") rarely repeats its question ("When do you return?"); a turn whose content words
 the query already holds (an earlier question asked the same way) is marked down
-(``echo_penalty``), and the words such echoes share with the query score nothing
-(``recall_lexical``), and so is half as far the turn right after an echo that asked for
-something else (its answer: another fact); a turn that states a value gets ``value_boost``, and one more
+(``echo_penalty``), and so is half as far the turn right after such an echo that asked for
+something else (its answer: another fact), and the words echoes share with the query score
+nothing (``recall_lexical``); a turn that states a value gets ``value_boost``, and one more
 (``kind_boost``) if the value is of a kind the query asks for ("what time ..." and a turn
-stating 11:30; ``recall_lexical.asked_kinds``). Every lookup filters
-on tenant and thread first, by indexed equality, and scores only that thread's turns:
-recall is exact within a thread, and a thread's turns never reach another thread or tenant.
+stating 11:30; ``recall_lexical.asked_kinds``). Every lookup filters on tenant and thread
+first, by indexed equality, and scores only that thread's turns: recall is exact within a
+thread, and a thread's turns never reach another thread or tenant.
 
 Recall reads narrow rows first and texts last. One statement returns the thread's turns,
 nearest first, as arrays of index, embedding distance and own content-word count, with the

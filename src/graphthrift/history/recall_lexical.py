@@ -22,6 +22,11 @@ whole rows (each turn's terms and text), as recall once read them.
   (``asked_kinds``: "what time", "which city"); recall favours a turn stating the asked kind.
   An answer seldom repeats the words of the question it answers ("Make it for 11:30 in the
   morning." to "What time would you like?"), but it does state a value of the kind asked.
+- **Compounds**: a turn is also indexed by its adjacent word pairs written as one
+  (``compound_terms``), which a query word meets as the turn's own word ("the rentalcars
+  request" and "a rental car").
+- **Answers to other questions** (``answers_to_echoes``): the turn right after an echo that
+  asked for something else answers that question, not this one.
 """
 
 from __future__ import annotations
