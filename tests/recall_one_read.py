@@ -14,13 +14,20 @@ from typing import Any
 from sqlalchemy import text
 
 from graphthrift.history.recall import (
+    ANSWER_ECHO,
+    KIND_WITHOUT_EVIDENCE,
     VALUE_TERM,
     FoldedTurnStore,
     RecalledSnippet,
     _vector_literal,
     focused,
 )
-from graphthrift.history.recall_lexical import CONTEXT_MARK, LEXICAL_MARK, lexical_scores
+from graphthrift.history.recall_lexical import (
+    CONTEXT_MARK,
+    LEXICAL_MARK,
+    as_own,
+    lexical_scores,
+)
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.text.tokens import count_text
 
@@ -49,17 +56,25 @@ def one_read_recall(
     params = turns._search_params(tenant, thread, query, vector, k)
     params["v"] = _vector_literal(vector)
     with turns.store.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), params)]
+        lexhit = {**params, "lq": [*params["lq"], *params["cq"]]}
+        rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), lexhit)]
     return _pack(
         _candidates(rows, params["lq"], params["n"], params["lq_counts"]),
         params["q"],
-        (turns.term_boost, turns.lexical_weight, turns.echo_penalty, turns.value_boost),
+        (
+            turns.term_boost,
+            turns.lexical_weight,
+            turns.echo_penalty,
+            turns.value_boost,
+            turns.kind_boost,
+        ),
         turns.recency,
         k,
         token_budget,
         turns.focus,
         turns.token_model,
         frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
+        frozenset(params["kinds"]),
     )
 
 
@@ -75,11 +90,13 @@ def _candidates(
     total = int(rows[0]["total"]) if rows else 0
     lexical = lexical_scores(hits, query_lexical, total, n, query_counts)
     keep = set(lexical.top)
+    answers = {i + 1 for i in lexical.echo if i + 1 not in lexical.echo and lexical.share[i] < 1.0}
     return [
         {
             **row,
             "lex": lexical.score.get(int(row["turn_index"]), 0.0),
             "echo": int(row["turn_index"]) in lexical.echo,
+            "answer": int(row["turn_index"]) in answers,
             "share": lexical.share.get(int(row["turn_index"]), 0.0),
             "lex_max": lexical.best_possible,
         }
@@ -91,19 +108,20 @@ def _candidates(
 def _pack(
     rows: list[dict[str, Any]],
     terms: Sequence[str],
-    weights: tuple[float, float, float, float],
+    weights: tuple[float, float, float, float, float],
     recency: tuple[float, float],
     k: int,
     token_budget: int,
     focus: bool = False,
     token_model: str | None = None,
     query_words: frozenset[str] = frozenset(),
+    kinds: frozenset[str] = frozenset(),
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
     content words as a share of the most any turn could get) and keep the best that fit
     the budget together (one too large is skipped)."""
-    boost, lexical, redundant, value = weights
+    boost, lexical, redundant, value, kind = weights
     recent, half_life = recency
     wanted = set(terms)
     row_terms = {int(row["turn_index"]): row["terms"] or () for row in rows}
@@ -121,6 +139,8 @@ def _pack(
         # is what relevant turns do)
         share = float(row.get("share") or 0.0)
         echo = 1.0 if row.get("echo") else max(0.0, share - 0.5) * 2.0
+        if row.get("answer"):
+            echo = max(echo, ANSWER_ECHO)
         scored.append(
             RecalledSnippet(
                 int(row["turn_index"]),
@@ -133,6 +153,9 @@ def _pack(
                 + boost * matched / max(1, len(wanted))
                 + lexical * lex
                 + value * (VALUE_TERM in (row["terms"] or ()))
+                + kind
+                * bool(kinds.intersection(row["terms"] or ()))
+                * (1.0 if lex > 0 or matched else KIND_WITHOUT_EVIDENCE)
                 + recent
                 * 0.5 ** ((int(row.get("newest") or 0) - int(row["turn_index"])) / half_life)
                 - redundant * echo,
@@ -145,7 +168,7 @@ def _pack(
         if len(chosen) >= k:
             break
         if focus:
-            held = set(row_terms[snippet.index])
+            held = as_own(row_terms[snippet.index])
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
                 CONTEXT_MARK + w in held and LEXICAL_MARK + w not in held for w in query_words

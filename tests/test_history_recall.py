@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
@@ -389,3 +390,78 @@ def test_a_focused_turn_found_by_its_neighbours_words_keeps_its_reply(
     query = "Did I want breakfast, and do I need parking?"
     found = {s.index: s.text for s in turns.recall(tenant, "reply", query, k=2)}
     assert found[1] == chat[1].text
+
+
+def test_a_turn_stating_a_value_of_the_asked_kind_outranks_other_values(
+    turns: FoldedTurnStore, tenant: str, store: Store, embedder: StaticEmbedder
+) -> None:
+    """ "What time ..." asks for a time: the turn that states one ("11:30 in the morning",
+    with no word of the query) beats a turn on the same topic stating a name."""
+    chat = [
+        FoldedTurn(0, "user", "I want to book a table at a restaurant in San Jose."),
+        FoldedTurn(1, "assistant", "What time would you like the reservation for?"),
+        FoldedTurn(2, "user", "Make it for 11:30 in the morning."),
+        FoldedTurn(3, "assistant", "Sakura Sushi is a lovely restaurant in San Jose."),
+        FoldedTurn(4, "user", "Is it a restaurant with vegetarian dishes?"),
+        FoldedTurn(5, "assistant", "Yes, Sakura Sushi serves vegetarian dishes."),
+    ]
+    turns.add(tenant, "kind", chat)
+    query = "What time did I ask for at the restaurant?"
+    assert [s.index for s in turns.recall(tenant, "kind", query, k=1)] == [2]
+    # without the kind boost a turn on the restaurant, stating a name, wins
+    plain = FoldedTurnStore(store, embedder=embedder, kind_boost=0.0)
+    assert [s.index for s in plain.recall(tenant, "kind", query, k=1)] != [2]
+    with pytest.raises(ConfigError, match="kind_boost"):
+        FoldedTurnStore(store, kind_boost=-1)
+
+
+def test_the_answer_to_an_earlier_question_for_something_else_is_marked_down(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """ "You gave Oakland." answers an earlier question asked like the query but for another
+    thing (the city): it is not the answer now, though it borrows the query's words from
+    that question. The answer to the same question asked earlier is not marked down."""
+    ask = "Quick check before we go on: what was the {} I gave for the {} request?"
+    chat = [
+        FoldedTurn(0, "user", "I need a hotel in Oakland for two nights."),
+        FoldedTurn(1, "assistant", "The Marriott has rooms in Oakland. Shall I book it?"),
+        FoldedTurn(2, "user", "Yes, please book it."),
+        FoldedTurn(3, "user", ask.format("number of nights", "hotels")),
+        FoldedTurn(4, "assistant", "You gave two nights."),
+        FoldedTurn(5, "user", ask.format("city", "hotels")),
+        FoldedTurn(6, "assistant", "You gave Oakland."),
+        FoldedTurn(7, "user", ask.format("destination", "flights")),
+        FoldedTurn(8, "assistant", "You gave Denver."),
+    ]
+    turns.add(tenant, "answers", chat)
+    query = ask.format("number of nights", "hotels")
+    found = {s.index for s in turns.recall(tenant, "answers", query, k=4)}
+    assert {0, 4} <= found and not found & {6, 8}, found
+
+
+def test_a_compound_meets_its_words_written_apart(turns: FoldedTurnStore, tenant: str) -> None:
+    """ "the rentalcars request" names what a turn called "a rental car", and "pickup" what
+    it called "pick up": a turn is also indexed by its word pairs written as one."""
+    chat = [
+        FoldedTurn(0, "user", "I'd like to find a rental car and pick it up in Phoenix."),
+        FoldedTurn(1, "assistant", "The Hilton in the city of Tucson has rooms on March 3rd."),
+        FoldedTurn(2, "user", "Book me a table in the city of Tempe at Sakura Sushi."),
+        FoldedTurn(3, "user", "I need a hotel in the city of Mesa instead."),
+    ]
+    turns.add(tenant, "compound", chat)
+    query = "Which city did I give for the rentalcars request?"
+    assert [s.index for s in turns.recall(tenant, "compound", query, k=1)] == [0]
+
+
+def test_a_value_of_the_asked_kind_counts_half_in_a_turn_about_something_else(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """A time in a turn that shares no word with "What time ... dentist?" is weaker
+    evidence than one in a turn about the dentist: it gets half the kind boost."""
+    # two folds, so that neither turn is indexed by the other's words
+    turns.add(tenant, "evidence", [FoldedTurn(0, "user", "The show starts at 9:30 pm.")])
+    turns.add(tenant, "evidence", [FoldedTurn(1, "user", "Book the dentist for 4:45 pm.")])
+    found = {s.index: s for s in turns.recall(tenant, "evidence", "What time is the dentist?")}
+    alone, about = found[0], found[1]
+    assert math.isclose(alone.score, alone.similarity + turns.value_boost + turns.kind_boost / 2)
+    assert about.score > about.similarity + turns.value_boost + turns.kind_boost

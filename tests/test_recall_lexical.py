@@ -6,11 +6,15 @@ import math
 
 from graphthrift.history.recall import _with_context, lexical_terms
 from graphthrift.history.recall_lexical import (
+    as_own,
+    asked_kinds,
+    compound_terms,
     lexical_scores,
     match_turns,
     phrasing_words,
     repeated_in_query,
     undecided_phrasing,
+    value_kinds,
 )
 
 
@@ -86,3 +90,26 @@ def test_phrasing_needs_the_echoes_texts_only_when_their_counts_could_decide() -
     assert repeated_in_query(echoes, phrasing, twice) == {"check"}
     assert undecided_phrasing(matches, phrasing, None) == set()
     assert undecided_phrasing(matches, set(), twice) == set()
+
+
+def test_value_kinds_and_the_kinds_a_question_asks_for() -> None:
+    assert value_kinds("Make it for 11:30 in the morning.") == {"#time"}
+    assert value_kinds("You gave five in the evening.") == {"#time"}
+    assert value_kinds("Four pm is good.") >= {"#time"}
+    assert value_kinds("I would like the 1st of this month.") == {"#date"}
+    assert value_kinds("There is a salon in Santa Rosa.") == {"#name"}
+    assert value_kinds("The number is 707-575-5123.") == {"#number"}
+    assert value_kinds("It costs $45.") == {"#money"}
+    assert value_kinds("is it open late?") == set()
+    assert asked_kinds("Quick check: what was the appointment time I gave?") == {"#time"}
+    assert asked_kinds("Which city was it in?") == {"#name"}
+    assert asked_kinds("When do I fly?") == {"#time", "#date"}
+    assert asked_kinds("What was the genre?") == set()
+    assert asked_kinds("Which year was the album from?") == {"#number"}
+
+
+def test_compounds_are_adjacent_words_written_as_one() -> None:
+    assert compound_terms("Find a rental car to pick up at noon.") >= {"&rentalcar", "&pickup"}
+    # a stopword before, or after unless it is a particle, makes no compound
+    assert compound_terms("the car is red") == set()
+    assert as_own({"&rentalcar", "^car", "~car"}) == {"~rentalcar", "^car", "~car"}

@@ -17,36 +17,59 @@ whole rows (each turn's terms and text), as recall once read them.
   query's terms a turn holds, idf from the thread's own turns, a term it holds only as the
   context of the turns around it (``CONTEXT_MARK``) at half weight. ``lex_max`` is the most
   any turn could score, for normalising.
+- **Value kinds**: a turn is stored with the kinds of value it states (``value_kinds``:
+  time, date, money, number, name), and a query with the kinds its words ask for
+  (``asked_kinds``: "what time", "which city"); recall favours a turn stating the asked kind.
+  An answer seldom repeats the words of the question it answers ("Make it for 11:30 in the
+  morning." to "What time would you like?"), but it does state a value of the kind asked.
+- **Compounds**: a turn is also indexed by its adjacent word pairs written as one
+  (``compound_terms``), which a query word meets as the turn's own word ("the rentalcars
+  request" and "a rental car").
+- **Answers to other questions** (``answers_to_echoes``): the turn right after an echo that
+  asked for something else answers that question, not this one.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from graphthrift.text.lexical import index_terms
+from graphthrift.summarize.facts import fact_spans
+from graphthrift.text.lexical import STOPWORDS, index_terms, word_set
 
 __all__ = [
+    "COMPOUND_MARK",
     "CONTEXT_MARK",
     "ECHO_SHARED",
+    "KIND_MARK",
     "LEXICAL_MARK",
     "LexicalScores",
     "Matches",
+    "answers_to_echoes",
+    "as_own",
+    "asked_kinds",
     "bm25",
+    "compound_terms",
     "lexical_scores",
     "match_turns",
     "phrasing_words",
     "repeated_in_query",
     "undecided_phrasing",
+    "value_kinds",
 ]
 
 #: Marks a lexical (content-word) term in the stored ``terms``, so that it never meets an
 #: identifier of ``query_terms`` (which are matched exactly, without the mark).
 LEXICAL_MARK = "~"
+#: Marks a compound of two of a turn's words written as one (``compound_terms``): it counts
+#: as the turn's own content word, but not in its ``own_terms`` count (it repeats them).
+COMPOUND_MARK = "&"
 #: Marks a content word a turn is indexed by from the turns around it (weighted by half).
 CONTEXT_MARK = "^"
 #: An echo of the query shares at least this many content words with it (and more than
@@ -75,6 +98,11 @@ class Matches:
     held: Mapping[int, frozenset[str]]
     share: Mapping[int, float]
     echo: frozenset[int]
+
+
+def as_own(terms: Iterable[str]) -> set[str]:
+    """``terms`` with each compound (``COMPOUND_MARK``) read as an own content word."""
+    return {LEXICAL_MARK + t[1:] if t[0] == COMPOUND_MARK else t for t in terms if t}
 
 
 def match_turns(held: Mapping[int, frozenset[str]], own: Mapping[int, int]) -> Matches:
@@ -177,7 +205,9 @@ def lexical_scores(
     only the query's terms' postings (``match_turns``, ``phrasing_words``, ``bm25``)."""
     asked = set(query_terms)
     by_index = {int(row["turn_index"]): row for row in rows}
-    held = {i: frozenset(asked.intersection(row["terms"] or ())) for i, row in by_index.items()}
+    held = {
+        i: frozenset(asked.intersection(as_own(row["terms"] or ()))) for i, row in by_index.items()
+    }
     own = {
         i: sum(1 for t in row["terms"] or () if t[0] == LEXICAL_MARK) for i, row in by_index.items()
     }
@@ -188,3 +218,90 @@ def lexical_scores(
         phrasing -= repeated_in_query(texts, phrasing, query_counts)
     distance = {i: float(row["d"]) for i, row in by_index.items()}
     return bm25(matches, phrasing, total, distance, n)
+
+
+def answers_to_echoes(matches: Matches) -> frozenset[int]:
+    """The turns right after an echo that asked for something else (it holds a content
+    word the query does not): an earlier question asked like this one. Such a turn answers
+    that other question, so the value it states is another fact than the one asked for."""
+    return frozenset(
+        i + 1 for i in matches.echo if i + 1 not in matches.echo and matches.share[i] < 1.0
+    )
+
+
+#: Marks the kind of value a turn states (``value_kinds``) in its stored terms.
+KIND_MARK = "#"
+_NUMBER = r"(?:\d{1,2}(?::\d\d)?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
+_TIME = re.compile(
+    rf"\b\d{{1,2}}:\d\d\b|\b{_NUMBER}\s*(?:am|pm|a\.m\.|p\.m\.|o.clock)(?!\w)"
+    rf"|\b{_NUMBER}(?: in the| at)? (?:morning|afternoon|evening|night)\b"
+    rf"|\b(?:morning|afternoon|evening|night) (?:at )?{_NUMBER}\b"
+    r"|\b(?:noon|midnight|half past|quarter past|quarter to)\b",
+    re.I,
+)
+#: The words of a question that ask for a value of one kind ("what time ...", "which city
+#: ..."): a turn stating a value of that kind is likelier the answer than one on the same
+#: topic stating another.
+_ASKS = {
+    "time": word_set("time times hour hours when o'clock"),
+    "date": word_set("date dates day days when"),
+    "money": word_set("price prices cost costs fare fee amount much pay budget"),
+    "number": word_set("number numbers many count amount quantity phone year years rating age"),
+    "name": word_set(
+        "name names who city cities town where place location address area destination "
+        "origin airport station called title venue"
+    ),
+}
+_KINDS = ("time", "date", "money", "number", "name")
+_ASK_WORD = re.compile(r"[a-z']+")
+
+
+def value_kinds(text: str) -> set[str]:
+    """The kinds of value ``text`` states (marked ``KIND_MARK``): ``time`` (4:45, 10 am,
+    five in the evening), ``date``, ``money``, ``number``, ``name`` (a capitalised run)."""
+    kinds: set[str] = set()
+    if _TIME.search(text):
+        kinds.add("time")
+    for span in fact_spans(text):
+        # a span's kind carries the preposition before it ("dateuntil")
+        kind = next((k for k in _KINDS if span.kind.startswith(k)), "")
+        if kind == "name":
+            if any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text):
+                kinds.add("name")
+        elif kind == "number":
+            if not _TIME.search(span.text):
+                kinds.add("number")
+        else:
+            kinds.add(kind)
+    return {KIND_MARK + k for k in kinds}
+
+
+def asked_kinds(query: str) -> set[str]:
+    """The kinds of value ``query`` asks for (marked ``KIND_MARK``), from its words."""
+    words = set(_ASK_WORD.findall(query.lower()))
+    return {KIND_MARK + kind for kind, asks in _ASKS.items() if words & asks}
+
+
+# Particles that make one word with the verb before them ("pick up", "check in").
+_PARTICLES = word_set("up down in out off on over back")
+_PAIR = re.compile(r"\b([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")
+
+
+def compound_terms(text: str) -> set[str]:
+    """The content words (``COMPOUND_MARK``) of ``text``'s adjacent word pairs written as one
+    ("rental car" as "rentalcar", "pick up" as "pickup"): people write a compound both
+    ways, and a question may name a thing in the other form than the turn that stated it
+    ("the rentalcars request" for "a rental car"; "the pickup time" for "pick it up at")."""
+    out: set[str] = set()
+    for match in _PAIR.finditer(text):
+        first, second = match.group(1).lower(), match.group(2).lower()
+        if first in STOPWORDS or (second in STOPWORDS and second not in _PARTICLES):
+            continue
+        out.update(_compound(first + second))
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _compound(joined: str) -> tuple[str, ...]:
+    """The marked stem of a joined pair (cached: the stemmer is the cost of indexing)."""
+    return tuple(COMPOUND_MARK + t.lower() for t in index_terms(joined) if len(t) > 1)
