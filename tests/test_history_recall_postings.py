@@ -269,3 +269,92 @@ def test_recall_reads_no_text_but_the_chosen_turns(
     for sql, p in reads:
         assert "tenant_id = " in sql and "thread_id = " in sql
         assert (p["tenant"], p["thread"]) == (tenant, "narrow")
+
+
+# A turn long enough (its text and terms) that its row passes PostgreSQL's 2 kB toast
+# threshold together with a 384-dimension embedding (1.5 kB).
+_LONG = FoldedTurn(
+    0,
+    "assistant",
+    " ".join(
+        f"Option {n}: the {w} at {100 + n} Main Street, code Q{n * 7}."
+        for n, w in enumerate(
+            [
+                "hotel",
+                "salon",
+                "dentist",
+                "theatre",
+                "restaurant",
+                "garage",
+                "bakery",
+                "museum",
+                "library",
+                "station",
+                "airport",
+                "clinic",
+            ]
+        )
+    ),
+)
+
+
+def _embedding_out_of_line(conn: object, tenant: str, thread: str) -> dict[int, bool]:
+    """Per turn: whether its embedding is stored out of line (in the TOAST table)."""
+    rows = conn.execute(  # type: ignore[attr-defined]
+        text(
+            f"SELECT turn_index, pg_column_toast_chunk_id(embedding) IS NOT NULL"
+            f" FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :t AND thread_id = :th"
+        ),
+        {"t": tenant, "th": thread},
+    )
+    return {int(r[0]): bool(r[1]) for r in rows}
+
+
+@pytest.fixture
+def database_at_51(store: Store) -> Iterator[Engine]:
+    """A database migrated up to 51 only: embeddings in pgvector's own (external) storage."""
+    with scratch_database(store.url) as (url, _):
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            if conn.execute(text("SHOW server_version_num")).scalar_one() < "170000":
+                pytest.skip("pg_column_toast_chunk_id needs PostgreSQL 17")
+            apply_migrations(conn, [m for m in MIGRATIONS if m.version <= 51])
+        yield engine
+        engine.dispose()
+
+
+def test_migration_52_keeps_new_embeddings_in_the_row(
+    database_at_51: Engine, store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """Before migration 52 a row over the 2 kB toast threshold had its embedding moved out
+    of line (a TOAST fetch for every distance recall computes); after it, new rows keep the
+    embedding in the row (their text or terms are compressed or go out of line instead). Rows written
+    before keep working."""
+    from graphthrift.history.recall import _INSERT
+
+    writer = FoldedTurnStore(store, embedder=embedder)  # for its insert parameters only
+    vectors = embedder.embed([_LONG.text])
+    with database_at_51.begin() as conn:
+        conn.execute(text(_INSERT), writer._insert_params(tenant, "old", [_LONG], vectors))
+        assert _embedding_out_of_line(conn, tenant, "old") == {0: True}
+    db = Store(database_at_51.url.render_as_string(hide_password=False), home=store.home)
+    try:
+        with db.connect() as conn:
+            storage = conn.execute(
+                text(
+                    "SELECT attstorage FROM pg_attribute WHERE attname = 'embedding'"
+                    f" AND attrelid = '{FOLDED_TURNS_TABLE}'::regclass"
+                )
+            ).scalar_one()
+        assert storage == "m"
+        turns = FoldedTurnStore(db, embedder=embedder)
+        assert turns.add(tenant, "new", [_LONG]) == 1
+        with db.connect() as conn:
+            assert _embedding_out_of_line(conn, tenant, "new") == {0: False}
+            assert _embedding_out_of_line(conn, tenant, "old") == {0: True}
+        for thread in ("old", "new"):
+            found = turns.recall(tenant, thread, "Which dentist was at 103 Main Street?", k=2)
+            assert [s.text for s in found] == [_LONG.text]
+            assert found[0].similarity > 0.2
+    finally:
+        db.close()

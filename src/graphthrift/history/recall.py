@@ -259,22 +259,27 @@ _INSERT = (
 )
 
 # Recall reads in two or more indexed steps, each filtered on tenant and thread first.
-# 1. One row: every turn of the thread by its index, nearest first, as arrays of turn index,
-#    embedding distance to the query and own content-word count (nothing of its text or
-#    terms), and the posting lists of the query's terms (identifiers, content words, the
-#    value mark) as one JSON object: which turns hold which of them, and so the thread's
-#    document frequencies. PostgreSQL orders NaN (a text without tokens) last.
+# 1. One statement: a first row (``term`` NULL) with every turn of the thread by its index,
+#    nearest first, as arrays of turn index, embedding distance to the query and own
+#    content-word count (nothing of its text or terms), then one row per query term
+#    (identifiers, content words, the value mark) with its posting list: which turns hold
+#    it, and so the thread's document frequencies. Both in one snapshot. The distances are
+#    computed once into narrow rows (``MATERIALIZED``) and sorted there, not sorted with
+#    each turn's embedding; posting lists come as integer arrays, where a JSON object of
+#    them cost the server its numeric conversion and the client a JSON parse. PostgreSQL
+#    orders NaN (a text without tokens) last.
 _THREAD = (
-    "WITH t AS (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
+    "WITH t AS MATERIALIZED (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model)"
-    " SELECT array_agg(turn_index ORDER BY d, turn_index) AS idx,"
+    " SELECT NULL AS term, array_agg(turn_index ORDER BY d, turn_index) AS idx,"
     " array_agg(d ORDER BY d, turn_index) AS d,"
-    " array_agg(own_terms ORDER BY d, turn_index) AS own,"
-    f" (SELECT jsonb_object_agg(term, turns) FROM {FOLDED_TERMS_TABLE}"
-    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
-    " AND term = ANY(CAST(:terms AS text[]))) AS postings"
+    " array_agg(own_terms ORDER BY d, turn_index) AS own"
     " FROM t"
+    " UNION ALL SELECT term, turns, NULL, NULL"
+    f" FROM {FOLDED_TERMS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND term = ANY(CAST(:terms AS text[]))"
 )
 # 2. The texts of the few turns scoring puts first (and of the query's echoes, when their
 #    wording decides what is phrasing).
@@ -563,14 +568,21 @@ def _recall(
     ``echo_penalty`` times how far it echoes the query; the best that fit the budget
     together are kept (one too large is skipped)."""
     scope = {"tenant": params["tenant"], "thread": params["thread"], "model": params["model"]}
-    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]})
-    nearest = [int(i) for i in head[0]["idx"] or ()] if head else []
+    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]}, rows="tuples")
+    # read in the same snapshot as the turns; a turn not among them is never scored
+    postings: dict[str, list[int]] = {}
+    nearest: list[int] = []
+    distance: dict[int, float] = {}
+    own: dict[int, int] = {}
+    for term, idx, d, counts in head:
+        if term is not None:
+            postings[term] = idx
+        elif idx:
+            nearest = idx
+            distance = dict(zip(idx, d, strict=True))
+            own = dict(zip(idx, counts, strict=True))
     if not nearest:
         return []
-    distance: dict[int, float] = dict(zip(nearest, map(float, head[0]["d"]), strict=True))
-    own: dict[int, int] = dict(zip(nearest, map(int, head[0]["own"]), strict=True))
-    # read in the same snapshot as the turns; a turn not among them is never scored
-    postings: dict[str, list[int]] = head[0]["postings"] or {}
     lexical_query = set(params["lq"])
     held: dict[int, set[str]] = {}
     for term, turns in postings.items():
@@ -656,7 +668,9 @@ def _recall(
 
 
 def _vector_literal(vector: Any) -> str:
-    return "[" + ",".join(f"{float(x):.6g}" for x in vector) + "]"
+    """``vector`` as pgvector text, each component to 6 significant digits."""
+    values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
+    return "[" + ",".join([f"{x:.6g}" for x in values]) + "]"
 
 
 def _fail_open(operation: str, exc: BaseException) -> None:
