@@ -7,15 +7,21 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
 
 from cache_helpers import scratch_database
 from graphthrift.bench._data import read_set_file
+from graphthrift.embed.embedders import Vectors
 from graphthrift.embed.static import StaticEmbedder
-from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, RecalledSnippet
+from graphthrift.history.recall import (
+    QUERY_CACHE_SIZE,
+    FoldedTurn,
+    FoldedTurnStore,
+    RecalledSnippet,
+)
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.migrations import MIGRATIONS
 from graphthrift.store.postgres import Store, apply_migrations
@@ -358,3 +364,50 @@ def test_migration_52_keeps_new_embeddings_in_the_row(
             assert found[0].similarity > 0.2
     finally:
         db.close()
+
+
+class _CountingEmbedder(StaticEmbedder):
+    """The static embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+    async def aembed(self, texts: Sequence[str]) -> Vectors:
+        self.texts.extend(texts)
+        return await super().aembed(texts)
+
+
+def test_a_query_recalled_again_is_not_embedded_again(store: Store, tenant: str) -> None:
+    """An agent calls its model several times for one user message (tool calls), and each
+    prune recalls that message: its vector and terms are kept (for the last
+    ``QUERY_CACHE_SIZE`` queries), and each recall still reads its own thread."""
+    embedder = _CountingEmbedder()
+    turns = FoldedTurnStore(store, embedder=embedder)
+    chat = _sgd_turns(80)
+    turns.add(tenant, "a", chat[:40])
+    turns.add(tenant, "b", chat[40:])
+    query = QUERIES[1]
+    first = turns.recall(tenant, "a", query, k=4, token_budget=300)
+    embedder.texts.clear()
+    assert _chosen(turns.recall(tenant, "a", query, k=4, token_budget=300)) == _chosen(first)
+    other = asyncio.run(turns.arecall(tenant, "b", query, k=4, token_budget=300))
+    assert embedder.texts == []
+    assert first and other
+    assert {s.index for s in first} <= set(range(40))
+    assert {s.index for s in other} <= set(range(40, 80))
+    fresh = FoldedTurnStore(store, embedder=StaticEmbedder())
+    assert _chosen(fresh.recall(tenant, "b", query, k=4, token_budget=300)) == _chosen(other)
+    # a new query is embedded; the oldest ones leave the cache
+    asked = [f"{query} ({n})" for n in range(QUERY_CACHE_SIZE + 1)]
+    for text_ in asked:
+        turns.recall(tenant, "a", text_, k=1, token_budget=100)
+    assert embedder.texts == asked
+    embedder.texts.clear()
+    turns.recall(tenant, "a", query, k=4, token_budget=300)
+    turns.recall(tenant, "a", asked[-1], k=4, token_budget=300)
+    assert embedder.texts == [query]

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -99,6 +99,9 @@ _NOT_IDENTIFIERS = STOPWORDS | frozenset(
 )
 
 
+#: How many recent queries' vectors and terms each ``FoldedTurnStore`` keeps (they depend on
+#: the query's text alone, never on a tenant's or thread's turns).
+QUERY_CACHE_SIZE = 64
 _EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
 _static: StaticEmbedder | None = None
 _static_lock = threading.Lock()
@@ -369,6 +372,10 @@ class FoldedTurnStore:
         # the caches' pools: no pre-ping and autocommit reads (no BEGIN/COMMIT round trips),
         # statement_timeout set at connect time
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
+        # the last queries' vectors and terms: an agent that calls its model several times
+        # for one user message (tool calls) recalls the same message each time
+        self._asked: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._asked_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -432,22 +439,47 @@ class FoldedTurnStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _search_params(
-        self, tenant: str, thread: str, query: str, vector: Any, k: int
-    ) -> dict[str, Any]:
+    def _query_params(self, query: str, vector: Any) -> dict[str, Any]:
+        """What a recall of ``query`` asks whatever the thread: its vector as pgvector text,
+        identifiers, content words (both marks), all its terms, and its word counts."""
         lexical = _with_context(lexical_terms(query))
         identifiers = query_terms(query)
         return {
-            "tenant": tenant,
-            "thread": thread,
-            "model": self.embedder.model_id,
             "v": _vector_literal(vector),
             "q": identifiers,
             "lq": lexical,
             "terms": sorted({*identifiers, *lexical, VALUE_TERM}),
-            "n": max(self.candidates, k),
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
         }
+
+    def _search_params(
+        self, tenant: str, thread: str, query: str, vector: Any, k: int
+    ) -> dict[str, Any]:
+        return self._scoped(tenant, thread, k, self._query_params(query, vector))
+
+    def _scoped(self, tenant: str, thread: str, k: int, asked: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            **asked,
+            "n": max(self.candidates, k),
+        }
+
+    def _remembered(self, query: str) -> Mapping[str, Any] | None:
+        with self._asked_lock:
+            asked = self._asked.get(query)
+            if asked is not None:
+                self._asked.move_to_end(query)
+            return asked
+
+    def _remember(self, query: str, vector: Any) -> Mapping[str, Any]:
+        asked = self._query_params(query, vector)
+        with self._asked_lock:
+            self._asked[query] = asked
+            while len(self._asked) > QUERY_CACHE_SIZE:
+                self._asked.popitem(last=False)
+        return asked
 
     def recall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -459,8 +491,10 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            vector = self.embedder.embed([query])[0]
-            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            asked = self._remembered(query)
+            if asked is None:
+                asked = self._remember(query, self.embedder.embed([query])[0])
+            plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return with_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
@@ -475,8 +509,10 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            vector = (await self.embedder.aembed([query]))[0]
-            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            asked = self._remembered(query)
+            if asked is None:
+                asked = self._remember(query, (await self.embedder.aembed([query]))[0])
+            plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return await awith_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
