@@ -624,8 +624,11 @@ def _recall(
     for term, turns in postings.items():
         if term in lexical_query:
             for i in turns:
-                if i in distance:
-                    held.setdefault(i, set()).add(term)
+                mine = held.get(i)
+                if mine is not None:
+                    mine.add(term)
+                elif i in distance:
+                    held[i] = {term}
     matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
     phrasing = phrasing_words(matches)
     texts: dict[int, Mapping[str, Any] | None] = {}
