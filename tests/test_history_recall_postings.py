@@ -17,6 +17,7 @@ from graphthrift.bench._data import read_set_file
 from graphthrift.embed.embedders import Vectors
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.history.recall import (
+    _INSERT,
     QUERY_CACHE_SIZE,
     FoldedTurn,
     FoldedTurnStore,
@@ -334,10 +335,8 @@ def test_migration_52_keeps_new_embeddings_in_the_row(
 ) -> None:
     """Before migration 52 a row over the 2 kB toast threshold had its embedding moved out
     of line (a TOAST fetch for every distance recall computes); after it, new rows keep the
-    embedding in the row (their text or terms are compressed or go out of line instead). Rows written
-    before keep working."""
-    from graphthrift.history.recall import _INSERT
-
+    embedding in the row (their text or terms are compressed or go out of line instead).
+    Rows written before keep working."""
     writer = FoldedTurnStore(store, embedder=embedder)  # for its insert parameters only
     vectors = embedder.embed([_LONG.text])
     with database_at_51.begin() as conn:
