@@ -7,15 +7,22 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
 
 from cache_helpers import scratch_database
 from graphthrift.bench._data import read_set_file
+from graphthrift.embed.embedders import Vectors
 from graphthrift.embed.static import StaticEmbedder
-from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, RecalledSnippet
+from graphthrift.history.recall import (
+    _INSERT,
+    QUERY_CACHE_SIZE,
+    FoldedTurn,
+    FoldedTurnStore,
+    RecalledSnippet,
+)
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.migrations import MIGRATIONS
 from graphthrift.store.postgres import Store, apply_migrations
@@ -269,3 +276,137 @@ def test_recall_reads_no_text_but_the_chosen_turns(
     for sql, p in reads:
         assert "tenant_id = " in sql and "thread_id = " in sql
         assert (p["tenant"], p["thread"]) == (tenant, "narrow")
+
+
+# A turn long enough (its text and terms) that its row passes PostgreSQL's 2 kB toast
+# threshold together with a 384-dimension embedding (1.5 kB).
+_LONG = FoldedTurn(
+    0,
+    "assistant",
+    " ".join(
+        f"Option {n}: the {w} at {100 + n} Main Street, code Q{n * 7}."
+        for n, w in enumerate(
+            [
+                "hotel",
+                "salon",
+                "dentist",
+                "theatre",
+                "restaurant",
+                "garage",
+                "bakery",
+                "museum",
+                "library",
+                "station",
+                "airport",
+                "clinic",
+            ]
+        )
+    ),
+)
+
+
+def _embedding_out_of_line(conn: object, tenant: str, thread: str) -> dict[int, bool]:
+    """Per turn: whether its embedding is stored out of line (in the TOAST table)."""
+    rows = conn.execute(  # type: ignore[attr-defined]
+        text(
+            f"SELECT turn_index, pg_column_toast_chunk_id(embedding) IS NOT NULL"
+            f" FROM {FOLDED_TURNS_TABLE} WHERE tenant_id = :t AND thread_id = :th"
+        ),
+        {"t": tenant, "th": thread},
+    )
+    return {int(r[0]): bool(r[1]) for r in rows}
+
+
+@pytest.fixture
+def database_at_51(store: Store) -> Iterator[Engine]:
+    """A database migrated up to 51 only: embeddings in pgvector's own (external) storage."""
+    with scratch_database(store.url) as (url, _):
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            if conn.execute(text("SHOW server_version_num")).scalar_one() < "170000":
+                pytest.skip("pg_column_toast_chunk_id needs PostgreSQL 17")
+            apply_migrations(conn, [m for m in MIGRATIONS if m.version <= 51])
+        yield engine
+        engine.dispose()
+
+
+def test_migration_52_keeps_new_embeddings_in_the_row(
+    database_at_51: Engine, store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """Before migration 52 a row over the 2 kB toast threshold had its embedding moved out
+    of line (a TOAST fetch for every distance recall computes); after it, new rows keep the
+    embedding in the row (their text or terms are compressed or go out of line instead).
+    Rows written before keep working."""
+    writer = FoldedTurnStore(store, embedder=embedder)  # for its insert parameters only
+    vectors = embedder.embed([_LONG.text])
+    with database_at_51.begin() as conn:
+        conn.execute(text(_INSERT), writer._insert_params(tenant, "old", [_LONG], vectors))
+        assert _embedding_out_of_line(conn, tenant, "old") == {0: True}
+    db = Store(database_at_51.url.render_as_string(hide_password=False), home=store.home)
+    try:
+        with db.connect() as conn:
+            storage = conn.execute(
+                text(
+                    "SELECT attstorage FROM pg_attribute WHERE attname = 'embedding'"
+                    f" AND attrelid = '{FOLDED_TURNS_TABLE}'::regclass"
+                )
+            ).scalar_one()
+        assert storage == "m"
+        turns = FoldedTurnStore(db, embedder=embedder)
+        assert turns.add(tenant, "new", [_LONG]) == 1
+        with db.connect() as conn:
+            assert _embedding_out_of_line(conn, tenant, "new") == {0: False}
+            assert _embedding_out_of_line(conn, tenant, "old") == {0: True}
+        for thread in ("old", "new"):
+            found = turns.recall(tenant, thread, "Which dentist was at 103 Main Street?", k=2)
+            assert [s.text for s in found] == [_LONG.text]
+            assert found[0].similarity > 0.2
+    finally:
+        db.close()
+
+
+class _CountingEmbedder(StaticEmbedder):
+    """The static embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+    async def aembed(self, texts: Sequence[str]) -> Vectors:
+        self.texts.extend(texts)
+        return await super().aembed(texts)
+
+
+def test_a_query_recalled_again_is_not_embedded_again(store: Store, tenant: str) -> None:
+    """An agent calls its model several times for one user message (tool calls), and each
+    prune recalls that message: its vector and terms are kept (for the last
+    ``QUERY_CACHE_SIZE`` queries), and each recall still reads its own thread."""
+    embedder = _CountingEmbedder()
+    turns = FoldedTurnStore(store, embedder=embedder)
+    chat = _sgd_turns(80)
+    turns.add(tenant, "a", chat[:40])
+    turns.add(tenant, "b", chat[40:])
+    query = QUERIES[1]
+    first = turns.recall(tenant, "a", query, k=4, token_budget=300)
+    embedder.texts.clear()
+    assert _chosen(turns.recall(tenant, "a", query, k=4, token_budget=300)) == _chosen(first)
+    other = asyncio.run(turns.arecall(tenant, "b", query, k=4, token_budget=300))
+    assert embedder.texts == []
+    assert first and other
+    assert {s.index for s in first} <= set(range(40))
+    assert {s.index for s in other} <= set(range(40, 80))
+    fresh = FoldedTurnStore(store, embedder=StaticEmbedder())
+    assert _chosen(fresh.recall(tenant, "b", query, k=4, token_budget=300)) == _chosen(other)
+    # a new query is embedded; the oldest ones leave the cache
+    asked = [f"{query} ({n})" for n in range(QUERY_CACHE_SIZE + 1)]
+    for text_ in asked:
+        turns.recall(tenant, "a", text_, k=1, token_budget=100)
+    assert embedder.texts == asked
+    embedder.texts.clear()
+    turns.recall(tenant, "a", query, k=4, token_budget=300)
+    turns.recall(tenant, "a", asked[-1], k=4, token_budget=300)
+    assert embedder.texts == [query]

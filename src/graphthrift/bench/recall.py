@@ -3,9 +3,12 @@
 Fills a scratch database with real SGD utterances as folded turns, spread over many
 threads of several tenants, then times recalls of random threads: the whole ``recall``
 (query embedding, the filtered hybrid search, packing into the budget), the database part
-alone, and the query embedding of each embedder. The same searches are also run through a
-filtered HNSW index (pgvector's iterative scan), with how often they agree with the exact
-search, to show which plan recall should use. Writes the figures as JSON.
+alone, and the query embedding of each embedder. Each timed query is new to recall; then
+it is recalled again (``recall_repeat_ms``), as an agent's tool loop recalls one user
+message at each model call, which reuses the query's vector and terms. The same searches
+are also run through a filtered HNSW index (pgvector's iterative scan), with how often they
+agree with the exact search, to show which plan recall should use. Writes the figures as
+JSON.
 
     python -m graphthrift.bench.recall --json benchmarks/results/recall.json
 """
@@ -54,6 +57,24 @@ def _utterances(limit: int) -> list[str]:
     return [found[k % len(found)] for k in range(limit)]
 
 
+def _distinct_queries(
+    rng: random.Random, texts: Sequence[str], threads: int, per_thread: int, count: int
+) -> list[tuple[int, str]]:
+    """``count`` (thread, query) pairs with distinct query texts, each an utterance of its
+    thread."""
+    out: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for _ in range(count * 50):
+        if len(out) == count:
+            return out
+        t = rng.randrange(threads)
+        q = rng.choice(texts[t * per_thread : (t + 1) * per_thread])
+        if q not in seen:
+            seen.add(q)
+            out.append((t, q))
+    raise RuntimeError(f"found {len(out)} distinct queries of {count}")
+
+
 def _timed(values: list[float], start: float) -> None:
     values.append((time.perf_counter() - start) * 1000)
 
@@ -91,21 +112,24 @@ def run_recall_bench(
             if added != len(rows):
                 raise RuntimeError(f"thread {t}: stored {added} of {len(rows)} turns")
         load_s = time.perf_counter() - start
-        asked = [
-            (t, rng.choice(texts[t * per_thread : (t + 1) * per_thread]))
-            for t in (rng.randrange(threads) for _ in range(queries))
-        ]
-        for t, q in asked[:20]:  # warm the pool, the tokenizer tables and the page cache
+        # distinct queries, the first 20 only to warm the pool, the tokenizer tables and the
+        # page cache: a timed query is never one recall has seen (it keeps the last queries'
+        # vectors and terms), except in ``recall_repeat_ms``
+        asked = _distinct_queries(rng, texts, threads, per_thread, queries + 20)
+        for t, q in asked[:20]:
             turns.recall(f"tenant-{t % tenants}", f"thread-{t}", q, k=k, token_budget=token_budget)
+        asked = asked[20:]
         whole: list[float] = []
+        again: list[float] = []
         for t, q in asked:
-            start = time.perf_counter()
-            found = turns.recall(
-                f"tenant-{t % tenants}", f"thread-{t}", q, k=k, token_budget=token_budget
-            )
-            _timed(whole, start)
-            if not found:
-                raise RuntimeError(f"thread {t}: recall found nothing for {q!r}")
+            for times in (whole, again):  # then the same message again, as a tool loop asks
+                start = time.perf_counter()
+                found = turns.recall(
+                    f"tenant-{t % tenants}", f"thread-{t}", q, k=k, token_budget=token_budget
+                )
+                _timed(times, start)
+                if not found:
+                    raise RuntimeError(f"thread {t}: recall found nothing for {q!r}")
         vectors = embedder.embed([q for _, q in asked])
         exact, hnsw, agree = _compare_plans(db, asked, vectors, tenants, embedder.model_id, k)
         embed_static = _embed_times(embedder, [q for _, q in asked])
@@ -121,6 +145,7 @@ def run_recall_bench(
         "token_budget": token_budget,
         "load_seconds": round(load_s, 2),
         "recall_ms": percentiles(whole, 50, 95, 99),
+        "recall_repeat_ms": percentiles(again, 50, 95, 99),
         "exact_search_ms": percentiles(exact, 50, 95, 99),
         "hnsw_search_ms": percentiles(hnsw, 50, 95, 99),
         "hnsw_agrees_with_exact": round(agree, 4),

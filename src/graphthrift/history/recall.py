@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -108,6 +108,9 @@ _NOT_IDENTIFIERS = STOPWORDS | frozenset(
 )
 
 
+#: How many recent queries' vectors and terms each ``FoldedTurnStore`` keeps (they depend on
+#: the query's text alone, never on a tenant's or thread's turns).
+QUERY_CACHE_SIZE = 64
 _EF_SEARCH = 40  # pgvector's default; recall itself scans its thread exactly
 _static: StaticEmbedder | None = None
 _static_lock = threading.Lock()
@@ -278,22 +281,27 @@ _INSERT = (
 )
 
 # Recall reads in two or more indexed steps, each filtered on tenant and thread first.
-# 1. One row: every turn of the thread by its index, nearest first, as arrays of turn index,
-#    embedding distance to the query and own content-word count (nothing of its text or
-#    terms), and the posting lists of the query's terms (identifiers, content words, the
-#    value mark) as one JSON object: which turns hold which of them, and so the thread's
-#    document frequencies. PostgreSQL orders NaN (a text without tokens) last.
+# 1. One statement: a first row (``term`` NULL) with every turn of the thread by its index,
+#    nearest first, as arrays of turn index, embedding distance to the query and own
+#    content-word count (nothing of its text or terms), then one row per query term
+#    (identifiers, content words, the value mark) with its posting list: which turns hold
+#    it, and so the thread's document frequencies. Both in one snapshot. The distances are
+#    computed once into narrow rows (``MATERIALIZED``) and sorted there, not sorted with
+#    each turn's embedding; posting lists come as integer arrays, where a JSON object of
+#    them cost the server its numeric conversion and the client a JSON parse. PostgreSQL
+#    orders NaN (a text without tokens) last.
 _THREAD = (
-    "WITH t AS (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
+    "WITH t AS MATERIALIZED (SELECT turn_index, own_terms, embedding <=> CAST(:v AS vector) AS d"
     f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model)"
-    " SELECT array_agg(turn_index ORDER BY d, turn_index) AS idx,"
+    " SELECT NULL AS term, array_agg(turn_index ORDER BY d, turn_index) AS idx,"
     " array_agg(d ORDER BY d, turn_index) AS d,"
-    " array_agg(own_terms ORDER BY d, turn_index) AS own,"
-    f" (SELECT jsonb_object_agg(term, turns) FROM {FOLDED_TERMS_TABLE}"
-    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
-    " AND term = ANY(CAST(:terms AS text[]))) AS postings"
+    " array_agg(own_terms ORDER BY d, turn_index) AS own"
     " FROM t"
+    " UNION ALL SELECT term, turns, NULL, NULL"
+    f" FROM {FOLDED_TERMS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND term = ANY(CAST(:terms AS text[]))"
 )
 # 2. The texts of the few turns scoring puts first (and of the query's echoes, when their
 #    wording decides what is phrasing).
@@ -391,6 +399,10 @@ class FoldedTurnStore:
         # the caches' pools: no pre-ping and autocommit reads (no BEGIN/COMMIT round trips),
         # statement_timeout set at connect time
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
+        # the last queries' vectors and terms: an agent that calls its model several times
+        # for one user message (tool calls) recalls the same message each time
+        self._asked: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._asked_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -454,27 +466,52 @@ class FoldedTurnStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _search_params(
-        self, tenant: str, thread: str, query: str, vector: Any, k: int
-    ) -> dict[str, Any]:
+    def _query_params(self, query: str, vector: Any) -> dict[str, Any]:
+        """What a recall of ``query`` asks whatever the thread: its vector as pgvector text,
+        identifiers, content words (both marks), all its terms, and its word counts."""
         lexical = _with_context(lexical_terms(query))
         identifiers = query_terms(query)
         kinds = asked_kinds(query)
         # the query's content words as the compounds of a turn ("rentalcar": "rental car")
         compounds = [COMPOUND_MARK + t[1:] for t in lexical if t[0] == LEXICAL_MARK]
         return {
-            "tenant": tenant,
-            "thread": thread,
-            "model": self.embedder.model_id,
             "v": _vector_literal(vector),
             "q": identifiers,
             "lq": lexical,
             "cq": compounds,
             "terms": sorted({*identifiers, *lexical, *compounds, *kinds, VALUE_TERM}),
             "kinds": sorted(kinds),
-            "n": max(self.candidates, k),
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
         }
+
+    def _search_params(
+        self, tenant: str, thread: str, query: str, vector: Any, k: int
+    ) -> dict[str, Any]:
+        return self._scoped(tenant, thread, k, self._query_params(query, vector))
+
+    def _scoped(self, tenant: str, thread: str, k: int, asked: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "tenant": tenant,
+            "thread": thread,
+            "model": self.embedder.model_id,
+            **asked,
+            "n": max(self.candidates, k),
+        }
+
+    def _remembered(self, query: str) -> Mapping[str, Any] | None:
+        with self._asked_lock:
+            asked = self._asked.get(query)
+            if asked is not None:
+                self._asked.move_to_end(query)
+            return asked
+
+    def _remember(self, query: str, vector: Any) -> Mapping[str, Any]:
+        asked = self._query_params(query, vector)
+        with self._asked_lock:
+            self._asked[query] = asked
+            while len(self._asked) > QUERY_CACHE_SIZE:
+                self._asked.popitem(last=False)
+        return asked
 
     def recall(
         self, tenant: str, thread: str, query: str, *, k: int = 4, token_budget: int = 512
@@ -486,8 +523,10 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            vector = self.embedder.embed([query])[0]
-            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            asked = self._remembered(query)
+            if asked is None:
+                asked = self._remember(query, self.embedder.embed([query])[0])
+            plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return with_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
@@ -502,8 +541,10 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            vector = (await self.embedder.aembed([query]))[0]
-            plan = self._recall_plan(self._search_params(tenant, thread, query, vector, k))
+            asked = self._remembered(query)
+            if asked is None:
+                asked = self._remember(query, (await self.embedder.aembed([query]))[0])
+            plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return await awith_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
             _fail_open("recall", exc)
@@ -601,14 +642,21 @@ def _recall(
     ``echo_penalty`` times how far it echoes the query; the best that fit the budget
     together are kept (one too large is skipped)."""
     scope = {"tenant": params["tenant"], "thread": params["thread"], "model": params["model"]}
-    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]})
-    nearest = [int(i) for i in head[0]["idx"] or ()] if head else []
+    head = yield Sql(_THREAD, {**scope, "v": params["v"], "terms": params["terms"]}, rows="tuples")
+    # read in the same snapshot as the turns; a turn not among them is never scored
+    postings: dict[str, list[int]] = {}
+    nearest: list[int] = []
+    distance: dict[int, float] = {}
+    own: dict[int, int] = {}
+    for term, idx, d, counts in head:
+        if term is not None:
+            postings[term] = idx
+        elif idx:
+            nearest = idx
+            distance = dict(zip(idx, d, strict=True))
+            own = dict(zip(idx, counts, strict=True))
     if not nearest:
         return []
-    distance: dict[int, float] = dict(zip(nearest, map(float, head[0]["d"]), strict=True))
-    own: dict[int, int] = dict(zip(nearest, map(int, head[0]["own"]), strict=True))
-    # read in the same snapshot as the turns; a turn not among them is never scored
-    postings: dict[str, list[int]] = head[0]["postings"] or {}
     lexical_query = set(params["lq"])
     compound_query = set(params["cq"])
     held: dict[int, set[str]] = {}
@@ -618,8 +666,11 @@ def _recall(
         elif term not in lexical_query:
             continue
         for i in turns:
-            if i in distance:
-                held.setdefault(i, set()).add(term)
+            mine = held.get(i)
+            if mine is not None:
+                mine.add(term)
+            elif i in distance:
+                held[i] = {term}
     matches = match_turns({i: frozenset(h) for i, h in held.items()}, own)
     phrasing = phrasing_words(matches)
     texts: dict[int, Mapping[str, Any] | None] = {}
@@ -703,7 +754,9 @@ def _recall(
 
 
 def _vector_literal(vector: Any) -> str:
-    return "[" + ",".join(f"{float(x):.6g}" for x in vector) + "]"
+    """``vector`` as pgvector text, each component to 6 significant digits."""
+    values = vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
+    return "[" + ",".join([f"{x:.6g}" for x in values]) + "]"
 
 
 def _fail_open(operation: str, exc: BaseException) -> None:

@@ -15,6 +15,15 @@ document frequencies and each turn's matches come without reading any turn's ter
 (the few chosen turns' texts are read after scoring). Every row carries its tenant and
 thread like the turns it indexes.
 
+Migration 52 keeps ``embedding`` in the row (storage ``MAIN``). pgvector declares its type
+with ``EXTERNAL`` storage, so a row over PostgreSQL's 2 kB toast threshold (a 384-dimension
+vector is 1.5 kB of it, and a long turn's text and terms the rest) had its embedding, the
+largest value, moved out of line: on the bench's SGD turns one row in four, and each of them
+cost recall a TOAST index lookup and fetch for its distance. Now the text and terms, which
+recall's scan never reads, are compressed or moved out first; the embedding goes out of line
+only when the row cannot fit a page at all (vectors of some 2,000 dimensions). Rows written
+before it keep their out-of-line embeddings until the table is rewritten (``VACUUM FULL``).
+
 There is no HNSW index by default: every recall is filtered to one thread, whose few hundred
 to few thousand turns the (tenant, thread) index finds and an exact scan scores faster than
 a filtered graph walk would (``graphthrift.bench.recall`` measures both at 100,000 turns).
@@ -94,5 +103,12 @@ HISTORY_MIGRATIONS: tuple[Migration, ...] = (
             " GROUP BY tenant_id, thread_id, embedding_model, t"
             " ON CONFLICT (tenant_id, thread_id, embedding_model, term) DO NOTHING",
         ),
+    ),
+    Migration(
+        52,
+        "folded turns: embeddings kept in the row",
+        # catalog only: rows already written keep their storage; new rows keep the vector
+        # in line, and recall's scan of a thread reads no TOAST for its distances
+        (f"ALTER TABLE {FOLDED_TURNS_TABLE} ALTER COLUMN embedding SET STORAGE MAIN",),
     ),
 )
