@@ -115,12 +115,17 @@ def _push(frame: RunTagsBinding) -> RunTagsBinding:
 
 def _pop(frame: RunTagsBinding) -> None:
     frames = _RUN_TAGS.get()
-    if any(f is frame for f in frames):
+    if frames and frames[-1] is frame:  # the usual case: bindings end in reverse order
+        _RUN_TAGS.set(frames[:-1])
+    elif any(f is frame for f in frames):
         _RUN_TAGS.set(tuple(f for f in frames if f is not frame))
 
 
+_CONTAINERS = (dict, list)  # built once: ``dict | list`` made a new union on every call
+
+
 def _set(value: Any) -> bool:
-    return value is not None and value != "" and not isinstance(value, dict | list)
+    return value is not None and value != "" and not isinstance(value, _CONTAINERS)
 
 
 def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
@@ -135,13 +140,16 @@ def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
     metadata: Mapping[str, Any] = config.get("metadata") or {}
     configurable: Mapping[str, Any] = config.get("configurable") or {}
     out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
-    bound = _bound_tags() or {}
+    bound = _bound_tags()
+    if bound:
+        for key in RUN_TAG_KEYS:
+            value = bound.get(key)
+            if value is not None and key not in out and _set(value):
+                out[key] = value
     for key in RUN_TAG_KEYS:
-        if _set(bound.get(key)) and key not in out:
-            out[key] = bound[key]
-    for key in RUN_TAG_KEYS:
-        if _set(metadata.get(key)):
-            out[key] = metadata[key]
+        value = metadata.get(key)
+        if value is not None and _set(value):  # most keys are absent: skip the call
+            out[key] = value
     if not _set(metadata.get("thread_id")) and _set(configurable.get("thread_id")):
         out["thread_id"] = configurable["thread_id"]
     if not _set(metadata.get("run_id")) and _set(config.get("run_id")):
