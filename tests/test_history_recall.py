@@ -454,7 +454,7 @@ def test_a_compound_meets_its_words_written_apart(turns: FoldedTurnStore, tenant
 
 
 def test_a_value_of_the_asked_kind_counts_half_in_a_turn_about_something_else(
-    turns: FoldedTurnStore, tenant: str
+    turns: FoldedTurnStore, store: Store, embedder: StaticEmbedder, tenant: str
 ) -> None:
     """A time in a turn that shares no word with "What time ... dentist?" is weaker
     evidence than one in a turn about the dentist: it gets half the kind boost."""
@@ -464,4 +464,8 @@ def test_a_value_of_the_asked_kind_counts_half_in_a_turn_about_something_else(
     found = {s.index: s for s in turns.recall(tenant, "evidence", "What time is the dentist?")}
     alone, about = found[0], found[1]
     assert math.isclose(alone.score, alone.similarity + turns.value_boost + turns.kind_boost / 2)
-    assert about.score > about.similarity + turns.value_boost + turns.kind_boost
+    without = FoldedTurnStore(store, embedder=embedder, kind_boost=0.0)
+    plain = {
+        s.index: s.score for s in without.recall(tenant, "evidence", "What time is the dentist?")
+    }
+    assert math.isclose(about.score, plain[1] + turns.kind_boost)

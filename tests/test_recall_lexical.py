@@ -113,3 +113,13 @@ def test_compounds_are_adjacent_words_written_as_one() -> None:
     # a stopword before, or after unless it is a particle, makes no compound
     assert compound_terms("the car is red") == set()
     assert as_own({"&rentalcar", "^car", "~car"}) == {"~rentalcar", "^car", "~car"}
+
+
+def test_a_stay_and_a_number_word_are_not_times_or_names() -> None:
+    """Found by review: "one night" is a stay (a number), "Four pm" no name, and a
+    contraction makes no compound with the word after it."""
+    assert value_kinds("Book 1 night at the Hilton.") == {"#number", "#name"}
+    assert "#time" not in value_kinds("Friday night 10 people")
+    assert "#time" in value_kinds("Dinner at night at 9")
+    assert "#name" not in value_kinds("Four pm is good.")
+    assert not any(t.endswith("llpick") for t in compound_terms("We'll pick it up."))

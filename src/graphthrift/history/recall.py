@@ -401,7 +401,7 @@ class FoldedTurnStore:
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
         # the last queries' vectors and terms: an agent that calls its model several times
         # for one user message (tool calls) recalls the same message each time
-        self._asked: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._asked: OrderedDict[tuple[str, str, str], Mapping[str, Any]] = OrderedDict()
         self._asked_lock = threading.Lock()
 
     # -- writing ------------------------------------------------------------------------
@@ -498,17 +498,18 @@ class FoldedTurnStore:
             "n": max(self.candidates, k),
         }
 
-    def _remembered(self, query: str) -> Mapping[str, Any] | None:
+    def _remembered(self, tenant: str, query: str) -> Mapping[str, Any] | None:
+        key = (tenant, self.embedder.model_id, query)  # an embedder swapped later: a miss
         with self._asked_lock:
-            asked = self._asked.get(query)
+            asked = self._asked.get(key)
             if asked is not None:
-                self._asked.move_to_end(query)
+                self._asked.move_to_end(key)
             return asked
 
-    def _remember(self, query: str, vector: Any) -> Mapping[str, Any]:
+    def _remember(self, tenant: str, query: str, vector: Any) -> Mapping[str, Any]:
         asked = self._query_params(query, vector)
         with self._asked_lock:
-            self._asked[query] = asked
+            self._asked[(tenant, self.embedder.model_id, query)] = asked
             while len(self._asked) > QUERY_CACHE_SIZE:
                 self._asked.popitem(last=False)
         return asked
@@ -523,9 +524,9 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            asked = self._remembered(query)
+            asked = self._remembered(tenant, query)
             if asked is None:
-                asked = self._remember(query, self.embedder.embed([query])[0])
+                asked = self._remember(tenant, query, self.embedder.embed([query])[0])
             plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return with_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
@@ -541,9 +542,9 @@ class FoldedTurnStore:
         if not query.strip() or k == 0 or token_budget == 0:
             return []
         try:
-            asked = self._remembered(query)
+            asked = self._remembered(tenant, query)
             if asked is None:
-                asked = self._remember(query, (await self.embedder.aembed([query]))[0])
+                asked = self._remember(tenant, query, (await self.embedder.aembed([query]))[0])
             plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return await awith_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:

@@ -234,8 +234,9 @@ KIND_MARK = "#"
 _NUMBER = r"(?:\d{1,2}(?::\d\d)?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)"
 _TIME = re.compile(
     rf"\b\d{{1,2}}:\d\d\b|\b{_NUMBER}\s*(?:am|pm|a\.m\.|p\.m\.|o.clock)(?!\w)"
-    rf"|\b{_NUMBER}(?: in the| at)? (?:morning|afternoon|evening|night)\b"
-    rf"|\b(?:morning|afternoon|evening|night) (?:at )?{_NUMBER}\b"
+    rf"|\b{_NUMBER}(?: in the| at)? (?:morning|afternoon|evening)\b"
+    rf"|\b{_NUMBER} (?:in the|at) night\b"  # "one night" is a stay, not a time
+    rf"|\b(?:morning|afternoon|evening) (?:at )?{_NUMBER}\b|\bnight at {_NUMBER}\b"
     r"|\b(?:noon|midnight|half past|quarter past|quarter to)\b",
     re.I,
 )
@@ -253,6 +254,7 @@ _ASKS = {
     ),
 }
 _KINDS = ("time", "date", "money", "number", "name")
+_NUMBER_WORD = re.compile(_NUMBER, re.I)
 _ASK_WORD = re.compile(r"[a-z']+")
 
 
@@ -266,7 +268,8 @@ def value_kinds(text: str) -> set[str]:
         # a span's kind carries the preposition before it ("dateuntil")
         kind = next((k for k in _KINDS if span.kind.startswith(k)), "")
         if kind == "name":
-            if any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text):
+            named = any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text)
+            if named and not _NUMBER_WORD.fullmatch(span.text):  # "Four pm is good."
                 kinds.add("name")
         elif kind == "number":
             if not _TIME.search(span.text):
@@ -284,7 +287,7 @@ def asked_kinds(query: str) -> set[str]:
 
 # Particles that make one word with the verb before them ("pick up", "check in").
 _PARTICLES = word_set("up down in out off on over back")
-_PAIR = re.compile(r"\b([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")
+_PAIR = re.compile(r"(?<![\w'\u2019])([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")  # not "we'll"
 
 
 def compound_terms(text: str) -> set[str]:
