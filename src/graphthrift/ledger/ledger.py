@@ -44,7 +44,7 @@ from graphthrift.ledger.records import RECORD_COLUMNS, LedgerRecord
 from graphthrift.ledger.schema import LEDGER_TABLE
 from graphthrift.ledger.signals import _close_at_exit, _install_signal_handlers, _live_ledgers
 from graphthrift.ledger.spill import LedgerSpill
-from graphthrift.ledger.task_compaction import compact_task_rollups
+from graphthrift.ledger.task_compaction import HourlyMerger
 from graphthrift.store.postgres import Store
 
 __all__ = ["REPORT_KEYS", "Ledger", "LedgerFlushTimeout", "LedgerObserver"]
@@ -119,8 +119,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         self._last_error: str | None = None
         self._closed = False
         self._failing = False  # the last write attempt failed for an outage
-        self._merged_hour: int | None = None  # the hour this writer last merged rollups in
-        self._merger: threading.Thread | None = None
+        self._merger = HourlyMerger(store)  # merges the task rollups of closed hours
         self._queued_bytes = 0
         self._inflight = 0
         self._overflow: dict[Path, int] = {}  # locked spill files of this ledger's overflow
@@ -249,8 +248,7 @@ class Ledger(LedgerSpill, LedgerQueries):
             self._cond.notify_all()
         self._thread.join(timeout=max(1.0, timeout))
         self._spill(include_inflight=self._thread.is_alive())
-        if self._merger is not None:  # a merge cut short rolls back whole: nothing is lost
-            self._merger.join(timeout=max(1.0, timeout))
+        self._merger.join(timeout=max(1.0, timeout))
         atexit.unregister(self._atexit_hook)
         _live_ledgers.discard(self)
 
@@ -346,31 +344,7 @@ class Ledger(LedgerSpill, LedgerQueries):
             self._forget_replayed_spills()
             self._cap_queue()
             self._reload_overflow()
-            self._merge_closed_hours()
-
-    def _merge_closed_hours(self) -> None:
-        """Once an hour, after a write, merge the task rollups of the hours that closed
-        (``graphthrift.ledger.task_compaction``) on a thread of its own, so that writes
-        never wait for it; a failure only leaves them unmerged."""
-        hour = int(time.time() // 3600)
-        if hour == self._merged_hour or (self._merger is not None and self._merger.is_alive()):
-            return
-        self._merged_hour = hour
-        self._merger = threading.Thread(
-            target=self._merge, name="graphthrift-ledger-merge", daemon=True
-        )
-        self._merger.start()
-
-    def _merge(self) -> None:
-        try:
-            compact_task_rollups(self.store)
-        except Exception as exc:
-            diagnostics.count(
-                "ledger_compaction_failure",
-                "graphthrift: merging the per-task rollups of closed hours failed (%r); reads"
-                " sum their rows as they are",
-                exc,
-            )
+            self._merger.poke()
 
     def add_listener(self, listener: Callable[[Sequence[LedgerRecord]], None]) -> None:
         """Call ``listener(records)`` on the writer thread after each committed batch.

@@ -16,10 +16,13 @@ beside the merged one; reads still sum it.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
+from graphthrift import diagnostics
 from graphthrift.ledger.task_rollups import (
     TASK_COMPACTED_TABLE,
     TASK_KEYS,
@@ -29,7 +32,7 @@ from graphthrift.ledger.task_rollups import (
 )
 from graphthrift.store.postgres import Store
 
-__all__ = ["COMPACT_HOURS", "compact_task_rollups"]
+__all__ = ["COMPACT_HOURS", "HourlyMerger", "compact_task_rollups"]
 
 #: How many closed hours back a writer looks for hours to merge.
 COMPACT_HOURS = 24
@@ -96,3 +99,41 @@ def compact_task_rollups(
             if marked is not None:  # not merged by another process since the list was read
                 removed += int(conn.execute(_MERGE, {"hour": hour}).scalar() or 0)
     return removed
+
+
+class HourlyMerger:
+    """What a ledger writer calls after each write: at most once an hour it merges the
+    closed hours (``compact_task_rollups``) on a thread of its own, so that writes never
+    wait for it; a failure only leaves rows unmerged (counted, logged)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._hour: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        """Start a merge unless one ran this hour or is still running."""
+        hour = int(time.time() // 3600)
+        if hour == self._hour or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._hour = hour
+        self._thread = threading.Thread(
+            target=self._merge, name="graphthrift-ledger-merge", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for a running merge; one cut short rolls back whole, so nothing is lost."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _merge(self) -> None:
+        try:
+            compact_task_rollups(self.store)
+        except Exception as exc:
+            diagnostics.count(
+                "ledger_compaction_failure",
+                "graphthrift: merging the per-task rollups of closed hours failed (%r); reads"
+                " sum their rows as they are",
+                exc,
+            )
