@@ -14,7 +14,13 @@ from cache_helpers import scratch_database
 from graphthrift import diagnostics
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError
-from graphthrift.history.recall import FoldedTurn, FoldedTurnStore, lexical_terms, query_terms
+from graphthrift.history.recall import (
+    FoldedTurn,
+    FoldedTurnStore,
+    focused,
+    lexical_terms,
+    query_terms,
+)
 from graphthrift.store.postgres import Store
 
 
@@ -469,3 +475,11 @@ def test_a_value_of_the_asked_kind_counts_half_in_a_turn_about_something_else(
         s.index: s.score for s in without.recall(tenant, "evidence", "What time is the dentist?")
     }
     assert math.isclose(about.score, plain[1] + turns.kind_boost)
+
+
+def test_a_sentence_holding_a_query_word_as_a_compound_is_kept_in_focus() -> None:
+    """Found by review: a turn found through "rentalcars" lost its "rental car" sentence
+    when it was cut to the sentences that matter."""
+    text_ = "I need a rental car please. The weather was lovely. We talked about songs."
+    kept = focused(text_, frozenset({"rentalcar", "citi"}))
+    assert "rental car" in kept and "weather" not in kept

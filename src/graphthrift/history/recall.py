@@ -601,7 +601,8 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
     one sentence or none qualifies. A long turn's answer is usually one sentence of it, and
     each sentence left out makes room for another turn. ``keep_first`` keeps the first
     sentence too: a turn found by the words of the turn before it answers that turn first
-    ("No thanks. I do need parking though." to "Breakfast?")."""
+    ("No thanks. I do need parking though." to "Breakfast?"). A sentence that holds a query
+    word as a compound ("rental car" for "rentalcars") uses it too."""
     spans = split_sentences(text_)
     if len(spans) < 2:
         return text_
@@ -611,6 +612,7 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
         if (keep_first and n == 0)
         or fact_spans(text_[a:b])
         or query_words.intersection(t.lower() for t in index_terms(text_[a:b]))
+        or query_words.intersection(c[1:] for c in compound_terms(text_[a:b]))
     }
     if not keep or len(keep) == len(spans):
         return text_
