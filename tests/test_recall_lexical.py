@@ -123,3 +123,10 @@ def test_a_stay_and_a_number_word_are_not_times_or_names() -> None:
     assert "#time" in value_kinds("Dinner at night at 9")
     assert "#name" not in value_kinds("Four pm is good.")
     assert not any(t.endswith("llpick") for t in compound_terms("We'll pick it up."))
+
+
+def test_a_particle_makes_a_compound_after_a_verb_only() -> None:
+    """Found by review: "a cab in Boston" made "cabin", which a question about a cabin met."""
+    assert compound_terms("a cab in Boston") == set()
+    assert compound_terms("We need to check in at 3") == {"&checkin"}
+    assert "&signup" in compound_terms("Please sign up here")

@@ -285,8 +285,20 @@ def asked_kinds(query: str) -> set[str]:
     return {KIND_MARK + kind for kind, asks in _ASKS.items() if words & asks}
 
 
-# Particles that make one word with the verb before them ("pick up", "check in").
+# Particles that make one word with the verb before them ("pick up", "check in"), and the
+# verbs that do so: after a noun a particle makes none ("a cab in Boston" is no "cabin").
 _PARTICLES = word_set("up down in out off on over back")
+_PARTICLE_VERBS = frozenset(
+    stem
+    for verb in word_set(
+        "pick picked picking drop dropped dropping check checked checking log logged logging "
+        "sign signed signing set setting take took taking make made making work worked "
+        "working back start started starting turn turned turning hand handed handing "
+        "look looked looking pay paid paying hold held holding roll rolled rolling "
+        "stop stopped stopping print printed printing sleep slept lay laid"
+    )
+    for stem in index_terms(verb)
+)
 _PAIR = re.compile(r"(?<![\w'\u2019])([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")  # not "we'll"
 
 
@@ -300,8 +312,15 @@ def compound_terms(text: str) -> set[str]:
         first, second = match.group(1).lower(), match.group(2).lower()
         if first in STOPWORDS or (second in STOPWORDS and second not in _PARTICLES):
             continue
+        if second in STOPWORDS and not _PARTICLE_VERBS.intersection(_stems(first)):
+            continue
         out.update(_compound(first + second))
     return out
+
+
+@lru_cache(maxsize=65536)
+def _stems(word: str) -> tuple[str, ...]:
+    return tuple(t.lower() for t in index_terms(word))
 
 
 @lru_cache(maxsize=65536)
