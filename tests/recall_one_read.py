@@ -53,7 +53,7 @@ def one_read_recall(
 ) -> list[RecalledSnippet]:
     """What the one-read recall returned for ``query`` with ``turns``' settings."""
     vector = turns.embedder.embed([query])[0]
-    params = turns._search_params(tenant, thread, query, vector, k)
+    params = turns._scoped(tenant, thread, k, turns._query_params(query, vector))
     params["v"] = _vector_literal(vector)
     with turns.store.connect() as conn:
         lexhit = {**params, "lq": [*params["lq"], *params["cq"]]}

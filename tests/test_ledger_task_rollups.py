@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from cache_helpers import scratch_database
 from graphthrift import Ledger, LedgerRecord, Store, diagnostics
+from graphthrift.errors import ConfigError
 from graphthrift.ledger.partitions import maintain_partitions
 from graphthrift.ledger.query import on_the_hour
 from graphthrift.ledger.task_compaction import compact_task_rollups
@@ -644,3 +645,9 @@ def test_a_failed_merge_is_counted_and_the_ledger_writes_on(
             ).scalar()
     assert diagnostics.get("ledger_compaction_failure") == failures + 1
     assert written == 1
+
+
+@pytest.mark.parametrize("hours", [0, -1, 1.5, True])
+def test_merging_refuses_a_window_that_is_not_whole_hours(store: Store, hours: Any) -> None:
+    with pytest.raises(ConfigError, match="hours"):
+        compact_task_rollups(store, hours=hours)

@@ -484,11 +484,6 @@ class FoldedTurnStore:
             "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
         }
 
-    def _search_params(
-        self, tenant: str, thread: str, query: str, vector: Any, k: int
-    ) -> dict[str, Any]:
-        return self._scoped(tenant, thread, k, self._query_params(query, vector))
-
     def _scoped(self, tenant: str, thread: str, k: int, asked: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "tenant": tenant,

@@ -320,10 +320,12 @@ def compound_terms(text: str) -> set[str]:
 
 @lru_cache(maxsize=65536)
 def _stems(word: str) -> tuple[str, ...]:
+    """A word's lowercased stems (cached, as ``_compound`` and the particle check ask
+    for the same words again and again)."""
     return tuple(t.lower() for t in index_terms(word))
 
 
 @lru_cache(maxsize=65536)
 def _compound(joined: str) -> tuple[str, ...]:
     """The marked stem of a joined pair (cached: the stemmer is the cost of indexing)."""
-    return tuple(COMPOUND_MARK + t.lower() for t in index_terms(joined) if len(t) > 1)
+    return tuple(COMPOUND_MARK + t for t in _stems(joined) if len(t) > 1)

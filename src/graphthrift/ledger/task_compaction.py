@@ -23,12 +23,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from graphthrift import diagnostics
+from graphthrift.errors import ConfigError
 from graphthrift.ledger.task_rollups import (
     TASK_COMPACTED_TABLE,
-    TASK_KEYS,
     TASK_ROLLUP_TABLE,
-    TASK_SUMS,
-    TASK_TAGS,
+    task_rollup_merge,
 )
 from graphthrift.store.postgres import Store
 
@@ -39,20 +38,7 @@ COMPACT_HOURS = 24
 
 _LOCK_CLASS = 0x67745F74  # "gt_t": with the hour's number, one merger per hour at a time
 
-_KEYS = ", ".join(("hour", *TASK_KEYS, *TASK_TAGS))
-_SUMS = ", ".join(name for name, _ in TASK_SUMS)
-_MERGE = text(
-    f"""
-    WITH gone AS (DELETE FROM {TASK_ROLLUP_TABLE} WHERE hour = :hour RETURNING *),
-    merged AS (
-        INSERT INTO {TASK_ROLLUP_TABLE} ({_KEYS}, {_SUMS})
-        SELECT {_KEYS}, {", ".join(f"sum({name})" for name, _ in TASK_SUMS)}
-        FROM gone GROUP BY {_KEYS}
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM merged)
-    """
-)
+_MERGE = text(task_rollup_merge())
 _PENDING = text(
     f"""
     SELECT h FROM generate_series(
@@ -71,7 +57,7 @@ def compact_task_rollups(
     was not merged yet to one row per key; return how many rows that removed. An hour another
     process is merging is left to it."""
     if isinstance(hours, bool) or not isinstance(hours, int) or hours < 1:
-        raise ValueError(f"hours must be a whole number >= 1, got {hours!r}")
+        raise ConfigError("hours", hours, "a whole number of hours >= 1")
     end = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     with store.connect() as conn:
         pending = [

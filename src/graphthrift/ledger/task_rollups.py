@@ -9,8 +9,9 @@ outcome rows are written (the latest ``ts``, then ``id``, wins; a task is its id
 tenant), and a task's calls are
 summed per hour and tag set: a run's calls share an hour and differ in model and route
 only, so once an hour is merged there are about a third as many rows as raw ones, all in
-their hour's index range. Since migration 8 the trigger appends those sums per batch rather than upserting them (reads
-sum rows per task), and ``graphthrift.ledger.task_compaction`` merges a closed hour's rows.
+their hour's index range. Since migration 8 the trigger appends those sums per batch rather
+than upserting them (reads sum rows per task), and ``graphthrift.ledger.task_compaction``
+merges a closed hour's rows.
 
 Like raw rows, and unlike the tag rollups, these rows name runs and threads, so retention
 deletes them with the raw months it drops (``graphthrift.ledger.partitions``).
@@ -45,6 +46,7 @@ __all__ = [
     "per_task",
     "task_rollup_append",
     "task_rollup_insert",
+    "task_rollup_merge",
 ]
 
 TASK_ROLLUP_TABLE = "graphthrift_ledger_task_hourly"
@@ -95,16 +97,16 @@ def _task_rollup_rows(source: str) -> str:
     keys and tags; ids and tags are bounded as the tag rollups bound them."""
     bounded = ", ".join(bounded_tag(c) for c in _COLUMNS[1:])
     aggs = ", ".join(expr for _, expr in TASK_SUMS)
-    order = ", ".join(str(i) for i in range(1, len(_COLUMNS) + 1))
     return f"""
         SELECT date_trunc('hour', ts, 'UTC'), {bounded}, {aggs}
         FROM {source}
         WHERE kind <> 'task' AND (run_id IS NOT NULL OR thread_id IS NOT NULL)
-        GROUP BY {order}"""
+        GROUP BY {_ORDER}"""
 
 
 _NAMES = ", ".join(_COLUMNS)
 _SUM_NAMES = ", ".join(name for name, _ in TASK_SUMS)
+_ORDER = ", ".join(str(i) for i in range(1, len(_COLUMNS) + 1))
 
 
 def task_rollup_insert(source: str) -> str:
@@ -112,10 +114,9 @@ def task_rollup_insert(source: str) -> str:
     7, and its backfill). Keys go in one sorted order, so concurrent writers wait instead of
     deadlocking."""
     updates = ", ".join(f"{name} = h.{name} + EXCLUDED.{name}" for name, _ in TASK_SUMS)
-    order = ", ".join(str(i) for i in range(1, len(_COLUMNS) + 1))
     return f"""
         INSERT INTO {TASK_ROLLUP_TABLE} AS h ({_NAMES}, {_SUM_NAMES}){_task_rollup_rows(source)}
-        ORDER BY {order}
+        ORDER BY {_ORDER}
         ON CONFLICT ({_KEY}) DO UPDATE SET {updates}
     """
 
@@ -127,6 +128,22 @@ def task_rollup_append(source: str) -> str:
     ``graphthrift.ledger.task_compaction`` merges them once their hour has closed."""
     return f"""
         INSERT INTO {TASK_ROLLUP_TABLE} ({_NAMES}, {_SUM_NAMES}){_task_rollup_rows(source)}
+    """
+
+
+def task_rollup_merge() -> str:
+    """SQL that merges the task rollups of the hour ``:hour`` to one row per key, in one
+    statement (a batch committed meanwhile is merged or left beside, never lost or counted
+    twice), and returns how many rows that removed (``graphthrift.ledger.task_compaction``)."""
+    sums = ", ".join(f"sum({name})" for name, _ in TASK_SUMS)
+    return f"""
+        WITH gone AS (DELETE FROM {TASK_ROLLUP_TABLE} WHERE hour = :hour RETURNING *),
+        merged AS (
+            INSERT INTO {TASK_ROLLUP_TABLE} ({_NAMES}, {_SUM_NAMES})
+            SELECT {_NAMES}, {sums} FROM gone GROUP BY {_NAMES}
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM merged)
     """
 
 
