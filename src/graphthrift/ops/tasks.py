@@ -291,13 +291,16 @@ def _task_costs(
     filters: Mapping[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each task's LLM cost and outcome where ``dimension`` is ``value`` (tasks with an
-    outcome only)."""
+    outcome only), in task order: the seeded bootstrap in ``compare`` draws by position, so
+    rows in whatever order the plan returns them gave a different interval from the same
+    tasks (the rollup and raw-row paths did)."""
     params: dict[str, Any] = {}
     spend = _source(task, since, until, {**filters, dimension: value}, params)
     sql = f"""
         SELECT coalesce(t.llm_cost_usd, 0) AS cost, t.ok
         FROM ({per_task(task, spend, since="since" if since is not None else None)}) AS t
         WHERE t.ok IS NOT NULL
+        ORDER BY t.task_tenant, t.task
     """
     with store.connect() as conn:
         conn.execute(text("SET LOCAL work_mem = '64MB'"))  # as cost_per_task
