@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,29 @@ def test_the_same_seed_builds_the_same_threads(bench_data: Path, threads: list[L
     assert again == threads
     other = build_long_threads(12, LONG_THREAD_SEED + 1, root=bench_data)
     assert [t.dialogues for t in other] != [t.dialogues for t in threads]
+
+
+def test_the_same_seed_builds_the_same_questions_in_every_process(bench_data: Path) -> None:
+    """Set iteration order follows the process's hash seed: a question picked from a set by
+    an incomplete sort key changed wording ("the hotels request" / "the travel request")
+    from one process to the next, and the bench's retention with it."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from graphthrift.bench.longthread import build_long_threads, LONG_THREAD_SEED; "
+        "ts = build_long_threads(6, LONG_THREAD_SEED, root=Path(sys.argv[1])); "
+        "print(repr([t.questions for t in ts]))"
+    )
+    built = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(bench_data)],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(4)
+    }
+    assert len(built) == 1, "the questions depend on the process's hash seed"
 
 
 def test_threads_are_long_chains_of_distinct_dialogues(threads: list[LongThread]) -> None:

@@ -209,7 +209,10 @@ def _ask(
                 candidates.add((fact, last))
         if not candidates:
             continue
-        fact, last = rng.choice(sorted(candidates, key=lambda c: (c[1], c[0].value, c[0].slot)))
+        # Sorted on every field: a set iterates in hash order, which changes per process.
+        fact, last = rng.choice(
+            sorted(candidates, key=lambda c: (c[1], c[0].value, c[0].slot, c[0].service))
+        )
         asked.add(fact)
         questions.append(
             Question(question_at, fact.service, fact.slot, fact.value, last, question_at - last)
