@@ -68,6 +68,24 @@ def test_threads_are_long_chains_of_distinct_dialogues(threads: list[LongThread]
         assert t.as_conversation().turns == t.turns
 
 
+def test_each_session_starts_where_its_dialogue_does(threads: list[LongThread]) -> None:
+    """A session is one dialogue, and the quick checks close it: the next session starts
+    right after them (``bench history`` prices the long set with sessions a day apart)."""
+    for t in threads:
+        starts = t.session_starts
+        assert len(starts) == len(t.dialogues) and starts[0] == 0
+        assert list(starts) == sorted(set(starts)) and starts[-1] < len(t.turns)
+        assert all(t.turns[s].role == "user" for s in starts)
+        asked = {q.turn_index for q in t.questions}
+        assert not asked & set(starts)
+        for q in t.questions:  # a question, its answer, then more questions or a new session
+            after = q.turn_index + 2
+            while after in asked:
+                after += 2
+            assert after == len(t.turns) or after in starts, (t.id, q)
+        assert t.as_conversation().session_starts == starts
+
+
 def test_every_question_finds_its_fact_at_the_recorded_distance(threads: list[LongThread]) -> None:
     for t in threads:
         assert t.questions, t.id

@@ -6,26 +6,36 @@ import argparse
 import io
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from graphthrift.bench._data import data_dir
 from graphthrift.bench._data_history import load_conversations_jsonl
-from graphthrift.bench.history import as_langchain, fold_ceiling, prompt_points, run
-from graphthrift.bench.longthread import LONG_THREAD_SEED
+from graphthrift.bench.history import (
+    _prompt_tokens,
+    _reply_tokens,
+    as_langchain,
+    fold_ceiling,
+    prompt_points,
+    run,
+)
+from graphthrift.bench.longthread import LONG_THREAD_SEED, build_long_threads
 from graphthrift.cli import main
 from graphthrift.errors import ConfigError
 from graphthrift.history import HistoryPruner
 from graphthrift.history.pricing import (
     DEFAULT_PRICE_MODELS,
+    PromptTurn,
     effective_cost_usd,
     effective_saved_fraction,
     turns_from_messages,
 )
 from graphthrift.summarize import ExtractiveSummarizer
-from graphthrift.text import count_text
+from graphthrift.text import TOKENS_REPLY_PRIMING, count_text
 
 PLACES = ["Nopa", "Little Hunan", "The Foundry", "Zuni Cafe", "State Bird"]
 
@@ -274,6 +284,63 @@ def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None
         saved = 1 - recall["effective_cost_usd"][model] / full["effective_cost_usd"][model]
         assert recall["effective_saved_fraction"][model] == pytest.approx(saved, abs=1e-3)
     assert long["recall_ms"]["p95"] >= long["recall_ms"]["p50"] > 0
+
+
+def test_long_set_is_priced_with_sessions_a_day_apart_too(tmp_path: Path) -> None:
+    """With a day between sessions, each session's first prompt finds the provider's cache
+    expired: full history writes its whole head again, a prompt under the cache minimum
+    costs what it cost back-to-back, and nothing costs less."""
+    data = _conversations(tmp_path / "convs.jsonl", n=2)
+    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
+    argv += ["--long", "1", "--max-tokens", "384", "--json", str(tmp_path / "h.json")]
+    assert main(argv) == 0
+    figures = json.loads((tmp_path / "h.json").read_text())
+    policies = figures["long"]["policies"]
+    thread = build_long_threads(1, LONG_THREAD_SEED, root=data_dir())[0]
+    conv = thread.as_conversation()
+    originals = [(t.role, t.content) for t in conv.turns]
+    back_to_back, apart, previous = [], [], 0
+    for end in prompt_points(conv):
+        tokens = _prompt_tokens(originals[:end])
+        shared = _prompt_tokens(originals[:previous]) - TOKENS_REPLY_PRIMING if previous else 0
+        turn = PromptTurn(tokens, min(shared, tokens), _reply_tokens(originals, end))
+        new_session = any(previous <= s < end for s in thread.session_starts[1:])
+        back_to_back.append(turn)
+        apart.append(replace(turn, seconds_since_previous=86_400.0) if new_session else turn)
+        previous = end
+    full = policies["full_history"]
+    for model in DEFAULT_PRICE_MODELS:
+        assert full["effective_cost_usd"][model] == pytest.approx(
+            effective_cost_usd(back_to_back, model), abs=1e-5
+        )
+        assert full["sessions_apart"]["effective_cost_usd"][model] == pytest.approx(
+            effective_cost_usd(apart, model), abs=1e-5
+        )
+    anthropic = "anthropic:claude-sonnet-4-5"
+    assert full["sessions_apart"]["effective_cost_usd"][anthropic] > (
+        1.2 * full["effective_cost_usd"][anthropic]
+    )
+    assert full["sessions_apart"]["gap_seconds"] == 86_400.0
+    for name, policy in policies.items():
+        for model in DEFAULT_PRICE_MODELS:
+            assert policy["sessions_apart"]["effective_cost_usd"][model] >= (
+                policy["effective_cost_usd"][model] - 1e-9
+            ), name
+    # our prompts stay under Anthropic's 1,024-token cache minimum: never cached either way
+    ours = policies["graphthrift+recall"]
+    assert ours["sessions_apart"]["effective_cost_usd"][anthropic] == pytest.approx(
+        ours["effective_cost_usd"][anthropic]
+    )
+    saved = (
+        1
+        - ours["effective_cost_usd"][anthropic]
+        / (full["sessions_apart"]["effective_cost_usd"][anthropic])
+    )
+    assert ours["sessions_apart"]["effective_saved_fraction"][anthropic] == pytest.approx(
+        saved, abs=1e-3
+    )
+    target = figures["targets_issue16"]["long_effective_saved_fraction"]
+    assert target["value_sessions_apart"] == ours["sessions_apart"]["effective_saved_fraction"]
 
 
 def test_long_seed_replays_a_held_out_long_set(tmp_path: Path) -> None:

@@ -43,12 +43,14 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
-    """A conversation to replay; ``has_facts`` says whether fact retention is measurable."""
+    """A conversation to replay; ``has_facts`` says whether fact retention is measurable,
+    ``session_starts`` the turns that begin a later visit (a multi-session thread)."""
 
     id: str
     source: str
     turns: tuple[Turn, ...]
     has_facts: bool = False
+    session_starts: tuple[int, ...] = ()
 
 
 def _stated(values: list[Any], utterance: str) -> list[str]:

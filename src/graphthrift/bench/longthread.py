@@ -96,10 +96,15 @@ class LongThread:
     dialogues: tuple[str, ...]
     turns: tuple[Turn, ...]
     questions: tuple[Question, ...]
+    session_starts: tuple[int, ...] = ()
+    """The turn each session (dialogue) begins at: a later visit, after the provider's
+    prompt cache has expired (``bench history`` prices the long set both ways)."""
 
     def as_conversation(self) -> Conversation:
         """The thread in the shape ``graphthrift bench history`` replays."""
-        return Conversation(self.id, "sgd_long", self.turns, has_facts=True)
+        return Conversation(
+            self.id, "sgd_long", self.turns, has_facts=True, session_starts=self.session_starts
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +241,9 @@ def _thread(
     facts: list[tuple[int, _Fact]] = []
     asked: set[_Fact] = set()
     questions: list[Question] = []
+    starts: list[int] = []
     for dialogue in chosen:
+        starts.append(len(turns))
         for turn, stated in dialogue.turns:
             facts.extend((len(turns), f) for f in stated)
             transcript.append(turn, [f.value for f in stated])
@@ -244,7 +251,11 @@ def _thread(
     if not (min_turns <= len(turns) <= max_turns and len(chosen) >= min_dialogues):
         return None
     return LongThread(
-        f"sgd_long_{number:03d}", tuple(d.id for d in chosen), tuple(turns), tuple(questions)
+        f"sgd_long_{number:03d}",
+        tuple(d.id for d in chosen),
+        tuple(turns),
+        tuple(questions),
+        tuple(starts),
     )
 
 
@@ -334,6 +345,7 @@ def write_jsonl(threads: Sequence[LongThread], path: str | Path) -> Path:
             record = {
                 "id": t.id,
                 "dialogues": list(t.dialogues),
+                "session_starts": list(t.session_starts),
                 "turns": [
                     {"role": turn.role, "content": turn.content, "facts": list(turn.facts)}
                     for turn in t.turns
