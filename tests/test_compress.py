@@ -73,6 +73,7 @@ def test_split_sentences(text: str, expected: list[str]) -> None:
     assert sentences(text) == expected
 
 
+@settings(deadline=None)  # a stalled example is not a failure (no test asserts timings)
 @given(st.text(alphabet=st.sampled_from(list("ab .!?\n3。,xy")), max_size=200))
 def test_split_sentences_keeps_every_character_in_order(text: str) -> None:
     spans = split_sentences(text)

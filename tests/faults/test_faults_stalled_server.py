@@ -116,7 +116,10 @@ def test_a_cache_lookup_on_a_stopped_server_fails_open(
         outcome = in_thread(lambda: cache.lookup("What are your opening hours?"))
     assert outcome is None
     assert diagnostics.get("store_timeout") > before
-    again = cache.lookup("What are your opening hours?")
+    for _ in range(3):  # the stalled connection was dropped: a new one may miss 0.2 s once
+        again = cache.lookup("What are your opening hours?")
+        if again is not None:
+            break
     assert again is not None and again.answer == "9 to 5."
 
 

@@ -124,7 +124,8 @@ def test_feedback_decides_its_own_tenants_thread_only(task_run: Run) -> None:
         THREADS * 2 - 1,
         1,
     )
-    assert after[second_tenant] == before[second_tenant]
+    # approx: an hour's merge between the two reads may re-add the same costs in another order
+    assert after[second_tenant] == pytest.approx(before[second_tenant])
     reopened_cost = sum(
         r["cost_usd"] or 0
         for r in task_run.ledger.records(tenant_id=first_tenant, thread_id=reopened, kind="llm")

@@ -277,6 +277,8 @@ def cost_per_task(
         row["cost_per_successful_task"] = (
             row["cost_usd"] / row["successful"] if row["successful"] else None
         )
+    # ties (groups without a success, equal ratios) in group order, not the plan's
+    rows.sort(key=lambda r: tuple(str(r[k]) for k in groups))
     rows.sort(key=lambda r: -(r["cost_per_successful_task"] or float("inf")))
     return rows
 
