@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from graphthrift.bench._data_history import load_conversations_jsonl
 from graphthrift.bench.longthread import (
     BUCKETS,
     LONG_THREAD_SEED,
@@ -159,6 +160,9 @@ def test_jsonl_round_trips_the_turns(threads: list[LongThread], tmp_path: Path) 
     assert [r["id"] for r in rows] == [t.id for t in threads[:2]]
     assert [turn["content"] for turn in rows[0]["turns"]] == [t.content for t in threads[0].turns]
     assert rows[0]["questions"][0]["answer"] == threads[0].questions[0].answer
+    loaded = load_conversations_jsonl(path)
+    assert [c.session_starts for c in loaded] == [t.session_starts for t in threads[:2]]
+    assert [c.turns for c in loaded] == [t.as_conversation().turns for t in threads[:2]]
 
 
 def test_bad_arguments_are_named(bench_data: Path) -> None:

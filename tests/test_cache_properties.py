@@ -66,7 +66,7 @@ def test_a_lookup_serves_only_entries_of_its_exact_scope_and_versions(
     if any(gone for *_, gone in writes):
         # the expired entries' 1 ms must have passed: a lookup right after the write was
         # sometimes inside it (the TTL is counted from before the INSERT)
-        time.sleep(0.01)
+        time.sleep(0.05)
     hit = cache.lookup(question, **tag(read))
     if hit is None:
         # with threshold 0 the semantic layer serves whenever a live entry exists in scope

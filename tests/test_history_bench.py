@@ -14,10 +14,14 @@ import pytest
 from rich.console import Console
 
 from graphthrift.bench._data import data_dir
-from graphthrift.bench._data_history import load_conversations_jsonl
+from graphthrift.bench._data_history import Conversation, Turn, load_conversations_jsonl
 from graphthrift.bench.history import (
+    _apart,
+    _Full,
     _prompt_tokens,
+    _replay,
     _reply_tokens,
+    _Tally,
     as_langchain,
     fold_ceiling,
     prompt_points,
@@ -341,6 +345,43 @@ def test_long_set_is_priced_with_sessions_a_day_apart_too(tmp_path: Path) -> Non
     )
     target = figures["targets_issue16"]["long_effective_saved_fraction"]
     assert target["value_sessions_apart"] == ours["sessions_apart"]["effective_saved_fraction"]
+
+
+def test_a_prompt_begins_a_session_when_a_session_starts_among_its_new_turns() -> None:
+    """Sessions may open with the assistant, share a prompt, or hold no prompt at all; the
+    flag marks the first prompt that carries a new session's turns, and stays beside its
+    prompt when tallies are added up."""
+    t = lambda role, text: Turn(role, text, ())  # noqa: E731
+    turns = (
+        *(t("user", "a"), t("assistant", "b")),  # session 0: prompt at 1
+        *(t("assistant", "hello"), t("user", "c"), t("user", "d"), t("assistant", "e")),
+        t("user", "f"),  # session at 6 runs into the one at 7: one prompt (8) for both
+        *(t("user", "g"), t("assistant", "h")),
+        t("assistant", "no prompt in this session"),  # session at 9
+        *(t("user", "i"), t("assistant", "j")),  # session at 10: prompt at 11
+        *(t("user", "k"), t("assistant", "l")),  # same session: prompt at 13
+    )
+    conv = Conversation("s", "test", turns, session_starts=(0, 2, 6, 7, 9, 10))
+    assert prompt_points(conv) == [1, 5, 8, 11, 13]
+    tally = _Tally()
+    _replay(_Full(), conv, as_langchain(conv), tally, timed=False, budget=10**6)
+    assert tally.session_start == [False, True, True, True, False]
+    other = _Tally()
+    _replay(
+        _Full(),
+        replace(conv, session_starts=()),
+        as_langchain(conv),
+        other,
+        timed=False,
+        budget=10**6,
+    )
+    assert other.session_start == [False] * 5
+    both = _Tally()
+    both.add(tally)
+    both.add(other)
+    apart = _apart(both)
+    assert len(apart) == len(both.turns) == 10
+    assert [p.seconds_since_previous > 0 for p in apart] == [*tally.session_start, *[False] * 5]
 
 
 def test_long_seed_replays_a_held_out_long_set(tmp_path: Path) -> None:

@@ -171,6 +171,22 @@ def _tasks(ledger: Ledger, tenant: str, version: str, costs: list[float], oks: l
         mark_task(success=ok, ledger=ledger, run_id=run, tenant_id=tenant)
 
 
+def test_rows_run_from_no_success_to_the_cheapest_per_success(
+    ledger: Ledger, store: Store, tenant: str
+) -> None:
+    """A group whose successes cost nothing is the cheapest, not (as 0.0 read as "none")
+    the dearest; groups without a success come first, ties in group order."""
+    _tasks(ledger, tenant, "free", [0.0, 0.0], [True, True])
+    _tasks(ledger, tenant, "dear", [0.04, 0.02], [True, False])
+    _tasks(ledger, tenant, "cheap", [0.01, 0.01], [True, True])
+    _tasks(ledger, tenant, "failed-b", [0.01], [False])
+    _tasks(ledger, tenant, "failed-a", [0.02], [False])
+    ledger.flush()
+    rows = cost_per_task(store, ["prompt_version"], tenant_id=tenant)
+    assert [r["prompt_version"] for r in rows] == ["failed-a", "failed-b", "dear", "cheap", "free"]
+    assert rows[-1]["cost_per_successful_task"] == 0.0
+
+
 def test_compare_prompt_versions_with_a_bootstrap_interval(
     ledger: Ledger, store: Store, tenant: str
 ) -> None:

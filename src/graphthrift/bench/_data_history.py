@@ -103,7 +103,8 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def load_conversations_jsonl(path: Path, limit: int | None = None) -> list[Conversation]:
-    """The generic format: one ``{"id", "turns": [{"role", "content", "facts"?}]}`` a line."""
+    """The generic format: one ``{"id", "turns": [{"role", "content", "facts"?}],
+    "session_starts"?}`` a line (``session_starts``: the turns that begin a later visit)."""
     out: list[Conversation] = []
     for number, line in _jsonl_lines(path):
         try:
@@ -129,7 +130,22 @@ def load_conversations_jsonl(path: Path, limit: int | None = None) -> list[Conve
                 )
             has_facts = has_facts or bool(facts)
             turns.append(Turn(t["role"], content, tuple(_stated(facts, content))))
-        out.append(Conversation(str(d.get("id", number)), path.stem, tuple(turns), has_facts))
+        starts = d.get("session_starts") or []
+        if not isinstance(starts, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < len(turns) for s in starts
+        ):
+            raise ConversationFormatError(
+                path, number, f"session_starts must be a list of turn indexes 0..{len(turns) - 1}"
+            )
+        out.append(
+            Conversation(
+                str(d.get("id", number)),
+                path.stem,
+                tuple(turns),
+                has_facts,
+                tuple(sorted(set(starts))),
+            )
+        )
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -656,7 +656,7 @@ def _replay(
     sessions = sorted(s for s in conv.session_starts if s > 0)
     last_end = 0
     for end in prompt_points(conv):
-        tally.session_start.append(any(last_end <= s < end for s in sessions))
+        new_session = any(last_end <= s < end for s in sessions)  # a start among its new turns
         last_end = end
         summarizer_before = policy.summarizer_seconds()
         started = time.perf_counter()
@@ -696,6 +696,7 @@ def _replay(
                 tuple(calls) if policy.llm_summarizer else (),
             )
         )
+        tally.session_start.append(new_session)  # beside its turn: the two lists stay aligned
         if texts is not None:
             texts[(conv.id, end)] = "\n".join(t for _, t in keys)
         if conv.has_facts:

@@ -279,7 +279,13 @@ def cost_per_task(
         )
     # ties (groups without a success, equal ratios) in group order, not the plan's
     rows.sort(key=lambda r: tuple(str(r[k]) for k in groups))
-    rows.sort(key=lambda r: -(r["cost_per_successful_task"] or float("inf")))
+    # no success first (its cost bought nothing), then dearest per success; a real 0.0 last
+    rows.sort(
+        key=lambda r: (
+            r["cost_per_successful_task"] is not None,
+            -(r["cost_per_successful_task"] or 0.0),
+        )
+    )
     return rows
 
 
