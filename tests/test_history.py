@@ -578,6 +578,12 @@ def test_conversations_jsonl_reader_keeps_stated_facts_and_names_bad_lines(tmp_p
     with pytest.raises(ConversationFormatError) as err:
         load_conversations_jsonl(path)
     assert err.value.line == 2 and "role" in str(err.value)
+    for starts in ([0, 2], "0", [True]):  # past the last turn, not a list, not an index
+        path.write_text(json.dumps({**good, "session_starts": starts}) + "\n")
+        with pytest.raises(ConversationFormatError, match="session_starts"):
+            load_conversations_jsonl(path)
+    path.write_text(json.dumps({**good, "session_starts": [1, 0, 1]}) + "\n")
+    assert load_conversations_jsonl(path)[0].session_starts == (0, 1)
 
 
 def test_extractive_facts_style_keeps_values_exact_and_dense() -> None:
