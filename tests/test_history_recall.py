@@ -483,3 +483,20 @@ def test_a_sentence_holding_a_query_word_as_a_compound_is_kept_in_focus() -> Non
     text_ = "I need a rental car please. The weather was lovely. We talked about songs."
     kept = focused(text_, frozenset({"rentalcar", "citi"}))
     assert "rental car" in kept and "weather" not in kept
+
+
+def test_a_question_about_movies_finds_the_turn_about_a_movie(store: Store) -> None:
+    # "movies" and "movie" meet: the fact's turn shares the query's one content word
+    turns = FoldedTurnStore(store, candidates=2)
+    thread = "movies-" + uuid.uuid4().hex[:8]
+    filler = [
+        "Is there a table for 4 at 7:30 on Friday?",
+        "I booked the table at Lers Ros Thai for March 1st.",
+        "The train to Anaheim leaves at 6:50 am on the 13th.",
+        "Your flight to Chicago departs at 5:05 am.",
+    ]
+    rows = [FoldedTurn(i, "user", t) for i, t in enumerate(filler * 3)]
+    rows.append(FoldedTurn(len(rows), "user", "i want a horror movie by ari aster."))
+    turns.add("acme", thread, rows)
+    found = turns.recall("acme", thread, "Which movies did I ask for?", k=1, token_budget=100)
+    assert [s.text for s in found] == ["i want a horror movie by ari aster."]

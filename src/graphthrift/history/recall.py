@@ -76,6 +76,7 @@ from graphthrift.history.recall_lexical import (
     asked_kinds,
     bm25,
     compound_terms,
+    content_stems,
     match_turns,
     phrasing_words,
     repeated_in_query,
@@ -85,7 +86,7 @@ from graphthrift.history.recall_lexical import (
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
 from graphthrift.summarize.facts import fact_spans
-from graphthrift.text.lexical import STOPWORDS, index_terms
+from graphthrift.text.lexical import STOPWORDS
 from graphthrift.text.sentences import split_sentences
 from graphthrift.text.tokens import count_text
 
@@ -164,10 +165,10 @@ VALUE_TERM = "#value"
 
 def lexical_terms(text_: str) -> list[str]:
     """The content words of ``text_`` for the lexical (BM25) side of recall: stemmed, no
-    stopwords (``graphthrift.text.lexical.index_terms``), marked with ``LEXICAL_MARK``.
+    stopwords (``recall_lexical.content_stems``), marked with ``LEXICAL_MARK``.
     The query's service, slot and entity words meet the turns that use them, in any
     inflection ("restaurants" meets "restaurant")."""
-    return sorted({LEXICAL_MARK + t.lower() for t in index_terms(text_) if len(t) > 1})
+    return sorted({LEXICAL_MARK + t for t in content_stems(text_) if len(t) > 1})
 
 
 #: A turn is also indexed by the content words of this many turns before and after it in
@@ -481,7 +482,7 @@ class FoldedTurnStore:
             "cq": compounds,
             "terms": sorted({*identifiers, *lexical, *compounds, *kinds, VALUE_TERM}),
             "kinds": sorted(kinds),
-            "lq_counts": Counter(t.lower() for t in index_terms(query) if len(t) > 1),
+            "lq_counts": Counter(t for t in content_stems(query) if len(t) > 1),
         }
 
     def _scoped(self, tenant: str, thread: str, k: int, asked: Mapping[str, Any]) -> dict[str, Any]:
@@ -606,7 +607,7 @@ def focused(text_: str, query_words: frozenset[str], *, keep_first: bool = False
         for n, (a, b) in enumerate(spans)
         if (keep_first and n == 0)
         or fact_spans(text_[a:b])
-        or query_words.intersection(t.lower() for t in index_terms(text_[a:b]))
+        or query_words.intersection(content_stems(text_[a:b]))
         or query_words.intersection(c[1:] for c in compound_terms(text_[a:b]))
     }
     if not keep or len(keep) == len(spans):

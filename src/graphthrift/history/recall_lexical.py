@@ -56,6 +56,7 @@ __all__ = [
     "asked_kinds",
     "bm25",
     "compound_terms",
+    "content_stems",
     "lexical_scores",
     "match_turns",
     "phrasing_words",
@@ -75,6 +76,22 @@ CONTEXT_MARK = "^"
 #: An echo of the query shares at least this many content words with it (and more than
 #: half of its own): fewer is what any two turns on one topic share.
 ECHO_SHARED = 3
+
+
+def content_stems(text: str) -> list[str]:
+    """``text``'s content words as recall indexes and asks them: lowercased stems
+    (``graphthrift.text.lexical.index_terms``) with a final "i" written "y".
+
+    The shared stemmer turns "movies" into "movy" but "movie" into "movi" (and "studied"
+    into "studi", "study" into "study"), so a plural in "-ies" never met its singular in
+    "-ie", nor a verb in "-ied" its base. Folding the "i" on both sides joins them; stems
+    ending in "y" are unchanged, so turns stored before the fold still meet the words they
+    met."""
+    return [_fold(t.lower()) for t in index_terms(text)]
+
+
+def _fold(stem: str) -> str:
+    return stem[:-1] + "y" if len(stem) > 2 and stem.endswith("i") else stem
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +155,7 @@ def repeated_in_query(
     ``echo_texts``) do."""
     counts: dict[str, list[int]] = {t: [] for t in phrasing}
     for content in echo_texts:
-        used = Counter(t.lower() for t in index_terms(content))
+        used = Counter(content_stems(content))
         for t in phrasing:
             counts[t].append(used[t])
     return {
@@ -297,7 +314,7 @@ _PARTICLE_VERBS = frozenset(
         "look looked looking pay paid paying hold held holding roll rolled rolling "
         "stop stopped stopping print printed printing sleep slept lay laid"
     )
-    for stem in index_terms(verb)
+    for stem in content_stems(verb)
 )
 _PAIR = re.compile(r"(?<![\w'\u2019])([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")  # not "we'll"
 
@@ -322,7 +339,7 @@ def compound_terms(text: str) -> set[str]:
 def _stems(word: str) -> tuple[str, ...]:
     """A word's lowercased stems (cached, as ``_compound`` and the particle check ask
     for the same words again and again)."""
-    return tuple(t.lower() for t in index_terms(word))
+    return tuple(content_stems(word))
 
 
 @lru_cache(maxsize=65536)
