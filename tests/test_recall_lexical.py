@@ -139,3 +139,16 @@ def test_a_plural_in_ies_meets_its_singular_in_ie() -> None:
     assert lexical_terms("studied") == lexical_terms("studies") == lexical_terms("study")
     assert compound_terms("horror movie") == compound_terms("horror movies")
     assert lexical_terms("cities") == lexical_terms("city") == ["~city"]
+
+
+def test_a_name_inside_a_date_span_is_a_name_too() -> None:
+    # fact_spans runs "Collective Soul in Vancouver on March 5th" into one date span: the
+    # turn states names as well as a date, and a question asking for a name must see them
+    assert value_kinds("You want 4 tickets for Collective Soul in Vancouver on March 5th?") >= {
+        "#name",
+        "#date",
+    }
+    assert value_kinds("I want tickets for Collective Soul on March 5th.") >= {"#name"}
+    # months, weekdays and day words are the date itself, not names
+    assert value_kinds("See you on Friday, March 5th.") == {"#date"}
+    assert "#name" not in value_kinds("Can we do it Tomorrow at 5 pm?")

@@ -288,12 +288,36 @@ def value_kinds(text: str) -> set[str]:
             named = any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text)
             if named and not _NUMBER_WORD.fullmatch(span.text):  # "Four pm is good."
                 kinds.add("name")
-        elif kind == "number":
+            continue
+        if kind == "number":
             if not _TIME.search(span.text):
                 kinds.add("number")
         else:
             kinds.add(kind)
+        if _names_in(span.text):  # "Collective Soul in Vancouver on March 5th"
+            kinds.add("name")
     return {KIND_MARK + k for k in kinds}
+
+
+#: Capitalised words that are part of a date or time, not a name in it.
+_DATE_WORDS = word_set(
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday thursday "
+    "friday saturday sunday today tomorrow tonight yesterday noon midnight next this last "
+    "the on at in from to of am pm"
+)
+_CAPITALISED = re.compile(r"(?<![\w'])[A-Z][\w'-]*")
+
+
+def _names_in(span: str) -> bool:
+    """Whether a date, time, number or money span also holds a name: ``fact_spans`` runs a
+    name and the date after it into one span ("Collective Soul in Vancouver on March 5th"),
+    whose kind is the date's; a capitalised word other than a month, weekday or day word
+    is a name in it."""
+    return any(
+        len(w) > 1 and w.lower() not in _DATE_WORDS and not _NUMBER_WORD.fullmatch(w)
+        for w in _CAPITALISED.findall(span)
+    )
 
 
 def asked_kinds(query: str) -> set[str]:
