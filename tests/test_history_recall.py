@@ -500,3 +500,36 @@ def test_a_question_about_movies_finds_the_turn_about_a_movie(store: Store) -> N
     turns.add("acme", thread, rows)
     found = turns.recall("acme", thread, "Which movies did I ask for?", k=1, token_budget=100)
     assert [s.text for s in found] == ["i want a horror movie by ari aster."]
+
+
+def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
+    store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """Once echoes show how this thread asks ("Quick check before we go on: ..."), nearness
+    is measured to the query's need (its other content words), not to its phrasing: the
+    turn about songs is nearest to a question about music, not the turn worded like it."""
+    ask = "Quick check before we go on: what was the {} I gave for the {} request?"
+    rows = [
+        ask.format("city", "hotels"),
+        "You gave Paris.",
+        ask.format("date", "flights"),
+        "You gave the 5th.",
+        ask.format("time", "alarm"),
+        "You gave 7 am.",
+        "Can you find me some rock songs to listen to?",
+        "Before we go on, what was the total I paid for the rooms?",
+        "I want to book a table for two at noon.",
+    ]
+    thread = "need-" + uuid.uuid4().hex[:8]
+    # similarity alone decides (no words, identifiers, values or kinds)
+    turns = FoldedTurnStore(
+        store, embedder=embedder, lexical_weight=0, term_boost=0, value_boost=0, kind_boost=0
+    )
+    turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
+    found = turns.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [6]
+    # without the echoes there is no phrasing to set aside: the whole query decides
+    alone = "alone-" + uuid.uuid4().hex[:8]
+    turns.add(tenant, alone, [FoldedTurn(i, "user", t) for i, t in enumerate(rows) if i > 5])
+    found = turns.recall(tenant, alone, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [7]

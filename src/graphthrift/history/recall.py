@@ -54,6 +54,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from graphthrift import diagnostics
 from graphthrift.cache.db import (
     CacheEngines,
@@ -86,7 +88,7 @@ from graphthrift.history.recall_lexical import (
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.postgres import Store
 from graphthrift.summarize.facts import fact_spans
-from graphthrift.text.lexical import STOPWORDS
+from graphthrift.text.lexical import STOPWORDS, WORD
 from graphthrift.text.sentences import split_sentences
 from graphthrift.text.tokens import count_text
 
@@ -215,6 +217,35 @@ def _stored_terms(turns: Sequence[FoldedTurn]) -> tuple[list[str], list[int]]:
     return out, [len(mine) for mine in own]
 
 
+def need_words(query: str) -> list[tuple[str, str]]:
+    """The query's content words, once per stem, each with its stem: the words whose
+    vectors make the query's need once its phrasing is known (``_need_vector``)."""
+    out: dict[str, str] = {}
+    for word in WORD.findall(query):
+        stems = content_stems(word)
+        if len(stems) == 1 and len(stems[0]) > 1:
+            out.setdefault(stems[0], word)
+    return [(stem, word) for stem, word in out.items()]
+
+
+def _need_vector(words: Sequence[tuple[str, Any]], phrasing: set[str]) -> Any | None:
+    """The vector of the query's need: the mean of its content words' vectors without the
+    thread's phrasing words, unit length; None when phrasing takes none or all of them.
+
+    A static embedding is the mean of its tokens, so in a thread that asks one way again
+    and again ("Quick check before we go on: what was the ... I gave for the ...
+    request?") the phrasing and stopwords outweigh the two words that say what is asked,
+    and every turn about anything is about as near as the fact. On the long set (seed 19)
+    the fact's turn was among the 10 nearest by the whole query for 0.11 of questions 10+
+    turns back, by the query's need for 0.52."""
+    need = [vector for stem, vector in words if stem not in phrasing]
+    if not phrasing or not need or len(need) == len(words):
+        return None
+    total = np.sum(np.asarray(need, dtype=np.float64), axis=0)
+    norm = float(np.linalg.norm(total))
+    return None if norm == 0 else total / norm
+
+
 def _with_context(terms: list[str]) -> list[str]:
     """The query's content words in both marks: a turn's own words and its context's."""
     return [*terms, *(CONTEXT_MARK + t[len(LEXICAL_MARK) :] for t in terms)]
@@ -310,6 +341,13 @@ _TEXTS = (
     f"SELECT turn_index, role, content, tokens FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
     " AND turn_index = ANY(CAST(:idx AS integer[]))"
+)
+
+# 3. Every turn's distance to the query's need (its content words without the thread's
+#    phrasing), when the thread has phrasing (``_need_vector``).
+_NEED = (
+    f"SELECT turn_index, embedding <=> CAST(:v AS vector) AS d FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
 )
 
 _FORGET = (
@@ -467,9 +505,13 @@ class FoldedTurnStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _query_params(self, query: str, vector: Any) -> dict[str, Any]:
+    def _query_params(
+        self, query: str, vector: Any, word_vectors: Sequence[Any] = ()
+    ) -> dict[str, Any]:
         """What a recall of ``query`` asks whatever the thread: its vector as pgvector text,
-        identifiers, content words (both marks), all its terms, and its word counts."""
+        identifiers, content words (both marks), all its terms, its word counts, and its
+        content words' stems with their vectors (``word_vectors``, in ``need_words``
+        order; none: the query's need is never used)."""
         lexical = _with_context(lexical_terms(query))
         identifiers = query_terms(query)
         kinds = asked_kinds(query)
@@ -483,6 +525,9 @@ class FoldedTurnStore:
             "terms": sorted({*identifiers, *lexical, *compounds, *kinds, VALUE_TERM}),
             "kinds": sorted(kinds),
             "lq_counts": Counter(t for t in content_stems(query) if len(t) > 1),
+            "words": [
+                (stem, vec) for (stem, _), vec in zip(need_words(query), word_vectors, strict=False)
+            ],
         }
 
     def _scoped(self, tenant: str, thread: str, k: int, asked: Mapping[str, Any]) -> dict[str, Any]:
@@ -502,8 +547,9 @@ class FoldedTurnStore:
                 self._asked.move_to_end(key)
             return asked
 
-    def _remember(self, tenant: str, query: str, vector: Any) -> Mapping[str, Any]:
-        asked = self._query_params(query, vector)
+    def _remember(self, tenant: str, query: str, vectors: Any) -> Mapping[str, Any]:
+        """Keep the query's params; ``vectors``: the query's, then its ``need_words``'."""
+        asked = self._query_params(query, vectors[0], list(vectors[1:]))
         with self._asked_lock:
             self._asked[(tenant, self.embedder.model_id, query)] = asked
             while len(self._asked) > QUERY_CACHE_SIZE:
@@ -522,7 +568,7 @@ class FoldedTurnStore:
         try:
             asked = self._remembered(tenant, query)
             if asked is None:
-                asked = self._remember(tenant, query, self.embedder.embed([query])[0])
+                asked = self._remember(tenant, query, self.embedder.embed(_embedded(query)))
             plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return with_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
@@ -540,7 +586,8 @@ class FoldedTurnStore:
         try:
             asked = self._remembered(tenant, query)
             if asked is None:
-                asked = self._remember(tenant, query, (await self.embedder.aembed([query]))[0])
+                vectors = await self.embedder.aembed(_embedded(query))
+                asked = self._remember(tenant, query, vectors)
             plan = self._recall_plan(self._scoped(tenant, thread, k, asked))
             return await awith_deadline(self._engines, plan(k, token_budget), self.timeout)
         except Exception as exc:
@@ -577,6 +624,11 @@ class FoldedTurnStore:
             return run_sync(self._engines.engine, plan)
         except Exception as exc:
             raise StoreUnavailable(self.store.display_url, f"forget failed: {exc}") from exc
+
+
+def _embedded(query: str) -> list[str]:
+    """The texts one recall embeds, in one call: the query, then its ``need_words``."""
+    return [query, *(word for _, word in need_words(query))]
 
 
 def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:
@@ -680,6 +732,13 @@ def _recall(
         echoes = [str(r["content"]) for r in rows]
         phrasing -= repeated_in_query(echoes, undecided, params["lq_counts"])
     n = int(params["n"])
+    need = _need_vector(params.get("words", ()), phrasing)
+    if need is not None:  # rank by what the query asks, not how this thread asks it
+        rows = yield Sql(_NEED, {**scope, "v": _vector_literal(need)}, rows="tuples")
+        needed = {int(i): float(d) for i, d in rows if int(i) in distance}
+        if len(needed) == len(distance):
+            distance = needed
+            nearest = sorted(distance, key=lambda i: (_far(distance[i]), i))
     answers = answers_to_echoes(matches)
     lexical = bm25(matches, phrasing, len(distance), distance, n)
     identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()) if i in distance)
@@ -750,6 +809,11 @@ def _recall(
             left -= snippet.tokens
             chosen.append(snippet)
     return sorted(chosen, key=lambda s: s.index)
+
+
+def _far(d: float) -> float:
+    """A distance for sorting: NaN (a text without tokens) last."""
+    return math.inf if math.isnan(d) else d
 
 
 def _vector_literal(vector: Any) -> str:
