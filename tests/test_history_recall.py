@@ -533,3 +533,24 @@ def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
     turns.add(tenant, alone, [FoldedTurn(i, "user", t) for i, t in enumerate(rows) if i > 5])
     found = turns.recall(tenant, alone, ask.format("genre", "music"), k=1, token_budget=100)
     assert [s.index for s in found] == [7]
+
+
+def test_a_turn_holding_none_of_the_query_s_words_is_recalled_whole(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """Focus picks a turn's sentences by the query's words; a turn found without any (by
+    its meaning or its value) gives it nothing to pick by, and its answer may be the
+    sentence without a capital or a number ("... in the living room.")."""
+    thread = "whole-" + uuid.uuid4().hex[:8]
+    target = "I love the Ladykillers! Let's put that song on in the living room."
+    rows = [
+        "Can you find me a table for 2 at Lers Ros Thai? I am really hungry now.",
+        target,
+        "Your alarm is set for 7 am. It is called Wake up.",
+    ]
+    turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
+    found = turns.recall(tenant, thread, "Which device did I pick?", k=3, token_budget=500)
+    assert target in [s.text for s in found]
+    # a turn holding a word of the query is still focused on the sentences that use it
+    found = turns.recall(tenant, thread, "Which table did I want?", k=3, token_budget=500)
+    assert "Can you find me a table for 2 at Lers Ros Thai? …" in [s.text for s in found]

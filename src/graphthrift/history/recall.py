@@ -383,7 +383,8 @@ class FoldedTurnStore:
         timeout: seconds one store operation may take before it fails open.
         candidates: how many top-scored turns are read before packing into the budget.
         focus: recall only the sentences of a turn that state a value or use a content
-            word of the query (``focused``), so that more turns fit the budget.
+            word of the query (``focused``), so that more turns fit the budget; a turn that
+            holds none of the query's words but its phrasing is recalled whole.
     """
 
     def __init__(
@@ -796,8 +797,14 @@ def _recall(
             identifiers[i],
             score,
         )
-        if focus:
-            mine = held.get(i, set())
+        mine = held.get(i, set())
+        # a turn that holds none of the query's needed words (found by its meaning or its
+        # value alone) gives focus nothing to choose its sentences by: it is kept whole
+        guided = any(
+            w not in phrasing and (LEXICAL_MARK + w in mine or CONTEXT_MARK + w in mine)
+            for w in query_words
+        )
+        if focus and guided:
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
                 CONTEXT_MARK + w in mine and LEXICAL_MARK + w not in mine for w in query_words
