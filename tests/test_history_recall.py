@@ -528,6 +528,18 @@ def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
     turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
     found = turns.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
     assert [s.index for s in found] == [6]
+    # need_vector=False: the whole query decides, and the turn worded like it wins
+    whole = FoldedTurnStore(
+        store,
+        embedder=embedder,
+        lexical_weight=0,
+        term_boost=0,
+        value_boost=0,
+        kind_boost=0,
+        need_vector=False,
+    )
+    found = whole.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [7]
     # without the echoes there is no phrasing to set aside: the whole query decides
     alone = "alone-" + uuid.uuid4().hex[:8]
     turns.add(tenant, alone, [FoldedTurn(i, "user", t) for i, t in enumerate(rows) if i > 5])

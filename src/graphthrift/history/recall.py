@@ -346,7 +346,8 @@ _TEXTS = (
 # 3. Every turn's distance to the query's need (its content words without the thread's
 #    phrasing), when the thread has phrasing (``_need_vector``).
 _NEED = (
-    f"SELECT turn_index, embedding <=> CAST(:v AS vector) AS d FROM {FOLDED_TURNS_TABLE}"
+    "SELECT array_agg(turn_index) AS idx, array_agg(embedding <=> CAST(:v AS vector)) AS d"
+    f" FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
 )
 
@@ -385,6 +386,9 @@ class FoldedTurnStore:
         focus: recall only the sentences of a turn that state a value or use a content
             word of the query (``focused``), so that more turns fit the budget; a turn that
             holds none of the query's words but its phrasing is recalled whole.
+        need_vector: in a thread whose echoes show how it asks (phrasing), measure nearness
+            to the query's need, its content words without the phrasing
+            (``_need_vector``), at the cost of one more statement for such recalls.
     """
 
     def __init__(
@@ -403,6 +407,7 @@ class FoldedTurnStore:
         timeout: float = 0.5,
         candidates: int = 32,
         focus: bool = True,
+        need_vector: bool = True,
     ) -> None:
         if not term_boost >= 0:
             raise ConfigError("term_boost", term_boost, "must be >= 0")
@@ -436,6 +441,7 @@ class FoldedTurnStore:
         self.timeout = float(timeout)
         self.candidates = candidates
         self.focus = bool(focus)
+        self.need_vector = bool(need_vector)
         # the caches' pools: no pre-ping and autocommit reads (no BEGIN/COMMIT round trips),
         # statement_timeout set at connect time
         self._engines = CacheEngines.for_store(store, Settings(self.timeout, _EF_SEARCH))
@@ -607,6 +613,9 @@ class FoldedTurnStore:
             self.kind_boost,
         )
 
+        if not self.need_vector:
+            params = {**params, "words": ()}
+
         def plan(k: int, token_budget: int) -> Plan[list[RecalledSnippet]]:
             return _recall(
                 params, weights, self.recency, k, token_budget, self.focus, self.token_model
@@ -736,7 +745,8 @@ def _recall(
     need = _need_vector(params.get("words", ()), phrasing)
     if need is not None:  # rank by what the query asks, not how this thread asks it
         rows = yield Sql(_NEED, {**scope, "v": _vector_literal(need)}, rows="tuples")
-        needed = {int(i): float(d) for i, d in rows if int(i) in distance}
+        idx, far = rows[0] if rows else (None, None)
+        needed = {i: d for i, d in zip(idx or (), far or (), strict=True) if i in distance}
         if len(needed) == len(distance):
             distance = needed
             nearest = sorted(distance, key=lambda i: (_far(distance[i]), i))
