@@ -21,7 +21,10 @@ the query already holds (an earlier question asked the same way) is marked down
 something else (its answer: another fact), and the words echoes share with the query score
 nothing (``recall_lexical``); a turn that states a value gets ``value_boost``, and one more
 (``kind_boost``) if the value is of a kind the query asks for ("what time ..." and a turn
-stating 11:30; ``recall_lexical.asked_kinds``). Every lookup filters on tenant and thread
+stating 11:30; ``recall_lexical.asked_kinds``). In a thread with phrasing, nearness is
+measured to the query's need, the mean of its other content words' vectors
+(``_need_vector``), not to the whole query, whose static embedding the phrasing and
+stopwords dominate. Every lookup filters on tenant and thread
 first, by indexed equality, and scores only that thread's turns: recall is exact within a
 thread, and a thread's turns never reach another thread or tenant.
 
@@ -98,6 +101,7 @@ __all__ = [
     "RecalledSnippet",
     "default_recall_embedder",
     "lexical_terms",
+    "need_words",
     "query_terms",
     "text_terms",
 ]
