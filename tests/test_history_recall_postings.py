@@ -19,10 +19,10 @@ from graphthrift.embed.static import StaticEmbedder
 from graphthrift.history.recall import (
     _INSERT,
     QUERY_CACHE_SIZE,
-    _embedded,
     FoldedTurn,
     FoldedTurnStore,
     RecalledSnippet,
+    _embedded,
 )
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.migrations import MIGRATIONS
