@@ -19,6 +19,8 @@ from graphthrift.history.recall import (
     VALUE_TERM,
     FoldedTurnStore,
     RecalledSnippet,
+    _embedded,
+    _need_vector,
     _vector_literal,
     focused,
 )
@@ -27,6 +29,9 @@ from graphthrift.history.recall_lexical import (
     LEXICAL_MARK,
     as_own,
     lexical_scores,
+    match_turns,
+    phrasing_words,
+    repeated_in_query,
 )
 from graphthrift.history.schema import FOLDED_TURNS_TABLE
 from graphthrift.text.tokens import count_text
@@ -52,12 +57,18 @@ def one_read_recall(
     turns: FoldedTurnStore, tenant: str, thread: str, query: str, *, k: int, token_budget: int
 ) -> list[RecalledSnippet]:
     """What the one-read recall returned for ``query`` with ``turns``' settings."""
-    vector = turns.embedder.embed([query])[0]
-    params = turns._scoped(tenant, thread, k, turns._query_params(query, vector))
-    params["v"] = _vector_literal(vector)
+    vectors = turns.embedder.embed(_embedded(query))
+    asked = turns._query_params(query, vectors[0], list(vectors[1:]))
+    params = turns._scoped(tenant, thread, k, asked)
+    params["v"] = _vector_literal(vectors[0])
     with turns.store.connect() as conn:
         lexhit = {**params, "lq": [*params["lq"], *params["cq"]]}
         rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), lexhit)]
+        phrasing = _phrasing(rows, params["lq"], params["lq_counts"])
+        need = _need_vector(params["words"], phrasing) if turns.need_vector else None
+        if need is not None:  # nearness (and the nearest) by the query's need
+            lexhit["v"] = _vector_literal(need)
+            rows = [dict(r._mapping) for r in conn.execute(text(_SEARCH), lexhit)]
     return _pack(
         _candidates(rows, params["lq"], params["n"], params["lq_counts"]),
         params["q"],
@@ -75,7 +86,24 @@ def one_read_recall(
         turns.token_model,
         frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
         frozenset(params["kinds"]),
+        frozenset(phrasing),
     )
+
+
+def _phrasing(
+    rows: list[dict[str, Any]], query_lexical: Sequence[str], query_counts: Mapping[str, int]
+) -> set[str]:
+    """The query's phrasing words in this thread, as ``lexical_scores`` finds them."""
+    asked = set(query_lexical)
+    hits = {int(r["turn_index"]): r for r in rows if r["lexhit"]}
+    held = {i: frozenset(asked.intersection(as_own(r["terms"] or ()))) for i, r in hits.items()}
+    own = {i: sum(1 for t in r["terms"] or () if t[0] == LEXICAL_MARK) for i, r in hits.items()}
+    matches = match_turns(held, own)
+    phrasing = phrasing_words(matches)
+    if phrasing:
+        texts = [str(hits[i].get("content") or "") for i in matches.echo]
+        phrasing -= repeated_in_query(texts, phrasing, query_counts)
+    return phrasing
 
 
 def _candidates(
@@ -116,6 +144,7 @@ def _pack(
     token_model: str | None = None,
     query_words: frozenset[str] = frozenset(),
     kinds: frozenset[str] = frozenset(),
+    phrasing: frozenset[str] = frozenset(),
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
@@ -167,8 +196,12 @@ def _pack(
     for snippet in scored:
         if len(chosen) >= k:
             break
-        if focus:
-            held = as_own(row_terms[snippet.index])
+        held = as_own(row_terms[snippet.index])
+        guided = any(
+            w not in phrasing and (LEXICAL_MARK + w in held or CONTEXT_MARK + w in held)
+            for w in query_words
+        )
+        if focus and guided:
             # a query word the turn holds only from the turns around it: keep its reply
             replies = any(
                 CONTEXT_MARK + w in held and LEXICAL_MARK + w not in held for w in query_words

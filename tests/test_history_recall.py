@@ -483,3 +483,86 @@ def test_a_sentence_holding_a_query_word_as_a_compound_is_kept_in_focus() -> Non
     text_ = "I need a rental car please. The weather was lovely. We talked about songs."
     kept = focused(text_, frozenset({"rentalcar", "citi"}))
     assert "rental car" in kept and "weather" not in kept
+
+
+def test_a_question_about_movies_finds_the_turn_about_a_movie(store: Store) -> None:
+    # "movies" and "movie" meet: the fact's turn shares the query's one content word
+    turns = FoldedTurnStore(store, candidates=2)
+    thread = "movies-" + uuid.uuid4().hex[:8]
+    filler = [
+        "Is there a table for 4 at 7:30 on Friday?",
+        "I booked the table at Lers Ros Thai for March 1st.",
+        "The train to Anaheim leaves at 6:50 am on the 13th.",
+        "Your flight to Chicago departs at 5:05 am.",
+    ]
+    rows = [FoldedTurn(i, "user", t) for i, t in enumerate(filler * 3)]
+    rows.append(FoldedTurn(len(rows), "user", "i want a horror movie by ari aster."))
+    turns.add("acme", thread, rows)
+    found = turns.recall("acme", thread, "Which movies did I ask for?", k=1, token_budget=100)
+    assert [s.text for s in found] == ["i want a horror movie by ari aster."]
+
+
+def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
+    store: Store, embedder: StaticEmbedder, tenant: str
+) -> None:
+    """Once echoes show how this thread asks ("Quick check before we go on: ..."), nearness
+    is measured to the query's need (its other content words), not to its phrasing: the
+    turn about songs is nearest to a question about music, not the turn worded like it."""
+    ask = "Quick check before we go on: what was the {} I gave for the {} request?"
+    rows = [
+        ask.format("city", "hotels"),
+        "You gave Paris.",
+        ask.format("date", "flights"),
+        "You gave the 5th.",
+        ask.format("time", "alarm"),
+        "You gave 7 am.",
+        "Can you find me some rock songs to listen to?",
+        "Before we go on, what was the total I paid for the rooms?",
+        "I want to book a table for two at noon.",
+    ]
+    thread = "need-" + uuid.uuid4().hex[:8]
+    # similarity alone decides (no words, identifiers, values or kinds)
+    turns = FoldedTurnStore(
+        store, embedder=embedder, lexical_weight=0, term_boost=0, value_boost=0, kind_boost=0
+    )
+    turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
+    found = turns.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [6]
+    # need_vector=False: the whole query decides, and the turn worded like it wins
+    whole = FoldedTurnStore(
+        store,
+        embedder=embedder,
+        lexical_weight=0,
+        term_boost=0,
+        value_boost=0,
+        kind_boost=0,
+        need_vector=False,
+    )
+    found = whole.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [7]
+    # without the echoes there is no phrasing to set aside: the whole query decides
+    alone = "alone-" + uuid.uuid4().hex[:8]
+    turns.add(tenant, alone, [FoldedTurn(i, "user", t) for i, t in enumerate(rows) if i > 5])
+    found = turns.recall(tenant, alone, ask.format("genre", "music"), k=1, token_budget=100)
+    assert [s.index for s in found] == [7]
+
+
+def test_a_turn_holding_none_of_the_query_s_words_is_recalled_whole(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """Focus picks a turn's sentences by the query's words; a turn found without any (by
+    its meaning or its value) gives it nothing to pick by, and its answer may be the
+    sentence without a capital or a number ("... in the living room.")."""
+    thread = "whole-" + uuid.uuid4().hex[:8]
+    target = "I love the Ladykillers! Let's put that song on in the living room."
+    rows = [
+        "Can you find me a table for 2 at Lers Ros Thai? I am really hungry now.",
+        target,
+        "Your alarm is set for 7 am. It is called Wake up.",
+    ]
+    turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
+    found = turns.recall(tenant, thread, "Which device did I pick?", k=3, token_budget=500)
+    assert target in [s.text for s in found]
+    # a turn holding a word of the query is still focused on the sentences that use it
+    found = turns.recall(tenant, thread, "Which table did I want?", k=3, token_budget=500)
+    assert "Can you find me a table for 2 at Lers Ros Thai? …" in [s.text for s in found]

@@ -22,6 +22,7 @@ from graphthrift.history.recall import (
     FoldedTurn,
     FoldedTurnStore,
     RecalledSnippet,
+    _embedded,
 )
 from graphthrift.history.schema import FOLDED_TERMS_TABLE, FOLDED_TURNS_TABLE
 from graphthrift.store.migrations import MIGRATIONS
@@ -248,7 +249,7 @@ def test_migration_51_backfills_posting_lists_and_own_counts(
 def test_recall_reads_no_text_but_the_chosen_turns(
     store: Store, embedder: StaticEmbedder, tenant: str
 ) -> None:
-    """The first read returns no turn's terms or text; texts are read for at most ``2 * k``
+    """The first reads return no turn's terms or text; texts are read for at most ``2 * k``
     turns at a time; a query whose phrasing words each echo holds once reads no echo's
     text. Each statement is scoped to the tenant and the thread."""
     turns = FoldedTurnStore(store, embedder=embedder)
@@ -267,10 +268,12 @@ def test_recall_reads_no_text_but_the_chosen_turns(
         event.remove(engine, "before_cursor_execute", record)
     assert found
     reads = [(sql, p) for sql, p in seen if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
-    assert len(reads) == 2, [sql[:60] for sql, _ in reads]
-    first, texts = reads
+    # the thread asks in one phrasing: a second read measures nearness to the query's need
+    assert len(reads) == 3, [sql[:60] for sql, _ in reads]
+    first, need, texts = reads
     # neither the text nor the term list of any turn (the query's terms are a parameter)
-    assert "content" not in first[0] and re.search(r"\bterms\b(?!\)s)", first[0]) is None
+    for sql in (first[0], need[0]):
+        assert "content" not in sql and re.search(r"\bterms\b(?!\)s)", sql) is None
     assert "content" in texts[0] and len(texts[1]["idx"]) <= 2 * 3  # type: ignore[arg-type]
     assert {s.index for s in found} <= set(texts[1]["idx"])  # type: ignore[call-overload]
     for sql, p in reads:
@@ -401,12 +404,14 @@ def test_a_query_recalled_again_is_not_embedded_again(store: Store, tenant: str)
     assert {s.index for s in other} <= set(range(40, 80))
     fresh = FoldedTurnStore(store, embedder=StaticEmbedder())
     assert _chosen(fresh.recall(tenant, "b", query, k=4, token_budget=300)) == _chosen(other)
-    # a new query is embedded; the oldest ones leave the cache
+    # a new query is embedded (with its content words, in the same call: the query's
+    # need); the oldest ones leave the cache
     asked = [f"{query} ({n})" for n in range(QUERY_CACHE_SIZE + 1)]
     for text_ in asked:
         turns.recall(tenant, "a", text_, k=1, token_budget=100)
-    assert embedder.texts == asked
+    assert embedder.texts == [t for q in asked for t in _embedded(q)]
+    assert _embedded(query)[0] == query and len(_embedded(query)) > 1
     embedder.texts.clear()
     turns.recall(tenant, "a", query, k=4, token_budget=300)
     turns.recall(tenant, "a", asked[-1], k=4, token_budget=300)
-    assert embedder.texts == [query]
+    assert embedder.texts == _embedded(query)

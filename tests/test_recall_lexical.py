@@ -130,3 +130,25 @@ def test_a_particle_makes_a_compound_after_a_verb_only() -> None:
     assert compound_terms("a cab in Boston") == set()
     assert compound_terms("We need to check in at 3") == {"&checkin"}
     assert "&signup" in compound_terms("Please sign up here")
+
+
+def test_a_plural_in_ies_meets_its_singular_in_ie() -> None:
+    # the shared stemmer writes "movies" as "movy" and "movie" as "movi" (and "studied"
+    # as "studi", "study" as "study"): recall folds a final "i" into "y" on both sides
+    assert lexical_terms("movies") == lexical_terms("movie") == ["~movy"]
+    assert lexical_terms("studied") == lexical_terms("studies") == lexical_terms("study")
+    assert compound_terms("horror movie") == compound_terms("horror movies")
+    assert lexical_terms("cities") == lexical_terms("city") == ["~city"]
+
+
+def test_a_name_inside_a_date_span_is_a_name_too() -> None:
+    # fact_spans runs "Collective Soul in Vancouver on March 5th" into one date span: the
+    # turn states names as well as a date, and a question asking for a name must see them
+    assert value_kinds("You want 4 tickets for Collective Soul in Vancouver on March 5th?") >= {
+        "#name",
+        "#date",
+    }
+    assert value_kinds("I want tickets for Collective Soul on March 5th.") >= {"#name"}
+    # months, weekdays and day words are the date itself, not names
+    assert value_kinds("See you on Friday, March 5th.") == {"#date"}
+    assert "#name" not in value_kinds("Can we do it Tomorrow at 5 pm?")

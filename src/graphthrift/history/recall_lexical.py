@@ -56,6 +56,7 @@ __all__ = [
     "asked_kinds",
     "bm25",
     "compound_terms",
+    "content_stems",
     "lexical_scores",
     "match_turns",
     "phrasing_words",
@@ -75,6 +76,22 @@ CONTEXT_MARK = "^"
 #: An echo of the query shares at least this many content words with it (and more than
 #: half of its own): fewer is what any two turns on one topic share.
 ECHO_SHARED = 3
+
+
+def content_stems(text: str) -> list[str]:
+    """``text``'s content words as recall indexes and asks them: lowercased stems
+    (``graphthrift.text.lexical.index_terms``) with a final "i" written "y".
+
+    The shared stemmer turns "movies" into "movy" but "movie" into "movi" (and "studied"
+    into "studi", "study" into "study"), so a plural in "-ies" never met its singular in
+    "-ie", nor a verb in "-ied" its base. Folding the "i" on both sides joins them; stems
+    ending in "y" are unchanged, so turns stored before the fold still meet the words they
+    met."""
+    return [_fold(t.lower()) for t in index_terms(text)]
+
+
+def _fold(stem: str) -> str:
+    return stem[:-1] + "y" if len(stem) > 2 and stem.endswith("i") else stem
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +155,7 @@ def repeated_in_query(
     ``echo_texts``) do."""
     counts: dict[str, list[int]] = {t: [] for t in phrasing}
     for content in echo_texts:
-        used = Counter(t.lower() for t in index_terms(content))
+        used = Counter(content_stems(content))
         for t in phrasing:
             counts[t].append(used[t])
     return {
@@ -271,12 +288,36 @@ def value_kinds(text: str) -> set[str]:
             named = any(c.isupper() for c in span.text) and not any(c.isdigit() for c in span.text)
             if named and not _NUMBER_WORD.fullmatch(span.text):  # "Four pm is good."
                 kinds.add("name")
-        elif kind == "number":
+            continue
+        if kind == "number":
             if not _TIME.search(span.text):
                 kinds.add("number")
         else:
             kinds.add(kind)
+        if _names_in(span.text):  # "Collective Soul in Vancouver on March 5th"
+            kinds.add("name")
     return {KIND_MARK + k for k in kinds}
+
+
+#: Capitalised words that are part of a date or time, not a name in it.
+_DATE_WORDS = word_set(
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday thursday "
+    "friday saturday sunday today tomorrow tonight yesterday noon midnight next this last "
+    "the on at in from to of am pm"
+)
+_CAPITALISED = re.compile(r"(?<![\w'])[A-Z][\w'-]*")
+
+
+def _names_in(span: str) -> bool:
+    """Whether a date, time, number or money span also holds a name: ``fact_spans`` runs a
+    name and the date after it into one span ("Collective Soul in Vancouver on March 5th"),
+    whose kind is the date's; a capitalised word other than a month, weekday or day word
+    is a name in it."""
+    return any(
+        len(w) > 1 and w.lower() not in _DATE_WORDS and not _NUMBER_WORD.fullmatch(w)
+        for w in _CAPITALISED.findall(span)
+    )
 
 
 def asked_kinds(query: str) -> set[str]:
@@ -297,7 +338,7 @@ _PARTICLE_VERBS = frozenset(
         "look looked looking pay paid paying hold held holding roll rolled rolling "
         "stop stopped stopping print printed printing sleep slept lay laid"
     )
-    for stem in index_terms(verb)
+    for stem in content_stems(verb)
 )
 _PAIR = re.compile(r"(?<![\w'\u2019])([A-Za-z]{2,})[ -](?=([A-Za-z]{2,})\b)")  # not "we'll"
 
@@ -322,7 +363,7 @@ def compound_terms(text: str) -> set[str]:
 def _stems(word: str) -> tuple[str, ...]:
     """A word's lowercased stems (cached, as ``_compound`` and the particle check ask
     for the same words again and again)."""
-    return tuple(t.lower() for t in index_terms(word))
+    return tuple(content_stems(word))
 
 
 @lru_cache(maxsize=65536)
