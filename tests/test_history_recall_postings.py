@@ -249,9 +249,10 @@ def test_migration_51_backfills_posting_lists_and_own_counts(
 def test_recall_reads_no_text_but_the_chosen_turns(
     store: Store, embedder: StaticEmbedder, tenant: str
 ) -> None:
-    """The first reads return no turn's terms or text; texts are read for at most ``2 * k``
-    turns at a time; a query whose phrasing words each echo holds once reads no echo's
-    text. Each statement is scoped to the tenant and the thread."""
+    """The first read returns no turn's terms or text; texts are read for at most ``2 * k``
+    turns at a time, besides the likely candidates the need read brings; a query whose
+    phrasing words each echo holds once reads no echo's text. Each statement is scoped to
+    the tenant and the thread."""
     turns = FoldedTurnStore(store, embedder=embedder)
     turns.add(tenant, "narrow", [*_sgd_turns(200), *QUESTIONS])
     seen: list[tuple[str, dict[str, object]]] = []
@@ -269,13 +270,15 @@ def test_recall_reads_no_text_but_the_chosen_turns(
     assert found
     reads = [(sql, p) for sql, p in seen if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
     # the thread asks in one phrasing: a second read measures nearness to the query's need
-    assert len(reads) == 3, [sql[:60] for sql, _ in reads]
-    first, need, texts = reads
+    # and brings the texts of the turns likely to rank first, so packing reads no more
+    assert len(reads) == 2, [sql[:60] for sql, _ in reads]
+    first, need = reads
     # neither the text nor the term list of any turn (the query's terms are a parameter)
-    for sql in (first[0], need[0]):
-        assert "content" not in sql and re.search(r"\bterms\b(?!\)s)", sql) is None
-    assert "content" in texts[0] and len(texts[1]["idx"]) <= 2 * 3  # type: ignore[arg-type]
-    assert {s.index for s in found} <= set(texts[1]["idx"])  # type: ignore[call-overload]
+    assert "content" not in first[0] and re.search(r"\bterms\b(?!\)s)", first[0]) is None
+    assert "content" in need[0] and re.search(r"\bterms\b(?!\)s)", need[0]) is None
+    # the need's 2k nearest, and the lexical and identifier candidates (n each at most)
+    assert need[1]["m"] == 2 * 3
+    assert len(need[1]["idx"]) <= 2 * turns.candidates  # type: ignore[arg-type]
     for sql, p in reads:
         assert "tenant_id = " in sql and "thread_id = " in sql
         assert (p["tenant"], p["thread"]) == (tenant, "narrow")

@@ -348,11 +348,21 @@ _TEXTS = (
 )
 
 # 3. Every turn's distance to the query's need (its content words without the thread's
-#    phrasing), when the thread has phrasing (``_need_vector``).
+#    phrasing), when the thread has phrasing (``_need_vector``), in a first row; then, in
+#    the same statement, the texts of the turns likely to rank first: the ``m`` nearest to
+#    the need and the ones given (``idx``: the lexical and identifier candidates), so that
+#    packing seldom needs another read.
 _NEED = (
-    "SELECT array_agg(turn_index) AS idx, array_agg(embedding <=> CAST(:v AS vector)) AS d"
+    "WITH t AS MATERIALIZED (SELECT turn_index, embedding <=> CAST(:v AS vector) AS d"
     f" FROM {FOLDED_TURNS_TABLE}"
-    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model)"
+    " SELECT NULL::integer AS turn_index, array_agg(turn_index) AS idx, array_agg(d) AS d,"
+    " NULL::text AS role, NULL::text AS content, NULL::integer AS tokens FROM t"
+    " UNION ALL SELECT f.turn_index, NULL, NULL, f.role, f.content, f.tokens"
+    f" FROM {FOLDED_TURNS_TABLE} AS f"
+    " WHERE f.tenant_id = :tenant AND f.thread_id = :thread AND f.embedding_model = :model"
+    " AND f.turn_index = ANY(ARRAY(SELECT turn_index FROM t ORDER BY d, turn_index LIMIT :m)"
+    " || CAST(:idx AS integer[]))"
 )
 
 _FORGET = (
@@ -748,9 +758,25 @@ def _recall(
     n = int(params["n"])
     need = _need_vector(params.get("words", ()), phrasing)
     if need is not None:  # rank by what the query asks, not how this thread asks it
-        rows = yield Sql(_NEED, {**scope, "v": _vector_literal(need)}, rows="tuples")
-        idx, far = rows[0] if rows else (None, None)
-        needed = {i: d for i, d in zip(idx or (), far or (), strict=True) if i in distance}
+        likely = bm25(matches, phrasing, len(distance), distance, n).top  # before the need
+        held_ids = {i for t in params["q"] for i in postings.get(t, ())}
+        likely_ids = [i for i in nearest if i in held_ids][:n]
+        rows = yield Sql(
+            _NEED,
+            {
+                **scope,
+                "v": _vector_literal(need),
+                "m": 2 * k,
+                "idx": sorted({*likely, *likely_ids}),
+            },
+            rows="tuples",
+        )
+        needed: dict[int, float] = {}
+        for index, idx, far, role, content, tokens in rows:
+            if index is None:
+                needed = {i: d for i, d in zip(idx or (), far or (), strict=True) if i in distance}
+            elif int(index) not in texts:
+                texts[int(index)] = {"role": role, "content": content, "tokens": tokens}
         if len(needed) == len(distance):
             distance = needed
             nearest = sorted(distance, key=lambda i: (_far(distance[i]), i))
