@@ -23,6 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # 0.1 s default turns hits into misses, and a test would measure the machine, not the cache;
 # the deadline tests pass timeout= themselves.
 os.environ.setdefault("GRAPHTHRIFT_CACHE_TIMEOUT", "2")
+os.environ.setdefault("GRAPHTHRIFT_RECALL_TIMEOUT", "5")  # recall's deadline, likewise
 # One embedded server for the session; notebooks run by nbmake inherit it through this.
 # Never the user's own home or database: GRAPHTHRIFT_TEST_DATABASE_URL selects a server.
 os.environ["GRAPHTHRIFT_HOME"] = str(_HOME / "graphthrift")

@@ -57,7 +57,7 @@ def one_read_recall(
     turns: FoldedTurnStore, tenant: str, thread: str, query: str, *, k: int, token_budget: int
 ) -> list[RecalledSnippet]:
     """What the one-read recall returned for ``query`` with ``turns``' settings."""
-    vectors = turns.embedder.embed(_embedded(query))
+    vectors = turns.embedder.embed(_embedded(query, turns.need_vector))
     asked = turns._query_params(query, vectors[0], list(vectors[1:]))
     params = turns._scoped(tenant, thread, k, asked)
     params["v"] = _vector_literal(vectors[0])
@@ -87,6 +87,7 @@ def one_read_recall(
         frozenset(t[1:] for t in params["lq"] if t.startswith(LEXICAL_MARK)),
         frozenset(params["kinds"]),
         frozenset(phrasing),
+        turns.need_vector,
     )
 
 
@@ -145,6 +146,7 @@ def _pack(
     query_words: frozenset[str] = frozenset(),
     kinds: frozenset[str] = frozenset(),
     phrasing: frozenset[str] = frozenset(),
+    need: bool = False,
 ) -> list[RecalledSnippet]:
     """Score the candidates (similarity, plus ``term_boost`` times the share of the query's
     identifiers they hold, plus ``lexical_weight`` times their BM25 score over the query's
@@ -197,7 +199,7 @@ def _pack(
         if len(chosen) >= k:
             break
         held = as_own(row_terms[snippet.index])
-        guided = any(
+        guided = not need or any(
             w not in phrasing and (LEXICAL_MARK + w in held or CONTEXT_MARK + w in held)
             for w in query_words
         )

@@ -229,6 +229,19 @@ def test_lexical_settings_are_checked(store: Store) -> None:
         FoldedTurnStore(store, echo_penalty=-0.5)
 
 
+def test_the_recall_deadline_is_a_keyword_else_its_variable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRAPHTHRIFT_RECALL_TIMEOUT", "1.5")
+    assert FoldedTurnStore(store).timeout == 1.5
+    assert FoldedTurnStore(store, timeout=0.2).timeout == 0.2
+    monkeypatch.delenv("GRAPHTHRIFT_RECALL_TIMEOUT")
+    assert FoldedTurnStore(store).timeout == 0.5
+    monkeypatch.setenv("GRAPHTHRIFT_RECALL_TIMEOUT", "0")
+    with pytest.raises(ConfigError, match="timeout"):
+        FoldedTurnStore(store)
+
+
 # A long chat in the shape of the long multi-session set: many questions asked in one
 # phrasing, each answered, and the turn holding the fact asked for phrased otherwise.
 TEMPLATED = [
@@ -523,12 +536,18 @@ def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
     thread = "need-" + uuid.uuid4().hex[:8]
     # similarity alone decides (no words, identifiers, values or kinds)
     turns = FoldedTurnStore(
-        store, embedder=embedder, lexical_weight=0, term_boost=0, value_boost=0, kind_boost=0
+        store,
+        embedder=embedder,
+        lexical_weight=0,
+        term_boost=0,
+        value_boost=0,
+        kind_boost=0,
+        need_vector=True,
     )
     turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
     found = turns.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
     assert [s.index for s in found] == [6]
-    # need_vector=False: the whole query decides, and the turn worded like it wins
+    # need_vector=False (the default): the whole query decides, the turn worded like it wins
     whole = FoldedTurnStore(
         store,
         embedder=embedder,
@@ -548,11 +567,12 @@ def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
 
 
 def test_a_turn_holding_none_of_the_query_s_words_is_recalled_whole(
-    turns: FoldedTurnStore, tenant: str
+    store: Store, embedder: StaticEmbedder, tenant: str
 ) -> None:
-    """Focus picks a turn's sentences by the query's words; a turn found without any (by
-    its meaning or its value) gives it nothing to pick by, and its answer may be the
-    sentence without a capital or a number ("... in the living room.")."""
+    """With the query's need, focus picks a turn's sentences by the query's words; a turn
+    found without any (by its meaning or its value) gives it nothing to pick by, and its
+    answer may be the sentence without a capital or a number ("... in the living room.")."""
+    turns = FoldedTurnStore(store, embedder=embedder, need_vector=True)
     thread = "whole-" + uuid.uuid4().hex[:8]
     target = "I love the Ladykillers! Let's put that song on in the living room."
     rows = [

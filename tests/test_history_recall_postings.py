@@ -246,14 +246,15 @@ def test_migration_51_backfills_posting_lists_and_own_counts(
         db.close()
 
 
+@pytest.mark.parametrize("need", [False, True])
 def test_recall_reads_no_text_but_the_chosen_turns(
-    store: Store, embedder: StaticEmbedder, tenant: str
+    store: Store, embedder: StaticEmbedder, tenant: str, need: bool
 ) -> None:
     """The first read returns no turn's terms or text; texts are read for at most ``2 * k``
-    turns at a time, besides the likely candidates the need read brings; a query whose
-    phrasing words each echo holds once reads no echo's text. Each statement is scoped to
-    the tenant and the thread."""
-    turns = FoldedTurnStore(store, embedder=embedder)
+    turns at a time, or with ``need_vector`` in the need's read, for the turns likely to
+    rank first; a query whose phrasing words each echo holds once reads no echo's text.
+    Each statement is scoped to the tenant and the thread."""
+    turns = FoldedTurnStore(store, embedder=embedder, need_vector=need)
     turns.add(tenant, "narrow", [*_sgd_turns(200), *QUESTIONS])
     seen: list[tuple[str, dict[str, object]]] = []
 
@@ -269,16 +270,17 @@ def test_recall_reads_no_text_but_the_chosen_turns(
         event.remove(engine, "before_cursor_execute", record)
     assert found
     reads = [(sql, p) for sql, p in seen if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
-    # the thread asks in one phrasing: a second read measures nearness to the query's need
-    # and brings the texts of the turns likely to rank first, so packing reads no more
     assert len(reads) == 2, [sql[:60] for sql, _ in reads]
-    first, need = reads
+    first, second = reads
     # neither the text nor the term list of any turn (the query's terms are a parameter)
     assert "content" not in first[0] and re.search(r"\bterms\b(?!\)s)", first[0]) is None
-    assert "content" in need[0] and re.search(r"\bterms\b(?!\)s)", need[0]) is None
-    # the need's 2k nearest, and the lexical and identifier candidates (n each at most)
-    assert need[1]["m"] == 2 * 3
-    assert len(need[1]["idx"]) <= 2 * turns.candidates  # type: ignore[arg-type]
+    assert "content" in second[0] and re.search(r"\bterms\b(?!\)s)", second[0]) is None
+    if need:  # the thread asks in one phrasing: the need's 2k nearest and the candidates
+        assert second[1]["m"] == 2 * 3
+        assert len(second[1]["idx"]) <= 2 * turns.candidates  # type: ignore[arg-type]
+    else:
+        assert len(second[1]["idx"]) <= 2 * 3  # type: ignore[arg-type]
+        assert {s.index for s in found} <= set(second[1]["idx"])  # type: ignore[call-overload]
     for sql, p in reads:
         assert "tenant_id = " in sql and "thread_id = " in sql
         assert (p["tenant"], p["thread"]) == (tenant, "narrow")
@@ -387,12 +389,15 @@ class _CountingEmbedder(StaticEmbedder):
         return await super().aembed(texts)
 
 
-def test_a_query_recalled_again_is_not_embedded_again(store: Store, tenant: str) -> None:
+@pytest.mark.parametrize("need", [False, True])
+def test_a_query_recalled_again_is_not_embedded_again(
+    store: Store, tenant: str, need: bool
+) -> None:
     """An agent calls its model several times for one user message (tool calls), and each
     prune recalls that message: its vector and terms are kept (for the last
     ``QUERY_CACHE_SIZE`` queries), and each recall still reads its own thread."""
     embedder = _CountingEmbedder()
-    turns = FoldedTurnStore(store, embedder=embedder)
+    turns = FoldedTurnStore(store, embedder=embedder, need_vector=need)
     chat = _sgd_turns(80)
     turns.add(tenant, "a", chat[:40])
     turns.add(tenant, "b", chat[40:])
@@ -405,16 +410,16 @@ def test_a_query_recalled_again_is_not_embedded_again(store: Store, tenant: str)
     assert first and other
     assert {s.index for s in first} <= set(range(40))
     assert {s.index for s in other} <= set(range(40, 80))
-    fresh = FoldedTurnStore(store, embedder=StaticEmbedder())
+    fresh = FoldedTurnStore(store, embedder=StaticEmbedder(), need_vector=need)
     assert _chosen(fresh.recall(tenant, "b", query, k=4, token_budget=300)) == _chosen(other)
-    # a new query is embedded (with its content words, in the same call: the query's
-    # need); the oldest ones leave the cache
+    # a new query is embedded (with need_vector, with its content words in the same call:
+    # the query's need); the oldest ones leave the cache
     asked = [f"{query} ({n})" for n in range(QUERY_CACHE_SIZE + 1)]
     for text_ in asked:
         turns.recall(tenant, "a", text_, k=1, token_budget=100)
-    assert embedder.texts == [t for q in asked for t in _embedded(q)]
-    assert _embedded(query)[0] == query and len(_embedded(query)) > 1
+    assert embedder.texts == [t for q in asked for t in _embedded(q, need)]
+    assert _embedded(query, need)[0] == query and (len(_embedded(query, need)) > 1) == need
     embedder.texts.clear()
     turns.recall(tenant, "a", query, k=4, token_budget=300)
     turns.recall(tenant, "a", asked[-1], k=4, token_budget=300)
-    assert embedder.texts == _embedded(query)
+    assert embedder.texts == _embedded(query, need)
