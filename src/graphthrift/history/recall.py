@@ -84,6 +84,7 @@ from graphthrift.history.recall_lexical import (
     compound_terms,
     content_stems,
     match_turns,
+    nan_last,
     phrasing_words,
     repeated_in_query,
     undecided_phrasing,
@@ -400,8 +401,9 @@ class FoldedTurnStore:
             ``GRAPHTHRIFT_RECALL_TIMEOUT``, else 0.5).
         candidates: how many top-scored turns are read before packing into the budget.
         focus: recall only the sentences of a turn that state a value or use a content
-            word of the query (``focused``), so that more turns fit the budget; a turn that
-            holds none of the query's words but its phrasing is recalled whole.
+            word of the query (``focused``), so that more turns fit the budget; with
+            ``need_vector``, a turn that holds none of the query's words but its phrasing
+            is recalled whole.
         need_vector: in a thread whose echoes show how it asks (phrasing), measure nearness
             to the query's need, its content words without the phrasing
             (``_need_vector``). Off by default: it keeps more facts in threads that ask in
@@ -633,9 +635,6 @@ class FoldedTurnStore:
             self.kind_boost,
         )
 
-        if not self.need_vector:
-            params = {**params, "words": ()}
-
         def plan(k: int, token_budget: int) -> Plan[list[RecalledSnippet]]:
             return _recall(
                 params, weights, self.recency, k, token_budget, self.focus, self.token_model
@@ -763,11 +762,12 @@ def _recall(
         echoes = [str(r["content"]) for r in rows]
         phrasing -= repeated_in_query(echoes, undecided, params["lq_counts"])
     n = int(params["n"])
+    identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()) if i in distance)
+    # words only when need_vector is on: the query's words are embedded only then
     need = _need_vector(params.get("words", ()), phrasing)
     if need is not None:  # rank by what the query asks, not how this thread asks it
         likely = bm25(matches, phrasing, len(distance), distance, n).top  # before the need
-        held_ids = {i for t in params["q"] for i in postings.get(t, ())}
-        likely_ids = [i for i in nearest if i in held_ids][:n]
+        likely_ids = [i for i in nearest if i in identifiers][:n]
         rows = yield Sql(
             _NEED,
             {
@@ -784,12 +784,11 @@ def _recall(
                 needed = {i: d for i, d in zip(idx or (), far or (), strict=True) if i in distance}
             elif int(index) not in texts:
                 texts[int(index)] = {"role": role, "content": content, "tokens": tokens}
-        if len(needed) == len(distance):
+        if len(needed) == len(distance):  # the same turns: ``identifiers`` still holds
             distance = needed
-            nearest = sorted(distance, key=lambda i: (_far(distance[i]), i))
+            nearest = sorted(distance, key=lambda i: (nan_last(distance[i]), i))
     answers = answers_to_echoes(matches)
     lexical = bm25(matches, phrasing, len(distance), distance, n)
-    identifiers = Counter(i for t in params["q"] for i in postings.get(t, ()) if i in distance)
     near = nearest[:n]
     with_ids = [i for i in nearest if i in identifiers][:n]
     values = set(postings.get(VALUE_TERM, ())).intersection(distance)
@@ -865,11 +864,6 @@ def _recall(
             left -= snippet.tokens
             chosen.append(snippet)
     return sorted(chosen, key=lambda s: s.index)
-
-
-def _far(d: float) -> float:
-    """A distance for sorting: NaN (a text without tokens) last."""
-    return math.inf if math.isnan(d) else d
 
 
 def _vector_literal(vector: Any) -> str:

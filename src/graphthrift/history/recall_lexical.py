@@ -59,6 +59,7 @@ __all__ = [
     "content_stems",
     "lexical_scores",
     "match_turns",
+    "nan_last",
     "phrasing_words",
     "repeated_in_query",
     "undecided_phrasing",
@@ -92,6 +93,11 @@ def content_stems(text: str) -> list[str]:
 
 def _fold(stem: str) -> str:
     return stem[:-1] + "y" if len(stem) > 2 and stem.endswith("i") else stem
+
+
+def nan_last(distance: float) -> float:
+    """An embedding distance for sorting: NaN (a text without tokens) last."""
+    return math.inf if math.isnan(distance) else distance
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +202,7 @@ def bm25(
     idf = {t: math.log(1 + (total - k + 0.5) / (k + 0.5)) for t, k in df.items()}
     weight = {t: x / 2 if t.startswith(CONTEXT_MARK) else x for t, x in idf.items()}
     score = {i: sum(weight[t] for t in held if t in weight) for i, held in matches.held.items()}
-    far = {i: math.inf if math.isnan(distance[i]) else distance[i] for i in matches.held}
+    far = {i: nan_last(distance[i]) for i in matches.held}
     top = sorted(
         (i for i, s in score.items() if s > 0 and i not in matches.echo),
         key=lambda i: (-score[i], far[i], i),
