@@ -28,7 +28,7 @@ import os
 
 from graphthrift.errors import ConfigError
 
-__all__ = ["env_flag", "env_float", "env_int", "env_str"]
+__all__ = ["env_flag", "env_float", "env_int", "env_str", "setting"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -55,6 +55,11 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(name, raw, "must be a number") from None
+
+
+def setting(name: str, value: float | None, default: float) -> float:
+    """A keyword setting, else its environment variable, else the default."""
+    return float(value) if value is not None else env_float(name, default)
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:

@@ -42,7 +42,7 @@ from graphthrift.cache.statements import (
     touch_sql,
     upsert_entry_sql,
 )
-from graphthrift.config import env_float
+from graphthrift.config import setting
 from graphthrift.errors import CacheArgumentError, ConfigError
 from graphthrift.ledger.records import LedgerRecord, plausible_tokens
 from graphthrift.store.postgres import Store
@@ -71,11 +71,6 @@ class _Decision:
     hit: CacheHit | None
     pending: _Pending | None = None
     pending_key: str = ""
-
-
-def setting(name: str, value: float | None, default: float) -> float:
-    """A keyword setting, else its environment variable, else the default."""
-    return float(value) if value is not None else env_float(name, default)
 
 
 def _default_verify(cached: str, fresh: str) -> bool:

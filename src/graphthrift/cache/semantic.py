@@ -15,7 +15,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from graphthrift import diagnostics
-from graphthrift.cache.base import setting
 from graphthrift.cache.db import Sql, run_sync
 from graphthrift.cache.exact import ExactCache
 from graphthrift.cache.guard import Guard, lexical_conflict
@@ -25,6 +24,7 @@ from graphthrift.cache.policy import AdaptivePolicy, StaticPolicy, ThresholdPoli
 from graphthrift.cache.schema import ENTRIES_TABLE, hnsw_index_sql
 from graphthrift.cache.scope import CacheScopeKwargs, check_scope_keywords
 from graphthrift.cache.statements import ENTRY_COLUMNS, vector_literal
+from graphthrift.config import setting
 from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.errors import CacheArgumentError, ConfigError
 from graphthrift.store.postgres import Store

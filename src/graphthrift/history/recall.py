@@ -70,7 +70,7 @@ from graphthrift.cache.db import (
     run_sync,
     with_deadline,
 )
-from graphthrift.config import env_float
+from graphthrift.config import setting
 from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
 from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import ConfigError, StoreUnavailable
@@ -443,7 +443,7 @@ class FoldedTurnStore:
             raise ConfigError("recency_weight", recency_weight, "must be >= 0")
         if not recency_half_life > 0:
             raise ConfigError("recency_half_life", recency_half_life, "must be > 0 turns")
-        timeout = env_float("GRAPHTHRIFT_RECALL_TIMEOUT", 0.5) if timeout is None else timeout
+        timeout = setting("GRAPHTHRIFT_RECALL_TIMEOUT", timeout, 0.5)
         if not timeout > 0:
             raise ConfigError("timeout", timeout, "must be > 0 seconds")
         if candidates < 1:
