@@ -534,29 +534,18 @@ def test_a_thread_s_phrasing_does_not_decide_which_turn_is_nearest(
         "I want to book a table for two at noon.",
     ]
     thread = "need-" + uuid.uuid4().hex[:8]
-    # similarity alone decides (no words, identifiers, values or kinds)
-    turns = FoldedTurnStore(
-        store,
-        embedder=embedder,
-        lexical_weight=0,
-        term_boost=0,
-        value_boost=0,
-        kind_boost=0,
-        need_vector=True,
-    )
+
+    def by_similarity(need: bool) -> FoldedTurnStore:
+        """Similarity alone decides (no words, identifiers, values or kinds)."""
+        zero = {"lexical_weight": 0, "term_boost": 0, "value_boost": 0, "kind_boost": 0}
+        return FoldedTurnStore(store, embedder=embedder, need_vector=need, **zero)
+
+    turns = by_similarity(need=True)
     turns.add(tenant, thread, [FoldedTurn(i, "user", t) for i, t in enumerate(rows)])
     found = turns.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
     assert [s.index for s in found] == [6]
     # need_vector=False (the default): the whole query decides, the turn worded like it wins
-    whole = FoldedTurnStore(
-        store,
-        embedder=embedder,
-        lexical_weight=0,
-        term_boost=0,
-        value_boost=0,
-        kind_boost=0,
-        need_vector=False,
-    )
+    whole = by_similarity(need=False)
     found = whole.recall(tenant, thread, ask.format("genre", "music"), k=1, token_budget=100)
     assert [s.index for s in found] == [7]
     # without the echoes there is no phrasing to set aside: the whole query decides
