@@ -86,8 +86,9 @@ class Run:
         self.threads: dict[tuple[str, str], str] = {}
 
 
-@pytest.fixture(scope="module")
-def run(store: Any) -> Run:
+@pytest.fixture(scope="module", params=[False, True], ids=["need-off", "need-on"])
+def run(store: Any, request: pytest.FixtureRequest) -> Run:
+    """The whole scenario, with recall's defaults and with the query's need on."""
     out = Run()
     world, log = out.world, out.log
     model = RecordingChatModel(model_name=CHEAP, reply=_reply, log=log)
@@ -95,7 +96,7 @@ def run(store: Any) -> Run:
     ledger = Ledger(store)
     cache = SemanticCache(store, namespace=f"recall-{world.tenants[0]}", ledger=ledger, timeout=5)
     out.budget = Budget(store, max_usd={"thread": 5.0}, max_output_tokens=200)  # type: ignore[attr-defined]
-    recall = FoldedTurnStore(store, embedder=StaticEmbedder())
+    recall = FoldedTurnStore(store, embedder=StaticEmbedder(), need_vector=request.param)
     pruner = HistoryPruner(max_tokens=MAX_TOKENS, model=CHEAP, recall=recall, recall_tokens=80)
     out.pruner = pruner  # type: ignore[attr-defined]
     agent = support_agent(
