@@ -347,6 +347,43 @@ def test_long_set_is_priced_with_sessions_a_day_apart_too(tmp_path: Path) -> Non
     assert target["value_sessions_apart"] == ours["sessions_apart"]["effective_saved_fraction"]
 
 
+def test_last_exchange_bounds_what_keeping_the_exchange_can_save(tmp_path: Path) -> None:
+    """The long set's reference sends the last three messages from a user's; under the cache
+    minimum each of its tokens is billed at list, so no policy that keeps the exchange
+    verbatim costs less, and the issue-16 target reports its saving as the ceiling."""
+    data = _conversations(tmp_path / "convs.jsonl", n=2)
+    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
+    argv += ["--long", "1", "--max-tokens", "384", "--json", str(tmp_path / "h.json")]
+    assert main(argv) == 0
+    figures = json.loads((tmp_path / "h.json").read_text())
+    policies = figures["long"]["policies"]
+    conv = build_long_threads(1, LONG_THREAD_SEED, root=data_dir())[0].as_conversation()
+    originals = [(t.role, t.content) for t in conv.turns]
+    turns = []
+    for end in prompt_points(conv):
+        kept = originals[max(0, end - 3) : end]
+        while kept[0][0] != "user":
+            kept = kept[1:]
+        tokens = _prompt_tokens(kept)
+        assert tokens < 1024  # under both providers' cache minimum: nothing is read or written
+        turns.append(PromptTurn(tokens, 0, _reply_tokens(originals, end)))
+    reference = policies["last_exchange"]
+    full = policies["full_history"]
+    target = figures["targets_issue16"]["long_effective_saved_fraction"]
+    for model in DEFAULT_PRICE_MODELS:
+        cost = effective_cost_usd(turns, model)
+        assert reference["effective_cost_usd"][model] == pytest.approx(cost, abs=1e-5)
+        ceiling = 1 - cost / full["effective_cost_usd"][model]
+        assert reference["effective_saved_fraction"][model] == pytest.approx(ceiling, abs=1e-3)
+        assert (
+            target["ceiling_last_exchange"][model] == reference["effective_saved_fraction"][model]
+        )
+        assert target["attainable"][model] == (target["ceiling_last_exchange"][model] >= 0.8)
+        for name in ("graphthrift", "graphthrift+recall"):  # both keep the exchange verbatim
+            assert policies[name]["effective_cost_usd"][model] >= cost - 1e-9, (name, model)
+    assert reference["over_budget_fraction"] == 0.0
+
+
 def test_a_prompt_begins_a_session_when_a_session_starts_among_its_new_turns() -> None:
     """Sessions may open with the assistant, share a prompt, or hold no prompt at all; the
     flag marks the first prompt that carries a new session's turns, and stays beside its

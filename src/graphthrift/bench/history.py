@@ -487,6 +487,34 @@ class _Trim(_Policy):
         return [to_message(m) for m in kept]
 
 
+class _LastExchange(_Policy):
+    """The least a conversational policy sends: the user's request and the exchange before it
+    (the last three messages, starting on a user's), by ``trim_messages`` counting messages.
+
+    Not a peer: a reference for the long set. Under the provider's cache minimum every prompt
+    token is billed at list, so any policy that keeps the last exchange verbatim costs at
+    least this much there, and its saved fraction is a ceiling on theirs (docs/history.md).
+    """
+
+    name = "last_exchange"
+
+    def __init__(self) -> None:
+        from langchain_core.messages import trim_messages
+
+        self.trim = trim_messages
+
+    def step(self, history: list[Any]) -> list[Message]:
+        kept = self.trim(
+            history,
+            max_tokens=3,
+            token_counter=len,  # counts messages
+            strategy="last",
+            start_on="human",
+            allow_partial=False,
+        )
+        return [to_message(m) for m in kept]
+
+
 class _LangMem(_Policy):
     """langmem's SummarizationNode, its model faked by our extractive summarizer."""
 
@@ -891,6 +919,10 @@ def _long(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
     with ExitStack() as stack:
         policies = _policies(args, console)
         try:
+            policies.append(_LastExchange())
+        except ImportError as exc:
+            console.print(f"[yellow]skipping the last_exchange reference: {exc}[/yellow]")
+        try:
             db = stack.enter_context(scratch_store(stack.enter_context(_store(args))))
             with_recall = _OursRecall(args.max_tokens, args.keep_turns, args.target_tokens, db)
             policies.insert(1, with_recall)
@@ -1141,6 +1173,16 @@ def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str,
             # judged back-to-back (the provider's cache at its best); for information:
             "value_sessions_apart": long["sessions_apart"]["effective_saved_fraction"],
         }
+        reference = policies.get("last_exchange")
+        if reference is not None:
+            # the most a policy that keeps the last exchange can save where its prompts stay
+            # under the cache minimum (every token at list): the target is out of reach where
+            # this is below it, whatever the policy keeps beyond the exchange
+            ceiling = reference["effective_saved_fraction"] or {}
+            out["long_effective_saved_fraction"]["ceiling_last_exchange"] = ceiling
+            out["long_effective_saved_fraction"]["attainable"] = {
+                m: v >= 0.8 for m, v in ceiling.items()
+            }
         overall = long["fact_retention"]
         out["long_fact_retention"] = {
             "policy": judged,
