@@ -72,6 +72,7 @@ from graphthrift.history.pricing import (
     DEFAULT_PRICE_MODELS,
     PromptTurn,
     SummarizerCall,
+    cache_rules_for,
     effective_costs,
     effective_saved_fractions,
     price_turns,
@@ -488,12 +489,12 @@ class _Trim(_Policy):
 
 
 class _LastExchange(_Policy):
-    """The least a conversational policy sends: the user's request and the exchange before it
-    (the last three messages, starting on a user's), by ``trim_messages`` counting messages.
+    """The last three messages, starting on a user's (``trim_messages`` counting messages):
+    where turns alternate, the user's request and the exchange before it.
 
     Not a peer: a reference for the long set. Under the provider's cache minimum every prompt
-    token is billed at list, so any policy that keeps the last exchange verbatim costs at
-    least this much there, and its saved fraction is a ceiling on theirs (docs/history.md).
+    token is billed at list, so a policy that sends at least these messages costs at least
+    this much there, and its saved fraction caps theirs (docs/history.md).
     """
 
     name = "last_exchange"
@@ -1175,14 +1176,19 @@ def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str,
         }
         reference = policies.get("last_exchange")
         if reference is not None:
-            # the most a policy that keeps the last exchange can save where its prompts stay
-            # under the cache minimum (every token at list): the target is out of reach where
-            # this is below it, whatever the policy keeps beyond the exchange
-            ceiling = reference["effective_saved_fraction"] or {}
-            out["long_effective_saved_fraction"]["ceiling_last_exchange"] = ceiling
-            out["long_effective_saved_fraction"]["attainable"] = {
-                m: v >= 0.8 for m, v in ceiling.items()
+            # Under a price model's cache minimum every prompt token is billed at list, so a
+            # policy that sends at least these messages costs at least what the reference
+            # costs there: its saved fraction caps theirs (docs/history.md). At a budget the
+            # cache can serve the premise fails, and no ceiling is given.
+            entry = out["long_effective_saved_fraction"]
+            budget = result["long"]["max_tokens"]
+            ceiling = {
+                m: v
+                for m, v in (reference["effective_saved_fraction"] or {}).items()
+                if budget < cache_rules_for(m).min_cacheable_tokens
             }
+            entry["ceiling_last_exchange"] = ceiling
+            entry["target_within_ceiling"] = {m: entry["target"] <= v for m, v in ceiling.items()}
         overall = long["fact_retention"]
         out["long_fact_retention"] = {
             "policy": judged,
