@@ -575,3 +575,102 @@ def test_a_turn_holding_none_of_the_query_s_words_is_recalled_whole(
     # a turn holding a word of the query is still focused on the sentences that use it
     found = turns.recall(tenant, thread, "Which table did I want?", k=3, token_budget=500)
     assert "Can you find me a table for 2 at Lers Ros Thai? …" in [s.text for s in found]
+
+
+def _terms_of(store: Store, tenant: str, thread: str) -> dict[str, list[int]]:
+    from sqlalchemy import text
+
+    from graphthrift.history.schema import FOLDED_TERMS_TABLE
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                f"SELECT term, turns FROM {FOLDED_TERMS_TABLE}"
+                " WHERE tenant_id = :tenant AND thread_id = :thread"
+            ),
+            {"tenant": tenant, "thread": thread},
+        ).all()
+    return {term: list(turns) for term, turns in rows}
+
+
+def test_a_thread_rewritten_from_an_index_drops_its_stale_turns_there_and_after(
+    store: Store, turns: FoldedTurnStore, tenant: str
+) -> None:
+    """A batch whose turn differs from the one kept at its index (a thread id used again, a
+    run resumed from an earlier checkpoint) replaces the kept turns from there on, in the
+    turns and in the posting lists; the turns before it stay, and the same batch again
+    changes nothing."""
+    before = diagnostics.get("recall_thread_rewritten")
+    assert turns.add(tenant, "r", THREAD) == 7
+    assert turns.add(tenant, "r", THREAD) == 0  # the same turns again: nothing happens
+    assert turns.add(tenant, "r", THREAD[5:]) == 0
+    assert diagnostics.get("recall_thread_rewritten") == before
+    branch = [THREAD[0], FoldedTurn(1, "assistant", "Which evening suits you, and how many?")]
+    assert turns.add(tenant, "r", branch) == 1
+    assert diagnostics.get("recall_thread_rewritten") == before + 1
+    found = turns.recall(tenant, "r", "order number shipped Denver", k=10, token_budget=10_000)
+    assert sorted(s.index for s in found) == [0, 1]
+    assert [s.text for s in found] == [THREAD[0].text, branch[1].text]
+    postings = _terms_of(store, tenant, "r")
+    assert all(index <= 1 for held in postings.values() for index in held)
+    assert "a-1042" not in postings and "denver" not in postings  # held only by stale turns
+    assert postings["oakland"] == [0]  # turn 0 kept its postings; turn 5 took its own away
+
+
+def test_a_thread_id_used_again_with_a_fresh_state_recalls_only_the_new_conversation(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """The pruner numbers folded turns by its state, so a conversation that starts over on
+    a thread id (its checkpoint lost) writes the indices of the one before: recall must
+    bring back the new booking code, never the old one."""
+    from graphthrift.history import HistoryPruner
+
+    filler = [
+        "Can you recommend a science fiction novel for a long train ride?",
+        "What is a good recipe for a vegetarian lasagna with spinach?",
+        "How do I repot a fiddle leaf fig without hurting the roots?",
+        "Which stretches help after a long day sitting at a desk?",
+        "What should I pack for a weekend camping trip in the mountains?",
+        "How does a heat pump keep a house warm in the winter?",
+    ]
+
+    def converse(code: str) -> str:
+        pruner = HistoryPruner(max_tokens=200, recall=turns)
+        chat = [f"My booking code is {code}, please remember it.", *filler]
+        chat.append("Remind me, what booking code did I give you at the start?")
+        history: list[dict[str, str]] = []
+        state = None
+        for text in chat:
+            history.append({"role": "user", "content": text})
+            result = pruner.prune(history, state, tenant=tenant, thread="member-7")
+            state = result.state
+            history.append({"role": "assistant", "content": "Noted, happy to help with that."})
+        assert result.recall_message is not None
+        return result.recall_message.text
+
+    assert "QX-1111" in converse("QX-1111")
+    again = converse("ZZ-2222")
+    assert "ZZ-2222" in again
+    assert "QX-1111" not in again
+
+
+async def test_a_rewrite_is_kept_by_the_async_twin_too(turns: FoldedTurnStore, tenant: str) -> None:
+    assert await turns.aadd(tenant, "ra", THREAD) == 7
+    branch = [FoldedTurn(0, "user", "I need a hotel in Denver for two nights.")]
+    assert await turns.aadd(tenant, "ra", branch) == 1
+    found = await turns.arecall(tenant, "ra", "hotel Denver order", k=10, token_budget=10_000)
+    assert [(s.index, s.text) for s in found] == [(0, branch[0].text)]
+
+
+def test_a_batch_from_an_earlier_index_drops_the_turns_after_it(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """The pruner folds in order from its state's count, so a batch that starts before the
+    kept turns end comes from a state that went back (a run resumed from an earlier
+    checkpoint): the turns after the batch are not this conversation's yet, even where they
+    read the same, and are not recalled until it folds them again."""
+    assert turns.add(tenant, "p", THREAD) == 7
+    assert turns.add(tenant, "p", THREAD[:2]) == 0
+    found = turns.recall(tenant, "p", "order number shipped Denver", k=10, token_budget=10_000)
+    assert sorted(s.index for s in found) == [0, 1]
+    assert turns.add(tenant, "p", THREAD[2:]) == 5  # folded again: kept again

@@ -342,3 +342,49 @@ async def test_memory_block_truncation_shortens_the_summary_before_the_recalled_
     assert shortest is not None and shortest.startswith(block.pruner.recall_prefix)
     assert "31-07-55" in shortest and "Lisbon" not in shortest
     assert count_text(shortest, model) <= tight
+
+
+def test_llamaindex_memories_on_the_default_key_never_recall_each_other(
+    turns: FoldedTurnStore, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two unrelated memories built without a thread id or chat_store_key share LlamaIndex's
+    default key: neither recalls under it (the other's facts would come back), and the
+    missing thread is counted and said once per pruner."""
+    before = diagnostics.get("recall_no_thread")
+    prompts: dict[str, str] = {}
+    for name, code in (("alice", "4417"), ("bob", "9082")):
+        memory = PrunedChatMemory.from_defaults(
+            max_tokens=BUDGET, max_summary_tokens=40, recall=turns, tenant_id=tenant
+        )
+        with caplog.at_level("WARNING", logger="graphthrift"):
+            caplog.clear()
+            for text in _user_turns(code):
+                memory.put(ChatMessage(role="user", content=text))
+                prompt = memory.get()
+                memory.put(ChatMessage(role="assistant", content="Noted, happy to help."))
+        said = [r for r in caplog.records if "names no thread" in r.getMessage()]
+        assert len(said) == 1, name
+        prompts[name] = "\n".join(m.content or "" for m in prompt)
+        assert all(not m.additional_kwargs.get("graphthrift_recall") for m in prompt)
+    assert "4417" not in prompts["bob"]
+    assert diagnostics.get("recall_no_thread") >= before + 2 * len(_user_turns("0"))
+    assert turns.recall(tenant, "chat_history", "locker code", k=4) == []  # nothing kept
+
+
+def test_llamaindex_memory_recalls_under_its_own_chat_store_key(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """A chat_store_key the user chose names the thread, as before."""
+    memory = PrunedChatMemory.from_defaults(
+        max_tokens=BUDGET,
+        max_summary_tokens=40,
+        recall=turns,
+        tenant_id=tenant,
+        chat_store_key="member-7",
+    )
+    for text in _user_turns("4417"):
+        memory.put(ChatMessage(role="user", content=text))
+        prompt = memory.get()
+        memory.put(ChatMessage(role="assistant", content="Noted, happy to help."))
+    assert "4417" in _check_prompt(prompt, QUESTION)
+    assert turns.recall(tenant, "member-7", "locker code", k=4)

@@ -333,6 +333,7 @@ class HistoryPruner:
         self.recall_k = recall_k
         self.recall_tokens = recall_cap
         self.recall_prefix = DEFAULT_RECALL_PREFIX
+        self._warned_no_thread = False
 
     @property
     def cache_pricing(self) -> CachePricing:
@@ -438,7 +439,25 @@ class HistoryPruner:
         )
 
     def _scope(self, tenant: str, thread: str | None) -> Scope | None:
-        if self.recall is None or thread is None:
+        if self.recall is None:
+            return None
+        if thread is None:
+            # recall asked for but nothing to scope it by: keep and recall nothing, and say so
+            # once per pruner (a thread-less store would mix every conversation's turns)
+            first = not self._warned_no_thread
+            self._warned_no_thread = True
+            diagnostics.count(
+                "recall_no_thread",
+                *(
+                    (
+                        "graphthrift: HistoryPruner has a recall store but the call names no"
+                        " thread, so nothing is kept or recalled (pass thread=, or"
+                        " configurable.thread_id in a LangGraph or create_agent run)",
+                    )
+                    if first
+                    else ()
+                ),
+            )
             return None
         if not isinstance(tenant, str):
             raise HistoryConfigError("tenant", tenant, "must be a str ('' for the default tenant)")

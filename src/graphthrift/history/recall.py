@@ -367,6 +367,43 @@ _NEED = (
     " || CAST(:idx AS integer[]))"
 )
 
+# Before a write: the first index at which the thread's kept turns stop being this
+# conversation's. The pruner numbers folded turns by its state (``folded_total``), so a
+# thread id used again with a fresh state (a restart that lost the checkpoint) or a run
+# resumed from an earlier checkpoint (LangGraph time travel) writes indices already kept:
+# a kept turn there with another role or text, or any kept turn at or after the batch's
+# first index that the batch does not hold (a longer abandoned branch, a blank turn's
+# index), is stale. NULL: nothing is.
+_DIVERGED = (
+    "SELECT LEAST("
+    f"(SELECT min(f.turn_index) FROM {FOLDED_TURNS_TABLE} AS f"
+    " JOIN unnest(CAST(:idx AS integer[]), CAST(:roles AS text[]), CAST(:texts AS text[]))"
+    " AS u(i, r, c) ON f.turn_index = u.i"
+    " WHERE f.tenant_id = :tenant AND f.thread_id = :thread AND f.embedding_model = :model"
+    " AND (f.role <> u.r OR f.content <> u.c)),"
+    f" (SELECT min(f.turn_index) FROM {FOLDED_TURNS_TABLE} AS f"
+    " WHERE f.tenant_id = :tenant AND f.thread_id = :thread AND f.embedding_model = :model"
+    " AND f.turn_index >= :first AND f.turn_index <> ALL(CAST(:idx AS integer[])))"
+    ") AS d"
+)
+
+# The stale turns go, from index ``d`` on, and so do they from the posting lists: a term
+# held only by them loses its row, the others keep the turns before ``d`` (the two sets of
+# rows are disjoint, as one statement must touch a row once).
+_TRUNCATE = (
+    f"WITH emptied AS (DELETE FROM {FOLDED_TERMS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND NOT EXISTS (SELECT 1 FROM unnest(turns) AS x WHERE x < :d)),"
+    f" trimmed AS (UPDATE {FOLDED_TERMS_TABLE}"
+    " SET turns = ARRAY(SELECT x FROM unnest(turns) AS x WHERE x < :d ORDER BY x)"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND EXISTS (SELECT 1 FROM unnest(turns) AS x WHERE x < :d)"
+    " AND EXISTS (SELECT 1 FROM unnest(turns) AS x WHERE x >= :d))"
+    f" DELETE FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
+    " AND turn_index >= :d RETURNING turn_index"
+)
+
 _FORGET = (
     f"WITH gone AS (DELETE FROM {FOLDED_TERMS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread)"
@@ -502,7 +539,11 @@ class FoldedTurnStore:
     def add(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
         """Keep ``turns`` for recall in this tenant's thread; returns how many were new.
 
-        A turn already kept (same index) is left as it was. Fails open: 0 on a store outage.
+        A turn already kept (same index, role and text) is left as it was. Where the kept
+        turns stop being this conversation's (``_DIVERGED``: the thread id used again with
+        a fresh state, or a run resumed from an earlier checkpoint), they are dropped from
+        there on before the batch is kept, in the same transaction, and
+        ``recall_thread_rewritten`` is counted. Fails open: 0 on a store outage.
         """
         _scope(tenant, thread)
         rows = self._rows(turns)
@@ -512,10 +553,12 @@ class FoldedTurnStore:
             params = self._insert_params(
                 tenant, thread, rows, self.embedder.embed([t.text for t in rows])
             )
-            return run_sync(self._engines.engine, _count_plan(_INSERT, params))
+            added, rewritten = run_sync(self._engines.engine, _add_plan(params))
         except Exception as exc:
             _fail_open("add", exc)
             return 0
+        _count_rewrite(rewritten)
+        return added
 
     async def aadd(self, tenant: str, thread: str, turns: Iterable[FoldedTurn]) -> int:
         """Async twin of ``add``."""
@@ -526,10 +569,12 @@ class FoldedTurnStore:
         try:
             vectors = await self.embedder.aembed([t.text for t in rows])
             params = self._insert_params(tenant, thread, rows, vectors)
-            return await run_async(self._engines.async_engine, _count_plan(_INSERT, params))
+            added, rewritten = await run_async(self._engines.async_engine, _add_plan(params))
         except Exception as exc:
             _fail_open("add", exc)
             return 0
+        _count_rewrite(rewritten)
+        return added
 
     # -- reading ------------------------------------------------------------------------
 
@@ -659,6 +704,22 @@ def _embedded(query: str, need: bool) -> list[str]:
     """The texts one recall embeds, in one call: the query, then (``need``) its
     ``need_words``."""
     return [query, *(word for _, word in need_words(query))] if need else [query]
+
+
+def _add_plan(params: dict[str, Any]) -> Plan[tuple[int, int | None]]:
+    """Drop the thread's stale turns (``_DIVERGED``, ``_TRUNCATE``), then keep the batch;
+    returns how many turns were new and the index the thread was rewritten from."""
+    found = yield Sql(_DIVERGED, {**params, "first": min(params["idx"])})
+    stale: int | None = found[0]["d"]
+    if stale is not None:
+        yield Sql(_TRUNCATE, {**params, "d": stale})
+    kept = yield Sql(_INSERT, params)
+    return len(kept), stale
+
+
+def _count_rewrite(stale: int | None) -> None:
+    if stale is not None:
+        diagnostics.count("recall_thread_rewritten")
 
 
 def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:

@@ -292,10 +292,18 @@ class PrunedChatMemory(BaseChatStoreMemory):
 
     def _scope(self) -> dict[str, Any]:
         """Tenant and thread for recall, through the adapter kernel (tags bound with
-        ``graphthrift.kernel.bound_run_tags`` fill what the fields leave unset)."""
+        ``graphthrift.kernel.bound_run_tags`` fill what the fields leave unset), else the
+        ``chat_store_key``: but not LlamaIndex's default key, which every memory built
+        without one shares, so that two unrelated memories never recall each other's turns
+        (no thread: the pruner keeps and recalls nothing, and counts ``recall_no_thread``)."""
         tags = run_tags(None, tenant_id=self.tenant_id, thread_id=self.thread_id)
-        thread = tags.get("thread_id") or self.chat_store_key
-        return {"tenant": str(tags.get("tenant_id") or ""), "thread": str(thread)}
+        thread = tags.get("thread_id") or (
+            self.chat_store_key if self.chat_store_key != DEFAULT_CHAT_STORE_KEY else None
+        )
+        return {
+            "tenant": str(tags.get("tenant_id") or ""),
+            "thread": None if thread is None else str(thread),
+        }
 
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         """The pruned view of the thread (folds old turns when it passes the budget); with a
