@@ -35,6 +35,17 @@ def test_help_lists_every_subcommand() -> None:
         assert option in bench.stdout
 
 
+def test_a_benchmark_s_help_leaves_out_the_maintainers_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The module docstring is the help; its "Long because:" paragraph is for maintainers."""
+    with pytest.raises(SystemExit):
+        main(["bench", "history", "--help"])
+    out = capsys.readouterr().out
+    assert "what each pruning policy would send" in out
+    assert "Long because" not in out
+
+
 def test_report_json_rows(
     ledger: Ledger, store: Store, tenant: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

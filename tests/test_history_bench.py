@@ -380,6 +380,10 @@ def test_last_exchange_bounds_what_keeping_the_exchange_can_save(tmp_path: Path)
         for name in ("graphthrift", "graphthrift+recall"):  # both keep the exchange verbatim
             assert policies[name]["effective_cost_usd"][model] >= cost - 1e-9, (name, model)
     assert reference["over_budget_fraction"] == 0.0
+    # the run had no sweep and no peers: those targets say so rather than go missing
+    for name in ("no_fold_budget_at_most_full_cost", "no_budgeted_peer_dominates"):
+        unmeasured = figures["targets_issue16"][name]
+        assert unmeasured["met"] is None and unmeasured["why"].startswith("not measured"), name
 
 
 def test_last_exchange_sends_a_suffix_from_a_user_message_ending_on_the_request() -> None:
@@ -500,3 +504,23 @@ def test_an_unknown_price_model_is_refused_before_the_replay(
             ),
             Console(file=io.StringIO()),
         )
+
+
+def test_piped_output_keeps_the_tables_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rich cuts a table to 80 columns when the output is no terminal ("sa…", "0.…"); the
+    command prints at PIPED_WIDTH to a pipe or a log instead, and COLUMNS still wins."""
+    from graphthrift.cli import PIPED_WIDTH
+
+    data = _conversations(tmp_path / "convs.jsonl", n=2)
+    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
+    argv += ["--long", "0", "--json", str(tmp_path / "h.json")]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fact retention" in out and "prefix stable" in out
+    assert max(len(line) for line in out.splitlines()) <= PIPED_WIDTH
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(argv) == 0
+    assert "prefix stable" not in capsys.readouterr().out  # 80 columns, as asked: cut

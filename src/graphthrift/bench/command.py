@@ -84,12 +84,19 @@ def add_parser(sub: Any) -> Any:
         one = bench_sub.add_parser(
             name,
             help=doc.split(":", 1)[-1].strip(),
-            description=module.__doc__,
+            description=_for_users(module.__doc__ or ""),
             conflict_handler="resolve",  # a benchmark may refine --quick or --json
         )
         _common_options(one, suppress=True)
         module.add_arguments(one)
     return bench
+
+
+def _for_users(doc: str) -> str:
+    """A benchmark module's docstring as its ``--help``: without the "Long because:"
+    paragraph, which tells maintainers why the module is long (tests/test_module_shape.py)."""
+    paragraphs = doc.strip().split("\n\n")
+    return "\n\n".join(p for p in paragraphs if not p.lstrip().startswith("Long because:"))
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

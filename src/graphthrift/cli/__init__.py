@@ -210,6 +210,10 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return figures
 
 
+#: Columns of the output when it is not a terminal and ``COLUMNS`` is unset.
+PIPED_WIDTH = 160
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphthrift`` command; returns the exit status."""
     parser = build_parser()
@@ -219,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # a pipe or a log file: rich would cut every table to 80 columns ("sa…", "0.…")
+        console.width = PIPED_WIDTH
     try:
         if args.command == "report" and ops_cli.handles_report(args):
             ops_cli.report(args, console)
