@@ -7,6 +7,7 @@ its fix.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from typing import Any
 
@@ -599,6 +600,53 @@ def test_a_slow_embedding_counts_inside_the_lookup_deadline(store: Any, tenant: 
     slow["on"] = True
     assert cache.lookup("What is the refund window?", tenant_id=tenant) is None
     assert diagnostics.counters().get("cache_timeout", 0) == before + 1
+
+
+class _LazyEmbedder:
+    """Loads its model on first use, slowly, as MiniLMEmbedder does; ``load`` loads it now."""
+
+    model_id = "lazy-test"
+    dim = 3
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.loaded = False
+        self.loads = 0
+
+    def load(self) -> None:
+        if not self.loaded:
+            time.sleep(self.seconds)
+            self.loads += 1
+            self.loaded = True
+
+    def embed(self, texts: Any) -> Any:
+        import numpy as np
+
+        self.load()
+        return np.array([[1.0, float(len(t) % 7), 0.5] for t in texts], dtype=np.float32)
+
+    async def aembed(self, texts: Any) -> Any:
+        return self.embed(texts)
+
+
+@pytest.mark.parametrize("way", ["sync", "async"])
+async def test_the_embedder_s_first_load_is_not_a_timed_out_lookup(
+    store: Any, tenant: str, way: str
+) -> None:
+    """A model's one-time load is startup, not lookup time: the first lookup of a fresh
+    cache loads it before its deadline starts, instead of timing out into a miss (the
+    README's whole-stack snippets warned of a timeout on every first run)."""
+    embedder = _LazyEmbedder(seconds=1.5)
+    cache = SemanticCache(store, namespace=f"lazy-{tenant}-{way}", embedder=embedder, timeout=1.0)
+    before = diagnostics.counters().get("cache_timeout", 0)
+    if way == "sync":
+        assert cache.lookup("What is the refund window?", tenant_id=tenant) is None
+    else:
+        assert await cache.alookup("What is the refund window?", tenant_id=tenant) is None
+    assert diagnostics.counters().get("cache_timeout", 0) == before  # a plain miss
+    assert embedder.loads == 1
+    cache.update("What is the refund window?", "30 days.", tenant_id=tenant)
+    assert cache.lookup("What is the refund window?", tenant_id=tenant) is not None
 
 
 @pytest.mark.parametrize("layer", ["exact", "semantic"])

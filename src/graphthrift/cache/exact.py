@@ -5,6 +5,7 @@ the same scope. ``ExactCache`` is also the public face of both layers: ``lookup`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,11 @@ class ExactCache(CacheLayer):
         """Async twin of ``_vector`` (the semantic layer embeds off the event loop)."""
         return None
 
+    _cold = False  # the semantic layer's embedder has not been loaded yet
+
+    def _warm(self) -> None:
+        """Load what the lookup embeds with (the exact layer embeds nothing)."""
+
     def _remaining(self, started: float) -> float:
         """What is left of the lookup deadline after the embedding took its share."""
         remaining = self.timeout - (time.perf_counter() - started)
@@ -116,8 +122,10 @@ class ExactCache(CacheLayer):
         key = self._key(query, context)
         if key is None:
             return None
-        started = time.perf_counter()
-        try:  # embedding counts inside the lookup's deadline (issue 12, item 12)
+        try:  # embedding counts inside the lookup's deadline (issue 12, item 12) ...
+            if self._cold:  # ... but not the model's one-time load, which is startup
+                self._warm()
+            started = time.perf_counter()
             vector = self._vector(key.text)
             remaining = self._remaining(started)
             plan = self._lookup_plan(self._scope(scope, key), key, vector)
@@ -146,8 +154,10 @@ class ExactCache(CacheLayer):
         key = self._key(query, context)
         if key is None:
             return None
-        started = time.perf_counter()
         try:
+            if self._cold:  # the model's one-time load, off the event loop
+                await asyncio.to_thread(self._warm)
+            started = time.perf_counter()
             vector = await self._avector(key.text)
             remaining = self._remaining(started)
             plan = self._lookup_plan(self._scope(scope, key), key, vector)

@@ -98,6 +98,7 @@ class SemanticCache(ExactCache):
         else:
             self.policy = policy
         self._dim: int | None = None
+        self._cold = True
         self._indexed: set[int] = {384}
 
     @property
@@ -143,6 +144,12 @@ class SemanticCache(ExactCache):
                 params,
             ),
         ]
+
+    def _warm(self) -> None:
+        load = getattr(self.embedder, "load", None)  # MiniLM and static embedders have one
+        if callable(load):
+            load()
+        self._cold = False
 
     def _vector(self, text: str) -> str | None:
         vector = self.embedder.embed([text])[0]

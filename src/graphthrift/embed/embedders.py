@@ -185,6 +185,11 @@ class MiniLMEmbedder:
         hidden: Vectors = session.run(["last_hidden_state"], feed)[0][:, 1, :]
         return hidden
 
+    def load(self) -> None:
+        """Load the model and tokenizer now (they load on first use otherwise): a cache
+        calls this before its lookup deadline starts, so the one-time load is not a miss."""
+        self._load()
+
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             with self._lock:

@@ -49,6 +49,10 @@ class StaticEmbedder:
         self._lock = threading.Lock()
         self._table: dict[int, Vectors] = {}
 
+    def load(self) -> None:
+        """Load the source model now (``MiniLMEmbedder.load``)."""
+        self.source.load()
+
     @property
     def distilled(self) -> int:
         """How many vocabulary tokens have a vector so far."""
