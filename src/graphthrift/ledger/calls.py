@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from graphthrift import diagnostics
@@ -35,10 +35,20 @@ _MAX_PENDING = 100_000
 CallResult = tuple[Usage | None, str, str | None]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(ns: int) -> datetime:
+    """``time.time_ns()`` as ``datetime.now(UTC)`` gives it (floored to the microsecond),
+    built on the writer thread rather than the call path."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
 @dataclass(slots=True)
 class _Pending:
     t0: float
-    ts: datetime
+    #: wall-clock start, ``time.time_ns()``: the record's ``ts`` (``_utc``)
+    ts_ns: int
     model: str | None
     tags: Mapping[str, Any]
     extra_tags: Mapping[str, Any] | None
@@ -111,7 +121,7 @@ class CallRecorder:
             )
         self._pending[call_id] = _Pending(
             time.perf_counter(),
-            datetime.now(UTC),
+            time.time_ns(),
             model,
             tags,
             extra_tags,
@@ -263,7 +273,7 @@ class CallRecorder:
             tags[tag] = cleaned if cleaned is not None else self.defaults.get(tag)
         return LedgerRecord(
             kind="llm",
-            ts=pending.ts,
+            ts=_utc(pending.ts_ns),
             model=model,
             call_id=str(call_id),
             input_tokens=usage.input_tokens,

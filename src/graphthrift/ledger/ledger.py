@@ -112,7 +112,10 @@ class Ledger(LedgerSpill, LedgerQueries):
         self.quarantine_dir = self.spill_dir / "quarantine"
         self.max_queue_bytes = max_queue_bytes
         self._queue: deque[LedgerRecord | Callable[[], LedgerRecord | None]] = deque()
-        self._cond = threading.Condition()
+        # the queue's lock: the call path takes it bare (a Condition's ``with`` is a Python
+        # call more); the writer, flush and spill use the Condition over it
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._enqueued = 0
         self._written = 0
         self._failures = 0
@@ -156,7 +159,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         """Queue one record; never blocks on the database and never raises for it."""
         if not isinstance(record, LedgerRecord):
             raise TypeError(f"Ledger.record expects a LedgerRecord, got {type(record).__name__}")
-        self._enqueue([record])
+        self._enqueue_one(record)
 
     def record_deferred(self, build: Callable[[], LedgerRecord | None]) -> None:
         """Queue a record that the writer thread builds, keeping that work off the call path.
@@ -164,7 +167,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         ``build`` runs once on the writer thread; if it raises, the failure is counted and
         logged and the other records of the batch are written.
         """
-        self._enqueue([build])
+        self._enqueue_one(build)
 
     def record_many(self, records: Iterable[LedgerRecord]) -> None:
         """Queue several records at once."""
@@ -194,6 +197,18 @@ class Ledger(LedgerSpill, LedgerQueries):
                 or len(self._queue) >= self.batch_size
                 or self._queued_bytes > self.max_queue_bytes
             ):
+                self._cond.notify_all()
+
+    def _enqueue_one(self, item: LedgerRecord | Callable[[], LedgerRecord | None]) -> None:
+        """``_enqueue([item])`` for the call path: one item, no list, no generator."""
+        size = _size(item)  # what the writer takes off ``_queued_bytes`` when it pops it
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Ledger is closed")
+            self._queue.append(item)
+            self._enqueued += 1
+            self._queued_bytes += size
+            if len(self._queue) >= self.batch_size or self._queued_bytes > self.max_queue_bytes:
                 self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> None:
