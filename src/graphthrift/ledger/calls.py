@@ -227,9 +227,11 @@ class CallRecorder:
         if usage is None:
             usage = _estimate(pending.prompt, output_text, model)
             source = "estimated"
-        usage, split = settle_cache_write_split(
-            usage, cache_write_ttls(pending.prompt, pending.request)
-        )
+        split: SplitSource | None = None
+        if usage.cache_write_unsplit_tokens:  # only then are the request's breakpoints read
+            usage, split = settle_cache_write_split(
+                usage, cache_write_ttls(pending.prompt, pending.request)
+            )
         if split == "assumed_1h":
             # The counts are the provider's; their price is an upper bound, so say so.
             diagnostics.count(
