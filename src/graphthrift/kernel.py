@@ -28,6 +28,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from graphthrift.ledger.usage import read_usage
 
@@ -145,6 +146,8 @@ _CONTAINERS = (dict, list)  # built once: ``dict | list`` made a new union on ev
 
 
 def _set(value: Any) -> bool:
+    if value.__class__ is UUID:  # run ids: never "", and ``!= ""`` is a Python-level __eq__
+        return True
     return value is not None and value != "" and not isinstance(value, _CONTAINERS)
 
 
