@@ -315,3 +315,49 @@ def test_a_cache_sees_each_calls_own_tags_though_they_are_read_late(
     ]
     rows = _records(ledger, tenant) + _records(ledger, f"{tenant}-b")
     assert [r["run_id"] for r in rows] == [str(r) for r in runs]
+
+
+def test_tags_bound_for_a_call_are_those_of_its_start_whenever_they_are_read() -> None:
+    """``bind_config_tags`` (what the tagger binds) works the tags out at the first read:
+    they must be what ``run_tags`` gave when the call started, though the tags bound
+    beneath ended and others were bound over it since, and a config without a run id
+    (whose root run comes from its handlers) gives what ``run_tags`` gives."""
+    import uuid
+
+    from graphthrift.kernel import (
+        bind_config_tags,
+        bind_run_tags,
+        current_run_tags,
+        run_tags,
+        scoped,
+        unbind_run_tags,
+    )
+
+    root = uuid.uuid4()
+    config: dict[str, Any] = {
+        "metadata": {"tenant_id": "acme", "scope": "team-a", "thread_id": 7, "route": ""},
+        "run_id": root,
+    }
+    with scoped(user_id="alice", route="outer"):
+        expected = {**run_tags(config, feature="faq"), "scope": "team-a"}
+        binding = bind_config_tags(config, keep=("scope",), feature="faq")
+    later = bind_run_tags({"route": "later", "tenant_id": "other"})
+    assert binding.tags == expected
+    assert expected == {
+        "tenant_id": "acme",
+        "user_id": "alice",
+        "feature": "faq",
+        "route": "outer",
+        "thread_id": "7",
+        "run_id": str(root),
+        "scope": "team-a",
+    }
+    assert current_run_tags() == {**expected, "route": "later", "tenant_id": "other"}
+    unbind_run_tags(later)
+    unbind_run_tags(binding)
+    assert not current_run_tags()
+
+    no_run = {"metadata": {"tenant_id": "acme", "scope": ""}}
+    binding = bind_config_tags(no_run, keep=("scope",))
+    assert binding.tags == run_tags(no_run) == {"tenant_id": "acme"}
+    unbind_run_tags(binding)
