@@ -256,3 +256,108 @@ def test_calls_booked_by_graphthrift_itself_are_not_counted_twice(
     summarizer.summarize([Message("user", "Order A-1 ships Friday.")], "", 64)
     rows = _records(ledger, tenant)
     assert len(rows) == 1 and rows[0]["route"] == "summary"
+
+
+def test_a_cache_sees_each_calls_own_tags_though_they_are_read_late(
+    ledger: Ledger, tenant: str
+) -> None:
+    """The tagger binds a call's tags for our ``BaseCache`` and they are worked out only
+    when read: each call must still see its own metadata (changed between calls), the
+    tags bound around it, and its own run id, and nothing may stay bound after it."""
+    import uuid
+
+    from langchain_core.caches import BaseCache
+
+    from graphthrift.kernel import current_run_tags, scoped
+
+    class SeeingCache(BaseCache):
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        def lookup(self, prompt: str, llm_string: str) -> Any:
+            self.seen.append(dict(current_run_tags() or {}))
+            return None
+
+        def update(self, prompt: str, llm_string: str, return_val: Any) -> None:
+            pass
+
+        def clear(self, **kwargs: Any) -> None:
+            pass
+
+    cache = SeeingCache()
+    model = GenericFakeChatModel(messages=itertools.repeat(AIMessage("ok")), cache=cache)
+    tagger = CostTagger(ledger, feature="support", model="gpt-4o-mini")
+    runs = [uuid.uuid4(), uuid.uuid4()]
+    metadata: dict[str, Any] = {"tenant_id": tenant, "scope": "team-a", "route": "cheap"}
+    with scoped(user_id="alice", route="outer", prompt_version="p0"):
+        model.invoke("q", config={"callbacks": [tagger], "metadata": metadata, "run_id": runs[0]})
+        metadata = {"tenant_id": f"{tenant}-b", "feature": "billing"}  # the next call's
+        model.invoke("q", config={"callbacks": [tagger], "metadata": metadata, "run_id": runs[1]})
+    assert not current_run_tags()
+    assert cache.seen == [
+        {
+            "tenant_id": tenant,
+            "feature": "support",
+            "route": "cheap",
+            "scope": "team-a",
+            "user_id": "alice",
+            "prompt_version": "p0",
+            "run_id": str(runs[0]),
+        },
+        {
+            "tenant_id": f"{tenant}-b",
+            "feature": "billing",
+            "route": "outer",
+            "user_id": "alice",
+            "prompt_version": "p0",
+            "run_id": str(runs[1]),
+        },
+    ]
+    rows = _records(ledger, tenant) + _records(ledger, f"{tenant}-b")
+    assert [r["run_id"] for r in rows] == [str(r) for r in runs]
+
+
+def test_tags_bound_for_a_call_are_those_of_its_start_whenever_they_are_read() -> None:
+    """``bind_config_tags`` (what the tagger binds) works the tags out at the first read:
+    they must be what ``run_tags`` gave when the call started, though the tags bound
+    beneath ended and others were bound over it since, and a config without a run id
+    (whose root run comes from its handlers) gives what ``run_tags`` gives."""
+    import uuid
+
+    from graphthrift.kernel import (
+        bind_config_tags,
+        bind_run_tags,
+        current_run_tags,
+        run_tags,
+        scoped,
+        unbind_run_tags,
+    )
+
+    root = uuid.uuid4()
+    config: dict[str, Any] = {
+        "metadata": {"tenant_id": "acme", "scope": "team-a", "thread_id": 7, "route": ""},
+        "run_id": root,
+    }
+    with scoped(user_id="alice", route="outer"):
+        expected = {**run_tags(config, feature="faq"), "scope": "team-a"}
+        binding = bind_config_tags(config, keep=("scope",), feature="faq")
+    later = bind_run_tags({"route": "later", "tenant_id": "other"})
+    assert binding.tags == expected
+    assert expected == {
+        "tenant_id": "acme",
+        "user_id": "alice",
+        "feature": "faq",
+        "route": "outer",
+        "thread_id": "7",
+        "run_id": str(root),
+        "scope": "team-a",
+    }
+    assert current_run_tags() == {**expected, "route": "later", "tenant_id": "other"}
+    unbind_run_tags(later)
+    unbind_run_tags(binding)
+    assert not current_run_tags()
+
+    no_run = {"metadata": {"tenant_id": "acme", "scope": ""}}
+    binding = bind_config_tags(no_run, keep=("scope",))
+    assert binding.tags == run_tags(no_run) == {"tenant_id": "acme"}
+    unbind_run_tags(binding)

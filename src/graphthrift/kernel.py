@@ -28,6 +28,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from graphthrift.ledger.usage import read_usage
 
@@ -37,6 +38,7 @@ __all__ = [
     "RunTagsBinding",
     "answered_by",
     "ask_human",
+    "bind_config_tags",
     "bind_run_tags",
     "bound_run_tags",
     "cache_request",
@@ -82,13 +84,29 @@ class RunTagsBinding:
     Frames are removed by identity, not by resetting the variable, so bindings may end in
     any order: two callback handlers see a call's start and end in the same order, and a
     token reset would restore the first call's tags after both ended.
+
+    A frame bound by ``bind_config_tags`` works its tags out when they are first read: a
+    callback handler binds one for every model call, and few calls read it.
     """
 
-    __slots__ = ("replace", "tags")
+    __slots__ = ("_source", "_tags", "replace")
+    #: set by bind_config_tags only: the config, keep, fixed tags and frames beneath
+    _source: tuple[
+        Mapping[str, Any], tuple[str, ...], Mapping[str, Any], tuple[RunTagsBinding, ...]
+    ]
 
     def __init__(self, tags: Mapping[str, Any], *, replace: bool = False) -> None:
-        self.tags = dict(tags)
+        self._tags: dict[str, Any] | None = dict(tags)
         self.replace = replace
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        """The bound tags (worked out on the first read for a ``bind_config_tags`` frame)."""
+        tags = self._tags
+        if tags is None:  # two threads may both work them out: the same dict either way
+            config, keep, fixed, below = self._source
+            tags = self._tags = _config_tags(config, keep, fixed, _merged(below))
+        return tags
 
 
 _RUN_TAGS: contextvars.ContextVar[tuple[RunTagsBinding, ...]] = contextvars.ContextVar(
@@ -97,7 +115,10 @@ _RUN_TAGS: contextvars.ContextVar[tuple[RunTagsBinding, ...]] = contextvars.Cont
 
 
 def _bound_tags() -> dict[str, Any] | None:
-    frames = _RUN_TAGS.get()
+    return _merged(_RUN_TAGS.get())
+
+
+def _merged(frames: tuple[RunTagsBinding, ...]) -> dict[str, Any] | None:
     if not frames:
         return None
     merged: dict[str, Any] = {}
@@ -125,6 +146,8 @@ _CONTAINERS = (dict, list)  # built once: ``dict | list`` made a new union on ev
 
 
 def _set(value: Any) -> bool:
+    if value.__class__ is UUID:  # run ids: never "", and ``!= ""`` is a Python-level __eq__
+        return True
     return value is not None and value != "" and not isinstance(value, _CONTAINERS)
 
 
@@ -136,11 +159,16 @@ def run_tags(config: Mapping[str, Any] | None, **fixed: Any) -> dict[str, Any]:
     Without a ``run_id`` anywhere, a node's config gives its graph run's id when a
     ``CostTagger`` is among its callbacks.
     """
-    config = config or {}
+    return _run_tags(config or {}, fixed, _bound_tags())
+
+
+def _run_tags(
+    config: Mapping[str, Any], fixed: Mapping[str, Any], bound: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``run_tags`` over the tags ``bound`` beneath the caller (``_bound_tags()`` for it)."""
     metadata: Mapping[str, Any] = config.get("metadata") or {}
     configurable: Mapping[str, Any] = config.get("configurable") or {}
     out: dict[str, Any] = {k: v for k, v in fixed.items() if _set(v)}
-    bound = _bound_tags()
     if bound:
         for key in RUN_TAG_KEYS:
             value = bound.get(key)
@@ -250,6 +278,46 @@ def bind_run_tags(tags: Mapping[str, Any]) -> RunTagsBinding:
     binds, the end unbinds. ``bound_run_tags`` is the ``with`` form.
     """
     return _push(RunTagsBinding({k: v for k, v in tags.items() if _set(v)}))
+
+
+def bind_config_tags(
+    config: Mapping[str, Any], *, keep: tuple[str, ...] = (), **fixed: Any
+) -> RunTagsBinding:
+    """``bind_run_tags(run_tags(config, **fixed))``, plus the metadata's ``keep`` keys that
+    are set, with the tags worked out when something first reads them.
+
+    A callback handler binds the run's tags at every model call's start for the one reader
+    that cannot see the config (our ``BaseCache``); most calls never read them, so working
+    them out there cost every call about 7 µs. The tags read are the ones binding would
+    have given: the frames bound beneath this one are kept with it. ``config`` (and its
+    metadata) is read then, so it must not be changed while bound, as a callback's run
+    metadata is not. A config naming no ``run_id`` is read at once: its root run comes
+    from handlers whose runs may have ended by the time the tags are read.
+    """
+    metadata: Mapping[str, Any] = config.get("metadata") or {}
+    if not (_set(metadata.get("run_id")) or _set(config.get("run_id"))):
+        frame = RunTagsBinding(_config_tags(config, keep, fixed, _bound_tags()))
+    else:
+        frame = RunTagsBinding.__new__(RunTagsBinding)
+        frame._tags = None
+        frame._source = (config, keep, fixed, _RUN_TAGS.get())
+        frame.replace = False
+    return _push(frame)
+
+
+def _config_tags(
+    config: Mapping[str, Any],
+    keep: tuple[str, ...],
+    fixed: Mapping[str, Any],
+    bound: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What ``bind_config_tags`` binds, over the tags ``bound`` beneath it."""
+    tags = _run_tags(config, fixed, bound)
+    metadata: Mapping[str, Any] = config.get("metadata") or {}
+    for key in keep:
+        if _set(metadata.get(key)):
+            tags[key] = metadata[key]
+    return {k: v for k, v in tags.items() if _set(v)}
 
 
 def unbind_run_tags(binding: RunTagsBinding) -> None:

@@ -24,7 +24,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from graphthrift.kernel import bind_run_tags, read_usage, run_tags, unbind_run_tags
+from graphthrift.kernel import bind_config_tags, read_usage, unbind_run_tags
 from graphthrift.ledger.calls import CALL_TAGS, CallRecorder
 from graphthrift.ledger.ledger import Ledger
 from graphthrift.ledger.usage import Usage
@@ -35,6 +35,8 @@ RECORDED_FLAG = "graphthrift_ledger_recorded"
 #: ``response_metadata`` key of a generation our ``BaseCache`` served (booked by the cache).
 CACHE_HIT_KEY = "graphthrift_cache"
 _MAX_BOUND = 10_000
+#: Metadata bound beside the run tags: a cache's per-user scope.
+_BOUND_META = ("scope",)
 
 
 class CostTagger(BaseCallbackHandler):
@@ -120,20 +122,13 @@ class CostTagger(BaseCallbackHandler):
         invocation_params: dict[str, Any] | None,
     ) -> None:
         meta = metadata or {}
-        root = self._root(run_id, parent_run_id)
+        root = self._root(run_id, parent_run_id) if parent_run_id is not None else run_id
         self._bind(run_id, meta, root)
         if meta.get(RECORDED_FLAG):
             return  # a graphthrift component books this call itself (e.g. ChatModelSummarizer)
         model = meta.get("ls_model_name")
         if not model and invocation_params:
-            model = next(
-                (
-                    invocation_params[k]
-                    for k in _MODEL_KEYS
-                    if isinstance(invocation_params.get(k), str)
-                ),
-                None,
-            )
+            model = _named_model(invocation_params)
         self._recorder.start(
             run_id,
             model=model,
@@ -189,19 +184,30 @@ class CostTagger(BaseCallbackHandler):
     # -- scope for code that cannot see the config (our BaseCache) ---------------------------
 
     def _bind(self, run_id: UUID, meta: dict[str, Any], root: UUID) -> None:
-        if run_id in self._bound:  # the same handler twice in a call's callbacks: bind once
+        """Bind the call's run tags (``run_tags`` of its metadata and root run, and its
+        ``scope``); the kernel works them out only if something reads them."""
+        bound = self._bound
+        if run_id in bound:  # the same handler twice in a call's callbacks: bind once
             return
-        tags = run_tags({"metadata": meta, "run_id": root}, **self._defaults)
-        if meta.get("scope") not in (None, ""):
-            tags["scope"] = meta["scope"]
-        if len(self._bound) >= _MAX_BOUND:  # calls that never ended (abandoned streams)
-            self._bound.pop(next(iter(self._bound)))
-        self._bound[run_id] = bind_run_tags(tags)
+        if len(bound) >= _MAX_BOUND:  # calls that never ended (abandoned streams)
+            bound.pop(next(iter(bound)))
+        bound[run_id] = bind_config_tags(
+            {"metadata": meta, "run_id": root}, keep=_BOUND_META, **self._defaults
+        )
 
     def _unbind(self, run_id: UUID) -> None:
         token = self._bound.pop(run_id, None)
         if token is not None:
             unbind_run_tags(token)
+
+
+def _named_model(params: dict[str, Any]) -> str | None:
+    """The model the call's parameters name (the first of ``_MODEL_KEYS`` that is a str)."""
+    for key in _MODEL_KEYS:
+        value = params.get(key)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _served_by_our_cache(response: LLMResult) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from graphthrift import diagnostics
@@ -35,10 +35,20 @@ _MAX_PENDING = 100_000
 CallResult = tuple[Usage | None, str, str | None]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc(ns: int) -> datetime:
+    """``time.time_ns()`` as ``datetime.now(UTC)`` gives it (floored to the microsecond),
+    built on the writer thread rather than the call path."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
 @dataclass(slots=True)
 class _Pending:
     t0: float
-    ts: datetime
+    #: wall-clock start, ``time.time_ns()``: the record's ``ts`` (``_utc``)
+    ts_ns: int
     model: str | None
     tags: Mapping[str, Any]
     extra_tags: Mapping[str, Any] | None
@@ -111,7 +121,7 @@ class CallRecorder:
             )
         self._pending[call_id] = _Pending(
             time.perf_counter(),
-            datetime.now(UTC),
+            time.time_ns(),
             model,
             tags,
             extra_tags,
@@ -217,9 +227,11 @@ class CallRecorder:
         if usage is None:
             usage = _estimate(pending.prompt, output_text, model)
             source = "estimated"
-        usage, split = settle_cache_write_split(
-            usage, cache_write_ttls(pending.prompt, pending.request)
-        )
+        split: SplitSource | None = None
+        if usage.cache_write_unsplit_tokens:  # only then are the request's breakpoints read
+            usage, split = settle_cache_write_split(
+                usage, cache_write_ttls(pending.prompt, pending.request)
+            )
         if split == "assumed_1h":
             # The counts are the provider's; their price is an upper bound, so say so.
             diagnostics.count(
@@ -263,7 +275,7 @@ class CallRecorder:
             tags[tag] = cleaned if cleaned is not None else self.defaults.get(tag)
         return LedgerRecord(
             kind="llm",
-            ts=pending.ts,
+            ts=_utc(pending.ts_ns),
             model=model,
             call_id=str(call_id),
             input_tokens=usage.input_tokens,

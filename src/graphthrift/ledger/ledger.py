@@ -112,7 +112,9 @@ class Ledger(LedgerSpill, LedgerQueries):
         self.quarantine_dir = self.spill_dir / "quarantine"
         self.max_queue_bytes = max_queue_bytes
         self._queue: deque[LedgerRecord | Callable[[], LedgerRecord | None]] = deque()
-        self._cond = threading.Condition()
+        # the call path takes the lock bare (a Condition's ``with`` is one Python call more)
+        self._queue_lock = threading.RLock()
+        self._cond = threading.Condition(self._queue_lock)
         self._enqueued = 0
         self._written = 0
         self._failures = 0
@@ -156,7 +158,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         """Queue one record; never blocks on the database and never raises for it."""
         if not isinstance(record, LedgerRecord):
             raise TypeError(f"Ledger.record expects a LedgerRecord, got {type(record).__name__}")
-        self._enqueue([record])
+        self._enqueue((record,), _size(record))
 
     def record_deferred(self, build: Callable[[], LedgerRecord | None]) -> None:
         """Queue a record that the writer thread builds, keeping that work off the call path.
@@ -164,7 +166,7 @@ class Ledger(LedgerSpill, LedgerQueries):
         ``build`` runs once on the writer thread; if it raises, the failure is counted and
         logged and the other records of the batch are written.
         """
-        self._enqueue([build])
+        self._enqueue((build,), _size(build))
 
     def record_many(self, records: Iterable[LedgerRecord]) -> None:
         """Queue several records at once."""
@@ -174,21 +176,25 @@ class Ledger(LedgerSpill, LedgerQueries):
                 raise TypeError(
                     f"Ledger.record_many expects LedgerRecords, got {type(record).__name__}"
                 )
-        self._enqueue(batch, wake=True)
+        self._enqueue(batch, sum(_size(record) for record in batch), wake=True)
 
     def _enqueue(
         self,
         items: Sequence[LedgerRecord | Callable[[], LedgerRecord | None]],
+        size: int,
         *,
         wake: bool = False,
     ) -> None:
-        """Append ``items``; wake the writer when asked, or when a batch or the cap is reached."""
-        with self._cond:
+        """Append ``items`` (``size``: their ``_size``, which the writer takes off when it pops
+        them); wake the writer when asked, or when a batch or the byte cap is reached.
+
+        Called for every LLM call: the bare lock, no generator under it."""
+        with self._queue_lock:
             if self._closed:
                 raise RuntimeError("this Ledger is closed")
             self._queue.extend(items)
             self._enqueued += len(items)
-            self._queued_bytes += sum(_size(item) for item in items)
+            self._queued_bytes += size
             if (
                 wake
                 or len(self._queue) >= self.batch_size
