@@ -21,6 +21,7 @@ import statistics
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -94,13 +95,13 @@ def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
         "ls_model_name": "gpt-4o-mini",
     }
 
-    def time_manager(handlers: list[Any]) -> list[float]:
+    def time_manager(handlers: list[Any], n: int) -> list[float]:
         """Per-call µs through LangChain's own CallbackManager, as a real model call runs it."""
         manager = CallbackManager(
             handlers=handlers, inheritable_handlers=handlers, metadata=metadata
         )
         samples: list[float] = []
-        run_ids = [uuid.uuid4() for _ in range(calls)]
+        run_ids = [uuid.uuid4() for _ in range(n)]
         gc.disable()
         try:
             for run_id in run_ids:
@@ -114,22 +115,57 @@ def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
             gc.enable()
         return samples
 
-    time_manager([])  # warm up
-    bare = statistics.median(time_manager([]))
-    ours = time_manager([CostTagger(ledger)])
-    peer = time_manager([UsageMetadataCallbackHandler()])
+    tagger, peer_handler = CostTagger(ledger), UsageMetadataCallbackHandler()
+    time_manager([], BLOCK_CALLS)  # warm up
+    time_manager([tagger], BLOCK_CALLS)
     ledger.flush()
-    ours_p = {k: round(v - bare, 2) for k, v in percentiles(ours, 50, 95).items()}
-    peer_p = {k: round(v - bare, 2) for k, v in percentiles(peer, 50, 95).items()}
+    samples = _interleaved(
+        {
+            "bare": lambda n: time_manager([], n),
+            "ours": lambda n: time_manager([tagger], n),
+            "peer": lambda n: time_manager([peer_handler], n),
+        },
+        calls,
+        ledger,
+    )
+    bare = statistics.median(samples["bare"])
+    ours_p = {k: round(v - bare, 2) for k, v in percentiles(samples["ours"], 50, 95).items()}
+    peer_p = {k: round(v - bare, 2) for k, v in percentiles(samples["peer"], 50, 95).items()}
     return {
         "calls": calls,
-        "method": "µs per call through CallbackManager.on_chat_model_start + on_llm_end, minus the same with no handler",
+        "method": "µs per call through CallbackManager.on_chat_model_start + on_llm_end, minus"
+        f" the median with no handler; no handler, CostTagger and the peer interleaved in"
+        f" blocks of {BLOCK_CALLS} calls, the ledger flushed (untimed) between blocks",
         "bare_manager_us": round(bare, 2),
         "cost_tagger": ours_p,
         "usage_metadata_handler": peer_p,
         "ratio_median": round(ours_p["p50"] / max(peer_p["p50"], 0.01), 2),
         "ratio_p95": round(ours_p["p95"] / max(peer_p["p95"], 0.01), 2),
     }
+
+
+#: Calls per block of the overhead figures: each handler's blocks alternate with the others',
+#: so that the machine's speed, which drifts within a run, weighs on them alike.
+BLOCK_CALLS = 50
+
+
+def _interleaved(
+    runners: dict[str, Callable[[int], list[float]]], calls: int, ledger: Ledger
+) -> dict[str, list[float]]:
+    """``calls`` samples from each runner, in blocks of ``BLOCK_CALLS`` taken in turn (the
+    order rotating each round), with the ledger's writer flushed between blocks, untimed,
+    so that its work lands in no handler's samples."""
+    out: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    done = 0
+    while done < max(calls, 1):
+        n = min(BLOCK_CALLS, max(calls, 1) - done)
+        turn = (done // BLOCK_CALLS) % len(names)
+        for name in names[turn:] + names[:turn]:
+            out[name] += runners[name](n)
+            ledger.flush()
+        done += n
+    return out
 
 
 def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
@@ -147,20 +183,27 @@ def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
     )
     model = GenericFakeChatModel(messages=itertools.repeat(message))
 
-    def time_invoke(callbacks: list[Any]) -> float:
+    def time_invoke(callbacks: list[Any], n: int) -> list[float]:
         config: Any = {"callbacks": callbacks, "metadata": {"tenant_id": "bench"}}
         samples = []
-        for _ in range(calls):
+        for _ in range(n):
             t0 = time.perf_counter_ns()
             model.invoke("What is the refund policy?", config=config)
             samples.append((time.perf_counter_ns() - t0) / 1000)
-        return statistics.median(samples)
+        return samples
 
-    time_invoke([])  # warm up
-    bare = time_invoke([])
-    ours = time_invoke([CostTagger(ledger)])
-    peer = time_invoke([UsageMetadataCallbackHandler()])
-    ledger.flush()
+    tagger, peer_handler = CostTagger(ledger), UsageMetadataCallbackHandler()
+    time_invoke([], BLOCK_CALLS)  # warm up
+    samples = _interleaved(
+        {
+            "bare": lambda n: time_invoke([], n),
+            "ours": lambda n: time_invoke([tagger], n),
+            "peer": lambda n: time_invoke([peer_handler], n),
+        },
+        calls,
+        ledger,
+    )
+    bare, ours, peer = (statistics.median(samples[k]) for k in ("bare", "ours", "peer"))
     return {
         "calls": calls,
         "bare_invoke_us": round(bare, 2),
