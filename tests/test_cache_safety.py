@@ -25,6 +25,7 @@ from cache_helpers import bow_embedder, cache_graph
 from graphthrift import diagnostics
 from graphthrift.budget import Budget
 from graphthrift.cache import ExactCache, SemanticCache, lexical_conflict, normalize_query
+from graphthrift.embed.embedders import MiniLMEmbedder
 from graphthrift.errors import StateSchemaError
 from graphthrift.langchain.cache import as_langchain_cache
 from graphthrift.langchain.callbacks import CostTagger
@@ -602,31 +603,44 @@ def test_a_slow_embedding_counts_inside_the_lookup_deadline(store: Any, tenant: 
     assert diagnostics.counters().get("cache_timeout", 0) == before + 1
 
 
-class _LazyEmbedder:
-    """Loads its model on first use, slowly, as MiniLMEmbedder does; ``load`` loads it now."""
-
-    model_id = "lazy-test"
-    dim = 3
+class _SlowLoadingMiniLM(MiniLMEmbedder):
+    """The real MiniLM, whose one-time load takes ``seconds`` longer."""
 
     def __init__(self, seconds: float) -> None:
+        super().__init__()
         self.seconds = seconds
-        self.loaded = False
         self.loads = 0
 
-    def load(self) -> None:
-        if not self.loaded:
-            time.sleep(self.seconds)
-            self.loads += 1
-            self.loaded = True
+    def _build(self) -> tuple[Any, Any]:
+        time.sleep(self.seconds)
+        self.loads += 1
+        return super()._build()
+
+
+class _OwnLoad:
+    """A user's embedder whose ``load`` means something else (a class method taking a path)."""
+
+    model_id = "own-load"
+    dim = 3
+
+    @classmethod
+    def load(cls, path: str) -> _OwnLoad:
+        return cls()
 
     def embed(self, texts: Any) -> Any:
         import numpy as np
 
-        self.load()
         return np.array([[1.0, float(len(t) % 7), 0.5] for t in texts], dtype=np.float32)
 
     async def aembed(self, texts: Any) -> Any:
         return self.embed(texts)
+
+
+def test_a_user_embedder_s_own_load_is_left_alone(store: Any, tenant: str) -> None:
+    cache = SemanticCache(store, namespace=f"own-{tenant}", embedder=_OwnLoad(), timeout=5.0)
+    assert cache.lookup("What is the refund window?", tenant_id=tenant) is None
+    cache.update("What is the refund window?", "30 days.", tenant_id=tenant)
+    assert cache.lookup("What is the refund window?", tenant_id=tenant) is not None
 
 
 @pytest.mark.parametrize("way", ["sync", "async"])
@@ -636,7 +650,7 @@ async def test_the_embedder_s_first_load_is_not_a_timed_out_lookup(
     """A model's one-time load is startup, not lookup time: the first lookup of a fresh
     cache loads it before its deadline starts, instead of timing out into a miss (the
     README's whole-stack snippets warned of a timeout on every first run)."""
-    embedder = _LazyEmbedder(seconds=1.5)
+    embedder = _SlowLoadingMiniLM(seconds=1.5)
     cache = SemanticCache(store, namespace=f"lazy-{tenant}-{way}", embedder=embedder, timeout=1.0)
     before = diagnostics.counters().get("cache_timeout", 0)
     if way == "sync":

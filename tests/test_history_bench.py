@@ -230,6 +230,9 @@ def test_price_model_option_and_priced_summarizer_calls(tmp_path: Path) -> None:
         "openai:gpt-4o-mini",
     )
     assert figures["price_models"] == ["openai:gpt-4o-mini"]
+    for name in ("long_effective_saved_fraction", "long_fact_retention"):  # --long 0
+        unmeasured = figures["targets_issue16"][name]
+        assert unmeasured["met"] is None and unmeasured["why"].startswith("not measured"), name
     middleware = figures["baselines"]["summarization_middleware"]
     assert middleware["summarizer_calls"] > 0
     assert set(middleware["effective_cost_usd"]) == {"openai:gpt-4o-mini"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from pathlib import Path
 
@@ -674,3 +675,39 @@ def test_a_batch_from_an_earlier_index_drops_the_turns_after_it(
     found = turns.recall(tenant, "p", "order number shipped Denver", k=10, token_budget=10_000)
     assert sorted(s.index for s in found) == [0, 1]
     assert turns.add(tenant, "p", THREAD[2:]) == 5  # folded again: kept again
+
+
+def test_a_writer_of_a_thread_waits_for_the_one_before_and_reads_what_it_wrote(
+    store: Store, turns: FoldedTurnStore, tenant: str
+) -> None:
+    """Writers of one thread take its lock first: a batch written while another writer of
+    the thread is still in its transaction is checked against what that one commits, so a
+    rewrite replaces it rather than mix two conversations in one thread."""
+    import threading
+
+    from sqlalchemy import text
+
+    from graphthrift.history.recall import _INSERT, _THREAD_LOCK
+
+    assert turns.add(tenant, "w", [THREAD[0]]) == 1
+    first = FoldedTurn(1, "assistant", "Which evening suits you, and how many?")
+    params = turns._insert_params(tenant, "w", [first], turns.embedder.embed([first.text]))
+    locked, done = threading.Event(), threading.Event()
+
+    def slow_writer() -> None:  # the thread's lock, then its batch, committed 0.5 s later
+        with store.engine.begin() as conn:
+            conn.execute(text(_THREAD_LOCK), params)
+            locked.set()
+            conn.execute(text(_INSERT), params)
+            time.sleep(0.5)
+        done.set()
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    assert locked.wait(10)
+    rewrite = [THREAD[0], FoldedTurn(1, "assistant", "Sure, which day would you like?")]
+    assert turns.add(tenant, "w", rewrite) == 1  # waited, saw turn 1, replaced it
+    assert done.is_set()
+    writer.join()
+    found = turns.recall(tenant, "w", "which day evening", k=10, token_budget=10_000)
+    assert [(s.index, s.text) for s in found] == [(0, THREAD[0].text), (1, rewrite[1].text)]

@@ -388,3 +388,50 @@ def test_llamaindex_memory_recalls_under_its_own_chat_store_key(
         memory.put(ChatMessage(role="assistant", content="Noted, happy to help."))
     assert "4417" in _check_prompt(prompt, QUESTION)
     assert turns.recall(tenant, "member-7", "locker code", k=4)
+
+
+async def test_a_memory_block_built_again_for_a_session_extends_what_it_kept(
+    turns: FoldedTurnStore, tenant: str
+) -> None:
+    """``Memory`` keeps a session's messages across processes; the block's states are
+    in-process. A block built again for the session (a restart, a block per request)
+    numbers on from the turns the store keeps: it recalls them at once, and its own
+    batches extend the session instead of replacing it."""
+    from llama_index.core.memory import Memory
+
+    from graphthrift.llamaindex.memory import HistoryMemoryBlock
+
+    session = f"s-{tenant}"
+
+    def memory() -> tuple[Memory, HistoryMemoryBlock]:
+        block = HistoryMemoryBlock(
+            max_summary_tokens=24, recall=turns, tenant_id=tenant, recall_tokens=64
+        )
+        built = Memory.from_defaults(
+            session_id=session,
+            token_limit=400,
+            chat_history_token_ratio=0.3,
+            token_flush_size=60,
+            memory_blocks=[block],
+        )
+        return built, block
+
+    first, block = memory()
+    for text in _user_turns("4417")[:-1]:
+        await first.aput(ChatMessage(role="user", content=text))
+        await first.aput(ChatMessage(role="assistant", content="Noted, happy to help."))
+    kept = block.states[session]["folded_total"]
+    assert kept > 0
+    rewrites = diagnostics.get("recall_thread_rewritten")
+
+    again, fresh = memory()  # a new process: the same session, no state in the block
+    await again.aput(ChatMessage(role="user", content=QUESTION))
+    view = await again.aget()
+    assert "4417" in (view[0].content or "")  # recalled before the new block folded anything
+    for text in FILLER:
+        await again.aput(ChatMessage(role="user", content=text))
+        await again.aput(ChatMessage(role="assistant", content="Noted, happy to help."))
+    assert fresh.states[session]["folded_total"] > kept  # it numbered on
+    assert diagnostics.get("recall_thread_rewritten") == rewrites
+    found = await turns.arecall(tenant, session, "gym locker code", k=4, token_budget=400)
+    assert any("4417" in s.text for s in found)

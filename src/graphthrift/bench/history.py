@@ -1130,7 +1130,9 @@ def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str,
             for ds, c in wide["datasets"].items()
             if c["effective_saved_fraction"] is not None
         }
-        met: bool | None = all(v >= -1e-9 for s in value.values() for v in s.values())
+        met: bool | None = (
+            all(v >= -1e-9 for s in value.values() for v in s.values()) if value else None
+        )
         out["no_fold_budget_at_most_full_cost"] = {"max_tokens": 8192, "value": value, "met": met}
     else:
         out["no_fold_budget_at_most_full_cost"] = {
@@ -1215,6 +1217,14 @@ def _issue16_targets(result: dict[str, Any], models: Sequence[str]) -> dict[str,
             "value": far,
             "met": None if far is None else far >= 0.8,
         }
+    else:
+        why = "not measured: the run has no long multi-session set (--long 0, or no data)"
+        for name, target in (
+            ("long_effective_saved_fraction", 0.8),
+            ("long_fact_retention", 0.85),
+            ("long_fact_retention_100plus", 0.8),
+        ):
+            out[name] = {"target": target, "value": None, "met": None, "why": why}
     return out
 
 

@@ -25,7 +25,13 @@ from graphthrift.cache.schema import ENTRIES_TABLE, hnsw_index_sql
 from graphthrift.cache.scope import CacheScopeKwargs, check_scope_keywords
 from graphthrift.cache.statements import ENTRY_COLUMNS, vector_literal
 from graphthrift.config import setting
-from graphthrift.embed.embedders import Embedder, as_embedder, default_embedder
+from graphthrift.embed.embedders import (
+    Embedder,
+    MiniLMEmbedder,
+    as_embedder,
+    default_embedder,
+)
+from graphthrift.embed.static import StaticEmbedder
 from graphthrift.errors import CacheArgumentError, ConfigError
 from graphthrift.store.postgres import Store
 
@@ -146,10 +152,14 @@ class SemanticCache(ExactCache):
         ]
 
     def _warm(self) -> None:
-        load = getattr(self.embedder, "load", None)  # MiniLM and static embedders have one
-        if callable(load):
-            load()
+        # ours load lazily and say how to load now; a user's embedder is left as it is
+        # (its own ``load`` may mean something else). A failed load fails open, once.
         self._cold = False
+        if isinstance(self.embedder, MiniLMEmbedder | StaticEmbedder):
+            try:
+                self.embedder.load()
+            except Exception as exc:
+                self._fail_open("embedder_load", exc)
 
     def _vector(self, text: str) -> str | None:
         vector = self.embedder.embed([text])[0]

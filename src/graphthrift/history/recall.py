@@ -367,6 +367,13 @@ _NEED = (
     " || CAST(:idx AS integer[]))"
 )
 
+# A transaction-scoped lock per (tenant, thread, embedder) that serialises its writers.
+_THREAD_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended("
+    "CAST(:tenant AS text) || chr(31) || CAST(:thread AS text) || chr(31) || CAST(:model AS text),"
+    " 0))"
+)
+
 # Before a write: the first index at which the thread's kept turns stop being this
 # conversation's. The pruner numbers folded turns by its state (``folded_total``), so a
 # thread id used again with a fresh state (a restart that lost the checkpoint) or a run
@@ -402,6 +409,12 @@ _TRUNCATE = (
     f" DELETE FROM {FOLDED_TURNS_TABLE}"
     " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
     " AND turn_index >= :d RETURNING turn_index"
+)
+
+# The index after the last kept turn of a thread (0 for none).
+_NEXT_INDEX = (
+    f"SELECT COALESCE(max(turn_index) + 1, 0) AS n FROM {FOLDED_TURNS_TABLE}"
+    " WHERE tenant_id = :tenant AND thread_id = :thread AND embedding_model = :model"
 )
 
 _FORGET = (
@@ -687,6 +700,19 @@ class FoldedTurnStore:
 
         return plan
 
+    async def anext_index(self, tenant: str, thread: str) -> int:
+        """The index after the thread's last kept turn (0 when it has none): where a memory
+        that keeps no state of its own across processes (``HistoryMemoryBlock``) goes on
+        numbering, so that its next batch extends the thread rather than rewrite it.
+        Fails open: 0 on a store outage."""
+        _scope(tenant, thread)
+        params = {"tenant": tenant, "thread": thread, "model": self.embedder.model_id}
+        try:
+            return await run_async(self._engines.async_engine, _first_int(_NEXT_INDEX, params))
+        except Exception as exc:
+            _fail_open("next_index", exc)
+            return 0
+
     def forget(self, tenant: str, thread: str) -> int:
         """Delete a thread's folded turns (for example when the user deletes the thread).
 
@@ -708,7 +734,13 @@ def _embedded(query: str, need: bool) -> list[str]:
 
 def _add_plan(params: dict[str, Any]) -> Plan[tuple[int, int | None]]:
     """Drop the thread's stale turns (``_DIVERGED``, ``_TRUNCATE``), then keep the batch;
-    returns how many turns were new and the index the thread was rewritten from."""
+    returns how many turns were new and the index the thread was rewritten from.
+
+    Writers of one thread take its lock first (``_THREAD_LOCK``), in a statement of its own
+    so that the check reads what the writer before committed: a rewrite then never mixes
+    with a concurrent append, and its posting-list updates, which cannot follow the upsert's
+    term order, never meet another writer of the thread's."""
+    yield Sql(_THREAD_LOCK, params)
     found = yield Sql(_DIVERGED, {**params, "first": min(params["idx"])})
     stale: int | None = found[0]["d"]
     if stale is not None:
@@ -720,6 +752,11 @@ def _add_plan(params: dict[str, Any]) -> Plan[tuple[int, int | None]]:
 def _count_rewrite(stale: int | None) -> None:
     if stale is not None:
         diagnostics.count("recall_thread_rewritten")
+
+
+def _first_int(sql: str, params: dict[str, Any]) -> Plan[int]:
+    rows = yield Sql(sql, params)
+    return int(rows[0]["n"])
 
 
 def _count_plan(sql: str, params: dict[str, Any]) -> Plan[int]:

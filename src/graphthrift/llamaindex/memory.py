@@ -132,7 +132,7 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
         """The recall message's text for the latest user message, or '' (no store, nothing
         folded yet in this session, no user message, or nothing relevant)."""
         store = self._pruner.recall
-        if store is None or not HistoryState.from_dict(self.states.get(session)).folded_total:
+        if store is None or not HistoryState.from_dict(await self._seeded(session)).folded_total:
             return ""
         users = [m for m in messages if m.role == MessageRole.USER]
         query = (users[-1].content or "") if users else ""
@@ -154,10 +154,26 @@ class HistoryMemoryBlock(BaseMemoryBlock[str]):
                 str(m.additional_kwargs.get("session_id", _DEFAULT_SESSION)), []
             ).append(m)
         for session, batch in by_session.items():
-            state = await self._pruner.afold(
-                batch, self.states.get(session), tenant=self._tenant(), thread=session
+            folded = await self._pruner.afold(
+                batch, await self._seeded(session), tenant=self._tenant(), thread=session
             )
-            self.states[session] = state.to_dict()
+            self.states[session] = folded.to_dict()
+
+    async def _seeded(self, session: str) -> dict[str, Any] | None:
+        """The session's state; for a session this block has none of (a new process, a
+        block built per request), one numbering on from the turns the recall store keeps.
+
+        ``Memory`` keeps a session's messages in its SQL store across processes, and the
+        block's ``states`` are in-process only: numbered from 0 again, the next batch would
+        replace the session's kept turns (``FoldedTurnStore.add``). As with LlamaIndex's own
+        vector memory block, what the block kept outlives ``Memory.reset``."""
+        state = self.states.get(session)
+        store = self._pruner.recall
+        if state is not None or store is None:
+            return state
+        start = await store.anext_index(self._tenant(), session)
+        self.states[session] = HistoryState(folded_total=start).to_dict()
+        return self.states[session]
 
     async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
         """Shorten the content, or drop it if little would be left.
