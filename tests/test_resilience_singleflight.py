@@ -252,7 +252,7 @@ _WORKER = textwrap.dedent(
         time.sleep(0.005)
     threads = [threading.Thread(target=caller) for _ in range(10)]
     for t in threads: t.start()
-    for t in threads: t.join(120)
+    for t in threads: t.join()  # every caller answers: a slow one must not drop out of `out`
     ledger.close()
     print(json.dumps(out), flush=True)
     """
@@ -281,7 +281,7 @@ def test_burst_across_processes_makes_one_call(
             assert p.stdout is not None
             assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
         go.touch()
-        outputs = [p.communicate(timeout=180) for p in procs]
+        outputs = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -289,7 +289,9 @@ def test_burst_across_processes_makes_one_call(
     for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
     answers = [a for out, _ in outputs for a in json.loads(out.strip().splitlines()[-1])]
-    assert answers == [{"text": "cross-process answer"}] * (10 * nproc)
+    # a caller thread that raised leaves no answer: its traceback is in its process's stderr
+    errors = "\n".join(err[-3000:] for _, err in outputs if err.strip())
+    assert answers == [{"text": "cross-process answer"}] * (10 * nproc), errors
     assert len(calls_file.read_text().split()) == 1
     rows = ledger.records(tenant_id=tenant, kind="dedup")
     assert len(rows) == 10 * nproc - 1
