@@ -111,3 +111,25 @@ def test_the_node_sends_its_summary_as_a_human_message_by_default() -> None:
     summary = next(m for m in sent if m.id == SUMMARY_ID)
     assert isinstance(summary, HumanMessage)
     assert [type(m) for m in sent].count(SystemMessage) == 1
+
+
+@pytest.mark.parametrize("which", ["extractive", "chat_model"])
+def test_a_summarizer_names_an_argument_it_cannot_use(which: str) -> None:
+    """``previous_summary`` is a str ('' when there is none); None was an AttributeError."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    from graphthrift.errors import ConfigError
+    from graphthrift.summarize import ChatModelSummarizer, ExtractiveSummarizer
+    from graphthrift.text.messages import Message
+
+    summarizer = (
+        ExtractiveSummarizer()
+        if which == "extractive"
+        else ChatModelSummarizer(GenericFakeChatModel(messages=iter(["Nopa for 4."])))
+    )
+    chat = [Message("user", "Book a table at Nopa for 4 on May 3rd.")]
+    with pytest.raises(ConfigError, match="previous_summary"):
+        summarizer.summarize(chat, None, 40)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_tokens"):
+        summarizer.summarize(chat, "", "40")  # type: ignore[arg-type]
+    assert "Nopa" in summarizer.summarize(chat, "", 40)

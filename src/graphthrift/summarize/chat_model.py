@@ -17,7 +17,7 @@ from graphthrift.config import env_int, env_str
 from graphthrift.kernel import model_name as name_of_model
 from graphthrift.kernel import renamed_argument
 from graphthrift.ledger.records import LedgerRecord, clean_tag, plausible_tokens
-from graphthrift.summarize.base import is_compaction
+from graphthrift.summarize.base import check_summary_args, is_compaction
 from graphthrift.summarize.transcript import render_transcript
 from graphthrift.text.messages import Message, content_text, to_messages
 from graphthrift.text.tokens import count_messages, count_text
@@ -139,6 +139,7 @@ class ChatModelSummarizer:
     def _request(
         self, messages: Sequence[Message], previous_summary: str, max_tokens: int
     ) -> tuple[Any, list[dict[str, str]], int]:
+        check_summary_args(previous_summary, max_tokens)
         cap = (
             max_tokens
             if self.max_output_tokens is None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from graphthrift.summarize.base import is_compaction
+from graphthrift.summarize.base import check_summary_args, is_compaction
 from graphthrift.summarize.facts import NO_WORDS, YES_WORDS, bare_word, fact_spans
 from graphthrift.summarize.features import (
     clean_sentence,
@@ -124,6 +124,7 @@ class ExtractiveSummarizer:
 
     def summarize(self, messages: Sequence[Message], previous_summary: str, max_tokens: int) -> str:
         """A section covering ``messages``, in at most ``max_tokens`` tokens."""
+        check_summary_args(previous_summary, max_tokens)
         if max_tokens <= 0:
             return ""
         messages = to_messages(messages)
