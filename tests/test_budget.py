@@ -119,6 +119,31 @@ def test_refusal_names_limit_spent_and_scope(store: Store, tenant: str) -> None:
     assert err.requested > 400
 
 
+def test_a_thread_id_another_tenant_uses_is_another_thread(store: Store, tenant: str) -> None:
+    """Thread ids such as "1" recur across tenants: one tenant's spend on its thread "1"
+    never refuses another tenant's call on its own thread "1"; a feature spans tenants."""
+    budget = Budget(store, max_tokens={"thread": 1_000}, max_output_tokens=400)
+    thread = f"1-{uuid.uuid4().hex[:6]}"
+    mine, theirs = (
+        {"tenant_id": tenant, "thread_id": thread},
+        {
+            "tenant_id": tenant + "-other",
+            "thread_id": thread,
+        },
+    )
+    first = budget.reserve(MODEL, msgs(), tags=mine)
+    budget.settle(first, input_tokens=300, output_tokens=400)
+    with pytest.raises(BudgetExceeded) as info:
+        budget.reserve(MODEL, msgs(), tags=mine)
+    assert tenant in info.value.scope and thread in info.value.scope
+    other = budget.reserve(MODEL, msgs(), tags=theirs)  # the other tenant's own thread
+    assert budget.usage(theirs)["thread"]["reserved_tokens"] == other.tokens
+    assert budget.usage(mine)["thread"]["spent_tokens"] == 700
+    budget.release(other)
+    untenanted = {"thread_id": thread}  # without a tenant: the thread id alone, as before
+    assert budget.usage(untenanted)["thread"]["spent_tokens"] == 0
+
+
 def test_all_scopes_or_none(store: Store, tenant: str) -> None:
     budget = Budget(store, max_tokens={"tenant": 100_000, "run": 500}, max_output_tokens=400)
     tags = {"tenant_id": tenant, "run_id": uuid.uuid4().hex}

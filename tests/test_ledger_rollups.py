@@ -153,6 +153,31 @@ def test_report_reads_rollups_and_agrees_with_raw_rows(ledger: Ledger, tenant: s
             assert a[key] == (pytest.approx(b[key]) if isinstance(b[key], float) else b[key])
     assert sum(r["requests"] for r in from_rollups) == 48  # two llm rows in every five
     assert sum(r["cache_hits"] for r in from_rollups) == 24
+    assert sum(r["records"] for r in from_rollups) == 120  # every row, of every kind
+
+
+def test_report_counts_routing_decisions_by_kind_and_route(ledger: Ledger, tenant: str) -> None:
+    """A router's decisions are rows of kind "route" without tokens; ``records`` counts them,
+    so the escalation rate is ``report --by kind,route`` (from rollups and from raw rows)."""
+    decisions = ["cheap", "escalated", "cheap", "escalated", "cheap"]
+    rows = [
+        LedgerRecord(tenant_id=tenant, kind="route", route=r, ts=_BASE + timedelta(minutes=i))
+        for i, r in enumerate(decisions)
+    ]
+    rows += [  # the calls: every cheap attempt, and the strong one after each escalation
+        LedgerRecord(tenant_id=tenant, model="gpt-4o-mini", route=r, input_tokens=10, ts=_BASE)
+        for r in ["cheap"] * 5 + ["escalated"] * 2
+    ]
+    ledger.record_many(rows)
+    ledger.flush()
+    since, until = _BASE, _BASE + timedelta(hours=1)
+    for start in (since, since - timedelta(microseconds=1)):  # rollups, then raw rows
+        got = ledger.report(["kind", "route"], since=start, until=until, tenant_id=tenant)
+        by = {(r["kind"], r["route"]): r for r in got}
+        assert by[("route", "escalated")]["records"] == 2
+        assert by[("route", "cheap")]["records"] == 3
+        assert by[("route", "cheap")]["requests"] == 0  # decisions are not calls
+        assert by[("llm", "cheap")]["records"] == by[("llm", "cheap")]["requests"] == 5
 
 
 def test_report_by_thread_reads_raw_rows(ledger: Ledger, tenant: str) -> None:

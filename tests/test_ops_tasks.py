@@ -264,6 +264,39 @@ def test_cli_report_per_task_and_compare(
     assert main([*url, "report", "--compare", "prompt_version=v1", "--tenant-id", tenant]) == 1
 
 
+def test_cli_task_reports_read_the_home_they_are_given_and_create_none(
+    ledger: Ledger,
+    store: Store,
+    tenant: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``report --per task`` and ``--compare`` read the store plain ``report`` reads
+    (``--home``), say which, and never create an empty one in the working folder."""
+    from graphthrift.cli import main
+
+    if not store.embedded:
+        pytest.skip("--home names an embedded store; this run's store is a URL")
+    _tasks(ledger, tenant, "v1", [0.01, 0.02], [True, True])
+    _tasks(ledger, tenant, "v2", [0.01, 0.01], [True, True])
+    ledger.flush()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRAPHTHRIFT_HOME", raising=False)
+    monkeypatch.delenv("GRAPHTHRIFT_DATABASE_URL", raising=False)
+    per = tmp_path / "per.json"
+    home = ["report", "--home", str(store.home), "--tenant-id", tenant]
+    assert main([*home, "--per", "task", "--by", "prompt_version", "--json", str(per)]) == 0
+    assert capsys.readouterr().out.startswith(f"ledger: embedded PostgreSQL in {store.home}")
+    assert {r["prompt_version"] for r in json.loads(per.read_text())["rows"]} == {"v1", "v2"}
+    cmp_path = tmp_path / "cmp.json"
+    assert main([*home, "--compare", "prompt_version=v1,v2", "--json", str(cmp_path)]) == 0
+    assert json.loads(cmp_path.read_text())["delta"] == pytest.approx(0.01 - 0.015)
+    for extra in (["--per", "task"], ["--compare", "prompt_version=v1,v2"]):
+        assert main(["report", *extra]) == 1  # no store here: said, not created
+    assert not (tmp_path / ".graphthrift").exists(), "an empty database was created"
+
+
 def test_a_thread_can_be_the_task(ledger: Ledger, store: Store, tenant: str) -> None:
     """Three runs of one conversation are one task when asked per thread."""
     for n in range(3):

@@ -11,7 +11,8 @@ A ``Budget`` combines limits of three kinds:
 - per scope: ``max_usd`` and ``max_tokens``, dicts keyed by ``"tenant"``, ``"feature"``,
   ``"thread"`` or ``"run"``. Tenant, feature and thread counters are per **UTC day** (the
   day starts at 00:00 UTC whatever the server's or the user's time zone); run counters last
-  for the run.
+  for the run. A thread's counter is within its tenant when the run names one (thread ids
+  recur across tenants); a feature's spans every tenant.
 
 Before a model call, ``reserve`` estimates it (counted input tokens plus the maximum output
 tokens, at the model's price) and reserves that amount on every scope in one PostgreSQL
@@ -83,6 +84,7 @@ from graphthrift.budget.limits import (
     scope_key,
     scope_limits,
     tags_from_metadata,
+    thread_key,
     utc_day,
 )
 from graphthrift.budget.refusals import record_refusal
@@ -307,6 +309,8 @@ class Budget:
             if not strict and tags.get(TAG_OF_SCOPE[kind]) in (None, ""):
                 continue
             key = scope_key(kind, tags.get(TAG_OF_SCOPE[kind]))
+            if kind == "thread":
+                key = thread_key(key, tags.get("tenant_id"))
             ref = ScopeRef(kind, key, RUN_DAY if kind == "run" else day)
             out.append((ref, self.max_usd.get(kind), self.max_tokens.get(kind)))
         return out

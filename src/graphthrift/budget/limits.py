@@ -2,11 +2,13 @@
 
 A scope's counter is keyed by the run's tag for it (``run_id`` for ``"run"``...). A call
 without the tag is refused with ``BudgetScopeMissing`` rather than share one ``(none)``
-bucket with every untagged run. Tenant, feature and thread counters are per UTC day.
+bucket with every untagged run. Tenant, feature and thread counters are per UTC day. A
+thread's counter is within its tenant (``thread_key``); a feature's spans every tenant.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
@@ -28,6 +30,7 @@ __all__ = [
     "scope_key",
     "scope_limits",
     "tags_from_metadata",
+    "thread_key",
     "utc_day",
 ]
 
@@ -112,6 +115,15 @@ def scope_key(kind: str, value: Any) -> str:
             f"budget tag {tag} contains a lone surrogate at {exc.start}: {key!r}"
         ) from None
     return key
+
+
+def thread_key(thread: str, tenant: Any) -> str:
+    """A thread counter's key: within its tenant when the run names one. Thread ids such as
+    "1" recur across tenants (LangGraph's examples use them), and one tenant's spend must
+    never refuse another's call. Without a tenant the key is the thread id alone."""
+    if tenant is None or tenant == "":
+        return thread
+    return json.dumps([scope_key("tenant", tenant), thread], ensure_ascii=False)
 
 
 def positive(name: str, value: Any, *, integer: bool) -> Any:

@@ -130,6 +130,18 @@ def _existing_store(args: argparse.Namespace) -> Any:
     return Store(url)
 
 
+def _report_store(args: argparse.Namespace, console: Console) -> Any:
+    """``_existing_store``, after saying which database the report reads."""
+    store = _existing_store(args)
+    where = (
+        f"embedded PostgreSQL in {store.home} ({store.display_url})"
+        if store.embedded
+        else store.display_url
+    )
+    console.print(f"ledger: {where}", soft_wrap=True)
+    return store
+
+
 def _cost_cell(row: dict[str, Any], key: str) -> str:
     """A cost that says when models had no price, instead of passing them off as free."""
     value = row.get(key)
@@ -147,13 +159,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
     by = ops_cli.comma_list(args.by)
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k)}
-    store = _existing_store(args)
-    where = (
-        f"embedded PostgreSQL in {store.home} ({store.display_url})"
-        if store.embedded
-        else store.display_url
-    )
-    console.print(f"ledger: {where}", soft_wrap=True)
+    store = _report_store(args, console)
     ledger = Ledger(store)
     try:
         with bounds_shown_by_caller():  # printed below, not logged too
@@ -171,6 +177,7 @@ def _report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     columns = [
         *by,
         "requests",
+        "records",
         "input_tokens",
         "output_tokens",
         "cached_tokens",
@@ -228,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.width = PIPED_WIDTH
     try:
         if args.command == "report" and ops_cli.handles_report(args):
-            ops_cli.report(args, console)
+            ops_cli.report(args, console, lambda: _report_store(args, console))
         elif args.command == "report":
             _report(args, console)
         elif args.command == "cache":

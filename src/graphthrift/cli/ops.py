@@ -22,12 +22,16 @@ and books them in the ledger once.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from graphthrift.bench.command import write_json
+
+if TYPE_CHECKING:
+    from graphthrift.store.postgres import Store
 
 __all__ = ["COMMANDS", "add_parsers", "extend_report", "handles_report", "report", "run"]
 
@@ -122,11 +126,14 @@ def handles_report(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "per", None) or getattr(args, "compare", None))
 
 
-def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """``report --per task`` or ``report --compare DIM=A,B``."""
+def report(
+    args: argparse.Namespace, console: Console, open_store: Callable[[], Store]
+) -> dict[str, Any]:
+    """``report --per task`` or ``report --compare DIM=A,B``, on the store ``open_store``
+    opens once the arguments are checked (the one plain ``report`` reads: ``--url``, else
+    ``--home``, never a new empty one)."""
     from graphthrift.ledger.query import bounds_shown_by_caller
     from graphthrift.ops.tasks import check_task_report, compare, cost_per_task, task_range
-    from graphthrift.store.postgres import Store
 
     filters = {k: getattr(args, k) for k in ("tenant_id", "feature") if getattr(args, k, None)}
     by = comma_list(args.by)
@@ -142,7 +149,7 @@ def report(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     check_task_report(
         [] if args.compare else by, task=args.task_key, dimension=dimension, filters=list(filters)
     )
-    store = Store(args.url)
+    store = open_store()
     try:
         what = "report --compare" if args.compare else "report --per task"
         # bounded on a big ledger, on whole hours (printed, not logged too)

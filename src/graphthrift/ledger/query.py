@@ -163,7 +163,8 @@ class LedgerQueries:
         without ``since`` over a ledger of more than ``max_raw_rows`` rows (``None``: no
         bound) covers only the last ``RAW_REPORT_WINDOW``: the returned list's ``range``
         says which range was read and, when bounded, why (it is also logged as a warning).
-        Each row has the group keys and ``requests`` (LLM calls), ``input_tokens``,
+        Each row has the group keys and ``requests`` (LLM calls), ``records`` (ledger rows
+        of every kind: routing decisions, cache hits, refusals, outcomes), ``input_tokens``,
         ``output_tokens``, ``cached_tokens``, ``reasoning_tokens``, ``cache_write_tokens``,
         ``cost_usd``, ``cache_savings_usd`` (what the provider's prompt cache saved),
         ``success_rate``, ``cache_hits``, ``saved_usd`` and ``saved_tokens``.
@@ -187,6 +188,7 @@ class LedgerQueries:
         for row in rows:
             for key in (
                 "requests",
+                "records",
                 "input_tokens",
                 "output_tokens",
                 "cached_tokens",
@@ -253,6 +255,7 @@ def _run_report(
 
 _SUMMED = (
     "requests",
+    "records",
     *TOKEN_FIELDS,
     "unpriced",
     "cache_hits",
@@ -362,6 +365,7 @@ def _report_select(source: dict[str, Any], groups: list[Any], conds: list[Any]) 
         select(
             *groups,
             llm_rows.label("requests"),
+            func.sum(source["rows"]).label("records"),
             *(func.sum(case((is_llm, source[t]), else_=0)).label(t) for t in TOKEN_FIELDS),
             func.coalesce(func.sum(source["cache_savings_usd"]), 0.0).label("cache_savings_usd"),
             cost.label("cost_usd"),
