@@ -249,3 +249,17 @@ def test_report_shows_unpriced_models_as_unpriced_not_zero(
     header = next(line for line in table.splitlines() if "cost_usd" in line)
     cost = cells[[c.strip() for c in header.split("┃")].index("cost_usd")]
     assert cost == "n/a (2 unpriced)", local
+
+
+def test_store_unavailable_hints_at_what_chose_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hint names the variable only when it is set (it chose the server)."""
+    from graphthrift.errors import StoreUnavailable
+
+    url = "postgresql://app:***@db.internal:5432/app"
+    monkeypatch.delenv("GRAPHTHRIFT_DATABASE_URL", raising=False)
+    assert "give no URL" in str(StoreUnavailable(url, "connection refused"))
+    assert "GRAPHTHRIFT_DATABASE_URL" not in str(StoreUnavailable(url, "connection refused"))
+    monkeypatch.setenv("GRAPHTHRIFT_DATABASE_URL", "postgresql://app@db.internal/app")
+    assert "unset GRAPHTHRIFT_DATABASE_URL" in str(StoreUnavailable(url, "connection refused"))

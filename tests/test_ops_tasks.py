@@ -287,7 +287,9 @@ def test_cli_task_reports_read_the_home_they_are_given_and_create_none(
     per = tmp_path / "per.json"
     home = ["report", "--home", str(store.home), "--tenant-id", tenant]
     assert main([*home, "--per", "task", "--by", "prompt_version", "--json", str(per)]) == 0
-    assert capsys.readouterr().out.startswith(f"ledger: embedded PostgreSQL in {store.home}")
+    out = capsys.readouterr().out
+    assert out.startswith(f"ledger: embedded PostgreSQL in {store.home}")
+    assert "unknown_cost_usd" in out  # the cost of tasks without an outcome is shown
     assert {r["prompt_version"] for r in json.loads(per.read_text())["rows"]} == {"v1", "v2"}
     cmp_path = tmp_path / "cmp.json"
     assert main([*home, "--compare", "prompt_version=v1,v2", "--json", str(cmp_path)]) == 0

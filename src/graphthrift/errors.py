@@ -38,10 +38,18 @@ class StoreUnavailable(GraphthriftError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
+        import os
+
+        # the hint that fits: the variable chose this server, or the caller's URL did
+        if os.environ.get("GRAPHTHRIFT_DATABASE_URL"):
+            hint = ", or unset GRAPHTHRIFT_DATABASE_URL to use the embedded server"
+        elif "pgdata" in url:  # the embedded server itself
+            hint = ""
+        else:
+            hint = ", or give no URL to use the embedded server"
         super().__init__(
             f"graphthrift store unavailable at {url}: {reason}. "
-            "Check that PostgreSQL with pgvector is running there, or unset "
-            "GRAPHTHRIFT_DATABASE_URL to use the embedded server."
+            f"Check that PostgreSQL with pgvector is running there{hint}."
         )
 
 

@@ -195,6 +195,7 @@ def _print_tasks(by: list[str], rows: list[dict[str, Any]], console: Console) ->
         "failed",
         "unknown",
         "cost_usd",
+        "unknown_cost_usd",
         "cost_per_successful_task",
         "retry_cost_usd",
         "cache_saved_usd",
