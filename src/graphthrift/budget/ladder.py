@@ -71,8 +71,9 @@ class Shortfall:
     def message(self) -> str:
         """A sentence for the user when the run ends on this shortfall."""
         return (
-            f"I have to stop here: the {self.limit_name} budget for {self.scope} is used up "
-            f"(limit {self.limit:g}, spent {self.spent:g}, this step needs {self.requested:g})."
+            f"I have to stop here: the {self.limit_name} budget for {self.scope} does not have"
+            f" enough left for this step (limit {self.limit:g}, spent {self.spent:g}, this step needs"
+            f" {self.requested:g})."
         )
 
 
