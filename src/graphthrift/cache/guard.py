@@ -5,8 +5,11 @@ Embeddings place "Is the store open on Monday?" and "... on Sunday?" at cosine 0
 are few and short, so they barely move the vector. This guard compares those words
 directly and rejects a semantic hit when the cached question and the new one differ in
 
-- numbers (``2``, ``3.5``, ``2³``), identifiers (``A-101``, ``SKU42``, ``IBAN``),
+- numbers (``2``, ``3.5``, ``2³``) and their units ("30 days" / "30 weeks" / "30 business
+  days"), identifiers (``A-101``, ``SKU42``, ``IBAN``),
 - dates: weekdays, months, relative days (today, tomorrow, ...),
+- opposite words (before / after, within / after, to / from, higher / lower, in / out,
+  deposit / withdraw, safe / unsafe, ...),
 - negation (not, no, never, n't, without, ...), when the rest of the two questions is
   nearly the same ("I can log in" / "I cannot log in"; but "When will my card arrive?" and
   "My card has not arrived yet" ask the same thing),
@@ -35,6 +38,7 @@ _IDENT = re.compile(
     r"\b(?=[A-Za-z0-9-]*[0-9])(?=[A-Za-z0-9-]*[A-Za-z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*\b"
 )
 _ACRONYM = re.compile(r"\b[A-Z]{2,}[0-9]*\b")
+_UNIT = re.compile(r"(?:[ \t]+|-)([^\W\d_]+)")
 _WEEKDAYS = {
     "monday": "mon", "mon": "mon", "tuesday": "tue", "tue": "tue", "tues": "tue",
     "wednesday": "wed", "wed": "wed", "thursday": "thu", "thu": "thu", "thurs": "thu",
@@ -85,6 +89,19 @@ def _fold(text: str) -> str:
 
 def _numbers(text: str) -> frozenset[str]:
     return frozenset(n.replace(",", "") for n in _NUMBER.findall(text))
+
+
+def _units(text: str) -> list[tuple[str, str]]:
+    """Each number with the word right after it, its unit ("30 days", "30-day", "30 business
+    days" -> business), crudely stemmed; '' when none follows. Sorted, so order is free."""
+    out = []
+    for match in _NUMBER.finditer(text):
+        if match.start() and text[match.start() - 1].isalnum():
+            continue  # inside an identifier (SKU42): the identifiers' check
+        after = _UNIT.match(text, match.end())
+        unit = _stem(after.group(1).lower()) if after else ""
+        out.append((match.group().replace(",", ""), unit))
+    return sorted(out)
 
 
 def _identifiers(text: str) -> frozenset[str]:
@@ -181,6 +198,18 @@ _OPPOSITES = {
         ("inside", "outside"),
         ("first", "last"),
         ("cheapest", "expensive"),
+        ("cheaper", "dearer"),
+        ("higher", "lower"),
+        ("within", "after"),
+        ("within", "beyond"),
+        ("to", "from"),
+        ("up", "down"),
+        ("in", "out"),
+        ("on", "off"),
+        ("open", "close"),
+        ("start", "stop"),
+        ("send", "receive"),
+        ("deposit", "withdraw"),
     )
 }
 _ANTONYM_PREFIXES = ("un", "in", "im", "dis", "non", "il", "ir")
@@ -202,8 +231,8 @@ def _opposed(wa: list[str], wb: list[str]) -> bool:
 def lexical_conflict(cached: str, query: str) -> str | None:
     """Why serving ``cached``'s answer for ``query`` could change the meaning, or None.
 
-    Returns ``"numbers"``, ``"identifiers"``, ``"dates"``, ``"negation"``, ``"opposites"``
-    or ``"entities"``.
+    Returns ``"numbers"``, ``"units"``, ``"identifiers"``, ``"dates"``, ``"negation"``,
+    ``"opposites"`` or ``"entities"``.
 
     Example:
         >>> lexical_conflict("Is the store open on Sunday?", "Is the store open on Monday?")
@@ -214,6 +243,8 @@ def lexical_conflict(cached: str, query: str) -> str | None:
     a, b = _fold(cached), _fold(query)
     if _numbers(a) != _numbers(b):
         return "numbers"
+    if _units(a) != _units(b):
+        return "units"
     if _identifiers(a) != _identifiers(b):
         return "identifiers"
     wa, wb = _words(a), _words(b)
