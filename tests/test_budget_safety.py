@@ -123,6 +123,7 @@ def test_spend_during_an_outage_is_charged_after_recovery(store: Store, tenant: 
             held = budget.usage(tags)["tenant"]
             assert held["spent_usd"] == pytest.approx(0.001 + 3 * 0.002 + 0.0005)
             assert held["reserved_usd"] == pytest.approx(0.0)
+            assert held["calls"] == 5  # the three made during the outage count as calls too
         finally:
             scratch.close()
 

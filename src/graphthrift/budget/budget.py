@@ -634,7 +634,7 @@ class Budget:
     # -- settlement, and spend that waits for the store ----------------------------------------
 
     def _settle_program(self, r: Reservation, usd: float, tokens: int) -> Any:
-        return settle_program(r.id, r.scopes, r.usd, r.tokens, usd, tokens)
+        return settle_program(r.id, r.scopes, r.usd, r.tokens, usd, tokens, unreserved=not r.backed)
 
     @property
     def pending_charges(self) -> int:

@@ -95,9 +95,11 @@ _INSERT_RESERVATION = text(f"""
 _DELETE_RESERVATION = text(f"DELETE FROM {RESERVATIONS_TABLE} WHERE id = :id RETURNING id")
 _SETTLE = text(f"""
     INSERT INTO {SPEND_TABLE} AS s
-        (scope_kind, scope_key, day, spent_usd, spent_tokens, updated_at)
-    VALUES (:kind, :key, :day, :spent_usd, :spent_tokens, now())
+        (scope_kind, scope_key, day, spent_usd, spent_tokens, calls, updated_at)
+    VALUES (:kind, :key, :day, :spent_usd, :spent_tokens, :calls, now())
     ON CONFLICT (scope_kind, scope_key, day) DO UPDATE SET
+        -- a call made while the store was down was never reserved, so never counted
+        calls = s.calls + EXCLUDED.calls,
         -- float residue of adding and taking back the same amounts is not a reservation:
         -- below a millionth of a cent, none is held
         reserved_usd = CASE WHEN s.reserved_usd - :reserved_usd < 1e-8 THEN 0
@@ -179,10 +181,12 @@ def settle_program(
     reserved_tokens: int,
     spent_usd: float,
     spent_tokens: int,
+    unreserved: bool = False,
 ) -> Program:
     """Move a reservation to spent at the actual usage; return whether it was still open.
 
-    A reservation that already expired (and was reclaimed) only adds the actual spend.
+    A reservation that already expired (and was reclaimed) only adds the actual spend. A
+    call the budget let through unreserved (the store was down) is counted as a call too.
     """
     found = yield _op(_DELETE_RESERVATION, {"id": reservation_id})
     still_open = bool(found)
@@ -195,6 +199,7 @@ def settle_program(
                 "reserved_tokens": reserved_tokens if still_open else 0,
                 "spent_usd": spent_usd,
                 "spent_tokens": spent_tokens,
+                "calls": int(unreserved),
             },
         )
     return still_open
@@ -221,6 +226,7 @@ def reclaim_program() -> Program:
                 "reserved_tokens": int(tokens_total),
                 "spent_usd": 0.0,
                 "spent_tokens": 0,
+                "calls": 0,
             },
         )
     return len(rows)
