@@ -70,22 +70,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
-    from langchain_core.callbacks import CallbackManager, UsageMetadataCallbackHandler
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-    from langchain_core.outputs import ChatGeneration, LLMResult
+def _answer() -> Any:
+    """The model answer both overhead figures time: an AIMessage with usage and a model."""
+    from langchain_core.messages import AIMessage
 
-    from graphthrift.langchain import CostTagger
+    return AIMessage(
+        "Refunds are issued within 14 days.",
+        usage_metadata={"input_tokens": 120, "output_tokens": 40, "total_tokens": 160},
+        response_metadata={"model_name": "gpt-4o-mini"},
+    )
+
+
+def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
+    from langchain_core.callbacks import CallbackManager
+    from langchain_core.messages import BaseMessage, HumanMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
 
     messages: list[list[BaseMessage]] = [
         [HumanMessage("What is the refund policy for damaged items?")]
     ]
-    usage = {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
-    message = AIMessage(
-        "Refunds are issued within 14 days.",
-        usage_metadata=usage,
-        response_metadata={"model_name": "gpt-4o-mini"},
-    )
+    message = _answer()
     result = LLMResult(generations=[[ChatGeneration(message=message)]])
     metadata = {
         "tenant_id": "bench",
@@ -115,19 +119,7 @@ def _tagger_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
             gc.enable()
         return samples
 
-    tagger, peer_handler = CostTagger(ledger), UsageMetadataCallbackHandler()
-    time_manager([], BLOCK_CALLS)  # warm up
-    time_manager([tagger], BLOCK_CALLS)
-    ledger.flush()
-    samples = _interleaved(
-        {
-            "bare": lambda n: time_manager([], n),
-            "ours": lambda n: time_manager([tagger], n),
-            "peer": lambda n: time_manager([peer_handler], n),
-        },
-        calls,
-        ledger,
-    )
+    samples = _interleaved(time_manager, calls, ledger)
     bare = statistics.median(samples["bare"])
     ours_p = {k: round(v - bare, 2) for k, v in percentiles(samples["ours"], 50, 95).items()}
     peer_p = {k: round(v - bare, 2) for k, v in percentiles(samples["peer"], 50, 95).items()}
@@ -150,37 +142,42 @@ BLOCK_CALLS = 50
 
 
 def _interleaved(
-    runners: dict[str, Callable[[int], list[float]]], calls: int, ledger: Ledger
+    timer: Callable[[list[Any], int], list[float]], calls: int, ledger: Ledger
 ) -> dict[str, list[float]]:
-    """``calls`` samples from each runner, in blocks of ``BLOCK_CALLS`` taken in turn (the
-    order rotating each round), with the ledger's writer flushed between blocks, untimed,
-    so that its work lands in no handler's samples."""
-    out: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    done = 0
-    while done < max(calls, 1):
-        n = min(BLOCK_CALLS, max(calls, 1) - done)
+    """``calls`` samples of ``timer`` (µs per call with the given callback handlers) for
+    no handler (``bare``), CostTagger (``ours``) and UsageMetadataCallbackHandler
+    (``peer``): each warmed up once, then timed in blocks of ``BLOCK_CALLS`` taken in turn
+    (the order rotating each round), with the ledger's writer flushed between blocks,
+    untimed, so that its work lands in no handler's samples."""
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+
+    from graphthrift.langchain import CostTagger
+
+    handlers: dict[str, list[Any]] = {
+        "bare": [],
+        "ours": [CostTagger(ledger)],
+        "peer": [UsageMetadataCallbackHandler()],
+    }
+    for used in handlers.values():
+        timer(used, BLOCK_CALLS)  # warm up
+    ledger.flush()
+    out: dict[str, list[float]] = {name: [] for name in handlers}
+    names = list(handlers)
+    total, done = max(calls, 1), 0
+    while done < total:
+        n = min(BLOCK_CALLS, total - done)
         turn = (done // BLOCK_CALLS) % len(names)
         for name in names[turn:] + names[:turn]:
-            out[name] += runners[name](n)
+            out[name] += timer(handlers[name], n)
             ledger.flush()
         done += n
     return out
 
 
 def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
-    from langchain_core.callbacks import UsageMetadataCallbackHandler
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-    from langchain_core.messages import AIMessage
 
-    from graphthrift.langchain import CostTagger
-
-    usage = {"input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
-    message = AIMessage(
-        "Refunds are issued within 14 days.",
-        usage_metadata=usage,
-        response_metadata={"model_name": "gpt-4o-mini"},
-    )
+    message = _answer()
     model = GenericFakeChatModel(messages=itertools.repeat(message))
 
     def time_invoke(callbacks: list[Any], n: int) -> list[float]:
@@ -192,17 +189,7 @@ def _invoke_overhead(ledger: Ledger, calls: int) -> dict[str, Any]:
             samples.append((time.perf_counter_ns() - t0) / 1000)
         return samples
 
-    tagger, peer_handler = CostTagger(ledger), UsageMetadataCallbackHandler()
-    time_invoke([], BLOCK_CALLS)  # warm up
-    samples = _interleaved(
-        {
-            "bare": lambda n: time_invoke([], n),
-            "ours": lambda n: time_invoke([tagger], n),
-            "peer": lambda n: time_invoke([peer_handler], n),
-        },
-        calls,
-        ledger,
-    )
+    samples = _interleaved(time_invoke, calls, ledger)
     bare, ours, peer = (statistics.median(samples[k]) for k in ("bare", "ours", "peer"))
     return {
         "calls": calls,
