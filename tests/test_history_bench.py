@@ -294,15 +294,23 @@ def test_long_set_reports_cost_and_retention_by_distance(tmp_path: Path) -> None
     assert long["recall_ms"]["p95"] >= long["recall_ms"]["p50"] > 0
 
 
-def test_long_set_is_priced_with_sessions_a_day_apart_too(tmp_path: Path) -> None:
-    """With a day between sessions, each session's first prompt finds the provider's cache
-    expired: full history writes its whole head again, a prompt under the cache minimum
-    costs what it cost back-to-back, and nothing costs less."""
+@pytest.fixture(scope="module")
+def long384(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One long-set run at 384 tokens, no peers, no sweep: what two tests below read."""
+    tmp_path = tmp_path_factory.mktemp("long384")
     data = _conversations(tmp_path / "convs.jsonl", n=2)
     argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
     argv += ["--long", "1", "--max-tokens", "384", "--json", str(tmp_path / "h.json")]
     assert main(argv) == 0
     figures = json.loads((tmp_path / "h.json").read_text())
+    return figures
+
+
+def test_long_set_is_priced_with_sessions_a_day_apart_too(long384: dict[str, Any]) -> None:
+    """With a day between sessions, each session's first prompt finds the provider's cache
+    expired: full history writes its whole head again, a prompt under the cache minimum
+    costs what it cost back-to-back, and nothing costs less."""
+    figures = long384
     policies = figures["long"]["policies"]
     thread = build_long_threads(1, LONG_THREAD_SEED, root=data_dir())[0]
     conv = thread.as_conversation()
@@ -351,15 +359,13 @@ def test_long_set_is_priced_with_sessions_a_day_apart_too(tmp_path: Path) -> Non
     assert target["value_sessions_apart"] == ours["sessions_apart"]["effective_saved_fraction"]
 
 
-def test_last_exchange_bounds_what_keeping_the_exchange_can_save(tmp_path: Path) -> None:
+def test_last_exchange_bounds_what_keeping_the_exchange_can_save(
+    long384: dict[str, Any],
+) -> None:
     """The long set's reference sends the last three messages from a user's; under the cache
     minimum each of its tokens is billed at list, so no policy that keeps the exchange
     verbatim costs less, and the issue-16 target reports its saving as the ceiling."""
-    data = _conversations(tmp_path / "convs.jsonl", n=2)
-    argv = ["bench", "history", "--conversations", str(data), "--no-peers", "--budgets", ""]
-    argv += ["--long", "1", "--max-tokens", "384", "--json", str(tmp_path / "h.json")]
-    assert main(argv) == 0
-    figures = json.loads((tmp_path / "h.json").read_text())
+    figures = long384
     policies = figures["long"]["policies"]
     conv = build_long_threads(1, LONG_THREAD_SEED, root=data_dir())[0].as_conversation()
     originals = [(t.role, t.content) for t in conv.turns]

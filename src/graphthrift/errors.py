@@ -6,6 +6,7 @@ Long because: every public error lives here, one short class each, so one module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -38,8 +39,6 @@ class StoreUnavailable(GraphthriftError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
-        import os
-
         # the hint that fits: the variable chose this server, or the caller's URL did
         if os.environ.get("GRAPHTHRIFT_DATABASE_URL"):
             hint = ", or unset GRAPHTHRIFT_DATABASE_URL to use the embedded server"

@@ -119,6 +119,11 @@ class _Recall:
 
 
 _Step = _Ask | _Keep | _Recall
+_NO_THREAD_WARNING = (
+    "graphthrift: HistoryPruner has a recall store but the call names no thread, so nothing"
+    " is kept or recalled (pass thread=, or configurable.thread_id in a LangGraph or"
+    " create_agent run)"
+)
 #: (tenant, thread) a call keeps and recalls folded turns under; None: no recall.
 Scope = tuple[str, str]
 
@@ -444,20 +449,9 @@ class HistoryPruner:
         if thread is None:
             # recall asked for but nothing to scope it by: keep and recall nothing, and say so
             # once per pruner (a thread-less store would mix every conversation's turns)
-            first = not self._warned_no_thread
+            said = None if self._warned_no_thread else _NO_THREAD_WARNING
             self._warned_no_thread = True
-            diagnostics.count(
-                "recall_no_thread",
-                *(
-                    (
-                        "graphthrift: HistoryPruner has a recall store but the call names no"
-                        " thread, so nothing is kept or recalled (pass thread=, or"
-                        " configurable.thread_id in a LangGraph or create_agent run)",
-                    )
-                    if first
-                    else ()
-                ),
-            )
+            diagnostics.count("recall_no_thread", said)
             return None
         if not isinstance(tenant, str):
             raise HistoryConfigError("tenant", tenant, "must be a str ('' for the default tenant)")
